@@ -1,0 +1,3 @@
+"""Firmware bundle format: manifest, build, inspect and verify (``fleet-bundle``)."""
+
+__version__ = "0.1.0"

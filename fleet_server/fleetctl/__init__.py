@@ -1,0 +1,1 @@
+"""``fleetctl``: the operators' command line over the fleet API."""
