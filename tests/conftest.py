@@ -22,6 +22,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Timing-based health checks would make property tests flaky on a loaded 2-core CI box.
+settings.register_profile("edgefleet", deadline=None)
+settings.load_profile("edgefleet")
 
 REQUIRE_REAL = os.environ.get("FLEET_REQUIRE_REAL_SERVICES") == "1"
 
