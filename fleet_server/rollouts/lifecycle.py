@@ -1,0 +1,91 @@
+"""Rollout lifecycle as data: ``(state, event) -> state``, nothing else is legal.
+
+::
+
+    draft --schedule--> scheduled --start--> running --complete--> completed
+      |                   |                   |  ^
+      +------start--------+------------------>|  | resume
+                                              v  |
+                                   paused / halted --rollback--> rolled_back
+    draft, scheduled, running, paused, halted --cancel--> cancelled
+
+``running`` is left for ``halted`` by the engine (a failure criterion or health gate) and
+for ``paused`` by an operator. Terminal states accept no event.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RolloutState(StrEnum):
+    """Where a rollout is in its life."""
+
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    PAUSED = "paused"
+    HALTED = "halted"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"
+
+
+class RolloutEvent(StrEnum):
+    """What can happen to a rollout (operator actions and engine decisions)."""
+
+    SCHEDULE = "schedule"
+    START = "start"
+    PAUSE = "pause"
+    RESUME = "resume"
+    HALT = "halt"
+    COMPLETE = "complete"
+    CANCEL = "cancel"
+    ROLLBACK = "rollback"
+
+
+S, E = RolloutState, RolloutEvent
+
+TRANSITIONS: dict[tuple[RolloutState, RolloutEvent], RolloutState] = {
+    (S.DRAFT, E.SCHEDULE): S.SCHEDULED,
+    (S.DRAFT, E.START): S.RUNNING,
+    (S.DRAFT, E.CANCEL): S.CANCELLED,
+    (S.SCHEDULED, E.START): S.RUNNING,
+    (S.SCHEDULED, E.CANCEL): S.CANCELLED,
+    (S.RUNNING, E.PAUSE): S.PAUSED,
+    (S.RUNNING, E.HALT): S.HALTED,
+    (S.RUNNING, E.COMPLETE): S.COMPLETED,
+    (S.RUNNING, E.CANCEL): S.CANCELLED,
+    (S.RUNNING, E.ROLLBACK): S.ROLLED_BACK,
+    (S.PAUSED, E.RESUME): S.RUNNING,
+    (S.PAUSED, E.HALT): S.HALTED,
+    (S.PAUSED, E.CANCEL): S.CANCELLED,
+    (S.PAUSED, E.ROLLBACK): S.ROLLED_BACK,
+    (S.HALTED, E.RESUME): S.RUNNING,
+    (S.HALTED, E.CANCEL): S.CANCELLED,
+    (S.HALTED, E.ROLLBACK): S.ROLLED_BACK,
+}
+
+TERMINAL = frozenset({S.COMPLETED, S.CANCELLED, S.ROLLED_BACK})
+ACTIVE = frozenset({S.SCHEDULED, S.RUNNING, S.PAUSED, S.HALTED})
+"""States in which a rollout holds its devices (no other rollout may take them)."""
+
+
+class IllegalTransitionError(ValueError):
+    """An event that the current state does not allow; the message lists what is allowed."""
+
+    def __init__(self, state: RolloutState, event: RolloutEvent) -> None:
+        allowed = sorted(e.value for (s, e) in TRANSITIONS if s == state)
+        hint = f"allowed: {', '.join(allowed)}" if allowed else f"{state.value} is final"
+        super().__init__(f"cannot {event.value} a rollout that is {state.value} ({hint})")
+        self.state = state
+        self.event = event
+
+
+def transition(state: RolloutState | str, event: RolloutEvent | str) -> RolloutState:
+    """The state after ``event``; raises :class:`IllegalTransitionError` when not allowed."""
+    current, happened = RolloutState(state), RolloutEvent(event)
+    try:
+        return TRANSITIONS[(current, happened)]
+    except KeyError:
+        raise IllegalTransitionError(current, happened) from None
