@@ -1,0 +1,1 @@
+"""Adapters: the agent core's connections to MQTT, psutil, files and boot slots."""
