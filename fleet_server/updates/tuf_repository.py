@@ -197,6 +197,7 @@ class TufRepository(Repository):
         self._current: dict[str, Metadata] = {}
         self._root_signers: list[Signer] = []
         self._previous_root: Root | None = None
+        self._now_override: datetime | None = None
         config_path = self.path / CONFIG_NAME
         if not (self.metadata_dir / "root.json").is_file() or not config_path.is_file():
             raise RepositoryStateError(
@@ -363,7 +364,7 @@ class TufRepository(Repository):
     # -- signing ------------------------------------------------------------------------
 
     def _now(self) -> datetime:
-        return self._clock().replace(microsecond=0)
+        return (self._now_override or self._clock()).replace(microsecond=0)
 
     def _root(self) -> Root:
         root = self._current[Root.type].signed
@@ -497,7 +498,8 @@ class TufRepository(Repository):
 
         The server's scheduler calls this every few minutes (it is cheap when nothing
         is due). A re-signed targets forces a new snapshot, a new snapshot a new
-        timestamp. Root is signed offline: it is only reported when close to expiry.
+        timestamp. New expiry dates count from ``now`` (default: the repository clock).
+        Root is signed offline: it is only reported when close to expiry.
         """
         result = RefreshResult()
         with self._locked():
@@ -506,16 +508,20 @@ class TufRepository(Repository):
             def due(role: str) -> bool:
                 return self._current[role].signed.expires - self.expiries.margin(role) <= now
 
-            if due(Targets.type):
-                with self.edit_targets():
-                    pass
-                result.resigned.append(Targets.type)
-            if result.resigned or due(Snapshot.type):
-                self.do_snapshot(force=True)
-                result.resigned.append(Snapshot.type)
-            if result.resigned or due(Timestamp.type):
-                self.do_timestamp(force=True)
-                result.resigned.append(Timestamp.type)
+            self._now_override = now
+            try:
+                if due(Targets.type):
+                    with self.edit_targets():
+                        pass
+                    result.resigned.append(Targets.type)
+                if result.resigned or due(Snapshot.type):
+                    self.do_snapshot(force=True)
+                    result.resigned.append(Snapshot.type)
+                if result.resigned or due(Timestamp.type):
+                    self.do_timestamp(force=True)
+                    result.resigned.append(Timestamp.type)
+            finally:
+                self._now_override = None
             result.root_expires = self._root().expires
             result.root_needs_resigning = due(Root.type)
         return result
