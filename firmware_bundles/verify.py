@@ -164,6 +164,11 @@ def _walk(
             missing = sorted(set(expected) - {s[len(PAYLOAD_DIR) + 1 :] for s in seen})
             if missing:
                 raise BundleError(Reason.MISSING_FILE, f"payload file {missing[0]!r} is missing")
+            # read to the end so gzip checks its CRC and length, and nothing hides after
+            # the archive's end
+            while chunk := stream.read(_CHUNK):
+                if chunk.strip(b"\0"):
+                    raise BundleError(Reason.NOT_A_BUNDLE, "data after the end of the archive")
             return manifest
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise BundleError(Reason.NOT_A_BUNDLE, f"{path} is not a valid bundle: {exc}") from None

@@ -316,3 +316,17 @@ def test_cli_build_inspect_verify(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "unexpected_file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_corrupt_gzip_trailer_or_trailing_data_is_refused(tmp_path: Path) -> None:
+    built = build_examples(tmp_path / "b", ("good-1.1.0",))["good-1.1.0"]
+    data = built.path.read_bytes()
+    corrupt = tmp_path / "crc.tar.gz"
+    corrupt.write_bytes(data[:-8] + bytes(b ^ 0xFF for b in data[-8:-4]) + data[-4:])
+    appended = tmp_path / "trailing.tar.gz"
+    raw = gzip.decompress(data)
+    appended.write_bytes(gzip.compress(raw + b"hidden payload" + b"\0" * 512))
+    for path in (corrupt, appended):
+        with pytest.raises(BundleError) as info:
+            verify_bundle(path)
+        assert info.value.reason is Reason.NOT_A_BUNDLE, path.name
