@@ -7,6 +7,7 @@ both the server's storage and a servable mirror:
 ```
 REPO/
   edgefleet-repo.json        expiry settings (not served)
+  audit.jsonl                one JSON line per change: time, OS user, action (not served)
   metadata/                  served as <base>/metadata/
     root.json, N.root.json   every root version (clients walk the chain)
     timestamp.json
@@ -29,6 +30,7 @@ for the operations that change root.
 from __future__ import annotations
 
 import fcntl
+import getpass
 import hashlib
 import json
 import os
@@ -64,6 +66,7 @@ from fleet_server.updates.keys import keyid, load_keys, new_signer, write_key
 Clock = Callable[[], datetime]
 ONLINE_ROLES = (Targets.type, Snapshot.type, Timestamp.type)
 CONFIG_NAME = "edgefleet-repo.json"
+AUDIT_NAME = "audit.jsonl"
 _CHUNK = 1024 * 1024
 
 
@@ -271,6 +274,7 @@ class TufRepository(Repository):
         timestamp_md.signed.snapshot_meta = repo.snapshot_info
         repo._sign_online(timestamp_md)
         repo._store(timestamp_md)
+        repo._audit("init", root_keyids=sorted(root.roles[Root.type].keyids), threshold=threshold)
         return repo
 
     # -- storage ----------------------------------------------------------------------
@@ -324,6 +328,16 @@ class TufRepository(Repository):
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _audit(self, action: str, **details: object) -> None:
+        """Append one line to ``audit.jsonl``: who changed what, when (under the lock)."""
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = f"uid:{os.getuid()}"
+        line = {"ts": self._now().isoformat(), "user": user, "action": action, **details}
+        with (self.path / AUDIT_NAME).open("a") as fh:
+            fh.write(json.dumps(line, sort_keys=True, default=str) + "\n")
 
     # -- Repository interface ------------------------------------------------------------
 
@@ -464,6 +478,7 @@ class TufRepository(Repository):
                 with self.edit_targets() as targets:
                     targets.targets[name] = target
                 self._snapshot_and_timestamp()
+                self._audit("publish", target=name, sha256=sha256, channel=chosen)
         return PublishedTarget(name, length, sha256, meta)
 
     def unpublish(self, name: str) -> bool:
@@ -478,6 +493,7 @@ class TufRepository(Repository):
             with self.edit_targets() as targets:
                 del targets.targets[name]
             self._snapshot_and_timestamp()
+            self._audit("unpublish", target=name)
         return True
 
     def list_targets(self) -> list[PublishedTarget]:
@@ -522,6 +538,8 @@ class TufRepository(Repository):
                     result.resigned.append(Timestamp.type)
             finally:
                 self._now_override = None
+            if result.resigned:
+                self._audit("refresh", resigned=result.resigned)
             result.root_expires = self._root().expires
             result.root_needs_resigning = due(Root.type)
         return result
@@ -552,6 +570,7 @@ class TufRepository(Repository):
             self._resign_after_root_change(role)
             for kid in old:
                 (self.keys_dir / f"{kid}.pem").unlink(missing_ok=True)
+            self._audit("rotate-online-key", role=role, old=old, new=keyid(signer))
         return keyid(signer)
 
     def rotate_root(
@@ -571,12 +590,19 @@ class TufRepository(Repository):
         """
         if not 1 <= threshold <= len(new_root_keys):
             raise ValueError(f"threshold must be between 1 and {len(new_root_keys)}")
-        with self._locked(), self._root_change(signers) as root:
-            for kid in list(root.roles[Root.type].keyids):
-                root.revoke_key(kid, Root.type)
-            for key in new_root_keys:
-                root.add_key(key, Root.type)
-            root.roles[Root.type].threshold = threshold
+        with self._locked():
+            with self._root_change(signers) as root:
+                for kid in list(root.roles[Root.type].keyids):
+                    root.revoke_key(kid, Root.type)
+                for key in new_root_keys:
+                    root.add_key(key, Root.type)
+                root.roles[Root.type].threshold = threshold
+            self._audit(
+                "rotate-root",
+                version=self._root().version,
+                keyids=sorted(self._root().roles[Root.type].keyids),
+                threshold=threshold,
+            )
         return self._root().version
 
     def resign_root(self, signers: Sequence[Signer]) -> int:
@@ -585,8 +611,10 @@ class TufRepository(Repository):
         Raises:
             SigningError: the root threshold is not met; nothing is written.
         """
-        with self._locked(), self._root_change(signers):
-            pass
+        with self._locked():
+            with self._root_change(signers):
+                pass
+            self._audit("resign-root", version=self._root().version)
         return self._root().version
 
     def _resign_after_root_change(self, role: str) -> None:
