@@ -270,3 +270,55 @@ def test_routes_serve_ranges_and_refuse_unsafe_paths(world: World) -> None:
         f"/tuf/targets/{published.name}",
     ]:
         assert client.get(bad).status_code == 404, bad
+
+
+def test_a_reader_never_sees_a_timestamp_ahead_of_its_files(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After every single file write, the chain timestamp -> snapshot -> targets ->
+    target files is complete on disk: what a mirror serves at any moment is usable."""
+    from fleet_server.updates import tuf_repository as module
+
+    real_write = module._write_atomic
+    checked: list[str] = []
+
+    def write_and_check(path: Path, data: bytes) -> None:
+        real_write(path, data)
+        checked.append(path.name)
+        snap = attack.capture(world.repo_dir)
+        for role in ("snapshot", "targets"):
+            assert f"{snap.version_of(role)}.{role}.json" in snap.files, (path.name, role)
+        targets = json.loads(snap.files[f"{snap.version_of('targets')}.targets.json"])
+        for name, info in targets["signed"]["targets"].items():
+            assert (world.repo_dir / "targets" / f"{info['hashes']['sha256']}.{name}").exists()
+
+    monkeypatch.setattr(module, "_write_atomic", write_and_check)
+    world.repo.publish(world.bundles["good-1.1.0"].path)
+    world.repo.rotate_online_key("targets", world.root_signers(2))
+    world.repo.publish(world.bundles["good-1.2.0"].path)
+    world.repo.refresh_expiring(utc_now() + timedelta(days=80))
+    assert checked.count("timestamp.json") == 4
+
+
+def test_concurrent_publishers_lose_nothing(world: World) -> None:
+    import threading
+
+    other = TufRepository(world.repo_dir, world.tmp / "server-keys")
+    errors: list[BaseException] = []
+
+    def publish(repo: TufRepository, example: str) -> None:
+        try:
+            repo.publish(world.bundles[example].path)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=publish, args=(world.repo, "good-1.1.0")),
+        threading.Thread(target=publish, args=(other, "good-1.2.0")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert {t.meta.version for t in world.repo.list_targets()} == {"1.1.0", "1.2.0"}
