@@ -9,7 +9,7 @@ from pathlib import Path
 
 from firmware_bundles.errors import BundleError, Reason
 from firmware_bundles.manifest import Manifest, manifest_to_dict
-from firmware_bundles.verify import _open_stream, _read_manifest_member
+from firmware_bundles.verify import open_bundle_stream, read_manifest_member
 
 _HEADER_LIMIT = 4 * 1024 * 1024
 
@@ -20,10 +20,10 @@ def read_manifest(path: Path) -> Manifest:
     Raises:
         BundleError: not a gzip tar, manifest not first, or manifest invalid.
     """
-    raw, stream = _open_stream(Path(path), _HEADER_LIMIT)
+    raw, stream = open_bundle_stream(Path(path), _HEADER_LIMIT)
     try:
         with raw, tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
-            return _read_manifest_member(tar, tar.next())
+            return read_manifest_member(tar, tar.next())
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise BundleError(Reason.NOT_A_BUNDLE, f"{path} is not a valid bundle: {exc}") from None
 

@@ -73,7 +73,9 @@ def _member_path(member: tarfile.TarInfo) -> str:
     return name
 
 
-def _read_manifest_member(tar: tarfile.TarFile, member: tarfile.TarInfo | None) -> Manifest:
+def read_manifest_member(tar: tarfile.TarFile, member: tarfile.TarInfo | None) -> Manifest:
+    """Parse ``member`` as the bundle's manifest; it must be the regular file
+    ``manifest.json`` (the first member of every bundle)."""
     if member is None:
         raise BundleError(Reason.NOT_A_BUNDLE, "the archive is empty")
     if member.name != MANIFEST_NAME or not member.isreg():
@@ -91,7 +93,8 @@ def _read_manifest_member(tar: tarfile.TarFile, member: tarfile.TarInfo | None) 
         raise BundleError(Reason.BAD_MANIFEST, str(exc)) from None
 
 
-def _open_stream(path: Path, limit: int) -> tuple[BinaryIO, _LimitedReader]:
+def open_bundle_stream(path: Path, limit: int) -> tuple[BinaryIO, _LimitedReader]:
+    """Open ``path`` as a gzip stream that refuses to expand past ``limit`` bytes."""
     try:
         raw = path.open("rb")
     except OSError as exc:
@@ -137,10 +140,10 @@ def _walk(
     open_sink: Callable[[PayloadFile, bool], IO[bytes] | None],
 ) -> Manifest:
     """Stream through the bundle, checking every member; hand each file's bytes to a sink."""
-    raw, stream = _open_stream(path, limits.max_payload_bytes + limits.max_archive_overhead)
+    raw, stream = open_bundle_stream(path, limits.max_payload_bytes + limits.max_archive_overhead)
     try:
         with raw, tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
-            manifest = _read_manifest_member(tar, tar.next())
+            manifest = read_manifest_member(tar, tar.next())
             if manifest.payload_size > limits.max_payload_bytes:
                 raise BundleError(
                     Reason.TOO_LARGE,

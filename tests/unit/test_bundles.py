@@ -14,6 +14,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware_bundles.build import build_bundle
 from firmware_bundles.errors import BundleError, Reason
@@ -330,3 +332,56 @@ def test_corrupt_gzip_trailer_or_trailing_data_is_refused(tmp_path: Path) -> Non
         with pytest.raises(BundleError) as info:
             verify_bundle(path)
         assert info.value.reason is Reason.NOT_A_BUNDLE, path.name
+
+
+# --- robustness: any corruption is a BundleError, never a crash -------------------------
+
+_FUZZ_BUNDLE: dict[str, bytes] = {}
+
+
+def _fuzz_source(tmp_dir: Path) -> bytes:
+    if "data" not in _FUZZ_BUNDLE:
+        _FUZZ_BUNDLE["data"] = build_examples(tmp_dir, ("good-1.1.0",))[
+            "good-1.1.0"
+        ].path.read_bytes()
+    return _FUZZ_BUNDLE["data"]
+
+
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=4)
+)
+@settings(max_examples=150)
+def test_corrupted_bundles_are_refused_cleanly(
+    tmp_path_factory: pytest.TempPathFactory, flips: list[tuple[int, int]]
+) -> None:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    data = bytearray(_fuzz_source(tmp))
+    for offset, mask in flips:
+        data[offset % len(data)] ^= mask
+    path = tmp / "fuzzed.tar.gz"
+    path.write_bytes(bytes(data))
+    try:
+        verify_bundle(path)
+    except BundleError:
+        return
+    # only possible when the flips cancelled out
+    assert bytes(data) == _fuzz_source(tmp)
+
+
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(doc=st.dictionaries(st.sampled_from(sorted(GOOD)), _JSONISH))
+@settings(max_examples=200)
+def test_any_manifest_document_is_parsed_or_refused_cleanly(doc: dict[str, object]) -> None:
+    """Whatever the field values, the outcome is a Manifest or a ManifestError."""
+    try:
+        parse_manifest(json.dumps(dict(GOOD, **doc)))
+    except ManifestError as exc:
+        assert str(exc)
