@@ -207,8 +207,11 @@ class TufRepository(Repository):
                 f"{self.path} is not an initialised TUF repository "
                 "(run: fleet-server keys init-repo)"
             )
-        config = json.loads(config_path.read_text())
-        self.expiries = Expiries.from_json(config.get("expiries", {}))
+        try:
+            config = json.loads(config_path.read_text())
+            self.expiries = Expiries.from_json(config.get("expiries", {}))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise RepositoryStateError(f"{config_path} is unreadable or invalid: {exc}") from None
         self._load()
 
     # -- creation -------------------------------------------------------------------
@@ -246,20 +249,22 @@ class TufRepository(Repository):
         for signer in root_signers:
             root.add_key(signer.public_key, Root.type)
         root.roles[Root.type].threshold = threshold
-        for role in ONLINE_ROLES:
-            online = new_signer()
-            write_key(Path(keys_dir), online)
-            root.add_key(online.public_key, role)
+        online = {role: new_signer() for role in ONLINE_ROLES}
+        for role, signer in online.items():
+            root.add_key(signer.public_key, role)
+        root_md = Metadata(root)
+        for signer in root_signers:
+            root_md.sign(signer, append=True)
+        root.verify_delegate(Root.type, root_md.signed_bytes, root_md.signatures)
+        # signed: now write the online keys and the files
+        for signer in online.values():
+            write_key(Path(keys_dir), signer)
         (path / "metadata").mkdir(parents=True, exist_ok=True)
         (path / "targets").mkdir(exist_ok=True)
         _write_atomic(
             path / CONFIG_NAME,
             json.dumps({"expiries": expiries.to_json()}, indent=2).encode() + b"\n",
         )
-        root_md = Metadata(root)
-        for signer in root_signers:
-            root_md.sign(signer, append=True)
-        root.verify_delegate(Root.type, root_md.signed_bytes, root_md.signatures)
         cls._write_root(path / "metadata", root_md)
 
         repo = cls(path, keys_dir, clock)
