@@ -364,8 +364,9 @@ def test_corrupted_bundles_are_refused_cleanly(
         verify_bundle(path)
     except BundleError:
         return
-    # only possible when the flips cancelled out
-    assert bytes(data) == _fuzz_source(tmp)
+    # accepted only if the archive inside is intact (gzip header bits such as FTEXT, MTIME
+    # or OS are not covered by the CRC and change nothing)
+    assert gzip.decompress(bytes(data)) == gzip.decompress(_fuzz_source(tmp))
 
 
 _JSONISH = st.recursive(
