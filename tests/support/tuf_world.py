@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from securesystemslib.signer import CryptoSigner
+
 from firmware_bundles.build import BuiltBundle
 from firmware_bundles.examples import build_examples
 from fleet_server.updates.keys import RootKeySet, create_root_keys
@@ -30,7 +32,7 @@ class World:
         """The current root.json (a new device's initial trust)."""
         return root_bytes(self.repo.path)
 
-    def root_signers(self, count: int = 2) -> list:  # type: ignore[type-arg]
+    def root_signers(self, count: int = 2) -> list[CryptoSigner]:
         """``count`` of the offline root signers."""
         return list(self.root_keys.signers.values())[:count]
 
