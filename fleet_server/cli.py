@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from fleet_server import __version__
+from fleet_server.keys_cli import keys_app
+from fleet_server.updates.publish_cli import updates_app
 from protocol import SCHEMA_VERSION
 
 app = typer.Typer(
@@ -13,6 +15,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+app.add_typer(keys_app, name="keys")
+app.add_typer(updates_app, name="updates")
 
 
 @app.callback()

@@ -1,0 +1,240 @@
+"""Bundle manifest: the typed, strictly validated description of an update bundle.
+
+A bundle's ``manifest.json`` says what the bundle is (product, model, semver version,
+release counter), where it may run (hardware revisions, minimum agent version), what it
+contains (payload files with size and sha256), how a device decides it is healthy after
+the update (health-check spec) and what it is made of (SBOM with SPDX licences). An
+optional ``simulation`` block is read only by simulated devices.
+
+This module is pure (msgspec and the standard library only) so the agent can import it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+import msgspec
+
+MANIFEST_NAME = "manifest.json"
+"""Name of the manifest inside a bundle (and inside a bundle source directory)."""
+
+PAYLOAD_DIR = "payload"
+"""Directory of a bundle (and of its source) that holds the payload files."""
+
+# semver.org 2.0.0, the official regular expression.
+_SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+_SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_HARDWARE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_SHA256 = r"^[0-9a-f]{64}$"
+# SPDX licence expression tokens: ids (MIT, Apache-2.0, GPL-2.0-or-later, LicenseRef-x),
+# operators and parentheses. Ids are checked for syntax, not against the SPDX list.
+_SPDX_ID = re.compile(r"^(?:LicenseRef-|DocumentRef-[A-Za-z0-9.-]+:LicenseRef-)?[A-Za-z0-9.+-]+$")
+_SPDX_TOKEN = re.compile(r"\(|\)|[^\s()]+")
+
+Slug = Annotated[str, msgspec.Meta(pattern=_SLUG)]
+HardwareRevision = Annotated[str, msgspec.Meta(pattern=_HARDWARE)]
+Sha256 = Annotated[str, msgspec.Meta(pattern=_SHA256)]
+Version = Annotated[str, msgspec.Meta(max_length=64)]
+
+MAX_PAYLOAD_FILES = 10_000
+
+
+class ManifestError(ValueError):
+    """A manifest is malformed or invalid; the message names the field and the rule."""
+
+
+def is_semver(text: str) -> bool:
+    """True when ``text`` is a semantic version (semver.org 2.0.0)."""
+    return bool(_SEMVER.match(text))
+
+
+def semver_key(text: str) -> tuple[int, int, int, int, tuple[tuple[int, int | str], ...]]:
+    """Sort key that orders versions by semver precedence (build metadata ignored).
+
+    Raises:
+        ManifestError: ``text`` is not a semantic version.
+    """
+    match = _SEMVER.match(text)
+    if not match:
+        raise ManifestError(f"{text!r} is not a semantic version (MAJOR.MINOR.PATCH)")
+    major, minor, patch, pre, _build = match.groups()
+    if pre is None:
+        return (int(major), int(minor), int(patch), 1, ())
+    parts = tuple((0, int(p)) if p.isdigit() else (1, p) for p in pre.split("."))
+    return (int(major), int(minor), int(patch), 0, parts)  # type: ignore[return-value]
+
+
+def check_spdx_expression(text: str) -> None:
+    """Check the syntax of an SPDX licence expression (``MIT``, ``Apache-2.0 OR MIT``...).
+
+    Raises:
+        ManifestError: empty, unbalanced parentheses, or a token that is not an SPDX id.
+    """
+    tokens = _SPDX_TOKEN.findall(text)
+    if not tokens:
+        raise ManifestError("licence is empty; use an SPDX id such as MIT or Apache-2.0")
+    depth = 0
+    expect_id = True
+    for token in tokens:
+        if token == "(":
+            depth += 1
+            continue
+        if token == ")":
+            depth -= 1
+            if depth < 0:
+                raise ManifestError(f"licence {text!r}: unbalanced parentheses")
+            continue
+        if token in ("AND", "OR", "WITH"):
+            if expect_id:
+                raise ManifestError(f"licence {text!r}: operator {token} without a left side")
+            expect_id = True
+            continue
+        if not expect_id or not _SPDX_ID.match(token):
+            raise ManifestError(f"licence {text!r}: {token!r} is not an SPDX licence id")
+        expect_id = False
+    if depth != 0 or expect_id:
+        raise ManifestError(f"licence {text!r} is incomplete")
+
+
+def check_payload_path(path: str) -> None:
+    """Check a payload path is relative, normalised and stays inside the payload.
+
+    Raises:
+        ManifestError: absolute, ``..``, empty parts, backslashes or control characters.
+    """
+    if not path or path.startswith("/") or "\\" in path:
+        raise ManifestError(f"payload path {path!r} must be relative and use '/'")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        raise ManifestError(f"payload path {path!r} contains control characters")
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ManifestError(f"payload path {path!r} has empty, '.' or '..' parts")
+    if len(path) > 255:
+        raise ManifestError(f"payload path {path[:40]!r}... is longer than 255 characters")
+
+
+class PayloadFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One file of the payload: path relative to ``payload/``, size and sha256."""
+
+    path: str
+    sha256: Sha256
+    size: Annotated[int, msgspec.Meta(ge=0)]
+
+    def __post_init__(self) -> None:
+        check_payload_path(self.path)
+
+
+class HealthCheck(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How a device decides the new software is healthy during the trial boot.
+
+    Every field is optional; the agent applies those that are present.
+    """
+
+    timeout_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 60
+    command: list[str] | None = None
+    systemd_unit: str | None = None
+    require_server: bool = True
+
+    def __post_init__(self) -> None:
+        if self.command is not None and (not self.command or not all(self.command)):
+            raise ManifestError("health_check.command must be a non-empty list of arguments")
+
+
+class SbomComponent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One software component shipped in the bundle and its SPDX licence expression."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    version: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    licence: str
+
+    def __post_init__(self) -> None:
+        check_spdx_expression(self.licence)
+
+
+class Simulation(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Behaviour of this bundle on *simulated* devices only; real agents ignore it."""
+
+    boot: Literal["ok", "crash"] = "ok"
+    health: Literal["pass", "fail"] = "pass"
+    fail_on_hardware: list[HardwareRevision] = []
+    fault_rate_multiplier: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] = 1.0
+
+
+class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The manifest of one bundle (``manifest.json``)."""
+
+    product: Slug
+    model: Slug
+    version: Version
+    hardware_revisions: Annotated[list[HardwareRevision], msgspec.Meta(min_length=1)]
+    min_agent_version: Version
+    release_counter: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+    payload: list[PayloadFile]
+    sbom: Annotated[list[SbomComponent], msgspec.Meta(min_length=1)]
+    health_check: HealthCheck | None = None
+    channel: Slug | None = None
+    description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    simulation: Simulation | None = None
+    format: Literal[1] = 1
+
+    def __post_init__(self) -> None:
+        for field in ("version", "min_agent_version"):
+            value = getattr(self, field)
+            if not is_semver(value):
+                raise ManifestError(f"{field} {value!r} is not a semantic version (1.2.3)")
+        if len(set(self.hardware_revisions)) != len(self.hardware_revisions):
+            raise ManifestError("hardware_revisions lists a revision twice")
+        if len(self.payload) > MAX_PAYLOAD_FILES:
+            raise ManifestError(f"payload lists more than {MAX_PAYLOAD_FILES} files")
+        paths = [f.path for f in self.payload]
+        if len(set(paths)) != len(paths):
+            raise ManifestError("payload lists a path twice")
+        prefixes = {"/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 1)}
+        clash = prefixes & set(paths)
+        if clash:
+            raise ManifestError(f"payload path {sorted(clash)[0]!r} is both a file and a directory")
+
+    @property
+    def payload_size(self) -> int:
+        """Total size in bytes of the payload files."""
+        return sum(f.size for f in self.payload)
+
+    def bundle_filename(self) -> str:
+        """Canonical file name of the built bundle (also its TUF target name)."""
+        return f"{self.product}-{self.model}-{self.version}-r{self.release_counter}.tar.gz"
+
+
+MANIFEST_MAX_BYTES = 1024 * 1024
+
+
+def parse_manifest(data: bytes | str) -> Manifest:
+    """Decode and validate a manifest.
+
+    Raises:
+        ManifestError: the document is not JSON, misses a field, has a field of the wrong
+            type or value, or an unknown field; the message names the field.
+    """
+    if len(data) > MANIFEST_MAX_BYTES:
+        raise ManifestError(f"manifest is larger than {MANIFEST_MAX_BYTES} bytes")
+    try:
+        return msgspec.json.decode(data, type=Manifest)
+    except msgspec.ValidationError as exc:
+        raise ManifestError(f"invalid manifest: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    """Canonical, deterministic JSON of a manifest (sorted keys, 2-space indent)."""
+    raw = msgspec.json.encode(manifest, order="sorted")
+    return msgspec.json.format(raw, indent=2) + b"\n"
+
+
+def manifest_to_dict(manifest: Manifest) -> dict[str, object]:
+    """The manifest as plain JSON-compatible builtins (for ``--json`` output)."""
+    return msgspec.to_builtins(manifest, order="sorted")  # type: ignore[no-any-return]

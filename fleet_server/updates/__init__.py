@@ -1,0 +1,1 @@
+"""Signed updates on the server: the TUF repository, its keys, and its HTTP routes."""
