@@ -84,12 +84,23 @@ class ResumableFetcher(FetcherInterface):
         return response
 
     def _stream(self, response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+        """Yield bytes as they arrive (``read1``), so a cut loses nothing received."""
+        expected = response.headers.get("Content-Length")
+        received = 0
         try:
-            yield from response.stream(CHUNK)
-        except urllib3.exceptions.HTTPError as exc:
-            raise exceptions.DownloadError(f"connection lost: {exc}") from exc
+            while chunk := response.read1(CHUNK):
+                received += len(chunk)
+                yield chunk
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise exceptions.DownloadError(
+                f"connection lost after {received} bytes: {exc}"
+            ) from exc
         finally:
             response.release_conn()
+        if expected is not None and expected.isdigit() and received < int(expected):
+            raise exceptions.DownloadError(
+                f"connection closed after {received} of {expected} bytes"
+            )
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         if not url.startswith(self.resumable_prefix):
