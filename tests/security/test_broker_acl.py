@@ -25,12 +25,14 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psutil
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.credentials import CredentialsBundle, make_device_key_and_csr, write_bundle
 from fleet_server.identity import ca_store
-from fleet_server.identity.certificates import build_crl
+from fleet_server.identity.certificates import build_crl, new_private_key, private_key_pem
 from fleet_server.identity.errors import RenewalRefusedError
 from fleet_server.identity.mosquitto_config import BrokerSettings, render_acl, render_mosquitto_conf
 from tests.conftest import MosquittoBroker, wait_for
@@ -358,6 +360,54 @@ def test_client_id_is_the_certificate_identity(client_id, broker, pki, probes) -
     assert b"for-b" not in tricky.payloads()
     assert victim.outcome == "connected"  # not kicked off by a client reusing its id
     assert "as dev-a (p5" in broker.log()
+
+
+def _forge_wildcard_identity(pki: Pki, cn: str, directory: Path) -> CredentialsBundle:
+    """A certificate the CA's policy would never issue (CN '+' or '#'), signed with the
+    issuing key directly, as a CA bug or a stolen key might."""
+    key = new_private_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(pki.ca.issuer.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(minutes=5))
+        .not_valid_after(NOW + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(pki.ca.issuer.key, hashes.SHA256())
+    )
+    return write_bundle(
+        directory,
+        device_id=cn,
+        key_pem=private_key_pem(key),
+        certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
+        ca_chain_pem=pki.ca.chain_pem(),
+        **URLS,
+    )
+
+
+@pytest.mark.parametrize("identity", ["+", "#"])
+def test_wildcard_identity_gets_nothing(identity, broker, pki, probes, tmp_path) -> None:
+    """Even with a certificate whose CN is a wildcard (so its username and client id are
+    '+' or '#'), the %u patterns do not apply: it can neither read nor write."""
+    bundle = _forge_wildcard_identity(pki, identity, tmp_path / "forged")
+    ingest = _ingest(probes, broker, pki)
+    rogue = _connected(probes, broker, bundle)
+    rogue.subscribe("fleet/v1/+/command", "fleet/v1/#", "#")
+    assert rogue.publish("fleet/v1/dev-a/telemetry", b"rogue") == "Not authorized"
+
+    device = _connected(probes, broker, pki["dev-a"])
+    device.subscribe("fleet/v1/dev-a/command")
+    assert device.publish("fleet/v1/dev-a/telemetry", b"a-telemetry") == "Success"
+    assert ingest.publish("fleet/v1/dev-a/command", b"a-command") == "Success"
+    wait_for(lambda: device.received(b"a-command") and ingest.received(b"a-telemetry"))
+    # The rogue may receive nothing to serve as a control message, so a round trip on
+    # its own connection is the barrier: the broker answers this SUBSCRIBE after any
+    # message it had already queued to the rogue, and paho handles packets in order.
+    rogue.subscribe("fleet/v1/barrier")
+    assert not ingest.received(b"rogue")
+    assert rogue.messages == []
 
 
 # --- who may connect at all ------------------------------------------------------------
