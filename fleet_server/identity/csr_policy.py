@@ -184,13 +184,17 @@ def check_device_csr(csr: x509.CertificateSigningRequest, device_id: str) -> Cer
         raise CsrRejectedError(
             CsrReason.MALFORMED, f"unsupported key or signature algorithm ({exc})"
         ) from None
+    # Checked first: cryptography refuses to verify SHA-1 signatures at all, and "weak
+    # hash" is the more useful answer than "bad signature".
+    if isinstance(algorithm, _WEAK_HASHES):
+        raise CsrRejectedError(
+            CsrReason.WEAK_SIGNATURE, f"CSR signed with {algorithm.name}; use SHA-256 or better"
+        )
     if not signature_ok:
         raise CsrRejectedError(
             CsrReason.BAD_SIGNATURE,
             "the CSR's signature does not verify with its own public key",
         )
-    if isinstance(algorithm, _WEAK_HASHES):
-        raise CsrRejectedError(CsrReason.WEAK_SIGNATURE, f"CSR signed with {algorithm.name}")
     key = check_public_key(public_key)
     _check_subject(csr, device_id)
     _check_extensions(csr)
