@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +48,7 @@ CHAIN_FILE = "ca-chain.pem"
 TUF_ROOT_FILE = "tuf-root.json"
 ORGANIZATION = "Edgefleet"
 _MAX_FILE_BYTES = 256 * 1024
+_BUNDLE_FILES = frozenset({METADATA_FILE, KEY_FILE, CERT_FILE, CHAIN_FILE, TUF_ROOT_FILE})
 
 
 class BundleError(ValueError):
@@ -174,6 +176,19 @@ class CredentialsBundle:
         return self.directory / CHAIN_FILE
 
 
+def _check_replaceable(directory: Path) -> None:
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise BundleError(f"{directory}: exists and is not a directory")
+    strangers = sorted(p.name for p in directory.iterdir() if p.name not in _BUNDLE_FILES)
+    if strangers:
+        raise BundleError(
+            f"{directory}: holds files that are not part of a credentials bundle "
+            f"({', '.join(strangers[:5])}); refusing to replace it, choose an empty directory"
+        )
+
+
 def write_bundle(
     directory: Path,
     *,
@@ -185,43 +200,75 @@ def write_bundle(
     api_url: str,
     tuf_root: bytes | None = None,
 ) -> CredentialsBundle:
-    """Write a credentials bundle into ``directory`` (created 0700 if missing) and read
-    it back, so a bundle that would not load is never left behind silently.
+    """Write a credentials bundle as ``directory`` (mode 0700), replacing a previous
+    bundle there as a whole.
 
-    The key is written first with mode 0600, ``bundle.json`` last: a bundle interrupted
-    half-way has no metadata and is refused by :func:`read_bundle`.
+    The files are written into a staging directory next to it, checked with
+    :func:`read_bundle`, then swapped in with two renames; a crash between them leaves
+    the previous bundle at ``.<name>.prev``, which :func:`read_bundle` puts back. So a
+    renewal interrupted by a power cut leaves the old, still valid credentials, never a
+    key that does not match its certificate. An existing directory holding anything but
+    bundle files is refused rather than replaced.
 
     Raises:
         BundleError: the parts do not form a valid bundle (key/certificate mismatch,
-            certificate for another device, bad PEM).
+            certificate for another device, bad PEM), or ``directory`` holds other files.
     """
     directory = Path(directory)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    cert = _parse_certificate(certificate_pem, CERT_FILE)
-    (directory / METADATA_FILE).unlink(missing_ok=True)
-    write_private_file(directory / KEY_FILE, key_pem)
-    write_public_file(directory / CERT_FILE, certificate_pem)
-    write_public_file(directory / CHAIN_FILE, ca_chain_pem)
-    if tuf_root is not None:
-        write_public_file(directory / TUF_ROOT_FILE, tuf_root)
+    _check_replaceable(directory)
+    _parse_certificate(certificate_pem, CERT_FILE)
+    staging = directory.with_name(f".{directory.name}.new")
+    previous = directory.with_name(f".{directory.name}.prev")
+    shutil.rmtree(staging, ignore_errors=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging.mkdir(mode=0o700)
+    try:
+        write_private_file(staging / KEY_FILE, key_pem)
+        write_public_file(staging / CERT_FILE, certificate_pem)
+        write_public_file(staging / CHAIN_FILE, ca_chain_pem)
+        if tuf_root is not None:
+            write_public_file(staging / TUF_ROOT_FILE, tuf_root)
+        metadata = {
+            "format": BUNDLE_FORMAT,
+            "version": BUNDLE_VERSION,
+            "device_id": device_id,
+            "mqtt_url": mqtt_url,
+            "api_url": api_url,
+            "not_after": _parse_certificate(
+                certificate_pem, CERT_FILE
+            ).not_valid_after_utc.isoformat(),
+            "private_key": KEY_FILE,
+            "certificate": CERT_FILE,
+            "ca_chain": CHAIN_FILE,
+            "tuf_root": TUF_ROOT_FILE if tuf_root is not None else None,
+        }
+        write_public_file(
+            staging / METADATA_FILE, (json.dumps(metadata, indent=2) + "\n").encode("utf-8")
+        )
+        read_bundle(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if directory.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(directory, previous)
+        os.rename(staging, directory)
+        _fsync_dir(directory.parent)
+        shutil.rmtree(previous)
     else:
-        (directory / TUF_ROOT_FILE).unlink(missing_ok=True)
-    metadata = {
-        "format": BUNDLE_FORMAT,
-        "version": BUNDLE_VERSION,
-        "device_id": device_id,
-        "mqtt_url": mqtt_url,
-        "api_url": api_url,
-        "not_after": cert.not_valid_after_utc.isoformat(),
-        "private_key": KEY_FILE,
-        "certificate": CERT_FILE,
-        "ca_chain": CHAIN_FILE,
-        "tuf_root": TUF_ROOT_FILE if tuf_root is not None else None,
-    }
-    write_public_file(
-        directory / METADATA_FILE, (json.dumps(metadata, indent=2) + "\n").encode("utf-8")
-    )
+        os.rename(staging, directory)
+        _fsync_dir(directory.parent)
     return read_bundle(directory)
+
+
+def renewal_due(certificate: x509.Certificate, now: datetime, fraction: float = 2 / 3) -> bool:
+    """True once ``fraction`` of the certificate's lifetime has passed (by default two
+    thirds: four months before a one-year certificate expires), so the agent renews
+    early enough to retry for weeks if the server is unreachable."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be between 0 and 1, not {fraction}")
+    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    return now >= start + (end - start) * fraction
 
 
 def _read_limited(path: Path) -> bytes:
@@ -246,6 +293,9 @@ def _parse_certificate(pem: bytes, name: str) -> x509.Certificate:
 def read_bundle(directory: Path) -> CredentialsBundle:
     """Load and check a credentials bundle.
 
+    If ``directory`` is missing but an interrupted :func:`write_bundle` left the previous
+    bundle beside it, that bundle is moved back first.
+
     Checks: ``bundle.json`` names this format and version; the key file is not
     readable by group or others; key and certificate form a pair; the certificate's CN
     is the bundle's device id; the chain holds at least one certificate. Expiry is *not*
@@ -256,6 +306,10 @@ def read_bundle(directory: Path) -> CredentialsBundle:
         BundleError: with the file and the reason.
     """
     directory = Path(directory)
+    previous = directory.with_name(f".{directory.name}.prev")
+    if not directory.exists() and previous.is_dir():
+        # A replacement was cut between its two renames: the previous bundle is whole.
+        os.rename(previous, directory)
     meta_path = directory / METADATA_FILE
     try:
         meta = json.loads(_read_limited(meta_path))

@@ -18,6 +18,7 @@ from agent.credentials import (
     BundleError,
     make_device_key_and_csr,
     read_bundle,
+    renewal_due,
     write_bundle,
 )
 from fleet_server.identity import ca_store
@@ -412,6 +413,37 @@ def test_incomplete_or_foreign_bundle_directories_are_refused(tmp_path) -> None:
     (tmp_path / "bundle.json").write_text("[1, 2")
     with pytest.raises(BundleError, match="not valid JSON"):
         read_bundle(tmp_path)
+
+
+def test_renewal_replaces_the_bundle_whole_and_survives_a_cut_swap(ca, tmp_path) -> None:
+    old = ca.provision("pi-swap", tmp_path / "pi-swap", NOW, **URLS)
+    new = ca.provision("pi-swap", tmp_path / "pi-swap", NOW + timedelta(days=250), **URLS)
+    assert read_bundle(tmp_path / "pi-swap").certificate == new.certificate
+    assert new.certificate != old.certificate
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pi-swap"]  # no leftovers
+
+    # Power cut between the two renames: only the previous bundle exists, beside.
+    (tmp_path / "pi-swap").rename(tmp_path / ".pi-swap.prev")
+    recovered = read_bundle(tmp_path / "pi-swap")
+    assert recovered.certificate == new.certificate
+    assert not (tmp_path / ".pi-swap.prev").exists()
+
+
+def test_bundle_never_replaces_a_directory_with_other_files(ca, tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(BundleError, match=r"refusing to replace it.*\(notes.txt\)|notes.txt"):
+        ca.provision("pi-x", tmp_path, NOW, **URLS)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_renewal_is_due_after_two_thirds_of_the_lifetime(ca) -> None:
+    cert = ca.issue_csr(make_device_key_and_csr("pi-due").csr_pem, "pi-due", NOW)
+    start = cert.not_valid_before_utc
+    lifetime = cert.not_valid_after_utc - start
+    assert not renewal_due(cert, NOW)
+    assert not renewal_due(cert, start + lifetime * 0.66)
+    assert renewal_due(cert, start + lifetime * 0.67)
+    assert renewal_due(cert, NOW + timedelta(days=400))
 
 
 def test_device_key_generation_refuses_an_invalid_id() -> None:
