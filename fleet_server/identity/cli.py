@@ -411,3 +411,7 @@ def mosquitto_config(
         write_broker_config(settings, out / "mosquitto.conf")
     typer.echo(f"wrote {out / 'mosquitto.conf'} and {out / 'fleet.acl'}")
     typer.echo(f"run: mosquitto -c {(out / 'mosquitto.conf').resolve()}")
+
+
+if __name__ == "__main__":  # until the server CLI mounts it: python -m fleet_server.identity.cli
+    ca_app()
