@@ -439,13 +439,19 @@ class CertificateAuthority:
             raise ValueError(
                 f"unknown revocation reason {reason!r}; use one of " + ", ".join(REVOCATION_REASONS)
             )
-        wanted = serial.lower().removeprefix("0x") if serial is not None else None
+        wanted: int | None = None
+        if serial is not None:
+            try:
+                wanted = int(serial.strip().replace(":", ""), 16)
+            except ValueError:
+                raise ValueError(f"serial {serial!r} is not a hexadecimal number") from None
         with self._locked():
             records, number = self._load_index()
             matches = [
                 i
                 for i, r in enumerate(records)
-                if (wanted is not None and r.serial == wanted) or (cn is not None and r.cn == cn)
+                if (wanted is not None and r.serial_int == wanted)
+                or (cn is not None and r.cn == cn)
             ]
             if not matches:
                 what = f"serial {serial}" if serial is not None else f"CN {cn!r}"

@@ -19,6 +19,7 @@ Every key is ECDSA P-256 unless the caller brings another; serial numbers are ra
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -45,6 +46,10 @@ ISSUING_VALIDITY = timedelta(days=5 * 365)
 DEVICE_VALIDITY = timedelta(days=365)
 SERVER_VALIDITY = timedelta(days=397)
 CRL_VALIDITY = timedelta(days=7)
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 CLOCK_SKEW = timedelta(minutes=5)
 """Certificates start this long before ``now``, so a device whose clock is a little
 behind still accepts a certificate issued a moment ago."""
@@ -304,10 +309,7 @@ def _general_name(host: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
         pass
-    labels = host.rstrip(".").split(".")
-    if not host or not all(
-        label and len(label) <= 63 and label.replace("-", "").isalnum() for label in labels
-    ):
+    if not _DNS_NAME.fullmatch(host.rstrip(".")):
         raise ValueError(f"{host!r} is neither an IP address nor a DNS name")
     return x509.DNSName(host.rstrip(".").lower())
 

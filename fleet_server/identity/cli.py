@@ -83,6 +83,8 @@ def _user_errors() -> Iterator[None]:
         _fail(str(exc))
     except PermissionError as exc:
         _fail(f"permission denied: {exc.filename}")
+    except OSError as exc:
+        _fail(f"{exc.filename or 'file system'}: {exc.strerror or exc}")
 
 
 def _read_passphrase(path: Path | None) -> bytes | None:

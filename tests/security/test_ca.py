@@ -227,8 +227,9 @@ def test_server_certificate_names_loopback_and_serves_only(ca, tmp_path) -> None
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
     assert _mode(tmp_path / "srv" / "server.key") == 0o600
-    with pytest.raises(ValueError, match="neither an IP address nor a DNS name"):
-        ca.server_certificate(["bad host!"], tmp_path / "srv2", NOW)
+    for bad in ("bad host!", "bücher.example", "-lead.example", "a..b"):
+        with pytest.raises(ValueError, match="neither an IP address nor a DNS name"):
+            ca.server_certificate([bad], tmp_path / "srv2", NOW)
 
 
 def test_service_certificates_must_use_the_reserved_prefix(ca, tmp_path) -> None:
@@ -306,6 +307,15 @@ def test_revoking_something_never_issued_is_a_clear_error(ca) -> None:
         ca.revoke(NOW, cn="ghost")
     with pytest.raises(ValueError, match="unknown revocation reason"):
         ca.revoke(NOW, cn="pi-1", reason="because")
+    with pytest.raises(ValueError, match="not a hexadecimal number"):
+        ca.revoke(NOW, serial="xyz")
+
+
+def test_serial_may_be_given_as_openssl_prints_it(ca) -> None:
+    cert = ca.issue_csr(make_device_key_and_csr("pi-hex").csr_pem, "pi-hex", NOW)
+    printed = f"{cert.serial_number:042X}"  # upper case, zero padded, like openssl
+    (record,) = ca.revoke(NOW, serial=printed)
+    assert record.serial_int == cert.serial_number
 
 
 def test_crl_can_be_resigned_with_a_fresh_next_update(ca) -> None:
