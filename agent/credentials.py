@@ -17,9 +17,10 @@ The credentials bundle is a directory (format ``edgefleet-credentials`` version 
     tuf-root.json  optional: the trusted TUF root the updater starts from
 
 Every file is written atomically (temporary file, fsync, rename), the key with mode 0600
-from the moment it exists. :func:`read_bundle` refuses a bundle whose key is readable by
-group or others, whose key does not match its certificate, or whose certificate names
-another device.
+from the moment it exists, and a bundle is replaced as a whole (:func:`write_bundle`), so
+a renewal cut by a power loss leaves the previous credentials. :func:`read_bundle`
+refuses a bundle whose key is readable by group or others, whose key does not match its
+certificate, or whose certificate names another device.
 """
 
 from __future__ import annotations
