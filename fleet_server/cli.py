@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from fleet_server import __version__
+from fleet_server.identity.cli import ca_app
 from fleet_server.keys_cli import keys_app
 from fleet_server.updates.publish_cli import updates_app
 from protocol import SCHEMA_VERSION
@@ -19,6 +20,7 @@ app = typer.Typer(
 
 app.add_typer(keys_app, name="keys")
 app.add_typer(updates_app, name="updates")
+app.add_typer(ca_app, name="ca")
 
 
 @app.callback()
