@@ -321,6 +321,9 @@ class HardwareState:
     last_boot_reason: RebootReason = RebootReason.POWER_ON
 
 
+_NO_FAULTS: dict[str, float] = {}
+
+
 class SimulatedHardware:
     """One device's hardware; advance with :meth:`step`, read with :meth:`sample`.
 
@@ -407,6 +410,15 @@ class SimulatedHardware:
                 best = inj.severity
         return best
 
+    def _active_severities(self) -> dict[str, float]:
+        """Severity of every fault active now (one pass over the injections)."""
+        now = self.state.t
+        active: dict[str, float] = {}
+        for inj in self.injections:
+            if inj.at <= now and inj.severity > active.get(inj.fault, 0.0):
+                active[inj.fault] = inj.severity
+        return active
+
     # --- boots ---------------------------------------------------------------------------
 
     def drain_boots(self) -> list[BootRecord]:
@@ -489,14 +501,15 @@ class SimulatedHardware:
         if not s.on:
             s.on = True
             self.reboot(RebootReason.POWER_LOSS)
+        sev = self._active_severities() if self.injections else _NO_FAULTS
 
         # workload
         cpu_demand, mem_demand = self._demand(env, dt_s)
-        runaway = self.severity("cpu_runaway")
+        runaway = sev.get("cpu_runaway", 0.0)
         cpu_frac = min(1.0, max(0.0, (cpu_demand + 100.0 * runaway) / 100.0))
 
         # memory: demand + leak, overflow into swap, both full -> OOM reboot
-        leak_sev = self.severity("memory_leak")
+        leak_sev = sev.get("memory_leak", 0.0)
         if leak_sev:
             s.leak_pct += 10.0 * leak_sev * dt_s / HOUR_S
         mem_total = max(0.0, mem_demand) + s.leak_pct
@@ -506,15 +519,15 @@ class SimulatedHardware:
         s.swap_pct = min(100.0, 100.0 * overflow / swap_cap) if swap_cap > 0 else 0.0
         if overflow >= swap_cap:
             s.mem_pct, s.swap_pct = max(0.0, mem_demand), 0.0
-            self._advance_time(dt_s, env)
+            self._advance_time(dt_s, env, sev)
             self.reboot(RebootReason.OUT_OF_MEMORY)
             return
 
         # fan
-        self._step_fan(dt_s)
+        self._step_fan(dt_s, sev)
 
         # thermal, with the firmware's throttling governor
-        paste = 1.0 + 5.0 * self.severity("thermal_paste")
+        paste = 1.0 + 5.0 * sev.get("thermal_paste", 0.0)
         r_th = p.thermal_resistance(s.fan_rpm, paste)
         tau = p.c_th_j_per_k * r_th
         decay = math.exp(-dt_s / tau)
@@ -535,7 +548,7 @@ class SimulatedHardware:
         power = p.soc_power(cpu_frac, freq) + p.p_periph_w
 
         # power supply
-        r_psu = p.psu_resistance_ohm + 0.6 * self.severity("weak_psu")
+        r_psu = p.psu_resistance_ohm + 0.6 * sev.get("weak_psu", 0.0)
         disc = p.psu_nominal_v**2 - 4.0 * r_psu * power
         v_mean = (p.psu_nominal_v + math.sqrt(disc)) / 2.0 if disc > 0 else 0.0
         s.voltage_v = v_mean + p.psu_noise_v * self._normal()
@@ -548,10 +561,10 @@ class SimulatedHardware:
             s.undervoltage_prob = float(s.undervoltage)
 
         # storage
-        self._step_storage(dt_s)
+        self._step_storage(dt_s, sev)
 
         # bookkeeping, flags
-        self._advance_time(dt_s, env)
+        self._advance_time(dt_s, env, sev)
         s.load_1m += (p.cores * cpu_frac - s.load_1m) * (1.0 - math.exp(-dt_s / 60.0))
         now_bits = 0
         if s.undervoltage:
@@ -565,15 +578,15 @@ class SimulatedHardware:
         if v_mean < p.brownout_v or s.voltage_v < p.brownout_v:
             self.reboot(RebootReason.BROWN_OUT)
 
-    def _step_fan(self, dt: float) -> None:
+    def _step_fan(self, dt: float, sev: dict[str, float]) -> None:
         p, s = self.params, self.state
         if p.fan_nominal_rpm <= 0:
             s.fan_rpm = 0.0
             return
-        wear_rate = self.severity("fan_degradation")
+        wear_rate = sev.get("fan_degradation", 0.0)
         if wear_rate:
             s.fan_wear = min(1.0, s.fan_wear + wear_rate * dt / DAY_S)
-        loss = self.severity("fan_stall")
+        loss = sev.get("fan_stall", 0.0)
         if loss > s.fan_speed_loss:
             s.fan_speed_loss = loss
         if not s.fan_stalled:
@@ -589,21 +602,21 @@ class SimulatedHardware:
         jitter = p.fan_nominal_rpm * (0.005 + 0.1 * s.fan_wear) * self._normal()
         s.fan_rpm = max(0.0, rpm + jitter)
 
-    def _step_storage(self, dt: float) -> None:
+    def _step_storage(self, dt: float, sev: dict[str, float]) -> None:
         p, s = self.params, self.state
         written_tb = self.profile.write_bps * dt / 1e12
         s.emmc_life_used_pct += 100.0 * written_tb / p.emmc_endurance_tbw
-        s.emmc_life_used_pct += 5.0 * self.severity("storage_wear") * dt / DAY_S
+        s.emmc_life_used_pct += 5.0 * sev.get("storage_wear", 0.0) * dt / DAY_S
         s.disk_pct = min(99.0, s.disk_pct + 0.01 * written_tb * 1e3 / p.disk_capacity_gb * 100)
         u = s.emmc_life_used_pct / 100.0
         rate = p.io_error_rate_eol_per_s * math.exp(p.io_error_hazard_beta * (u - 1.0))
         s.disk_io_errors += self._events(rate * dt)
 
-    def _advance_time(self, dt: float, env: Environment) -> None:
+    def _advance_time(self, dt: float, env: Environment, sev: dict[str, float]) -> None:
         p, s = self.params, self.state
         s.t += dt
         s.uptime_s += dt
-        drift = (p.clock_ppm + 1000.0 * self.severity("clock_drift")) * 1e-6
+        drift = (p.clock_ppm + 1000.0 * sev.get("clock_drift", 0.0)) * 1e-6
         if env.ntp_reachable:
             if s.clock_needs_step:
                 s.clock_offset_s = 0.0
