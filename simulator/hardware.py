@@ -29,9 +29,11 @@ Physics (simple but sound; every constant is a field of :class:`HardwareParams`)
   ``λ(u) = λ_eol·exp(β·(u − 1))`` (``u`` = life used as a fraction): negligible on new
   flash, about one a minute at rated end of life, rising fast beyond.
 * **Power supply.** A source ``V_nom`` behind an internal resistance ``R``: the board draws
-  ``P`` so ``V = (V_nom + sqrt(V_nom² − 4·R·P)) / 2``, plus noise. Below ``undervoltage_v``
-  (4.63 V, the Pi's threshold) the under-voltage bit is set; below ``brownout_v`` (or when
-  the supply collapses) the board resets (reboot reason ``BROWN_OUT``).
+  ``P`` so ``V = (V_nom + sqrt(V_nom² − 4·R·P)) / 2``, plus noise (``P`` is the power the
+  workload demands: the dip the board sees before the firmware reacts; ``supply_v`` in
+  the sample's ``custom``). Below ``undervoltage_v`` (4.63 V, the Pi's threshold) the
+  under-voltage bit is set; below ``brownout_v`` (or when the supply collapses) the board
+  resets (reboot reason ``BROWN_OUT``).
 * **Clock.** The oscillator is off by ``clock_ppm``. With NTP reachable the clock is
   disciplined, but a slew can correct at most ``ntp_max_slew_ppm`` (500 ppm, like ntpd and
   chrony); the first sync after a boot steps it. Synced means NTP reachable and ``|offset| <
@@ -49,7 +51,7 @@ Fault knobs (:meth:`SimulatedHardware.inject`, severity in (0, 1], active from `
 ``fan_stall``       the fan loses ``severity`` of its speed at once (1.0: seized)
 ``thermal_paste``   dried paste: ``R_paste`` × (1 + 5·severity), about +15 °C at full load
 ``storage_wear``    flash wears an extra ``severity`` × 5 % of its rated life per day
-``weak_psu``        supply resistance + 0.6·severity Ω (0.5 browns out under full load)
+``weak_psu``        supply resistance + 0.6·severity Ω (0.5: under-voltage, 0.7: brown-out at full load)
 ``clock_drift``     oscillator error + ``severity`` × 1000 ppm (beyond 0.5 NTP cannot keep up)
 ``memory_leak``     a process leaks ``severity`` × 10 % of RAM per hour (cleared by a reboot)
 ``cpu_runaway``     a process spins at ``severity`` × 100 % of total CPU (cleared by a reboot)
@@ -526,30 +528,20 @@ class SimulatedHardware:
         # fan
         self._step_fan(dt_s, sev)
 
-        # thermal, with the firmware's throttling governor
+        # thermal throttling: the governor's frequency for this step
         paste = 1.0 + 5.0 * sev.get("thermal_paste", 0.0)
         r_th = p.thermal_resistance(s.fan_rpm, paste)
-        tau = p.c_th_j_per_k * r_th
-        decay = math.exp(-dt_s / tau)
-        f_cap = p.min_freq_factor if s.undervoltage else 1.0
-        freq = f_cap
+        decay = math.exp(-dt_s / (p.c_th_j_per_k * r_th))
+        freq = 1.0
         t_ss = env.ambient_c + p.soc_power(cpu_frac, freq) * r_th
-        t_next = t_ss + (s.temp_c - t_ss) * decay
-        if t_next > p.throttle_c and cpu_frac > 0:
+        if t_ss + (s.temp_c - t_ss) * decay > p.throttle_c and cpu_frac > 0:
             # hold the steady state at the limit, within the frequency range
             dyn = (p.throttle_c - env.ambient_c) / r_th - p.p_idle_w
-            want = dyn / ((p.p_max_w - p.p_idle_w) * cpu_frac)
-            freq = min(f_cap, max(p.min_freq_factor, want))
-            t_ss = env.ambient_c + p.soc_power(cpu_frac, freq) * r_th
-            t_next = t_ss + (s.temp_c - t_ss) * decay
-        s.temp_c = t_next
-        s.freq_factor = freq
-        s.cpu_pct = 100.0 * cpu_frac
-        power = p.soc_power(cpu_frac, freq) + p.p_periph_w
+            freq = max(p.min_freq_factor, min(1.0, dyn / ((p.p_max_w - p.p_idle_w) * cpu_frac)))
 
-        # power supply
+        # power supply at the demanded load; under-voltage makes the firmware cap the clock
         r_psu = p.psu_resistance_ohm + 0.6 * sev.get("weak_psu", 0.0)
-        disc = p.psu_nominal_v**2 - 4.0 * r_psu * power
+        disc = p.psu_nominal_v**2 - 4.0 * r_psu * (p.soc_power(cpu_frac, freq) + p.p_periph_w)
         v_mean = (p.psu_nominal_v + math.sqrt(disc)) / 2.0 if disc > 0 else 0.0
         s.voltage_v = v_mean + p.psu_noise_v * self._normal()
         if self.rng is None:
@@ -559,6 +551,14 @@ class SimulatedHardware:
         else:
             s.undervoltage = s.voltage_v < p.undervoltage_v
             s.undervoltage_prob = float(s.undervoltage)
+        if s.undervoltage:
+            freq = min(freq, p.min_freq_factor)
+
+        # thermal step, integrated exactly
+        t_ss = env.ambient_c + p.soc_power(cpu_frac, freq) * r_th
+        s.temp_c = t_ss + (s.temp_c - t_ss) * decay
+        s.freq_factor = freq
+        s.cpu_pct = 100.0 * cpu_frac
 
         # storage
         self._step_storage(dt_s, sev)
