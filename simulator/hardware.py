@@ -51,7 +51,7 @@ Fault knobs (:meth:`SimulatedHardware.inject`, severity in (0, 1], active from `
 ``fan_stall``       the fan loses ``severity`` of its speed at once (1.0: seized)
 ``thermal_paste``   dried paste: ``R_paste`` × (1 + 5·severity), about +15 °C at full load
 ``storage_wear``    flash wears an extra ``severity`` × 5 % of its rated life per day
-``weak_psu``        supply resistance + 0.6·severity Ω (0.5: under-voltage, 0.7: brown-out at full load)
+``weak_psu``        supply resistance +0.6·severity Ω (full load: 0.5 under-volts, 0.7 browns out)
 ``clock_drift``     oscillator error + ``severity`` × 1000 ppm (beyond 0.5 NTP cannot keep up)
 ``memory_leak``     a process leaks ``severity`` × 10 % of RAM per hour (cleared by a reboot)
 ``cpu_runaway``     a process spins at ``severity`` × 100 % of total CPU (cleared by a reboot)
