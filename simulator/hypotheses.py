@@ -14,9 +14,11 @@ supply, 1 s of clock offset, ...). The score is the weighted mean over the chann
 (weights in :data:`CHANNELS`: the channels that tell hardware faults apart weigh 1, the
 workload channels ``cpu_pct`` and ``mem_pct`` 0.5). Lower is better; 0 is a perfect fit. A
 hypothesis is compared with the healthy device (no fault): ``improvement`` is how many
-times lower its score is. Workload channels are compared with a stationary workload (the
-median of the first tenth of the window) plus the fault's effect, which is what separates
-a runaway process or a leak from a workload that simply changed.
+times lower its score is. Memory is compared with a steady workload (the median of the
+first tenth of the window) plus the fault's effect. CPU load drives the simulation, so it
+is scored differently: the ``cpu_pct`` error is the RMS deviation from its median (scale
+10 %) of the load left once the hypothesis' own share is removed, so a runaway process
+that explains a lasting jump in load leaves a steadier workload behind.
 
 Limits: ambient temperature is taken as constant (estimated from the start of the window
 unless given), NTP is assumed reachable, and a fault already present at the start of the
@@ -213,7 +215,6 @@ class _Context:
     params: HardwareParams
     ambient: np.ndarray
     cpu: np.ndarray
-    cpu_ref: float
     mem_ref: float
     state0: HardwareState
     scales: dict[str, float]
@@ -273,7 +274,6 @@ def _context(signal: FieldSignal, params: HardwareParams, ambient_c: float | Non
         params=params,
         ambient=ambient,
         cpu=np.asarray(cpu, dtype=float),
-        cpu_ref=float(np.median(cpu[:m])),
         mem_ref=mem_ref,
         state0=state,
         scales=_scales(signal, params),
@@ -316,12 +316,12 @@ def _simulate(
         hw.step(ctx.dts[k], ctx.envs[k])
         record(k)
     if "cpu_pct" in ctx.signal.channels:
-        expected = np.full(n, ctx.cpu_ref)
+        # the CPU the fault itself adds, averaged over each sample's interval
+        runaway = np.zeros(n)
         if fault == "cpu_runaway":
-            expected = np.where(
-                ts >= onset, np.minimum(100.0, ctx.cpu_ref + 100 * severity), expected
-            )
-        out["cpu_pct"] = expected
+            spans = np.maximum(np.asarray(ctx.dts), 1e-9)
+            runaway = 100.0 * severity * np.clip((ts - onset) / spans, 0.0, 1.0)
+        out["cpu_pct"] = runaway
     return out
 
 
@@ -329,7 +329,13 @@ def _score(ctx: _Context, sim: dict[str, np.ndarray]) -> tuple[float, dict[str, 
     per: dict[str, float] = {}
     total = weights = 0.0
     for name, obs in ctx.signal.channels.items():
-        err = float(np.sqrt(np.mean((sim[name] - obs) ** 2))) / ctx.scales[name]
+        if name == "cpu_pct":
+            # the workload left once the fault's share is removed should look steady
+            workload = obs - sim[name]
+            spread = workload - np.median(workload)
+            err = float(np.sqrt(np.mean(spread**2))) / ctx.scales[name]
+        else:
+            err = float(np.sqrt(np.mean((sim[name] - obs) ** 2))) / ctx.scales[name]
         per[name] = err
         total += CHANNELS[name] * err
         weights += CHANNELS[name]

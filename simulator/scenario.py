@@ -35,6 +35,7 @@ from simulator.hardware import (
     FAULTS,
     PROFILE_KINDS,
     AmbientProfile,
+    Environment,
     FaultInjection,
     HardwareParams,
     LoadProfile,
@@ -270,9 +271,24 @@ class DeviceSpec:
             device_rng(self.seed, self.device_id, "hardware"),
             start_time=start_time,
         )
+        # start thermally settled at idle in the region's ambient temperature
+        hw.state.temp_c = self.ambient.at(start_time, self.utc_offset_s) + (
+            self.hardware.p_idle_w * self.hardware.thermal_resistance(self.hardware.fan_nominal_rpm)
+        )
         for inj in self.latent_faults:
             hw.inject(inj.fault, inj.severity, inj.at)
         return hw
+
+    def environment(
+        self, t: float, *, ntp_reachable: bool = True, powered: bool = True
+    ) -> Environment:
+        """The device's surroundings at unix time ``t`` (its region's ambient temperature)."""
+        return Environment(
+            ambient_c=self.ambient.at(t, self.utc_offset_s),
+            ntp_reachable=ntp_reachable,
+            powered=powered,
+            utc_offset_s=self.utc_offset_s,
+        )
 
     def factory_row(self) -> dict[str, str]:
         """The device's row in the factory CSV."""

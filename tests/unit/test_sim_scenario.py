@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from simulator.hardware import Environment
+import protocol as p
 from simulator.scenario import (
     FACTORY_CSV_COLUMNS,
     ScenarioError,
@@ -145,7 +145,7 @@ def test_a_device_s_draws_do_not_depend_on_fleet_size_or_order() -> None:
         hw = spec.make_hardware(start)
         out = []
         for _ in range(100):
-            hw.step(60.0, Environment(ambient_c=spec.ambient.at(hw.state.t, spec.utc_offset_s)))
+            hw.step(60.0, spec.environment(hw.state.t))
             out.append(hw.sample())
         return out
 
@@ -300,3 +300,19 @@ def test_the_factory_csv_has_one_row_per_device_with_the_registry_columns(tmp_pa
     buf = io.StringIO()
     write_factory_csv(fleet, buf)
     assert buf.getvalue() == path.read_text()
+
+
+def test_every_demo_device_runs_and_reports_valid_telemetry() -> None:
+    scenario = load_scenario(SCENARIOS / "demo.toml")
+    devices = [(spec, spec.make_hardware(scenario.start)) for spec in build_fleet(scenario)]
+    for _ in range(30):
+        for spec, hw in devices:
+            hw.step(scenario.tick_s, spec.environment(hw.state.t))
+    for spec, hw in devices:
+        msg = p.Telemetry(
+            device_id=spec.device_id, boot_id="b-1", seq=0, ts=scenario.start, samples=[hw.sample()]
+        )
+        assert p.decode(p.topic(spec.device_id, p.Kind.TELEMETRY), p.encode(msg)) == msg
+    hot = [hw.state.temp_c for spec, hw in devices if spec.region == "us-southwest"]
+    mild = [hw.state.temp_c for spec, hw in devices if spec.region == "eu-central"]
+    assert sum(hot) / len(hot) > sum(mild) / len(mild)  # the warmer region runs warmer
