@@ -642,9 +642,7 @@ class SimulatedHardware:
         s.on = False
         tau = p.c_th_j_per_k * p.thermal_resistance(0.0)
         s.temp_c = env.ambient_c + (s.temp_c - env.ambient_c) * math.exp(-dt / tau)
-        s.t += dt
-        if not p.has_rtc:
-            s.clock_offset_s -= dt  # the system clock is not running
+        s.t += dt  # without an RTC the lost time is applied at power-on (see reboot)
         s.fan_rpm = s.cpu_pct = s.load_1m = 0.0
         s.clock_synced = False
 
@@ -654,7 +652,8 @@ class SimulatedHardware:
         """The health sample the agent would read now, stamped with the *device's* clock.
 
         ``now`` is the true time (default: the hardware's own); the sample's ``ts`` is
-        ``now + clock offset``, so clock drift is visible to the server.
+        ``now + clock offset``, so clock drift is visible to the server. While the power
+        is cut (:attr:`is_on` False) no agent runs, so callers should not sample then.
         """
         p, s = self.params, self.state
         t = s.t if now is None else now

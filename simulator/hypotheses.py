@@ -66,7 +66,6 @@ SEVERITY_GRID = (0.05, 0.15, 0.35, 0.65, 1.0)
 ONSET_GRID = (0.0, 0.2, 0.4, 0.6, 0.8)
 """Onsets as fractions of the observation window."""
 
-_LEVELS = ("temp_c", "fan_rpm", "cpu_pct", "mem_pct", "supply_v", "undervoltage", "clock_synced")
 _CUMULATIVE = ("disk_io_errors", "reboots", "emmc_life_used_pct", "clock_offset_s")
 
 
@@ -92,6 +91,8 @@ class FieldSignal:
                 raise ValueError(f"unknown channel {name!r} (one of {', '.join(CHANNELS)})")
             if np.shape(values) != ts.shape:
                 raise ValueError(f"channel {name!r} has {np.shape(values)} values, ts {ts.shape}")
+            if not np.all(np.isfinite(values)):
+                raise ValueError(f"channel {name!r} has values that are not finite numbers")
 
     @classmethod
     def from_samples(cls, samples: Sequence[Sample]) -> FieldSignal:
@@ -423,6 +424,12 @@ def rank_hypotheses(
     search fast. Raises ``ValueError`` for an unknown fault name.
     """
     params = params or HardwareParams()
+    if ambient_c is not None and not (math.isfinite(ambient_c) and -60 <= ambient_c <= 80):
+        raise ValueError(
+            f"ambient_c must be a temperature between -60 and 80 °C, got {ambient_c!r}"
+        )
+    if max_points < 3:
+        raise ValueError(f"max_points must be at least 3, got {max_points!r}")
     faults = list(faults)
     for f in faults:
         if f not in FAULTS:

@@ -642,6 +642,8 @@ def parse_scenario(data: dict[str, Any], source: str = "scenario") -> Scenario:
         c.err("fleet", "required")
     devices = c.get(fl, "fleet", "devices", _number(1, 1_000_000, integer=True), 1, required=True)
     id_prefix = c.get(fl, "fleet", "id_prefix", _name, "sim") or "sim"
+    if len(id_prefix) > 48:
+        c.err("fleet.id_prefix", "at most 48 characters (device ids are limited to 64)")
     channel = c.get(fl, "fleet", "channel", _text, "production") or "production"
     if channel not in CHANNELS:
         c.err("fleet.channel", f"unknown channel {channel!r} (one of {', '.join(CHANNELS)})")

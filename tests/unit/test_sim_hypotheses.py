@@ -129,6 +129,19 @@ def test_bad_field_signals_are_refused_with_a_clear_error() -> None:
         FieldSignal(np.array([1.0, 2.0, 3.0]), {"humidity": np.zeros(3)})
     with pytest.raises(ValueError, match="channel 'temp_c' has"):
         FieldSignal(np.array([1.0, 2.0, 3.0]), {"temp_c": np.zeros(2)})
+    with pytest.raises(ValueError, match="channel 'temp_c' has values that are not finite"):
+        FieldSignal(np.array([1.0, 2.0, 3.0]), {"temp_c": np.array([1.0, np.nan, 2.0])})
+    signal = FieldSignal.from_samples(samples)
+    with pytest.raises(ValueError, match="ambient_c"):
+        rank_hypotheses(signal, ambient_c=float("inf"))
+
+
+def test_a_very_short_signal_still_gets_a_ranking() -> None:
+    samples = field_day("fan_stall", 1.0, 0.05)[:10]  # stalls three minutes in
+    diagnosis = rank_hypotheses(FieldSignal.from_samples(samples))
+    assert len(diagnosis.ranked) + len(diagnosis.skipped) == len(FAULTS)
+    assert diagnosis.best is not None
+    assert diagnosis.best.fault == "fan_stall"
 
 
 def test_duplicate_and_unordered_samples_are_tolerated() -> None:
