@@ -20,9 +20,10 @@ is scored differently: the ``cpu_pct`` error is the RMS deviation from its media
 10 %) of the load left once the hypothesis' own share is removed, so a runaway process
 that explains a lasting jump in load leaves a steadier workload behind.
 
-Limits: ambient temperature is taken as constant (estimated from the start of the window
-unless given), NTP is assumed reachable, and a fault already present at the start of the
-window is seen only through the initial state (e.g. a fan already slower than nominal).
+Limits: without the region's ambient profile, ambient temperature is taken as constant
+(estimated from the start of the window); NTP is assumed reachable; a fault already
+present at the start of the window is seen only through the initial state (e.g. a fan
+already slower than nominal).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from protocol import Sample
 from simulator.hardware import (
     FAULTS,
     HOUR_S,
+    AmbientProfile,
     Environment,
     HardwareParams,
     HardwareState,
@@ -243,7 +245,12 @@ def _estimate_ambient(signal: FieldSignal, params: HardwareParams, cpu: np.ndarr
     return float(np.mean(ch["temp_c"][:m]) - np.mean(power * r_th))
 
 
-def _context(signal: FieldSignal, params: HardwareParams, ambient_c: float | None) -> _Context:
+def _context(
+    signal: FieldSignal,
+    params: HardwareParams,
+    ambient_c: float | AmbientProfile | None,
+    utc_offset_s: float = 0.0,
+) -> _Context:
     ch = signal.channels
     n = len(signal.ts)
     m = max(3, n // 10)
@@ -254,6 +261,8 @@ def _context(signal: FieldSignal, params: HardwareParams, ambient_c: float | Non
             params = replace(params, fan_nominal_rpm=rpm0)
     if ambient_c is None:
         ambient = np.full(n, _estimate_ambient(signal, params, cpu))
+    elif isinstance(ambient_c, AmbientProfile):
+        ambient = np.array([ambient_c.at(float(t), utc_offset_s) for t in signal.ts])
     else:
         ambient = np.full(n, float(ambient_c))
     state = HardwareState(t=float(signal.ts[0]), clock_needs_step=False, clock_synced=True)
@@ -410,7 +419,8 @@ def rank_hypotheses(
     signal: FieldSignal,
     params: HardwareParams | None = None,
     *,
-    ambient_c: float | None = None,
+    ambient_c: float | AmbientProfile | None = None,
+    utc_offset_s: float = 0.0,
     faults: Iterable[str] = FAULTS,
     max_points: int = 288,
     severities: Sequence[float] = SEVERITY_GRID,
@@ -418,16 +428,18 @@ def rank_hypotheses(
 ) -> Diagnosis:
     """Fit every fault hypothesis to ``signal`` and rank them, best (lowest score) first.
 
-    ``params`` are the device's hardware constants (its revision's), ``ambient_c`` the
-    ambient temperature if known (estimated otherwise). The signal is resampled
-    to at most ``max_points`` points (default 288: 5-minute bins for a day) to keep the
-    search fast. Raises ``ValueError`` for an unknown fault name.
+    ``params`` are the device's hardware constants (its revision's). ``ambient_c`` is the
+    ambient temperature if known: a constant, or the region's :class:`AmbientProfile`
+    (with the zone's ``utc_offset_s``); without it a constant is estimated from the start
+    of the window. The signal is resampled to at most ``max_points`` points (default 288:
+    5-minute bins for a day) to keep the search fast. Raises ``ValueError`` for an unknown
+    fault name or an impossible ambient temperature.
     """
     params = params or HardwareParams()
-    if ambient_c is not None and not (math.isfinite(ambient_c) and -60 <= ambient_c <= 80):
-        raise ValueError(
-            f"ambient_c must be a temperature between -60 and 80 °C, got {ambient_c!r}"
-        )
+    if isinstance(ambient_c, int | float) and not (
+        math.isfinite(ambient_c) and -60 <= ambient_c <= 80
+    ):
+        raise ValueError(f"ambient_c must be between -60 and 80 °C, got {ambient_c!r}")
     if max_points < 3:
         raise ValueError(f"max_points must be at least 3, got {max_points!r}")
     faults = list(faults)
@@ -435,9 +447,10 @@ def rank_hypotheses(
         if f not in FAULTS:
             raise ValueError(f"unknown fault {f!r} (one of {', '.join(FAULTS)})")
     sig = signal.resampled(max_points)
-    ctx = _context(sig, params, ambient_c)
+    ctx = _context(sig, params, ambient_c, utc_offset_s)
     # the grid search runs on a coarser copy; the refinement on the full resolution
-    coarse = _context(sig.resampled(max(16, max_points // 3)), params, float(ctx.ambient[0]))
+    ambient = ambient_c if ambient_c is not None else float(ctx.ambient[0])
+    coarse = _context(sig.resampled(max(16, max_points // 3)), params, ambient, utc_offset_s)
     t0, span = float(sig.ts[0]), float(sig.ts[-1] - sig.ts[0])
     base, base_per = _score(ctx, _simulate(ctx, None, 0.0, math.inf))
 

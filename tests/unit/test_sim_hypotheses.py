@@ -10,6 +10,7 @@ import pytest
 from protocol import Sample
 from simulator.hardware import (
     FAULTS,
+    AmbientProfile,
     Environment,
     HardwareParams,
     HardwareState,
@@ -32,6 +33,7 @@ def field_day(
     params: HardwareParams | None = None,
     prepare: Callable[[HardwareState], None] | None = None,
     seed: int = 5,
+    ambient: AmbientProfile | None = None,
 ) -> list[Sample]:
     """A day of 1-minute samples from a noisy (seeded) device with ``fault`` injected."""
     hw = SimulatedHardware(
@@ -44,7 +46,8 @@ def field_day(
         hw.inject(fault, severity, T0 + onset_h * HOUR)
     samples = []
     for _ in range(24 * 60):
-        hw.step(60.0, Environment(ambient_c=23.0))
+        temp = ambient.at(hw.state.t) if ambient else 23.0
+        hw.step(60.0, Environment(ambient_c=temp))
         samples.append(hw.sample())
     return samples
 
@@ -153,3 +156,15 @@ def test_duplicate_and_unordered_samples_are_tolerated() -> None:
     assert a.channels.keys() == b.channels.keys()
     for name in a.channels:
         assert np.array_equal(a.channels[name], b.channels[name])
+
+
+def test_the_region_s_ambient_profile_separates_weather_from_a_fault() -> None:
+    weather = AmbientProfile(mean_c=28.0, amplitude_c=8.0, peak_hour=15.0)
+    samples = field_day(
+        "thermal_paste", 0.5, 14.0, profile=LoadProfile(kind="idle"), ambient=weather
+    )
+    diagnosis = rank_hypotheses(FieldSignal.from_samples(samples), ambient_c=weather)
+    assert diagnosis.best is not None
+    assert diagnosis.best.fault == "thermal_paste"
+    assert diagnosis.best.supported
+    assert diagnosis.baseline_channels["temp_c"] > 3 * diagnosis.best.channel_scores["temp_c"]
