@@ -110,13 +110,13 @@ class AdaptiveRule:
         code: str | None = None,
         severity: Severity = Severity.WARNING,
         direction: Direction = "both",
-        raise_threshold: float = 6.0,
+        raise_threshold: float = 5.0,
         clear_threshold: float = 3.0,
         raise_samples: int = 3,
         raise_after_s: float = 0.0,
         clear_samples: int = 5,
         clear_after_s: float = 0.0,
-        refractory_s: float = 3600.0,
+        refractory_s: float = 6 * 3600.0,
         fast_tau_s: float = 3600.0,
         scale_tau_s: float = 86400.0,
         slow_tau_s: float = 2 * 86400.0,
@@ -132,6 +132,7 @@ class AdaptiveRule:
         max_weight_intervals: float = 4.0,
         min_scale: float = 0.0,
         min_rel_scale: float = 0.002,
+        scale_leak: float = 0.02,
     ) -> None:
         if not isinstance(signal, str) or not signal:
             raise ValueError("signal must be a non-empty field name")
@@ -197,6 +198,7 @@ class AdaptiveRule:
         self.max_weight_intervals = float(max_weight_intervals)
         self.min_scale = float(min_scale)
         self.min_rel_scale = float(min_rel_scale)
+        self.scale_leak = float(scale_leak)
         self._active = False
         self._reset_all()
 
@@ -362,30 +364,48 @@ class AdaptiveRule:
     def _sd_fast(self) -> float:
         return max(_MEANABS_TO_SD * (self._s_f or 0.0), self._floor())
 
-    def _sd_drift(self, sd_f: float) -> float:
+    def _sd_drift(self, sd_f: float, ts: float) -> float:
         level = abs(self._m_s) if self._m_s is not None else 0.0
         floor = max(self.min_scale, self.min_rel_scale * level, 1e-12)
-        if self._dt_typ is not None:
+        if self._relearned_recently(ts):
+            # Across a long gap the level may have moved legitimately: only a change
+            # that is large against the noise itself counts.
+            floor = max(floor, sd_f)
+        elif self._dt_typ is not None:
             # White-noise spread of the fast level: sd * sqrt(dt / (2 tau)).
             floor = max(floor, sd_f * math.sqrt(self._dt_typ / (2 * self._tau(self.fast_tau_s))))
         return max(_MEANABS_TO_SD * (self._s_d or 0.0), floor)
 
+    def _relearned_recently(self, ts: float) -> bool:
+        """True for ``slow_tau_s`` after a relearn caused by a long gap."""
+        return (
+            self._reset_ts is not None
+            and self._start_ts is not None
+            and self._reset_ts > self._start_ts
+            and ts - self._reset_ts < self.slow_tau_s
+        )
+
     def _learn(self, x: float, dt: float, ts: float) -> None:
         assert self._m_f is not None
         assert self._m_s is not None
+        assert self._start_ts is not None
         self._n = min(self._n + 1, _MAX_COUNT)
         self._n_all = min(self._n_all + 1, _MAX_COUNT)
         active = self._active
         sd_f = self._sd_fast()
         resid = x - self._m_f
-        # Noise scale: winsorised mean absolute deviation; samples at or above the raise
-        # threshold are not learned from, and learning is slowed while the fault is active.
-        if abs(resid) < self.raise_threshold * sd_f:
-            a = self._alpha(self.scale_tau_s, dt, self._n_all)
-            if active:
-                a *= self.anomaly_learning_weight
-            capped = min(abs(resid), self.huber_k * sd_f)
-            self._s_f = (self._s_f or 0.0) + a * (capped - (self._s_f or 0.0))
+        # Noise scale: residuals beyond the raise threshold barely teach it.
+        warm = self._n_all <= self.warmup_samples or ts - self._start_ts < self.warmup_s
+        self._s_f = self._learn_scale(
+            self._s_f,
+            abs(resid),
+            sd_f,
+            gate=self.raise_threshold,
+            weight=self.anomaly_learning_weight if active else 1.0,
+            tau=self.scale_tau_s,
+            dt=dt,
+            warm=warm,
+        )
         # Fast level: Huber-clipped (unclipped in warm-up), slowed while anomalous.
         a = self._alpha(self.fast_tau_s, dt, self._n)
         if self._n > self.warmup_samples:
@@ -397,19 +417,48 @@ class AdaptiveRule:
         # Slow level follows the fast one: this is the adaptation to a new normal.
         a = self._alpha(self.slow_tau_s, dt, self._n_all)
         self._m_s += a * (self._m_f - self._m_s)
-        # Normal spread of (fast - slow). Learned freely during the drift warm-up; after
-        # it, a value above the clear threshold teaches it only at the anomaly learning
-        # weight (winsorised at the raise threshold), so a slow drift cannot quickly teach
-        # itself to be normal, yet a spread learned too small early on still recovers.
-        d = abs(self._m_f - self._m_s)
-        a = self._alpha(self.drift_scale_tau_s, dt, self._n_all)
-        assert self._start_ts is not None
-        if self._s_d is not None and ts - self._start_ts >= self.drift_warmup_s:
-            sd_d = self._sd_drift(self._sd_fast())
-            if d >= self.clear_threshold * sd_d:
-                a *= self.anomaly_learning_weight
-                d = min(d, self.raise_threshold * sd_d)
-        self._s_d = (self._s_d or 0.0) + a * (d - (self._s_d or 0.0))
+        # Normal spread of (fast - slow): a departure beyond the clear threshold barely
+        # teaches it, so a slow drift cannot teach itself to be normal.
+        self._s_d = self._learn_scale(
+            self._s_d,
+            abs(self._m_f - self._m_s),
+            self._sd_drift(self._sd_fast(), ts),
+            gate=self.clear_threshold,
+            weight=1.0,
+            tau=self.drift_scale_tau_s,
+            dt=dt,
+            warm=self._s_d is None or ts - self._start_ts < self.drift_warmup_s,
+        )
+
+    def _learn_scale(
+        self,
+        current: float | None,
+        deviation: float,
+        sd: float,
+        *,
+        gate: float,
+        weight: float,
+        tau: float,
+        dt: float,
+        warm: bool,
+    ) -> float:
+        """Update a mean-absolute-deviation scale robustly.
+
+        In warm-up every deviation counts in full. After it, a deviation below ``gate`` SDs
+        counts winsorised at ``huber_k`` SDs (times ``weight``); one beyond the gate counts
+        only at ``scale_leak`` (winsorised at the raise threshold): enough for a scale that
+        was learned too small to recover, too little for an anomaly to become normal.
+        """
+        old = current or 0.0
+        a = self._alpha(tau, dt, self._n_all)
+        if not warm:
+            if deviation < gate * sd:
+                a *= weight
+                deviation = min(deviation, self.huber_k * sd)
+            else:
+                a *= self.scale_leak
+                deviation = min(deviation, self.raise_threshold * sd)
+        return old + a * (deviation - old)
 
     # --- scoring and debounce -----------------------------------------------------------------
 
@@ -432,7 +481,7 @@ class AdaptiveRule:
         z_drift = 0.0
         assert self._start_ts is not None
         if ts - self._start_ts >= self.drift_warmup_s:
-            z_drift = self._directional((self._m_f - self._m_s) / self._sd_drift(sd_f))
+            z_drift = self._directional((self._m_f - self._m_s) / self._sd_drift(sd_f, ts))
         if z_drift > z_level:
             return z_drift, "drift"
         return z_level, "level"
@@ -480,7 +529,7 @@ class AdaptiveRule:
         assert self._m_s is not None
         sd_f = self._sd_fast()
         if kind == "drift":
-            centre, sd, current = self._m_s, self._sd_drift(sd_f), self._m_f
+            centre, sd, current = self._m_s, self._sd_drift(sd_f, ts), self._m_f
         else:
             centre, sd, current = self._m_f, sd_f, x
         sign = 1.0 if current >= centre else -1.0
