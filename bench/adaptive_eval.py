@@ -34,8 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.core.adaptive import AdaptiveRule  # noqa: E402
-from protocol import Sample  # noqa: E402
+from agent.core.adaptive import AdaptiveRule
+from protocol import Sample
 
 DAY = 86400.0
 STEP = 300.0
@@ -132,7 +132,7 @@ def make_series(base: str, anomaly: str, seed: int) -> Series:
     return series
 
 
-def run_rule(series: Series, params: dict[str, float]) -> list[float]:
+def run_rule(series: Series, params: dict[str, float | None]) -> list[float]:
     """Times of the rule's raises over the series."""
     rule = AdaptiveRule("value", **params)  # type: ignore[arg-type]
     raises: list[float] = []
@@ -180,14 +180,18 @@ def score_series(series: Series, raises: list[float]) -> Outcome:
     return Outcome(score, len(series.windows), detected, fps, delays, lead)
 
 
-def parse_set(items: list[str]) -> dict[str, float]:
+def parse_set(items: list[str]) -> dict[str, float | None]:
     """``name=value`` pairs as rule keyword arguments."""
-    params: dict[str, float] = {}
+    params: dict[str, float | None] = {}
     for item in items:
         name, _, value = item.partition("=")
         if not value:
             raise SystemExit(f"--set expects name=value, got {item!r}")
-        params[name] = float(value) if "." in value or "e" in value else int(value)
+        params[name] = (
+            None
+            if value == "none"
+            else (float(value) if "." in value or "e" in value else int(value))
+        )
     return params
 
 
@@ -258,9 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             f"clean controls: {clean_fp} false positives in {clean_days:.0f} days "
             f"({clean_fp / clean_days:.3f}/day)"
         )
-        print(
-            f"{samples} samples in {elapsed:.1f} s ({1e6 * elapsed / samples:.1f} µs/sample)"
-        )
+        print(f"{samples} samples in {elapsed:.1f} s ({1e6 * elapsed / samples:.1f} µs/sample)")
         print(f"NAB-like score (0 = never raise, 100 = perfect): {nab:.1f}")
     summary = {
         "nab_score": round(nab, 2),

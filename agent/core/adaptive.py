@@ -133,6 +133,9 @@ class AdaptiveRule:
         min_scale: float = 0.0,
         min_rel_scale: float = 0.002,
         scale_leak: float = 0.02,
+        seasonal_period_s: float | None = 86400.0,
+        seasonal_bins: int = 24,
+        seasonal_tau_s: float = 7 * 86400.0,
     ) -> None:
         if not isinstance(signal, str) or not signal:
             raise ValueError("signal must be a non-empty field name")
@@ -169,6 +172,16 @@ class AdaptiveRule:
         for name, value in non_negative.items():
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number, not {value!r}")
+        if seasonal_period_s is not None and not (
+            math.isfinite(seasonal_period_s) and seasonal_period_s > 0
+        ):
+            raise ValueError("seasonal_period_s must be a positive number or None")
+        if not (2 <= seasonal_bins <= 1024):
+            raise ValueError("seasonal_bins must be between 2 and 1024")
+        if not (math.isfinite(seasonal_tau_s) and seasonal_tau_s > 0):
+            raise ValueError("seasonal_tau_s must be a positive number")
+        if not (0 <= scale_leak <= 1):
+            raise ValueError("scale_leak must be between 0 and 1")
         if not (0 <= anomaly_learning_weight <= 1):
             raise ValueError("anomaly_learning_weight must be between 0 and 1")
 
@@ -199,6 +212,9 @@ class AdaptiveRule:
         self.min_scale = float(min_scale)
         self.min_rel_scale = float(min_rel_scale)
         self.scale_leak = float(scale_leak)
+        self.seasonal_period_s = None if seasonal_period_s is None else float(seasonal_period_s)
+        self.seasonal_bins = int(seasonal_bins)
+        self.seasonal_tau_s = float(seasonal_tau_s)
         self._active = False
         self._reset_all()
 
@@ -233,13 +249,16 @@ class AdaptiveRule:
             self._resolution = step if self._resolution is None else min(self._resolution, step)
 
         change: FaultChange | None = None
+        season = self._season(ts)
+        y = x - season  # the model works on the deseasonalised signal
         if self._m_f is None:
-            self._start(ts, x)
+            self._start(ts, y)
         else:
-            scored = self._score(x, ts)
+            scored = self._score(y, ts)
             if scored is not None:
-                change = self._debounce(ts, x, *scored)
-            self._learn(x, dt, ts)
+                change = self._debounce(ts, x, season, *scored)
+            self._learn(y, dt, ts)
+            self._learn_season(x, ts, dt)
         self._last_ts = ts
         self._last_x = x
         return change
@@ -255,11 +274,14 @@ class AdaptiveRule:
             state[name] = getattr(self, "_" + name)
         for name in _INT_STATE:
             state[name] = getattr(self, "_" + name)
+        state["season_bins"] = None if self._season_bins is None else list(self._season_bins)
+        state["season_visits"] = None if self._season_visits is None else list(self._season_visits)
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`snapshot`; state that is corrupt or not ours is ignored."""
-        parsed = _parse_snapshot(state, self.signal)
+        bins = self.seasonal_bins if self.seasonal_period_s is not None else None
+        parsed = _parse_snapshot(state, self.signal, bins)
         if parsed is None:
             return
         for name, value in parsed.items():
@@ -293,6 +315,11 @@ class AdaptiveRule:
         self._m_s: float | None = None
         self._start_ts: float | None = None
         self._n_all = 0
+        self._season_bins: list[float] | None = None
+        self._season_visits: list[float] | None = None
+        if self.seasonal_period_s is not None:
+            self._season_bins = [0.0] * self.seasonal_bins
+            self._season_visits = [0.0] * self.seasonal_bins
         self._reset_levels(None)
 
     def _reset_levels(self, ts: float | None) -> None:
@@ -430,6 +457,64 @@ class AdaptiveRule:
             warm=self._s_d is None or ts - self._start_ts < self.drift_warmup_s,
         )
 
+    def _season_position(self, ts: float) -> tuple[int, int, float]:
+        """The two profile bins around ``ts`` and the interpolation weight of the second."""
+        assert self.seasonal_period_s is not None
+        phase = (ts % self.seasonal_period_s) / self.seasonal_period_s
+        u = phase * self.seasonal_bins - 0.5
+        lower = math.floor(u)
+        frac = u - lower
+        return lower % self.seasonal_bins, (lower + 1) % self.seasonal_bins, frac
+
+    def _season(self, ts: float) -> float:
+        """The learned daily profile at ``ts`` (zero mean over the period), or 0.
+
+        The profile is applied only where it is clearly larger than the noise: it is
+        shrunk to nothing while its spread is below half the noise SD and fully applied
+        from one noise SD on, so a signal without seasonality is not made noisier by a
+        profile of learned noise.
+        """
+        bins = self._season_bins
+        if bins is None:
+            return 0.0
+        count = len(bins)
+        mean = math.fsum(bins) / count
+        spread = math.sqrt(math.fsum((b - mean) ** 2 for b in bins) / count)
+        ratio = spread / self._sd_fast() if self._m_s is not None else 0.0
+        gain = min(1.0, max(0.0, 2.0 * ratio - 1.0))
+        if gain == 0.0:
+            return 0.0
+        i0, i1, frac = self._season_position(ts)
+        return gain * ((1 - frac) * bins[i0] + frac * bins[i1] - mean)
+
+    def _learn_season(self, x: float, ts: float, dt: float) -> None:
+        """Learn the profile from the departure of ``x`` from the slow level.
+
+        Each sample teaches the two bins around it (weighted by closeness). A bin's
+        time constant is ``seasonal_tau_s``; its first visits are plainly averaged.
+        Anomalous samples are not learned from.
+        """
+        if self._season_bins is None or self._m_s is None or self._m_f is None:
+            return
+        if self._active or self._pending_n > 0:
+            return
+        i0, i1, frac = self._season_position(ts)
+        bins, visits = self._season_bins, self._season_visits
+        assert visits is not None
+        dt_w = dt
+        if self._dt_typ is not None:
+            dt_w = min(dt, self.max_weight_intervals * self._dt_typ)
+        rate = -math.expm1(-dt_w * self.seasonal_bins / self.seasonal_tau_s)
+        predicted = (1 - frac) * bins[i0] + frac * bins[i1]
+        bound = self.huber_k * self._sd_fast()
+        err = max(-bound, min(bound, (x - self._m_s) - predicted))
+        for index, weight in ((i0, 1 - frac), (i1, frac)):
+            if weight <= 0:
+                continue
+            visits[index] = min(visits[index] + weight, _MAX_COUNT)
+            a = max(rate, 1.0 / max(visits[index], 1.0)) * weight
+            bins[index] += a * err
+
     def _learn_scale(
         self,
         current: float | None,
@@ -486,7 +571,9 @@ class AdaptiveRule:
             return z_drift, "drift"
         return z_level, "level"
 
-    def _debounce(self, ts: float, x: float, score: float, kind: str) -> FaultChange | None:
+    def _debounce(
+        self, ts: float, x: float, season: float, score: float, kind: str
+    ) -> FaultChange | None:
         if not self._active:
             refractory = (
                 self._last_clear_ts is not None and ts - self._last_clear_ts < self.refractory_s
@@ -507,7 +594,7 @@ class AdaptiveRule:
             self._pending_since = None
             self._clear_n = 0
             self._clear_since = None
-            return self._change(True, ts, x, score, kind)
+            return self._change(True, ts, x, season, score, kind)
         if score >= self.clear_threshold:
             self._clear_n = 0
             self._clear_since = None
@@ -522,16 +609,18 @@ class AdaptiveRule:
         self._clear_n = 0
         self._clear_since = None
         self._last_clear_ts = ts
-        return self._change(False, ts, x, score, kind)
+        return self._change(False, ts, x, season, score, kind)
 
-    def _change(self, raised: bool, ts: float, x: float, score: float, kind: str) -> FaultChange:
+    def _change(
+        self, raised: bool, ts: float, x: float, season: float, score: float, kind: str
+    ) -> FaultChange:
         assert self._m_f is not None
         assert self._m_s is not None
         sd_f = self._sd_fast()
         if kind == "drift":
             centre, sd, current = self._m_s, self._sd_drift(sd_f, ts), self._m_f
         else:
-            centre, sd, current = self._m_f, sd_f, x
+            centre, sd, current = self._m_f + season, sd_f, x
         sign = 1.0 if current >= centre else -1.0
         if self.direction == "up":
             sign = 1.0
@@ -543,7 +632,7 @@ class AdaptiveRule:
         if not raised:
             message = (
                 f"{self.signal} {_fmt(x)} is back within {_fmt(self.clear_threshold)} robust SDs "
-                f"of its learned normal {_fmt(self._m_f)}"
+                f"of its learned normal {_fmt(self._m_f + season)}"
             )
         elif kind == "drift":
             message = (
@@ -571,7 +660,21 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _parse_snapshot(state: Any, signal: str) -> dict[str, Any] | None:
+def _parse_floats(value: Any, length: int | None) -> list[float] | bool | None:
+    """A list of ``length`` finite floats (None when no list is expected); False if invalid."""
+    if length is None:
+        return None if value is None else False
+    if not isinstance(value, list) or len(value) != length:
+        return False
+    out = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
+            return False
+        out.append(float(item))
+    return out
+
+
+def _parse_snapshot(state: Any, signal: str, season_bins: int | None) -> dict[str, Any] | None:
     """Validate a snapshot; None when anything is missing, mistyped or not finite."""
     if not isinstance(state, dict) or state.get("v") != _SNAPSHOT_VERSION:
         return None
@@ -603,5 +706,12 @@ def _parse_snapshot(state: Any, signal: str) -> dict[str, Any] | None:
     if parsed["n_all"] > 0 and (parsed["m_s"] is None or parsed["start_ts"] is None):
         return None
     if parsed["m_f"] is not None and parsed["m_s"] is None:
+        return None
+    for name in ("season_bins", "season_visits"):
+        values = _parse_floats(state.get(name), season_bins)
+        if values is False:
+            return None
+        parsed[name] = values
+    if parsed["season_visits"] is not None and min(parsed["season_visits"]) < 0:
         return None
     return parsed
