@@ -24,6 +24,13 @@ is scored against what was learned *before* it, then learned from):
   each sample is unremarkable: a fan losing 1 %/day. Because ``sd_d`` is learned, a signal
   with a large normal daily swing needs a proportionally larger drift to be flagged.
 
+* **Daily profile** (``seasonal_period_s``, default one day; ``None`` turns it off): a
+  ``seasonal_bins``-bin profile of the signal's departure from its long-term level,
+  learned over ``seasonal_tau_s``, kept at zero mean (so it never absorbs a drift), and
+  subtracted before the scores are computed. It is applied only where it is clearly larger
+  than the noise (shrunk to nothing below half a noise SD of spread), so a signal without
+  a daily cycle is not made noisier by a profile of learned noise.
+
 The score is the larger of the two (in the watched ``direction``: ``both``, ``up`` or
 ``down``). The rule raises when the score is at or above ``raise_threshold`` for
 ``raise_samples`` consecutive samples spanning at least ``raise_after_s`` seconds, and
@@ -32,29 +39,34 @@ clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` s
 
 **Learning and adaptation.** Time constants are in seconds and decay by elapsed time, so
 irregular sampling is handled; each is stretched to at least ``min_tau_samples`` typical
-sampling intervals so sparse signals still average enough samples. While a raise is
-pending or the fault is active, the scales stop learning and the fast level learns at
-``anomaly_learning_weight`` of its rate (anomalies do not poison the baseline). The slow
-level keeps following, which is the documented **adaptation time**: a sustained new level
-is accepted as normal, and the fault clears, after roughly ``3 × slow_tau_s`` (about six
-days with the defaults); a level that keeps moving (an ongoing drift) stays flagged.
+sampling intervals (a streaming median of the intervals) so sparse signals still average
+enough samples. Scales learn from winsorised deviations; a deviation beyond the raise
+threshold (noise scale) or the clear threshold (drift spread) teaches them only at
+``scale_leak`` of the normal rate: too little for an anomaly or a slow drift to become
+normal, enough for a scale learned too small to recover. While a raise is pending or the
+fault is active the fast level learns at ``anomaly_learning_weight`` of its rate and the
+profile does not learn. The slow level keeps following, which is the documented
+**adaptation time**: a sustained new level is accepted as normal, and the fault clears,
+after about 2 to 4 × ``slow_tau_s`` (7 to 13 days with the defaults, longer for larger
+steps); a level that keeps moving (an ongoing drift) stays flagged.
 
 **Warm-up and gaps.** No alarm before ``warmup_samples`` samples and ``warmup_s`` seconds;
-the drift score needs ``drift_warmup_s`` too (it must see a daily cycle first). A missing
-value (``None``, NaN, non-numeric) is a gap and changes nothing. A gap longer than
-``relearn_after_s`` (and ``relearn_after_samples`` typical intervals) relearns the levels and
-restarts the warm-up rather than alarming on the first sample after it (the learned noise
-scales are kept). Shorter gaps keep the baseline; a sample after a gap does not weigh more
-than ``max_weight_intervals`` typical intervals' worth.
+the drift score needs ``drift_warmup_s`` since the first sample too. A missing value
+(``None``, NaN, non-numeric) is a gap and changes nothing. A gap longer than
+``relearn_after_s`` (and ``relearn_after_samples`` typical intervals) relearns the fast
+level and restarts the warm-up instead of alarming on the first samples after it; the
+long-term level, the scales and the profile are kept, and for ``slow_tau_s`` after the gap
+the drift score is measured in noise SDs, so only a change that is clear against the noise
+raises. Shorter gaps keep the baseline; a sample after a gap does not weigh more than
+``max_weight_intervals`` typical intervals' worth.
 
-Not modelled: daily seasonality (a seasonal signal is judged against its recent level and
-its learned normal swing, which costs sensitivity but never false alarms from the cycle
-itself) and changes in variance alone (a large enough variance increase still raises the
-level score repeatedly).
+Not modelled: weekly or other non-daily cycles, and changes in variance alone (a large
+enough variance increase still raises through repeated level excursions).
 
 ``FaultChange.threshold`` is the **bound in signal units** that the score crossed (for a
 raise) or must stay within (for a clear): ``m_f ± raise_threshold·sd_f`` for the level
-score, ``m_s ± raise_threshold·sd_d`` for the drift score; ``value`` is the sample's value.
+score, ``m_s ± raise_threshold·sd_d`` for the drift score (the daily profile added back for the
+level score); ``value`` is the sample's value.
 """
 
 from __future__ import annotations
@@ -73,6 +85,10 @@ _MEANABS_TO_SD = math.sqrt(math.pi / 2.0)
 _SNAPSHOT_VERSION = 1
 _MAX_COUNT = 10**9
 """The sample counter saturates here (it only drives warm-up and the first averages)."""
+_MAX_MAGNITUDE = 1e15
+"""Larger values are not valid measurements (the protocol rejects them too)."""
+_MAX_STATE = 1e18
+"""A restored number beyond this cannot come from valid samples: the state is corrupt."""
 _DT_QUANTILE_STEP = 0.05
 """Relative step of the streaming median of the sampling interval."""
 
@@ -119,10 +135,10 @@ class AdaptiveRule:
         refractory_s: float = 12 * 3600.0,
         fast_tau_s: float = 3600.0,
         scale_tau_s: float = 86400.0,
-        slow_tau_s: float = 2 * 86400.0,
+        slow_tau_s: float = 3 * 86400.0,
         drift_scale_tau_s: float = 7 * 86400.0,
         min_tau_samples: float = 10.0,
-        huber_k: float = 3.0,
+        huber_k: float = 2.5,
         anomaly_learning_weight: float = 0.1,
         warmup_samples: int = 30,
         warmup_s: float = 3 * 3600.0,
@@ -234,7 +250,7 @@ class AdaptiveRule:
         """
         x = self._read(sample)
         ts = float(sample.ts)
-        if x is None or not math.isfinite(ts):
+        if x is None or not (math.isfinite(ts) and abs(ts) <= _MAX_MAGNITUDE):
             return None
         if self._last_ts is not None and ts <= self._last_ts:
             return None
@@ -300,7 +316,7 @@ class AdaptiveRule:
             value = float(raw)
         except (TypeError, ValueError):
             return None
-        return value if math.isfinite(value) else None
+        return value if math.isfinite(value) and abs(value) <= _MAX_MAGNITUDE else None
 
     # --- learning -------------------------------------------------------------------------
 
@@ -668,7 +684,9 @@ def _parse_floats(value: Any, length: int | None) -> list[float] | bool | None:
         return False
     out = []
     for item in value:
-        if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            return False
+        if not math.isfinite(item) or abs(item) > _MAX_STATE:
             return False
         out.append(float(item))
     return out
@@ -690,7 +708,7 @@ def _parse_snapshot(state: Any, signal: str, season_bins: int | None) -> dict[st
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
-        if not math.isfinite(value):
+        if not math.isfinite(value) or abs(value) > _MAX_STATE:
             return None
         parsed[name] = float(value)
     for name in _INT_STATE:
@@ -705,7 +723,13 @@ def _parse_snapshot(state: Any, signal: str, season_bins: int | None) -> dict[st
         return None
     if parsed["n_all"] > 0 and (parsed["m_s"] is None or parsed["start_ts"] is None):
         return None
-    if parsed["m_f"] is not None and parsed["m_s"] is None:
+    if parsed["m_f"] is not None and (
+        parsed["m_s"] is None or parsed["n"] == 0 or parsed["start_ts"] is None
+    ):
+        return None
+    if (parsed["pending_n"] > 0) != (parsed["pending_since"] is not None):
+        return None
+    if (parsed["clear_n"] > 0) != (parsed["clear_since"] is not None):
         return None
     for name in ("season_bins", "season_visits"):
         values = _parse_floats(state.get(name), season_bins)
