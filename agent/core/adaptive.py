@@ -55,9 +55,10 @@ the drift score needs ``drift_warmup_s`` since the first sample too. A missing v
 (``None``, NaN, non-numeric) is a gap and changes nothing. A gap longer than
 ``relearn_after_s`` (and ``relearn_after_samples`` typical intervals) relearns the fast
 level and restarts the warm-up instead of alarming on the first samples after it; the
-long-term level, the scales and the profile are kept, and for ``slow_tau_s`` after the gap
-the drift score is measured in noise SDs, so only a change that is clear against the noise
-raises. Shorter gaps keep the baseline; a sample after a gap does not weigh more than
+scales and the profile are kept. When that warm-up ends, a level change across the gap
+smaller than ``raise_threshold`` noise SDs is accepted as the new long-term normal; a
+larger one stays a departure from the old normal and is raised by the drift score.
+Shorter gaps keep the baseline; a sample after a gap does not weigh more than
 ``max_weight_intervals`` typical intervals' worth.
 
 Not modelled: weekly or other non-daily cycles, and changes in variance alone (a large
@@ -270,6 +271,7 @@ class AdaptiveRule:
         if self._m_f is None:
             self._start(ts, y)
         else:
+            self._accept_gap_change(ts)
             scored = self._score(y, ts)
             if scored is not None:
                 change = self._debounce(ts, x, season, *scored)
@@ -285,6 +287,7 @@ class AdaptiveRule:
             "v": _SNAPSHOT_VERSION,
             "signal": self.signal,
             "active": self._active,
+            "gap_check": self._gap_check,
         }
         for name, _ in _FLOAT_STATE:
             state[name] = getattr(self, "_" + name)
@@ -331,6 +334,7 @@ class AdaptiveRule:
         self._m_s: float | None = None
         self._start_ts: float | None = None
         self._n_all = 0
+        self._gap_check = False
         self._season_bins: list[float] | None = None
         self._season_visits: list[float] | None = None
         if self.seasonal_period_s is not None:
@@ -356,10 +360,28 @@ class AdaptiveRule:
     def _relearn(self, ts: float) -> None:
         """After a long gap, relearn the fast level and restart the warm-up.
 
-        The long-term normal and the scales are kept, so a level that changed during the
-        gap is still caught (by the drift score, once the warm-up is over).
+        The long-term normal and the scales are kept until the warm-up ends; then
+        :meth:`_accept_gap_change` decides whether the level found after the gap is the
+        new normal or a departure to flag.
         """
         self._reset_levels(ts)
+        self._gap_check = True
+
+    def _accept_gap_change(self, ts: float) -> None:
+        """At the end of the warm-up after a long gap, accept a modest level change.
+
+        The level may legitimately move while nobody watches, so a change smaller than
+        ``raise_threshold`` noise SDs becomes the new long-term normal at once. A larger
+        one is kept as a departure from the old normal, which the drift score raises.
+        """
+        assert self._reset_ts is not None
+        if not self._gap_check or self._m_f is None or self._m_s is None:
+            return
+        if self._n < self.warmup_samples or ts - self._reset_ts < self.warmup_s:
+            return
+        self._gap_check = False
+        if abs(self._m_f - self._m_s) < self.raise_threshold * self._sd_fast():
+            self._m_s = self._m_f
 
     def _learn_interval(self, dt: float) -> None:
         """Track the median sampling interval (multiplicative streaming quantile)."""
@@ -410,23 +432,10 @@ class AdaptiveRule:
     def _sd_drift(self, sd_f: float, ts: float) -> float:
         level = abs(self._m_s) if self._m_s is not None else 0.0
         floor = max(self.min_scale, self.min_rel_scale * level, 1e-12)
-        if self._relearned_recently(ts):
-            # Across a long gap the level may have moved legitimately: only a change
-            # that is large against the noise itself counts.
-            floor = max(floor, sd_f)
-        elif self._dt_typ is not None:
+        if self._dt_typ is not None:
             # White-noise spread of the fast level: sd * sqrt(dt / (2 tau)).
             floor = max(floor, sd_f * math.sqrt(self._dt_typ / (2 * self._tau(self.fast_tau_s))))
         return max(_MEANABS_TO_SD * (self._s_d or 0.0), floor)
-
-    def _relearned_recently(self, ts: float) -> bool:
-        """True for ``slow_tau_s`` after a relearn caused by a long gap."""
-        return (
-            self._reset_ts is not None
-            and self._start_ts is not None
-            and self._reset_ts > self._start_ts
-            and ts - self._reset_ts < self.slow_tau_s
-        )
 
     def _learn(self, x: float, dt: float, ts: float) -> None:
         assert self._m_f is not None
@@ -696,9 +705,13 @@ def _parse_snapshot(state: Any, signal: str, season_bins: int | None) -> dict[st
     """Validate a snapshot; None when anything is missing, mistyped or not finite."""
     if not isinstance(state, dict) or state.get("v") != _SNAPSHOT_VERSION:
         return None
-    if state.get("signal") != signal or not isinstance(state.get("active"), bool):
+    if state.get("signal") != signal:
         return None
-    parsed: dict[str, Any] = {"active": state["active"]}
+    parsed: dict[str, Any] = {}
+    for name in ("active", "gap_check"):
+        if not isinstance(state.get(name), bool):
+            return None
+        parsed[name] = state[name]
     for name, nullable in _FLOAT_STATE:
         value = state.get(name)
         if value is None:

@@ -434,3 +434,25 @@ def test_arbitrary_input_never_crashes_and_state_stays_json(
     resumed = AdaptiveRule("v", warmup_samples=3, warmup_s=0.0, drift_warmup_s=0.0)
     resumed.restore(state)
     assert resumed.snapshot() == rule.snapshot()
+
+
+def test_a_level_change_across_a_long_gap_is_judged_against_the_noise() -> None:
+    rng = random.Random(53)
+    before = noisy(rng, 3 * 288)
+    resume = before[-1][0] + DAY
+    small = [(resume + i * 5 * MIN, 52 + rng.gauss(0, 1)) for i in range(4 * 288)]
+    rule = AdaptiveRule("v")
+    assert feed(rule, before + small) == []  # 2 noise SDs: accepted after the gap
+    # ...and the gap did not teach the rule that such jumps are normal wander:
+    later = small[-1][0] + 5 * MIN
+    drift = [(later + i * 5 * MIN, 52 - 3 * i / 288 + rng.gauss(0, 1)) for i in range(3 * 288)]
+    changes = feed(rule, drift)
+    assert changes
+    assert changes[0].raised
+    assert changes[0].ts - later < 1.5 * DAY
+
+    big = AdaptiveRule("v")
+    jump = [(resume + i * 5 * MIN, 60 + rng.gauss(0, 1)) for i in range(288)]
+    changes = feed(big, noisy(random.Random(54), 3 * 288) + jump)
+    assert [c.raised for c in changes][:1] == [True]  # 10 noise SDs: raised after warm-up
+    assert changes[0].ts - resume <= 4 * HOUR
