@@ -93,21 +93,21 @@ _MAX_STATE = 1e18
 _DT_QUANTILE_STEP = 0.05
 """Relative step of the streaming median of the sampling interval."""
 
-# Learned state kept in snapshots: (name, may be None).
-_FLOAT_STATE: tuple[tuple[str, bool], ...] = (
-    ("last_ts", True),
-    ("last_x", True),
-    ("dt_typ", True),
-    ("reset_ts", True),
-    ("start_ts", True),
-    ("m_f", True),
-    ("s_f", True),
-    ("m_s", True),
-    ("s_d", True),
-    ("resolution", True),
-    ("pending_since", True),
-    ("clear_since", True),
-    ("last_clear_ts", True),
+# Learned state kept in snapshots: numbers (None until known) and counters.
+_FLOAT_STATE: tuple[str, ...] = (
+    "last_ts",
+    "last_x",
+    "dt_typ",
+    "reset_ts",
+    "start_ts",
+    "m_f",
+    "s_f",
+    "m_s",
+    "s_d",
+    "resolution",
+    "pending_since",
+    "clear_since",
+    "last_clear_ts",
 )
 _INT_STATE: tuple[str, ...] = ("n", "n_all", "pending_n", "clear_n")
 
@@ -289,7 +289,7 @@ class AdaptiveRule:
             "active": self._active,
             "gap_check": self._gap_check,
         }
-        for name, _ in _FLOAT_STATE:
+        for name in _FLOAT_STATE:
             state[name] = getattr(self, "_" + name)
         for name in _INT_STATE:
             state[name] = getattr(self, "_" + name)
@@ -682,6 +682,9 @@ class AdaptiveRule:
 
 
 def _fmt(value: float) -> str:
+    """Four significant digits, but whole numbers up to a million in full (12346, not 1.235e+04)."""
+    if 1e4 <= abs(value) < 1e6:
+        return f"{value:.0f}"
     return f"{value:.4g}"
 
 
@@ -712,11 +715,9 @@ def _parse_snapshot(state: Any, signal: str, season_bins: int | None) -> dict[st
         if not isinstance(state.get(name), bool):
             return None
         parsed[name] = state[name]
-    for name, nullable in _FLOAT_STATE:
+    for name in _FLOAT_STATE:
         value = state.get(name)
         if value is None:
-            if not nullable:
-                return None
             parsed[name] = None
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
