@@ -371,8 +371,9 @@ class AdaptiveRule:
         """At the end of the warm-up after a long gap, accept a modest level change.
 
         The level may legitimately move while nobody watches, so a change smaller than
-        ``raise_threshold`` noise SDs becomes the new long-term normal at once. A larger
-        one is kept as a departure from the old normal, which the drift score raises.
+        ``raise_threshold`` noise SDs (or one in a direction not watched) becomes the new
+        long-term normal at once. A larger one is kept as a departure from the old normal,
+        which the drift score raises.
         """
         assert self._reset_ts is not None
         if not self._gap_check or self._m_f is None or self._m_s is None:
@@ -380,7 +381,8 @@ class AdaptiveRule:
         if self._n < self.warmup_samples or ts - self._reset_ts < self.warmup_s:
             return
         self._gap_check = False
-        if abs(self._m_f - self._m_s) < self.raise_threshold * self._sd_fast():
+        change = self._directional((self._m_f - self._m_s) / self._sd_fast())
+        if change < self.raise_threshold:  # includes any change in an unwatched direction
             self._m_s = self._m_f
 
     def _learn_interval(self, dt: float) -> None:
