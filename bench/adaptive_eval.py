@@ -194,11 +194,13 @@ def parse_set(items: list[str]) -> dict[str, float | None]:
         name, _, value = item.partition("=")
         if not value:
             raise SystemExit(f"--set expects name=value, got {item!r}")
-        params[name] = (
-            None
-            if value == "none"
-            else (float(value) if "." in value or "e" in value else int(value))
-        )
+        if value == "none":
+            params[name] = None
+            continue
+        try:
+            params[name] = float(value) if "." in value or "e" in value else int(value)
+        except ValueError:
+            raise SystemExit(f"--set {name}: not a number: {value!r}") from None
     return params
 
 
@@ -297,8 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", help="JSON file of labelled [start, end] windows")
     args = parser.parse_args(argv)
     params = parse_set(args.set)
+    try:
+        AdaptiveRule("value", **params)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"bad --set: {exc}") from None
     if args.csv:
-        return run_csv(args, params)
+        try:
+            return run_csv(args, params)
+        except (OSError, json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise SystemExit(f"cannot replay {args.csv}: {exc}") from None
 
     started = time.perf_counter()
     raw = null = perfect = 0.0
