@@ -285,12 +285,10 @@ class MemoryOutbox:
             return
         while self._rows and self._bytes + len(payload) > self.limits.max_bytes:
             self._drop_oldest()
+        out_of_order = bool(self._rows) and seq < next(reversed(self._rows))
         self._rows[seq] = (Queued(seq, topic, payload, ts), samples)
-        self._rows = (
-            OrderedDict(sorted(self._rows.items()))
-            if next(reversed(self._rows)) != seq
-            else self._rows
-        )
+        if out_of_order:
+            self._rows = OrderedDict(sorted(self._rows.items()))
         self._bytes += len(payload)
 
     def after(self, seq: int, limit: int) -> list[Queued]:
