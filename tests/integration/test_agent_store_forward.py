@@ -45,6 +45,7 @@ def test_outage_and_agent_restart_lose_nothing_and_duplicate_nothing(
     wait_for(lambda: len(receiver.of(Telemetry)) >= 2, timeout=15)
 
     broker.stop()
+    assert (broker.workdir / "mosquitto.db").exists(), "the broker keeps sessions across restarts"
     outage_start = collector.count
     wait_for(lambda: collector.count >= outage_start + 20, timeout=15)
     wait_for(lambda: first.daemon.outbox.depth() >= 3, timeout=15)
@@ -106,6 +107,12 @@ def test_outage_longer_than_the_bound_drops_oldest_and_reports_the_count(
     agent.stop()
     final_drops = agent.daemon.outbox.dropped_samples
     taken = list(collector.taken)
+
+    def everything_delivered() -> bool:
+        last = max(receiver.samples_in_order(), default=-1)
+        return last == taken[-1] and max(receiver.dropped_totals()) == final_drops
+
+    wait_for(everything_delivered, timeout=15)
     arrived = receiver.samples_in_order()
 
     # The dropped samples are missing, and they are the oldest of the outage. (A batch
