@@ -95,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon = AgentDaemon(config, ring=ring)
     except PermissionError as exc:
         return _fail(f"cannot use state_dir {config.state_dir}: {exc.strerror} ({exc.filename})")
-    except OSError as exc:
+    except (OSError, sqlite3.Error) as exc:
         return _fail(f"cannot start: {exc}")
 
     def stop(signum: int, frame: object) -> None:

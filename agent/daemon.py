@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sqlite3
 import subprocess
 import threading
 import time
@@ -142,7 +143,7 @@ class AgentDaemon:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.state = StateFile(self.state_dir)
         data = self.state.load()
-        self.outbox: Outbox = outbox or SqliteOutbox(
+        self.outbox: Outbox = outbox or open_outbox(
             self.state_dir / "outbox.db",
             Limits(config.buffer_max_bytes, config.buffer_max_age_s),
         )
@@ -295,8 +296,14 @@ class AgentDaemon:
         if cmd.kind == "reboot":
             self._reboot(cmd)
         elif cmd.kind == "collect_diagnostics":
+            # Gather state here, in the loop's thread; only packing and upload run aside.
+            sections = self.diagnostics_sections()
+            lines = list(self.ring.lines) if self.ring else []
             threading.Thread(
-                target=self._diagnostics_worker, args=(cmd,), name="diagnostics", daemon=True
+                target=self._diagnostics_worker,
+                args=(cmd, sections, lines),
+                name="diagnostics",
+                daemon=True,
             ).start()
         else:  # a handler accepted something no adapter knows: report, never crash
             self._apply(
@@ -315,7 +322,7 @@ class AgentDaemon:
         )
         try:
             result = subprocess.run(
-                list(self.config.reboot_command), capture_output=True, text=True, timeout=60
+                list(self.config.reboot_command), capture_output=True, text=True, timeout=20
             )
             ok, detail = result.returncode == 0, (result.stderr or result.stdout).strip()[-500:]
             if not ok:
@@ -334,13 +341,15 @@ class AgentDaemon:
             )
         )
 
-    def _diagnostics_worker(self, cmd: RunCommand) -> None:
+    def _diagnostics_worker(
+        self, cmd: RunCommand, sections: dict[str, Any], lines: list[str]
+    ) -> None:
         from agent.diagnostics import DiagnosticsError, build_bundle, deliver
 
         try:
             bundle = build_bundle(
-                log_lines=list(self.ring.lines) if self.ring else [],
-                sections=self.diagnostics_sections(),
+                log_lines=lines,
+                sections=sections,
                 max_bytes=self.config.diagnostics_max_bytes,
             )
             result = deliver(
@@ -431,7 +440,12 @@ class AgentDaemon:
     def _sample(self, wall: float) -> None:
         sample = sanitize(self.collector.collect(wall))
         self.outbox.stash(msgspec.json.encode(sample))
-        self._apply(self.core.on_sample(sample))
+        outputs = self.core.on_sample(sample)
+        self._apply(outputs)
+        if any(isinstance(o, Publish) and o.kind is Kind.EVENT for o in outputs):
+            # A fault was raised or cleared: persist rule state now, so a crash does not
+            # make the next run raise (or clear) it again.
+            self.state.save(core=self.core.snapshot())
 
     def _flush(self, wall: float) -> None:
         self._apply(self.core.flush(wall, self.outbox.dropped_samples))
@@ -560,6 +574,21 @@ class AgentDaemon:
         self._write_status()
         log.info("stopped cleanly; %d messages stay queued", self.outbox.depth())
         self.outbox.close()
+
+
+def open_outbox(path: Path, limits: Limits) -> SqliteOutbox:
+    """Open the outbox; a corrupt database is set aside (kept for inspection, never
+    deleted) and a fresh one started, so storage damage cannot stop the agent for good."""
+    try:
+        return SqliteOutbox(path, limits)
+    except sqlite3.DatabaseError as exc:
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        log.error("outbox %s is unreadable (%s); moved to %s, starting a new one", path, exc, aside)
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(str(path) + suffix)
+            if source.exists():
+                os.replace(source, Path(str(aside) + suffix))
+        return SqliteOutbox(path, limits)
 
 
 def _previous_run(data: dict[str, Any]) -> PreviousRun | None:
