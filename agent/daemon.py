@@ -77,16 +77,14 @@ class SystemClock:
         time.sleep(seconds)
 
 
-def machine_boot_time() -> float | None:
-    """Kernel boot time (``btime`` in ``/proc/stat``), to tell a reboot from a restart."""
+def machine_boot_id() -> str | None:
+    """The kernel's id of the current boot: tells a machine reboot from an agent restart,
+    and unlike the boot time it does not move when NTP steps the clock."""
     try:
-        with open("/proc/stat") as f:
-            for line in f:
-                if line.startswith("btime "):
-                    return float(line.split()[1])
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
     except OSError:
-        pass
-    return None
+        return None
 
 
 _SAMPLE_DECODER = msgspec.json.Decoder(Sample)
@@ -162,9 +160,9 @@ class AgentDaemon:
         self.started_at = self.clock.time()
 
         wall = self.clock.time()
-        btime = machine_boot_time()
+        kernel_boot = machine_boot_id()
         previous = _previous_run(data)
-        self.reboot_reason = classify_start(previous, btime)
+        self.reboot_reason = classify_start(previous, kernel_boot)
         starts = recent_starts(list(data.get("starts", [])), wall)
         max_seq = self.outbox.max_seq()
         seq = SeqAllocator(
@@ -192,7 +190,7 @@ class AgentDaemon:
             starts=starts,
             last_run={
                 "boot_id": self.boot_id,
-                "machine_boot_time": btime,
+                "machine_boot_id": kernel_boot,
                 "clean_stop": False,
                 "intended": None,
                 "started_at": wall,
@@ -600,11 +598,11 @@ def _previous_run(data: dict[str, Any]) -> PreviousRun | None:
         reason = RebootReason(intended) if isinstance(intended, int) else None
     except ValueError:
         reason = None
-    btime = last.get("machine_boot_time")
+    kernel_boot = last.get("machine_boot_id")
     boot_id = last.get("boot_id")
     return PreviousRun(
         boot_id=boot_id if isinstance(boot_id, str) else None,
-        machine_boot_time=float(btime) if isinstance(btime, int | float) else None,
+        machine_boot_id=kernel_boot if isinstance(kernel_boot, str) else None,
         clean_stop=last.get("clean_stop") is True,
         intended=reason,
     )

@@ -112,7 +112,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 
 
 class SqliteOutbox:
-    """The outbox in a SQLite database (WAL mode, ``synchronous=FULL`` for puts)."""
+    """The outbox in a SQLite database (WAL mode; ``synchronous=FULL`` except stashing)."""
 
     def __init__(self, path: Path, limits: Limits | None = None) -> None:
         self.path = Path(path)
@@ -234,8 +234,16 @@ class SqliteOutbox:
         return int(value) if value is not None else None
 
     def stash(self, payload: bytes) -> None:
-        """Keep one encoded sample until it is batched."""
-        self._db.execute("INSERT INTO stash (payload) VALUES (?)", (payload,))
+        """Keep one encoded sample until it is batched.
+
+        Written without an fsync (``synchronous=NORMAL``): it survives an agent crash,
+        and the next batch's ``synchronous=FULL`` commit makes it durable on disk. This
+        spares the SD card an fsync per sample."""
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._db.execute("INSERT INTO stash (payload) VALUES (?)", (payload,))
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
 
     def stashed(self) -> list[bytes]:
         """Stashed samples, oldest first."""

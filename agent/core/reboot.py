@@ -2,7 +2,7 @@
 
 Before any intended restart (a reboot command, an update, a clean shutdown) the agent
 records it in its state file. At the next start :func:`classify_start` compares that
-record, whether the previous run stopped cleanly, and the kernel boot time with the
+record, whether the previous run stopped cleanly, and the kernel's boot id with the
 previous run's, and returns a :class:`~protocol.RebootReason`: normal codes for intended
 restarts, error codes (``>= 0x8000``) for everything else.
 """
@@ -13,21 +13,19 @@ from dataclasses import dataclass
 
 from protocol import RebootReason
 
-BOOT_TIME_TOLERANCE_S = 5.0
-"""Kernel boot times (``btime``) closer than this are the same boot (clock adjustments)."""
-
 
 @dataclass(frozen=True, slots=True)
 class PreviousRun:
     """What the state file says about the previous agent run."""
 
     boot_id: str | None
-    machine_boot_time: float | None
+    machine_boot_id: str | None
+    """The kernel's boot id (``/proc/sys/kernel/random/boot_id``) during that run."""
     clean_stop: bool
     intended: RebootReason | None = None
 
 
-def classify_start(previous: PreviousRun | None, machine_boot_time: float | None) -> RebootReason:
+def classify_start(previous: PreviousRun | None, machine_boot_id: str | None) -> RebootReason:
     """The reason for this start.
 
     * no previous run: ``POWER_ON`` (first start on this device);
@@ -41,10 +39,11 @@ def classify_start(previous: PreviousRun | None, machine_boot_time: float | None
         return RebootReason.POWER_ON
     if previous.intended is not None:
         return previous.intended
+    # A kernel boot id (unlike a boot *time*) does not move when NTP steps the clock.
     rebooted = (
-        machine_boot_time is None
-        or previous.machine_boot_time is None
-        or abs(machine_boot_time - previous.machine_boot_time) > BOOT_TIME_TOLERANCE_S
+        machine_boot_id is None
+        or previous.machine_boot_id is None
+        or machine_boot_id != previous.machine_boot_id
     )
     if not rebooted:
         return RebootReason.AGENT_RESTART if previous.clean_stop else RebootReason.AGENT_CRASH

@@ -70,34 +70,35 @@ def test_core_persists_the_reservation_before_the_message_using_it() -> None:
 
 # --- reboot reasons ------------------------------------------------------------------
 
-BOOT = 1_700_000_000.0
+BOOT = "6f1c0c1e-0a55-4c36-9d0e-1d5f2f4a7b01"
+OTHER = "0d3e5a77-2b9f-4f0e-8a61-5c1b9e7d2c44"
 
 
 @pytest.mark.parametrize(
-    ("previous", "btime", "expected"),
+    ("previous", "kernel_boot", "expected"),
     [
         (None, BOOT, RebootReason.POWER_ON),
-        (PreviousRun("b", BOOT, clean_stop=True), BOOT + 1, RebootReason.AGENT_RESTART),
+        (PreviousRun("b", BOOT, clean_stop=True), BOOT, RebootReason.AGENT_RESTART),
         (PreviousRun("b", BOOT, clean_stop=False), BOOT, RebootReason.AGENT_CRASH),
-        (PreviousRun("b", BOOT, clean_stop=True), BOOT + 3600, RebootReason.USER_RESET),
-        (PreviousRun("b", BOOT, clean_stop=False), BOOT + 3600, RebootReason.UNKNOWN_ERROR),
+        (PreviousRun("b", BOOT, clean_stop=True), OTHER, RebootReason.USER_RESET),
+        (PreviousRun("b", BOOT, clean_stop=False), OTHER, RebootReason.UNKNOWN_ERROR),
         (
             PreviousRun("b", BOOT, clean_stop=True, intended=RebootReason.REMOTE_COMMAND),
-            BOOT + 3600,
+            OTHER,
             RebootReason.REMOTE_COMMAND,
         ),
         (
             PreviousRun("b", BOOT, clean_stop=False, intended=RebootReason.FIRMWARE_UPDATE),
-            BOOT + 3600,
+            OTHER,
             RebootReason.FIRMWARE_UPDATE,
         ),
         (PreviousRun("b", None, clean_stop=False), None, RebootReason.UNKNOWN_ERROR),
     ],
 )
 def test_reboot_reason(
-    previous: PreviousRun | None, btime: float | None, expected: RebootReason
+    previous: PreviousRun | None, kernel_boot: str | None, expected: RebootReason
 ) -> None:
-    reason = classify_start(previous, btime)
+    reason = classify_start(previous, kernel_boot)
     assert reason is expected
     assert reason.is_error == (expected.value >= 0x8000)
 
