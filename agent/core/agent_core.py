@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import msgspec
+
 from agent.core.commands import CommandIntake
 from agent.core.fault_types import FaultChange, FaultRule
 from agent.core.faults import FaultEngine
@@ -35,6 +37,9 @@ from protocol import (
 
 MAX_BATCH = 2000
 """The protocol's per-message sample limit; longer backlogs are split into batches."""
+MAX_BATCH_BYTES = 192 * 1024
+"""Stay well under the protocol's 256 KiB telemetry payload limit."""
+_SAMPLES_ENCODER = msgspec.json.Encoder()
 
 _FINITE = 1e15
 
@@ -155,7 +160,10 @@ class AgentCore:
         buffer's cumulative count of dropped samples, reported to the server."""
         out: list[Output] = []
         while self.pending:
-            chunk, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
+            size = min(len(self.pending), MAX_BATCH)
+            while size > 1 and len(_SAMPLES_ENCODER.encode(self.pending[:size])) > MAX_BATCH_BYTES:
+                size //= 2
+            chunk, self.pending = self.pending[:size], self.pending[size:]
             msg = Telemetry(**self._env(out, now), samples=chunk, dropped_total=dropped_total)
             out.append(Publish(Kind.TELEMETRY, msg, samples=len(chunk)))
         return out

@@ -157,6 +157,19 @@ def test_samples_are_batched_at_publish_time_with_the_drop_count() -> None:
     assert core.flush(6.0) == []
 
 
+def test_large_backlogs_are_split_under_the_payload_limit() -> None:
+    from protocol import MAX_PAYLOAD_BYTES
+
+    core = AgentCore(DEV, "b1", seq=SeqAllocator(0))
+    custom = {f"k{i}": float(i) for i in range(40)}
+    for i in range(3000):
+        core.on_sample(Sample(ts=float(i), cpu_pct=1.0, custom=custom))
+    batches = [o.message for o in core.flush(3000.0) if isinstance(o, Publish)]
+    assert len(batches) > 2
+    assert all(len(encode(b)) <= MAX_PAYLOAD_BYTES[Kind.TELEMETRY] for b in batches)
+    assert [s.ts for b in batches for s in b.samples] == [float(i) for i in range(3000)]
+
+
 def test_fault_changes_become_events() -> None:
     core = AgentCore(DEV, "b1", seq=SeqAllocator(0), rules=build_rules({}))
     events = []
