@@ -43,6 +43,7 @@ SHUTDOWN_DRAIN_S = 5.0
 """At SIGTERM, how long to keep delivering queued messages before disconnecting."""
 STATUS_FILE = "status.json"
 MAX_LOOP_WAIT_S = 1.0
+MAX_CONSECUTIVE_FAILURES = 30
 
 
 class Clock(Protocol):
@@ -152,6 +153,7 @@ class AgentDaemon:
         self._results: queue.Queue[tuple[str, bool, str, dict[str, Any]]] = queue.Queue()
         self._acked: list[int] = []
         self._todo: list[RunCommand] = []
+        self.loop_errors_total = 0
         self._link = _Link(inflight={})
         self.connected_since: float | None = None
         self.backoff = Backoff(initial=min(1.0, reconnect_max_s), maximum=reconnect_max_s)
@@ -532,9 +534,22 @@ class AgentDaemon:
     def run(self) -> None:
         """Serve until :meth:`request_stop`, then shut down cleanly."""
         self.notifier.ready(f"device {self.config.device_id}")
+        failures = 0
         try:
             while not self._stop.is_set():
-                self.step()
+                try:
+                    self.step()
+                    failures = 0
+                except Exception:
+                    # Unattended for years: an unexpected error (full disk, a bug on one
+                    # code path) must not take the agent down; a persistent one exits
+                    # so systemd restarts it (and the restart-loop fault reports it).
+                    failures += 1
+                    self.loop_errors_total += 1
+                    log.exception("error in the agent loop (%d in a row)", failures)
+                    if failures >= MAX_CONSECUTIVE_FAILURES:
+                        raise
+                    self.clock.sleep(min(float(failures), 10.0))
         finally:
             self.shutdown()
 

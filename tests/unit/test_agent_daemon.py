@@ -8,9 +8,9 @@ import msgspec
 
 from agent.daemon import AgentDaemon
 from agent.store import SqliteOutbox
-from protocol import Boot, Event, RebootReason
-from tests.conftest import free_port
-from tests.integration.agent_harness import CountingCollector, agent_config
+from protocol import Boot, Event, RebootReason, Sample
+from tests.conftest import free_port, wait_for
+from tests.integration.agent_harness import CountingCollector, RunningAgent, agent_config
 
 
 def offline_config(tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -68,3 +68,22 @@ def test_restart_loop_is_raised_after_many_starts(tmp_path: Path) -> None:
         daemon.step()
     assert "agent_restart_loop" in daemon.core.faults.open
     daemon.shutdown()
+
+
+class FlakyCollector(CountingCollector):
+    """Fails once, as a broken driver might."""
+
+    def collect(self, ts: float) -> Sample:
+        if self.count == 3 and not getattr(self, "failed", False):
+            self.failed = True
+            raise RuntimeError("sensor driver crashed")
+        return super().collect(ts)
+
+
+def test_an_unexpected_error_does_not_stop_the_agent(tmp_path: Path) -> None:
+    collector = FlakyCollector()
+    agent = RunningAgent(offline_config(tmp_path), collector)
+    wait_for(lambda: collector.count >= 8, timeout=20)
+    assert agent.thread.is_alive()
+    assert agent.daemon.loop_errors_total == 1
+    agent.stop()
