@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -154,6 +155,10 @@ class AgentDaemon:
         self._acked: list[int] = []
         self._todo: list[RunCommand] = []
         self.loop_errors_total = 0
+        self.runners: dict[str, Callable[[RunCommand], None]] = {
+            "reboot": self._reboot,
+            "collect_diagnostics": self._start_diagnostics,
+        }
         self._link = _Link(inflight={})
         self.connected_since: float | None = None
         self.backoff = Backoff(initial=min(1.0, reconnect_max_s), maximum=reconnect_max_s)
@@ -292,25 +297,36 @@ class AgentDaemon:
 
     # --- commands --------------------------------------------------------------------
 
+    def register_runner(self, kind: str, runner: Callable[[RunCommand], None]) -> None:
+        """Carry out accepted commands of ``kind`` (e.g. the OTA work's ``install``).
+
+        The runner is called in the loop's thread and must return quickly: long work goes
+        to a worker thread that calls :meth:`report` when done."""
+        self.runners[kind] = runner
+
+    def report(
+        self, command_id: str, ok: bool, detail: str = "", result: dict[str, Any] | None = None
+    ) -> None:
+        """Acknowledge a command's outcome (safe from any thread)."""
+        self._results.put((command_id, ok, detail, result or {}))
+
     def _run_command(self, cmd: RunCommand) -> None:
-        if cmd.kind == "reboot":
-            self._reboot(cmd)
-        elif cmd.kind == "collect_diagnostics":
-            # Gather state here, in the loop's thread; only packing and upload run aside.
-            sections = self.diagnostics_sections()
-            lines = list(self.ring.lines) if self.ring else []
-            threading.Thread(
-                target=self._diagnostics_worker,
-                args=(cmd, sections, lines),
-                name="diagnostics",
-                daemon=True,
-            ).start()
-        else:  # a handler accepted something no adapter knows: report, never crash
-            self._apply(
-                self.core.command_result(
-                    cmd.command_id, self.clock.time(), ok=False, detail=f"no runner for {cmd.kind}"
-                )
-            )
+        runner = self.runners.get(cmd.kind)
+        if runner is None:  # a handler accepted something no adapter runs: report it
+            self.report(cmd.command_id, False, f"no runner for {cmd.kind}")
+            return
+        runner(cmd)
+
+    def _start_diagnostics(self, cmd: RunCommand) -> None:
+        # Gather state here, in the loop's thread; only packing and upload run aside.
+        sections = self.diagnostics_sections()
+        lines = list(self.ring.lines) if self.ring else []
+        threading.Thread(
+            target=self._diagnostics_worker,
+            args=(cmd, sections, lines),
+            name="diagnostics",
+            daemon=True,
+        ).start()
 
     def _reboot(self, cmd: RunCommand) -> None:
         last = dict(self.state.data.get("last_run") or {})
@@ -358,14 +374,12 @@ class AgentDaemon:
                 state_dir=self.state_dir,
                 device_id=self.config.device_id,
             )
-            self._results.put(
-                (cmd.command_id, True, "diagnostics bundle delivered", result.as_dict())
-            )
+            self.report(cmd.command_id, True, "diagnostics bundle delivered", result.as_dict())
         except (DiagnosticsError, OSError) as exc:
-            self._results.put((cmd.command_id, False, str(exc), {}))
+            self.report(cmd.command_id, False, str(exc))
         except Exception as exc:  # report every failure as a failed ack, never crash
             log.exception("diagnostics failed")
-            self._results.put((cmd.command_id, False, f"diagnostics failed: {exc}", {}))
+            self.report(cmd.command_id, False, f"diagnostics failed: {exc}")
 
     def diagnostics_sections(self) -> dict[str, Any]:
         """What goes into a diagnostics bundle besides the logs."""

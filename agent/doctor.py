@@ -115,7 +115,12 @@ def render(report: dict[str, Any]) -> str:
     for name, info in report["signals"].items():
         label, unit = LABELS[name]
         value = info["value"]
-        shown = f"{value:#x}" if name == "throttled" else f"{value}{unit}"
+        if name == "throttled":
+            shown = f"{value:#x}"
+        elif isinstance(value, float):
+            shown = f"{round(value, 2):g}{unit}"
+        else:
+            shown = f"{value}{unit}"
         note = f"  ({info['note']})" if info["note"] else ""
         lines.append(f"  [{mark[info['verdict']]}] {label:<22} {shown}{note}")
     if report["unavailable"]:
