@@ -48,12 +48,8 @@ def test_unit_passes_systemd_analyze(tmp_path: Path) -> None:
     result = subprocess.run(
         [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
-    problems = [
-        line
-        for line in (result.stdout + result.stderr).splitlines()
-        if "fleet-agent.service" in line and "edgefleet" not in line.split(":", 1)[-1].lower()
-    ]
-    assert problems == [], result.stderr
+    assert result.returncode == 0, result.stderr
+    assert "fleet-agent.service" not in result.stderr, result.stderr
 
 
 def test_example_config_is_valid(tmp_path: Path) -> None:
