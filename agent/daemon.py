@@ -595,7 +595,10 @@ class AgentDaemon:
         self._commit_acks()
         last = dict(self.state.data.get("last_run") or {})
         self.state.save(
-            core=self.core.snapshot(), last_run={**last, "clean_stop": True, "stopped_at": wall}
+            core=self.core.snapshot(),
+            last_run={**last, "clean_stop": True, "stopped_at": wall},
+            # After a clean stop the next start continues exactly here (no gap in seq).
+            seq_reserved=self.core.seq.next_value,
         )
         self.connected_since = None
         self._write_status()

@@ -45,6 +45,15 @@ def test_seq_keeps_rising_across_crashes(tmp_path: Path) -> None:
     assert len({b.boot_id for b in boots}) == 3
 
 
+def test_clean_restart_continues_the_sequence_without_a_gap(tmp_path: Path) -> None:
+    config = offline_config(tmp_path)
+    AgentDaemon(config, collector=CountingCollector()).shutdown()
+    AgentDaemon(config, collector=CountingCollector()).shutdown()
+    boots = queued_boots(tmp_path / "state")
+    assert [b.seq for b in boots] == [0, boots[0].seq + 1]
+    assert boots[1].reason == RebootReason.AGENT_RESTART
+
+
 def test_corrupt_state_and_outbox_are_set_aside_not_fatal(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
