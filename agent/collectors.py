@@ -70,6 +70,7 @@ class SystemCollector:
         self._throttled_cache: tuple[float, int] | None = None
         self._vcgencmd = shutil.which("vcgencmd")
         self._adjtimex: Callable[[], int] | None = None
+        self._net_cache: tuple[int, int] | None = None
         psutil.cpu_percent(None)  # prime: the first call has no interval to measure
         self._probes: dict[str, Callable[[float], Any]] = {
             "cpu_pct": lambda ts: psutil.cpu_percent(None),
@@ -96,7 +97,7 @@ class SystemCollector:
     def collect(self, ts: float) -> Sample:
         """Read every available source; unavailable ones are ``None``."""
         values: dict[str, Any] = {}
-        self._net_cache: tuple[int, int] | None = None
+        self._net_cache = None  # read the network counters once per sample
         for name, probe in self._probes.items():
             try:
                 value = probe(ts)
