@@ -249,7 +249,7 @@ def build_builtin(
                 message=spec.message,
             )
         except ValueError as exc:
-            raise RuleConfigError(f"faults.{code}: {exc}") from None
+            raise RuleConfigError(f"faults.{code}: {str(exc).removeprefix(code + ': ')}") from None
         return rule
     if "raise_at" in o or "clear_at" in o:
         raise RuleConfigError(f"faults.{code}: this rule has no thresholds to set")
