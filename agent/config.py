@@ -1,0 +1,339 @@
+"""The agent's TOML configuration: loading and strict validation.
+
+Every problem is reported as a :class:`ConfigError` naming the key and the bad value, so
+``fleet-agent run`` can refuse to start with one clear line instead of a traceback.
+Unknown keys are errors: a typo must not silently fall back to a default.
+
+Example (``/etc/edgefleet/agent.toml``)::
+
+    device_id = "pi-0042"
+    broker = "mqtts://fleet.example.com:8883"
+    state_dir = "/var/lib/edgefleet"
+    sample_interval_s = 10
+    publish_interval_s = 60
+
+    [tls]
+    ca = "/etc/edgefleet/ca.pem"
+    cert = "/etc/edgefleet/device.pem"
+    key = "/etc/edgefleet/device.key"
+
+    [buffer]
+    max_bytes = 52428800
+    max_age_s = 604800
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent.core.rules import RuleConfigError, build_rules
+from protocol import is_valid_device_id
+
+DEFAULT_PATH = Path("/etc/edgefleet/agent.toml")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """Broker TLS: CA bundle, and the device's client certificate and key (mutual TLS)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Validated agent settings (see the module docstring for the TOML shape)."""
+
+    device_id: str
+    broker_host: str
+    broker_port: int
+    broker_tls: bool
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    username: str | None = None
+    password_file: Path | None = None
+    keepalive_s: int = 30
+    sample_interval_s: float = 10.0
+    publish_interval_s: float = 60.0
+    state_dir: Path = Path("/var/lib/edgefleet")
+    buffer_max_bytes: int = 50 * 1024 * 1024
+    buffer_max_age_s: float = 7 * 86400.0
+    faults: dict[str, Any] = field(default_factory=dict)
+    diagnostics_max_bytes: int = 5 * 1024 * 1024
+    diagnostics_log_lines: int = 2000
+    reboot_command: tuple[str, ...] = ("systemctl", "reboot")
+    log_level: str = "info"
+    disk_path: str = "/"
+    software_version: str = ""
+    source: Path | None = None
+
+    @property
+    def broker_url(self) -> str:
+        """The broker as a URL (for display; credentials are never part of it)."""
+        scheme = "mqtts" if self.broker_tls else "mqtt"
+        return f"{scheme}://{self.broker_host}:{self.broker_port}"
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as plain data with secrets left out (for diagnostics bundles)."""
+        return {
+            "device_id": self.device_id,
+            "broker": self.broker_url,
+            "tls": {
+                "ca": str(self.tls.ca) if self.tls.ca else None,
+                "cert": str(self.tls.cert) if self.tls.cert else None,
+                "key": "<redacted>" if self.tls.key else None,
+            },
+            "username": self.username,
+            "password_file": "<redacted>" if self.password_file else None,
+            "keepalive_s": self.keepalive_s,
+            "sample_interval_s": self.sample_interval_s,
+            "publish_interval_s": self.publish_interval_s,
+            "state_dir": str(self.state_dir),
+            "buffer": {"max_bytes": self.buffer_max_bytes, "max_age_s": self.buffer_max_age_s},
+            "faults": self.faults,
+            "diagnostics": {
+                "max_bytes": self.diagnostics_max_bytes,
+                "log_lines": self.diagnostics_log_lines,
+            },
+            "reboot_command": list(self.reboot_command),
+            "log_level": self.log_level,
+            "disk_path": self.disk_path,
+            "software_version": self.software_version,
+        }
+
+
+_TOP_KEYS = {
+    "device_id",
+    "broker",
+    "tls",
+    "username",
+    "password_file",
+    "keepalive",
+    "sample_interval_s",
+    "publish_interval_s",
+    "state_dir",
+    "buffer",
+    "faults",
+    "diagnostics",
+    "reboot_command",
+    "log_level",
+    "disk_path",
+    "software_version",
+}
+_SECTIONS = {
+    "tls": {"ca", "cert", "key"},
+    "buffer": {"max_bytes", "max_age_s"},
+    "diagnostics": {"max_bytes", "log_lines"},
+}
+
+
+def _unknown(keys: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    for key in keys:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise ConfigError(
+                f"unknown setting {prefix}{key!r} (known: {', '.join(sorted(allowed))})"
+            )
+
+
+def _num(
+    data: Mapping[str, Any],
+    key: str,
+    default: float,
+    *,
+    low: float,
+    high: float,
+    where: str = "",
+    integer: bool = False,
+) -> float:
+    name = f"{where}.{key}" if where else key
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if integer and not isinstance(value, int):
+        raise ConfigError(f"{name}: expected a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: {value!r} is out of range ({low:g} to {high:g})")
+    return value
+
+
+def _str(data: Mapping[str, Any], key: str, where: str = "") -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        name = f"{where}.{key}" if where else key
+        raise ConfigError(f"{name}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _readable_file(data: Mapping[str, Any], key: str, where: str) -> Path | None:
+    value = _str(data, key, where)
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"{where}.{key}: file {value!r} does not exist")
+    return path
+
+
+def parse_broker(url: object) -> tuple[str, int, bool]:
+    """``mqtt://host[:port]`` or ``mqtts://host[:port]`` to ``(host, port, tls)``."""
+    if not isinstance(url, str):
+        raise ConfigError(f"broker: expected a URL string like mqtts://host:8883, got {url!r}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"broker: {url!r} must start with mqtt:// or mqtts://")
+    if parts.username or parts.password:
+        raise ConfigError("broker: put credentials in username/password_file, not in the URL")
+    if not parts.hostname:
+        raise ConfigError(f"broker: {url!r} has no host name")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"broker: {url!r} has an invalid port") from None
+    if parts.path not in ("", "/") or parts.query:
+        raise ConfigError(f"broker: {url!r} must not have a path or query")
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, port or (8883 if tls else 1883), tls
+
+
+def parse_config(data: Mapping[str, Any], source: Path | None = None) -> AgentConfig:
+    """Validate a decoded TOML document into an :class:`AgentConfig`."""
+    _unknown(data, _TOP_KEYS, "")
+    for section, keys in _SECTIONS.items():
+        value = data.get(section, {})
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{section}: expected a table ([{section}])")
+        _unknown(value, keys, section)
+
+    device_id = data.get("device_id")
+    if not isinstance(device_id, str) or not is_valid_device_id(device_id):
+        raise ConfigError(
+            f"device_id: {device_id!r} is missing or invalid (1-64 letters, digits, '.', '_', '-')"
+        )
+    if "broker" not in data:
+        raise ConfigError('broker: required, e.g. broker = "mqtts://fleet.example.com:8883"')
+    host, port, use_tls = parse_broker(data["broker"])
+
+    tls_data = data.get("tls", {})
+    tls = TlsConfig(
+        ca=_readable_file(tls_data, "ca", "tls"),
+        cert=_readable_file(tls_data, "cert", "tls"),
+        key=_readable_file(tls_data, "key", "tls"),
+    )
+    if (tls.cert is None) != (tls.key is None):
+        raise ConfigError("tls: cert and key must be given together")
+    if (tls.ca or tls.cert) and not use_tls:
+        raise ConfigError("tls: certificates are set but broker is mqtt:// (use mqtts://)")
+    username = _str(data, "username")
+    password_file = _readable_file(data, "password_file", "") if "password_file" in data else None
+    if password_file and not username:
+        raise ConfigError("password_file: set only together with username")
+
+    sample = _num(data, "sample_interval_s", 10.0, low=0.05, high=86400)
+    publish = _num(data, "publish_interval_s", 60.0, low=0.05, high=86400)
+    if publish < sample:
+        raise ConfigError(
+            f"publish_interval_s: {publish!r} must be >= sample_interval_s ({sample!r})"
+        )
+    buffer = data.get("buffer", {})
+    diag = data.get("diagnostics", {})
+
+    state_dir = _str(data, "state_dir") or "/var/lib/edgefleet"
+    reboot = data.get("reboot_command", ["systemctl", "reboot"])
+    if isinstance(reboot, str):
+        reboot = reboot.split()
+    if (
+        not isinstance(reboot, list)
+        or not reboot
+        or not all(isinstance(a, str) and a for a in reboot)
+    ):
+        raise ConfigError(f"reboot_command: expected a command line, got {reboot!r}")
+    level = data.get("log_level", "info")
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log_level: {level!r} is not one of {', '.join(LOG_LEVELS)}")
+
+    faults = data.get("faults", {})
+    if not isinstance(faults, Mapping):
+        raise ConfigError("faults: expected a table ([faults.<rule>])")
+    try:
+        build_rules(faults)  # validate now, at start, not at the first sample
+    except RuleConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+    return AgentConfig(
+        device_id=device_id,
+        broker_host=host,
+        broker_port=port,
+        broker_tls=use_tls,
+        tls=tls,
+        username=username,
+        password_file=password_file,
+        keepalive_s=int(_num(data, "keepalive", 30, low=5, high=3600, integer=True)),
+        sample_interval_s=float(sample),
+        publish_interval_s=float(publish),
+        state_dir=Path(state_dir),
+        buffer_max_bytes=int(
+            _num(
+                buffer,
+                "max_bytes",
+                50 * 1024 * 1024,
+                low=4096,
+                high=2**40,
+                where="buffer",
+                integer=True,
+            )
+        ),
+        buffer_max_age_s=float(
+            _num(buffer, "max_age_s", 7 * 86400, low=1, high=10 * 365 * 86400, where="buffer")
+        ),
+        faults=dict(faults),
+        diagnostics_max_bytes=int(
+            _num(
+                diag,
+                "max_bytes",
+                5 * 1024 * 1024,
+                low=1024,
+                high=2**31,
+                where="diagnostics",
+                integer=True,
+            )
+        ),
+        diagnostics_log_lines=int(
+            _num(diag, "log_lines", 2000, low=10, high=100000, where="diagnostics", integer=True)
+        ),
+        reboot_command=tuple(reboot),
+        log_level=level,
+        disk_path=_str(data, "disk_path") or "/",
+        software_version=_str(data, "software_version") or "",
+        source=source,
+    )
+
+
+def load_config(path: Path | str) -> AgentConfig:
+    """Read and validate the TOML file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist (use --config PATH)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse_config(data, source=path)

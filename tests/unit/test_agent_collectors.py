@@ -1,0 +1,112 @@
+"""Collectors on this Linux machine, and the Raspberry Pi sources on a recorded sysfs tree."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from agent.collectors import SystemCollector
+from agent.daemon import sanitize
+from agent.doctor import decode_throttled, diagnose, render
+from protocol import Sample, Telemetry, decode, encode, topic
+
+
+def test_collects_this_machine_and_reports_what_is_missing() -> None:
+    collector = SystemCollector()
+    sample = collector.collect(time.time())
+    # Sources every Linux machine has.
+    assert sample.mem_pct is not None
+    assert 0 < sample.mem_pct <= 100
+    assert sample.disk_pct is not None
+    assert sample.uptime_s is not None
+    assert sample.uptime_s > 0
+    assert sample.agent_rss_mb is not None
+    assert sample.agent_rss_mb > 1
+    assert sample.load_1m is not None
+    assert sample.cpu_pct is not None
+    # Every signal is either measured or explained.
+    fields = [f for f in Sample.__struct_fields__ if f not in ("ts", "custom")]
+    for name in fields:
+        assert (getattr(sample, name) is not None) != (name in collector.unavailable), name
+    for reason in collector.unavailable.values():
+        assert reason
+    # What the collector produced is valid on the wire.
+    msg = Telemetry(device_id="pi-1", boot_id="b", seq=0, ts=sample.ts, samples=[sample])
+    assert decode(topic("pi-1", "telemetry"), encode(msg)) == msg
+
+
+def test_empty_root_makes_every_hardware_source_unavailable(tmp_path: Path) -> None:
+    collector = SystemCollector(root=tmp_path)
+    sample = collector.collect(1.0)
+    for name in (
+        "temp_c",
+        "throttled",
+        "undervoltage",
+        "fan_rpm",
+        "emmc_life_used_pct",
+        "disk_io_errors",
+    ):
+        assert getattr(sample, name) is None
+        assert name in collector.unavailable
+    assert "uptime_s" in collector.unavailable  # no /proc/uptime under this root
+
+
+def write(root: Path, rel: str, text: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_raspberry_pi_sources(tmp_path: Path) -> None:
+    write(tmp_path, "sys/class/thermal/thermal_zone0/temp", "67123\n")
+    write(tmp_path, "sys/devices/platform/soc/soc:firmware/get_throttled", "50005\n")
+    write(tmp_path, "sys/class/hwmon/hwmon0/name", "rpi_volt\n")
+    write(tmp_path, "sys/class/hwmon/hwmon0/in0_lcrit_alarm", "1\n")
+    write(tmp_path, "sys/class/hwmon/hwmon1/name", "pwmfan\n")
+    write(tmp_path, "sys/class/hwmon/hwmon1/fan1_input", "2950\n")
+    write(tmp_path, "sys/block/mmcblk0/device/life_time", "0x02 0x04\n")
+    write(tmp_path, "sys/block/sda/device/ioerr_cnt", "0x3\n")
+    write(tmp_path, "proc/uptime", "1234.56 2000.00\n")
+    write(tmp_path, "run/systemd/timesync/synchronized", "")
+    collector = SystemCollector(root=tmp_path)
+    sample = collector.collect(1.0)
+    assert sample.temp_c == 67.12
+    assert sample.throttled == 0x50005
+    assert sample.undervoltage is True
+    assert sample.fan_rpm == 2950.0
+    assert sample.emmc_life_used_pct == 40.0
+    assert sample.disk_io_errors == 3
+    assert sample.uptime_s == 1234.56
+    assert sample.clock_synced is True
+    assert decode_throttled(0x50005) == [
+        "under-voltage now",
+        "throttled now",
+        "under-voltage has occurred since boot",
+        "throttling has occurred since boot",
+    ]
+
+
+def test_a_garbled_source_is_unavailable_not_fatal(tmp_path: Path) -> None:
+    write(tmp_path, "sys/devices/platform/soc/soc:firmware/get_throttled", "not hex\n")
+    write(tmp_path, "sys/class/thermal/thermal_zone0/temp", "9999999\n")  # 9999 °C: nonsense
+    collector = SystemCollector(root=tmp_path)
+    sample = collector.collect(1.0)
+    assert sample.throttled is None
+    assert "throttled" in collector.unavailable
+    assert sample.temp_c is None
+
+
+def test_out_of_range_readings_are_dropped_not_sent() -> None:
+    bad = Sample(ts=1.0, cpu_pct=180.0, mem_pct=50.0, fan_rpm=-3.0)
+    clean = sanitize(bad)
+    assert clean == Sample(ts=1.0, mem_pct=50.0)
+
+
+def test_doctor_explains_this_machine() -> None:
+    report = diagnose()
+    assert "mem_pct" in report["signals"]
+    assert report["summary"] in ("ok", "warning", "problem")
+    text = render(report)
+    assert "memory used" in text
+    if report["unavailable"]:
+        assert "Not available on this machine" in text
