@@ -10,7 +10,7 @@ from fleet_server.db.models import Alarm, Device, TelemetryHourly, TelemetrySamp
 from fleet_server.migrations import current_revision, head_revision, upgrade_to_head
 from fleet_server.services.ingest import BatchWriter, Inbound
 from fleet_server.services.jobs import run_presence_sweep, run_retention_job
-from tests.server_fixtures import FakeClock, db_url, engine, sessions, settings_for  # noqa: F401
+from tests.server_fixtures import FakeClock, settings_for
 
 T0 = 1_790_000_000.0
 
@@ -58,11 +58,13 @@ def test_writer_stores_dedupes_and_counts_rejections(sessions) -> None:
     assert result.duplicates == 1
     assert result.rejected == {"malformed_json": 1, "bad_topic": 1}
     again = writer.write([telemetry("pi-1", 1), telemetry("pi-1", 3)])  # 1 was stored before
-    assert again.duplicates == 1 and again.accepted["telemetry"] == 1
+    assert again.duplicates == 1
+    assert again.accepted["telemetry"] == 1
     with sessions() as s:
         assert s.execute(select(func.count()).select_from(TelemetrySample)).scalar_one() == 6
         device = s.execute(select(Device).where(Device.device_id == "pi-1")).scalar_one()
-        assert device.vitals["cpu_pct"] == 11.0 and device.last_seen is not None
+        assert device.vitals["cpu_pct"] == 11.0
+        assert device.last_seen is not None
     m = writer.metrics
     assert m.rejected.labels(reason="malformed_json")._value.get() == 1
     assert m.duplicates._value.get() == 2
@@ -135,7 +137,8 @@ def test_retention_downsamples_to_hourly_and_deletes_raw(sessions, db_url) -> No
     writer.write([telemetry("pi-5", 1, n=3, ts=old), telemetry("pi-5", 2, n=2, ts=T0)])
     settings = settings_for(db_url, retention={"raw_days": 30})
     result = run_retention_job(sessions, settings, T0)
-    assert result.samples_deleted == 3 and result.hours_written == 1
+    assert result.samples_deleted == 3
+    assert result.hours_written == 1
     with sessions() as s:
         assert s.execute(select(func.count()).select_from(TelemetrySample)).scalar_one() == 2
         hour = s.execute(select(TelemetryHourly)).scalar_one()

@@ -28,13 +28,12 @@ from fleet_server.db.models import Device, ReceivedMessage, TelemetrySample
 from fleet_server.migrations import upgrade_to_head
 from fleet_server.services.ingest import BatchWriter
 from tests.conftest import wait_for
-from tests.server_fixtures import db_url, engine, sessions  # noqa: F401
 
 pytestmark = pytest.mark.mosquitto
 T0 = 1_790_000_000.0
 
 
-class Device_:
+class FakeDevice:
     """A device as the agent behaves on the wire: one seq per device, retained online
     after connect, retained offline last will built just before it."""
 
@@ -105,7 +104,7 @@ class Device_:
 
 
 @pytest.fixture
-def ingest(mosquitto, sessions) -> Iterator[IngestWorker]:  # noqa: F811
+def ingest(mosquitto, sessions) -> Iterator[IngestWorker]:
     """An in-process ingest worker (MQTT 5 shared subscription) on the private broker."""
     writer = BatchWriter(sessions, auto_register=True)
     worker = IngestWorker(
@@ -120,20 +119,20 @@ def ingest(mosquitto, sessions) -> Iterator[IngestWorker]:  # noqa: F811
     thread.join(timeout=10)
 
 
-def _count(sessions, model=ReceivedMessage) -> int:  # noqa: F811
+def _count(sessions, model=ReceivedMessage) -> int:
     with sessions() as s:
         return int(s.execute(select(func.count()).select_from(model)).scalar_one())
 
 
-def _presence(sessions, device_id: str) -> str | None:  # noqa: F811
+def _presence(sessions, device_id: str) -> str | None:
     with sessions() as s:
         return s.execute(
             select(Device.presence).where(Device.device_id == device_id)
         ).scalar_one_or_none()
 
 
-def test_telemetry_lands_duplicates_dropped_malformed_counted(mosquitto, ingest, sessions):  # noqa: F811
-    dev = Device_(mosquitto, "pi-10")
+def test_telemetry_lands_duplicates_dropped_malformed_counted(mosquitto, ingest, sessions):
+    dev = FakeDevice(mosquitto, "pi-10")
     dev.connect()
     payloads = [dev.telemetry() for _ in range(20)]
     for payload in payloads:
@@ -152,22 +151,22 @@ def test_telemetry_lands_duplicates_dropped_malformed_counted(mosquitto, ingest,
     dev.disconnect_cleanly()
 
 
-def test_presence_clean_disconnect_and_last_will(mosquitto, ingest, sessions):  # noqa: F811
-    clean = Device_(mosquitto, "pi-11")
+def test_presence_clean_disconnect_and_last_will(mosquitto, ingest, sessions):
+    clean = FakeDevice(mosquitto, "pi-11")
     clean.connect()
     wait_for(lambda: _presence(sessions, "pi-11") == "online", timeout=10)
     clean.disconnect_cleanly()
     wait_for(lambda: _presence(sessions, "pi-11") == "offline", timeout=10)
 
-    cut = Device_(mosquitto, "pi-12")
+    cut = FakeDevice(mosquitto, "pi-12")
     cut.connect()
     wait_for(lambda: _presence(sessions, "pi-12") == "online", timeout=10)
     cut.drop_link()  # no DISCONNECT: the broker publishes the last will
     wait_for(lambda: _presence(sessions, "pi-12") == "offline", timeout=15)
 
 
-def test_late_last_will_after_reconnect_keeps_device_online(mosquitto, ingest, sessions):  # noqa: F811
-    dev = Device_(mosquitto, "pi-13")
+def test_late_last_will_after_reconnect_keeps_device_online(mosquitto, ingest, sessions):
+    dev = FakeDevice(mosquitto, "pi-13")
     dev.connect(client_id="pi-13-link-a")
     first = dev.client
     wait_for(lambda: _presence(sessions, "pi-13") == "online", timeout=10)
@@ -206,14 +205,14 @@ def _ingest_process(db: str, broker_url: str, log: Path) -> subprocess.Popen[byt
 
 
 @pytest.mark.slow
-def test_killing_ingest_in_flight_loses_nothing(mosquitto, db_url, tmp_path):  # noqa: F811
+def test_killing_ingest_in_flight_loses_nothing(mosquitto, db_url, tmp_path):
     eng = create_db_engine(db_url)
     upgrade_to_head(eng)
     sessions_ = make_session_factory(eng)
     log = tmp_path / "ingest.log"
     proc = _ingest_process(db_url, mosquitto.url, log)
     try:
-        dev = Device_(mosquitto, "pi-14")
+        dev = FakeDevice(mosquitto, "pi-14")
         dev.connect()
         # The ingest is subscribed once the device's presence has been stored.
         wait_for(lambda: _presence(sessions_, "pi-14") == "online", timeout=30)

@@ -1,0 +1,1 @@
+"""Fleet-server fixtures (defined in tests/server_fixtures.py)."""
