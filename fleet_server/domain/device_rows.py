@@ -160,23 +160,20 @@ def parse_device_csv(text: str) -> ParsedCsv:
         clean, errors = validate_fields({k: v for k, v in raw.items() if v is not None})
         for column, message in errors:
             result.errors.append(RowError(line, column, message))
-        if errors:
-            continue
-        device_id = clean["device_id"]
-        if device_id in seen_ids:
-            result.errors.append(
-                RowError(line, "device_id", f"{device_id!r} repeats line {seen_ids[device_id]}")
-            )
-            continue
-        seen_ids[device_id] = line
-        serial = clean.get("serial")
-        if serial:
-            if serial in seen_serials:
-                result.errors.append(
-                    RowError(line, "serial", f"{serial!r} repeats line {seen_serials[serial]}")
-                )
+        duplicate = False
+        for column, seen in (("device_id", seen_ids), ("serial", seen_serials)):
+            value = clean.get(column)
+            if not value:
                 continue
-            seen_serials[serial] = line
+            if value in seen:
+                result.errors.append(
+                    RowError(line, column, f"{value!r} repeats line {seen[value]}")
+                )
+                duplicate = True
+            else:
+                seen[value] = line
+        if errors or duplicate:
+            continue
         clean["_line"] = line
         result.rows.append(clean)
     return result

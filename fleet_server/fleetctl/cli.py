@@ -84,8 +84,9 @@ def _when(value: Any) -> str:
 
 def _table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
     table = Table(title=title, show_lines=False)
-    for col in columns:
-        table.add_column(col)
+    for index, col in enumerate(columns):
+        # The first column identifies the row: never cut it; fold the others.
+        table.add_column(col, no_wrap=index == 0, overflow="fold")
     for row in rows:
         cells = []
         for col in columns:
@@ -182,8 +183,8 @@ def devices_show(device_id: str, as_json: JsonOpt = False) -> None:
 
     def render(d: dict[str, Any]) -> None:
         table = Table(show_header=False, title=d["device_id"])
-        table.add_column("field")
-        table.add_column("value")
+        table.add_column("field", no_wrap=True)
+        table.add_column("value", overflow="fold")
         for key, value in d.items():
             if key.endswith(("_at", "last_seen")):
                 value = _when(value)
