@@ -20,7 +20,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 import protocol as p
-from fleet_server.db.dialect import insert_ignore
+from fleet_server.db.dialect import bulk_insert_ignore, insert_ignore
 from fleet_server.db.models import (
     CommandRecord,
     Device,
@@ -281,10 +281,9 @@ class BatchWriter:
             if not candidates:
                 return result
             # Dedupe against what is already stored; RETURNING gives the new ones.
-            inserted = session.execute(
-                insert_ignore(session, ReceivedMessage).returning(
-                    ReceivedMessage.device_key, ReceivedMessage.boot_id, ReceivedMessage.seq
-                ),
+            inserted = bulk_insert_ignore(
+                session,
+                ReceivedMessage.__table__,
                 [
                     {
                         "device_key": dev.key,
@@ -294,7 +293,8 @@ class BatchWriter:
                     }
                     for item, msg, dev in candidates
                 ],
-            ).all()
+                returning=("device_key", "boot_id", "seq"),
+            )
             fresh = {tuple(r) for r in inserted}
             samples: list[dict[str, Any]] = []
             events: list[tuple[_DeviceRow, Any, Inbound]] = []
@@ -319,7 +319,7 @@ class BatchWriter:
                         dev.changed_presence = True
                         dev.presence_changed_at = now
             if samples:
-                session.execute(insert_ignore(session, TelemetrySample), samples)
+                bulk_insert_ignore(session, TelemetrySample.__table__, samples)
                 result.samples = len(samples)
             if events:
                 self._events(session, events)
