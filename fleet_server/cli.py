@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -242,19 +244,46 @@ def jobs(
     scheduler.stop()
 
 
-def _serve(settings: Settings, app_obj: Any) -> None:
-    import uvicorn
+class _Server:
+    """uvicorn with our own SIGINT/SIGTERM handling.
 
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app_obj,
-            host=settings.api.host,
-            port=settings.api.port,
-            log_level="info",
-            lifespan="off",
+    uvicorn re-raises a captured signal once it has shut down, which would kill the
+    process before the ingest flush below runs; here a signal only asks it to exit.
+    """
+
+    def __init__(self, settings: Settings, app_obj: Any) -> None:
+        import uvicorn
+
+        class Quiet(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        self.server = Quiet(
+            uvicorn.Config(
+                app_obj,
+                host=settings.api.host,
+                port=settings.api.port,
+                log_level="info",
+                log_config=None,
+                lifespan="off",
+            )
         )
-    )
-    server.run()  # returns on SIGINT/SIGTERM
+
+    def run(self) -> None:
+        stop = threading.Event()
+        _stop_on_signals(stop)
+
+        def watch() -> None:
+            stop.wait()
+            self.server.should_exit = True
+
+        threading.Thread(target=watch, daemon=True).start()
+        self.server.run()
+
+
+def _serve(settings: Settings, app_obj: Any) -> None:
+    _Server(settings, app_obj).run()
 
 
 @app.command()

@@ -21,6 +21,10 @@ class RetentionResult:
     samples_deleted: int
     dedupe_keys_deleted: int
 
+    def __bool__(self) -> bool:
+        """True when the pass changed anything (worth a log line)."""
+        return bool(self.hours_written or self.samples_deleted or self.dedupe_keys_deleted)
+
 
 def run_retention(session: Session, *, now: float, raw_days: float) -> RetentionResult:
     """Downsample raw telemetry older than ``raw_days`` to hourly min/avg/max, merge into
