@@ -239,3 +239,58 @@ def test_killing_ingest_in_flight_loses_nothing(mosquitto, db_url, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         eng.dispose()
+
+
+@pytest.mark.postgres
+def test_database_outage_loses_nothing(mosquitto, postgres_url):
+    import psycopg
+
+    eng = create_db_engine(postgres_url)
+    upgrade_to_head(eng)
+    sessions_ = make_session_factory(eng)
+    writer = BatchWriter(sessions_, auto_register=True)
+    options = IngestOptions(
+        mosquitto.host, mosquitto.port, client_id="ingest-outage", retry_backoff_s=0.1
+    )
+    worker = IngestWorker(writer, options)
+    worker.connect(timeout=10)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    libpq = "postgresql://" + postgres_url.split("://", 1)[1]
+    admin = libpq.rsplit("/", 1)[0] + "/postgres"
+    name = libpq.rsplit("/", 1)[1]
+    try:
+        dev = FakeDevice(mosquitto, "pi-15")
+        dev.connect()
+        wait_for(lambda: _presence(sessions_, "pi-15") == "online", timeout=20)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+        for _ in range(100):  # accepted by the broker while the database is down
+            dev.publish(p.Kind.TELEMETRY, dev.telemetry())
+        wait_for(lambda: writer.metrics.db_errors._value.get() >= 1, timeout=20)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        wait_for(lambda: _count(sessions_, TelemetrySample) == 100, timeout=60)
+        dev.disconnect_cleanly()
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        worker.stop()
+        thread.join(timeout=20)
+        eng.dispose()
+
+
+def test_silent_network_cut_goes_offline_via_keepalive(mosquitto, ingest, sessions):
+    """No FIN, no DISCONNECT: the device just stops talking. The broker's keepalive
+    timeout (1.5 x keepalive) publishes the will; the sweep is the backstop."""
+    dev = FakeDevice(mosquitto, "pi-16", keepalive=2)
+    dev.connect()
+    wait_for(lambda: _presence(sessions, "pi-16") == "online", timeout=10)
+    assert dev.client is not None
+    dev.client.loop_stop()  # socket stays open, but no more PINGREQ
+    wait_for(lambda: _presence(sessions, "pi-16") == "offline", timeout=1.5 * 2 + 10)
