@@ -131,7 +131,7 @@ class TelemetrySample(Base):
     net_tx_bytes: Mapped[int | None] = mapped_column(BigInteger)
     emmc_life_used_pct: Mapped[float | None] = mapped_column(Float)
     clock_synced: Mapped[bool | None] = mapped_column(Boolean)
-    custom: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    custom: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
     __table_args__ = {"sqlite_with_rowid": False}  # noqa: RUF012
 
