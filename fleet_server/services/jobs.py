@@ -77,6 +77,15 @@ class Scheduler:
         ]
         self._thread: threading.Thread | None = None
 
+    def add_job(
+        self,
+        name: str,
+        interval: float,
+        fn: Callable[[sessionmaker[Session], Settings, float], object],
+    ) -> None:
+        """Register another periodic job (e.g. a rollout ``tick``); call before start."""
+        self.jobs.append(_Job(name, interval, fn))
+
     def run_due(self) -> float:
         """Run every job that is due; return seconds until the next one is."""
         now = self.clock()

@@ -204,8 +204,17 @@ def _ingest_process(db: str, broker_url: str, log: Path) -> subprocess.Popen[byt
     )
 
 
+QUEUEING_BROKER = """\
+listener {port} 127.0.0.1
+allow_anonymous true
+max_queued_messages 100000
+"""
+
+
 @pytest.mark.slow
-def test_killing_ingest_in_flight_loses_nothing(mosquitto, db_url, tmp_path):
+def test_killing_ingest_in_flight_loses_nothing(mosquitto_factory, db_url, tmp_path):
+    # Production brokers must queue enough for the ingest session while it is down.
+    mosquitto = mosquitto_factory(QUEUEING_BROKER)
     eng = create_db_engine(db_url)
     upgrade_to_head(eng)
     sessions_ = make_session_factory(eng)
@@ -216,7 +225,7 @@ def test_killing_ingest_in_flight_loses_nothing(mosquitto, db_url, tmp_path):
         dev.connect()
         # The ingest is subscribed once the device's presence has been stored.
         wait_for(lambda: _presence(sessions_, "pi-14") == "online", timeout=30)
-        total = 600
+        total = 2000
         payloads = [dev.telemetry() for _ in range(total)]
         sender = threading.Thread(
             target=lambda: [dev.publish(p.Kind.TELEMETRY, x) for x in payloads], daemon=True
