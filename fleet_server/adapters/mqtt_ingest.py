@@ -193,9 +193,14 @@ class IngestWorker:
             try:
                 self.writer.write([i.inbound for i in items])
                 break
-            except SQLAlchemyError as exc:
+            except Exception as exc:
+                # Nothing is acked until a write succeeds: whatever went wrong (database
+                # down, or a bug), the batch stays with the broker and is retried.
                 self.writer.metrics.db_errors.inc()
-                log.warning("ingest: database write failed (%s); retrying in %.1fs", exc, delay)
+                if isinstance(exc, SQLAlchemyError):
+                    log.warning("ingest: database write failed (%s); retry in %.1fs", exc, delay)
+                else:
+                    log.exception("ingest: unexpected error storing a batch; retry in %.1fs", delay)
                 if self._stop.wait(delay):
                     # Shutting down: leave the batch unacknowledged; it is redelivered.
                     log.warning("ingest: stopping with %d uncommitted messages", len(items))
