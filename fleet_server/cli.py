@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
 import typer
 
 from fleet_server import __version__
+from fleet_server.config import ConfigError, Settings, load_settings
+from fleet_server.domain.roles import Role
 from fleet_server.identity.cli import ca_app
 from fleet_server.keys_cli import keys_app
 from fleet_server.updates.publish_cli import updates_app
@@ -12,10 +24,56 @@ from protocol import SCHEMA_VERSION
 
 app = typer.Typer(
     name="fleet-server",
-    help="Edgefleet fleet server: device registry, telemetry ingest, updates and rollouts.",
+    help=(
+        "Edgefleet fleet server: device registry, telemetry ingest, presence, alarms and the "
+        "REST API. Configuration: ./fleet-server.toml (or --config / $FLEET_CONFIG) and "
+        "FLEET_<SECTION>_<KEY> environment variables, e.g. FLEET_DATABASE_URL."
+    ),
     no_args_is_help=True,
     add_completion=False,
 )
+token_app = typer.Typer(help="Create API tokens locally (bootstrap; normally use the API).")
+app.add_typer(token_app, name="token")
+
+log = logging.getLogger("fleet_server")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML configuration file", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+
+
+def _logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _open(settings: Settings) -> Any:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fleet_server.runtime import open_database
+
+    try:
+        return open_database(settings)
+    except SQLAlchemyError as exc:
+        _fail(
+            f"cannot open the database {settings.database.url!r}: {exc.__class__.__name__}: {exc}"
+        )
 
 
 app.add_typer(keys_app, name="keys")
@@ -25,7 +83,7 @@ app.add_typer(ca_app, name="ca")
 
 @app.callback()
 def _root() -> None:
-    """Keep sub-commands as sub-commands even while there is only one."""
+    """Keep sub-commands as sub-commands."""
 
 
 @app.command()
@@ -34,6 +92,269 @@ def version() -> None:
     typer.echo(f"fleet-server {__version__} (protocol {SCHEMA_VERSION})")
 
 
+@app.command()
+def init(
+    config: ConfigOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="revoke existing admin tokens and create a new one")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create or migrate the database and print a one-time admin token."""
+    from fleet_server.services import tokens
+    from fleet_server.services.audit import SYSTEM
+    from fleet_server.services.clock import system_clock
+
+    settings = _settings(config)
+    _engine, sessions = _open(settings)
+    now = system_clock()
+    with sessions() as session:
+        admins = tokens.live_admins(session)
+        if admins and not force:
+            _fail(
+                f"the database already has {len(admins)} admin token(s); "
+                "use --force to revoke them and create a new one"
+            )
+        for old in admins:
+            tokens.revoke_token(session, old, actor=SYSTEM, now=now)
+        _token, secret = tokens.create_token(session, "admin", Role.ADMIN, actor=SYSTEM, now=now)
+        session.commit()
+    if json_out:
+        typer.echo(json.dumps({"database": settings.database.url, "admin_token": secret}))
+        return
+    typer.echo(f"database ready: {settings.database.url}")
+    typer.echo("admin token (shown once, store it now):")
+    typer.echo(secret)
+
+
+@app.command()
+def migrate(config: ConfigOpt = None) -> None:
+    """Apply pending database migrations (also done by every other command)."""
+    from fleet_server.migrations import current_revision
+
+    settings = _settings(config)
+    engine, _ = _open(settings)
+    typer.echo(f"database at revision {current_revision(engine)}")
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[Role, typer.Option("--role", help="viewer, technician, operator or admin")],
+    name: Annotated[str, typer.Option("--name", help="who or what uses it")],
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create an API token directly in the database (printed once)."""
+    from fleet_server.services import tokens
+    from fleet_server.services.audit import SYSTEM
+    from fleet_server.services.clock import system_clock
+
+    if not name.strip() or len(name) > 128:
+        _fail("--name must be 1-128 characters")
+    settings = _settings(config)
+    _engine, sessions = _open(settings)
+    with sessions() as session:
+        token, secret = tokens.create_token(
+            session, name.strip(), role, actor=SYSTEM, now=system_clock()
+        )
+        session.commit()
+    if json_out:
+        typer.echo(
+            json.dumps({"id": token.id, "name": token.name, "role": token.role, "secret": secret})
+        )
+    else:
+        typer.echo(secret)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+@app.command()
+def ingest(
+    config: ConfigOpt = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="serve /metrics on 127.0.0.1:PORT")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run only the MQTT ingest (starts the embedded broker when no [mqtt] url is set)."""
+    from fleet_server.runtime import broker_target, build_ingest
+    from fleet_server.services.metrics import IngestMetrics
+
+    _logging(verbose)
+    settings = _settings(config)
+    _engine, sessions = _open(settings)
+    try:
+        target = broker_target(settings, start_embedded=True)
+    except OSError as exc:
+        _fail(str(exc))
+    metrics = IngestMetrics()
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    worker = build_ingest(settings, sessions, target, metrics)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    threading.Thread(target=lambda: (stop.wait(), worker.stop()), daemon=True).start()
+    worker.connect(timeout=10)
+    log.info("ingest running (batch size %d)", settings.ingest.batch_size)
+    worker.run()
+    if target.embedded is not None:
+        target.embedded.stop()
+    log.info("ingest stopped")
+
+
+@app.command()
+def jobs(
+    config: ConfigOpt = None,
+    once: Annotated[bool, typer.Option("--once", help="run every job once and exit")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run only the background jobs (presence sweep, command expiry, retention)."""
+    from fleet_server.services.clock import system_clock
+    from fleet_server.services.jobs import (
+        Scheduler,
+        run_command_expiry,
+        run_presence_sweep,
+        run_retention_job,
+    )
+
+    _logging()
+    settings = _settings(config)
+    _engine, sessions = _open(settings)
+    if once:
+        now = system_clock()
+        offline = run_presence_sweep(sessions, settings, now)
+        expired = run_command_expiry(sessions, settings, now)
+        kept = run_retention_job(sessions, settings, now)
+        out = {
+            "marked_offline": offline,
+            "commands_expired": expired,
+            "retention": {
+                "cutoff": kept.cutoff,
+                "hours_written": kept.hours_written,
+                "samples_deleted": kept.samples_deleted,
+            },
+        }
+        typer.echo(json.dumps(out) if json_out else "\n".join(f"{k}: {v}" for k, v in out.items()))
+        return
+    scheduler = Scheduler(sessions, settings)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    scheduler.start()
+    stop.wait()
+    scheduler.stop()
+
+
+class _Server:
+    """uvicorn with our own SIGINT/SIGTERM handling.
+
+    uvicorn re-raises a captured signal once it has shut down, which would kill the
+    process before the ingest flush below runs; here a signal only asks it to exit.
+    """
+
+    def __init__(self, settings: Settings, app_obj: Any) -> None:
+        import uvicorn
+
+        class Quiet(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        self.server = Quiet(
+            uvicorn.Config(
+                app_obj,
+                host=settings.api.host,
+                port=settings.api.port,
+                log_level="info",
+                log_config=None,
+                lifespan="off",
+            )
+        )
+
+    def run(self) -> None:
+        stop = threading.Event()
+        _stop_on_signals(stop)
+
+        def watch() -> None:
+            stop.wait()
+            self.server.should_exit = True
+
+        threading.Thread(target=watch, daemon=True).start()
+        self.server.run()
+
+
+def _serve(settings: Settings, app_obj: Any) -> None:
+    _Server(settings, app_obj).run()
+
+
+@app.command()
+def api(config: ConfigOpt = None) -> None:
+    """Run only the REST API (commands go to [mqtt] url, or the embedded broker's port)."""
+    from fleet_server.api import create_app
+    from fleet_server.runtime import broker_target, build_publisher
+
+    _logging()
+    settings = _settings(config)
+    _engine, sessions = _open(settings)
+    publisher = build_publisher(settings, broker_target(settings, start_embedded=False))
+    try:
+        _serve(settings, create_app(settings, sessions=sessions, publisher=publisher))
+    finally:
+        publisher.close()
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run everything in one process: API, MQTT ingest, background jobs (and the embedded
+    broker when no [mqtt] url is set). Stops cleanly on SIGINT/SIGTERM."""
+    from fleet_server.api import create_app
+    from fleet_server.runtime import broker_target, build_ingest, build_publisher
+    from fleet_server.services.jobs import Scheduler
+    from fleet_server.services.metrics import IngestMetrics
+
+    _logging(verbose)
+    settings = _settings(config)
+    _engine, sessions = _open(settings)
+    try:
+        target = broker_target(settings, start_embedded=True)
+    except OSError as exc:
+        _fail(str(exc))
+    metrics = IngestMetrics()
+    worker = build_ingest(settings, sessions, target, metrics)
+    worker.connect(timeout=10)
+    ingest_thread = threading.Thread(target=worker.run, name="ingest")
+    ingest_thread.start()
+    scheduler = Scheduler(sessions, settings)
+    scheduler.start()
+    publisher = build_publisher(settings, target)
+    try:
+        _serve(
+            settings, create_app(settings, sessions=sessions, publisher=publisher, metrics=metrics)
+        )
+    finally:
+        log.info("shutting down: flushing ingest")
+        worker.stop()
+        ingest_thread.join(timeout=60)
+        scheduler.stop()
+        publisher.close()
+        if target.embedded is not None:
+            target.embedded.stop()
+        log.info("stopped")
+
+
 def main() -> None:
     """Entry point of the ``fleet-server`` console script."""
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

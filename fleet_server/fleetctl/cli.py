@@ -1,23 +1,110 @@
-"""``fleetctl``: command line for ops staff, talking to the fleet server's REST API."""
+"""``fleetctl``: command line for ops staff, talking to the fleet server's REST API.
+
+Tables for people, ``--json`` for scripts. The API URL and token come from
+``--url``/``--token``, ``FLEET_URL``/``FLEET_TOKEN``, or ``~/.config/edgefleet/fleetctl.toml``.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from fleet_server import __version__
+from fleet_server.fleetctl.client import ApiClient, CtlError, load_config
 from protocol import SCHEMA_VERSION
 
 app = typer.Typer(
     name="fleetctl",
-    help="Operate an Edgefleet fleet: devices, alarms, bundles, rollouts, recalls, audit.",
+    help=(
+        "Operate an Edgefleet fleet: devices, alarms, audit, tokens. "
+        "Set the API with --url / FLEET_URL and the token with --token / FLEET_TOKEN, "
+        "or in ~/.config/edgefleet/fleetctl.toml (url = ..., token = ...)."
+    ),
     no_args_is_help=True,
     add_completion=False,
 )
+devices_app = typer.Typer(help="The device registry: list, show, import, decommission, commands.")
+alarms_app = typer.Typer(help="Alarms raised by device faults.")
+audit_app = typer.Typer(help="The audit log of operator actions.")
+tokens_app = typer.Typer(help="API tokens (admin only).")
+fleet_app = typer.Typer(help="Fleet-wide views.")
+app.add_typer(devices_app, name="devices")
+app.add_typer(devices_app, name="device", hidden=True)
+app.add_typer(alarms_app, name="alarms")
+app.add_typer(audit_app, name="audit")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(fleet_app, name="fleet")
+
+console = Console()
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", "-n", help="at most this many rows (default: all)")
+]
+
+
+class _State:
+    url: str | None = None
+    token: str | None = None
+
+
+_state = _State()
 
 
 @app.callback()
-def _root() -> None:
-    """Keep sub-commands as sub-commands even while there is only one."""
+def _root(
+    url: Annotated[str | None, typer.Option("--url", help="fleet API base URL")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="API token (efk_...)")] = None,
+) -> None:
+    """Global options."""
+    _state.url = url
+    _state.token = token
+
+
+def _client() -> ApiClient:
+    return ApiClient(load_config(_state.url, _state.token))
+
+
+def _when(value: Any) -> str:
+    if not value:
+        return "-"
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
+    except ValueError:
+        return str(value)
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
+    table = Table(title=title, show_lines=False)
+    for index, col in enumerate(columns):
+        # The first column identifies the row: never cut it; fold the others.
+        table.add_column(col, no_wrap=index == 0, overflow="fold")
+    for row in rows:
+        cells = []
+        for col in columns:
+            value = row.get(col)
+            if col.endswith(("_at", "last_seen")):
+                value = _when(value)
+            elif isinstance(value, list):
+                value = ",".join(map(str, value))
+            cells.append("-" if value is None else str(value))
+        table.add_row(*cells)
+    console.print(table)
+
+
+def _emit(data: Any, as_json: bool, render: Any) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        render(data)
 
 
 @app.command()
@@ -26,6 +113,255 @@ def version() -> None:
     typer.echo(f"fleetctl {__version__} (protocol {SCHEMA_VERSION})")
 
 
+@app.command()
+def whoami(as_json: JsonOpt = False) -> None:
+    """Show the token's name and role."""
+    me = _client().request("GET", "/api/v1/whoami")
+    _emit(me, as_json, lambda d: typer.echo(f"{d['name']} ({d['role']})"))
+
+
+# --- devices ---------------------------------------------------------------------------
+
+DEVICE_COLUMNS = [
+    "device_id",
+    "serial",
+    "model",
+    "hw_revision",
+    "batch",
+    "region",
+    "channel",
+    "software_version",
+    "presence",
+    "open_faults",
+    "last_seen",
+    "status",
+]
+
+
+@devices_app.command("list")
+def devices_list(
+    model: Annotated[str | None, typer.Option(help="exact model")] = None,
+    hw_revision: Annotated[str | None, typer.Option(help="exact hardware revision")] = None,
+    batch: Annotated[str | None, typer.Option(help="manufacturing batch/lot")] = None,
+    region: Annotated[str | None, typer.Option()] = None,
+    owner: Annotated[str | None, typer.Option()] = None,
+    channel: Annotated[str | None, typer.Option(help="production or pre-production")] = None,
+    software_version: Annotated[str | None, typer.Option()] = None,
+    presence: Annotated[str | None, typer.Option(help="online, offline or unknown")] = None,
+    status: Annotated[str | None, typer.Option(help="active or decommissioned")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="must carry this tag (repeatable)")] = None,
+    prefix: Annotated[str | None, typer.Option(help="device id prefix")] = None,
+    faulty: Annotated[
+        bool | None, typer.Option("--faulty/--healthy", help="with / without open faults")
+    ] = None,
+    limit: LimitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List devices matching the filters."""
+    params = {
+        "model": model,
+        "hw_revision": hw_revision,
+        "batch": batch,
+        "region": region,
+        "owner": owner,
+        "channel": channel,
+        "software_version": software_version,
+        "presence": presence,
+        "status": status,
+        "tag": tag or [],
+        "device_id_prefix": prefix,
+        "has_open_faults": faulty,
+    }
+    items = _client().paginate("/api/v1/devices", params, limit)
+    _emit(items, as_json, lambda d: _table(d, DEVICE_COLUMNS, f"{len(d)} device(s)"))
+
+
+@devices_app.command("show")
+def devices_show(device_id: str, as_json: JsonOpt = False) -> None:
+    """Show everything known about one device."""
+    device = _client().request("GET", f"/api/v1/devices/{device_id}")
+
+    def render(d: dict[str, Any]) -> None:
+        table = Table(show_header=False, title=d["device_id"])
+        table.add_column("field", no_wrap=True)
+        table.add_column("value", overflow="fold")
+        for key, value in d.items():
+            if key.endswith(("_at", "last_seen")):
+                value = _when(value)
+            table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
+        console.print(table)
+
+    _emit(device, as_json, render)
+
+
+@devices_app.command("import")
+def devices_import(
+    csv_file: Annotated[Path, typer.Argument(help="factory CSV with a header row")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Import devices from the factory CSV: all rows or none (errors listed per line)."""
+    try:
+        body = csv_file.read_bytes()
+    except OSError as exc:
+        raise CtlError(f"cannot read {csv_file}: {exc}") from None
+    with console.status(f"importing {csv_file.name} ({len(body)} bytes)...", spinner="dots"):
+        result = _client().request(
+            "POST", "/api/v1/devices/import", content=body, headers={"Content-Type": "text/csv"}
+        )
+    _emit(result, as_json, lambda d: typer.echo(f"imported {d['imported']} device(s)"))
+
+
+@devices_app.command("decommission")
+def devices_decommission(
+    device_id: str,
+    reason: Annotated[str, typer.Option(help="why (kept in the audit log)")] = "",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Take a device out of service; its messages are rejected from then on."""
+    if not yes and not typer.confirm(f"Decommission {device_id}?"):
+        raise typer.Exit(1)
+    device = _client().request(
+        "POST", f"/api/v1/devices/{device_id}/decommission", json={"reason": reason}
+    )
+    _emit(device, as_json, lambda d: typer.echo(f"{d['device_id']} decommissioned"))
+
+
+def _command(device_id: str, kind: str, reason: str, as_json: bool) -> None:
+    result = _client().request(
+        "POST", f"/api/v1/devices/{device_id}/commands", json={"kind": kind, "reason": reason}
+    )
+    _emit(
+        result,
+        as_json,
+        lambda d: typer.echo(f"{d['kind']} sent to {d['device_id']} as {d['id']} ({d['status']})"),
+    )
+
+
+@devices_app.command("reboot")
+def devices_reboot(
+    device_id: str,
+    reason: Annotated[str, typer.Option(help="shown to the device and audit log")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Send a reboot command (operator or admin)."""
+    _command(device_id, "reboot", reason, as_json)
+
+
+@devices_app.command("diagnose")
+def devices_diagnose(device_id: str, as_json: JsonOpt = False) -> None:
+    """Ask the device for a diagnostics bundle (technician and above)."""
+    _command(device_id, "collect_diagnostics", "", as_json)
+
+
+@devices_app.command("commands")
+def devices_commands(device_id: str, limit: LimitOpt = 20, as_json: JsonOpt = False) -> None:
+    """Commands sent to a device and their status."""
+    items = _client().paginate(f"/api/v1/devices/{device_id}/commands", {}, limit)
+    cols = ["id", "kind", "status", "created_at", "created_by", "reason", "detail"]
+    _emit(items, as_json, lambda d: _table(d, cols))
+
+
+# --- alarms ----------------------------------------------------------------------------
+
+
+@alarms_app.command("list")
+def alarms_list(
+    state: Annotated[str, typer.Option(help="open, cleared or all")] = "open",
+    severity: Annotated[str | None, typer.Option()] = None,
+    code: Annotated[str | None, typer.Option()] = None,
+    device: Annotated[str | None, typer.Option(help="one device id")] = None,
+    limit: LimitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List alarms (open ones by default)."""
+    params = {"state": state, "severity": severity, "code": code, "device_id": device}
+    items = _client().paginate("/api/v1/alarms", params, limit)
+    cols = ["id", "device_id", "code", "severity", "state", "raised_at", "occurrences", "acked_by"]
+    _emit(items, as_json, lambda d: _table(d, cols, f"{len(d)} alarm(s)"))
+
+
+@alarms_app.command("ack")
+def alarms_ack(alarm_id: int, as_json: JsonOpt = False) -> None:
+    """Acknowledge an alarm."""
+    alarm = _client().request("POST", f"/api/v1/alarms/{alarm_id}/ack")
+    _emit(alarm, as_json, lambda d: typer.echo(f"alarm {d['id']} acknowledged"))
+
+
+@fleet_app.command("fault-rates")
+def fleet_fault_rates(
+    by: Annotated[
+        str, typer.Option(help="model, hw_revision, batch, software_version or region")
+    ] = "model",
+    as_json: JsonOpt = False,
+) -> None:
+    """Share of devices with faults per group."""
+    data = _client().request("GET", "/api/v1/fleet/fault-rates", params={"by": by})
+
+    def render(d: dict[str, Any]) -> None:
+        rows = [
+            {**r, "fault_rate": "-" if r["fault_rate"] is None else f"{r['fault_rate']:.1%}"}
+            for r in d["rows"]
+        ]
+        cols = ["value", "devices", "faulty_devices", "alarms", "open_alarms", "fault_rate"]
+        _table(rows, cols, f"fault rate by {d['by']}")
+
+    _emit(data, as_json, render)
+
+
+# --- audit and tokens ------------------------------------------------------------------
+
+
+@audit_app.command("list")
+def audit_list(
+    action: Annotated[str | None, typer.Option(help="action prefix, e.g. device.")] = None,
+    target: Annotated[str | None, typer.Option(help="target id, e.g. a device id")] = None,
+    limit: LimitOpt = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recent audit entries, newest first."""
+    items = _client().paginate("/api/v1/audit", {"action": action, "target_id": target}, limit)
+    cols = ["id", "at", "actor", "actor_role", "action", "target_type", "target_id"]
+    _emit(items, as_json, lambda d: _table(d, cols))
+
+
+@tokens_app.command("list")
+def tokens_list(
+    include_revoked: Annotated[bool, typer.Option("--all", help="include revoked")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List API tokens (never their secrets)."""
+    items = _client().paginate("/api/v1/tokens", {"include_revoked": include_revoked}, None)
+    cols = ["id", "name", "role", "prefix", "created_at", "last_used_at", "revoked_at"]
+    _emit(items, as_json, lambda d: _table(d, cols))
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Option(help="who or what uses it")],
+    role: Annotated[str, typer.Option(help="viewer, technician, operator or admin")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a token; its secret is printed once."""
+    token = _client().request("POST", "/api/v1/tokens", json={"name": name, "role": role})
+    _emit(
+        token,
+        as_json,
+        lambda d: typer.echo(f"token {d['id']} ({d['role']}), shown once:\n{d['secret']}"),
+    )
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: int, as_json: JsonOpt = False) -> None:
+    """Revoke a token immediately."""
+    token = _client().request("DELETE", f"/api/v1/tokens/{token_id}")
+    _emit(token, as_json, lambda d: typer.echo(f"token {d['id']} revoked"))
+
+
 def main() -> None:
     """Entry point of the ``fleetctl`` console script."""
-    app()
+    try:
+        app()
+    except CtlError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)

@@ -1,0 +1,118 @@
+"""The FastAPI application factory.
+
+``create_app(settings)`` wires the database, the optional MQTT publisher and metrics into
+one app. Later features add routers with ``app.include_router(...)`` and declare their
+routes in :data:`fleet_server.domain.roles.PERMISSIONS`; the authorization dependency is
+applied to every route, so an undeclared route is refused rather than left open.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+
+from fastapi import Depends, FastAPI, Request, Response
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet_server import __version__
+from fleet_server.api.deps import AppContext, authorize, request_id
+from fleet_server.api.errors import install_error_handlers
+from fleet_server.api.routers import admin, alarms, devices, system
+from fleet_server.config import Settings
+from fleet_server.db import create_db_engine, make_session_factory
+from fleet_server.db.models import Alarm
+from fleet_server.services.clock import Clock, system_clock
+from fleet_server.services.commands import Publisher
+from fleet_server.services.metrics import IngestMetrics
+from fleet_server.services.presence import presence_counts
+
+log = logging.getLogger(__name__)
+
+
+class FleetCollector(Collector):
+    """Fleet-wide gauges computed at scrape time (counts only, no device data)."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Devices per presence state and open alarms per severity."""
+        try:
+            with self.sessions() as session:
+                counts = presence_counts(session)
+                alarms = session.execute(
+                    select(Alarm.severity, func.count())
+                    .where(Alarm.state == "open")
+                    .group_by(Alarm.severity)
+                ).all()
+        except Exception:
+            log.warning("metrics: database unavailable for fleet gauges")
+            return
+        devices = GaugeMetricFamily(
+            "fleet_devices", "Active devices by presence", labels=["presence"]
+        )
+        for state, n in counts.items():
+            devices.add_metric([state], n)
+        yield devices
+        open_alarms = GaugeMetricFamily(
+            "fleet_open_alarms", "Open alarms by severity", labels=["severity"]
+        )
+        for severity, n in alarms:
+            open_alarms.add_metric([severity], int(n))
+        yield open_alarms
+
+
+def create_app(
+    settings: Settings,
+    *,
+    sessions: sessionmaker[Session] | None = None,
+    publisher: Publisher | None = None,
+    metrics: IngestMetrics | None = None,
+    clock: Clock = system_clock,
+) -> FastAPI:
+    """Build the API app; ``sessions`` defaults to an engine on ``settings.database``."""
+    if sessions is None:
+        engine = create_db_engine(settings.database.url, pool_size=settings.database.pool_size)
+        sessions = make_session_factory(engine)
+    app = FastAPI(
+        title="Edgefleet fleet server",
+        version=__version__,
+        description=(
+            "Device registry, telemetry, presence, alarms, commands and audit. "
+            "Authenticate with `Authorization: Bearer efk_...`; `/healthz` and `/metrics` "
+            "need no token. Errors always have the body "
+            '`{"error": {"code", "message", "details"}}`.'
+        ),
+        dependencies=[Depends(authorize)],
+    )
+    app.state.ctx = AppContext(settings, sessions, clock, publisher, metrics)
+    registry = metrics.registry if metrics is not None else CollectorRegistry()
+    registry.register(FleetCollector(sessions))
+    app.state.registry = registry
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def _request_id(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        rid = request_id(request)
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = rid
+        return response
+
+    for module in (system, devices, alarms, admin):
+        app.include_router(module.router)
+    return app
+
+
+def route_table(app: FastAPI) -> list[tuple[str, str]]:
+    """``(METHOD, path)`` of every documented route, read from the OpenAPI schema (the
+    public contract, so this does not depend on FastAPI's internal routing classes)."""
+    out: list[tuple[str, str]] = []
+    for path, item in app.openapi()["paths"].items():
+        out += [(method.upper(), path) for method in item if method != "parameters"]
+    return sorted(out)

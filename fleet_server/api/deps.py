@@ -1,0 +1,127 @@
+"""Request-scoped dependencies: database session, authentication and authorization."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Query, Request
+from fastapi.routing import APIRoute
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet_server.api.errors import ApiError
+from fleet_server.config import Settings
+from fleet_server.domain.roles import Role, UndeclaredRouteError, required_role
+from fleet_server.services import tokens
+from fleet_server.services.audit import Actor
+from fleet_server.services.clock import Clock
+from fleet_server.services.commands import Publisher
+from fleet_server.services.metrics import IngestMetrics
+
+
+@dataclass
+class AppContext:
+    """Everything routes need, built once by ``create_app``."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    clock: Clock
+    publisher: Publisher | None
+    metrics: IngestMetrics | None
+
+
+def context(request: Request) -> AppContext:
+    """The application's context."""
+    return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A database session for this request (closed afterwards; routes commit)."""
+    with context(request).sessions() as session:
+        yield session
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def request_id(request: Request) -> str:
+    """The caller's ``X-Request-ID`` when well-formed, else a fresh one."""
+    rid = getattr(request.state, "request_id", None)
+    if rid:
+        return rid  # type: ignore[no-any-return]
+    given = request.headers.get("x-request-id", "")
+    rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    request.state.request_id = rid
+    return rid
+
+
+def authorize(request: Request, session: Annotated[Session, Depends(get_session)]) -> Actor | None:
+    """Check the bearer token against the permission table entry of the matched route.
+
+    Public routes get ``None``; an undeclared route is refused (closed by default).
+    """
+    route = request.scope.get("route")
+    path = route.path if isinstance(route, APIRoute) else request.url.path
+    try:
+        needed = required_role(request.method, path)
+    except UndeclaredRouteError as exc:
+        raise ApiError(403, "forbidden", str(exc)) from None
+    if needed is None:
+        return None
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret:
+        raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer efk_...)")
+    now = context(request).clock()
+    token = tokens.authenticate(session, secret.strip(), now)
+    if token is None:
+        raise ApiError(401, "unauthorized", "unknown or revoked token")
+    session.commit()  # last_used_at
+    role = Role(token.role)
+    if not role.allows(needed):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"role {role.value} may not {request.method} {path}; needs {needed.value} or above",
+        )
+    actor = Actor(token.name, role.value, token.id)
+    request.state.actor = actor
+    return actor
+
+
+def current_actor(actor: Annotated[Actor | None, Depends(authorize)]) -> Actor:
+    """The authenticated actor (routes that are never public)."""
+    if actor is None:  # pragma: no cover - public routes do not ask for an actor
+        raise ApiError(401, "unauthorized", "authentication required")
+    return actor
+
+
+@dataclass
+class PageParams:
+    """``limit`` + opaque ``cursor`` (or plain ``offset``)."""
+
+    limit: int
+    offset: int
+
+
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=1000, description="page size (max 1000)")] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    offset: Annotated[int | None, Query(ge=0, description="alternative to cursor")] = None,
+) -> PageParams:
+    """Parse pagination parameters; a bad cursor is a 422 naming it."""
+    start = offset or 0
+    if cursor:
+        if not cursor.startswith("o") or not cursor[1:].isdigit():
+            raise ApiError(422, "validation_error", "cursor: not a cursor returned by this API")
+        start = int(cursor[1:])
+    return PageParams(limit, start)
+
+
+def page(items: list[Any], total: int, params: PageParams) -> dict[str, Any]:
+    """The paginated response body."""
+    end = params.offset + len(items)
+    return {"items": items, "next_cursor": f"o{end}" if end < total else None, "total": total}

@@ -1,0 +1,410 @@
+"""``/api/v1/devices``: the registry, per-device telemetry, events, alarms and commands."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, defer
+
+from fleet_server.api.deps import (
+    PageParams,
+    context,
+    current_actor,
+    get_session,
+    page,
+    page_params,
+    request_id,
+)
+from fleet_server.api.errors import ERROR_RESPONSES, ApiError
+from fleet_server.api.schemas import (
+    AlarmOut,
+    BundleOut,
+    CommandIn,
+    CommandOut,
+    DecommissionIn,
+    DeviceIn,
+    DeviceOut,
+    DevicePatch,
+    EventOut,
+    ImportResult,
+    Page,
+    TelemetryPage,
+)
+from fleet_server.db.models import (
+    Alarm,
+    CommandRecord,
+    DeviceEvent,
+    DiagnosticBundle,
+    TelemetryHourly,
+    TelemetrySample,
+)
+from fleet_server.domain.roles import COMMAND_ROLES, Role
+from fleet_server.services import registry
+from fleet_server.services.audit import Actor
+from fleet_server.services.commands import bundle_view, command_view, send_command
+from fleet_server.services.registry import DeviceFilter, device_view
+
+router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=ERROR_RESPONSES)
+
+MAX_CSV_BYTES = 20 * 1024 * 1024
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value else None
+
+
+@router.get("", response_model=Page[DeviceOut], summary="List devices (filter on any field)")
+def list_devices(
+    *,
+    params: Annotated[PageParams, Depends(page_params)],
+    session: Annotated[Session, Depends(get_session)],
+    device_id: str | None = None,
+    device_id_prefix: str | None = None,
+    serial: str | None = None,
+    model: str | None = None,
+    hw_revision: str | None = None,
+    batch: str | None = None,
+    region: str | None = None,
+    owner: str | None = None,
+    channel: str | None = None,
+    status: Annotated[str | None, Query(pattern="^(active|decommissioned)$")] = None,
+    software_version: str | None = None,
+    slot: str | None = None,
+    presence: Annotated[str | None, Query(pattern="^(online|offline|unknown)$")] = None,
+    tag: Annotated[list[str] | None, Query(description="device must carry every given tag")] = None,
+    has_open_faults: bool | None = None,
+    produced_from: date | None = None,
+    produced_to: date | None = None,
+    activated_from: date | None = None,
+    activated_to: date | None = None,
+    seen_after: datetime | None = None,
+    seen_before: datetime | None = None,
+) -> dict[str, Any]:
+    """Devices matching every given filter, ordered by device id."""
+    filt = DeviceFilter(
+        device_id=device_id,
+        device_id_prefix=device_id_prefix,
+        serial=serial,
+        model=model,
+        hw_revision=hw_revision,
+        batch=batch,
+        region=region,
+        owner=owner,
+        channel=channel,
+        status=status,
+        software_version=software_version,
+        slot=slot,
+        presence=presence,
+        tags=tag or [],
+        has_open_faults=has_open_faults,
+        produced_from=produced_from,
+        produced_to=produced_to,
+        activated_from=activated_from,
+        activated_to=activated_to,
+        seen_after=_ts(seen_after),
+        seen_before=_ts(seen_before),
+    )
+    rows, total = registry.list_devices(session, filt, limit=params.limit, offset=params.offset)
+    return page([device_view(d) for d in rows], total, params)
+
+
+@router.post("", response_model=DeviceOut, status_code=201, summary="Register one device")
+def create_device(
+    *,
+    body: DeviceIn,
+    request: Request,
+    session: Annotated[Session, Depends(get_session)],
+    actor: Annotated[Actor, Depends(current_actor)],
+) -> dict[str, Any]:
+    """Register a device; 409 when its id or serial is taken."""
+    device = registry.create_device(
+        session,
+        body.model_dump(exclude_none=True),
+        actor=actor,
+        now=context(request).clock(),
+        request_id=request_id(request),
+    )
+    session.commit()
+    return device_view(device)
+
+
+@router.post(
+    "/import",
+    response_model=ImportResult,
+    summary="Import the factory CSV (all rows or none)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "description": "header row then one device per line; columns: device_id "
+            "(required), serial, model, hw_revision, batch, production_date, "
+            "activation_date, region, owner, channel, tags (';'-separated)",
+        }
+    },
+)
+async def import_devices(
+    *,
+    request: Request,
+    session: Annotated[Session, Depends(get_session)],
+    actor: Annotated[Actor, Depends(current_actor)],
+) -> dict[str, Any]:
+    """Validate every row first; any error rejects the whole file with per-row details."""
+    body = await _read_limited(request, MAX_CSV_BYTES)
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ApiError(422, "invalid_csv", "the CSV is not UTF-8 text") from None
+    count = registry.import_csv(
+        session, text, actor=actor, now=context(request).clock(), request_id=request_id(request)
+    )
+    session.commit()
+    return {"imported": count}
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"body is {declared} bytes; the limit is {limit}")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.get("/{device_id}", response_model=DeviceOut, summary="Show one device")
+def get_device(device_id: str, session: Annotated[Session, Depends(get_session)]) -> dict[str, Any]:
+    """Everything the registry knows about the device."""
+    return device_view(registry.get_device(session, device_id))
+
+
+@router.patch("/{device_id}", response_model=DeviceOut, summary="Change registry fields")
+def patch_device(
+    *,
+    device_id: str,
+    body: DevicePatch,
+    request: Request,
+    session: Annotated[Session, Depends(get_session)],
+    actor: Annotated[Actor, Depends(current_actor)],
+) -> dict[str, Any]:
+    """Update the given fields (audited with before and after)."""
+    device = registry.update_device(
+        session,
+        device_id,
+        body.model_dump(exclude_unset=True),
+        actor=actor,
+        now=context(request).clock(),
+        request_id=request_id(request),
+    )
+    session.commit()
+    return device_view(device)
+
+
+@router.post(
+    "/{device_id}/decommission", response_model=DeviceOut, summary="Take a device out of service"
+)
+def decommission(
+    *,
+    device_id: str,
+    request: Request,
+    body: Annotated[DecommissionIn, Body(default_factory=DecommissionIn)],
+    session: Annotated[Session, Depends(get_session)],
+    actor: Annotated[Actor, Depends(current_actor)],
+) -> dict[str, Any]:
+    """Its messages are rejected from now on; its history stays."""
+    device = registry.decommission_device(
+        session,
+        device_id,
+        actor=actor,
+        now=context(request).clock(),
+        reason=body.reason,
+        request_id=request_id(request),
+    )
+    session.commit()
+    return device_view(device)
+
+
+@router.get("/{device_id}/telemetry", response_model=TelemetryPage, summary="Telemetry samples")
+def telemetry(
+    *,
+    device_id: str,
+    params: Annotated[PageParams, Depends(page_params)],
+    since: datetime | None = None,
+    until: datetime | None = None,
+    session: Annotated[Session, Depends(get_session)],
+) -> dict[str, Any]:
+    """Raw samples newest first, and hourly aggregates of the same window."""
+    device = registry.get_device(session, device_id)
+    t = TelemetrySample
+    where = [t.device_key == device.id]
+    hw = [TelemetryHourly.device_key == device.id]
+    if since:
+        where.append(t.ts >= since.timestamp())
+        hw.append(TelemetryHourly.hour >= int(since.timestamp()) // 3600 * 3600)
+    if until:
+        where.append(t.ts < until.timestamp())
+        hw.append(TelemetryHourly.hour < until.timestamp())
+    total = session.execute(select(func.count()).select_from(t).where(*where)).scalar_one()
+    rows = session.execute(
+        select(t).where(*where).order_by(t.ts.desc()).limit(params.limit).offset(params.offset)
+    ).scalars()
+    items = [
+        {c.key: getattr(r, c.key) for c in t.__table__.columns if c.key != "device_key"}
+        for r in rows
+    ]
+    hourly = session.execute(
+        select(TelemetryHourly).where(*hw).order_by(TelemetryHourly.hour.desc()).limit(1000)
+    ).scalars()
+    body = page(items, int(total), params)
+    body["hourly"] = [
+        {c.key: getattr(h, c.key) for c in TelemetryHourly.__table__.columns} for h in hourly
+    ]
+    return body
+
+
+@router.get("/{device_id}/events", response_model=Page[EventOut], summary="Device events")
+def events(
+    *,
+    device_id: str,
+    params: Annotated[PageParams, Depends(page_params)],
+    kind: str | None = None,
+    session: Annotated[Session, Depends(get_session)],
+) -> dict[str, Any]:
+    """Events newest first, optionally of one kind (``fault_raised``, ``boot``...)."""
+    device = registry.get_device(session, device_id)
+    where = [DeviceEvent.device_key == device.id]
+    if kind:
+        where.append(DeviceEvent.kind == kind)
+    total = session.execute(
+        select(func.count()).select_from(DeviceEvent).where(*where)
+    ).scalar_one()
+    rows = session.execute(
+        select(DeviceEvent)
+        .where(*where)
+        .order_by(DeviceEvent.ts.desc(), DeviceEvent.id.desc())
+        .limit(params.limit)
+        .offset(params.offset)
+    ).scalars()
+    items = [
+        {c.key: getattr(e, c.key) for c in DeviceEvent.__table__.columns if c.key != "device_key"}
+        for e in rows
+    ]
+    return page(items, int(total), params)
+
+
+@router.get("/{device_id}/alarms", response_model=Page[AlarmOut], summary="Device alarm history")
+def device_alarms(
+    *,
+    device_id: str,
+    params: Annotated[PageParams, Depends(page_params)],
+    session: Annotated[Session, Depends(get_session)],
+) -> dict[str, Any]:
+    """Open and cleared alarms of the device, newest first."""
+    from fleet_server.api.routers.alarms import alarm_view
+
+    device = registry.get_device(session, device_id)
+    where = [Alarm.device_key == device.id]
+    total = session.execute(select(func.count()).select_from(Alarm).where(*where)).scalar_one()
+    rows = session.execute(
+        select(Alarm)
+        .where(*where)
+        .order_by(Alarm.raised_at.desc())
+        .limit(params.limit)
+        .offset(params.offset)
+    ).scalars()
+    return page([alarm_view(a, device.device_id) for a in rows], int(total), params)
+
+
+@router.get("/{device_id}/commands", response_model=Page[CommandOut], summary="Commands sent")
+def list_commands(
+    *,
+    device_id: str,
+    params: Annotated[PageParams, Depends(page_params)],
+    session: Annotated[Session, Depends(get_session)],
+) -> dict[str, Any]:
+    """Commands sent to the device and their status, newest first."""
+    device = registry.get_device(session, device_id)
+    where = [CommandRecord.device_key == device.id]
+    total = session.execute(
+        select(func.count()).select_from(CommandRecord).where(*where)
+    ).scalar_one()
+    rows = session.execute(
+        select(CommandRecord)
+        .where(*where)
+        .order_by(CommandRecord.created_at.desc())
+        .limit(params.limit)
+        .offset(params.offset)
+    ).scalars()
+    return page([command_view(c, device.device_id) for c in rows], int(total), params)
+
+
+@router.post(
+    "/{device_id}/commands",
+    response_model=CommandOut,
+    status_code=202,
+    summary="Send a command (reboot: operator+, collect_diagnostics: technician+)",
+)
+def post_command(
+    *,
+    device_id: str,
+    body: CommandIn,
+    request: Request,
+    session: Annotated[Session, Depends(get_session)],
+    actor: Annotated[Actor, Depends(current_actor)],
+) -> dict[str, Any]:
+    """Publish the command with QoS 1; the device's acks update its status."""
+    needed = COMMAND_ROLES[body.kind]
+    if not Role(actor.role).allows(needed):
+        raise ApiError(
+            403, "forbidden", f"role {actor.role} may not send {body.kind}; needs {needed.value}"
+        )
+    ctx = context(request)
+    if ctx.publisher is None:
+        raise ApiError(503, "broker_unavailable", "this server process has no MQTT publisher")
+    device = registry.get_device(session, device_id)
+    record = send_command(
+        session,
+        ctx.publisher,
+        device,
+        body.kind,
+        actor=actor,
+        now=ctx.clock(),
+        ttl_s=body.ttl_s or ctx.settings.commands.default_ttl_s,
+        base_url=ctx.settings.public_base_url,
+        diag_ttl_s=ctx.settings.diagnostics.token_ttl_s,
+        reason=body.reason,
+        request_id=request_id(request),
+    )
+    return command_view(record, device.device_id)
+
+
+@router.get(
+    "/{device_id}/diagnostics", response_model=Page[BundleOut], summary="Diagnostics bundles"
+)
+def list_bundles(
+    *,
+    device_id: str,
+    params: Annotated[PageParams, Depends(page_params)],
+    session: Annotated[Session, Depends(get_session)],
+) -> dict[str, Any]:
+    """Diagnostics requested from the device, newest first (metadata only)."""
+    device = registry.get_device(session, device_id)
+    where = [DiagnosticBundle.device_key == device.id]
+    total = session.execute(
+        select(func.count()).select_from(DiagnosticBundle).where(*where)
+    ).scalar_one()
+    rows = session.execute(
+        select(DiagnosticBundle)
+        .options(defer(DiagnosticBundle.content))
+        .where(*where)
+        .order_by(DiagnosticBundle.created_at.desc())
+        .limit(params.limit)
+        .offset(params.offset)
+    ).scalars()
+    return page([bundle_view(b) for b in rows], int(total), params)

@@ -1,0 +1,180 @@
+"""Server configuration: a TOML file plus ``FLEET_*`` environment overrides, validated.
+
+Every setting lives in a ``[section]`` of the TOML file and can be overridden by the
+environment variable ``FLEET_<SECTION>_<KEY>`` (for example ``FLEET_DATABASE_URL`` is
+``[database] url`` and ``FLEET_INGEST_AUTO_REGISTER`` is ``[ingest] auto_register``).
+Validation happens once, at start, and a bad value raises :class:`ConfigError` naming the
+key (``ingest.batch_size``) and, when it came from the environment, the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_PATH = Path("fleet-server.toml")
+DEFAULT_DATABASE_URL = "sqlite:///./var/fleet.db"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid; ``key`` names it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"configuration error at {key}: {message}")
+        self.key = key
+        self.message = message
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    """Where the fleet's data lives: SQLite (default, zero setup) or PostgreSQL."""
+
+    url: str = DEFAULT_DATABASE_URL
+    pool_size: int = Field(default=5, ge=1, le=100)
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return value
+
+
+class MqttSettings(_Section):
+    """The broker. With no ``url`` the server starts an embedded broker on loopback."""
+
+    url: str | None = None
+    embedded_port: int = Field(default=1883, ge=0, le=65535)
+    client_id: str = Field(default="fleet-server", min_length=1, max_length=64)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("mqtt://", "tcp://")):
+            raise ValueError("must look like mqtt://host:port")
+        return value
+
+
+class ApiSettings(_Section):
+    """The HTTP API listener and the public base URL devices use to reach it."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    base_url: str | None = None
+    """URL devices use for diagnostics uploads; defaults to ``http://host:port``."""
+
+
+class IngestSettings(_Section):
+    """The MQTT ingest workers."""
+
+    auto_register: bool = False
+    batch_size: int = Field(default=500, ge=1, le=20000)
+    receive_maximum: int = Field(default=2000, ge=1, le=65535)
+    shared_group: str | None = "ingest"
+    """MQTT 5 shared subscription group; ignored on the embedded broker (MQTT 3.1.1)."""
+    session_expiry_s: int = Field(default=86400, ge=0)
+    client_id: str = Field(default="fleet-ingest", min_length=1, max_length=64)
+
+
+class PresenceSettings(_Section):
+    """Heartbeat timeout sweep."""
+
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+    default_keepalive_s: int = Field(default=60, ge=1)
+    timeout_factor: float = Field(default=1.5, ge=1.0)
+
+
+class RetentionSettings(_Section):
+    """How long raw telemetry is kept before it is downsampled to hourly aggregates."""
+
+    raw_days: float = Field(default=30.0, gt=0)
+    interval_s: float = Field(default=3600.0, gt=0)
+
+
+class DiagnosticsSettings(_Section):
+    """Diagnostics bundles uploaded by devices."""
+
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    token_ttl_s: int = Field(default=3600, ge=60)
+
+
+class CommandSettings(_Section):
+    """Commands sent to devices."""
+
+    default_ttl_s: int = Field(default=600, ge=10)
+
+
+class Settings(_Section):
+    """All server settings, validated."""
+
+    database: DatabaseSettings = DatabaseSettings()
+    mqtt: MqttSettings = MqttSettings()
+    api: ApiSettings = ApiSettings()
+    ingest: IngestSettings = IngestSettings()
+    presence: PresenceSettings = PresenceSettings()
+    retention: RetentionSettings = RetentionSettings()
+    diagnostics: DiagnosticsSettings = DiagnosticsSettings()
+    commands: CommandSettings = CommandSettings()
+
+    @property
+    def public_base_url(self) -> str:
+        """Base URL of the API as devices see it."""
+        return (self.api.base_url or f"http://{self.api.host}:{self.api.port}").rstrip("/")
+
+
+def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """Collect ``FLEET_<SECTION>_<KEY>`` variables; return values and their origins."""
+    values: dict[str, dict[str, str]] = {}
+    origin: dict[str, str] = {}
+    for section_name, field in Settings.model_fields.items():
+        section_type = field.annotation
+        for key in section_type.model_fields:  # type: ignore[union-attr]
+            var = f"FLEET_{section_name}_{key}".upper()
+            if var in env:
+                values.setdefault(section_name, {})[key] = env[var]
+                origin[f"{section_name}.{key}"] = var
+    return values, origin
+
+
+def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (``path``, ``$FLEET_CONFIG`` or ``./fleet-server.toml`` when it
+    exists), apply environment overrides and validate; raise :class:`ConfigError`."""
+    env = os.environ if env is None else env
+    explicit = path is not None or "FLEET_CONFIG" in env
+    file_path = Path(path or env.get("FLEET_CONFIG") or DEFAULT_CONFIG_PATH)
+    data: dict[str, Any] = {}
+    if file_path.exists():
+        try:
+            data = tomllib.loads(file_path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(file_path), f"not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(str(file_path), f"cannot read: {exc}") from None
+    elif explicit:
+        raise ConfigError(str(file_path), "configuration file does not exist")
+    for section, body in data.items():
+        if section not in Settings.model_fields:
+            raise ConfigError(section, f"unknown section [{section}] in {file_path}")
+        if not isinstance(body, dict):
+            raise ConfigError(section, "must be a [section] table")
+    overrides, origin = _env_overrides(env)
+    for section, body in overrides.items():
+        data.setdefault(section, {}).update(body)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(part) for part in err["loc"])
+        where = f" (from ${origin[key]})" if key in origin else ""
+        raise ConfigError(key, f"{err['msg']}{where}") from None

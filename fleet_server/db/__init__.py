@@ -1,0 +1,6 @@
+"""Storage: SQLAlchemy 2 models and the engine/session factory (SQLite WAL or PostgreSQL)."""
+
+from fleet_server.db.engine import create_db_engine, make_session_factory, normalise_url
+from fleet_server.db.models import Base
+
+__all__ = ["Base", "create_db_engine", "make_session_factory", "normalise_url"]

@@ -1,0 +1,289 @@
+"""SQLAlchemy 2 models of the fleet server.
+
+Times are stored as UTC unix seconds (``float``), the unit the protocol uses, so ingest
+never converts and both back-ends compare them the same way. The API renders them as
+ISO 8601.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT primary keys do not autoincrement on SQLite; INTEGER does, and is 64-bit there.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a constraint naming convention (stable migrations)."""
+
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, date: Date}  # noqa: RUF012
+
+
+class Device(Base):
+    """One device of the registry: identity, manufacturing facts, state and vitals."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), unique=True)
+    serial: Mapped[str | None] = mapped_column(String(128), unique=True)
+    model: Mapped[str | None] = mapped_column(String(128), index=True)
+    hw_revision: Mapped[str | None] = mapped_column(String(64), index=True)
+    batch: Mapped[str | None] = mapped_column(String(128), index=True)
+    production_date: Mapped[date | None]
+    activation_date: Mapped[date | None]
+    region: Mapped[str | None] = mapped_column(String(64), index=True)
+    owner: Mapped[str | None] = mapped_column(String(256))
+    channel: Mapped[str] = mapped_column(String(32), default="production")
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(32), default="active", index=True)
+    decommissioned_at: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+    # reported by the device
+    software_version: Mapped[str | None] = mapped_column(String(64), index=True)
+    slot: Mapped[str | None] = mapped_column(String(16))
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    last_boot_id: Mapped[str | None] = mapped_column(String(64))
+    last_seen: Mapped[float | None] = mapped_column(Float)
+    vitals: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    vitals_ts: Mapped[float | None] = mapped_column(Float)
+    dropped_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    open_faults: Mapped[int] = mapped_column(Integer, default=0)
+    # presence (see fleet_server.domain.presence for the ordering rule)
+    presence: Mapped[str] = mapped_column(String(16), default="unknown", index=True)
+    presence_reason: Mapped[str | None] = mapped_column(String(16))
+    presence_boot_id: Mapped[str | None] = mapped_column(String(64))
+    presence_seq: Mapped[int | None] = mapped_column(BigInteger)
+    presence_ts: Mapped[float | None] = mapped_column(Float)
+    presence_floor_seq: Mapped[int | None] = mapped_column(BigInteger)
+    presence_changed_at: Mapped[float | None] = mapped_column(Float)
+    keepalive_s: Mapped[int | None] = mapped_column(Integer)
+
+
+class ReceivedMessage(Base):
+    """Every accepted device message's identity: the dedupe key across restarts."""
+
+    __tablename__ = "received_messages"
+
+    device_key: Mapped[int] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    boot_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    received_at: Mapped[float] = mapped_column(Float, index=True)
+
+    __table_args__ = {"sqlite_with_rowid": False}  # noqa: RUF012
+
+
+class TelemetrySample(Base):
+    """One raw health sample: fixed columns for the common vitals, JSON for the rest.
+
+    Clustered on ``(device_key, ts)`` (``WITHOUT ROWID`` on SQLite), so the primary key is
+    the only index and a sample costs its values and little else.
+    """
+
+    __tablename__ = "telemetry"
+
+    device_key: Mapped[int] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    ts: Mapped[float] = mapped_column(Float, primary_key=True)
+    cpu_pct: Mapped[float | None] = mapped_column(Float)
+    load_1m: Mapped[float | None] = mapped_column(Float)
+    mem_pct: Mapped[float | None] = mapped_column(Float)
+    swap_pct: Mapped[float | None] = mapped_column(Float)
+    disk_pct: Mapped[float | None] = mapped_column(Float)
+    disk_io_errors: Mapped[int | None] = mapped_column(BigInteger)
+    temp_c: Mapped[float | None] = mapped_column(Float)
+    throttled: Mapped[int | None] = mapped_column(BigInteger)
+    undervoltage: Mapped[bool | None] = mapped_column(Boolean)
+    fan_rpm: Mapped[float | None] = mapped_column(Float)
+    uptime_s: Mapped[float | None] = mapped_column(Float)
+    agent_rss_mb: Mapped[float | None] = mapped_column(Float)
+    net_rx_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    net_tx_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    emmc_life_used_pct: Mapped[float | None] = mapped_column(Float)
+    clock_synced: Mapped[bool | None] = mapped_column(Boolean)
+    custom: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+
+    __table_args__ = {"sqlite_with_rowid": False}  # noqa: RUF012
+
+
+class TelemetryHourly(Base):
+    """Hourly min/avg/max of the main vitals, kept after raw samples expire."""
+
+    __tablename__ = "telemetry_hourly"
+
+    device_key: Mapped[int] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    """Start of the hour, unix seconds."""
+    samples: Mapped[int] = mapped_column(Integer)
+    cpu_min: Mapped[float | None] = mapped_column(Float)
+    cpu_avg: Mapped[float | None] = mapped_column(Float)
+    cpu_max: Mapped[float | None] = mapped_column(Float)
+    mem_min: Mapped[float | None] = mapped_column(Float)
+    mem_avg: Mapped[float | None] = mapped_column(Float)
+    mem_max: Mapped[float | None] = mapped_column(Float)
+    disk_min: Mapped[float | None] = mapped_column(Float)
+    disk_avg: Mapped[float | None] = mapped_column(Float)
+    disk_max: Mapped[float | None] = mapped_column(Float)
+    temp_min: Mapped[float | None] = mapped_column(Float)
+    temp_avg: Mapped[float | None] = mapped_column(Float)
+    temp_max: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = {"sqlite_with_rowid": False}  # noqa: RUF012
+
+
+class DeviceEvent(Base):
+    """An event a device reported (faults, boots, update transitions, command acks)."""
+
+    __tablename__ = "device_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    device_key: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    boot_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    ts: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(32))
+    code: Mapped[str | None] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_device_events_device_ts", "device_key", "ts"),)
+
+
+class Alarm(Base):
+    """A fault turned into an alarm; at most one open alarm per (device, code)."""
+
+    __tablename__ = "alarms"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    device_key: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    code: Mapped[str] = mapped_column(String(64), index=True)
+    severity: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    raised_at: Mapped[float] = mapped_column(Float)
+    raised_seq: Mapped[int] = mapped_column(BigInteger)
+    raised_boot_id: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    message: Mapped[str] = mapped_column(Text, default="")
+    occurrences: Mapped[int] = mapped_column(Integer, default=1)
+    cleared_at: Mapped[float | None] = mapped_column(Float)
+    acked_at: Mapped[float | None] = mapped_column(Float)
+    acked_by: Mapped[str | None] = mapped_column(String(128))
+    software_version: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index(
+            "uq_alarms_open_device_code",
+            "device_key",
+            "code",
+            unique=True,
+            sqlite_where=text("state = 'open'"),
+            postgresql_where=text("state = 'open'"),
+        ),
+    )
+
+
+class ApiToken(Base):
+    """An API token: only the sha256 of the secret is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    revoked_at: Mapped[float | None] = mapped_column(Float)
+    last_used_at: Mapped[float | None] = mapped_column(Float)
+
+
+class AuditEntry(Base):
+    """Who did what to what, when, with the state before and after."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    actor_role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(128))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class CommandRecord(Base):
+    """A command sent to a device and the device's latest answer."""
+
+    __tablename__ = "commands"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_key: Mapped[int] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class DiagnosticBundle(Base):
+    """A diagnostics upload slot (one-time token) and, once used, the uploaded bytes."""
+
+    __tablename__ = "diagnostic_bundles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_key: Mapped[int] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), index=True
+    )
+    command_id: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    uploaded_at: Mapped[float | None] = mapped_column(Float)
+    size: Mapped[int | None] = mapped_column(Integer)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    content_type: Mapped[str | None] = mapped_column(String(128))
+    content: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -1,0 +1,83 @@
+"""Wiring of the server's parts for ``fleet-server run|ingest|api|jobs``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet_server.adapters.embedded_broker import EmbeddedBroker
+from fleet_server.adapters.mqtt_ingest import IngestOptions, IngestWorker
+from fleet_server.adapters.mqtt_publisher import PahoPublisher
+from fleet_server.adapters.mqtt_url import parse_mqtt_url
+from fleet_server.config import Settings
+from fleet_server.db import create_db_engine, make_session_factory
+from fleet_server.migrations import upgrade_to_head
+from fleet_server.services.ingest import BatchWriter
+from fleet_server.services.metrics import IngestMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BrokerTarget:
+    """Where the MQTT clients connect, and whether it speaks MQTT 5."""
+
+    host: str
+    port: int
+    mqtt5: bool
+    embedded: EmbeddedBroker | None = field(default=None)
+
+
+def open_database(
+    settings: Settings, *, migrate: bool = True
+) -> tuple[Engine, sessionmaker[Session]]:
+    """Engine and sessions for the configured database, migrated to head."""
+    engine = create_db_engine(settings.database.url, pool_size=settings.database.pool_size)
+    if migrate:
+        upgrade_to_head(engine)
+    return engine, make_session_factory(engine)
+
+
+def broker_target(settings: Settings, *, start_embedded: bool) -> BrokerTarget:
+    """The configured broker, or the embedded one on loopback (started if asked)."""
+    if settings.mqtt.url:
+        host, port = parse_mqtt_url(settings.mqtt.url)
+        return BrokerTarget(host, port, mqtt5=True)
+    port = settings.mqtt.embedded_port
+    if not start_embedded:
+        return BrokerTarget("127.0.0.1", port, mqtt5=False)
+    broker = EmbeddedBroker(port)
+    broker.start()
+    log.info("embedded MQTT broker (MQTT 3.1.1) listening on 127.0.0.1:%d", port)
+    return BrokerTarget("127.0.0.1", port, mqtt5=False, embedded=broker)
+
+
+def build_ingest(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    target: BrokerTarget,
+    metrics: IngestMetrics,
+) -> IngestWorker:
+    """An ingest worker for the target broker (MQTT 3.1.1, unshared, on the embedded one)."""
+    i = settings.ingest
+    writer = BatchWriter(sessions, metrics=metrics, auto_register=i.auto_register)
+    options = IngestOptions(
+        host=target.host,
+        port=target.port,
+        client_id=i.client_id,
+        mqtt5=target.mqtt5,
+        shared_group=i.shared_group if target.mqtt5 else None,
+        session_expiry_s=i.session_expiry_s,
+        receive_maximum=i.receive_maximum,
+        keepalive_s=settings.mqtt.keepalive_s,
+        batch_size=i.batch_size,
+    )
+    return IngestWorker(writer, options)
+
+
+def build_publisher(settings: Settings, target: BrokerTarget) -> PahoPublisher:
+    """The command publisher connected to the target broker."""
+    return PahoPublisher(target.host, target.port, mqtt5=target.mqtt5)

@@ -1,0 +1,1 @@
+"""Fleet-server services: storage-backed operations composed by the API, ingest and jobs."""

@@ -1,0 +1,245 @@
+"""Commands to devices (reboot, collect diagnostics, check update) and diagnostics uploads."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import secrets
+import time
+import uuid
+from typing import Any, Protocol
+
+import msgspec
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+import protocol as p
+from fleet_server.db.models import CommandRecord, Device, DiagnosticBundle
+from fleet_server.services import audit
+from fleet_server.services.audit import Actor
+from fleet_server.services.registry import RegistryError
+
+OPEN_STATUSES = ("pending", "sent", "accepted")
+
+
+class Publisher(Protocol):
+    """Sends bytes to the broker with QoS 1; raises ``OSError`` when it cannot."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Publish and return once the broker acknowledged it."""
+        ...
+
+
+class _Sender:
+    """The server's own envelope identity for commands: a boot id per process and a
+    seq that only grows (time-based start, so it grows across restarts too)."""
+
+    def __init__(self) -> None:
+        self.boot_id = "srv-" + uuid.uuid4().hex[:16]
+        self._seq = itertools.count(time.time_ns() // 1000)
+
+    def next_seq(self) -> int:
+        return next(self._seq)
+
+
+SENDER = _Sender()
+
+
+def command_view(c: CommandRecord, device_id: str) -> dict[str, Any]:
+    """A command as the API shows it."""
+    return {
+        "id": c.id,
+        "device_id": device_id,
+        "kind": c.kind,
+        "status": c.status,
+        "created_at": c.created_at,
+        "expires_at": c.expires_at,
+        "created_by": c.created_by,
+        "updated_at": c.updated_at,
+        "reason": c.reason,
+        "detail": c.detail,
+        "result": c.result,
+    }
+
+
+def build_command(
+    kind: str, device_id: str, command_id: str, now: float, expires_at: float, **extra: Any
+) -> p.Command:
+    """The protocol message for ``kind``."""
+    common = {
+        "device_id": device_id,
+        "boot_id": SENDER.boot_id,
+        "seq": SENDER.next_seq(),
+        "ts": now,
+        "id": command_id,
+        "expires_at": expires_at,
+    }
+    if kind == "reboot":
+        return p.Reboot(**common, reason=extra.get("reason", ""))
+    if kind == "check_update":
+        return p.CheckUpdate(**common)
+    if kind == "collect_diagnostics":
+        return p.CollectDiagnostics(**common, upload_url=extra["upload_url"])
+    raise RegistryError("invalid_command", f"unknown command kind {kind!r}")
+
+
+def send_command(
+    session: Session,
+    publisher: Publisher,
+    device: Device,
+    kind: str,
+    *,
+    actor: Actor,
+    now: float,
+    ttl_s: float,
+    base_url: str,
+    diag_ttl_s: float = 3600,
+    reason: str = "",
+    request_id: str | None = None,
+) -> CommandRecord:
+    """Record, publish (QoS 1) and audit a command; the device's ``CommandAck`` events
+    update the row later. A publish failure marks it ``failed`` and raises RegistryError
+    ``broker_unavailable`` (the row and audit entry stay, so the attempt is visible)."""
+    if device.status == "decommissioned":
+        raise RegistryError("conflict", f"device {device.device_id!r} is decommissioned")
+    command_id = "cmd-" + uuid.uuid4().hex[:20]
+    expires_at = now + ttl_s
+    extra: dict[str, Any] = {"reason": reason}
+    if kind == "collect_diagnostics":
+        secret = secrets.token_urlsafe(32)
+        session.add(
+            DiagnosticBundle(
+                device_key=device.id,
+                command_id=command_id,
+                token_hash=hashlib.sha256(secret.encode()).hexdigest(),
+                created_at=now,
+                expires_at=now + max(diag_ttl_s, ttl_s),
+            )
+        )
+        extra["upload_url"] = f"{base_url}/api/v1/diagnostics/upload/{secret}"
+    message = build_command(kind, device.device_id, command_id, now, expires_at, **extra)
+    payload = msgspec.to_builtins(message)
+    if "upload_url" in payload:
+        payload["upload_url"] = payload["upload_url"].rsplit("/", 1)[0] + "/<one-time token>"
+    record = CommandRecord(
+        id=command_id,
+        device_key=device.id,
+        kind=kind,
+        payload=payload,
+        status="pending",
+        created_at=now,
+        expires_at=expires_at,
+        created_by=actor.label,
+        updated_at=now,
+        detail="",
+    )
+    session.add(record)
+    audit.record(
+        session,
+        actor,
+        f"command.{kind}",
+        "device",
+        device.device_id,
+        now=now,
+        after={"command_id": command_id, "kind": kind, "expires_at": expires_at},
+        request_id=request_id,
+    )
+    session.commit()
+    try:
+        publisher.publish(p.topic(device.device_id, p.Kind.COMMAND), p.encode(message), 1)
+    except (OSError, TimeoutError) as exc:
+        record.status = "failed"
+        record.detail = f"could not publish: {exc}"
+        session.commit()
+        raise RegistryError(
+            "broker_unavailable", f"the command was recorded but not sent: {exc}"
+        ) from None
+    session.execute(
+        update(CommandRecord)
+        .where(CommandRecord.id == command_id, CommandRecord.status == "pending")
+        .values(status="sent", updated_at=now)
+    )
+    session.commit()
+    session.refresh(record)
+    return record
+
+
+def expire_commands(session: Session, *, now: float) -> int:
+    """Mark commands that passed their expiry without a final answer as ``expired``."""
+    result = session.execute(
+        update(CommandRecord)
+        .where(CommandRecord.status.in_(OPEN_STATUSES), CommandRecord.expires_at <= now)
+        .values(status="expired", updated_at=now)
+    )
+    return int(result.rowcount or 0)
+
+
+class UploadError(ValueError):
+    """A diagnostics upload was refused; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def store_upload(
+    session: Session,
+    secret: str,
+    body: bytes,
+    *,
+    content_type: str | None,
+    now: float,
+    max_bytes: int,
+    request_id: str | None = None,
+) -> DiagnosticBundle:
+    """Store a diagnostics bundle against its one-time token (single use, expiring)."""
+    if len(body) > max_bytes:
+        raise UploadError(
+            413, "too_large", f"bundle is {len(body)} bytes; the limit is {max_bytes}"
+        )
+    bundle = session.execute(
+        select(DiagnosticBundle).where(
+            DiagnosticBundle.token_hash == hashlib.sha256(secret.encode()).hexdigest()
+        )
+    ).scalar_one_or_none()
+    if bundle is None:
+        raise UploadError(404, "not_found", "unknown upload token")
+    if bundle.uploaded_at is not None:
+        raise UploadError(410, "already_used", "this upload token was already used")
+    if bundle.expires_at <= now:
+        raise UploadError(410, "expired", "this upload token has expired")
+    bundle.uploaded_at = now
+    bundle.size = len(body)
+    bundle.sha256 = hashlib.sha256(body).hexdigest()
+    bundle.content_type = (content_type or "application/octet-stream")[:128]
+    bundle.content = body
+    device_id = session.execute(
+        select(Device.device_id).where(Device.id == bundle.device_key)
+    ).scalar_one()
+    audit.record(
+        session,
+        Actor(f"device:{device_id}", "device"),
+        "diagnostics.upload",
+        "device",
+        device_id,
+        now=now,
+        after={"bundle_id": bundle.id, "size": bundle.size, "sha256": bundle.sha256},
+        request_id=request_id,
+    )
+    return bundle
+
+
+def bundle_view(b: DiagnosticBundle) -> dict[str, Any]:
+    """Diagnostics bundle metadata (not the bytes)."""
+    return {
+        "id": b.id,
+        "command_id": b.command_id,
+        "created_at": b.created_at,
+        "expires_at": b.expires_at,
+        "uploaded_at": b.uploaded_at,
+        "size": b.size,
+        "sha256": b.sha256,
+        "content_type": b.content_type,
+    }

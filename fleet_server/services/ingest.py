@@ -1,0 +1,471 @@
+"""The ingest batch writer: decode, dedupe and store device messages in one transaction.
+
+The MQTT adapter hands a list of raw messages to :meth:`BatchWriter.write`; only after it
+returns (the transaction committed) may the adapter acknowledge them to the broker. A
+failure raises and leaves nothing half-stored; the adapter retries the same batch and the
+``(device, boot_id, seq)`` key turns the retry into a no-op for what already landed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter as Tally
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+import protocol as p
+from fleet_server.db.dialect import bulk_insert_ignore, insert_ignore
+from fleet_server.db.models import (
+    CommandRecord,
+    Device,
+    DeviceEvent,
+    ReceivedMessage,
+    TelemetrySample,
+)
+from fleet_server.domain.presence import (
+    PresenceMessage,
+    PresenceReason,
+    PresenceView,
+    apply_presence,
+    mark_traffic,
+)
+from fleet_server.services.alarms import apply_fault_events
+from fleet_server.services.clock import Clock, system_clock
+from fleet_server.services.metrics import IngestMetrics
+
+log = logging.getLogger(__name__)
+
+VITALS = (
+    "cpu_pct",
+    "load_1m",
+    "mem_pct",
+    "swap_pct",
+    "disk_pct",
+    "disk_io_errors",
+    "temp_c",
+    "throttled",
+    "undervoltage",
+    "fan_rpm",
+    "uptime_s",
+    "agent_rss_mb",
+    "net_rx_bytes",
+    "net_tx_bytes",
+    "emmc_life_used_pct",
+    "clock_synced",
+)
+"""``protocol.Sample`` fields stored in their own telemetry columns."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A raw message as received from the broker."""
+
+    topic: str
+    payload: bytes
+    received_at: float
+
+
+@dataclass
+class BatchResult:
+    """What one committed batch did (the adapter acks every message regardless)."""
+
+    accepted: Tally[str] = field(default_factory=Tally)
+    rejected: Tally[str] = field(default_factory=Tally)
+    duplicates: int = 0
+    samples: int = 0
+
+    @property
+    def total(self) -> int:
+        """Messages handled (accepted + rejected + duplicates)."""
+        return sum(self.accepted.values()) + sum(self.rejected.values()) + self.duplicates
+
+
+@dataclass
+class _DeviceRow:
+    key: int
+    status: str
+    presence: PresenceView
+    vitals_ts: float | None
+    software_version: str | None
+    changed_presence: bool = False
+    presence_changed_at: float | None = None
+    last_seen: float | None = None
+    vitals: dict[str, Any] | None = None
+    new_vitals_ts: float | None = None
+    dropped_total: int | None = None
+    boot: dict[str, Any] | None = None
+
+
+_DEVICE_COLUMNS = (
+    Device.id,
+    Device.device_id,
+    Device.status,
+    Device.presence,
+    Device.presence_reason,
+    Device.presence_boot_id,
+    Device.presence_seq,
+    Device.presence_ts,
+    Device.presence_floor_seq,
+    Device.vitals_ts,
+    Device.software_version,
+)
+
+
+def _presence_view(row: Any) -> PresenceView:
+    online = {"online": True, "offline": False}.get(row.presence)
+    reason = PresenceReason(row.presence_reason) if row.presence_reason else None
+    return PresenceView(
+        online,
+        reason,
+        row.presence_boot_id,
+        row.presence_seq,
+        row.presence_ts,
+        row.presence_floor_seq,
+    )
+
+
+def sample_row(device_key: int, sample: p.Sample) -> dict[str, Any]:
+    """The telemetry table row of one sample."""
+    row: dict[str, Any] = {"device_key": device_key, "ts": sample.ts}
+    for name in VITALS:
+        row[name] = getattr(sample, name)
+    row["custom"] = dict(sample.custom) if sample.custom else None
+    return row
+
+
+class BatchWriter:
+    """Stores batches of device messages; one instance per ingest worker."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        metrics: IngestMetrics | None = None,
+        auto_register: bool = False,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.sessions = sessions
+        self.metrics = metrics or IngestMetrics()
+        self.auto_register = auto_register
+        self.clock = clock
+
+    # -- public --------------------------------------------------------------------
+
+    def write(self, batch: list[Inbound]) -> BatchResult:
+        """Decode, dedupe and store ``batch`` in one transaction, then count it.
+
+        A storage error that is not caused by one message (database down) propagates
+        after rollback so the caller retries; a data error isolates the offending
+        message(s), which are rejected as ``unstorable`` instead of blocking the stream.
+        """
+        try:
+            result = self._write_once(batch)
+        except (IntegrityError, DataError):
+            if len(batch) == 1:
+                log.exception("message on %s cannot be stored; rejected", batch[0].topic)
+                result = BatchResult()
+                result.rejected["unstorable"] += 1
+            else:
+                result = BatchResult()
+                for one in batch:
+                    part = self.write_uncounted([one])
+                    result.accepted.update(part.accepted)
+                    result.rejected.update(part.rejected)
+                    result.duplicates += part.duplicates
+                    result.samples += part.samples
+        self._count(batch, result)
+        return result
+
+    def write_uncounted(self, batch: list[Inbound]) -> BatchResult:
+        """Like :meth:`write` without touching the metrics (used to isolate bad rows)."""
+        try:
+            return self._write_once(batch)
+        except (IntegrityError, DataError):
+            result = BatchResult()
+            result.rejected["unstorable"] += len(batch)
+            return result
+
+    # -- internals -----------------------------------------------------------------
+
+    def _count(self, batch: list[Inbound], result: BatchResult) -> None:
+        m = self.metrics
+        for kind, n in result.accepted.items():
+            m.messages.labels(kind=kind).inc(n)
+        for reason, n in result.rejected.items():
+            m.rejected.labels(reason=reason).inc(n)
+        if result.duplicates:
+            m.duplicates.inc(result.duplicates)
+        if result.samples:
+            m.samples.inc(result.samples)
+        if batch:
+            now = self.clock()
+            m.lag.set(max(0.0, now - min(b.received_at for b in batch)))
+            m.batch_size.observe(len(batch))
+
+    def _decode(self, batch: Iterable[Inbound], result: BatchResult) -> list[tuple[Inbound, Any]]:
+        decoded = []
+        for item in batch:
+            try:
+                decoded.append((item, p.decode(item.topic, item.payload)))
+            except p.ProtocolDecodeError as exc:
+                result.rejected[exc.reason.value] += 1
+        return decoded
+
+    def _devices(self, session: Session, device_ids: set[str], now: float) -> dict[str, _DeviceRow]:
+        rows = session.execute(
+            select(*_DEVICE_COLUMNS).where(Device.device_id.in_(device_ids))
+        ).all()
+        missing = device_ids - {r.device_id for r in rows}
+        if missing and self.auto_register:
+            session.execute(
+                insert_ignore(session, Device),
+                [
+                    {
+                        "device_id": d,
+                        "created_at": now,
+                        "channel": "production",
+                        "tags": [],
+                        "status": "active",
+                        "presence": "unknown",
+                        "dropped_total": 0,
+                        "open_faults": 0,
+                    }
+                    for d in sorted(missing)
+                ],
+            )
+            rows += session.execute(
+                select(*_DEVICE_COLUMNS).where(Device.device_id.in_(missing))
+            ).all()
+        return {
+            r.device_id: _DeviceRow(
+                key=r.id,
+                status=r.status,
+                presence=_presence_view(r),
+                vitals_ts=r.vitals_ts,
+                software_version=r.software_version,
+            )
+            for r in rows
+        }
+
+    def _write_once(self, batch: list[Inbound]) -> BatchResult:
+        result = BatchResult()
+        decoded = self._decode(batch, result)
+        if not decoded:
+            return result
+        now = self.clock()
+        with self.sessions() as session, session.begin():
+            devices = self._devices(session, {m.device_id for _, m in decoded}, now)
+            # Resolve devices and drop in-batch duplicates.
+            candidates: list[tuple[Inbound, Any, _DeviceRow]] = []
+            keys_seen: set[tuple[int, str, int]] = set()
+            for item, msg in decoded:
+                dev = devices.get(msg.device_id)
+                if dev is None:
+                    result.rejected["unknown_device"] += 1
+                    continue
+                if dev.status == "decommissioned":
+                    result.rejected["decommissioned"] += 1
+                    continue
+                key = (dev.key, msg.boot_id, msg.seq)
+                if key in keys_seen:
+                    result.duplicates += 1
+                    continue
+                keys_seen.add(key)
+                candidates.append((item, msg, dev))
+            if not candidates:
+                return result
+            # Dedupe against what is already stored; RETURNING gives the new ones.
+            inserted = bulk_insert_ignore(
+                session,
+                ReceivedMessage.__table__,
+                [
+                    {
+                        "device_key": dev.key,
+                        "boot_id": msg.boot_id,
+                        "seq": msg.seq,
+                        "received_at": item.received_at,
+                    }
+                    for item, msg, dev in candidates
+                ],
+                returning=("device_key", "boot_id", "seq"),
+            )
+            fresh = {tuple(r) for r in inserted}
+            samples: list[dict[str, Any]] = []
+            events: list[tuple[_DeviceRow, Any, Inbound]] = []
+            for item, msg, dev in candidates:
+                if (dev.key, msg.boot_id, msg.seq) not in fresh:
+                    result.duplicates += 1
+                    continue
+                dev.last_seen = max(dev.last_seen or 0.0, item.received_at)
+                if isinstance(msg, p.Telemetry):
+                    result.accepted["telemetry"] += 1
+                    self._telemetry(dev, msg, samples)
+                elif isinstance(msg, p.Presence):
+                    result.accepted["presence"] += 1
+                    self._presence(dev, msg, now)
+                else:
+                    result.accepted["event"] += 1
+                    events.append((dev, msg, item))
+                if not isinstance(msg, p.Presence):
+                    flipped = mark_traffic(dev.presence)
+                    if flipped is not None:
+                        dev.presence = flipped
+                        dev.changed_presence = True
+                        dev.presence_changed_at = now
+            if samples:
+                bulk_insert_ignore(session, TelemetrySample.__table__, samples)
+                result.samples = len(samples)
+            if events:
+                self._events(session, events)
+            self._update_devices(session, devices.values())
+        return result
+
+    @staticmethod
+    def _telemetry(dev: _DeviceRow, msg: p.Telemetry, out: list[dict[str, Any]]) -> None:
+        latest = None
+        for sample in msg.samples:
+            out.append(sample_row(dev.key, sample))
+            if latest is None or sample.ts > latest.ts:
+                latest = sample
+        assert latest is not None  # min_length=1 in the protocol
+        newest_known = max(dev.vitals_ts or 0.0, dev.new_vitals_ts or 0.0)
+        if latest.ts >= newest_known:
+            dev.vitals = msgspec.to_builtins(latest)
+            dev.new_vitals_ts = latest.ts
+        dev.dropped_total = max(dev.dropped_total or 0, msg.dropped_total)
+
+    @staticmethod
+    def _presence(dev: _DeviceRow, msg: p.Presence, now: float) -> None:
+        new = apply_presence(
+            dev.presence,
+            PresenceMessage(msg.state is p.PresenceState.ONLINE, msg.boot_id, msg.seq, msg.ts),
+        )
+        if new is None:
+            return
+        if new.online != dev.presence.online:
+            dev.presence_changed_at = now
+        dev.presence = new
+        dev.changed_presence = True
+        if msg.keepalive_s is not None:
+            dev.boot = {**(dev.boot or {}), "keepalive_s": msg.keepalive_s}
+        if msg.agent_version:
+            dev.boot = {**(dev.boot or {}), "agent_version": msg.agent_version}
+
+    @staticmethod
+    def _events(session: Session, events: list[tuple[_DeviceRow, Any, Inbound]]) -> None:
+        rows = []
+        faults = []
+        for dev, msg, item in events:
+            data = msgspec.to_builtins(msg)
+            for k in ("v", "device_id", "boot_id", "seq", "ts", "kind"):
+                data.pop(k, None)
+            kind = type(msg).__struct_config__.tag
+            code = getattr(msg, "code", None)
+            rows.append(
+                {
+                    "device_key": dev.key,
+                    "boot_id": msg.boot_id,
+                    "seq": msg.seq,
+                    "ts": msg.ts,
+                    "kind": kind,
+                    "code": code,
+                    "data": data,
+                    "received_at": item.received_at,
+                }
+            )
+            if isinstance(msg, p.FaultRaised | p.FaultCleared):
+                faults.append((dev.key, dev.software_version, msg))
+            elif isinstance(msg, p.Boot):
+                boot = {"agent_version": msg.agent_version, "last_boot_id": msg.boot_id}
+                if msg.software_version:
+                    boot["software_version"] = msg.software_version
+                    dev.software_version = msg.software_version
+                if msg.slot is not None:
+                    boot["slot"] = msg.slot
+                dev.boot = {**(dev.boot or {}), **boot}
+            elif isinstance(msg, p.CommandAck):
+                session.execute(
+                    update(CommandRecord)
+                    .where(
+                        CommandRecord.id == msg.command_id,
+                        CommandRecord.device_key == dev.key,
+                    )
+                    .values(
+                        status=msg.status.value,
+                        reason=msg.reason.value if msg.reason else None,
+                        detail=msg.detail,
+                        result=dict(msg.result) or None,
+                        updated_at=item.received_at,
+                    )
+                )
+        session.execute(DeviceEvent.__table__.insert(), rows)
+        if faults:
+            apply_fault_events(session, faults)
+
+    @staticmethod
+    def _update_devices(session: Session, devices: Iterable[_DeviceRow]) -> None:
+        seen = []
+        vitals = []
+        presence = []
+        for dev in devices:
+            if dev.last_seen is None:
+                continue
+            if dev.vitals is not None:
+                vitals.append(
+                    {
+                        "k": dev.key,
+                        "last_seen": dev.last_seen,
+                        "vitals": dev.vitals,
+                        "vitals_ts": dev.new_vitals_ts,
+                        "dropped_total": dev.dropped_total or 0,
+                    }
+                )
+            else:
+                seen.append({"k": dev.key, "last_seen": dev.last_seen})
+            if dev.changed_presence:
+                pv = dev.presence
+                presence.append(
+                    {
+                        "k": dev.key,
+                        "presence": "online" if pv.online else "offline",
+                        "presence_reason": pv.reason.value if pv.reason else None,
+                        "presence_boot_id": pv.boot_id,
+                        "presence_seq": pv.seq,
+                        "presence_ts": pv.ts,
+                        "presence_floor_seq": pv.floor_seq,
+                        "presence_changed_at": dev.presence_changed_at,
+                    }
+                )
+            if dev.boot:
+                session.execute(update(Device).where(Device.id == dev.key).values(**dev.boot))
+        table = Device.__table__
+        where = table.c.id == bindparam("k")
+        if vitals:
+            session.connection().execute(
+                table.update()
+                .where(where)
+                .values(
+                    last_seen=bindparam("last_seen"),
+                    vitals=bindparam("vitals"),
+                    vitals_ts=bindparam("vitals_ts"),
+                    dropped_total=bindparam("dropped_total"),
+                ),
+                vitals,
+            )
+        if seen:
+            session.connection().execute(
+                table.update().where(where).values(last_seen=bindparam("last_seen")), seen
+            )
+        if presence:
+            session.connection().execute(
+                table.update()
+                .where(where)
+                .values(**{k: bindparam(k) for k in presence[0] if k != "k"}),
+                presence,
+            )

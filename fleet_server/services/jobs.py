@@ -1,0 +1,116 @@
+"""Background jobs as plain functions, and the small scheduler loop that runs them.
+
+Tests call :func:`run_presence_sweep`, :func:`run_retention_job` and
+:func:`run_command_expiry` directly with a chosen ``now``; ``fleet-server run`` and
+``fleet-server jobs`` call them from :class:`Scheduler`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet_server.config import Settings
+from fleet_server.services.clock import Clock, system_clock
+from fleet_server.services.commands import expire_commands
+from fleet_server.services.presence import sweep_presence
+from fleet_server.services.retention import RetentionResult, run_retention
+
+log = logging.getLogger(__name__)
+
+
+def run_presence_sweep(
+    sessions: sessionmaker[Session], settings: Settings, now: float
+) -> list[str]:
+    """Mark silent devices offline; returns their ids."""
+    with sessions() as session, session.begin():
+        return sweep_presence(
+            session,
+            now=now,
+            default_keepalive_s=settings.presence.default_keepalive_s,
+            factor=settings.presence.timeout_factor,
+        )
+
+
+def run_retention_job(
+    sessions: sessionmaker[Session], settings: Settings, now: float
+) -> RetentionResult:
+    """Downsample and delete raw telemetry past the retention window."""
+    with sessions() as session, session.begin():
+        return run_retention(session, now=now, raw_days=settings.retention.raw_days)
+
+
+def run_command_expiry(sessions: sessionmaker[Session], settings: Settings, now: float) -> int:
+    """Expire unanswered commands."""
+    del settings
+    with sessions() as session, session.begin():
+        return expire_commands(session, now=now)
+
+
+@dataclass
+class _Job:
+    name: str
+    interval: float
+    fn: Callable[[sessionmaker[Session], Settings, float], object]
+    next_at: float = 0.0
+
+
+class Scheduler:
+    """Runs each job at its interval in one thread; a failing job is logged and retried
+    at its next interval, never stopping the others."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], settings: Settings, clock: Clock = system_clock
+    ) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.clock = clock
+        self._stop = threading.Event()
+        self.jobs = [
+            _Job("presence-sweep", settings.presence.sweep_interval_s, run_presence_sweep),
+            _Job("command-expiry", settings.presence.sweep_interval_s, run_command_expiry),
+            _Job("retention", settings.retention.interval_s, run_retention_job),
+        ]
+        self._thread: threading.Thread | None = None
+
+    def add_job(
+        self,
+        name: str,
+        interval: float,
+        fn: Callable[[sessionmaker[Session], Settings, float], object],
+    ) -> None:
+        """Register another periodic job (e.g. a rollout ``tick``); call before start."""
+        self.jobs.append(_Job(name, interval, fn))
+
+    def run_due(self) -> float:
+        """Run every job that is due; return seconds until the next one is."""
+        now = self.clock()
+        for job in self.jobs:
+            if now >= job.next_at:
+                try:
+                    result = job.fn(self.sessions, self.settings, now)
+                    if result:
+                        log.info("job %s: %s", job.name, result)
+                except Exception:
+                    log.exception("job %s failed; retrying at its next interval", job.name)
+                job.next_at = now + job.interval
+        return max(0.05, min(job.next_at for job in self.jobs) - self.clock())
+
+    def start(self) -> None:
+        """Run in a background thread until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._loop, name="fleet-jobs", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._stop.wait(self.run_due())
+
+    def stop(self) -> None:
+        """Stop the loop and wait for the running job to finish."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

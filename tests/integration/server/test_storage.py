@@ -1,0 +1,173 @@
+"""Storage and services on SQLite and PostgreSQL: migrations, ingest writer, alarms,
+presence sweep, retention. Time is a hand-driven clock; no broker needed here."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, inspect, select, text
+
+import protocol as p
+from fleet_server.db.models import Alarm, Device, TelemetryHourly, TelemetrySample
+from fleet_server.migrations import current_revision, head_revision, upgrade_to_head
+from fleet_server.services.ingest import BatchWriter, Inbound
+from fleet_server.services.jobs import run_presence_sweep, run_retention_job
+from tests.server_fixtures import FakeClock, settings_for
+
+T0 = 1_790_000_000.0
+
+
+def telemetry(
+    device: str, seq: int, *, boot: str = "boot-1", n: int = 2, ts: float = T0
+) -> Inbound:
+    samples = [
+        p.Sample(ts=ts + seq * 10 + i, cpu_pct=10.0 + i, temp_c=50.0, custom={"fan": 0.5})
+        for i in range(n)
+    ]
+    msg = p.Telemetry(device_id=device, boot_id=boot, seq=seq, ts=ts + seq * 10, samples=samples)
+    return Inbound(p.topic(device, p.Kind.TELEMETRY), p.encode(msg), ts)
+
+
+def event(msg: p.Event) -> Inbound:
+    return Inbound(p.topic(msg.device_id, p.Kind.EVENT), p.encode(msg), msg.ts)
+
+
+def presence(device: str, state: str, seq: int, *, boot: str = "boot-1", ts: float = T0) -> Inbound:
+    msg = p.Presence(
+        device_id=device, boot_id=boot, seq=seq, ts=ts, state=p.PresenceState(state), keepalive_s=30
+    )
+    return Inbound(p.topic(device, p.Kind.PRESENCE), p.encode(msg), ts)
+
+
+def test_migrations_run_from_empty_to_head_and_are_idempotent(engine) -> None:
+    assert current_revision(engine) == head_revision()
+    upgrade_to_head(engine)  # a second run is a no-op
+    tables = set(inspect(engine).get_table_names())
+    assert {"devices", "telemetry", "received_messages", "alarms", "audit_log"} <= tables
+
+
+def test_writer_stores_dedupes_and_counts_rejections(sessions) -> None:
+    writer = BatchWriter(sessions, auto_register=True, clock=FakeClock())
+    batch = [
+        telemetry("pi-1", 1),
+        telemetry("pi-1", 2),
+        telemetry("pi-1", 2),  # duplicate inside the batch
+        Inbound(p.topic("pi-1", p.Kind.TELEMETRY), b"{not json", T0),
+        Inbound("fleet/v1/pi-1/bogus", b"{}", T0),
+    ]
+    result = writer.write(batch)
+    assert result.accepted["telemetry"] == 2
+    assert result.duplicates == 1
+    assert result.rejected == {"malformed_json": 1, "bad_topic": 1}
+    again = writer.write([telemetry("pi-1", 1), telemetry("pi-1", 3)])  # 1 was stored before
+    assert again.duplicates == 1
+    assert again.accepted["telemetry"] == 1
+    with sessions() as s:
+        assert s.execute(select(func.count()).select_from(TelemetrySample)).scalar_one() == 6
+        device = s.execute(select(Device).where(Device.device_id == "pi-1")).scalar_one()
+        assert device.vitals["cpu_pct"] == 11.0
+        assert device.last_seen is not None
+    m = writer.metrics
+    assert m.rejected.labels(reason="malformed_json")._value.get() == 1
+    assert m.duplicates._value.get() == 2
+
+
+def test_unknown_devices_are_rejected_unless_auto_register(sessions) -> None:
+    strict = BatchWriter(sessions, auto_register=False)
+    assert strict.write([telemetry("ghost", 1)]).rejected == {"unknown_device": 1}
+    lenient = BatchWriter(sessions, auto_register=True)
+    assert lenient.write([telemetry("ghost", 1)]).accepted["telemetry"] == 1
+
+
+def test_faults_open_one_alarm_per_code_and_clear_it(sessions) -> None:
+    writer = BatchWriter(sessions, auto_register=True)
+    env = {"device_id": "pi-2", "boot_id": "b1", "ts": T0}
+    writer.write(
+        [
+            event(p.FaultRaised(**env, seq=1, code="overheat", severity=p.Severity.MINOR)),
+            event(p.FaultRaised(**env, seq=2, code="overheat", severity=p.Severity.CRITICAL)),
+            event(p.FaultRaised(**env, seq=3, code="undervoltage", severity=p.Severity.MAJOR)),
+        ]
+    )
+    with sessions() as s:
+        alarms = s.execute(select(Alarm).order_by(Alarm.code)).scalars().all()
+        assert [(a.code, a.state, a.severity, a.occurrences) for a in alarms] == [
+            ("overheat", "open", "critical", 2),
+            ("undervoltage", "open", "major", 1),
+        ]
+        assert s.execute(select(Device.open_faults)).scalar_one() == 2
+    writer.write([event(p.FaultCleared(**env, seq=4, code="overheat"))])
+    writer.write([event(p.FaultRaised(**env, seq=5, code="overheat", severity=p.Severity.MINOR))])
+    with sessions() as s:
+        states = s.execute(
+            select(Alarm.state).where(Alarm.code == "overheat").order_by(Alarm.id)
+        ).scalars()
+        assert list(states) == ["cleared", "open"]  # history kept, one open
+        assert s.execute(select(Device.open_faults)).scalar_one() == 2
+
+
+def test_late_last_will_does_not_override_newer_online(sessions) -> None:
+    writer = BatchWriter(sessions, auto_register=True)
+    writer.write([presence("pi-3", "online", 11)])
+    writer.write([presence("pi-3", "online", 13)])  # reconnected (will 12 registered)
+    writer.write([presence("pi-3", "offline", 10)])  # the first connection's will, late
+    with sessions() as s:
+        assert s.execute(select(Device.presence)).scalar_one() == "online"
+    writer.write([presence("pi-3", "offline", 12)])  # the current connection's will
+    with sessions() as s:
+        assert s.execute(select(Device.presence)).scalar_one() == "offline"
+
+
+def test_sweep_marks_silent_devices_offline_and_traffic_brings_them_back(sessions, db_url) -> None:
+    clock = FakeClock(T0)
+    writer = BatchWriter(sessions, auto_register=True, clock=clock)
+    writer.write([presence("pi-4", "online", 1)])  # keepalive 30 s
+    settings = settings_for(db_url)
+    assert run_presence_sweep(sessions, settings, T0 + 44) == []  # within 1.5 x 30 s
+    assert run_presence_sweep(sessions, settings, T0 + 46) == ["pi-4"]
+    with sessions() as s:
+        row = s.execute(select(Device.presence, Device.presence_reason)).one()
+        assert tuple(row) == ("offline", "timeout")
+    writer.write([telemetry("pi-4", 2, ts=T0 + 60)])
+    with sessions() as s:
+        assert s.execute(select(Device.presence)).scalar_one() == "online"
+
+
+def test_retention_downsamples_to_hourly_and_deletes_raw(sessions, db_url) -> None:
+    writer = BatchWriter(sessions, auto_register=True)
+    old = T0 - 40 * 86400
+    writer.write([telemetry("pi-5", 1, n=3, ts=old), telemetry("pi-5", 2, n=2, ts=T0)])
+    settings = settings_for(db_url, retention={"raw_days": 30})
+    result = run_retention_job(sessions, settings, T0)
+    assert result.samples_deleted == 3
+    assert result.hours_written == 1
+    with sessions() as s:
+        assert s.execute(select(func.count()).select_from(TelemetrySample)).scalar_one() == 2
+        hour = s.execute(select(TelemetryHourly)).scalar_one()
+        assert hour.samples == 3
+        assert (hour.cpu_min, hour.cpu_max) == (10.0, 12.0)
+        assert abs(hour.cpu_avg - 11.0) < 1e-9
+
+
+def test_sqlite_bytes_per_sample_is_small(tmp_path) -> None:
+    """Keeps the README figure honest: a sample with a few vitals stays well under 100 B."""
+    from fleet_server.db import create_db_engine, make_session_factory
+
+    eng = create_db_engine(f"sqlite:///{tmp_path}/size.db")
+    upgrade_to_head(eng)
+    writer = BatchWriter(make_session_factory(eng), auto_register=True)
+    n_messages, per_message = 200, 10
+    for seq in range(n_messages):
+        sample_ts = T0 + seq * per_message
+        samples = [
+            p.Sample(ts=sample_ts + i, cpu_pct=12.5, mem_pct=40.0, temp_c=51.0, disk_pct=33.0)
+            for i in range(per_message)
+        ]
+        msg = p.Telemetry(device_id="pi-6", boot_id="b", seq=seq, ts=sample_ts, samples=samples)
+        writer.write([Inbound(p.topic("pi-6", p.Kind.TELEMETRY), p.encode(msg), T0)])
+    with eng.connect() as conn:
+        pages = conn.execute(
+            text("SELECT sum(pgsize) FROM dbstat WHERE name LIKE '%telemetry%'")
+        ).scalar()
+    if pages is None:  # dbstat not compiled in; nothing to measure
+        return
+    per_sample = pages / (n_messages * per_message)
+    assert per_sample < 100, per_sample

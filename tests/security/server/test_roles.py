@@ -1,0 +1,249 @@
+"""Least privilege: every API route declares a role, and each role can call exactly the
+routes at or below its level. Every mutating call leaves an audit row."""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from fastapi.testclient import TestClient
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import func, select
+
+import protocol as p
+from fleet_server.adapters.mqtt_publisher import PahoPublisher
+from fleet_server.api import create_app
+from fleet_server.api.app import route_table
+from fleet_server.db.models import AuditEntry
+from fleet_server.domain.roles import (
+    PERMISSIONS,
+    Role,
+    UndeclaredRouteError,
+    required_role,
+)
+from fleet_server.services.ingest import BatchWriter, Inbound
+from tests.server_fixtures import FakeClock, make_tokens, settings_for
+
+PATH_VALUES = {
+    "device_id": "pi-matrix",
+    "alarm_id": "1",
+    "token_id": "999999",
+    "bundle_id": "1",
+    "token": "not-a-real-upload-token",
+}
+MUTATING = {"POST", "PATCH", "PUT", "DELETE"}
+
+
+def _fill(path: str) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: PATH_VALUES[m.group(1)], path)
+
+
+def _call(client: TestClient, method: str, path: str, token: str | None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    kwargs: dict[str, Any] = {"headers": headers}
+    if method in MUTATING:
+        kwargs["json"] = {}
+    return client.request(method, _fill(path), **kwargs)
+
+
+def test_every_route_has_a_declared_permission(api) -> None:
+    client, _tokens, _clock = api
+    routes = route_table(client.app)
+    assert routes, "the app exposes no routes?"
+    undeclared = [r for r in routes if r not in PERMISSIONS]
+    assert not undeclared, f"routes without a permission entry: {undeclared}"
+    stale = [r for r in PERMISSIONS if r not in routes]
+    assert not stale, f"permission entries without a route: {stale}"
+
+
+def test_undeclared_routes_are_refused(api) -> None:
+    client, tokens, _clock = api
+    with pytest.raises(UndeclaredRouteError):
+        required_role("GET", "/api/v1/not-declared")
+
+    @client.app.get("/api/v1/not-declared")
+    def _sneaky() -> dict[str, str]:
+        return {"secret": "data"}
+
+    response = client.get(
+        "/api/v1/not-declared", headers={"Authorization": f"Bearer {tokens['admin']}"}
+    )
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "forbidden"
+
+
+def test_role_by_endpoint_matrix(api) -> None:
+    client, tokens, _clock = api
+    for method, path in route_table(client.app):
+        needed = PERMISSIONS[(method, path)]
+        anonymous = _call(client, method, path, None)
+        if needed is None:
+            assert anonymous.status_code not in (401, 403), (method, path, anonymous.text)
+            continue
+        assert anonymous.status_code == 401, (method, path)
+        assert anonymous.json()["error"]["code"] == "unauthorized"
+        for role in Role:
+            response = _call(client, method, path, tokens[role.value])
+            if role.allows(needed):
+                assert response.status_code not in (401, 403), (role, method, path, response.text)
+            else:
+                assert response.status_code == 403, (role, method, path, response.status_code)
+                assert response.json()["error"]["code"] == "forbidden"
+
+
+def test_bad_and_revoked_tokens_are_unauthorized(api) -> None:
+    client, tokens, _clock = api
+    for bad in ("efk_wrong", "not-even-a-prefix", ""):
+        r = client.get("/api/v1/devices", headers={"Authorization": f"Bearer {bad}"})
+        assert r.status_code == 401
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    listed = client.get("/api/v1/tokens", headers=admin).json()["items"]
+    viewer_id = next(t["id"] for t in listed if t["role"] == "viewer")
+    assert client.delete(f"/api/v1/tokens/{viewer_id}", headers=admin).status_code == 200
+    r = client.get("/api/v1/devices", headers={"Authorization": f"Bearer {tokens['viewer']}"})
+    assert r.status_code == 401
+
+
+@pytest.mark.mosquitto
+def test_command_kinds_have_their_own_roles(mosquitto, sessions, db_url) -> None:
+    publisher = PahoPublisher(mosquitto.host, mosquitto.port)
+    assert publisher.wait_connected(10)
+    app = create_app(settings_for(db_url), sessions=sessions, publisher=publisher)
+    tokens = make_tokens(sessions)
+    try:
+        with TestClient(app) as client:
+            hdr = {"Authorization": f"Bearer {tokens['admin']}"}
+            assert (
+                client.post("/api/v1/devices", json={"device_id": "pi-c"}, headers=hdr).status_code
+                == 201
+            )
+            url = "/api/v1/devices/pi-c/commands"
+            tech = {"Authorization": f"Bearer {tokens['technician']}"}
+            assert (
+                client.post(url, json={"kind": "collect_diagnostics"}, headers=tech).status_code
+                == 202
+            )
+            denied = client.post(url, json={"kind": "reboot"}, headers=tech)
+            assert denied.status_code == 403
+            op = {"Authorization": f"Bearer {tokens['operator']}"}
+            assert client.post(url, json={"kind": "reboot"}, headers=op).status_code == 202
+    finally:
+        publisher.close()
+
+
+@pytest.mark.mosquitto
+def test_every_mutating_call_is_audited(mosquitto, sessions, db_url) -> None:
+    """Runs one successful call per mutating route; a new mutating route without a
+    scenario here fails the test."""
+    publisher = PahoPublisher(mosquitto.host, mosquitto.port)
+    assert publisher.wait_connected(10)
+    clock = FakeClock()
+    app = create_app(settings_for(db_url), sessions=sessions, publisher=publisher, clock=clock)
+    tokens = make_tokens(sessions)
+    admin = {"Authorization": f"Bearer {tokens['admin']}", "X-Request-ID": "req-audit-1"}
+    # A device that raised a fault, for the alarm ack.
+    BatchWriter(sessions, auto_register=True).write(
+        [
+            Inbound(
+                p.topic("pi-a1", p.Kind.EVENT),
+                p.encode(
+                    p.FaultRaised(
+                        device_id="pi-a1",
+                        boot_id="b",
+                        seq=1,
+                        ts=clock.now,
+                        code="overheat",
+                        severity=p.Severity.MAJOR,
+                    )
+                ),
+                clock.now,
+            )
+        ]
+    )
+    # The device listens for its commands so it can use the diagnostics upload URL.
+    commands: list[bytes] = []
+    got = threading.Event()
+    dev = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="pi-a1", protocol=mqtt.MQTTv5)
+    dev.on_message = lambda _c, _u, m: (commands.append(m.payload), got.set())
+    dev.connect(mosquitto.host, mosquitto.port)
+    dev.subscribe(p.topic("pi-a1", p.Kind.COMMAND), qos=1)
+    dev.loop_start()
+
+    def upload(client: TestClient) -> Any:
+        client.post(
+            "/api/v1/devices/pi-a1/commands", json={"kind": "collect_diagnostics"}, headers=admin
+        )
+        assert got.wait(10)
+        cmd = p.decode(p.topic("pi-a1", p.Kind.COMMAND), commands[-1])
+        path = cmd.upload_url.split("://", 1)[1].split("/", 1)[1]
+        return client.post("/" + path, content=b"logs", headers={"X-Request-ID": "req-audit-1"})
+
+    scenarios = {
+        ("POST", "/api/v1/devices"): lambda c: c.post(
+            "/api/v1/devices", json={"device_id": "pi-new"}, headers=admin
+        ),
+        ("POST", "/api/v1/devices/import"): lambda c: c.post(
+            "/api/v1/devices/import",
+            content=b"device_id,model\npi-csv-1,m1\n",
+            headers={**admin, "Content-Type": "text/csv"},
+        ),
+        ("PATCH", "/api/v1/devices/{device_id}"): lambda c: c.patch(
+            "/api/v1/devices/pi-new", json={"region": "eu"}, headers=admin
+        ),
+        ("POST", "/api/v1/devices/{device_id}/decommission"): lambda c: c.post(
+            "/api/v1/devices/pi-csv-1/decommission", json={"reason": "scrapped"}, headers=admin
+        ),
+        ("POST", "/api/v1/devices/{device_id}/commands"): lambda c: c.post(
+            "/api/v1/devices/pi-new/commands", json={"kind": "reboot"}, headers=admin
+        ),
+        ("POST", "/api/v1/alarms/{alarm_id}/ack"): lambda c: c.post(
+            "/api/v1/alarms/1/ack", headers=admin
+        ),
+        ("POST", "/api/v1/tokens"): lambda c: c.post(
+            "/api/v1/tokens", json={"name": "ci", "role": "viewer"}, headers=admin
+        ),
+        ("DELETE", "/api/v1/tokens/{token_id}"): lambda c: c.delete(
+            "/api/v1/tokens/1", headers=admin
+        ),
+        ("POST", "/api/v1/diagnostics/upload/{token}"): upload,
+    }
+    try:
+        with TestClient(app) as client:
+            mutating = [r for r in route_table(app) if r[0] in MUTATING]
+            missing = [r for r in mutating if r not in scenarios]
+            assert not missing, f"mutating routes without an audit scenario: {missing}"
+            assert set(scenarios) == set(mutating), "scenarios for routes that do not exist"
+            for route in scenarios:
+                with sessions() as s:
+                    before = s.execute(select(func.count()).select_from(AuditEntry)).scalar_one()
+                response = scenarios[route](client)
+                assert response.status_code < 300, (route, response.text)
+                with sessions() as s:
+                    rows = (
+                        s.execute(
+                            select(AuditEntry).where(AuditEntry.id > 0).order_by(AuditEntry.id)
+                        )
+                        .scalars()
+                        .all()
+                    )
+                new = rows[before:]
+                assert new, f"{route} wrote no audit row"
+                entry = new[-1]
+                assert entry.request_id == "req-audit-1", route
+                assert entry.actor in ("test-admin", "device:pi-a1"), route
+                assert entry.after is not None or entry.before is not None, route
+            # The log itself is readable through the API.
+            body = client.get("/api/v1/audit", headers=admin).json()
+            assert body["total"] >= len(mutating)
+            patch = client.get(
+                "/api/v1/audit", params={"action": "device.update"}, headers=admin
+            ).json()["items"][0]
+            assert patch["before"]["region"] is None
+            assert patch["after"]["region"] == "eu"
+    finally:
+        dev.loop_stop()
+        dev.disconnect()
+        publisher.close()
