@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from fleet_server import __version__
+from fleet_server.fleetctl.analytics_cli import analytics_app
 from protocol import SCHEMA_VERSION
 
 app = typer.Typer(
@@ -13,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(analytics_app, name="analytics")
 
 
 @app.callback()
