@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,7 +63,7 @@ from fleet_server.analytics._stats import (
 from fleet_server.analytics.errors import AnalyticsInputError
 from fleet_server.analytics.rates import check_counts
 
-_BE_STATES = 120  # Markov-chain states for the ARL computation
+_BE_STATES = 60  # Markov-chain states for the ARL computation
 _CHI2_1_MEDIAN = float(stats.chi2.ppf(0.5, 1))  # 0.4549: median of z^2 for a standard normal z
 
 
@@ -264,51 +264,80 @@ def _pmf(mu: float, phi: float) -> np.ndarray:
     return np.asarray(stats.nbinom.pmf(np.arange(top), n, p), dtype=float)
 
 
+def _arl_batch(hs: np.ndarray, mu: float, k: float, phi: float, states: int) -> np.ndarray:
+    """In-control ARLs for several decision intervals at once (one stacked linear solve)."""
+    pmf = _pmf(mu, phi)
+    out = np.ones(hs.size)
+    live = hs > 0
+    if not live.any():
+        return out
+    h = hs[live][:, None, None]
+    delta = h / states
+    s = np.arange(states)[None, :, None] * delta
+    nxt = np.maximum(s + np.arange(pmf.size)[None, None, :] - k * mu, 0.0)
+    # Mass landing between two grid points is split between them in proportion to distance
+    # (linear interpolation), which keeps the mean drift exact even when the downward drift
+    # k*mu is much smaller than the grid step.
+    pos = nxt / delta
+    low = np.floor(pos)
+    frac = pos - low
+    low = low.astype(np.int64)
+    weights = np.broadcast_to(pmf[None, None, :], nxt.shape)
+    m = int(live.sum())
+    base = (np.arange(m)[:, None, None] * states + np.arange(states)[None, :, None]) * states
+    flat_parts, weight_parts = [], []
+    for cell, share in ((low, 1.0 - frac), (low + 1, frac)):
+        keep = (cell < states) & (nxt < h)
+        flat_parts.append((base + cell)[keep])
+        weight_parts.append((weights * share)[keep])
+    r = np.bincount(
+        np.concatenate(flat_parts),
+        weights=np.concatenate(weight_parts),
+        minlength=m * states * states,
+    ).reshape(m, states, states)
+    a = np.eye(states)[None, :, :] - r
+    out[live] = np.linalg.solve(a, np.ones((m, states, 1)))[:, 0, 0]
+    return out
+
+
 def cusum_arl(h: float, mu: float, k: float, phi: float = 1.0, states: int = _BE_STATES) -> float:
     """In-control average run length of S' = max(0, S + X - k mu), alarm at S >= h.
 
     X has mean ``mu`` (Poisson, or negative binomial with variance phi*mu). Brook & Evans
     (1972) Markov chain on ``states`` grid points in [0, h), started at S = 0.
     """
-    if h <= 0:
-        return 1.0
-    pmf = _pmf(mu, phi)
-    delta = h / states
-    s = np.arange(states) * delta
-    nxt = s[:, None] + np.arange(pmf.size)[None, :] - k * mu
-    nxt = np.maximum(nxt, 0.0)
-    inside = nxt < h
-    idx = np.minimum(np.rint(nxt / delta).astype(np.int64), states - 1)
-    rows = np.broadcast_to(np.arange(states)[:, None], nxt.shape)
-    probs = np.broadcast_to(pmf[None, :], nxt.shape)
-    r = np.zeros((states, states))
-    np.add.at(r, (rows[inside], idx[inside]), probs[inside])
-    arl = np.linalg.solve(np.eye(states) - r, np.ones(states))
-    return float(arl[0])
+    return float(_arl_batch(np.asarray([float(h)]), mu, k, phi, states)[0])
 
 
 @functools.lru_cache(maxsize=4096)
 def _decision_interval_cached(mu: float, k: float, target: float, phi: float) -> float:
-    hi = max(1.0, 2.0 * k * mu)
-    while cusum_arl(hi, mu, k, phi) < target:
-        hi *= 2.0
-        if hi > 1e6:
-            break
-    lo = 0.0
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        if cusum_arl(mid, mu, k, phi) < target:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-3 * hi:
-            break
-    return hi
+    # Geometric grid first, then two linear refinements of the bracketing pair: each stage is
+    # one stacked solve, so the search costs three calls into LAPACK.
+    scale = 1.0 + math.sqrt(mu * phi)
+    hs = scale * np.geomspace(0.02, 200.0, 24)
+    arl = _arl_batch(hs, mu, k, phi, _BE_STATES)
+    if arl[-1] < target:
+        raise AnalyticsInputError(f"CUSUM run length {target:g} is beyond reach")
+    j = int(np.argmax(arl >= target))
+    if j == 0:
+        return float(hs[0])
+    upper = float(hs[j])
+    for _ in range(2):
+        hs = np.linspace(hs[j - 1], hs[j], 9)
+        arl = _arl_batch(hs, mu, k, phi, _BE_STATES)
+        ok = arl >= target
+        if not ok.any():
+            return upper
+        j = int(np.argmax(ok))
+        if j == 0:
+            return float(hs[0])
+        upper = float(hs[j])
+    return upper
 
 
-def _round_up(x: float, digits: int) -> float:
-    scale = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
-    return math.ceil(x / scale - 1e-9) * scale
+def _round_log(x: float, per_decade: int, how: Callable[[float], float]) -> float:
+    """Round ``x`` > 0 on a log grid with ``per_decade`` points per factor of ten."""
+    return float(10.0 ** (how(math.log10(x) * per_decade - 1e-9) / per_decade))
 
 
 def decision_interval(mu: float, ratio: float, arl0: float, phi: float = 1.0) -> float:
@@ -322,11 +351,15 @@ def decision_interval(mu: float, ratio: float, arl0: float, phi: float = 1.0) ->
     if not mu > 0:
         raise AnalyticsInputError("CUSUM needs a positive expected count per period")
     k = (ratio - 1.0) / math.log(ratio)
-    # Round mu up to 2 significant digits and the target up to 3 so that similar groups share
-    # a cached answer; rounding up gives a slightly larger h, i.e. errs on fewer alarms.
-    mu_r = _round_up(mu, 2)
-    target_r = _round_up(arl0, 3)
-    return _decision_interval_cached(mu_r, k, target_r, round(phi, 2))
+    # Round mu to the nearest point of a log grid (20 points per decade, within 6 %) and the
+    # target run length up (10 points per decade) so that similar groups share a cached
+    # answer. The mu rounding moves the ARL by up to about 20 % either way; rounding the
+    # target up (by up to 26 %) offsets most of that. The CUSUM's false-alarm budget is
+    # therefore approximate, as is the use of the mean expected count per period.
+    mu_r = _round_log(mu, 20, round)
+    target_r = _round_log(arl0, 10, math.ceil)
+    phi_r = 1.0 if phi <= 1.0 else _round_log(phi, 20, math.ceil)
+    return _decision_interval_cached(mu_r, k, target_r, phi_r)
 
 
 def _dispersion(
