@@ -163,7 +163,11 @@ def claims(
         str | None, typer.Option(help="Column with months in service (age-matched expectation).")
     ] = None,
     period_col: Annotated[
-        str | None, typer.Option(help="Column with the calendar period (enables the CUSUM).")
+        str | None,
+        typer.Option(
+            help="Column with the calendar period (enables the CUSUM); numbers, or text that "
+            "sorts in time order such as 2025-03."
+        ),
     ] = None,
     fdr: Annotated[float, typer.Option(help="False discovery rate for the excess test.")] = 0.05,
     cusum_ratio: Annotated[
