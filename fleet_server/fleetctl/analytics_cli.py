@@ -357,3 +357,14 @@ def growth(
     table.add_row("cumulative MTBF", _fmt(fit.mtbf_cumulative))
     table.add_row("p (no growth vs growth)", _fmt(fit.p_growth, 3))
     console.print(table)
+
+
+def _unwrap(doc: str) -> str:
+    """Docstring paragraphs as single lines, so the help reflows to the terminal width."""
+    paragraphs = [" ".join(p.split()) for p in doc.strip().split("\n\n")]
+    return "\n\n".join(p for p in paragraphs if p)
+
+
+for _info in analytics_app.registered_commands:
+    if _info.callback is not None and _info.callback.__doc__:
+        _info.help = _unwrap(_info.callback.__doc__)
