@@ -68,7 +68,12 @@ class CsvTable:
 
     path: str
     header: tuple[str, ...]
-    rows: tuple[tuple[int, dict[str, str]], ...]
+    rows: tuple[tuple[int, list[str]], ...]
+
+    def cells(self, col: str) -> list[tuple[int, str]]:
+        """(line number, stripped text) of every row for one column."""
+        i = self.header.index(col)
+        return [(line, record[i].strip()) for line, record in self.rows]
 
     def column(self, override: str | None, names: Sequence[str], what: str) -> str | None:
         """The header name to use for ``what``: the override, else the first common name."""
@@ -99,8 +104,7 @@ class CsvTable:
     ) -> np.ndarray:
         """Parse a numeric column; errors name the line and column."""
         out = np.empty(len(self.rows))
-        for i, (line, row) in enumerate(self.rows):
-            raw = (row.get(col) or "").strip()
+        for i, (line, raw) in enumerate(self.cells(col)):
             try:
                 value = float(raw)
             except ValueError:
@@ -125,8 +129,7 @@ class CsvTable:
     def strings(self, col: str) -> list[str]:
         """A text column; empty cells are an error."""
         out = []
-        for line, row in self.rows:
-            raw = (row.get(col) or "").strip()
+        for line, raw in self.cells(col):
             if not raw:
                 raise CsvInputError(f"{self.path} line {line}, column {col!r}: empty value")
             out.append(raw)
@@ -152,7 +155,7 @@ def read_csv(path: str | Path) -> CsvTable:
         dialect = csv.excel  # type: ignore[assignment]
     reader = csv.reader(text.splitlines(), dialect)
     header: list[str] | None = None
-    rows: list[tuple[int, dict[str, str]]] = []
+    rows: list[tuple[int, list[str]]] = []
     try:
         for line_no, record in enumerate(reader, start=1):
             if not record or all(not c.strip() for c in record):
@@ -166,7 +169,7 @@ def read_csv(path: str | Path) -> CsvTable:
                 raise CsvInputError(
                     f"{p} line {line_no}: {len(record)} fields, the header has {len(header)}"
                 )
-            rows.append((line_no, dict(zip(header, record, strict=True))))
+            rows.append((line_no, record))
     except csv.Error as exc:
         raise CsvInputError(f"{p}: malformed CSV ({exc})") from None
     if header is None:
@@ -211,8 +214,8 @@ def read_life_data(
     else:
         inverted = _norm(scol) in INVERTED_STATUS
         failed = np.empty(times.size, dtype=bool)
-        for i, (line, row) in enumerate(table.rows):
-            raw = _norm(row.get(scol) or "")
+        for i, (line, cell) in enumerate(table.cells(scol)):
+            raw = _norm(cell)
             if raw in _FAILED_WORDS and not (inverted and raw in _NUMERIC_BOOL):
                 failed[i] = True
             elif raw in _CENSORED_WORDS and not (inverted and raw in _NUMERIC_BOOL):
@@ -221,7 +224,7 @@ def read_life_data(
                 failed[i] = raw in {"0", "false", "no", "n"}
             else:
                 raise CsvInputError(
-                    f"{table.path} line {line}, column {scol!r}: {row.get(scol)!r} is neither "
+                    f"{table.path} line {line}, column {scol!r}: {cell!r} is neither "
                     "failed (1, true, F, failed) nor censored (0, false, S, censored)"
                 )
     ccol = table.column(count_col, COUNT_NAMES, "count")

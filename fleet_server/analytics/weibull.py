@@ -154,7 +154,15 @@ def _prepare(
     if not np.all(np.isfinite(w)) or np.any(w < 0) or np.any(w != np.round(w)):
         raise AnalyticsInputError("counts must be whole numbers >= 0")
     keep = w > 0
-    return t[keep], f[keep], w[keep]
+    t, f, w = t[keep], f[keep], w[keep]
+    # Identical (time, status) rows add up: the likelihood depends only on the totals, and
+    # field data (ages in whole days, thousands of units still running) shrinks a lot.
+    key = np.stack([t, f.astype(float)])
+    uniq, inverse = np.unique(key, axis=1, return_inverse=True)
+    if uniq.shape[1] < t.size:
+        w = np.bincount(inverse.ravel(), weights=w, minlength=uniq.shape[1])
+        t, f = uniq[0], uniq[1].astype(bool)
+    return t, f, w
 
 
 def _require_failures(t: np.ndarray, f: np.ndarray, w: np.ndarray) -> None:
