@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from fleet_server.analytics import AnalyticsInputError, csvio
 from fleet_server.analytics.weibull import weibull_mle
 from fleet_server.fleetctl.cli import app
 
@@ -174,3 +178,22 @@ def test_every_analytics_command_has_help() -> None:
         assert code == 0
         assert "--csv" in out
         assert "--json" in out
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    text=st.text(alphabet=st.sampled_from(list('0123456789.,;-"\n tFSabcinfNaE')), max_size=120),
+    header=st.sampled_from(["time,status\n", "hours;failed\n", "t\tcensored\n", ""]),
+)
+def test_arbitrary_csv_text_never_crashes_the_readers(
+    tmp_path: Path, text: str, header: str
+) -> None:
+    path = tmp_path / "fuzz.csv"
+    path.write_text(header + text)
+    # Anything else than a clear AnalyticsInputError (a traceback) fails the test.
+    for reader in (csvio.read_life_data, csvio.read_counts, csvio.read_failure_times):
+        with contextlib.suppress(AnalyticsInputError):
+            reader(path)
+    with contextlib.suppress(AnalyticsInputError):
+        data = csvio.read_life_data(path)
+        weibull_mle(data.times, data.failed, data.counts)
