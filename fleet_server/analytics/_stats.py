@@ -44,7 +44,7 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     adjusted_sorted = np.minimum.accumulate(ranked[::-1])[::-1]
     adjusted = np.empty(m)
     adjusted[order] = np.minimum(adjusted_sorted, 1.0)
-    return adjusted
+    return np.maximum(adjusted, p)  # never below the raw p-value (guards rounding)
 
 
 def finite_or_none(value: float) -> float | None:

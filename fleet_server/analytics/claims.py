@@ -253,28 +253,56 @@ def _labels(values: Sequence[object] | np.ndarray | None, n: int, what: str) -> 
     return nums
 
 
+_PMF_POINTS = 1500  # at most this many support points (wider distributions are binned)
+
+
 @functools.lru_cache(maxsize=1024)
-def _pmf(mu: float, phi: float) -> np.ndarray:
-    """Count distribution with mean mu and variance phi*mu, truncated far in the tail."""
-    if phi <= 1.0 + 1e-9:
-        top = int(stats.poisson.isf(1e-12, mu)) + 2
-        return np.asarray(stats.poisson.pmf(np.arange(top), mu), dtype=float)
-    n, p = mu / (phi - 1.0), 1.0 / phi
-    top = int(stats.nbinom.isf(1e-12, n, p)) + 2
-    return np.asarray(stats.nbinom.pmf(np.arange(top), n, p), dtype=float)
+def _pmf(mu: float, phi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Count distribution with mean mu and variance phi*mu: (support values, probabilities).
+
+    Both tails beyond 1e-12 are dropped, so a large mean costs only its bulk; a bulk wider
+    than ``_PMF_POINTS`` counts is binned, each bin at its conditional mean (the chain below
+    interpolates between grid points anyway, and the mean drift is kept exactly).
+    """
+    dist = stats.poisson(mu) if phi <= 1.0 + 1e-9 else stats.nbinom(mu / (phi - 1.0), 1.0 / phi)
+    first = max(0, int(dist.ppf(1e-12)) - 1)
+    top = int(dist.isf(1e-12)) + 2
+    counts = np.arange(first, top, dtype=float)
+    probs = np.asarray(dist.pmf(counts), dtype=float)
+    if counts.size > _PMF_POINTS:
+        edges = np.linspace(0, counts.size, _PMF_POINTS + 1).astype(np.int64)
+        mass = np.add.reduceat(probs, edges[:-1])
+        moment = np.add.reduceat(probs * counts, edges[:-1])
+        keep = mass > 0
+        counts = moment[keep] / mass[keep]
+        probs = mass[keep]
+    return counts, probs
+
+
+_CHUNK_ELEMENTS = 2_000_000  # bound on the transition-table size built at once
 
 
 def _arl_batch(hs: np.ndarray, mu: float, k: float, phi: float, states: int) -> np.ndarray:
-    """In-control ARLs for several decision intervals at once (one stacked linear solve)."""
-    pmf = _pmf(mu, phi)
+    """In-control ARLs for several decision intervals at once (stacked linear solves)."""
+    counts, pmf = _pmf(mu, phi)
     out = np.ones(hs.size)
-    live = hs > 0
-    if not live.any():
-        return out
-    h = hs[live][:, None, None]
+    live = np.flatnonzero(hs > 0)
+    per_h = states * pmf.size
+    chunk = max(1, _CHUNK_ELEMENTS // per_h)
+    for start in range(0, live.size, chunk):
+        sel = live[start : start + chunk]
+        out[sel] = _arl_solve(hs[sel], counts, pmf, mu, k, states)
+    # An alarm so unlikely that the chain is numerically absorbing-free: run length unbounded.
+    return np.where(np.isfinite(out) & (out >= 1.0), out, np.inf)
+
+
+def _arl_solve(
+    hs: np.ndarray, counts: np.ndarray, pmf: np.ndarray, mu: float, k: float, states: int
+) -> np.ndarray:
+    h = hs[:, None, None]
     delta = h / states
     s = np.arange(states)[None, :, None] * delta
-    nxt = np.maximum(s + np.arange(pmf.size)[None, None, :] - k * mu, 0.0)
+    nxt = np.maximum(s + counts[None, None, :] - k * mu, 0.0)
     # Mass landing between two grid points is split between them in proportion to distance
     # (linear interpolation), which keeps the mean drift exact even when the downward drift
     # k*mu is much smaller than the grid step.
@@ -283,7 +311,7 @@ def _arl_batch(hs: np.ndarray, mu: float, k: float, phi: float, states: int) -> 
     frac = pos - low
     low = low.astype(np.int64)
     weights = np.broadcast_to(pmf[None, None, :], nxt.shape)
-    m = int(live.sum())
+    m = hs.size
     base = (np.arange(m)[:, None, None] * states + np.arange(states)[None, :, None]) * states
     flat_parts, weight_parts = [], []
     for cell, share in ((low, 1.0 - frac), (low + 1, frac)):
@@ -296,8 +324,7 @@ def _arl_batch(hs: np.ndarray, mu: float, k: float, phi: float, states: int) -> 
         minlength=m * states * states,
     ).reshape(m, states, states)
     a = np.eye(states)[None, :, :] - r
-    out[live] = np.linalg.solve(a, np.ones((m, states, 1)))[:, 0, 0]
-    return out
+    return np.linalg.solve(a, np.ones((m, states, 1)))[:, 0, 0]
 
 
 def cusum_arl(h: float, mu: float, k: float, phi: float = 1.0, states: int = _BE_STATES) -> float:

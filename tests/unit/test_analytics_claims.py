@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from fleet_server.analytics import AnalyticsInputError
@@ -221,3 +223,39 @@ def test_no_claims_means_no_flags() -> None:
     assert any("no claims" in n for n in report.notes)
     assert stats.poisson.sf(-1, 1.0) == 1.0  # p-value of "at least 0 claims" is 1
     assert all(g.p_value == 1.0 for g in report.groups)
+
+
+@settings(max_examples=25)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c", "d"]),
+            st.floats(min_value=1.0, max_value=1e7),
+            st.integers(min_value=0, max_value=3000),
+            st.integers(min_value=0, max_value=5),
+            st.integers(min_value=0, max_value=8),
+        ),
+        min_size=2,
+        max_size=30,
+    )
+)
+def test_any_valid_claims_table_gives_a_consistent_ranking(
+    rows: list[tuple[str, float, int, int, int]],
+) -> None:
+    groups, exposure, failures, age, period = (list(c) for c in zip(*rows, strict=True))
+    if len(set(groups)) < 2:
+        with pytest.raises(AnalyticsInputError):
+            early_warning(groups, exposure, failures, age=age, period=period)
+        return
+    report = early_warning(groups, exposure, failures, age=age, period=period)
+    assert [g.rank for g in report.groups] == list(range(1, len(set(groups)) + 1))
+    assert sum(g.observed for g in report.groups) == sum(failures)
+    assert sum(g.expected for g in report.groups) == pytest.approx(sum(failures))
+    for g in report.groups:
+        assert 0.0 <= g.p_value <= g.q_value <= 1.0
+        assert not g.flagged or g.reasons
+        if any("above expectation" in r for r in g.reasons):
+            assert g.observed > g.expected
+    flagged_ranks = [g.rank for g in report.groups if g.flagged]
+    assert flagged_ranks == list(range(1, len(flagged_ranks) + 1))
+    json.dumps(report.to_dict(), allow_nan=False)
