@@ -16,10 +16,12 @@ Method
    df = G - 1, and the dispersion ratio phi = X^2/df. Real fleets vary more than Poisson
    (batches differ in many small ways), which would make every exact Poisson test too eager.
    When the chi-square test rejects at ``overdispersion_alpha``, the tests are widened by a
-   dispersion factor estimated robustly so that the bad batch itself does not hide: from
-   z-scores winsorised at their 10th and 90th percentiles when there are >= 10 groups
-   (Spiegelhalter 2005, "Handling over-dispersion of performance indicators"), otherwise from
-   the Pearson statistic without the single most extreme group. The report says so.
+   dispersion factor estimated robustly, so that one bad batch does not hide itself by
+   inflating the estimate: with >= 5 groups the median of the squared z-scores
+   (O - E)/sqrt(E) divided by 0.455 (the median of a chi-square with 1 df; compare the
+   winsorised estimate of Spiegelhalter 2005, "Handling over-dispersion of performance
+   indicators"), with 3-4 groups the Pearson ratio without the most extreme group. The
+   report says so in its notes.
 3. **Exceedance test per group.** One-sided exact upper tail P(X >= observed) with
    X ~ Poisson(expected), or, when widened, X ~ negative binomial with the same mean and
    variance phi x expected (quasi-Poisson variance, exact NB tail).
@@ -33,8 +35,11 @@ Method
    average run length is ARL0 = T x G / ``family_alpha`` periods (T = periods the group is
    in service, or ``horizon``): by the union bound the chance of any false CUSUM alarm over
    the window, across all G groups, is about ``family_alpha``. The ARL is computed by the
-   Markov-chain method of Brook & Evans (1972) with the group's mean expected count per
-   period (and the negative binomial instead of Poisson when widened).
+   Markov-chain method of Brook & Evans (1972) on 60 grid points, mass between two points
+   split linearly so that the mean drift is exact (checked against simulation in the
+   tests), with the group's mean expected count per period (and the negative binomial
+   instead of Poisson when widened). When a group expects very few claims per period, h
+   can be below one claim: a single claim is then already an alarm.
 6. **Ranking.** Flagged groups first (by q-value, then by observed/expected), then the rest
    by p-value.
 
@@ -368,7 +373,10 @@ def _round_log(x: float, per_decade: int, how: Callable[[float], float]) -> floa
 
 
 def decision_interval(mu: float, ratio: float, arl0: float, phi: float = 1.0) -> float:
-    """Smallest decision interval h (in counts) whose in-control ARL is >= ``arl0`` periods.
+    """Decision interval h (in counts) whose in-control ARL is at least ``arl0`` periods.
+
+    Found on a geometric grid refined twice (to 1/64 of the bracketing step), so h is at
+    most a little above the smallest such value.
 
     ``mu`` is the expected count per period, ``ratio`` the rate ratio the CUSUM is tuned to
     detect (reference value k = (ratio - 1)/ln ratio), ``phi`` the dispersion factor.
