@@ -269,13 +269,21 @@ def _event(
 
 
 def dispatch(
-    session: Session, publisher: Publisher, execution: Execution, *, now: float, ttl_s: float
+    session: Session,
+    publisher: Publisher,
+    execution: Execution,
+    *,
+    now: float,
+    ttl_s: float,
+    actor: Actor = SERVER,
+    request_id: str | None = None,
 ) -> Execution:
     """Send the ``Install`` command for a pending execution; it becomes ``sent``.
 
     The status is committed as ``sent`` before publishing, so a report that comes back
     at once finds it. A publish failure puts it back to ``pending`` (committed) and raises
-    ``broker_unavailable``; calling again retries.
+    ``broker_unavailable``; calling again retries. The command is audited as ``actor``
+    (default: the deployments service itself, e.g. for a rollout's waves).
     """
     if execution.status != "pending":
         raise DeploymentError(
@@ -291,10 +299,11 @@ def dispatch(
             publisher,
             device,
             "install",
-            actor=SERVER,
+            actor=actor,
             now=now,
             ttl_s=ttl_s,
             base_url="",
+            request_id=request_id,
             install={
                 "target": bundle.name,
                 "version": bundle.version,

@@ -301,7 +301,13 @@ def update_device(
         session.commit()
         try:
             deployments.dispatch(
-                session, ctx.publisher, execution, now=now, ttl_s=timeouts["accept_s"]
+                session,
+                ctx.publisher,
+                execution,
+                now=now,
+                ttl_s=timeouts["accept_s"],
+                actor=actor,
+                request_id=request_id(request),
             )
         except deployments.DeploymentError as exc:
             if exc.code == "broker_unavailable":
