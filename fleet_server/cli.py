@@ -260,7 +260,8 @@ def jobs(
     once: Annotated[bool, typer.Option("--once", help="run every job once and exit")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run only the background jobs (presence sweep, command expiry, retention)."""
+    """Run only the background jobs (presence sweep, command expiry, retention, deployment
+    timeouts, TUF re-signing)."""
     from fleet_server.services.clock import system_clock
     from fleet_server.services.jobs import (
         Scheduler,
@@ -268,6 +269,7 @@ def jobs(
         run_presence_sweep,
         run_retention_job,
     )
+    from fleet_server.services.update_jobs import TufResignTask, run_execution_expiry
 
     _logging()
     settings = _settings(config)
@@ -277,9 +279,13 @@ def jobs(
         offline = run_presence_sweep(sessions, settings, now)
         expired = run_command_expiry(sessions, settings, now)
         kept = run_retention_job(sessions, settings, now)
+        timed_out = run_execution_expiry(sessions, settings, now)
+        resigned = TufResignTask()(sessions, settings, now)
         out = {
             "marked_offline": offline,
             "commands_expired": expired,
+            "executions_timed_out": timed_out,
+            "tuf_resigned": resigned.resigned if resigned else [],
             "retention": {
                 "cutoff": kept.cutoff,
                 "hours_written": kept.hours_written,

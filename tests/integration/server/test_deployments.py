@@ -666,3 +666,62 @@ def test_ingest_refusal_is_per_message(sessions) -> None:
     assert result.rejected["unknown_execution"] == 1
     assert result.accepted["event"] == 1
     assert _update_events(sessions, "pi-b1") == 1
+
+
+@pytest.mark.mosquitto
+def test_fleetctl_publishes_updates_and_follows_executions(
+    mosquitto, sessions, db_url, world
+) -> None:
+    publisher = PahoPublisher(mosquitto.host, mosquitto.port)
+    assert publisher.wait_connected(10)
+    app = create_app(world.settings(db_url), sessions=sessions, publisher=publisher)
+    tokens = make_tokens(sessions)
+    _register(sessions, "pi-ctl")
+    live = serve(app)
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    env.update(FLEET_URL=live.url, FLEET_TOKEN=tokens["operator"], HOME=str(world.tmp))
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(bin_dir / "fleetctl"), *args], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    try:
+        bundle = world.bundles["good-1.1.0"]
+        published = ctl("bundle", "publish", str(bundle.path), "--channel", "beta", "--json")
+        assert published.returncode == 0, published.stderr
+        name = json.loads(published.stdout)["name"]
+        listed = json.loads(ctl("bundle", "list", "--json").stdout)
+        assert [(b["name"], b["channel"]) for b in listed] == [(name, "beta")]
+        assert name in ctl("bundle", "show", name).stdout
+        tampered = world.tmp / "tampered.tar.gz"
+        tampered.write_bytes(_tampered(world.bundles["good-1.2.0"]))
+        refused = ctl("bundle", "publish", str(tampered))
+        assert refused.returncode == 1
+        assert "invalid_bundle" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        bad_timeout = ctl("device", "update", "pi-ctl", "--bundle", name, "--timeout", "soon")
+        assert bad_timeout.returncode == 1
+        assert "PHASE=SECONDS" in bad_timeout.stderr
+        started = ctl(
+            "device", "update", "pi-ctl", "--bundle", name, "--timeout", "download_s=60", "--json"
+        )
+        assert started.returncode == 0, started.stderr
+        ex = json.loads(started.stdout)
+        assert (ex["status"], ex["timeouts"]["download_s"]) == ("sent", 60)
+        rows = json.loads(ctl("executions", "list", "--device", "pi-ctl", "--json").stdout)
+        assert [r["id"] for r in rows] == [ex["id"]]
+        shown = ctl("executions", "show", ex["id"])
+        assert shown.returncode == 0
+        assert "history" in shown.stdout
+        assert (
+            json.loads(ctl("executions", "cancel", ex["id"], "--json").stdout)["status"]
+            == "cancelled"
+        )
+        viewer = ctl("--token", tokens["viewer"], "device", "update", "pi-ctl", "--bundle", name)
+        assert viewer.returncode == 1
+        assert "forbidden" in viewer.stderr
+    finally:
+        live.stop()
+        publisher.close()
