@@ -384,6 +384,31 @@ def apply_update_report(
     return execution
 
 
+def apply_install_rejection(
+    session: Session, device_key: int, command_id: str, detail: str, *, now: float
+) -> Execution | None:
+    """A device refused the ``Install`` command of one of its executions (an agent with
+    updates disabled, an expired command...): the execution fails at once instead of
+    waiting for its accept timeout. ``failure_class`` stays empty (the device never
+    started); the reason carries the device's words. None when no open execution of
+    this device sent that command."""
+    execution = session.execute(
+        select(Execution)
+        .where(
+            Execution.command_id == command_id,
+            Execution.device_key == device_key,
+            Execution.status.in_(("pending", "sent")),
+        )
+        .with_for_update(of=Execution)
+    ).scalar_one_or_none()
+    if execution is None:
+        return None
+    reason = f"the device rejected the install command: {detail}"
+    execution.status, execution.reason, execution.finished_at = "failed", reason, now
+    _event(session, execution, "rejected", now=now, reason=reason)
+    return execution
+
+
 def expire_silent(session: Session, *, now: float) -> list[Execution]:
     """Fail every sent or in-progress execution silent past its phase's timeout
     (``failure_class`` ``timeout``, the reason naming the phase and the silence)."""

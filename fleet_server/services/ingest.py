@@ -37,7 +37,11 @@ from fleet_server.domain.presence import (
 )
 from fleet_server.services.alarms import apply_fault_events
 from fleet_server.services.clock import Clock, system_clock
-from fleet_server.services.deployments import DeploymentError, apply_update_report
+from fleet_server.services.deployments import (
+    DeploymentError,
+    apply_install_rejection,
+    apply_update_report,
+)
 from fleet_server.services.metrics import IngestMetrics
 
 log = logging.getLogger(__name__)
@@ -438,6 +442,15 @@ class BatchWriter:
                         updated_at=item.received_at,
                     )
                 )
+                if msg.status is p.AckStatus.REJECTED:
+                    why = msg.reason.value if msg.reason else "rejected"
+                    apply_install_rejection(
+                        session,
+                        dev.key,
+                        msg.command_id,
+                        f"{why}: {msg.detail}" if msg.detail else why,
+                        now=item.received_at,
+                    )
         if rows:
             session.execute(DeviceEvent.__table__.insert(), rows)
         if faults:

@@ -171,6 +171,22 @@ class EmulatedDevice:
         info = self.client.publish(p.topic(self.device_id, p.Kind.EVENT), p.encode(event), qos=1)
         info.wait_for_publish(timeout=10)
 
+    def reject(self, install: p.Install) -> None:
+        """Answer the command as an agent with updates disabled does."""
+        seq = next(self.seq)
+        ack = p.CommandAck(
+            device_id=self.device_id,
+            boot_id="boot-1",
+            seq=seq,
+            ts=T0 + seq,
+            command_id=install.id,
+            status=p.AckStatus.REJECTED,
+            reason=p.RejectReason.UNKNOWN_COMMAND,
+            detail="updates are not enabled on this agent",
+        )
+        info = self.client.publish(p.topic(self.device_id, p.Kind.EVENT), p.encode(ack), qos=1)
+        info.wait_for_publish(timeout=10)
+
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
@@ -274,11 +290,22 @@ def test_reported_failures_and_attacks_fail_the_execution_with_their_class(
 ) -> None:
     client, tokens = deploy_api
     name = _upload(client, tokens, world.bundles["good-1.1.0"]).json()["name"]
-    for device_id in ("pi-health", "pi-attack"):
+    for device_id in ("pi-health", "pi-attack", "pi-old"):
         _register(sessions, device_id)
     health = EmulatedDevice(mosquitto, "pi-health")
     attacked = EmulatedDevice(mosquitto, "pi-attack")
+    old = EmulatedDevice(mosquitto, "pi-old")
     try:
+        # An agent without updates refuses the command: failed at once, not at the timeout.
+        ex0 = client.post(
+            "/api/v1/devices/pi-old/update", json={"bundle": name}, headers=_hdr(tokens)
+        ).json()["id"]
+        old.reject(old.next_install())
+        wait_for(lambda: _execution(sessions, ex0)["status"] == "failed", timeout=15)
+        refused = _execution(sessions, ex0)
+        assert "rejected the install command" in refused["reason"]
+        assert "updates are not enabled" in refused["reason"]
+        assert refused["failure_class"] is None
         ex1 = client.post(
             "/api/v1/devices/pi-health/update", json={"bundle": name}, headers=_hdr(tokens)
         ).json()["id"]
@@ -309,7 +336,7 @@ def test_reported_failures_and_attacks_fail_the_execution_with_their_class(
         failed = client.get(
             "/api/v1/executions", params={"status": "failed"}, headers=_hdr(tokens, "viewer")
         ).json()
-        assert {e["id"] for e in failed["items"]} == {ex1, ex2}
+        assert {e["id"] for e in failed["items"]} == {ex0, ex1, ex2}
         with sessions() as s:  # a failed update leaves the reported version alone
             assert (
                 s.execute(
@@ -320,6 +347,7 @@ def test_reported_failures_and_attacks_fail_the_execution_with_their_class(
     finally:
         health.close()
         attacked.close()
+        old.close()
 
 
 @pytest.mark.mosquitto
