@@ -753,3 +753,26 @@ def test_fleetctl_publishes_updates_and_follows_executions(
     finally:
         live.stop()
         publisher.close()
+
+
+def test_scheduler_keeps_the_served_repository_signed(world: UpdateWorld) -> None:
+    """The scheduler's tuf-resign job re-signs the timestamp before it expires (the
+    repository's default: 1 day, re-signed within 8 hours of expiry)."""
+    from datetime import UTC, datetime
+
+    settings = world.settings("sqlite://")
+    job = next(j for j in Scheduler(None, settings).jobs if j.name == "tuf-resign")  # type: ignore[arg-type]
+    now = datetime.now(UTC).timestamp()
+    before = json.loads((world.repo_dir / "metadata" / "timestamp.json").read_text())
+    assert job.fn(None, settings, now) is None  # nothing due yet  # type: ignore[arg-type]
+    result = job.fn(None, settings, now + 20 * 3600)  # type: ignore[arg-type]
+    assert result is not None
+    assert "timestamp" in result.resigned
+    after = json.loads((world.repo_dir / "metadata" / "timestamp.json").read_text())
+    assert after["signed"]["version"] == before["signed"]["version"] + 1
+    # Without a repository the job only logs (the server runs without updates).
+    missing = world.settings("sqlite://").model_copy(
+        update={"updates": settings.updates.model_copy(update={"repo_dir": world.tmp / "none"})}
+    )
+    fresh = next(j for j in Scheduler(None, missing).jobs if j.name == "tuf-resign")  # type: ignore[arg-type]
+    assert fresh.fn(None, missing, now) is None  # type: ignore[arg-type]
