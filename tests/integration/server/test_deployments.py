@@ -764,7 +764,8 @@ def test_scheduler_keeps_the_served_repository_signed(world: UpdateWorld) -> Non
     job = next(j for j in Scheduler(None, settings).jobs if j.name == "tuf-resign")  # type: ignore[arg-type]
     now = datetime.now(UTC).timestamp()
     before = json.loads((world.repo_dir / "metadata" / "timestamp.json").read_text())
-    assert job.fn(None, settings, now) is None  # nothing due yet  # type: ignore[arg-type]
+    # Nothing is due yet.
+    assert job.fn(None, settings, now) is None  # type: ignore[arg-type]
     result = job.fn(None, settings, now + 20 * 3600)  # type: ignore[arg-type]
     assert result is not None
     assert "timestamp" in result.resigned
