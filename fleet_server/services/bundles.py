@@ -26,7 +26,8 @@ from fleet_server.updates.tuf_repository import PublishedTarget, PublishError
 
 class CatalogError(ValueError):
     """A bundle was refused: ``code`` is ``invalid_bundle`` (with the verifier's
-    ``reason``), ``conflict`` (name taken by other bytes) or ``not_found``."""
+    ``reason``), ``invalid_channel``, ``conflict`` (name taken by other bytes) or
+    ``not_found``."""
 
     def __init__(self, code: str, message: str, reason: str | None = None) -> None:
         super().__init__(message)
@@ -73,7 +74,14 @@ def publish_bundle(
     try:
         target = repo.publish(path, channel)
     except PublishError as exc:
-        code = "conflict" if "already published" in str(exc) else "invalid_bundle"
+        text = str(exc)
+        code = (
+            "conflict"
+            if "already published" in text
+            else "invalid_channel"
+            if text.startswith("cannot publish on channel")
+            else "invalid_bundle"
+        )
         raise CatalogError(code, str(exc)) from None
     row = session.execute(select(Bundle).where(Bundle.name == target.name)).scalar_one_or_none()
     created = row is None

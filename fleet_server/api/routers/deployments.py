@@ -38,7 +38,7 @@ from fleet_server.updates.tuf_repository import RepositoryStateError, TufReposit
 
 router = APIRouter(tags=["deployments"], responses=ERROR_RESPONSES)
 
-CATALOG_STATUS = {"invalid_bundle": 422, "conflict": 409, "not_found": 404}
+CATALOG_STATUS = {"invalid_bundle": 422, "invalid_channel": 422, "conflict": 409, "not_found": 404}
 _CHUNK = 1024 * 1024
 
 

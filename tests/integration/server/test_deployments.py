@@ -578,6 +578,11 @@ def test_bundle_upload_verifies_and_refuses_tampering(sessions, deploy_api, worl
         headers={**_hdr(tokens), "Content-Type": "application/octet-stream"},
     )
     assert junk.status_code == 422
+    bad_channel = _upload(client, tokens, world.bundles["good-1.1.0"], channel="Not A Slug")
+    assert (bad_channel.status_code, bad_channel.json()["error"]["code"]) == (
+        422,
+        "invalid_channel",
+    )
     assert world.repo().list_targets() == []
     with sessions() as s:
         assert s.execute(select(func.count()).select_from(Bundle)).scalar_one() == 0
