@@ -345,6 +345,14 @@ class Execution(Base):
     __table_args__ = (
         Index("ix_executions_device_status", "device_key", "status"),
         Index("ix_executions_rollout_wave_status", "rollout_id", "wave", "status"),
+        # At most one open execution per device, enforced by the database as well.
+        Index(
+            "uq_executions_open_device",
+            "device_key",
+            unique=True,
+            sqlite_where=text("status IN ('pending', 'sent', 'in_progress')"),
+            postgresql_where=text("status IN ('pending', 'sent', 'in_progress')"),
+        ),
     )
 
 

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import protocol as p
@@ -224,6 +225,13 @@ def create_execution(
     execution.device = device
     execution.bundle = bundle
     session.add(execution)
+    try:
+        session.flush()
+    except IntegrityError:  # a concurrent request won the race (unique open index)
+        session.rollback()
+        raise DeploymentError(
+            "busy", f"device {device.device_id!r} already has an open execution"
+        ) from None
     audit.record(
         session,
         actor,

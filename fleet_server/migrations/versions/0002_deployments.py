@@ -15,6 +15,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
+OPEN = "status IN ('pending', 'sent', 'in_progress')"
 BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
@@ -80,6 +81,13 @@ def upgrade() -> None:
         batch_op.create_index("ix_executions_device_status", ["device_key", "status"], unique=False)
         batch_op.create_index(
             "ix_executions_rollout_wave_status", ["rollout_id", "wave", "status"], unique=False
+        )
+        batch_op.create_index(
+            "uq_executions_open_device",
+            ["device_key"],
+            unique=True,
+            sqlite_where=sa.text(OPEN),
+            postgresql_where=sa.text(OPEN),
         )
 
     op.create_table(

@@ -782,3 +782,39 @@ def test_scheduler_keeps_the_served_repository_signed(world: UpdateWorld) -> Non
     )
     fresh = next(j for j in Scheduler(None, missing).jobs if j.name == "tuf-resign")  # type: ignore[arg-type]
     assert fresh.fn(None, missing, now) is None  # type: ignore[arg-type]
+
+
+def test_the_database_holds_one_open_execution_per_device(sessions, world) -> None:
+    """Even a writer that skips the service's check cannot open a second execution for a
+    device (partial unique index); finished ones do not count."""
+    from sqlalchemy.exc import IntegrityError
+
+    _register(sessions, "pi-race")
+    with sessions() as s:
+        bundle, _ = publish_bundle(
+            s, world.repo(), world.bundles["good-1.1.0"].path, channel=None, actor=SYSTEM, now=T0
+        )
+        dev = s.execute(select(Device).where(Device.device_id == "pi-race")).scalar_one()
+        first = deployments.create_execution(s, dev, bundle, actor=SYSTEM, now=T0)
+        s.commit()
+        twin = Execution(
+            id="ex-twin",
+            device_key=dev.id,
+            bundle_id=bundle.id,
+            status="sent",
+            phase="sent",
+            phase_at=T0,
+            reason="",
+            timeouts={},
+            created_at=T0,
+            created_by="x",
+        )
+        s.add(twin)
+        with pytest.raises(IntegrityError):
+            s.flush()
+        s.rollback()
+        deployments.cancel(s, s.get(Execution, first.id), actor=SYSTEM, now=T0, reason="")
+        s.commit()
+        again = deployments.create_execution(s, dev, bundle, actor=SYSTEM, now=T0 + 1)
+        s.commit()
+        assert again.status == "pending"
