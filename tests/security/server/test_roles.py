@@ -14,6 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
 import protocol as p
+from firmware_bundles.examples import build_examples
 from fleet_server.adapters.mqtt_publisher import PahoPublisher
 from fleet_server.api import create_app
 from fleet_server.api.app import route_table
@@ -24,7 +25,11 @@ from fleet_server.domain.roles import (
     UndeclaredRouteError,
     required_role,
 )
+from fleet_server.services.audit import SYSTEM
 from fleet_server.services.ingest import BatchWriter, Inbound
+from fleet_server.services.registry import create_device
+from fleet_server.updates.keys import create_root_keys
+from fleet_server.updates.tuf_repository import TufRepository
 from tests.server_fixtures import FakeClock, make_tokens, settings_for
 
 PATH_VALUES = {
@@ -33,6 +38,9 @@ PATH_VALUES = {
     "token_id": "999999",
     "bundle_id": "1",
     "token": "not-a-real-upload-token",
+    "name": "edgefleet-demo-gw-100-9.9.9-r9.tar.gz",
+    "execution_id": "ex-unknown",
+    "path": "no-such-target",
 }
 MUTATING = {"POST", "PATCH", "PUT", "DELETE"}
 
@@ -135,15 +143,40 @@ def test_command_kinds_have_their_own_roles(mosquitto, sessions, db_url) -> None
 
 
 @pytest.mark.mosquitto
-def test_every_mutating_call_is_audited(mosquitto, sessions, db_url) -> None:
+def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -> None:
     """Runs one successful call per mutating route; a new mutating route without a
     scenario here fails the test."""
     publisher = PahoPublisher(mosquitto.host, mosquitto.port)
     assert publisher.wait_connected(10)
     clock = FakeClock()
-    app = create_app(settings_for(db_url), sessions=sessions, publisher=publisher, clock=clock)
+    root = create_root_keys(tmp_path / "root", count=1, threshold=1)
+    TufRepository.create(tmp_path / "tuf", tmp_path / "keys", list(root.signers.values()), 1)
+    bundle = build_examples(tmp_path / "bundles", ("good-1.1.0",))["good-1.1.0"]
+    settings = settings_for(
+        db_url, updates={"repo_dir": str(tmp_path / "tuf"), "keys_dir": str(tmp_path / "keys")}
+    )
+    app = create_app(settings, sessions=sessions, publisher=publisher, clock=clock)
     tokens = make_tokens(sessions)
     admin = {"Authorization": f"Bearer {tokens['admin']}", "X-Request-ID": "req-audit-1"}
+    with sessions() as s:
+        create_device(
+            s,
+            {"device_id": "pi-upd", "model": "gw-100", "hw_revision": "rev-a"},
+            actor=SYSTEM,
+            now=clock.now,
+        )
+        s.commit()
+    executions: list[str] = []
+
+    def update(client: TestClient) -> Any:
+        r = client.post(
+            "/api/v1/devices/pi-upd/update",
+            json={"bundle": "edgefleet-demo-gw-100-1.1.0-r1.tar.gz"},
+            headers=admin,
+        )
+        executions.append(r.json().get("id", ""))
+        return r
+
     # A device that raised a fault, for the alarm ack.
     BatchWriter(sessions, auto_register=True).write(
         [
@@ -209,6 +242,15 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url) -> None:
             "/api/v1/tokens/1", headers=admin
         ),
         ("POST", "/api/v1/diagnostics/upload/{token}"): upload,
+        ("POST", "/api/v1/bundles"): lambda c: c.post(
+            "/api/v1/bundles",
+            content=bundle.path.read_bytes(),
+            headers={**admin, "Content-Type": "application/octet-stream"},
+        ),
+        ("POST", "/api/v1/devices/{device_id}/update"): update,
+        ("POST", "/api/v1/executions/{execution_id}/cancel"): lambda c: c.post(
+            f"/api/v1/executions/{executions[-1]}/cancel", json={"reason": "x"}, headers=admin
+        ),
     }
     try:
         with TestClient(app) as client:
