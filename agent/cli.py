@@ -104,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     daemon.run()
-    return 0
+    return daemon.exit_code
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:
@@ -193,6 +193,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{versions.get('protocol', SCHEMA_VERSION)}, software {versions.get('software') or '-'}",
         f"updated:     {_ago(info.get('updated_at'))}",
     ]
+    update = info.get("update")
+    if isinstance(update, dict):
+        lines.insert(
+            -1,
+            f"update:      {update.get('state')} {update.get('version') or ''} (running "
+            f"{update.get('running_version') or '-'}, slot {update.get('running_slot')}; "
+            f"quarantined: {', '.join(update.get('quarantine') or []) or 'none'})",
+        )
     print("\n".join(lines))
     return 0
 

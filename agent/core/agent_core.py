@@ -32,6 +32,7 @@ from protocol import (
     RejectReason,
     Sample,
     Telemetry,
+    UpdateStateChanged,
     decode_payload,
 )
 
@@ -220,6 +221,17 @@ class AgentCore:
             result=result or {},
         )
         out.append(Publish(Kind.EVENT, ack))
+        return out
+
+    # --- updates ---------------------------------------------------------------------
+
+    def update_state(self, now: float, **fields: Any) -> list[Output]:
+        """An ``UpdateStateChanged`` event (fields as in the protocol model) for the
+        outbox: every transition of the update flow is reported this way."""
+        out: list[Output] = []
+        reason = str(fields.pop("reason", "") or "")[:1024]
+        event = UpdateStateChanged(**self._env(out, now), reason=reason, **fields)
+        out.append(Publish(Kind.EVENT, event))
         return out
 
     # --- state -----------------------------------------------------------------------
