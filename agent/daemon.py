@@ -132,19 +132,26 @@ class _UpdateHost:
     def __init__(self, daemon: AgentDaemon) -> None:
         self.daemon = daemon
 
-    def emit(self, fields: dict[str, Any]) -> None:
-        """Queue the event for the loop and wait until it is in the on-disk outbox."""
+    def _deliver(self, make: Callable[[float], list[Output]]) -> None:
         from agent.updater import Interrupted
 
         done = threading.Event()
-        self.daemon._update_events.put((fields, done))
+        self.daemon._update_events.put((make, done))
         while not done.wait(0.5):
             if self.daemon.stopping:
-                raise Interrupted("agent stopping before the update event was queued")
+                raise Interrupted("agent stopping before the update report was queued")
+
+    def emit(self, fields: dict[str, Any]) -> None:
+        """Queue the event for the loop and wait until it is in the on-disk outbox."""
+        core = self.daemon.core
+        self._deliver(lambda now: core.update_state(now, **fields))
 
     def ack(self, command_id: str, ok: bool, detail: str, result: dict[str, Any]) -> None:
-        """Acknowledge the command's outcome."""
-        self.daemon.report(command_id, ok, detail, result)
+        """Acknowledge the command's outcome (also waits until it is in the outbox)."""
+        core = self.daemon.core
+        self._deliver(
+            lambda now: core.command_result(command_id, now, ok=ok, detail=detail, result=result)
+        )
 
     def server_reachable(self) -> bool:
         """Connected to the broker (``online`` presence is sent on every connect)."""
@@ -205,7 +212,9 @@ class AgentDaemon:
         self._results: queue.Queue[tuple[str, bool, str, dict[str, Any]]] = queue.Queue()
         self._acked: list[int] = []
         self._todo: list[RunCommand] = []
-        self._update_events: queue.Queue[tuple[dict[str, Any], threading.Event]] = queue.Queue()
+        self._update_events: queue.Queue[
+            tuple[Callable[[float], list[Output]], threading.Event]
+        ] = queue.Queue()
         self._restart_requests: queue.Queue[bool] = queue.Queue()
         self.exit_code = 0
         """What ``fleet-agent run`` exits with (``EXIT_RESTART`` after an update switch)."""
@@ -622,10 +631,10 @@ class AgentDaemon:
             )
         while True:
             try:
-                fields, done = self._update_events.get_nowait()
+                make, done = self._update_events.get_nowait()
             except queue.Empty:
                 break
-            self._apply(self.core.update_state(wall, **fields))
+            self._apply(make(wall))
             done.set()
         while True:
             try:

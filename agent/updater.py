@@ -706,11 +706,11 @@ class Updater:
             self.quarantine.append(record.version)
         for leftover in ("staging", "partial", "targets"):
             shutil.rmtree(self.download_dir / leftover, ignore_errors=True)
-        self.record = replace(record, reported=True)
-        self._save()
         ok = record.state is U.COMMITTED
         command_id = self.work.get("command_id")
         if command_id:
+            # queued durably before the record says "reported": a kill in between only
+            # repeats the ack at the next start (at least once, never lost)
             self.host.ack(
                 str(command_id),
                 ok,
@@ -723,6 +723,8 @@ class Updater:
                     "attack": record.attack,
                 },
             )
+        self.record = replace(record, reported=True)
+        self._save()
 
     # --- check_update ----------------------------------------------------------------
 

@@ -9,6 +9,7 @@ The device's initial software is ``1.0.0`` in slot ``a``; the example bundles ar
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import time
 from pathlib import Path
@@ -185,3 +186,30 @@ def running_version(slots_dir: Path) -> str:
 def committed_version(slots_dir: Path) -> str:
     """Version in the slot ``committed`` points at."""
     return (slots_dir / "committed" / "VERSION").read_text().strip()
+
+
+def reported_path(received: list[UpdateStateChanged]) -> list[str]:
+    """The reported states with repeats collapsed (a state re-reported after a restart)."""
+    path: list[str] = []
+    for event in received:
+        if not path or path[-1] != event.state.value:
+            path.append(event.state.value)
+    return path
+
+
+def assert_consistent(received: list[UpdateStateChanged]) -> None:
+    """The reports tell one legal walk through the update flow's transition table,
+    starting at ``downloading`` and ending in exactly one terminal state."""
+    from agent.core.update_flow import TRANSITIONS
+
+    path = reported_path(received)
+    assert path, "nothing was reported"
+    assert path[0] == "downloading", path
+    allowed = {(a.value, b.value) for (a, _event), b in TRANSITIONS.items()}
+    for a, b in itertools.pairwise(path):
+        assert (a, b) in allowed, f"reported {a} -> {b}, not in the transition table: {path}"
+    terminal = [s for s in path if UpdateState(s) in TERMINAL]
+    assert terminal == [path[-1]], f"one terminal state, last: {path}"
+    for event in received:
+        if event.from_state is not None and event.from_state is not event.state:
+            assert (event.from_state.value, event.state.value) in allowed, event
