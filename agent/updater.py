@@ -305,7 +305,8 @@ class Updater:
         marker = self.state_dir / f"test-paused-{state.value}"
         atomic_write(marker, str(os.getpid()).encode())
         log.warning("test hook: pausing in state %s (pid %d)", state.value, os.getpid())
-        threading.Event().wait()
+        self._stop.wait()
+        raise Interrupted(f"stopped while paused in {state.value}")
 
     def _fail(
         self,
