@@ -79,7 +79,9 @@ class ResumableFetcher(FetcherInterface):
         except urllib3.exceptions.HTTPError as exc:
             raise exceptions.DownloadError(f"cannot fetch {url}: {exc}") from exc
         if response.status >= 400:
-            response.release_conn()
+            # never hand a connection with an unread body back to the pool: the next
+            # request on it would read this body as its status line
+            response.close()
             raise exceptions.DownloadHTTPError(f"HTTP {response.status} for {url}", response.status)
         return response
 
@@ -87,16 +89,21 @@ class ResumableFetcher(FetcherInterface):
         """Yield bytes as they arrive (``read1``), so a cut loses nothing received."""
         expected = response.headers.get("Content-Length")
         received = 0
+        complete = False
         try:
             while chunk := response.read1(CHUNK):
                 received += len(chunk)
                 yield chunk
+            complete = True
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise exceptions.DownloadError(
                 f"connection lost after {received} bytes: {exc}"
             ) from exc
         finally:
-            response.release_conn()
+            if complete:
+                response.release_conn()
+            else:  # stopped early (e.g. endless data): the rest must not reach the pool
+                response.close()
         if expected is not None and expected.isdigit() and received < int(expected):
             raise exceptions.DownloadError(
                 f"connection closed after {received} of {expected} bytes"

@@ -257,3 +257,28 @@ def test_simulated_slots_follow_the_same_flow(rig: Rig) -> None:
     assert not status.in_trial
     assert not rig.slots_dir.exists(), "simulated slots write nothing"
     assert_consistent(events(rig.receiver, "exec-sim-good"))
+
+
+def test_install_from_the_fleet_servers_tuf_router_under_uvicorn(
+    tmp_path: Path, mosquitto: MosquittoBroker
+) -> None:
+    """The real server side: uvicorn keeps connections alive and answers 404 (with a
+    body) for the next root version before every refresh."""
+    from fastapi import FastAPI
+
+    from fleet_server.updates.tuf_router import tuf_router
+    from tests.support.tuf_serving import asgi_server
+
+    world = make_world(tmp_path / "world")
+    world.repo.publish(world.bundles["good-1.2.0"].path, "production")
+    app = FastAPI()
+    app.include_router(tuf_router(world.repo_dir))
+    with asgi_server(app) as server:
+        rig = Rig(tmp_path, world, f"{server}/tuf", MirrorControl(world.repo_dir), mosquitto)
+        try:
+            rig.start()
+            done = rig.install("good-1.2.0", "exec-router")
+            assert done.state is UpdateState.COMMITTED, done.reason
+            assert running_version(rig.slots_dir) == "1.2.0"
+        finally:
+            rig.close()
