@@ -235,7 +235,11 @@ class AgentDaemon:
             from agent.updater import Updater
 
             self.updater = Updater(
-                config.updates, self.state_dir, _UpdateHost(self), agent_version=__version__
+                config.updates,
+                self.state_dir,
+                _UpdateHost(self),
+                agent_version=__version__,
+                tls=config.tls,
             )
             software_version = self.updater.running_version() or software_version
             self.runners["install"] = self.updater.start_install

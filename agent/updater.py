@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from agent.adapters.slots import DirectorySlots, SimulatedSlots, SlotError, Slots
-from agent.config import UpdatesConfig
+from agent.config import TlsConfig, UpdatesConfig
 from agent.core.commands import Decision, accept, reject
 from agent.core.outputs import RunCommand
 from agent.core.update_flow import (
@@ -136,8 +136,10 @@ class Updater:
         slots: Slots | None = None,
         clock: Callable[[], float] = time.time,
         tuf_time: Callable[[], datetime | None] = lambda: None,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.settings = settings
+        self.tls = tls or TlsConfig()
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / UPDATE_FILE
         self.host = host
@@ -431,7 +433,14 @@ class Updater:
             assert settings.root_path is not None
             bootstrap = settings.root_path.read_bytes()
         targets_dir = self.download_dir / "targets"
-        fetcher = ResumableFetcher(self.download_dir / "partial", settings.targets_url)
+        tls = self.tls  # the fleet CA and device certificate also serve HTTPS mirrors
+        fetcher = ResumableFetcher(
+            self.download_dir / "partial",
+            settings.targets_url,
+            ca_certs=str(tls.ca) if tls.ca else None,
+            cert_file=str(tls.cert) if tls.cert else None,
+            key_file=str(tls.key) if tls.key else None,
+        )
         return UpdateClient(
             self.metadata_dir,
             settings.metadata_url,
