@@ -49,7 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="agent config file (default: $FLEET_AGENT_CONFIG or %(default)s)",
         )
 
-    run = sub.add_parser("run", help="run the agent (as the systemd service does)")
+    run = sub.add_parser(
+        "run",
+        help="run the agent (as the systemd service does)",
+        description=(
+            "Run the agent until SIGTERM (exit 0). With updates enabled it exits 75 after "
+            "switching to a freshly installed slot, so that systemd (Restart=always) starts "
+            "it again from the new slot."
+        ),
+    )
     with_config(run)
     run.add_argument(
         "--log-level",

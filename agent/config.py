@@ -450,6 +450,12 @@ def parse_updates(data: Mapping[str, Any], state_dir: Path) -> UpdatesConfig:
             _num(data, "retry_backoff_s", 2.0, low=0.01, high=3600, where="updates")
         ),
     )
+    if config.payload_mount is not None and not config.payload_mount.startswith("/"):
+        raise ConfigError(f"updates.payload_mount: {config.payload_mount!r} must be absolute")
+    if slots == "simulated" and restart != "none":
+        raise ConfigError(
+            'updates.restart: simulated slots live in memory; use restart = "none" with them'
+        )
     if not enabled:
         return config
     if not config.metadata_url or not config.targets_url:

@@ -64,6 +64,8 @@ def test_simulated_slots_default_to_in_process_restart_and_simulated_outcomes(
         ({"hardware_revision": None}, "updates.hardware_revision: required"),
         ({"enabled": "yes"}, "updates.enabled: expected true or false"),
         ({"colour": "blue"}, "unknown setting updates.'colour'"),
+        ({"payload_mount": "opt/demo"}, "updates.payload_mount: 'opt/demo' must be absolute"),
+        ({"slots": "simulated", "restart": "exit"}, 'use restart = "none"'),
     ],
 )
 def test_bad_updates_table_names_the_key(
