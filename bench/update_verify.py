@@ -95,12 +95,23 @@ def agent_child(args: argparse.Namespace) -> int:
         client_dir / "downloads",
         bootstrap_root=root,
     )
+    profile = None
+    if os.environ.get("UPDATE_VERIFY_PROFILE"):
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.enable()
     client.refresh()
     target = client.find(args.target)
     if target is None:
         raise SystemExit(f"target {args.target} not found")
     path = client.download(target)
     seconds = time.perf_counter() - start
+    if profile is not None:
+        import pstats
+
+        profile.disable()
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(15)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(
         json.dumps(
@@ -132,6 +143,8 @@ def run_agent(base: str, root: Path, target: str, client_dir: Path) -> dict[str,
     )
     if out.returncode != 0:
         raise SystemExit(f"the agent's download failed:\n{out.stderr[-3000:]}")
+    if os.environ.get("UPDATE_VERIFY_PROFILE"):
+        print(out.stderr)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 

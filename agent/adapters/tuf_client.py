@@ -16,7 +16,6 @@ around it:
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -143,7 +142,9 @@ class ResumableFetcher(FetcherInterface):
                 partial.write(chunk)
                 partial.flush()
                 yield chunk
-            os.fsync(partial.fileno())
+            # no fsync: the partial file only saves re-downloading after a cut or a crash;
+            # it is discarded once python-tuf has verified the whole target, and a torn
+            # tail after a power cut fails that verification instead of being trusted
 
 
 # --- classification -------------------------------------------------------------------------
