@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import urllib3
 from tuf.api import exceptions
@@ -107,6 +108,32 @@ class ResumableFetcher(FetcherInterface):
             raise exceptions.DownloadError(
                 f"connection closed after {received} of {expected} bytes"
             )
+
+    @contextmanager
+    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
+        """Like python-tuf's ``download_file`` (same ``max_length`` limit against endless
+        data), but for targets it hands back the partial file itself instead of copying
+        every byte into one more temporary file: a large bundle is written once less."""
+        if not url.startswith(self.resumable_prefix):
+            with super().download_file(url, max_length) as handle:
+                yield handle
+            return
+        received = 0
+        chunks = self.fetch(url)
+        try:
+            for chunk in chunks:
+                received += len(chunk)
+                if received > max_length:
+                    raise exceptions.DownloadLengthMismatchError(
+                        f"Downloaded {received} bytes exceeding the maximum allowed length "
+                        f"of {max_length}"
+                    )
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # stop the transfer now (closes the connection mid-stream)
+        with open(self.partial_path(url), "rb") as handle:
+            yield handle
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         if not url.startswith(self.resumable_prefix):
