@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.adapters.slots import SlotError
 from agent.config import DEFAULT_PATH, ConfigError, load_config
 from protocol import SCHEMA_VERSION
 
@@ -103,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon = AgentDaemon(config, ring=ring)
     except PermissionError as exc:
         return _fail(f"cannot use state_dir {config.state_dir}: {exc.strerror} ({exc.filename})")
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, SlotError) as exc:
         return _fail(f"cannot start: {exc}")
 
     def stop(signum: int, frame: object) -> None:
