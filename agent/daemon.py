@@ -294,8 +294,11 @@ class AgentDaemon:
             self.outbox.depth(),
             len(stashed),
         )
+        slot = self.updater.slots.status().running if self.updater is not None else None
         self._apply(
-            self.core.boot(wall, self.reboot_reason, previous.boot_id if previous else None)
+            self.core.boot(
+                wall, self.reboot_reason, previous.boot_id if previous else None, slot=slot
+            )
         )
 
         events = TransportEvents(

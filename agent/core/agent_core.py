@@ -94,9 +94,14 @@ class AgentCore:
     # --- lifecycle -------------------------------------------------------------------
 
     def boot(
-        self, now: float, reason: RebootReason, previous_boot_id: str | None = None
+        self,
+        now: float,
+        reason: RebootReason,
+        previous_boot_id: str | None = None,
+        slot: str | None = None,
     ) -> list[Output]:
-        """The ``Boot`` event announcing this start and its typed reason."""
+        """The ``Boot`` event announcing this start, its typed reason and, on devices that
+        take updates, the slot it runs from."""
         out: list[Output] = []
         event = Boot(
             **self._env(out, now),
@@ -104,6 +109,7 @@ class AgentCore:
             agent_version=self.agent_version,
             software_version=self.software_version,
             previous_boot_id=previous_boot_id,
+            slot=slot,
         )
         out.append(Publish(Kind.EVENT, event))
         return out

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol import Boot, CommandAck, FailureClass
+from protocol import Boot, CommandAck, FailureClass, RebootReason
 from tests.conftest import MosquittoBroker, wait_for
 from tests.integration.agent_harness import Receiver
 from tests.support.agent_process import Supervisor, write_config
@@ -137,6 +137,13 @@ def test_killed_once_in_a_state_still_commits_the_new_version(rig: Rig, state: s
     walk = settle_reports(rig, execution_id, "committed")
     assert walk == [*ALL_STATES, "committed"]
     assert final_ack(rig).status.value == "completed"
+    boots = rig.receiver.of(Boot)
+    assert boots[0].slot == "a"
+    assert boots[0].software_version == INITIAL_VERSION
+    updated = [b for b in boots if b.reason == RebootReason.FIRMWARE_UPDATE]
+    assert updated, "the restart into the new slot is a firmware-update boot"
+    assert updated[-1].slot == "b"
+    assert updated[-1].software_version == "1.2.0"
 
 
 @pytest.mark.parametrize(
