@@ -3,6 +3,8 @@ health-check command resolution."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +121,10 @@ def test_health_command_paths_point_into_the_running_slot(tmp_path: Path) -> Non
     ]
     assert resolve_command(["/usr/bin/true"], slot, "/opt/demo") == ["/usr/bin/true"]
     assert resolve_command(["./bin/app"], slot, None) == ["./bin/app"]
+
+
+def test_the_idle_agent_does_not_import_tuf() -> None:
+    """python-tuf is loaded only when an update runs (the agent's footprint)."""
+    code = "import sys, agent.daemon, agent.updater; print('tuf' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
