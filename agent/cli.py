@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.adapters.slots import SlotError
 from agent.config import DEFAULT_PATH, ConfigError, load_config
 from protocol import SCHEMA_VERSION
 
@@ -49,7 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="agent config file (default: $FLEET_AGENT_CONFIG or %(default)s)",
         )
 
-    run = sub.add_parser("run", help="run the agent (as the systemd service does)")
+    run = sub.add_parser(
+        "run",
+        help="run the agent (as the systemd service does)",
+        description=(
+            "Run the agent until SIGTERM (exit 0). With updates enabled it exits 75 after "
+            "switching to a freshly installed slot, so that systemd (Restart=always) starts "
+            "it again from the new slot."
+        ),
+    )
     with_config(run)
     run.add_argument(
         "--log-level",
@@ -95,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon = AgentDaemon(config, ring=ring)
     except PermissionError as exc:
         return _fail(f"cannot use state_dir {config.state_dir}: {exc.strerror} ({exc.filename})")
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, SlotError) as exc:
         return _fail(f"cannot start: {exc}")
 
     def stop(signum: int, frame: object) -> None:
@@ -104,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     daemon.run()
-    return 0
+    return daemon.exit_code
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:
@@ -193,6 +202,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{versions.get('protocol', SCHEMA_VERSION)}, software {versions.get('software') or '-'}",
         f"updated:     {_ago(info.get('updated_at'))}",
     ]
+    update = info.get("update")
+    if isinstance(update, dict):
+        lines.insert(
+            -1,
+            f"update:      {update.get('state')} {update.get('version') or ''} (running "
+            f"{update.get('running_version') or '-'}, slot {update.get('running_slot')}; "
+            f"quarantined: {', '.join(update.get('quarantine') or []) or 'none'})",
+        )
     print("\n".join(lines))
     return 0
 

@@ -51,6 +51,52 @@ class TlsConfig:
     key: Path | None = None
 
 
+SLOT_BACKENDS = ("directory", "simulated")
+RESTART_MODES = ("exit", "reboot", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class UpdatesConfig:
+    """The ``[updates]`` table: signed over-the-air updates (off unless enabled)."""
+
+    enabled: bool = False
+    metadata_url: str = ""
+    targets_url: str = ""
+    root_path: Path | None = None
+    slots: str = "directory"
+    slots_dir: Path | None = None
+    hardware_revision: str = ""
+    model: str | None = None
+    max_attempts: int = 3
+    health_timeout_s: float | None = None
+    download_dir: Path | None = None
+    restart: str = "exit"
+    payload_mount: str | None = None
+    simulate_outcomes: bool = False
+    initial_version: str = "0.0.0"
+    download_retries: int = 5
+    retry_backoff_s: float = 2.0
+
+    def redacted(self) -> dict[str, Any]:
+        """Plain data for diagnostics (nothing secret here)."""
+        return {
+            "enabled": self.enabled,
+            "metadata_url": self.metadata_url,
+            "targets_url": self.targets_url,
+            "root_path": str(self.root_path) if self.root_path else None,
+            "slots": self.slots,
+            "slots_dir": str(self.slots_dir) if self.slots_dir else None,
+            "hardware_revision": self.hardware_revision,
+            "model": self.model,
+            "max_attempts": self.max_attempts,
+            "health_timeout_s": self.health_timeout_s,
+            "download_dir": str(self.download_dir) if self.download_dir else None,
+            "restart": self.restart,
+            "payload_mount": self.payload_mount,
+            "simulate_outcomes": self.simulate_outcomes,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     """Validated agent settings (see the module docstring for the TOML shape)."""
@@ -75,6 +121,7 @@ class AgentConfig:
     log_level: str = "info"
     disk_path: str = "/"
     software_version: str = ""
+    updates: UpdatesConfig = field(default_factory=lambda: UpdatesConfig())
     source: Path | None = None
 
     @property
@@ -109,6 +156,7 @@ class AgentConfig:
             "log_level": self.log_level,
             "disk_path": self.disk_path,
             "software_version": self.software_version,
+            "updates": self.updates.redacted(),
         }
 
 
@@ -129,11 +177,33 @@ _TOP_KEYS = {
     "log_level",
     "disk_path",
     "software_version",
+    "updates",
+}
+_UPDATE_KEYS = {
+    "enabled",
+    "server_url",
+    "metadata_url",
+    "targets_url",
+    "root_path",
+    "slots",
+    "slots_dir",
+    "hardware_revision",
+    "model",
+    "max_attempts",
+    "health_timeout_s",
+    "download_dir",
+    "restart",
+    "payload_mount",
+    "simulate_outcomes",
+    "initial_version",
+    "download_retries",
+    "retry_backoff_s",
 }
 _SECTIONS = {
     "tls": {"ca", "cert", "key"},
     "buffer": {"max_bytes", "max_age_s"},
     "diagnostics": {"max_bytes", "log_lines"},
+    "updates": _UPDATE_KEYS,
 }
 
 
@@ -317,8 +387,88 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> AgentCo
         log_level=level,
         disk_path=_str(data, "disk_path") or "/",
         software_version=_str(data, "software_version") or "",
+        updates=parse_updates(data.get("updates", {}), Path(state_dir)),
         source=source,
     )
+
+
+def _http_url(value: str, key: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"updates.{key}: {value!r} must be an http:// or https:// URL")
+    return value if value.endswith("/") else value + "/"
+
+
+def parse_updates(data: Mapping[str, Any], state_dir: Path) -> UpdatesConfig:
+    """Validate the ``[updates]`` table (only checked in depth when ``enabled``)."""
+    enabled = data.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"updates.enabled: expected true or false, got {enabled!r}")
+    slots = data.get("slots", "directory")
+    if slots not in SLOT_BACKENDS:
+        raise ConfigError(f"updates.slots: {slots!r} is not one of {', '.join(SLOT_BACKENDS)}")
+    restart = data.get("restart", "none" if slots == "simulated" else "exit")
+    if restart not in RESTART_MODES:
+        raise ConfigError(f"updates.restart: {restart!r} is not one of {', '.join(RESTART_MODES)}")
+    simulate = data.get("simulate_outcomes", slots == "simulated")
+    if not isinstance(simulate, bool):
+        raise ConfigError(f"updates.simulate_outcomes: expected true or false, got {simulate!r}")
+    server = _str(data, "server_url", "updates")
+    metadata_url = _str(data, "metadata_url", "updates")
+    targets_url = _str(data, "targets_url", "updates")
+    if server is not None:
+        base = server.rstrip("/")
+        metadata_url = metadata_url or f"{base}/tuf/metadata/"
+        targets_url = targets_url or f"{base}/tuf/targets/"
+    health = data.get("health_timeout_s")
+    config = UpdatesConfig(
+        enabled=enabled,
+        metadata_url=_http_url(metadata_url, "metadata_url") if metadata_url else "",
+        targets_url=_http_url(targets_url, "targets_url") if targets_url else "",
+        root_path=Path(p) if (p := _str(data, "root_path", "updates")) else None,
+        slots=slots,
+        slots_dir=Path(_str(data, "slots_dir", "updates") or state_dir / "slots"),
+        hardware_revision=_str(data, "hardware_revision", "updates") or "",
+        model=_str(data, "model", "updates"),
+        max_attempts=int(
+            _num(data, "max_attempts", 3, low=1, high=100, where="updates", integer=True)
+        ),
+        health_timeout_s=(
+            None
+            if health is None
+            else float(_num(data, "health_timeout_s", 60, low=1, high=3600, where="updates"))
+        ),
+        download_dir=Path(_str(data, "download_dir", "updates") or state_dir / "downloads"),
+        restart=restart,
+        payload_mount=(_str(data, "payload_mount", "updates") or "").rstrip("/") or None,
+        simulate_outcomes=simulate,
+        initial_version=_str(data, "initial_version", "updates") or "0.0.0",
+        download_retries=int(
+            _num(data, "download_retries", 5, low=0, high=1000, where="updates", integer=True)
+        ),
+        retry_backoff_s=float(
+            _num(data, "retry_backoff_s", 2.0, low=0.01, high=3600, where="updates")
+        ),
+    )
+    if config.payload_mount is not None and not config.payload_mount.startswith("/"):
+        raise ConfigError(f"updates.payload_mount: {config.payload_mount!r} must be absolute")
+    if slots == "simulated" and restart != "none":
+        raise ConfigError(
+            'updates.restart: simulated slots live in memory; use restart = "none" with them'
+        )
+    if not enabled:
+        return config
+    if not config.metadata_url or not config.targets_url:
+        raise ConfigError(
+            "updates: set server_url (or both metadata_url and targets_url) when enabled"
+        )
+    if config.root_path is None:
+        raise ConfigError("updates.root_path: required when enabled (the provisioned root.json)")
+    if not config.root_path.is_file():
+        raise ConfigError(f"updates.root_path: file {str(config.root_path)!r} does not exist")
+    if not config.hardware_revision:
+        raise ConfigError('updates.hardware_revision: required when enabled (e.g. "rev-a")')
+    return config
 
 
 def load_config(path: Path | str) -> AgentConfig:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -36,7 +36,20 @@ from agent.sdnotify import Notifier
 from agent.state import StateFile, atomic_write
 from agent.store import Limits, Outbox, SqliteOutbox
 from agent.transport import MqttSettings, MqttTransport, Transport, TransportEvents
-from protocol import SCHEMA_VERSION, Kind, PresenceState, RebootReason, Sample, encode, topic
+from protocol import (
+    SCHEMA_VERSION,
+    CheckUpdate,
+    Install,
+    Kind,
+    PresenceState,
+    RebootReason,
+    Sample,
+    encode,
+    topic,
+)
+
+if TYPE_CHECKING:
+    from agent.updater import Updater
 
 log = logging.getLogger("agent")
 
@@ -112,6 +125,51 @@ def sanitize(sample: Sample) -> Sample:
     return Sample(**good)
 
 
+class _UpdateHost:
+    """The daemon as seen by the updater's worker thread (everything goes through queues
+    the loop thread drains, so the core and the outbox stay single-threaded)."""
+
+    def __init__(self, daemon: AgentDaemon) -> None:
+        self.daemon = daemon
+
+    def _deliver(self, make: Callable[[float], list[Output]]) -> None:
+        from agent.updater import Interrupted
+
+        done = threading.Event()
+        self.daemon._update_events.put((make, done))
+        while not done.wait(0.5):
+            if self.daemon.stopping:
+                raise Interrupted("agent stopping before the update report was queued")
+
+    def emit(self, fields: dict[str, Any]) -> None:
+        """Queue the event for the loop and wait until it is in the on-disk outbox."""
+        core = self.daemon.core
+        self._deliver(lambda now: core.update_state(now, **fields))
+
+    def ack(self, command_id: str, ok: bool, detail: str, result: dict[str, Any]) -> None:
+        """Acknowledge the command's outcome (also waits until it is in the outbox)."""
+        core = self.daemon.core
+        self._deliver(
+            lambda now: core.command_result(command_id, now, ok=ok, detail=detail, result=result)
+        )
+
+    def server_reachable(self) -> bool:
+        """Connected to the broker (``online`` presence is sent on every connect)."""
+        return self.daemon.connected_since is not None
+
+    def request_restart(self, reboot: bool) -> None:
+        """Ask the loop to restart the agent (or the device) to boot the new slot."""
+        self.daemon._restart_requests.put(reboot)
+
+    def crash(self) -> None:
+        """Die at once, like a crash (no clean stop recorded)."""
+        from agent.updater import EXIT_SIMULATED_CRASH
+
+        log.error("exiting abruptly: simulated crash on boot")
+        logging.shutdown()
+        os._exit(EXIT_SIMULATED_CRASH)
+
+
 @dataclass
 class _Link:
     """Delivery bookkeeping of the current connection."""
@@ -154,6 +212,12 @@ class AgentDaemon:
         self._results: queue.Queue[tuple[str, bool, str, dict[str, Any]]] = queue.Queue()
         self._acked: list[int] = []
         self._todo: list[RunCommand] = []
+        self._update_events: queue.Queue[
+            tuple[Callable[[float], list[Output]], threading.Event]
+        ] = queue.Queue()
+        self._restart_requests: queue.Queue[bool] = queue.Queue()
+        self.exit_code = 0
+        """What ``fleet-agent run`` exits with (``EXIT_RESTART`` after an update switch)."""
         self.loop_errors_total = 0
         self.runners: dict[str, Callable[[RunCommand], None]] = {
             "reboot": self._reboot,
@@ -165,6 +229,21 @@ class AgentDaemon:
         self._reconnect_at = 0.0
         self._outage_logged = False
         self.started_at = self.clock.time()
+        self.updater: Updater | None = None
+        software_version = config.software_version
+        if config.updates.enabled:
+            from agent.updater import Updater
+
+            self.updater = Updater(
+                config.updates,
+                self.state_dir,
+                _UpdateHost(self),
+                agent_version=__version__,
+                tls=config.tls,
+            )
+            software_version = self.updater.running_version() or software_version
+            self.runners["install"] = self.updater.start_install
+            self.runners["check_update"] = self.updater.start_check
 
         wall = self.clock.time()
         kernel_boot = machine_boot_id()
@@ -181,8 +260,11 @@ class AgentDaemon:
             seq=seq,
             rules=build_rules(config.faults, starts),
             agent_version=__version__,
-            software_version=config.software_version,
+            software_version=software_version,
         )
+        if self.updater is not None:
+            self.core.intake.register(Install, self.updater.decide_install)
+            self.core.intake.register(CheckUpdate, self.updater.decide_check)
         core_state = data.get("core")
         if isinstance(core_state, dict):
             self.core.restore(core_state)
@@ -212,8 +294,11 @@ class AgentDaemon:
             self.outbox.depth(),
             len(stashed),
         )
+        slot = self.updater.slots.status().running if self.updater is not None else None
         self._apply(
-            self.core.boot(wall, self.reboot_reason, previous.boot_id if previous else None)
+            self.core.boot(
+                wall, self.reboot_reason, previous.boot_id if previous else None, slot=slot
+            )
         )
 
         events = TransportEvents(
@@ -336,6 +421,19 @@ class AgentDaemon:
         log.warning(
             "rebooting on command %s: %s", cmd.command_id, " ".join(self.config.reboot_command)
         )
+        ok, detail = self._run_reboot_command()
+        if not ok:
+            self.state.save(last_run={**last, "intended": None})
+        self._apply(
+            self.core.command_result(
+                cmd.command_id,
+                self.clock.time(),
+                ok=ok,
+                detail=detail if not ok else "reboot initiated",
+            )
+        )
+
+    def _run_reboot_command(self) -> tuple[bool, str]:
         try:
             result = subprocess.run(
                 list(self.config.reboot_command), capture_output=True, text=True, timeout=20
@@ -347,15 +445,25 @@ class AgentDaemon:
             ok, detail = False, f"reboot command failed: {exc}"
         if not ok:
             log.error("%s", detail)
-            self.state.save(last_run={**last, "intended": None})
-        self._apply(
-            self.core.command_result(
-                cmd.command_id,
-                self.clock.time(),
-                ok=ok,
-                detail=detail if not ok else "reboot initiated",
-            )
-        )
+        return ok, detail
+
+    def _restart_for_update(self, reboot: bool) -> None:
+        """Boot the freshly switched slot: reboot the device, or exit so systemd restarts
+        the agent (``EXIT_RESTART``), after delivering what is queued."""
+        from agent.updater import EXIT_RESTART
+
+        last = dict(self.state.data.get("last_run") or {})
+        self.state.save(last_run={**last, "intended": int(RebootReason.FIRMWARE_UPDATE)})
+        if reboot:
+            self._flush(self.clock.time())
+            self._drain(2.0)
+            ok, detail = self._run_reboot_command()
+            if ok:
+                return
+            log.error("cannot reboot for the update (%s); restarting the agent instead", detail)
+        log.warning("restarting the agent to boot the new slot")
+        self.exit_code = EXIT_RESTART
+        self.request_stop()
 
     def _diagnostics_worker(
         self, cmd: RunCommand, sections: dict[str, Any], lines: list[str]
@@ -404,7 +512,7 @@ class AgentDaemon:
             "agent": __version__,
             "protocol": SCHEMA_VERSION,
             "python": platform.python_version(),
-            "software": self.config.software_version,
+            "software": self.core.software_version,
             "kernel": platform.release(),
         }
 
@@ -431,8 +539,9 @@ class AgentDaemon:
             "versions": {
                 "agent": __version__,
                 "protocol": SCHEMA_VERSION,
-                "software": self.config.software_version,
+                "software": self.core.software_version if hasattr(self, "core") else "",
             },
+            "update": self.updater.summary() if self.updater is not None else None,
             "updated_at": self.clock.time(),
         }
 
@@ -527,6 +636,19 @@ class AgentDaemon:
             self._apply(
                 self.core.command_result(command_id, wall, ok=ok, detail=detail, result=result)
             )
+        while True:
+            try:
+                make, done = self._update_events.get_nowait()
+            except queue.Empty:
+                break
+            self._apply(make(wall))
+            done.set()
+        while True:
+            try:
+                reboot = self._restart_requests.get_nowait()
+            except queue.Empty:
+                break
+            self._restart_for_update(reboot)
         if self.notifier.watchdog_interval is not None and mono >= self._watchdog_at:
             self.notifier.watchdog()
             self._watchdog_at = mono + self.notifier.watchdog_interval
@@ -548,6 +670,8 @@ class AgentDaemon:
     def run(self) -> None:
         """Serve until :meth:`request_stop`, then shut down cleanly."""
         self.notifier.ready(f"device {self.config.device_id}")
+        if self.updater is not None:
+            self.updater.resume()
         failures = 0
         try:
             while not self._stop.is_set():
@@ -581,6 +705,8 @@ class AgentDaemon:
         """Flush the pending batch to the outbox, deliver what can be delivered quickly,
         say ``offline``, disconnect, and record a clean stop."""
         self.notifier.stopping()
+        if self.updater is not None:
+            self.updater.close()
         wall = self.clock.time()
         self._flush(wall)
         if self.transport.connected:

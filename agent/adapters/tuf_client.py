@@ -16,12 +16,12 @@ around it:
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import urllib3
 from tuf.api import exceptions
@@ -79,7 +79,9 @@ class ResumableFetcher(FetcherInterface):
         except urllib3.exceptions.HTTPError as exc:
             raise exceptions.DownloadError(f"cannot fetch {url}: {exc}") from exc
         if response.status >= 400:
-            response.release_conn()
+            # never hand a connection with an unread body back to the pool: the next
+            # request on it would read this body as its status line
+            response.close()
             raise exceptions.DownloadHTTPError(f"HTTP {response.status} for {url}", response.status)
         return response
 
@@ -87,20 +89,51 @@ class ResumableFetcher(FetcherInterface):
         """Yield bytes as they arrive (``read1``), so a cut loses nothing received."""
         expected = response.headers.get("Content-Length")
         received = 0
+        complete = False
         try:
             while chunk := response.read1(CHUNK):
                 received += len(chunk)
                 yield chunk
+            complete = True
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise exceptions.DownloadError(
                 f"connection lost after {received} bytes: {exc}"
             ) from exc
         finally:
-            response.release_conn()
+            if complete:
+                response.release_conn()
+            else:  # stopped early (e.g. endless data): the rest must not reach the pool
+                response.close()
         if expected is not None and expected.isdigit() and received < int(expected):
             raise exceptions.DownloadError(
                 f"connection closed after {received} of {expected} bytes"
             )
+
+    @contextmanager
+    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
+        """Like python-tuf's ``download_file`` (same ``max_length`` limit against endless
+        data), but for targets it hands back the partial file itself instead of copying
+        every byte into one more temporary file: a large bundle is written once less."""
+        if not url.startswith(self.resumable_prefix):
+            with super().download_file(url, max_length) as handle:
+                yield handle
+            return
+        received = 0
+        chunks = self.fetch(url)
+        try:
+            for chunk in chunks:
+                received += len(chunk)
+                if received > max_length:
+                    raise exceptions.DownloadLengthMismatchError(
+                        f"Downloaded {received} bytes exceeding the maximum allowed length "
+                        f"of {max_length}"
+                    )
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # stop the transfer now (closes the connection mid-stream)
+        with open(self.partial_path(url), "rb") as handle:
+            yield handle
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         if not url.startswith(self.resumable_prefix):
@@ -136,7 +169,9 @@ class ResumableFetcher(FetcherInterface):
                 partial.write(chunk)
                 partial.flush()
                 yield chunk
-            os.fsync(partial.fileno())
+            # no fsync: the partial file only saves re-downloading after a cut or a crash;
+            # it is discarded once python-tuf has verified the whole target, and a torn
+            # tail after a power cut fails that verification instead of being trusted
 
 
 # --- classification -------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from protocol import (
     RejectReason,
     Sample,
     Telemetry,
+    UpdateStateChanged,
     decode_payload,
 )
 
@@ -93,9 +94,14 @@ class AgentCore:
     # --- lifecycle -------------------------------------------------------------------
 
     def boot(
-        self, now: float, reason: RebootReason, previous_boot_id: str | None = None
+        self,
+        now: float,
+        reason: RebootReason,
+        previous_boot_id: str | None = None,
+        slot: str | None = None,
     ) -> list[Output]:
-        """The ``Boot`` event announcing this start and its typed reason."""
+        """The ``Boot`` event announcing this start, its typed reason and, on devices that
+        take updates, the slot it runs from."""
         out: list[Output] = []
         event = Boot(
             **self._env(out, now),
@@ -103,6 +109,7 @@ class AgentCore:
             agent_version=self.agent_version,
             software_version=self.software_version,
             previous_boot_id=previous_boot_id,
+            slot=slot,
         )
         out.append(Publish(Kind.EVENT, event))
         return out
@@ -220,6 +227,17 @@ class AgentCore:
             result=result or {},
         )
         out.append(Publish(Kind.EVENT, ack))
+        return out
+
+    # --- updates ---------------------------------------------------------------------
+
+    def update_state(self, now: float, **fields: Any) -> list[Output]:
+        """An ``UpdateStateChanged`` event (fields as in the protocol model) for the
+        outbox: every transition of the update flow is reported this way."""
+        out: list[Output] = []
+        reason = str(fields.pop("reason", "") or "")[:1024]
+        event = UpdateStateChanged(**self._env(out, now), reason=reason, **fields)
+        out.append(Publish(Kind.EVENT, event))
         return out
 
     # --- state -----------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Command intake: decode, check expiry and duplicates, route to a handler, acknowledge.
 
 The registry maps a command class to a handler that decides, without I/O, whether to
-accept it and what the adapters must run. The OTA work registers ``CheckUpdate`` and
-``Install`` handlers here; until then they are rejected with a clear reason.
+accept it and what the adapters must run. With updates enabled, ``agent.updater``
+registers the ``CheckUpdate`` and ``Install`` handlers here; otherwise they are rejected
+with a clear reason.
 """
 
 from __future__ import annotations

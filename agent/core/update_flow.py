@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from protocol import FailureClass, UpdateState
+from protocol import FailureClass, RejectReason, UpdateState
 
 U = UpdateState
 
@@ -299,3 +299,34 @@ def version_tuple(version: str) -> tuple[int, ...]:
         digits = "".join(ch for ch in piece if ch.isdigit())
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
+
+
+def install_refusal(
+    *,
+    enabled: bool,
+    busy: bool,
+    state: UpdateState,
+    version: str,
+    quarantined: frozenset[str] | set[str],
+) -> tuple[RejectReason, str] | None:
+    """Why an ``Install`` command must be rejected now, or None to accept it.
+
+    Only an idle device (no update in an active state, no update work running) takes a
+    new install; a version that already failed on this device is never retried.
+    """
+    if not enabled:
+        return RejectReason.UNKNOWN_COMMAND, "updates are not enabled on this agent"
+    if busy or state in ACTIVE_STATES:
+        return RejectReason.BUSY, f"an update is in progress (state {state.value})"
+    if version in quarantined:
+        return (
+            RejectReason.NOT_PERMITTED,
+            f"version {version} failed on this device before and is quarantined",
+        )
+    return None
+
+
+SECURITY_CHECKS = frozenset(
+    {CheckFailure.WRONG_HARDWARE, CheckFailure.WRONG_MODEL, CheckFailure.DOWNGRADE}
+)
+"""Check failures that are refusals of an attack (reported with ``attack`` set)."""
