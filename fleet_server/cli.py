@@ -98,15 +98,25 @@ def init(
     force: Annotated[
         bool, typer.Option("--force", help="revoke existing admin tokens and create a new one")
     ] = False,
+    root_keys: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--root-keys",
+            help="offline root key directory (from `keys create-root`) to sign the TUF "
+            "repository's root; repeat to combine. Without it a DEVELOPMENT root is made.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Create or migrate the database and print a one-time admin token."""
+    """Create or migrate the database, set up the TUF update repository ([updates]
+    repo_dir/keys_dir) if there is none, and print a one-time admin token."""
     from fleet_server.services import tokens
     from fleet_server.services.audit import SYSTEM
     from fleet_server.services.clock import system_clock
 
     settings = _settings(config)
     _engine, sessions = _open(settings)
+    tuf = _init_tuf(settings, root_keys or [], quiet=json_out)
     now = system_clock()
     with sessions() as session:
         admins = tokens.live_admins(session)
@@ -120,11 +130,45 @@ def init(
         _token, secret = tokens.create_token(session, "admin", Role.ADMIN, actor=SYSTEM, now=now)
         session.commit()
     if json_out:
-        typer.echo(json.dumps({"database": settings.database.url, "admin_token": secret}))
+        typer.echo(
+            json.dumps(
+                {
+                    "database": settings.database.url,
+                    "tuf_repository": str(tuf.repo_dir),
+                    "tuf_setup": tuf.outcome,
+                    "tuf_dev_root": str(tuf.dev_root_dir) if tuf.dev_root_dir else None,
+                    "admin_token": secret,
+                }
+            )
+        )
         return
     typer.echo(f"database ready: {settings.database.url}")
     typer.echo("admin token (shown once, store it now):")
     typer.echo(secret)
+
+
+def _init_tuf(settings: Settings, root_keys: list[Path], *, quiet: bool) -> Any:
+    from fleet_server.updates.bootstrap import ensure_repository
+    from fleet_server.updates.cli_common import user_errors
+
+    u = settings.updates
+    with user_errors():
+        setup = ensure_repository(u.repo_dir, u.keys_dir, root_keys)
+    if setup.outcome == "created-dev":
+        typer.secho(
+            "WARNING: no --root-keys given, so the TUF repository was created with a "
+            f"DEVELOPMENT root (one key, threshold 1) stored ONLINE in {setup.dev_root_dir}.\n"
+            "WARNING: whoever reads that directory can sign updates for every device. Do not "
+            "ship devices trusting this root; create offline root keys (fleet-server keys "
+            "create-root) and rotate to them (fleet-server keys rotate-root), or start over "
+            "with --root-keys.",
+            fg=typer.colors.YELLOW,
+            bold=True,
+            err=True,
+        )
+    elif not quiet:
+        typer.echo(f"TUF repository {setup.outcome}: {setup.repo_dir}")
+    return setup
 
 
 @app.command()

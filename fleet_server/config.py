@@ -118,6 +118,37 @@ class CommandSettings(_Section):
     default_ttl_s: int = Field(default=600, ge=10)
 
 
+class UpdatesSettings(_Section):
+    """Signed updates: where the TUF repository and its online keys live, the default
+    per-phase silence timeouts of a deployment, and how often the jobs run."""
+
+    repo_dir: Path = Path("./var/tuf")
+    """TUF repository directory, served at ``/tuf/metadata/`` and ``/tuf/targets/``."""
+    keys_dir: Path = Path("./var/tuf-keys")
+    """Online keys (targets, snapshot, timestamp); 0700, files 0600."""
+    accept_s: float = Field(default=600.0, gt=0)
+    """Sent, no report yet (the device is offline or ignores the command)."""
+    download_s: float = Field(default=1800.0, gt=0)
+    install_s: float = Field(default=900.0, gt=0)
+    reboot_s: float = Field(default=600.0, gt=0)
+    commit_s: float = Field(default=900.0, gt=0)
+    """In trial (health checks running) without committed or rolled back."""
+    max_bundle_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
+    """Largest bundle the upload endpoint accepts."""
+    expiry_interval_s: float = Field(default=15.0, gt=0)
+    resign_interval_s: float = Field(default=300.0, gt=0)
+
+    def default_timeouts(self) -> dict[str, float]:
+        """The per-phase timeouts a deployment gets unless it brings its own."""
+        return {
+            "accept_s": self.accept_s,
+            "download_s": self.download_s,
+            "install_s": self.install_s,
+            "reboot_s": self.reboot_s,
+            "commit_s": self.commit_s,
+        }
+
+
 class Settings(_Section):
     """All server settings, validated."""
 
@@ -129,6 +160,7 @@ class Settings(_Section):
     retention: RetentionSettings = RetentionSettings()
     diagnostics: DiagnosticsSettings = DiagnosticsSettings()
     commands: CommandSettings = CommandSettings()
+    updates: UpdatesSettings = UpdatesSettings()
 
     @property
     def public_base_url(self) -> str:

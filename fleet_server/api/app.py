@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_server import __version__
 from fleet_server.api.deps import AppContext, authorize, request_id
 from fleet_server.api.errors import install_error_handlers
-from fleet_server.api.routers import admin, alarms, devices, system
+from fleet_server.api.routers import admin, alarms, deployments, devices, system
 from fleet_server.config import Settings
 from fleet_server.db import create_db_engine, make_session_factory
 from fleet_server.db.models import Alarm
@@ -29,6 +29,7 @@ from fleet_server.services.clock import Clock, system_clock
 from fleet_server.services.commands import Publisher
 from fleet_server.services.metrics import IngestMetrics
 from fleet_server.services.presence import presence_counts
+from fleet_server.updates.tuf_router import tuf_router
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ def create_app(
 
     for module in (system, devices, alarms, admin):
         app.include_router(module.router)
+    app.include_router(deployments.router)
+    app.include_router(tuf_router(settings.updates.repo_dir))
     return app
 
 

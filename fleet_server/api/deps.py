@@ -44,6 +44,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+_CONVERTER = re.compile(r"\{(\w+):\w+\}")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -65,6 +66,7 @@ def authorize(request: Request, session: Annotated[Session, Depends(get_session)
     """
     route = request.scope.get("route")
     path = route.path if isinstance(route, APIRoute) else request.url.path
+    path = _CONVERTER.sub(r"{\1}", path)  # "/tuf/targets/{path:path}" as OpenAPI names it
     try:
         needed = required_role(request.method, path)
     except UndeclaredRouteError as exc:

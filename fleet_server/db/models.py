@@ -25,7 +25,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -287,3 +287,82 @@ class DiagnosticBundle(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     content_type: Mapped[str | None] = mapped_column(String(128))
     content: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+# --- OTA deployments: bundle catalogue and per-device executions -------------------------
+
+
+class Bundle(Base):
+    """A firmware bundle published to the TUF repository (the catalogue row)."""
+
+    __tablename__ = "bundles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(512), unique=True)
+    """The TUF target name (``<product>-<model>-<version>-r<counter>.tar.gz``)."""
+    product: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[str] = mapped_column(String(64), index=True)
+    hardware_revisions: Mapped[list[str]] = mapped_column(JSON)
+    release_counter: Mapped[int] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(64), index=True)
+    min_agent_version: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    published_at: Mapped[float] = mapped_column(Float)
+    published_by: Mapped[str] = mapped_column(String(128))
+    preprod_completed_at: Mapped[float | None] = mapped_column(Float)
+
+
+class Execution(Base):
+    """One device asked to install one bundle, and where that stands."""
+
+    __tablename__ = "executions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_key: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    bundle_id: Mapped[int] = mapped_column(ForeignKey("bundles.id"), index=True)
+    rollout_id: Mapped[str | None] = mapped_column(String(64))
+    wave: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    phase: Mapped[str] = mapped_column(String(16))
+    phase_at: Mapped[float] = mapped_column(Float)
+    failure_class: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    attack: Mapped[str | None] = mapped_column(String(64))
+    command_id: Mapped[str | None] = mapped_column(String(64))
+    from_version: Mapped[str | None] = mapped_column(String(64))
+    timeouts: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+    sent_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(128))
+
+    device: Mapped[Device] = relationship(lazy="joined", innerjoin=True)
+    bundle: Mapped[Bundle] = relationship(lazy="joined", innerjoin=True)
+
+    __table_args__ = (
+        Index("ix_executions_device_status", "device_key", "status"),
+        Index("ix_executions_rollout_wave_status", "rollout_id", "wave", "status"),
+    )
+
+
+class ExecutionEvent(Base):
+    """One state a device reported for an execution (or the server's timeout/cancel)."""
+
+    __tablename__ = "execution_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    execution_id: Mapped[str] = mapped_column(
+        ForeignKey("executions.id", ondelete="CASCADE"), index=True
+    )
+    state: Mapped[str] = mapped_column(String(16))
+    device_ts: Mapped[float | None] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+    failure_class: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    attack: Mapped[str | None] = mapped_column(String(64))
+
+
+# --- end of OTA deployments ----------------------------------------------------------------

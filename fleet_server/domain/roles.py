@@ -65,6 +65,19 @@ PERMISSIONS: dict[tuple[str, str], Role | None] = {
     ("GET", f"{API}/tokens"): Role.ADMIN,
     ("POST", f"{API}/tokens"): Role.ADMIN,
     ("DELETE", f"{API}/tokens/{{token_id}}"): Role.ADMIN,
+    # OTA: bundle catalogue, deployments, and the TUF repository devices read (signed
+    # metadata and targets, so no token: TUF verifies what it downloads).
+    ("GET", f"{API}/bundles"): Role.VIEWER,
+    ("POST", f"{API}/bundles"): Role.OPERATOR,
+    ("GET", f"{API}/bundles/{{name}}"): Role.VIEWER,
+    ("POST", f"{API}/devices/{{device_id}}/update"): Role.OPERATOR,
+    ("GET", f"{API}/executions"): Role.VIEWER,
+    ("GET", f"{API}/executions/{{execution_id}}"): Role.VIEWER,
+    ("POST", f"{API}/executions/{{execution_id}}/cancel"): Role.OPERATOR,
+    ("GET", "/tuf/metadata/{name}"): PUBLIC,
+    ("HEAD", "/tuf/metadata/{name}"): PUBLIC,
+    ("GET", "/tuf/targets/{path}"): PUBLIC,
+    ("HEAD", "/tuf/targets/{path}"): PUBLIC,
 }
 
 COMMAND_ROLES: dict[str, Role] = {

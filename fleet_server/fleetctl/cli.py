@@ -18,6 +18,7 @@ from rich.table import Table
 
 from fleet_server import __version__
 from fleet_server.fleetctl.client import ApiClient, CtlError, load_config
+from fleet_server.fleetctl.updates_cli import bundle_app, device_update, executions_app
 from protocol import SCHEMA_VERSION
 
 app = typer.Typer(
@@ -41,6 +42,9 @@ app.add_typer(alarms_app, name="alarms")
 app.add_typer(audit_app, name="audit")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(fleet_app, name="fleet")
+app.add_typer(bundle_app, name="bundle")
+app.add_typer(executions_app, name="executions")
+devices_app.command("update")(device_update)
 
 console = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]

@@ -80,6 +80,13 @@ def build_command(
         return p.CheckUpdate(**common)
     if kind == "collect_diagnostics":
         return p.CollectDiagnostics(**common, upload_url=extra["upload_url"])
+    if kind == "install":
+        return p.Install(
+            **common,
+            target=extra["target"],
+            version=extra["version"],
+            execution_id=extra["execution_id"],
+        )
     raise RegistryError("invalid_command", f"unknown command kind {kind!r}")
 
 
@@ -96,15 +103,17 @@ def send_command(
     diag_ttl_s: float = 3600,
     reason: str = "",
     request_id: str | None = None,
+    install: dict[str, str] | None = None,
 ) -> CommandRecord:
     """Record, publish (QoS 1) and audit a command; the device's ``CommandAck`` events
     update the row later. A publish failure marks it ``failed`` and raises RegistryError
-    ``broker_unavailable`` (the row and audit entry stay, so the attempt is visible)."""
+    ``broker_unavailable`` (the row and audit entry stay, so the attempt is visible).
+    ``install`` carries ``target``, ``version`` and ``execution_id`` for an ``install``."""
     if device.status == "decommissioned":
         raise RegistryError("conflict", f"device {device.device_id!r} is decommissioned")
     command_id = "cmd-" + uuid.uuid4().hex[:20]
     expires_at = now + ttl_s
-    extra: dict[str, Any] = {"reason": reason}
+    extra: dict[str, Any] = {"reason": reason, **(install or {})}
     if kind == "collect_diagnostics":
         secret = secrets.token_urlsafe(32)
         session.add(

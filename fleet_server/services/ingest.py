@@ -37,6 +37,7 @@ from fleet_server.domain.presence import (
 )
 from fleet_server.services.alarms import apply_fault_events
 from fleet_server.services.clock import Clock, system_clock
+from fleet_server.services.deployments import DeploymentError, apply_update_report
 from fleet_server.services.metrics import IngestMetrics
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,30 @@ def sample_row(device_key: int, sample: p.Sample) -> dict[str, Any]:
         row[name] = getattr(sample, name)
     row["custom"] = dict(sample.custom) if sample.custom else None
     return row
+
+
+def _apply_update(
+    session: Session, dev: _DeviceRow, msg: p.UpdateStateChanged, item: Inbound
+) -> bool:
+    """Move the execution the report names; False when it names one that is not this
+    device's (the report is then refused, never applied or stored)."""
+    if msg.execution_id is None:
+        return True
+    device = session.get(Device, dev.key)
+    if device is None:  # pragma: no cover - the row was read in this transaction
+        return False
+    try:
+        apply_update_report(session, device, msg, now=item.received_at)
+    except DeploymentError:
+        log.warning(
+            "device %s reported on unknown execution %r; refused",
+            msg.device_id,
+            msg.execution_id,
+        )
+        return False
+    if msg.state is p.UpdateState.COMMITTED:
+        dev.software_version = msg.version
+    return True
 
 
 class BatchWriter:
@@ -322,7 +347,10 @@ class BatchWriter:
                 bulk_insert_ignore(session, TelemetrySample.__table__, samples)
                 result.samples = len(samples)
             if events:
-                self._events(session, events)
+                refused = self._events(session, events)
+                if refused:
+                    result.accepted["event"] -= refused
+                    result.rejected["unknown_execution"] += refused
             self._update_devices(session, devices.values())
         return result
 
@@ -358,10 +386,16 @@ class BatchWriter:
             dev.boot = {**(dev.boot or {}), "agent_version": msg.agent_version}
 
     @staticmethod
-    def _events(session: Session, events: list[tuple[_DeviceRow, Any, Inbound]]) -> None:
+    def _events(session: Session, events: list[tuple[_DeviceRow, Any, Inbound]]) -> int:
+        """Store events and apply them; returns how many were refused (update reports
+        naming an execution that is not the device's)."""
         rows = []
         faults = []
+        refused = 0
         for dev, msg, item in events:
+            if isinstance(msg, p.UpdateStateChanged) and not _apply_update(session, dev, msg, item):
+                refused += 1
+                continue
             data = msgspec.to_builtins(msg)
             for k in ("v", "device_id", "boot_id", "seq", "ts", "kind"):
                 data.pop(k, None)
@@ -404,9 +438,11 @@ class BatchWriter:
                         updated_at=item.received_at,
                     )
                 )
-        session.execute(DeviceEvent.__table__.insert(), rows)
+        if rows:
+            session.execute(DeviceEvent.__table__.insert(), rows)
         if faults:
             apply_fault_events(session, faults)
+        return refused
 
     @staticmethod
     def _update_devices(session: Session, devices: Iterable[_DeviceRow]) -> None:

@@ -19,6 +19,7 @@ from fleet_server.services.clock import Clock, system_clock
 from fleet_server.services.commands import expire_commands
 from fleet_server.services.presence import sweep_presence
 from fleet_server.services.retention import RetentionResult, run_retention
+from fleet_server.services.update_jobs import TufResignTask, run_execution_expiry
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class Scheduler:
             _Job("presence-sweep", settings.presence.sweep_interval_s, run_presence_sweep),
             _Job("command-expiry", settings.presence.sweep_interval_s, run_command_expiry),
             _Job("retention", settings.retention.interval_s, run_retention_job),
+            _Job("execution-expiry", settings.updates.expiry_interval_s, run_execution_expiry),
+            _Job("tuf-resign", settings.updates.resign_interval_s, TufResignTask()),
         ]
         self._thread: threading.Thread | None = None
 

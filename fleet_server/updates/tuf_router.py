@@ -56,12 +56,15 @@ def tuf_router(repo_dir: Path, prefix: str = "/tuf") -> APIRouter:
     targets_dir = repo_dir / "targets"
     router = APIRouter(prefix=prefix, tags=["updates"])
 
-    @router.api_route(
-        "/metadata/{name}",
-        methods=["GET", "HEAD"],
-        summary="TUF metadata file",
-        responses={404: {"description": "no such metadata file"}},
-    )
+    meta_doc = {
+        "summary": "TUF metadata file",
+        "responses": {404: {"description": "no such metadata file"}},
+    }
+
+    # Separate GET and HEAD routes (not one api_route) so each gets its own OpenAPI
+    # operation id.
+    @router.get("/metadata/{name}", **meta_doc)  # type: ignore[arg-type]
+    @router.head("/metadata/{name}", **meta_doc)  # type: ignore[arg-type]
     def get_metadata(name: str) -> FileResponse:
         """Serve one TUF metadata file (``root.json``, ``N.root.json``, ``timestamp.json``,
         ``N.snapshot.json``, ``N.targets.json``)."""
@@ -77,12 +80,13 @@ def tuf_router(repo_dir: Path, prefix: str = "/tuf") -> APIRouter:
             headers={"Cache-Control": "no-cache" if mutable else _IMMUTABLE},
         )
 
-    @router.api_route(
-        "/targets/{path:path}",
-        methods=["GET", "HEAD"],
-        summary="TUF target file (a bundle); supports Range",
-        responses={404: {"description": "no such target file"}},
-    )
+    target_doc = {
+        "summary": "TUF target file (a bundle); supports Range",
+        "responses": {404: {"description": "no such target file"}},
+    }
+
+    @router.get("/targets/{path:path}", **target_doc)  # type: ignore[arg-type]
+    @router.head("/targets/{path:path}", **target_doc)  # type: ignore[arg-type]
     def get_target(path: str) -> FileResponse:
         """Serve one target file (``<sha256>.<bundle name>``), with Range support."""
         found = resolve_target_path(targets_dir, path)

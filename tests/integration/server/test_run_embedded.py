@@ -28,6 +28,8 @@ def test_run_with_embedded_broker_ingests_and_stops_cleanly(tmp_path: Path) -> N
         FLEET_MQTT_EMBEDDED_PORT=str(broker_port),
         FLEET_API_PORT=str(api_port),
         FLEET_INGEST_AUTO_REGISTER="true",
+        FLEET_UPDATES_REPO_DIR=str(tmp_path / "tuf"),
+        FLEET_UPDATES_KEYS_DIR=str(tmp_path / "tuf-keys"),
     )
     init = subprocess.run(
         [str(BIN / "fleet-server"), "init", "--json"], env=env, capture_output=True, text=True

@@ -1,0 +1,211 @@
+"""``fleetctl bundle ...``, ``fleetctl executions ...`` and ``fleetctl device update``:
+publish bundles and follow single-device deployments through the API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from fleet_server.fleetctl.client import CtlError
+
+bundle_app = typer.Typer(help="Firmware bundles: publish (verify + sign), list, show.")
+executions_app = typer.Typer(help="Deployments of a bundle to one device, and their history.")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", "-n", help="at most this many rows (default: all)")
+]
+
+BUNDLE_COLUMNS = [
+    "name",
+    "model",
+    "version",
+    "release_counter",
+    "hardware_revisions",
+    "channel",
+    "size",
+    "published_at",
+]
+EXECUTION_COLUMNS = [
+    "id",
+    "device_id",
+    "version",
+    "status",
+    "phase",
+    "failure_class",
+    "reason",
+    "created_at",
+    "finished_at",
+]
+
+
+def _ctl() -> ModuleType:
+    """The main fleetctl module (client, table and output helpers); imported late because
+    it mounts this one."""
+    from fleet_server.fleetctl import cli
+
+    return cli
+
+
+def _fields(data: dict[str, Any], title: str) -> None:
+    ctl = _ctl()
+    table = Table(show_header=False, title=title)
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, value in data.items():
+        if key.endswith("_at"):
+            value = ctl._when(value)
+        table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
+    ctl.console.print(table)
+
+
+@bundle_app.command("publish")
+def bundle_publish(
+    bundle_file: Annotated[Path, typer.Argument(help="bundle .tar.gz (from fleet-bundle build)")],
+    channel: Annotated[
+        str | None,
+        typer.Option(help="channel to publish on (default: the manifest's, else production)"),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload a bundle: the server verifies it, signs it into the TUF repository and
+    records it (operator or admin)."""
+    ctl = _ctl()
+    try:
+        size = bundle_file.stat().st_size
+        handle = bundle_file.open("rb")
+    except OSError as exc:
+        raise CtlError(f"cannot read {bundle_file}: {exc}") from None
+    params = {"channel": channel} if channel else None
+    with handle, ctl.console.status(f"uploading {bundle_file.name} ({size} bytes)..."):
+        result = ctl._client().request(
+            "POST",
+            "/api/v1/bundles",
+            content=handle,
+            params=params,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+    ctl._emit(
+        result,
+        as_json,
+        lambda d: typer.echo(f"published {d['name']} on {d['channel']} (sha256 {d['sha256']})"),
+    )
+
+
+@bundle_app.command("list")
+def bundle_list(
+    model: Annotated[str | None, typer.Option(help="exact model")] = None,
+    version: Annotated[str | None, typer.Option(help="exact version")] = None,
+    channel: Annotated[str | None, typer.Option(help="channel")] = None,
+    limit: LimitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List published bundles, newest first."""
+    ctl = _ctl()
+    items = ctl._client().paginate(
+        "/api/v1/bundles", {"model": model, "version": version, "channel": channel}, limit
+    )
+    ctl._emit(items, as_json, lambda d: ctl._table(d, BUNDLE_COLUMNS, f"{len(d)} bundle(s)"))
+
+
+@bundle_app.command("show")
+def bundle_show(name: str, as_json: JsonOpt = False) -> None:
+    """Show one bundle with its manifest."""
+    ctl = _ctl()
+    bundle = ctl._client().request("GET", f"/api/v1/bundles/{name}")
+    ctl._emit(bundle, as_json, lambda d: _fields(d, d["name"]))
+
+
+def device_update(
+    device_id: str,
+    bundle: Annotated[str, typer.Option("--bundle", "-b", help="published bundle name")],
+    timeout: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--timeout",
+            help="phase timeout override PHASE=SECONDS (accept_s, download_s, install_s, "
+            "reboot_s, commit_s); repeatable",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Install a published bundle on one device; follow it with `fleetctl executions show`."""
+    ctl = _ctl()
+    timeouts: dict[str, float] = {}
+    for item in timeout or []:
+        key, sep, value = item.partition("=")
+        try:
+            timeouts[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise CtlError(f"--timeout {item!r}: expected PHASE=SECONDS, e.g. download_s=3600")
+    body: dict[str, Any] = {"bundle": bundle}
+    if timeouts:
+        body["timeouts"] = timeouts
+    result = ctl._client().request("POST", f"/api/v1/devices/{device_id}/update", json=body)
+    ctl._emit(
+        result,
+        as_json,
+        lambda d: typer.echo(
+            f"execution {d['id']}: {d['bundle']} -> {d['device_id']} ({d['status']})"
+        ),
+    )
+
+
+@executions_app.command("list")
+def executions_list(
+    device: Annotated[str | None, typer.Option(help="device id")] = None,
+    bundle: Annotated[str | None, typer.Option(help="bundle name")] = None,
+    rollout: Annotated[str | None, typer.Option(help="rollout id")] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(help="pending, sent, in_progress, committed, failed or cancelled"),
+    ] = None,
+    limit: LimitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List executions, newest first."""
+    ctl = _ctl()
+    items = ctl._client().paginate(
+        "/api/v1/executions",
+        {"device": device, "bundle": bundle, "rollout": rollout, "status": status},
+        limit,
+    )
+    ctl._emit(items, as_json, lambda d: ctl._table(d, EXECUTION_COLUMNS, f"{len(d)} execution(s)"))
+
+
+@executions_app.command("show")
+def executions_show(execution_id: str, as_json: JsonOpt = False) -> None:
+    """Show one execution and every state the device reported."""
+    ctl = _ctl()
+    execution = ctl._client().request("GET", f"/api/v1/executions/{execution_id}")
+
+    def render(d: dict[str, Any]) -> None:
+        _fields({k: v for k, v in d.items() if k != "events"}, d["id"])
+        ctl._table(
+            d.get("events") or [],
+            ["received_at", "state", "failure_class", "reason", "attack"],
+            "history",
+        )
+
+    ctl._emit(execution, as_json, render)
+
+
+@executions_app.command("cancel")
+def executions_cancel(
+    execution_id: str,
+    reason: Annotated[str, typer.Option(help="why (kept in the audit log)")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel a pending or sent execution (operator or admin)."""
+    ctl = _ctl()
+    result = ctl._client().request(
+        "POST", f"/api/v1/executions/{execution_id}/cancel", json={"reason": reason}
+    )
+    ctl._emit(result, as_json, lambda d: typer.echo(f"execution {d['id']} {d['status']}"))

@@ -1,0 +1,170 @@
+"""The bundle catalogue: verify a bundle, publish it to the TUF repository, record it.
+
+The TUF repository is the authority devices trust; the ``bundles`` table is the server's
+index of it (searchable, joined by executions and rollouts). Publishing writes the
+repository first, then the row: publishing the same bytes again is a no-op in TUF (or a
+channel change), so a row that failed to commit is repaired by simply publishing again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from firmware_bundles.errors import BundleError
+from firmware_bundles.manifest import manifest_to_dict
+from firmware_bundles.verify import verify_bundle
+from fleet_server.db.models import Bundle
+from fleet_server.services import audit
+from fleet_server.services.audit import Actor
+from fleet_server.updates.tuf_repository import PublishedTarget, PublishError
+
+
+class CatalogError(ValueError):
+    """A bundle was refused: ``code`` is ``invalid_bundle`` (with the verifier's
+    ``reason``), ``conflict`` (name taken by other bytes) or ``not_found``."""
+
+    def __init__(self, code: str, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+
+
+class Repository(Protocol):
+    """The part of :class:`~fleet_server.updates.tuf_repository.TufRepository` used here."""
+
+    def publish(self, bundle_path: Path, channel: str | None = None) -> PublishedTarget:
+        """Verify, store and sign ``bundle_path`` as a target."""
+        ...
+
+
+@dataclass(frozen=True)
+class BundleFilter:
+    """Filters of the bundle list (None = any)."""
+
+    model: str | None = None
+    version: str | None = None
+    channel: str | None = None
+
+
+def publish_bundle(
+    session: Session,
+    repo: Repository,
+    path: Path,
+    *,
+    channel: str | None,
+    actor: Actor,
+    now: float,
+    request_id: str | None = None,
+) -> tuple[Bundle, bool]:
+    """Verify ``path``, publish it (channel: given, else the manifest's, else
+    ``production``), upsert its catalogue row and audit; returns (row, created)."""
+    try:
+        manifest = verify_bundle(path)
+    except BundleError as exc:
+        raise CatalogError(
+            "invalid_bundle", f"bundle refused: {exc}", reason=exc.reason.value
+        ) from None
+    try:
+        target = repo.publish(path, channel)
+    except PublishError as exc:
+        code = "conflict" if "already published" in str(exc) else "invalid_bundle"
+        raise CatalogError(code, str(exc)) from None
+    row = session.execute(select(Bundle).where(Bundle.name == target.name)).scalar_one_or_none()
+    created = row is None
+    before = None if row is None else {"channel": row.channel}
+    if row is None:
+        row = Bundle(
+            name=target.name,
+            product=manifest.product,
+            model=manifest.model,
+            version=manifest.version,
+            hardware_revisions=list(manifest.hardware_revisions),
+            release_counter=manifest.release_counter,
+            channel=target.meta.channel,
+            min_agent_version=manifest.min_agent_version,
+            sha256=target.sha256,
+            size=target.length,
+            manifest=manifest_to_dict(manifest),
+            published_at=now,
+            published_by=actor.label,
+        )
+        session.add(row)
+    else:
+        row.channel = target.meta.channel
+    audit.record(
+        session,
+        actor,
+        "bundle.publish",
+        "bundle",
+        target.name,
+        now=now,
+        before=before,
+        after={
+            "channel": target.meta.channel,
+            "sha256": target.sha256,
+            "size": target.length,
+            "version": manifest.version,
+            "release_counter": manifest.release_counter,
+        },
+        request_id=request_id,
+    )
+    session.flush()
+    return row, created
+
+
+def get_bundle(session: Session, name: str) -> Bundle:
+    """The catalogue row of target ``name``, or CatalogError ``not_found``."""
+    row = session.execute(select(Bundle).where(Bundle.name == name)).scalar_one_or_none()
+    if row is None:
+        raise CatalogError("not_found", f"no published bundle named {name!r}")
+    return row
+
+
+def list_bundles(
+    session: Session, filt: BundleFilter, *, limit: int, offset: int
+) -> tuple[list[Bundle], int]:
+    """Bundles matching ``filt``, newest first, and the total count."""
+    where = []
+    if filt.model is not None:
+        where.append(Bundle.model == filt.model)
+    if filt.version is not None:
+        where.append(Bundle.version == filt.version)
+    if filt.channel is not None:
+        where.append(Bundle.channel == filt.channel)
+    total = session.execute(select(func.count()).select_from(Bundle).where(*where)).scalar_one()
+    rows = session.execute(
+        select(Bundle)
+        .where(*where)
+        .order_by(Bundle.published_at.desc(), Bundle.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).scalars()
+    return list(rows), int(total)
+
+
+def bundle_view(b: Bundle, *, with_manifest: bool = False) -> dict[str, Any]:
+    """A catalogue row as the API shows it (the manifest only when asked)."""
+    out: dict[str, Any] = {
+        "name": b.name,
+        "product": b.product,
+        "model": b.model,
+        "version": b.version,
+        "hardware_revisions": list(b.hardware_revisions),
+        "release_counter": b.release_counter,
+        "channel": b.channel,
+        "min_agent_version": b.min_agent_version,
+        "sha256": b.sha256,
+        "size": b.size,
+        "published_at": b.published_at,
+        "published_by": b.published_by,
+        "preprod_completed_at": b.preprod_completed_at,
+    }
+    if with_manifest:
+        out["manifest"] = b.manifest
+    return out
