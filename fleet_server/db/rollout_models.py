@@ -35,6 +35,7 @@ class Rollout(Base):
     halt_reason: Mapped[str | None] = mapped_column(Text)
     halt_stratum: Mapped[str | None] = mapped_column(String(160))
     halt_class: Mapped[str | None] = mapped_column(String(32))
+    rollback_version: Mapped[str | None] = mapped_column(String(64))
     forced: Mapped[bool] = mapped_column(Boolean, default=False)
     force_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)

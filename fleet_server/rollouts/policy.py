@@ -129,6 +129,9 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     timeouts: Timeouts = Timeouts()
     maintenance_window: MaintenanceWindow | None = None
     max_in_flight: Annotated[int, Meta(ge=1)] = 500
+    canary_in_flight: Annotated[int, Meta(ge=1)] = 10
+    """While the first wave runs, at most this many devices update at once (stratified picks
+    first), so a release that breaks one stratum is caught after a handful of installs."""
     on_halt: HaltAction = HaltAction()
 
     def criteria_for(self, failure_class: FailureClass | str) -> list[FailureCriterion]:

@@ -23,7 +23,9 @@ from fleet_server.rollouts.stats import (
     rate_ratio_worse,
 )
 
-OutcomeStatus = Literal["pending", "in_progress", "committed", "failed", "cancelled"]
+OutcomeStatus = Literal["pending", "deferred", "in_progress", "committed", "failed", "cancelled"]
+"""``deferred``: not sent yet and not sendable now (the device is offline); it neither
+counts nor holds the wave back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +59,15 @@ class Verdict:
 
 
 def _groups(outcomes: Sequence[Outcome], policy: Policy) -> dict[str, list[Outcome]]:
-    groups: dict[str, list[Outcome]] = {"fleet": list(outcomes)}
+    """Every stratum (``field=value``) first, then the whole fleet, so a halt names the
+    most specific group whose evidence is enough."""
+    groups: dict[str, list[Outcome]] = {}
     for name in policy.stratify_by:
         for outcome in outcomes:
             value = outcome.strata.get(name)
             if value is not None:
                 groups.setdefault(f"{name}={value}", []).append(outcome)
+    groups["fleet"] = list(outcomes)
     return groups
 
 

@@ -180,8 +180,11 @@ def create_execution(
     rollout_id: str | None = None,
     wave: int | None = None,
     request_id: str | None = None,
+    audit_entry: bool = True,
 ) -> Execution:
     """A pending execution of ``bundle`` on ``device`` (audited; not committed).
+
+    ``audit_entry=False`` is for rollouts, whose start is audited once for every device.
 
     Refuses (DeploymentError): a decommissioned device (``decommissioned``), a model or
     hardware revision the bundle does not list (``incompatible``), a device that already
@@ -224,6 +227,9 @@ def create_execution(
     execution.device = device
     execution.bundle = bundle
     session.add(execution)
+    if not audit_entry:
+        session.flush()
+        return execution
     audit.record(
         session,
         actor,

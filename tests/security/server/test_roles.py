@@ -33,6 +33,10 @@ PATH_VALUES = {
     "token_id": "999999",
     "bundle_id": "1",
     "token": "not-a-real-upload-token",
+    "name": "no-such-bundle",
+    "execution_id": "ex-none",
+    "rollout_id": "ro-none",
+    "path": "none",
 }
 MUTATING = {"POST", "PATCH", "PUT", "DELETE"}
 
