@@ -234,6 +234,10 @@ def _bake_or_advance(
     policy: Policy,
     now: float,
 ) -> str | None:
+    remaining = [ex for ex in executions if (ex.wave or 0) > rollout.current_wave]
+    if not remaining:
+        # The last wave passed: there is no further wave for a bake to protect.
+        return _complete(session, rollout, now)
     if rollout.bake_started_at is None:
         rollout.bake_started_at = now
         _event(
@@ -251,9 +255,6 @@ def _bake_or_advance(
         return _halt(session, rollout, policy, health, now)
     if now - rollout.bake_started_at < policy.bake_s:
         return None
-    remaining = [ex for ex in executions if (ex.wave or 0) > rollout.current_wave]
-    if not remaining:
-        return _complete(session, rollout, now)
     rollout.current_wave = min(ex.wave or 0 for ex in remaining)
     rollout.wave_started_at = now
     rollout.bake_started_at = None

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fleet_server.rollouts.policy import MaintenanceWindow, Policy, minutes_of_day
 
-DEFAULT_GROWTH = 4.0
+DEFAULT_GROWTH = 8.0
 """Growth factor between waves when the policy gives neither explicit nor exponential waves."""
 
 

@@ -122,14 +122,14 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             FailureCriterion("security", 0.01, max_failures=0),
         ]
     )
-    bake_s: Annotated[int, Meta(ge=0)] = 1800
+    bake_s: Annotated[int, Meta(ge=0)] = 600
     health_gates: list[HealthGate] = msgspec.field(
         default_factory=lambda: [HealthGate("fault_rate"), HealthGate("reboot_rate")]
     )
     timeouts: Timeouts = Timeouts()
     maintenance_window: MaintenanceWindow | None = None
-    max_in_flight: Annotated[int, Meta(ge=1)] = 500
-    canary_in_flight: Annotated[int, Meta(ge=1)] = 10
+    max_in_flight: Annotated[int, Meta(ge=1)] = 5000
+    canary_in_flight: Annotated[int, Meta(ge=1)] = 100
     """While the first wave runs, at most this many devices update at once (stratified picks
     first), so a release that breaks one stratum is caught after a handful of installs."""
     on_halt: HaltAction = HaltAction()

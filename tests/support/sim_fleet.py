@@ -152,7 +152,9 @@ class SimDevice:
             else:
                 self.plan = [(t + 30, E.FAIL, {"failure_class": klass, "reason": "network"})]
             return out
-        broken = self.hw_revision in (sim.get("fail_on_hardware") or [])
+        broken = self.hw_revision in (sim.get("fail_on_hardware") or []) and (
+            self.rng.random() < float(sim.get("fail_share", 1.0))
+        )
         if sim.get("boot") == "crash" or broken:
             self._schedule_through_trial(t, E.ROLLBACK, p.FailureClass.BOOT, "crash on boot")
         elif sim.get("health") == "fail":
