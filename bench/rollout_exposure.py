@@ -203,7 +203,7 @@ def ours(n: int, bad: bool) -> Result:
             assert row is not None
             return row.state
 
-    fleet.run(lambda: state() != "running", max_s=14 * 86400, dt=120.0)
+    fleet.run(lambda: state() != "running", max_s=14 * 86400, dt=60.0)
     res = Result("ours")
     final = state()
     res.halted = final in ("halted", "rolled_back")

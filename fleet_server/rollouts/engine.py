@@ -414,8 +414,18 @@ def _dispatch(
 ) -> list[str]:
     executions = _executions(session, rollout.id)
     in_flight = sum(1 for ex in executions if ex.status in ("sent", "in_progress"))
-    cap = policy.canary_in_flight if rollout.current_wave == 0 else policy.max_in_flight
-    budget = min(cap, policy.max_in_flight) - in_flight
+    cap = policy.max_in_flight
+    if rollout.current_wave == 0:
+        executed = sum(
+            1 for ex in executions if (ex.wave or 0) == 0 and ex.status in ("committed", "failed")
+        )
+        if executed < policy.canary_in_flight:
+            cap = min(cap, policy.canary_in_flight)
+            sent_so_far = sum(
+                1 for ex in executions if (ex.wave or 0) == 0 and ex.status != "pending"
+            )
+            cap = max(0, min(cap, policy.canary_in_flight - sent_so_far + in_flight))
+    budget = cap - in_flight
     if budget <= 0:
         return []
     now_utc = datetime.fromtimestamp(now, tz=UTC)
