@@ -368,6 +368,7 @@ def run(
     """Run everything in one process: API, MQTT ingest, background jobs (and the embedded
     broker when no [mqtt] url is set). Stops cleanly on SIGINT/SIGTERM."""
     from fleet_server.api import create_app
+    from fleet_server.rollouts.engine import RolloutTickJob
     from fleet_server.runtime import broker_target, build_ingest, build_publisher
     from fleet_server.services.jobs import Scheduler
     from fleet_server.services.metrics import IngestMetrics
@@ -384,9 +385,10 @@ def run(
     worker.connect(timeout=10)
     ingest_thread = threading.Thread(target=worker.run, name="ingest")
     ingest_thread.start()
-    scheduler = Scheduler(sessions, settings)
-    scheduler.start()
     publisher = build_publisher(settings, target)
+    scheduler = Scheduler(sessions, settings)
+    scheduler.add_job("rollouts", settings.rollouts.tick_interval_s, RolloutTickJob(publisher))
+    scheduler.start()
     try:
         _serve(
             settings, create_app(settings, sessions=sessions, publisher=publisher, metrics=metrics)

@@ -149,6 +149,13 @@ class UpdatesSettings(_Section):
         }
 
 
+class RolloutSettings(_Section):
+    """The staged-rollout engine."""
+
+    tick_interval_s: float = Field(default=5.0, gt=0)
+    """How often the engine reconciles active rollouts."""
+
+
 class Settings(_Section):
     """All server settings, validated."""
 
@@ -161,6 +168,7 @@ class Settings(_Section):
     diagnostics: DiagnosticsSettings = DiagnosticsSettings()
     commands: CommandSettings = CommandSettings()
     updates: UpdatesSettings = UpdatesSettings()
+    rollouts: RolloutSettings = RolloutSettings()
 
     @property
     def public_base_url(self) -> str:

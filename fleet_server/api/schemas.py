@@ -33,6 +33,7 @@ class DeviceIn(BaseModel):
     production_date: date | None = None
     activation_date: date | None = None
     region: str | None = None
+    timezone: str | None = Field(default=None, description="IANA time zone, e.g. Europe/Berlin")
     owner: str | None = None
     channel: Literal["production", "pre-production"] | None = None
     tags: list[str] | None = None
@@ -50,6 +51,7 @@ class DevicePatch(BaseModel):
     production_date: date | None = None
     activation_date: date | None = None
     region: str | None = None
+    timezone: str | None = Field(default=None, description="IANA time zone, e.g. Europe/Berlin")
     owner: str | None = None
     channel: Literal["production", "pre-production"] | None = None
     tags: list[str] | None = None
@@ -66,6 +68,7 @@ class DeviceOut(BaseModel):
     production_date: date | None
     activation_date: date | None
     region: str | None
+    timezone: str | None = None
     owner: str | None
     channel: str
     tags: list[str]

@@ -60,6 +60,8 @@ class Device(Base):
     production_date: Mapped[date | None]
     activation_date: Mapped[date | None]
     region: Mapped[str | None] = mapped_column(String(64), index=True)
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    """IANA time zone (e.g. ``Europe/Berlin``); rollout maintenance windows use it."""
     owner: Mapped[str | None] = mapped_column(String(256))
     channel: Mapped[str] = mapped_column(String(32), default="production")
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)

@@ -1,10 +1,11 @@
 """Validation of device registry rows, from the factory CSV or the API.
 
 The factory CSV has a header row; ``device_id`` is required, every other column optional:
-``serial, model, hw_revision, batch, production_date, activation_date, region, owner,
-channel, tags``. Dates are ``YYYY-MM-DD``; ``channel`` is ``production`` or
-``pre-production``; ``tags`` are separated by ``;``. Validation collects every error with
-its line and column so the whole file can be fixed in one pass.
+``serial, model, hw_revision, batch, production_date, activation_date, region, timezone,
+owner, channel, tags`` (``hardware_revision`` is accepted for ``hw_revision``; ``timezone``
+is an IANA name such as ``Europe/Berlin``). Dates are ``YYYY-MM-DD``; ``channel`` is
+``production`` or ``pre-production``; ``tags`` are separated by ``;``. Validation collects
+every error with its line and column so the whole file can be fixed in one pass.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import io
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from protocol import is_valid_device_id
 
@@ -27,10 +29,13 @@ COLUMNS = (
     "production_date",
     "activation_date",
     "region",
+    "timezone",
     "owner",
     "channel",
     "tags",
 )
+ALIASES = {"hardware_revision": "hw_revision"}
+"""Other names accepted for a column (the simulator's factory CSV says hardware_revision)."""
 _TEXT_LIMITS = {
     "serial": 128,
     "model": 128,
@@ -63,6 +68,16 @@ class ParsedCsv:
     errors: list[RowError] = field(default_factory=list)
 
 
+def _valid_zone(name: str) -> bool:
+    if not name or len(name) > 64:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 def _parse_date(value: str) -> date:
     return date.fromisoformat(value)
 
@@ -77,6 +92,7 @@ def validate_fields(
     clean: dict[str, Any] = {}
     errors: list[tuple[str, str]] = []
     for key, value in raw.items():
+        key = ALIASES.get(key, key)
         if key not in COLUMNS:
             errors.append((key, f"unknown field {key!r}"))
             continue
@@ -99,6 +115,11 @@ def validate_fields(
                 clean[key] = _parse_date(str(value))
             except ValueError:
                 errors.append((key, f"{value!r} is not a date (YYYY-MM-DD)"))
+        elif key == "timezone":
+            if not _valid_zone(str(value)):
+                errors.append((key, f"{value!r} is not an IANA time zone (e.g. Europe/Berlin)"))
+            else:
+                clean[key] = str(value)
         elif key == "channel":
             if value not in CHANNELS:
                 errors.append((key, f"{value!r} is not one of {', '.join(CHANNELS)}"))
@@ -136,7 +157,7 @@ def parse_device_csv(text: str) -> ParsedCsv:
     if not header:
         result.errors.append(RowError(1, None, "the file is empty: expected a header row"))
         return result
-    unknown = [h for h in header if h not in COLUMNS]
+    unknown = [h for h in header if ALIASES.get(h, h) not in COLUMNS]
     if unknown:
         result.errors.append(
             RowError(

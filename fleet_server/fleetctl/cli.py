@@ -19,6 +19,7 @@ from rich.table import Table
 from fleet_server import __version__
 from fleet_server.fleetctl.analytics_cli import analytics_app
 from fleet_server.fleetctl.client import ApiClient, CtlError, load_config
+from fleet_server.fleetctl.rollout_cli import rollout_app
 from fleet_server.fleetctl.updates_cli import bundle_app, device_update, executions_app
 from protocol import SCHEMA_VERSION
 
@@ -45,6 +46,7 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(executions_app, name="executions")
+app.add_typer(rollout_app, name="rollout")
 devices_app.command("update")(device_update)
 
 console = Console()

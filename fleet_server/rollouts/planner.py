@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fleet_server.rollouts.policy import MaintenanceWindow, Policy, minutes_of_day
 
-DEFAULT_GROWTH = 4.0
+DEFAULT_GROWTH = 8.0
 """Growth factor between waves when the policy gives neither explicit nor exponential waves."""
 
 
@@ -75,20 +75,20 @@ def _order_key(seed: str, device_id: str) -> bytes:
     return hashlib.sha256(f"{seed}\x00{device_id}".encode()).digest()
 
 
-def plan_waves(candidates: Sequence[Candidate], policy: Policy, seed: str) -> list[list[str]]:
-    """Assign every candidate to a wave.
+def priority_order(candidates: Sequence[Candidate], policy: Policy, seed: str) -> list[str]:
+    """Device ids in the order they should be updated: first ``min_per_stratum`` devices of
+    every value of every ``stratify_by`` field (so each hardware revision and batch is
+    tried early), then the rest in a pseudo-random order derived from ``seed`` (the
+    rollout id), so no group of devices is always first."""
+    return _prioritise(candidates, policy, seed)[0]
 
-    The first wave holds at least ``min_per_stratum`` devices of every value of every
-    ``stratify_by`` field present in the target (it grows if it must), so each hardware
-    revision and batch is canaried. Beyond that, devices are placed in a pseudo-random
-    order derived from ``seed`` (the rollout id), so no group of devices is always first.
-    """
+
+def _prioritise(
+    candidates: Sequence[Candidate], policy: Policy, seed: str
+) -> tuple[list[str], int]:
+    """The update order and how many devices at its head are stratified canary picks."""
     ordered = sorted(candidates, key=lambda c: _order_key(seed, c.device_id))
-    sizes = wave_sizes(len(ordered), policy)
-    if not sizes:
-        return []
-
-    canary: list[str] = []
+    first: list[str] = []
     chosen: set[str] = set()
     for field_name in policy.stratify_by:
         have: dict[str, int] = {}
@@ -102,15 +102,26 @@ def plan_waves(candidates: Sequence[Candidate], policy: Policy, seed: str) -> li
             if value is None or candidate.device_id in chosen:
                 continue
             if have.get(value, 0) < policy.min_per_stratum:
-                canary.append(candidate.device_id)
+                first.append(candidate.device_id)
                 chosen.add(candidate.device_id)
                 have[value] = have.get(value, 0) + 1
-    rest = [c.device_id for c in ordered if c.device_id not in chosen]
-    fill = max(sizes[0] - len(canary), 0)
-    canary.extend(rest[:fill])
-    rest = rest[fill:]
+    return first + [c.device_id for c in ordered if c.device_id not in chosen], len(first)
 
-    waves = [canary]
+
+def plan_waves(candidates: Sequence[Candidate], policy: Policy, seed: str) -> list[list[str]]:
+    """Assign every candidate to a wave, in :func:`priority_order`.
+
+    The first wave holds at least ``min_per_stratum`` devices of every value of every
+    ``stratify_by`` field present in the target (it grows if it must), so each hardware
+    revision and batch is canaried; each wave lists its devices in update order.
+    """
+    sizes = wave_sizes(len(candidates), policy)
+    if not sizes:
+        return []
+    order, stratified = _prioritise(candidates, policy, seed)
+    first_size = max(sizes[0], stratified)
+    waves = [order[:first_size]]
+    rest = order[first_size:]
     start = 0
     for size in _fit(sizes[1:], len(rest)) if rest else []:
         waves.append(rest[start : start + size])

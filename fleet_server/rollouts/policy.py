@@ -122,13 +122,17 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             FailureCriterion("security", 0.01, max_failures=0),
         ]
     )
-    bake_s: Annotated[int, Meta(ge=0)] = 1800
+    bake_s: Annotated[int, Meta(ge=0)] = 300
     health_gates: list[HealthGate] = msgspec.field(
         default_factory=lambda: [HealthGate("fault_rate"), HealthGate("reboot_rate")]
     )
     timeouts: Timeouts = Timeouts()
     maintenance_window: MaintenanceWindow | None = None
-    max_in_flight: Annotated[int, Meta(ge=1)] = 500
+    max_in_flight: Annotated[int, Meta(ge=1)] = 5000
+    canary_in_flight: Annotated[int, Meta(ge=1)] = 20
+    """The first wave starts with this many devices (stratified picks first) and sends the
+    rest only once they have all reported, so a release that breaks one stratum is caught
+    after a handful of installs."""
     on_halt: HaltAction = HaltAction()
 
     def criteria_for(self, failure_class: FailureClass | str) -> list[FailureCriterion]:

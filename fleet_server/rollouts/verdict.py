@@ -23,7 +23,9 @@ from fleet_server.rollouts.stats import (
     rate_ratio_worse,
 )
 
-OutcomeStatus = Literal["pending", "in_progress", "committed", "failed", "cancelled"]
+OutcomeStatus = Literal["pending", "deferred", "in_progress", "committed", "failed", "cancelled"]
+"""``deferred``: not sent yet and not sendable now (the device is offline); it neither
+counts nor holds the wave back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +59,15 @@ class Verdict:
 
 
 def _groups(outcomes: Sequence[Outcome], policy: Policy) -> dict[str, list[Outcome]]:
-    groups: dict[str, list[Outcome]] = {"fleet": list(outcomes)}
+    """Every stratum (``field=value``) first, then the whole fleet, so a halt names the
+    most specific group whose evidence is enough."""
+    groups: dict[str, list[Outcome]] = {}
     for name in policy.stratify_by:
         for outcome in outcomes:
             value = outcome.strata.get(name)
             if value is not None:
                 groups.setdefault(f"{name}={value}", []).append(outcome)
+    groups["fleet"] = list(outcomes)
     return groups
 
 
@@ -142,8 +147,20 @@ class StratumHealth:
     control_temps: Sequence[float] = ()
 
 
+MIN_EVENTS = 3
+"""A rate gate needs at least this many events on the updated devices to halt: a couple
+of faults cannot halt a rollout, however few the device-hours."""
+
+
 def judge_health(evidence: Sequence[StratumHealth], policy: Policy) -> Verdict | None:
-    """Apply the policy's health gates; a :class:`Verdict` to halt, or None when healthy."""
+    """Apply the policy's health gates; a :class:`Verdict` to halt, or None when healthy.
+
+    Every stratum and gate is a separate test, and the engine looks again at every tick
+    of a bake, so each test runs at a Bonferroni-corrected level (the policy's error rate
+    divided by strata x gates) to keep false halts of a good release rare.
+    """
+    tests = max(len(evidence) * len(policy.health_gates), 1)
+    confidence = 1.0 - (1.0 - policy.confidence) / tests
     for item in evidence:
         for gate in policy.health_gates:
             if gate.metric == "temp_c":
@@ -151,7 +168,7 @@ def judge_health(evidence: Sequence[StratumHealth], policy: Policy) -> Verdict |
                     list(item.updated_temps),
                     list(item.control_temps),
                     min_delta=gate.min_delta_c,
-                    confidence=policy.confidence,
+                    confidence=confidence,
                 )
                 if temps.worse:
                     return Verdict(
@@ -169,13 +186,15 @@ def judge_health(evidence: Sequence[StratumHealth], policy: Policy) -> Verdict |
                 counts = (item.updated_faults, item.control_faults)
             else:
                 counts = (item.updated_reboots, item.control_reboots)
+            if counts[0] < MIN_EVENTS:
+                continue
             result = rate_ratio_worse(
                 counts[0],
                 item.updated_hours,
                 counts[1],
                 item.control_hours,
                 max_ratio=gate.max_ratio,
-                confidence=policy.confidence,
+                confidence=confidence,
             )
             if result.worse:
                 return Verdict(

@@ -181,8 +181,11 @@ def create_execution(
     rollout_id: str | None = None,
     wave: int | None = None,
     request_id: str | None = None,
+    audit_entry: bool = True,
 ) -> Execution:
     """A pending execution of ``bundle`` on ``device`` (audited; not committed).
+
+    ``audit_entry=False`` is for rollouts, whose start is audited once for every device.
 
     Refuses (DeploymentError): a decommissioned device (``decommissioned``), a model or
     hardware revision the bundle does not list (``incompatible``), a device that already
@@ -232,6 +235,8 @@ def create_execution(
         raise DeploymentError(
             "busy", f"device {device.device_id!r} already has an open execution"
         ) from None
+    if not audit_entry:
+        return execution
     audit.record(
         session,
         actor,

@@ -22,6 +22,7 @@ EDITABLE = (
     "production_date",
     "activation_date",
     "region",
+    "timezone",
     "owner",
     "channel",
     "tags",
@@ -49,6 +50,7 @@ def device_view(d: Device) -> dict[str, Any]:
         "production_date": d.production_date.isoformat() if d.production_date else None,
         "activation_date": d.activation_date.isoformat() if d.activation_date else None,
         "region": d.region,
+        "timezone": d.timezone,
         "owner": d.owner,
         "channel": d.channel,
         "tags": list(d.tags or []),
@@ -80,6 +82,7 @@ class DeviceFilter:
     hw_revision: str | None = None
     batch: str | None = None
     region: str | None = None
+    timezone: str | None = None
     owner: str | None = None
     channel: str | None = None
     status: str | None = None
@@ -105,6 +108,7 @@ class DeviceFilter:
             "hw_revision",
             "batch",
             "region",
+            "timezone",
             "owner",
             "channel",
             "status",
@@ -170,6 +174,7 @@ def _new_device(values: dict[str, Any], now: float) -> Device:
         production_date=values.get("production_date"),
         activation_date=values.get("activation_date"),
         region=values.get("region"),
+        timezone=values.get("timezone"),
         owner=values.get("owner"),
         channel=values.get("channel") or "production",
         tags=values.get("tags") or [],

@@ -258,7 +258,7 @@ def test_offline_devices_do_not_dilute_the_failure_rate() -> None:
     )
     verdict = judge_wave(outcomes, 0, parse_policy(None))
     assert verdict.kind is VerdictKind.HALT
-    assert verdict.stratum == "fleet"
+    assert verdict.stratum == "hardware_revision=rev-a", "the most specific group is named"
 
 
 def test_good_wave_with_background_noise_passes() -> None:
@@ -288,7 +288,7 @@ def test_health_gate_halts_on_fault_regression() -> None:
     policy = parse_policy(None)
     bad = StratumHealth(
         "hardware_revision=rev-a",
-        updated_faults=25,
+        updated_faults=40,
         control_faults=5,
         updated_hours=100,
         control_hours=100,
