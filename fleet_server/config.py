@@ -115,6 +115,16 @@ class CommandSettings(_Section):
     default_ttl_s: int = Field(default=600, ge=10)
 
 
+class RecallSettings(_Section):
+    """Recall progress: snapshot interval and when a silent device counts as unreachable."""
+
+    offline_days: float = Field(default=30.0, gt=0)
+    """A device offline longer than this is ``unreachable`` (adjusted completion rate)."""
+    snapshot_interval_s: float = Field(default=3600.0, gt=0)
+    remedy_check_interval_s: float = Field(default=60.0, gt=0)
+    """How often devices reporting the remedy version are marked remedied."""
+
+
 class Settings(_Section):
     """All server settings, validated."""
 
@@ -126,6 +136,7 @@ class Settings(_Section):
     retention: RetentionSettings = RetentionSettings()
     diagnostics: DiagnosticsSettings = DiagnosticsSettings()
     commands: CommandSettings = CommandSettings()
+    recalls: RecallSettings = RecallSettings()
 
     @property
     def public_base_url(self) -> str:
