@@ -366,7 +366,7 @@ def population(
     )
     if state:
         q = q.where(RecallDevice.state == state)
-    return [(rd, d) for rd, d in session.execute(q.order_by(Device.device_id)).tuples()]
+    return [(rd, d) for rd, d in session.execute(q.order_by(Device.device_id)).all()]
 
 
 def member(session: Session, campaign_id: str, device_id: str) -> tuple[RecallDevice, Device]:
@@ -482,7 +482,7 @@ def completion(session: Session, campaign_id: str) -> Completion:
             select(RecallDevice.state, func.count())
             .where(RecallDevice.campaign_id == campaign_id)
             .group_by(RecallDevice.state)
-        ).tuples()
+        ).all()
     )
     return Completion(
         population=int(sum(counts.values())),
@@ -518,7 +518,7 @@ def refresh_unreachable(session: Session, *, now: float, offline_days: float) ->
             RecallCampaign.state == "open",
             RecallDevice.state.in_(("notified", "unreachable")),
         )
-    ).tuples()
+    ).all()
     for rd, d in rows:
         why = is_unreachable(d.status, d.presence, d.last_seen, now, offline_days)
         if why and rd.state == "notified":
@@ -644,7 +644,7 @@ def recall_holds(session: Session) -> dict[int, str]:
         .join(RecallCampaign, RecallCampaign.id == RecallDevice.campaign_id)
         .where(RecallCampaign.state == "open", RecallDevice.state == "notified")
         .order_by(RecallDevice.campaign_id)
-    ).tuples()
+    ).all()
     out: dict[int, str] = {}
     for key, campaign_id in rows:
         out.setdefault(key, campaign_id)

@@ -51,7 +51,7 @@ def part_view(session: Session, part: Part, now: float) -> dict[str, Any]:
             .outerjoin(Device, Device.id == PartInstallation.device_key)
             .where(PartInstallation.part_id == part.id)
             .order_by(PartInstallation.installed_at)
-        ).tuples()
+        ).all()
     )
     current = next((s for s, _ in stints if s.removed_at is None), None)
     hours = part.hours_in_service + ((now - current.installed_at) / 3600 if current else 0.0)
@@ -303,7 +303,7 @@ def reliability_by_condition(
     out: dict[str, dict[str, float]] = {
         c: {"failures": 0, "hours": 0.0, "installations": 0} for c in PART_CONDITIONS
     }
-    for stint, _kind in session.execute(q).tuples():
+    for stint, _kind in session.execute(q).all():
         row = out[stint.condition]
         row["installations"] += 1
         row["failures"] += 1 if stint.failed else 0

@@ -98,7 +98,7 @@ def list_claims(
         q = q.where(WarrantyClaim.state == state)
     if failure_mode:
         q = q.where(WarrantyClaim.failure_mode == failure_mode)
-    rows = list(session.execute(q.order_by(WarrantyClaim.id.desc())).tuples())
+    rows = list(session.execute(q.order_by(WarrantyClaim.id.desc())).all())
     window = rows[params.offset : params.offset + params.limit]
     return page([svc.claim_view(c, d) for c, d in window], len(rows), params)
 
