@@ -33,6 +33,10 @@ PATH_VALUES = {
     "token_id": "999999",
     "bundle_id": "1",
     "token": "not-a-real-upload-token",
+    "campaign_id": "RC-none",
+    "claim_id": "999999",
+    "rma_id": "999999",
+    "serial": "no-such-part",
 }
 MUTATING = {"POST", "PATCH", "PUT", "DELETE"}
 
@@ -209,6 +213,58 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url) -> None:
             "/api/v1/tokens/1", headers=admin
         ),
         ("POST", "/api/v1/diagnostics/upload/{token}"): upload,
+        ("POST", "/api/v1/recalls"): lambda c: c.post(
+            "/api/v1/recalls",
+            json={
+                "id": "RC-A",
+                "title": "audit",
+                "scope": {"models": ["m1"]},
+                "remedy_version": "9.9",
+                "physical_action": "inspect",
+            },
+            headers=admin,
+        ),
+        ("POST", "/api/v1/recalls/{campaign_id}/open"): lambda c: c.post(
+            "/api/v1/recalls/RC-A/open", headers=admin
+        ),
+        ("POST", "/api/v1/recalls/{campaign_id}/devices"): lambda c: (
+            c.post("/api/v1/devices", json={"device_id": "pi-m1", "model": "m1"}, headers=admin),
+            c.post("/api/v1/recalls/RC-A/devices", json={"device_ids": ["pi-m1"]}, headers=admin),
+        )[-1],
+        ("POST", "/api/v1/recalls/{campaign_id}/devices/{device_id}/state"): lambda c: c.post(
+            "/api/v1/recalls/RC-A/devices/pi-m1/state", json={"state": "not_needed"}, headers=admin
+        ),
+        ("PUT", "/api/v1/recalls/{campaign_id}/remedy-rollout"): lambda c: c.put(
+            "/api/v1/recalls/RC-A/remedy-rollout", json={"rollout_id": "ro-1"}, headers=admin
+        ),
+        ("POST", "/api/v1/recalls/{campaign_id}/close"): lambda c: c.post(
+            "/api/v1/recalls/RC-A/close", headers=admin
+        ),
+        ("PUT", "/api/v1/warranty/rules"): lambda c: c.put(
+            "/api/v1/warranty/rules",
+            json={"model": "m1", "months": 12, "covers": ["*"]},
+            headers=admin,
+        ),
+        ("POST", "/api/v1/claims"): lambda c: c.post(
+            "/api/v1/claims",
+            json={"device": "pi-m1", "failure_mode": "overheat", "failure_date": "2026-01-02"},
+            headers=admin,
+        ),
+        ("POST", "/api/v1/claims/{claim_id}/decision"): lambda c: c.post(
+            "/api/v1/claims/1/decision", json={"decision": "approved", "note": "ok"}, headers=admin
+        ),
+        ("POST", "/api/v1/parts"): lambda c: c.post(
+            "/api/v1/parts", json={"serial": "P-1", "kind": "fan"}, headers=admin
+        ),
+        ("POST", "/api/v1/parts/{serial}/install"): lambda c: c.post(
+            "/api/v1/parts/P-1/install", json={"device_id": "pi-m1"}, headers=admin
+        ),
+        ("POST", "/api/v1/rmas"): lambda c: c.post(
+            "/api/v1/rmas", json={"part_serial": "P-1"}, headers=admin
+        ),
+        ("POST", "/api/v1/rmas/{rma_id}/transition"): lambda c: c.post(
+            "/api/v1/rmas/1/transition", json={"state": "approved"}, headers=admin
+        ),
     }
     try:
         with TestClient(app) as client:
