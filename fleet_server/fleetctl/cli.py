@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fleet_server import __version__
+from fleet_server.fleetctl import recalls_cli
 from fleet_server.fleetctl.client import ApiClient, CtlError, load_config
 from protocol import SCHEMA_VERSION
 
@@ -41,6 +42,8 @@ app.add_typer(alarms_app, name="alarms")
 app.add_typer(audit_app, name="audit")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(fleet_app, name="fleet")
+for _name, _sub in recalls_cli.SUBAPPS.items():
+    app.add_typer(_sub, name=_name)
 
 console = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]

@@ -57,7 +57,8 @@ def test_recall_lifecycle_with_software_remedy_and_version_block(api, sessions, 
     bad = client.post(
         "/api/v1/recalls", json={**body, "id": "RC-x", "scope": {"colour": ["red"]}}, headers=op
     )
-    assert bad.status_code == 422 and "unknown clause" in bad.json()["error"]["message"]
+    assert bad.status_code == 422
+    assert "unknown clause" in bad.json()["error"]["message"]
 
     preview = client.get("/api/v1/recalls/RC-1/preview", headers=viewer).json()
     assert [d["device_id"] for d in preview["devices"]] == ["pi-1", "pi-2", "pi-3", "pi-4"]
@@ -73,10 +74,12 @@ def test_recall_lifecycle_with_software_remedy_and_version_block(api, sessions, 
 
     # Explainable per device, in or out.
     ex = client.get("/api/v1/recalls/RC-1/devices/pi-2", headers=viewer).json()
-    assert ex["in_population"] and ex["state"] == "notified"
+    assert ex["in_population"]
+    assert ex["state"] == "notified"
     assert "batch lot-7 in [lot-7]" in ex["frozen_reason"]
     out = client.get("/api/v1/recalls/RC-1/devices/pi-5", headers=viewer).json()
-    assert not out["in_population"] and out["failed_now"] == ["batch lot-8 not in [lot-7]"]
+    assert not out["in_population"]
+    assert out["failed_now"] == ["batch lot-8 not in [lot-7]"]
 
     # The version block is in force: deployments/rollouts ask these hooks.
     with sessions() as s:
@@ -101,7 +104,8 @@ def test_recall_lifecycle_with_software_remedy_and_version_block(api, sessions, 
     _device(client, tokens["operator"], "pi-6", "SN006", "lot-7")
     _report(sessions, "pi-6", software_version="2.0.0", presence="online", last_seen=clock.now)
     new = client.get("/api/v1/recalls/RC-1/preview", headers=viewer).json()
-    assert new["new_only"] and [d["device_id"] for d in new["devices"]] == ["pi-6"]
+    assert new["new_only"]
+    assert [d["device_id"] for d in new["devices"]] == ["pi-6"]
     refused = client.post(
         "/api/v1/recalls/RC-1/devices", json={"device_ids": ["pi-6", "pi-5"]}, headers=op
     )
@@ -141,7 +145,8 @@ def test_recall_lifecycle_with_software_remedy_and_version_block(api, sessions, 
     cur = client.get("/api/v1/recalls/RC-1/progress", headers=viewer).json()
     snap = cur["snapshots"][-1]
     assert (snap["population"], snap["remedied"], snap["unreachable"]) == (5, 3, 1)
-    assert snap["raw_rate"] == 0.6 and snap["adjusted_rate"] == 0.75
+    assert snap["raw_rate"] == 0.6
+    assert snap["adjusted_rate"] == 0.75
     assert "population - unreachable" in cur["current"]["adjusted_rate_definition"]
 
     # Illegal member move is refused with the allowed ones; a legal one is audited.
@@ -155,7 +160,8 @@ def test_recall_lifecycle_with_software_remedy_and_version_block(api, sessions, 
         json={"state": "not_needed", "note": "inspected on site, fan fine"},
         headers={**op, "X-Request-ID": "req-rc-1"},
     )
-    assert ok.status_code == 200 and ok.json()["state"] == "not_needed"
+    assert ok.status_code == 200
+    assert ok.json()["state"] == "not_needed"
     run_recall_snapshots(sessions, settings, clock.now)
 
     # Exports.
@@ -163,14 +169,16 @@ def test_recall_lifecycle_with_software_remedy_and_version_block(api, sessions, 
     assert affected.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(affected.text)))
     assert [r["device_id"] for r in rows] == ["pi-1", "pi-2", "pi-3", "pi-4", "pi-6"]
-    assert rows[4]["state"] == "unreachable" and rows[4]["added_how"] == "added"
+    assert rows[4]["state"] == "unreachable"
+    assert rows[4]["added_how"] == "added"
     assert "batch lot-7 in [lot-7]" in rows[0]["matched"]
     report = list(
         csv.reader(
             io.StringIO(client.get("/api/v1/recalls/RC-1/export/progress.csv", headers=viewer).text)
         )
     )
-    assert report[0][5].startswith("raw_rate") and report[0][6].startswith("adjusted_rate")
+    assert report[0][5].startswith("raw_rate")
+    assert report[0][6].startswith("adjusted_rate")
     assert [r[5] for r in report[1:]] == ["0.6000", "0.8000"]
     assert report[-1][6] == "1.0000"
 
@@ -195,7 +203,8 @@ def test_recall_lifecycle_with_software_remedy_and_version_block(api, sessions, 
     ):
         assert action in actions
     assert entry.actor == "test-operator"
-    assert entry.before["state"] == "notified" and entry.after["state"] == "not_needed"
+    assert entry.before["state"] == "notified"
+    assert entry.after["state"] == "not_needed"
 
 
 def test_physical_recall_needs_a_remedy_and_software_does_not_close_it(api, sessions) -> None:
@@ -208,7 +217,8 @@ def test_physical_recall_needs_a_remedy_and_software_does_not_close_it(api, sess
         json={"id": "RC-P", "title": "t", "scope": {"batches": ["lot-1"]}},
         headers=op,
     )
-    assert none.status_code == 422 and "remedy" in none.json()["error"]["message"]
+    assert none.status_code == 422
+    assert "remedy" in none.json()["error"]["message"]
     body = {
         "id": "RC-P",
         "title": "Battery swelling",
@@ -238,4 +248,55 @@ def test_physical_recall_needs_a_remedy_and_software_does_not_close_it(api, sess
     )
     assert late.status_code == 409
     listed = client.get("/api/v1/recalls", headers=_h(tokens["viewer"])).json()
-    assert listed["total"] == 1 and listed["items"][0]["completion"]["raw_rate"] == 1.0
+    assert listed["total"] == 1
+    assert listed["items"][0]["completion"]["raw_rate"] == 1.0
+
+
+def test_fleetctl_recall_commands(sessions, db_url, tmp_path) -> None:
+    """fleetctl against a live server: create from JSON, open, explain, export, errors."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from fleet_server.api import create_app
+    from fleet_server.fleetctl.cli import app as ctl
+    from tests.server_fixtures import FakeClock, make_tokens, serve
+
+    live = serve(create_app(settings_for(db_url), sessions=sessions, clock=FakeClock()))
+    try:
+        tokens = make_tokens(sessions)
+        runner = CliRunner()
+        base = ["--url", live.url, "--token", tokens["operator"]]
+        import httpx
+
+        httpx.post(
+            f"{live.url}/api/v1/devices",
+            json={"device_id": "pi-c1", "model": "m9", "batch": "b1"},
+            headers=_h(tokens["operator"]),
+        ).raise_for_status()
+        spec = tmp_path / "rc.json"
+        spec.write_text(
+            _json.dumps(
+                {
+                    "id": "RC-C",
+                    "title": "cli",
+                    "scope": {"models": ["m9"]},
+                    "physical_action": "inspect",
+                }
+            )
+        )
+        created = runner.invoke(ctl, [*base, "recall", "create", str(spec), "--json"])
+        assert created.exit_code == 0, created.output
+        assert _json.loads(created.output)["state"] == "draft"
+        opened = runner.invoke(ctl, [*base, "recall", "open", "RC-C", "--yes"])
+        assert opened.exit_code == 0, opened.output
+        assert "RC-C" in opened.output
+        explained = runner.invoke(ctl, [*base, "recall", "explain", "RC-C", "pi-c1"])
+        assert "frozen: model m9 in [m9]" in explained.output
+        exported = runner.invoke(ctl, [*base, "recall", "export", "RC-C", "affected"])
+        assert exported.output.splitlines()[1].startswith("pi-c1,")
+        again = runner.invoke(ctl, [*base, "recall", "open", "RC-C", "--yes"])
+        assert again.exit_code != 0
+        assert "allowed: closed" in str(again.exception) + again.output
+    finally:
+        live.stop()
