@@ -75,6 +75,8 @@ class AgentConfig:
     log_level: str = "info"
     disk_path: str = "/"
     software_version: str = ""
+    safety_public_key: Path | None = None
+    """Ed25519 public key verifying safe-mode commands (``[safety] public_key``)."""
     source: Path | None = None
 
     @property
@@ -109,6 +111,7 @@ class AgentConfig:
             "log_level": self.log_level,
             "disk_path": self.disk_path,
             "software_version": self.software_version,
+            "safety_public_key": str(self.safety_public_key) if self.safety_public_key else None,
         }
 
 
@@ -129,11 +132,13 @@ _TOP_KEYS = {
     "log_level",
     "disk_path",
     "software_version",
+    "safety",
 }
 _SECTIONS = {
     "tls": {"ca", "cert", "key"},
     "buffer": {"max_bytes", "max_age_s"},
     "diagnostics": {"max_bytes", "log_lines"},
+    "safety": {"public_key"},
 }
 
 
@@ -317,6 +322,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> AgentCo
         log_level=level,
         disk_path=_str(data, "disk_path") or "/",
         software_version=_str(data, "software_version") or "",
+        safety_public_key=_readable_file(data.get("safety", {}), "public_key", "safety"),
         source=source,
     )
 
