@@ -19,6 +19,7 @@ from fleet_server.config import ConfigError, Settings, load_settings
 from fleet_server.domain.roles import Role
 from fleet_server.identity.cli import ca_app
 from fleet_server.keys_cli import keys_app
+from fleet_server.safety_cli import safety_app
 from fleet_server.updates.publish_cli import updates_app
 from protocol import SCHEMA_VERSION
 
@@ -79,6 +80,7 @@ def _open(settings: Settings) -> Any:
 app.add_typer(keys_app, name="keys")
 app.add_typer(updates_app, name="updates")
 app.add_typer(ca_app, name="ca")
+app.add_typer(safety_app, name="safety-key")
 
 
 @app.callback()

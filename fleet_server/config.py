@@ -123,6 +123,10 @@ class RecallSettings(_Section):
     snapshot_interval_s: float = Field(default=3600.0, gt=0)
     remedy_check_interval_s: float = Field(default=60.0, gt=0)
     """How often devices reporting the remedy version are marked remedied."""
+    safety_key: str | None = None
+    """Ed25519 private key (PEM) signing safe-mode commands (``fleet-server safety-key``)."""
+    safe_mode_ttl_s: int = Field(default=7 * 86400, ge=60)
+    """How long a safe-mode command stays valid for a device that is offline."""
 
 
 class Settings(_Section):

@@ -78,6 +78,7 @@ PERMISSIONS: dict[tuple[str, str], Role | None] = {
     ("GET", f"{API}/recalls/{{campaign_id}}/devices/{{device_id}}"): Role.VIEWER,
     ("POST", f"{API}/recalls/{{campaign_id}}/devices/{{device_id}}/state"): Role.OPERATOR,
     ("PUT", f"{API}/recalls/{{campaign_id}}/remedy-rollout"): Role.OPERATOR,
+    ("POST", f"{API}/recalls/{{campaign_id}}/safe-mode"): Role.ADMIN,
     ("GET", f"{API}/recalls/{{campaign_id}}/remedy-targets"): Role.VIEWER,
     ("GET", f"{API}/recalls/{{campaign_id}}/progress"): Role.VIEWER,
     ("GET", f"{API}/recalls/{{campaign_id}}/export/affected.csv"): Role.VIEWER,

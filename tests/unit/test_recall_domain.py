@@ -63,11 +63,13 @@ def test_scope_matches_and_explains_each_clause() -> None:
         }
     )
     ok, matched, failed = explain(scope, DEV)
-    assert ok and not failed
+    assert ok
+    assert not failed
     assert "batch lot-7 in [lot-7, lot-8]" in matched
     assert any(m.startswith("serial SN0150 in") for m in matched)  # natural order: 99 < 150
     ok, _m, failed = explain(scope, {**DEV, "production_date": "2026-02-01"})
-    assert not ok and failed == ["production_date 2026-02-01 not in [2026-01-01, 2026-01-31]"]
+    assert not ok
+    assert failed == ["production_date 2026-02-01 not in [2026-01-01, 2026-01-31]"]
 
 
 @pytest.mark.parametrize(
@@ -103,7 +105,8 @@ def test_unreachable_rule_and_version_order() -> None:
     assert version_at_least("2.10.0", "2.9.1")
     assert not version_at_least("2.0.0", "2.0.1")
     assert not version_at_least(None, "1")
-    assert version_at_least("weird", "weird") and not version_at_least("weird", "other")
+    assert version_at_least("weird", "weird")
+    assert not version_at_least("weird", "other")
 
 
 FACTS = DeviceFacts("pi-1", "thermo-1", "eu", "active", date(2025, 1, 31), None)
@@ -148,7 +151,8 @@ def test_claim_checks_pass_and_fail_with_reasons() -> None:
         evidence_days=14,
         today=date(2026, 1, 2),
     )
-    assert unknown[0].name == "device_exists" and not unknown[0].passed
+    assert unknown[0].name == "device_exists"
+    assert not unknown[0].passed
     assert add_months(date(2024, 1, 31), 1) == date(2024, 2, 29)
 
 

@@ -21,7 +21,9 @@ from fleet_server.api.deps import (
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.db.models import RecallCampaign
 from fleet_server.services import recalls as svc
+from fleet_server.services import safe_mode
 from fleet_server.services.audit import Actor
+from fleet_server.services.registry import RegistryError
 
 router = APIRouter(prefix="/api/v1/recalls", tags=["recalls"], responses=ERROR_RESPONSES)
 
@@ -63,6 +65,12 @@ class RolloutLinkIn(BaseModel):
     """The rollout carrying the software remedy (exempt from the recall hold)."""
 
     rollout_id: str | None = Field(max_length=64)
+
+
+class SafeModeIn(BaseModel):
+    """Push the signed safe-mode command to a safety recall's members still notified."""
+
+    reason: str = Field(min_length=1, max_length=200)
 
 
 def _view(session: Session, c: RecallCampaign) -> dict[str, Any]:
@@ -289,4 +297,29 @@ def export_progress(*, campaign_id: str, session: Sess) -> Response:
         svc.progress_csv(session, campaign_id),
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{campaign_id}-progress.csv"'},
+    )
+
+
+@router.post("/{campaign_id}/safe-mode", summary="Send the signed safe-mode command")
+def send_safe_mode(
+    *, campaign_id: str, body: SafeModeIn, request: Request, session: Sess, actor: Who
+) -> dict[str, Any]:
+    """Admin only: every member still notified of an open safety-critical recall gets a
+    safe-mode command signed with the server's safety key; acks show on the device's
+    commands (completed = in safe mode, rejected not_permitted = signature refused)."""
+    ctx = context(request)
+    c = svc.get_campaign(session, campaign_id)
+    if ctx.publisher is None:
+        raise RegistryError("broker_unavailable", "no MQTT publisher: cannot reach devices")
+    key = safe_mode.load_safety_key(ctx.settings.recalls.safety_key)
+    return safe_mode.send_safe_mode(
+        session,
+        ctx.publisher,
+        key,
+        c,
+        actor,
+        reason=body.reason,
+        now=ctx.clock(),
+        ttl_s=ctx.settings.recalls.safe_mode_ttl_s,
+        request_id=request_id(request),
     )

@@ -9,11 +9,14 @@ import csv
 import io
 from typing import Any
 
+import msgspec
+import pytest
 from sqlalchemy import select, update
 
 from fleet_server.db.models import AuditEntry, Device
 from fleet_server.services import recalls
 from fleet_server.services.jobs import run_recall_remedy_check, run_recall_snapshots
+from tests.conftest import wait_for
 from tests.server_fixtures import settings_for
 
 
@@ -300,3 +303,116 @@ def test_fleetctl_recall_commands(sessions, db_url, tmp_path) -> None:
         assert "allowed: closed" in str(again.exception) + again.output
     finally:
         live.stop()
+
+
+@pytest.mark.mosquitto
+def test_safe_mode_is_signed_sent_and_acked(mosquitto, sessions, db_url, tmp_path) -> None:
+    """Admin sends safe mode over real Mosquitto; the command verifies with the agent's
+    verifier and the provisioned public key; acks (completed / not_permitted) show up."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from fastapi.testclient import TestClient
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    import protocol as p
+    from agent.safe_mode import Verifier
+    from fleet_server.adapters.mqtt_publisher import PahoPublisher
+    from fleet_server.api import create_app
+    from fleet_server.services.ingest import BatchWriter, Inbound
+    from fleet_server.services.safe_mode import create_safety_key
+    from tests.server_fixtures import FakeClock, make_tokens
+
+    private, public = create_safety_key(tmp_path / "keys")
+    publisher = PahoPublisher(mosquitto.host, mosquitto.port)
+    assert publisher.wait_connected(10)
+    clock = FakeClock()
+    settings = settings_for(db_url, recalls={"safety_key": str(private)})
+    app = create_app(settings, sessions=sessions, publisher=publisher, clock=clock)
+    tokens = make_tokens(sessions)
+    received: list[tuple[str, bytes]] = []
+    got = threading.Event()
+    dev = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="sm-listener", protocol=mqtt.MQTTv5)
+    dev.on_message = lambda _c, _u, m: (received.append((m.topic, m.payload)), got.set())
+    dev.connect(mosquitto.host, mosquitto.port)
+    dev.subscribe("fleet/v1/+/command", qos=1)
+    dev.loop_start()
+    try:
+        with TestClient(app) as client:
+            op, admin = _h(tokens["operator"]), _h(tokens["admin"])
+            for i in (1, 2):
+                _device(client, tokens["operator"], f"pi-s{i}", f"SS{i}", "lot-s")
+            body = {
+                "id": "RC-S",
+                "title": "battery",
+                "scope": {"batches": ["lot-s"]},
+                "physical_action": "replace",
+                "safety_critical": True,
+            }
+            assert client.post("/api/v1/recalls", json=body, headers=op).status_code == 201
+            assert client.post("/api/v1/recalls/RC-S/open", headers=op).status_code == 200
+            url = "/api/v1/recalls/RC-S/safe-mode"
+            assert client.post(url, json={"reason": "x"}, headers=op).status_code == 403
+            sent = client.post(url, json={"reason": "battery swelling"}, headers=admin)
+            assert sent.status_code == 200, sent.text
+            assert [s["device_id"] for s in sent.json()["sent"]] == ["pi-s1", "pi-s2"]
+            wait_for(lambda: len(received) >= 2, timeout=10)
+            verifier = Verifier.from_file(public)
+            cmds = [p.decode(topic, raw) for topic, raw in received]
+            for cmd in cmds:
+                assert isinstance(cmd, p.SafeMode)
+                assert cmd.campaign_id == "RC-S"
+                assert verifier.verify(cmd.signature, p.safe_mode_signed_bytes(cmd))
+                forged = msgspec.structs.replace(cmd, device_id="pi-other")
+                assert not verifier.verify(forged.signature, p.safe_mode_signed_bytes(forged))
+            by_device = {c.device_id: c for c in cmds}
+            acks = [
+                p.CommandAck(
+                    device_id="pi-s1",
+                    boot_id="b",
+                    seq=1,
+                    ts=clock.now,
+                    command_id=by_device["pi-s1"].id,
+                    status=p.AckStatus.COMPLETED,
+                    result={"active": True},
+                ),
+                p.CommandAck(
+                    device_id="pi-s2",
+                    boot_id="b",
+                    seq=1,
+                    ts=clock.now,
+                    command_id=by_device["pi-s2"].id,
+                    status=p.AckStatus.REJECTED,
+                    reason=p.RejectReason.NOT_PERMITTED,
+                    detail="bad safe-mode signature",
+                ),
+            ]
+            BatchWriter(sessions, auto_register=False).write(
+                [Inbound(p.topic(a.device_id, p.Kind.EVENT), p.encode(a), clock.now) for a in acks]
+            )
+            viewer = _h(tokens["viewer"])
+            s1 = client.get("/api/v1/devices/pi-s1/commands", headers=viewer).json()["items"][0]
+            s2 = client.get("/api/v1/devices/pi-s2/commands", headers=viewer).json()["items"][0]
+            assert (s1["kind"], s1["status"]) == ("safe_mode", "completed")
+            assert (s2["status"], s2["reason"]) == ("rejected", "not_permitted")
+            member = client.get("/api/v1/recalls/RC-S/devices", headers=viewer).json()["items"][0]
+            assert member["safe_mode_command_id"] == by_device["pi-s1"].id
+            # Not for recalls that are not safety-critical; not without a key.
+            plain = {**body, "id": "RC-T", "safety_critical": False}
+            client.post("/api/v1/recalls", json=plain, headers=op)
+            client.post("/api/v1/recalls/RC-T/open", headers=op)
+            assert (
+                client.post(
+                    "/api/v1/recalls/RC-T/safe-mode", json={"reason": "x"}, headers=admin
+                ).status_code
+                == 409
+            )
+        keyless = create_app(settings_for(db_url), sessions=sessions, publisher=publisher)
+        with TestClient(keyless) as client:
+            r = client.post(url, json={"reason": "x"}, headers=_h(tokens["admin"]))
+            assert r.status_code == 409
+            assert "safety-key create" in r.json()["error"]["message"]
+    finally:
+        dev.loop_stop()
+        dev.disconnect()
+        publisher.close()

@@ -25,6 +25,7 @@ from fleet_server.domain.roles import (
     required_role,
 )
 from fleet_server.services.ingest import BatchWriter, Inbound
+from fleet_server.services.safe_mode import create_safety_key
 from tests.server_fixtures import FakeClock, make_tokens, settings_for
 
 PATH_VALUES = {
@@ -139,13 +140,15 @@ def test_command_kinds_have_their_own_roles(mosquitto, sessions, db_url) -> None
 
 
 @pytest.mark.mosquitto
-def test_every_mutating_call_is_audited(mosquitto, sessions, db_url) -> None:
+def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -> None:
     """Runs one successful call per mutating route; a new mutating route without a
     scenario here fails the test."""
     publisher = PahoPublisher(mosquitto.host, mosquitto.port)
     assert publisher.wait_connected(10)
     clock = FakeClock()
-    app = create_app(settings_for(db_url), sessions=sessions, publisher=publisher, clock=clock)
+    safety_key, _public = create_safety_key(tmp_path / "safety")
+    settings = settings_for(db_url, recalls={"safety_key": str(safety_key)})
+    app = create_app(settings, sessions=sessions, publisher=publisher, clock=clock)
     tokens = make_tokens(sessions)
     admin = {"Authorization": f"Bearer {tokens['admin']}", "X-Request-ID": "req-audit-1"}
     # A device that raised a fault, for the alarm ack.
@@ -221,6 +224,7 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url) -> None:
                 "scope": {"models": ["m1"]},
                 "remedy_version": "9.9",
                 "physical_action": "inspect",
+                "safety_critical": True,
             },
             headers=admin,
         ),
@@ -231,6 +235,9 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url) -> None:
             c.post("/api/v1/devices", json={"device_id": "pi-m1", "model": "m1"}, headers=admin),
             c.post("/api/v1/recalls/RC-A/devices", json={"device_ids": ["pi-m1"]}, headers=admin),
         )[-1],
+        ("POST", "/api/v1/recalls/{campaign_id}/safe-mode"): lambda c: c.post(
+            "/api/v1/recalls/RC-A/safe-mode", json={"reason": "audit"}, headers=admin
+        ),
         ("POST", "/api/v1/recalls/{campaign_id}/devices/{device_id}/state"): lambda c: c.post(
             "/api/v1/recalls/RC-A/devices/pi-m1/state", json={"state": "not_needed"}, headers=admin
         ),
