@@ -28,5 +28,5 @@ def create(
     except (FileExistsError, OSError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"private key: {private}  (server: [recalls] safety_key = \"{private}\")")
-    typer.echo(f"public key:  {public}  (devices: [safety] public_key = \"<path>\")")
+    typer.echo(f'private key: {private}  (server: [recalls] safety_key = "{private}")')
+    typer.echo(f'public key:  {public}  (devices: [safety] public_key = "<path>")')

@@ -603,6 +603,13 @@ PROGRESS_COLUMNS = (
 )
 
 
+def _cell(value: Any) -> Any:
+    """Neutralise spreadsheet formulas in free-text cells (CSV injection)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def affected_csv(session: Session, campaign_id: str) -> str:
     """The affected list as CSV (one row per population member, reason included)."""
     buf = io.StringIO()
@@ -610,7 +617,9 @@ def affected_csv(session: Session, campaign_id: str) -> str:
     w.writerow(AFFECTED_COLUMNS)
     for rd, d in population(session, campaign_id):
         v = recall_device_view(rd, d)
-        w.writerow([v[c] if c != "matched" else "; ".join(v["matched"]) for c in AFFECTED_COLUMNS])
+        w.writerow(
+            [_cell(v[c] if c != "matched" else "; ".join(v["matched"])) for c in AFFECTED_COLUMNS]
+        )
     return buf.getvalue()
 
 

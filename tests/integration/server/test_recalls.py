@@ -215,6 +215,7 @@ def test_physical_recall_needs_a_remedy_and_software_does_not_close_it(api, sess
     op = _h(tokens["operator"])
     _device(client, tokens["operator"], "pi-a", "SN100", "lot-1", production_date="2026-01-05")
     _device(client, tokens["operator"], "pi-b", "SN200", "lot-1", production_date="2026-03-05")
+    _device(client, tokens["operator"], "pi-c", "SN120", "=1+2", production_date="2026-01-09")
     none = client.post(
         "/api/v1/recalls",
         json={"id": "RC-P", "title": "t", "scope": {"batches": ["lot-1"]}},
@@ -234,7 +235,7 @@ def test_physical_recall_needs_a_remedy_and_software_does_not_close_it(api, sess
     }
     assert client.post("/api/v1/recalls", json=body, headers=op).status_code == 201
     assert (
-        client.post("/api/v1/recalls/RC-P/open", headers=op).json()["completion"]["population"] == 1
+        client.post("/api/v1/recalls/RC-P/open", headers=op).json()["completion"]["population"] == 2
     )
     done = client.post(
         "/api/v1/recalls/RC-P/devices/pi-a/state", json={"state": "remedied"}, headers=op
@@ -252,7 +253,11 @@ def test_physical_recall_needs_a_remedy_and_software_does_not_close_it(api, sess
     assert late.status_code == 409
     listed = client.get("/api/v1/recalls", headers=_h(tokens["viewer"])).json()
     assert listed["total"] == 1
-    assert listed["items"][0]["completion"]["raw_rate"] == 1.0
+    assert listed["items"][0]["completion"]["raw_rate"] == 0.5
+    # Free text in the export cannot become a spreadsheet formula.
+    text = client.get("/api/v1/recalls/RC-P/export/affected.csv", headers=_h(tokens["viewer"])).text
+    row = next(r for r in csv.DictReader(io.StringIO(text)) if r["device_id"] == "pi-c")
+    assert row["batch"] == "'=1+2"
 
 
 def test_fleetctl_recall_commands(sessions, db_url, tmp_path) -> None:
