@@ -81,8 +81,11 @@ class IngestSettings(_Section):
     auto_register: bool = False
     batch_size: int = Field(default=500, ge=1, le=20000)
     receive_maximum: int = Field(default=2000, ge=1, le=65535)
-    shared_group: str | None = "ingest"
-    """MQTT 5 shared subscription group; ignored on the embedded broker (MQTT 3.1.1)."""
+    shared_group: str | None = None
+    """MQTT 5 shared subscription group, to split the load over several workers; ignored on
+    the embedded broker (MQTT 3.1.1). Off by default: Mosquitto does not queue a shared
+    subscription's messages for members that are disconnected, so a broker restart that the
+    devices reconnect to before the workers do would lose messages (see README, Limits)."""
     session_expiry_s: int = Field(default=86400, ge=0)
     client_id: str = Field(default="fleet-ingest", min_length=1, max_length=64)
 

@@ -52,7 +52,7 @@ class IngestOptions:
     port: int
     client_id: str = "fleet-ingest"
     mqtt5: bool = True
-    shared_group: str | None = "ingest"
+    shared_group: str | None = None
     session_expiry_s: int = 86400
     receive_maximum: int = 2000
     keepalive_s: int = 30

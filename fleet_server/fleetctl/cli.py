@@ -18,6 +18,7 @@ from rich.table import Table
 
 from fleet_server import __version__
 from fleet_server.fleetctl import recalls_cli
+from fleet_server.fleetctl.analytics_cli import analytics_app
 from fleet_server.fleetctl.client import ApiClient, CtlError, load_config
 from protocol import SCHEMA_VERSION
 
@@ -58,6 +59,7 @@ class _State:
 
 
 _state = _State()
+app.add_typer(analytics_app, name="analytics")
 
 
 @app.callback()

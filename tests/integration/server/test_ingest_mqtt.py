@@ -303,3 +303,45 @@ def test_silent_network_cut_goes_offline_via_keepalive(mosquitto, ingest, sessio
     assert dev.client is not None
     dev.client.loop_stop()  # socket stays open, but no more PINGREQ
     wait_for(lambda: _presence(sessions, "pi-16") == "offline", timeout=1.5 * 2 + 10)
+
+
+def test_workers_on_a_shared_subscription_split_the_load_and_store_each_message_once(
+    mosquitto, sessions
+):
+    workers: list[IngestWorker] = []
+    threads: list[threading.Thread] = []
+    for i in range(2):
+        worker = IngestWorker(
+            BatchWriter(sessions, auto_register=True),
+            IngestOptions(
+                mosquitto.host,
+                mosquitto.port,
+                client_id=f"ingest-shared-{i}",
+                shared_group="ingest",
+                batch_size=20,
+            ),
+        )
+        worker.connect(timeout=10)
+        assert wait_connected(worker, 10)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        workers.append(worker)
+        threads.append(thread)
+    try:
+        devices = [FakeDevice(mosquitto, f"pi-shared-{d}") for d in range(4)]
+        for dev in devices:
+            dev.connect()
+        for _ in range(50):
+            for dev in devices:
+                dev.publish(p.Kind.TELEMETRY, dev.telemetry())
+        wait_for(lambda: _count(sessions, TelemetrySample) == 200, timeout=30)
+        handled = [w.writer.metrics.messages.labels(kind="telemetry")._value.get() for w in workers]
+        assert all(n > 0 for n in handled), f"both workers took a share: {handled}"
+        assert sum(handled) == 200, "each message was handled by exactly one worker"
+        for dev in devices:
+            dev.disconnect_cleanly()
+    finally:
+        for worker in workers:
+            worker.stop()
+        for thread in threads:
+            thread.join(timeout=10)
