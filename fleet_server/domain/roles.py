@@ -98,6 +98,10 @@ PERMISSIONS: dict[tuple[str, str], Role | None] = {
     ("GET", f"{API}/parts/{{serial}}"): Role.VIEWER,
     ("POST", f"{API}/parts/{{serial}}/install"): Role.OPERATOR,
     ("GET", f"{API}/analytics/parts-reliability"): Role.VIEWER,
+    ("GET", f"{API}/analytics/weibull"): Role.VIEWER,
+    ("GET", f"{API}/analytics/claims"): Role.VIEWER,
+    ("GET", f"{API}/analytics/rates"): Role.VIEWER,
+    ("GET", f"{API}/analytics/growth"): Role.VIEWER,
 }
 
 COMMAND_ROLES: dict[str, Role] = {
