@@ -218,12 +218,15 @@ def jobs(
     once: Annotated[bool, typer.Option("--once", help="run every job once and exit")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run only the background jobs (presence sweep, command expiry, retention)."""
+    """Run only the background jobs (presence sweep, command expiry, retention, recall
+    remedy check and progress snapshots)."""
     from fleet_server.services.clock import system_clock
     from fleet_server.services.jobs import (
         Scheduler,
         run_command_expiry,
         run_presence_sweep,
+        run_recall_remedy_check,
+        run_recall_snapshots,
         run_retention_job,
     )
 
@@ -235,6 +238,8 @@ def jobs(
         offline = run_presence_sweep(sessions, settings, now)
         expired = run_command_expiry(sessions, settings, now)
         kept = run_retention_job(sessions, settings, now)
+        remedied = run_recall_remedy_check(sessions, settings, now)
+        snapshots = run_recall_snapshots(sessions, settings, now)
         out = {
             "marked_offline": offline,
             "commands_expired": expired,
@@ -243,6 +248,8 @@ def jobs(
                 "hours_written": kept.hours_written,
                 "samples_deleted": kept.samples_deleted,
             },
+            "recall_devices_remedied": remedied,
+            "recall_snapshots": snapshots,
         }
         typer.echo(json.dumps(out) if json_out else "\n".join(f"{k}: {v}" for k, v in out.items()))
         return
