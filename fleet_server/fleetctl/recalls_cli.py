@@ -332,5 +332,71 @@ def rma_move(
     _emit(r, as_json, RMA_COLUMNS, [r])
 
 
+PART_COLUMNS = [
+    "serial",
+    "kind",
+    "condition",
+    "stock_state",
+    "installed_on",
+    "hours_in_service",
+    "reuse_count",
+]
+
+
+@rma_app.command("part-add")
+def part_add(
+    serial: str,
+    kind: str,
+    condition: Annotated[str, typer.Option("--condition", help="new or refurbished")] = "new",
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a serialised part in stock."""
+    part = _client().request(
+        "POST", "/api/v1/parts", json={"serial": serial, "kind": kind, "condition": condition}
+    )
+    _emit(part, as_json, PART_COLUMNS, [part])
+
+
+@rma_app.command("part-install")
+def part_install(serial: str, device_id: str, as_json: JsonOpt = False) -> None:
+    """Install a part from stock in a device (reuse is tracked for refurbished parts)."""
+    part = _client().request(
+        "POST", f"/api/v1/parts/{serial}/install", json={"device_id": device_id}
+    )
+    _emit(part, as_json, PART_COLUMNS, [part])
+
+
+@rma_app.command("part-show")
+def part_show(serial: str, as_json: JsonOpt = False) -> None:
+    """A part's genealogy: installations, repairs, hours in service."""
+    part = _client().request("GET", f"/api/v1/parts/{serial}")
+    if as_json:
+        typer.echo(json.dumps(part, indent=2))
+        return
+    _cli()._table([part], PART_COLUMNS)
+    _cli()._table(
+        part["installations"],
+        ["device_id", "condition", "installed_at", "removed_at", "failed"],
+        title="installations",
+    )
+
+
+@rma_app.command("parts-reliability")
+def parts_reliability(
+    kind: Annotated[str | None, typer.Option("--kind")] = None, as_json: JsonOpt = False
+) -> None:
+    """Failures per 1000 h in service of parts installed new vs refurbished."""
+    body = _client().request(
+        "GET", "/api/v1/analytics/parts-reliability", params={"kind": kind} if kind else {}
+    )
+    rows = [{"condition": c, **v} for c, v in body["by_condition"].items()]
+    _emit(
+        body,
+        as_json,
+        ["condition", "installations", "failures", "hours", "rate_per_1000h", "ci95"],
+        rows,
+    )
+
+
 SUBAPPS = {"recall": recall_app, "warranty": warranty_app, "claim": claim_app, "rma": rma_app}
 """Sub-apps mounted by ``fleetctl`` (name -> app)."""

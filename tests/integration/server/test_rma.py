@@ -145,3 +145,52 @@ def test_rma_lifecycle_part_genealogy_and_reuse(api, sessions) -> None:
     assert entry.action == "rma.inspected"
     assert entry.before["state"] == "returned"
     assert entry.after["state"] == "inspected"
+
+
+def test_fleetctl_claim_and_rma_commands(sessions, db_url) -> None:
+    """fleetctl against a live server: file a claim (checks printed), open and move an
+    RMA, an illegal move is a clear error, part genealogy."""
+    import json
+
+    import httpx
+    from typer.testing import CliRunner
+
+    from fleet_server.api import create_app
+    from fleet_server.fleetctl.cli import app as ctl
+    from tests.server_fixtures import FakeClock, make_tokens, serve, settings_for
+
+    live = serve(create_app(settings_for(db_url), sessions=sessions, clock=FakeClock()))
+    try:
+        tokens = make_tokens(sessions)
+        httpx.post(
+            f"{live.url}/api/v1/devices",
+            json={"device_id": "pi-k1"},
+            headers=_h(tokens["operator"]),
+        ).raise_for_status()
+        runner = CliRunner()
+        base = ["--url", live.url, "--token", tokens["operator"]]
+
+        def ok(*args: str) -> str:
+            result = runner.invoke(ctl, [*base, *args])
+            assert result.exit_code == 0, result.output
+            return result.output
+
+        claim = ok("claim", "file", "pi-k1", "fan_failure", "2026-09-01", "--part", "FAN-K")
+        assert "device_active" in claim
+        assert "never activated" in claim
+        ok("rma", "part-add", "FAN-K", "fan")
+        ok("rma", "part-install", "FAN-K", "pi-k1")
+        opened = json.loads(ok("rma", "open", "--part", "FAN-K", "--json"))
+        assert opened["state"] == "claimed"
+        bad = runner.invoke(ctl, [*base, "rma", "move", str(opened["id"]), "inspected"])
+        assert bad.exit_code != 0
+        assert "allowed: approved, rejected" in str(bad.exception)
+        ok("rma", "move", str(opened["id"]), "approved")
+        ok("rma", "move", str(opened["id"]), "returned")
+        shown = json.loads(ok("rma", "part-show", "FAN-K", "--json"))
+        assert shown["stock_state"] == "returned"
+        assert shown["installations"][0]["failed"] is True
+        listed = json.loads(ok("claim", "list", "--json"))
+        assert listed[0]["failure_mode"] == "fan_failure"
+    finally:
+        live.stop()
