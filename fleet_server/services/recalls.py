@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from fleet_server.db.models import Device, RecallCampaign, RecallDevice, RecallSnapshot
@@ -355,10 +355,8 @@ def recall_device_view(rd: RecallDevice, d: Device) -> dict[str, Any]:
     }
 
 
-def population(
-    session: Session, campaign_id: str, state: str | None = None
-) -> list[tuple[RecallDevice, Device]]:
-    """The frozen population with each member's device, by device id."""
+def population_query(campaign_id: str, state: str | None = None) -> Select[Any]:
+    """Query of the frozen population, (member, device) rows by device id."""
     q = (
         select(RecallDevice, Device)
         .join(Device, Device.id == RecallDevice.device_key)
@@ -366,7 +364,14 @@ def population(
     )
     if state:
         q = q.where(RecallDevice.state == state)
-    return [(rd, d) for rd, d in session.execute(q.order_by(Device.device_id)).all()]
+    return q.order_by(Device.device_id)
+
+
+def population(
+    session: Session, campaign_id: str, state: str | None = None
+) -> list[tuple[RecallDevice, Device]]:
+    """The frozen population with each member's device, by device id."""
+    return [(rd, d) for rd, d in session.execute(population_query(campaign_id, state)).all()]
 
 
 def member(session: Session, campaign_id: str, device_id: str) -> tuple[RecallDevice, Device]:

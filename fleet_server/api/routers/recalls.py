@@ -19,6 +19,7 @@ from fleet_server.api.deps import (
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
+from fleet_server.api.paging import fetch_page
 from fleet_server.db.models import RecallCampaign
 from fleet_server.services import recalls as svc
 from fleet_server.services import safe_mode
@@ -87,9 +88,8 @@ def list_recalls(
     q = select(RecallCampaign)
     if state:
         q = q.where(RecallCampaign.state == state)
-    rows = list(session.execute(q.order_by(RecallCampaign.created_at.desc())).scalars())
-    items = [_view(session, c) for c in rows[params.offset : params.offset + params.limit]]
-    return page(items, len(rows), params)
+    rows, total = fetch_page(session, q.order_by(RecallCampaign.created_at.desc()), params)
+    return page([_view(session, c) for (c,) in rows], total, params)
 
 
 @router.post("", status_code=201, summary="Draft a recall campaign")
@@ -197,9 +197,8 @@ def list_recall_devices(
 ) -> dict[str, Any]:
     """Members with their state and matching reason."""
     svc.get_campaign(session, campaign_id)
-    rows = svc.population(session, campaign_id, state)
-    window = rows[params.offset : params.offset + params.limit]
-    return page([svc.recall_device_view(rd, d) for rd, d in window], len(rows), params)
+    rows, total = fetch_page(session, svc.population_query(campaign_id, state), params)
+    return page([svc.recall_device_view(rd, d) for rd, d in rows], total, params)
 
 
 @router.get("/{campaign_id}/devices/{device_id}", summary="Explain one device")

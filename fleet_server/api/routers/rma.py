@@ -19,6 +19,7 @@ from fleet_server.api.deps import (
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
+from fleet_server.api.paging import fetch_page
 from fleet_server.db.models import Part, Rma
 from fleet_server.domain.part_reliability import compare_rates
 from fleet_server.services import rma as svc
@@ -68,9 +69,8 @@ def list_rmas(
     q = select(Rma)
     if state:
         q = q.where(Rma.state == state)
-    rows = list(session.execute(q.order_by(Rma.id.desc())).scalars())
-    window = rows[params.offset : params.offset + params.limit]
-    return page([svc.rma_view(session, r) for r in window], len(rows), params)
+    rows, total = fetch_page(session, q.order_by(Rma.id.desc()), params)
+    return page([svc.rma_view(session, r) for (r,) in rows], total, params)
 
 
 @router.post("/rmas", status_code=201, summary="Open an RMA")
@@ -130,10 +130,9 @@ def list_parts(
         q = q.where(Part.kind == kind)
     if stock_state:
         q = q.where(Part.stock_state == stock_state)
-    rows = list(session.execute(q.order_by(Part.serial)).scalars())
+    rows, total = fetch_page(session, q.order_by(Part.serial), params)
     now = context(request).clock()
-    window = rows[params.offset : params.offset + params.limit]
-    return page([svc.part_view(session, p, now) for p in window], len(rows), params)
+    return page([svc.part_view(session, p, now) for (p,) in rows], total, params)
 
 
 @router.post("/parts", status_code=201, summary="Register a part in stock")

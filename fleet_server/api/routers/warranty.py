@@ -20,6 +20,7 @@ from fleet_server.api.deps import (
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
+from fleet_server.api.paging import fetch_page
 from fleet_server.db.models import Device, WarrantyClaim
 from fleet_server.services import warranty as svc
 from fleet_server.services.audit import Actor
@@ -98,9 +99,8 @@ def list_claims(
         q = q.where(WarrantyClaim.state == state)
     if failure_mode:
         q = q.where(WarrantyClaim.failure_mode == failure_mode)
-    rows = list(session.execute(q.order_by(WarrantyClaim.id.desc())).all())
-    window = rows[params.offset : params.offset + params.limit]
-    return page([svc.claim_view(c, d) for c, d in window], len(rows), params)
+    rows, total = fetch_page(session, q.order_by(WarrantyClaim.id.desc()), params)
+    return page([svc.claim_view(c, d) for c, d in rows], total, params)
 
 
 @router.post("/claims", status_code=201, summary="File a warranty claim")

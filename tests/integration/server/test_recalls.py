@@ -118,6 +118,13 @@ def test_recall_lifecycle_with_software_remedy_and_version_block(api, sessions, 
     assert added.json()["added"] == ["pi-6"]
     assert added.json()["completion"]["population"] == 5
 
+    paged = client.get(
+        "/api/v1/recalls/RC-1/devices", params={"limit": 2, "offset": 2}, headers=viewer
+    ).json()
+    assert paged["total"] == 5
+    assert [m["device_id"] for m in paged["items"]] == ["pi-3", "pi-4"]
+    assert paged["next_cursor"] == "o4"
+
     # Software remedy through the rollout hook: the remedy rollout targets the members.
     link = client.put(
         "/api/v1/recalls/RC-1/remedy-rollout", json={"rollout_id": "ro-fix"}, headers=op
