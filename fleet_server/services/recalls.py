@@ -36,6 +36,8 @@ from fleet_server.services.registry import RegistryError, device_view
 
 CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 PHYSICAL_ACTIONS = ("return", "replace", "inspect")
+RESERVED_IDS = frozenset({"blocked-versions"})
+"""Ids that would clash with fixed routes under ``/api/v1/recalls``."""
 BLOCKING_STATES = ("open", "closed")
 """A version blocked by a campaign stays blocked after the campaign closes."""
 
@@ -105,6 +107,8 @@ def create_campaign(
     version block needs a remedy version to move devices to)."""
     if not CAMPAIGN_ID.match(campaign_id):
         raise RegistryError("invalid_request", "id: 1-64 letters, digits, '.', '_' or '-'")
+    if campaign_id in RESERVED_IDS:
+        raise RegistryError("invalid_request", f"id: {campaign_id!r} is reserved")
     if session.get(RecallCampaign, campaign_id) is not None:
         raise RegistryError("conflict", f"recall {campaign_id!r} already exists")
     parsed = _scope(scope)

@@ -63,6 +63,9 @@ def test_recall_lifecycle_with_software_remedy_and_version_block(api, sessions, 
     assert bad.status_code == 422
     assert "unknown clause" in bad.json()["error"]["message"]
 
+    reserved = client.post("/api/v1/recalls", json={**body, "id": "blocked-versions"}, headers=op)
+    assert reserved.status_code == 422
+
     preview = client.get("/api/v1/recalls/RC-1/preview", headers=viewer).json()
     assert [d["device_id"] for d in preview["devices"]] == ["pi-1", "pi-2", "pi-3", "pi-4"]
     with sessions() as s:
