@@ -89,6 +89,7 @@ PERMISSIONS: dict[tuple[str, str], Role | None] = {
     ("POST", f"{API}/claims"): Role.OPERATOR,
     ("GET", f"{API}/claims/{{claim_id}}"): Role.VIEWER,
     ("POST", f"{API}/claims/{{claim_id}}/decision"): Role.OPERATOR,
+    ("POST", f"{API}/claims/{{claim_id}}/recheck"): Role.OPERATOR,
     ("GET", f"{API}/rmas"): Role.VIEWER,
     ("POST", f"{API}/rmas"): Role.OPERATOR,
     ("GET", f"{API}/rmas/{{rma_id}}"): Role.VIEWER,

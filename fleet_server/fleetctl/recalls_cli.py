@@ -276,6 +276,13 @@ def claim_file(
     _emit(c, as_json, ["name", "passed", "detail"], c["checks"])
 
 
+@claim_app.command("recheck")
+def claim_recheck(claim_id: int, as_json: JsonOpt = False) -> None:
+    """Run a claim's checks again (e.g. alarms uploaded late by an offline device)."""
+    c = _client().request("POST", f"/api/v1/claims/{claim_id}/recheck")
+    _emit(c, as_json, ["name", "passed", "detail"], c["checks"])
+
+
 @claim_app.command("decide")
 def claim_decide(
     claim_id: int,

@@ -333,3 +333,30 @@ def decide_claim(
         request_id=request_id,
     )
     return c, device_id
+
+
+def recheck_claim(
+    session: Session, actor: Actor, claim_id: int, *, now: float, request_id: str | None = None
+) -> tuple[WarrantyClaim, str | None]:
+    """Run the checks again (alarms buffered on an offline device may arrive after the
+    claim was filed; a device may have been registered since). Allowed in any state: the
+    result informs, it never changes the decision."""
+    c, _device_id = get_claim(session, claim_id)
+    if c.device_key is None:
+        found = find_device(session, c.device_ref)
+        c.device_key = found.id if found else None
+    before = {"checks": list(c.checks), "evidence": dict(c.evidence)}
+    run_checks(session, c, now)
+    c, device_id = get_claim(session, claim_id)
+    audit.record(
+        session,
+        actor,
+        "claim.recheck",
+        "claim",
+        str(c.id),
+        now=now,
+        before=before,
+        after={"checks": list(c.checks), "evidence": dict(c.evidence)},
+        request_id=request_id,
+    )
+    return c, device_id

@@ -149,3 +149,14 @@ def decide_claim(
     )
     session.commit()
     return svc.claim_view(c, device_id)
+
+
+@router.post("/claims/{claim_id}/recheck", summary="Run a claim's checks again")
+def recheck_claim(*, claim_id: int, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
+    """Evidence uploaded late by a device that was offline is picked up; the decision, if
+    any, stays."""
+    c, device_id = svc.recheck_claim(
+        session, actor, claim_id, now=context(request).clock(), request_id=request_id(request)
+    )
+    session.commit()
+    return svc.claim_view(c, device_id)

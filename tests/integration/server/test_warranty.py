@@ -121,6 +121,32 @@ def test_claim_checks_evidence_and_decision(api, sessions) -> None:
         "passed": False,
         "detail": "no device with id or serial 'nobody'",
     }
+    # Alarms that arrive later (a device that was offline) are picked up by a recheck.
+    late_ts = _ts("2026-04-28T08:00:00")
+    BatchWriter(sessions, auto_register=False).write(
+        [
+            Inbound(
+                p.topic("pi-w2", p.Kind.EVENT),
+                p.encode(
+                    p.FaultRaised(
+                        device_id="pi-w2",
+                        boot_id="b",
+                        seq=1,
+                        ts=late_ts,
+                        code="psu_failure",
+                        severity=p.Severity.MAJOR,
+                    )
+                ),
+                late_ts,
+            )
+        ]
+    )
+    rechecked = client.post(f"/api/v1/claims/{weak['id']}/recheck", headers=op).json()
+    evidence = next(c for c in rechecked["checks"] if c["name"] == "telemetry_evidence")
+    assert evidence["passed"]
+    assert len(rechecked["evidence"]["alarm_ids"]) == 1
+    assert rechecked["state"] == "submitted"
+
     # A device decommissioned before the failure was not active.
     with sessions() as s, s.begin():
         s.execute(
@@ -172,4 +198,4 @@ def test_claim_checks_evidence_and_decision(api, sessions) -> None:
         actions = set(s.execute(select(AuditEntry.action)).scalars())
     assert entry.action == "claim.create"
     assert entry.after["checks_passed"] is True
-    assert {"warranty.rule", "claim.create", "claim.reject"} <= actions
+    assert {"warranty.rule", "claim.create", "claim.recheck", "claim.reject"} <= actions

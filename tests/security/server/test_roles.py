@@ -257,6 +257,9 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -
             json={"device": "pi-m1", "failure_mode": "overheat", "failure_date": "2026-01-02"},
             headers=admin,
         ),
+        ("POST", "/api/v1/claims/{claim_id}/recheck"): lambda c: c.post(
+            "/api/v1/claims/1/recheck", headers=admin
+        ),
         ("POST", "/api/v1/claims/{claim_id}/decision"): lambda c: c.post(
             "/api/v1/claims/1/decision", json={"decision": "approved", "note": "ok"}, headers=admin
         ),
