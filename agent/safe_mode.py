@@ -8,9 +8,9 @@ persisted flag (``safe_mode.json`` in the state directory, so it survives restar
 from then on installs are refused except of the campaign's remedy version. The agent
 confirms with ``CommandAck(completed)`` and shows the flag in ``fleet-agent status``.
 
-Wiring: :func:`install` registers the handler with the command intake, wraps whatever
-``Install`` handler is registered at that moment (call it after the OTA updater's
-registration), and registers the runner with the daemon.
+Wiring: :func:`install` registers the handler with the command intake, makes every
+``Install`` handler (present or registered later, e.g. by the OTA updater) pass through the
+guard, and registers the runner with the daemon.
 """
 
 from __future__ import annotations
@@ -147,6 +147,22 @@ class SafeModeGuard:
         return {**self.state, "rejected_total": self.rejected_total}
 
 
+class GuardedHandlers(dict[type[Any], Handler]):
+    """The intake's handler table with every ``Install`` handler wrapped by the guard,
+    including ones registered later (the OTA updater registers its own after start)."""
+
+    def __init__(self, handlers: dict[type[Any], Handler], guard: SafeModeGuard) -> None:
+        super().__init__()
+        self.guard = guard
+        for kind, handler in handlers.items():
+            self[kind] = handler
+
+    def __setitem__(self, kind: type[Any], handler: Handler) -> None:
+        if kind is Install:
+            handler = self.guard.guard_install(handler)
+        super().__setitem__(kind, handler)
+
+
 def install(daemon: AgentDaemon) -> SafeModeGuard:
     """Register safe mode with a daemon's command intake and runners."""
     key_path = getattr(daemon.config, "safety_public_key", None)
@@ -158,8 +174,10 @@ def install(daemon: AgentDaemon) -> SafeModeGuard:
             log.error("%s; safe-mode commands will be rejected", exc)
     guard = SafeModeGuard(verifier, daemon.state_dir)
     intake = daemon.core.intake
+    intake.handlers = GuardedHandlers(intake.handlers, guard)
+    if Install not in intake.handlers:
+        intake.register(Install, guard.guard_install(None))
     intake.register(SafeMode, guard.decide)
-    intake.register(Install, guard.guard_install(intake.handlers.get(Install)))
     runner: Callable[[RunCommand], None] = lambda cmd: daemon.report(  # noqa: E731
         cmd.command_id, True, "safe mode on", guard.enter(cmd, daemon.clock.time())
     )

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import protocol as p
+from agent.core.commands import accept
 from agent.daemon import AgentDaemon
 from tests.conftest import free_port, wait_for
 from tests.integration.agent_harness import CountingCollector, agent_config
@@ -84,11 +85,16 @@ def test_signed_safe_mode_is_obeyed_persisted_and_confirmed(tmp_path: Path) -> N
         version="2.1.0",
         execution_id="ex-1",
     )
+    # An updater registering its Install handler after start is still guarded.
+    daemon.core.intake.register(p.Install, lambda cmd: accept("install", version=cmd.version))
     _deliver(daemon, install)
     refused = _acks_live(daemon)["cmd-inst-1"]
     assert refused.status is p.AckStatus.REJECTED
     assert refused.reason is p.RejectReason.NOT_PERMITTED
     assert "only the remedy version 2.0.1" in refused.detail
+    remedy = msgspec.structs.replace(install, id="cmd-inst-2", version="2.0.1", seq=3)
+    _deliver(daemon, remedy)
+    assert _acks_live(daemon)["cmd-inst-2"].status is p.AckStatus.ACCEPTED
     daemon.shutdown()
     # The flag survives a restart.
     again = _daemon(tmp_path, pub)
