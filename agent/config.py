@@ -122,6 +122,8 @@ class AgentConfig:
     disk_path: str = "/"
     software_version: str = ""
     updates: UpdatesConfig = field(default_factory=lambda: UpdatesConfig())
+    safety_public_key: Path | None = None
+    """Ed25519 public key verifying safe-mode commands (``[safety] public_key``)."""
     source: Path | None = None
 
     @property
@@ -157,6 +159,7 @@ class AgentConfig:
             "disk_path": self.disk_path,
             "software_version": self.software_version,
             "updates": self.updates.redacted(),
+            "safety_public_key": str(self.safety_public_key) if self.safety_public_key else None,
         }
 
 
@@ -178,6 +181,7 @@ _TOP_KEYS = {
     "disk_path",
     "software_version",
     "updates",
+    "safety",
 }
 _UPDATE_KEYS = {
     "enabled",
@@ -204,6 +208,7 @@ _SECTIONS = {
     "buffer": {"max_bytes", "max_age_s"},
     "diagnostics": {"max_bytes", "log_lines"},
     "updates": _UPDATE_KEYS,
+    "safety": {"public_key"},
 }
 
 
@@ -388,6 +393,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> AgentCo
         disk_path=_str(data, "disk_path") or "/",
         software_version=_str(data, "software_version") or "",
         updates=parse_updates(data.get("updates", {}), Path(state_dir)),
+        safety_public_key=_readable_file(data.get("safety", {}), "public_key", "safety"),
         source=source,
     )
 

@@ -32,6 +32,7 @@ from agent.core.rules import build_rules
 from agent.core.schedule import Backoff, Schedule
 from agent.core.sequence import SeqAllocator
 from agent.logs import RingHandler
+from agent.safe_mode import install as install_safe_mode
 from agent.sdnotify import Notifier
 from agent.state import StateFile, atomic_write
 from agent.store import Limits, Outbox, SqliteOutbox
@@ -317,6 +318,7 @@ class AgentDaemon:
         )
         self._watchdog_at = 0.0
         self._status_at = 0.0
+        self.safe_mode = install_safe_mode(self)
 
     # --- outputs of the core ---------------------------------------------------------
 
@@ -542,6 +544,7 @@ class AgentDaemon:
                 "software": self.core.software_version if hasattr(self, "core") else "",
             },
             "update": self.updater.summary() if self.updater is not None else None,
+            "safe_mode": self.safe_mode.status() if hasattr(self, "safe_mode") else None,
             "updated_at": self.clock.time(),
         }
 

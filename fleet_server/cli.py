@@ -19,6 +19,7 @@ from fleet_server.config import ConfigError, Settings, load_settings
 from fleet_server.domain.roles import Role
 from fleet_server.identity.cli import ca_app
 from fleet_server.keys_cli import keys_app
+from fleet_server.safety_cli import safety_app
 from fleet_server.updates.publish_cli import updates_app
 from protocol import SCHEMA_VERSION
 
@@ -79,6 +80,7 @@ def _open(settings: Settings) -> Any:
 app.add_typer(keys_app, name="keys")
 app.add_typer(updates_app, name="updates")
 app.add_typer(ca_app, name="ca")
+app.add_typer(safety_app, name="safety-key")
 
 
 @app.callback()
@@ -261,12 +263,14 @@ def jobs(
     json_out: JsonOpt = False,
 ) -> None:
     """Run only the background jobs (presence sweep, command expiry, retention, deployment
-    timeouts, TUF re-signing)."""
+    timeouts, TUF re-signing, recall remedy check and progress snapshots)."""
     from fleet_server.services.clock import system_clock
     from fleet_server.services.jobs import (
         Scheduler,
         run_command_expiry,
         run_presence_sweep,
+        run_recall_remedy_check,
+        run_recall_snapshots,
         run_retention_job,
     )
     from fleet_server.services.update_jobs import TufResignTask, run_execution_expiry
@@ -281,6 +285,8 @@ def jobs(
         kept = run_retention_job(sessions, settings, now)
         timed_out = run_execution_expiry(sessions, settings, now)
         resigned = TufResignTask()(sessions, settings, now)
+        remedied = run_recall_remedy_check(sessions, settings, now)
+        snapshots = run_recall_snapshots(sessions, settings, now)
         out = {
             "marked_offline": offline,
             "commands_expired": expired,
@@ -291,6 +297,8 @@ def jobs(
                 "hours_written": kept.hours_written,
                 "samples_deleted": kept.samples_deleted,
             },
+            "recall_devices_remedied": remedied,
+            "recall_snapshots": snapshots,
         }
         typer.echo(json.dumps(out) if json_out else "\n".join(f"{k}: {v}" for k, v in out.items()))
         return

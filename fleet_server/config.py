@@ -156,6 +156,20 @@ class RolloutSettings(_Section):
     """How often the engine reconciles active rollouts."""
 
 
+class RecallSettings(_Section):
+    """Recall progress: snapshot interval and when a silent device counts as unreachable."""
+
+    offline_days: float = Field(default=30.0, gt=0)
+    """A device offline longer than this is ``unreachable`` (adjusted completion rate)."""
+    snapshot_interval_s: float = Field(default=3600.0, gt=0)
+    remedy_check_interval_s: float = Field(default=60.0, gt=0)
+    """How often devices reporting the remedy version are marked remedied."""
+    safety_key: str | None = None
+    """Ed25519 private key (PEM) signing safe-mode commands (``fleet-server safety-key``)."""
+    safe_mode_ttl_s: int = Field(default=7 * 86400, ge=60)
+    """How long a safe-mode command stays valid for a device that is offline."""
+
+
 class Settings(_Section):
     """All server settings, validated."""
 
@@ -169,6 +183,7 @@ class Settings(_Section):
     commands: CommandSettings = CommandSettings()
     updates: UpdatesSettings = UpdatesSettings()
     rollouts: RolloutSettings = RolloutSettings()
+    recalls: RecallSettings = RecallSettings()
 
     @property
     def public_base_url(self) -> str:

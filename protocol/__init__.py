@@ -27,6 +27,7 @@ from protocol.messages import (
     Reboot,
     RebootReason,
     RejectReason,
+    SafeMode,
     Sample,
     SetConfig,
     Severity,
@@ -34,6 +35,7 @@ from protocol.messages import (
     UpdateState,
     UpdateStateChanged,
     is_error_reboot,
+    safe_mode_signed_bytes,
 )
 from protocol.topics import (
     Kind,
@@ -70,6 +72,7 @@ __all__ = [
     "Reboot",
     "RebootReason",
     "RejectReason",
+    "SafeMode",
     "Sample",
     "SetConfig",
     "Severity",
@@ -83,6 +86,7 @@ __all__ = [
     "is_valid_device_id",
     "kind_of",
     "parse_topic",
+    "safe_mode_signed_bytes",
     "shared_subscription",
     "subscription",
     "topic",

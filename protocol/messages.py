@@ -315,6 +315,28 @@ class SetConfig(Command, kw_only=True, frozen=True, tag="set_config"):
     values: Annotated[dict[str, Any], Meta(max_length=64)]
 
 
-DeviceCommand = CheckUpdate | Install | Reboot | CollectDiagnostics | SetConfig
+class SafeMode(Command, kw_only=True, frozen=True, tag="safe_mode"):
+    """Enter safe mode for a safety-critical recall: stop accepting installs except the
+    campaign's remedy. ``signature`` is base64 Ed25519 over :func:`safe_mode_signed_bytes`
+    (every other field of the command), made with the server's safety key; the agent
+    obeys only a valid signature from its provisioned public key."""
+
+    campaign_id: Identifier
+    reason: ShortText = ""
+    issued_at: Timestamp
+    remedy_version: Version = ""
+    """The one version installs may still target (empty = no installs at all)."""
+    signature: Annotated[str, Meta(max_length=256)] = ""
+
+
+def safe_mode_signed_bytes(cmd: SafeMode) -> bytes:
+    """The canonical bytes a safe-mode signature covers: every field except
+    ``signature``, as JSON with sorted keys (independent of field order and defaults)."""
+    fields = msgspec.to_builtins(cmd)
+    fields.pop("signature", None)
+    return msgspec.json.encode(fields, order="sorted")
+
+
+DeviceCommand = CheckUpdate | Install | Reboot | CollectDiagnostics | SetConfig | SafeMode
 
 Message = Telemetry | DeviceEvent | Presence | DeviceCommand

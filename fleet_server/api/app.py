@@ -21,7 +21,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_server import __version__
 from fleet_server.api.deps import AppContext, authorize, request_id
 from fleet_server.api.errors import install_error_handlers
-from fleet_server.api.routers import admin, alarms, deployments, devices, rollouts, system
+from fleet_server.api.routers import (
+    admin,
+    alarms,
+    analytics,
+    deployments,
+    devices,
+    recalls,
+    rma,
+    rollouts,
+    system,
+    warranty,
+)
 from fleet_server.config import Settings
 from fleet_server.db import create_db_engine, make_session_factory
 from fleet_server.db.models import Alarm
@@ -105,7 +116,7 @@ def create_app(
         response.headers["X-Request-ID"] = rid
         return response
 
-    for module in (system, devices, alarms, admin):
+    for module in (system, devices, alarms, admin, recalls, warranty, rma, analytics):
         app.include_router(module.router)
     app.include_router(deployments.router)
     app.include_router(rollouts.router)

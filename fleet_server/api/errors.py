@@ -48,6 +48,7 @@ REGISTRY_STATUS = {
     "invalid_device": 422,
     "invalid_csv": 422,
     "invalid_command": 422,
+    "invalid_request": 422,
     "broker_unavailable": 503,
 }
 

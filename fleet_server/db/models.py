@@ -376,3 +376,169 @@ class ExecutionEvent(Base):
 
 
 # --- end of OTA deployments ----------------------------------------------------------------
+# --- recalls, warranty, RMA and parts (migration 0003) --------------------------------
+
+
+class RecallCampaign(Base):
+    """A recall: scope predicate, remedies, lifecycle (draft -> open -> closed)."""
+
+    __tablename__ = "recall_campaigns"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    title: Mapped[str] = mapped_column(String(256))
+    description: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    safety_critical: Mapped[bool] = mapped_column(Boolean, default=False)
+    scope: Mapped[dict[str, Any]] = mapped_column(JSON)
+    remedy_version: Mapped[str | None] = mapped_column(String(64))
+    """Software remedy: devices reporting this version (or a higher release) are remedied."""
+    blocked_versions: Mapped[list[str]] = mapped_column(JSON, default=list)
+    physical_action: Mapped[str | None] = mapped_column(String(16))
+    """return / replace / inspect, or None for a software-only recall."""
+    remedy_rollout_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(128))
+    opened_at: Mapped[float | None] = mapped_column(Float)
+    closed_at: Mapped[float | None] = mapped_column(Float)
+
+
+class RecallDevice(Base):
+    """A device of a recall's frozen population, why it matched and where it stands."""
+
+    __tablename__ = "recall_devices"
+
+    campaign_id: Mapped[str] = mapped_column(
+        ForeignKey("recall_campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    device_key: Mapped[int] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    matched: Mapped[list[str]] = mapped_column(JSON)
+    """The predicate clauses this device matched (the explanation)."""
+    added_at: Mapped[float] = mapped_column(Float)
+    added_how: Mapped[str] = mapped_column(String(16))
+    """``opening`` (frozen population) or ``added`` (found later, added explicitly)."""
+    state_changed_at: Mapped[float] = mapped_column(Float)
+    remedied_via: Mapped[str | None] = mapped_column(String(32))
+    note: Mapped[str] = mapped_column(Text, default="")
+    safe_mode_command_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class RecallSnapshot(Base):
+    """Completion of a recall at one moment (the progress-over-time series)."""
+
+    __tablename__ = "recall_snapshots"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(
+        ForeignKey("recall_campaigns.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[float] = mapped_column(Float)
+    population: Mapped[int] = mapped_column(Integer)
+    remedied: Mapped[int] = mapped_column(Integer)
+    not_needed: Mapped[int] = mapped_column(Integer)
+    unreachable: Mapped[int] = mapped_column(Integer)
+    raw_rate: Mapped[float] = mapped_column(Float)
+    adjusted_rate: Mapped[float | None] = mapped_column(Float)
+
+
+class WarrantyRule(Base):
+    """Coverage for a model in a region (``*`` = any region): months from activation."""
+
+    __tablename__ = "warranty_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    region: Mapped[str] = mapped_column(String(64), default="*")
+    months: Mapped[int] = mapped_column(Integer)
+    covers: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """Failure modes or part kinds covered; ``["*"]`` covers everything."""
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("uq_warranty_rules_model_region", "model", "region", unique=True),)
+
+
+class WarrantyClaim(Base):
+    """A warranty claim with its automatic check results and links to evidence."""
+
+    __tablename__ = "warranty_claims"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_ref: Mapped[str] = mapped_column(String(128))
+    """What the claimant gave (device id or serial), kept even when unknown."""
+    device_key: Mapped[int | None] = mapped_column(
+        ForeignKey("devices.id", ondelete="SET NULL"), index=True
+    )
+    failure_mode: Mapped[str] = mapped_column(String(64), index=True)
+    part_kind: Mapped[str | None] = mapped_column(String(64))
+    part_serial: Mapped[str | None] = mapped_column(String(128))
+    failure_date: Mapped[date]
+    description: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    checks: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(128))
+    decided_at: Mapped[float | None] = mapped_column(Float)
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decision_note: Mapped[str] = mapped_column(Text, default="")
+
+
+class Part(Base):
+    """A serialised part with its genealogy (installations, repairs) and stock state."""
+
+    __tablename__ = "parts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    serial: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    condition: Mapped[str] = mapped_column(String(16))
+    stock_state: Mapped[str] = mapped_column(String(16), index=True)
+    installed_on: Mapped[int | None] = mapped_column(
+        ForeignKey("devices.id", ondelete="SET NULL"), index=True
+    )
+    hours_in_service: Mapped[float] = mapped_column(Float, default=0.0)
+    """Hours in service over finished installations (the current one is added on read)."""
+    repairs: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class PartInstallation(Base):
+    """One stint of a part in a device: the unit of exposure for reliability."""
+
+    __tablename__ = "part_installations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    part_id: Mapped[int] = mapped_column(ForeignKey("parts.id", ondelete="CASCADE"), index=True)
+    device_key: Mapped[int | None] = mapped_column(ForeignKey("devices.id", ondelete="SET NULL"))
+    condition: Mapped[str] = mapped_column(String(16))
+    """Condition of the part when installed (new / refurbished): reuse is tracked here."""
+    installed_at: Mapped[float] = mapped_column(Float)
+    removed_at: Mapped[float | None] = mapped_column(Float)
+    failed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Rma(Base):
+    """A return: claimed -> approved -> returned -> inspected -> refurbished | scrapped."""
+
+    __tablename__ = "rmas"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    claim_id: Mapped[int | None] = mapped_column(
+        ForeignKey("warranty_claims.id", ondelete="SET NULL"), index=True
+    )
+    device_key: Mapped[int | None] = mapped_column(
+        ForeignKey("devices.id", ondelete="SET NULL"), index=True
+    )
+    part_id: Mapped[int | None] = mapped_column(
+        ForeignKey("parts.id", ondelete="SET NULL"), index=True
+    )
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+# --- end of recalls, warranty, RMA and parts -------------------------------------------

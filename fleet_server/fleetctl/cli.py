@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fleet_server import __version__
+from fleet_server.fleetctl import recalls_cli
 from fleet_server.fleetctl.analytics_cli import analytics_app
 from fleet_server.fleetctl.client import ApiClient, CtlError, load_config
 from fleet_server.fleetctl.rollout_cli import rollout_app
@@ -48,6 +49,8 @@ app.add_typer(bundle_app, name="bundle")
 app.add_typer(executions_app, name="executions")
 app.add_typer(rollout_app, name="rollout")
 devices_app.command("update")(device_update)
+for _name, _sub in recalls_cli.SUBAPPS.items():
+    app.add_typer(_sub, name=_name)
 
 console = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]

@@ -18,6 +18,7 @@ from fleet_server.config import Settings
 from fleet_server.services.clock import Clock, system_clock
 from fleet_server.services.commands import expire_commands
 from fleet_server.services.presence import sweep_presence
+from fleet_server.services.recalls import mark_remedied_by_version, take_snapshots
 from fleet_server.services.retention import RetentionResult, run_retention
 from fleet_server.services.update_jobs import TufResignTask, run_execution_expiry
 
@@ -52,6 +53,19 @@ def run_command_expiry(sessions: sessionmaker[Session], settings: Settings, now:
         return expire_commands(session, now=now)
 
 
+def run_recall_snapshots(sessions: sessionmaker[Session], settings: Settings, now: float) -> int:
+    """Mark unreachable recall members and snapshot every open recall's completion."""
+    with sessions() as session, session.begin():
+        return take_snapshots(session, now=now, offline_days=settings.recalls.offline_days)
+
+
+def run_recall_remedy_check(sessions: sessionmaker[Session], settings: Settings, now: float) -> int:
+    """Members of software-remedy recalls now on the remedy version become remedied."""
+    del settings
+    with sessions() as session, session.begin():
+        return mark_remedied_by_version(session, now)
+
+
 @dataclass
 class _Job:
     name: str
@@ -77,6 +91,10 @@ class Scheduler:
             _Job("retention", settings.retention.interval_s, run_retention_job),
             _Job("execution-expiry", settings.updates.expiry_interval_s, run_execution_expiry),
             _Job("tuf-resign", settings.updates.resign_interval_s, TufResignTask()),
+            _Job(
+                "recall-remedy", settings.recalls.remedy_check_interval_s, run_recall_remedy_check
+            ),
+            _Job("recall-snapshots", settings.recalls.snapshot_interval_s, run_recall_snapshots),
         ]
         self._thread: threading.Thread | None = None
 

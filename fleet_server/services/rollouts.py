@@ -128,19 +128,20 @@ class Selection:
     excluded: list[tuple[Device, str, str]] = field(default_factory=list)
 
 
-def _recall_holds(session: Session) -> set[int]:
-    try:
-        from fleet_server.services.recalls import recall_held_device_keys  # type: ignore
-    except ImportError:
-        return set()
-    return set(recall_held_device_keys(session))
+def _recall_holds(session: Session, rollout_id: str | None = None) -> set[int]:
+    """Devices held by an open recall, except those the campaign's own remedy rollout
+    (``rollout_id``) may update."""
+    from fleet_server.services.recalls import recall_held_device_keys, remedy_rollout_exempt
+
+    held = set(recall_held_device_keys(session))
+    if rollout_id:
+        held -= set(remedy_rollout_exempt(session, rollout_id))
+    return held
 
 
 def _blocked_versions(session: Session) -> dict[str, str]:
-    try:
-        from fleet_server.services.recalls import blocked_versions  # type: ignore
-    except ImportError:
-        return {}
+    from fleet_server.services.recalls import blocked_versions
+
     return dict(blocked_versions(session))
 
 
@@ -184,7 +185,7 @@ def select_devices(
             )
         ).scalars()
     )
-    holds = _recall_holds(session)
+    holds = _recall_holds(session, rollout_id)
     result = Selection()
     for device in devices:
         reason = _exclusion(device, bundle, critical, busy, failed_before, holds, rollout_id)
@@ -438,7 +439,9 @@ def start_rollout(
         if actor.role not in ("admin", "system"):
             raise RolloutError("forbidden", "only an admin may force a production rollout")
         rollout.forced, rollout.force_reason = True, force_reason
-    selection = select_devices(session, bundle, parse_selector(rollout.selector))
+    selection = select_devices(
+        session, bundle, parse_selector(rollout.selector), rollout_id=rollout.id
+    )
     conflicts = _conflicting_rollouts(session, selection, rollout.id)
     if conflicts:
         raise RolloutError(
@@ -803,7 +806,7 @@ def explain_device(
             item["verdict"] = f"excluded ({exclusion.reason}): {exclusion.detail}"
         elif execution is None:
             reason = _exclusion(
-                device, bundle, set(), {}, set(), _recall_holds(session), rollout.id
+                device, bundle, set(), {}, set(), _recall_holds(session, rollout.id), rollout.id
             )
             item["verdict"] = (
                 f"would be excluded ({reason[0]}): {reason[1]}"

@@ -114,5 +114,14 @@ commands = st.one_of(
         **_command_common,
         values=st.dictionaries(st.text(max_size=16), json_scalars, max_size=4),
     ),
+    _with_envelope(
+        p.SafeMode,
+        **_command_common,
+        campaign_id=identifiers,
+        reason=short_text,
+        issued_at=timestamps,
+        remedy_version=versions,
+        signature=st.text(max_size=100),
+    ),
 )
 messages = st.one_of(telemetry, presence, events, commands)

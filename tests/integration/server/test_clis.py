@@ -60,6 +60,7 @@ def test_fleet_server_init_config_errors_and_tokens(tmp_path: Path) -> None:
     jobs = run(["fleet-server", "jobs", "--once", "--json"], {"FLEET_DATABASE_URL": db}, tmp_path)
     assert jobs.returncode == 0, jobs.stderr
     assert json.loads(jobs.stdout)["marked_offline"] == []
+    assert json.loads(jobs.stdout)["recall_snapshots"] == 0
     wrong_role = run(
         ["fleet-server", "token", "create", "--role", "root", "--name", "x"],
         {"FLEET_DATABASE_URL": db},

@@ -28,6 +28,7 @@ from fleet_server.domain.roles import (
 from fleet_server.services.audit import SYSTEM
 from fleet_server.services.ingest import BatchWriter, Inbound
 from fleet_server.services.registry import create_device
+from fleet_server.services.safe_mode import create_safety_key
 from fleet_server.updates.keys import create_root_keys
 from fleet_server.updates.tuf_repository import TufRepository
 from tests.server_fixtures import FakeClock, make_tokens, settings_for
@@ -42,6 +43,10 @@ PATH_VALUES = {
     "execution_id": "ex-unknown",
     "rollout_id": "ro-none",
     "path": "no-such-target",
+    "campaign_id": "RC-none",
+    "claim_id": "999999",
+    "rma_id": "999999",
+    "serial": "no-such-part",
 }
 MUTATING = {"POST", "PATCH", "PUT", "DELETE"}
 READ_ONLY_POSTS = {("POST", "/api/v1/rollouts/dry-run")}
@@ -155,8 +160,11 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -
     root = create_root_keys(tmp_path / "root", count=1, threshold=1)
     TufRepository.create(tmp_path / "tuf", tmp_path / "keys", list(root.signers.values()), 1)
     bundle = build_examples(tmp_path / "bundles", ("good-1.1.0",))["good-1.1.0"]
+    safety_key, _public = create_safety_key(tmp_path / "safety")
     settings = settings_for(
-        db_url, updates={"repo_dir": str(tmp_path / "tuf"), "keys_dir": str(tmp_path / "keys")}
+        db_url,
+        updates={"repo_dir": str(tmp_path / "tuf"), "keys_dir": str(tmp_path / "keys")},
+        recalls={"safety_key": str(safety_key)},
     )
     app = create_app(settings, sessions=sessions, publisher=publisher, clock=clock)
     tokens = make_tokens(sessions)
@@ -304,6 +312,65 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -
             f"/api/v1/rollouts/{rollouts[0]}/rollback", json={"to_version": "1.1.0"}, headers=admin
         ),
         ("POST", "/api/v1/rollouts/{rollout_id}/cancel"): cancel_rollout,
+        ("POST", "/api/v1/recalls"): lambda c: c.post(
+            "/api/v1/recalls",
+            json={
+                "id": "RC-A",
+                "title": "audit",
+                "scope": {"models": ["m1"]},
+                "remedy_version": "9.9",
+                "physical_action": "inspect",
+                "safety_critical": True,
+            },
+            headers=admin,
+        ),
+        ("POST", "/api/v1/recalls/{campaign_id}/open"): lambda c: c.post(
+            "/api/v1/recalls/RC-A/open", headers=admin
+        ),
+        ("POST", "/api/v1/recalls/{campaign_id}/devices"): lambda c: (
+            c.post("/api/v1/devices", json={"device_id": "pi-m1", "model": "m1"}, headers=admin),
+            c.post("/api/v1/recalls/RC-A/devices", json={"device_ids": ["pi-m1"]}, headers=admin),
+        )[-1],
+        ("POST", "/api/v1/recalls/{campaign_id}/safe-mode"): lambda c: c.post(
+            "/api/v1/recalls/RC-A/safe-mode", json={"reason": "audit"}, headers=admin
+        ),
+        ("POST", "/api/v1/recalls/{campaign_id}/devices/{device_id}/state"): lambda c: c.post(
+            "/api/v1/recalls/RC-A/devices/pi-m1/state", json={"state": "not_needed"}, headers=admin
+        ),
+        ("PUT", "/api/v1/recalls/{campaign_id}/remedy-rollout"): lambda c: c.put(
+            "/api/v1/recalls/RC-A/remedy-rollout", json={"rollout_id": "ro-1"}, headers=admin
+        ),
+        ("POST", "/api/v1/recalls/{campaign_id}/close"): lambda c: c.post(
+            "/api/v1/recalls/RC-A/close", headers=admin
+        ),
+        ("PUT", "/api/v1/warranty/rules"): lambda c: c.put(
+            "/api/v1/warranty/rules",
+            json={"model": "m1", "months": 12, "covers": ["*"]},
+            headers=admin,
+        ),
+        ("POST", "/api/v1/claims"): lambda c: c.post(
+            "/api/v1/claims",
+            json={"device": "pi-m1", "failure_mode": "overheat", "failure_date": "2026-01-02"},
+            headers=admin,
+        ),
+        ("POST", "/api/v1/claims/{claim_id}/recheck"): lambda c: c.post(
+            "/api/v1/claims/1/recheck", headers=admin
+        ),
+        ("POST", "/api/v1/claims/{claim_id}/decision"): lambda c: c.post(
+            "/api/v1/claims/1/decision", json={"decision": "approved", "note": "ok"}, headers=admin
+        ),
+        ("POST", "/api/v1/parts"): lambda c: c.post(
+            "/api/v1/parts", json={"serial": "P-1", "kind": "fan"}, headers=admin
+        ),
+        ("POST", "/api/v1/parts/{serial}/install"): lambda c: c.post(
+            "/api/v1/parts/P-1/install", json={"device_id": "pi-m1"}, headers=admin
+        ),
+        ("POST", "/api/v1/rmas"): lambda c: c.post(
+            "/api/v1/rmas", json={"part_serial": "P-1"}, headers=admin
+        ),
+        ("POST", "/api/v1/rmas/{rma_id}/transition"): lambda c: c.post(
+            "/api/v1/rmas/1/transition", json={"state": "approved"}, headers=admin
+        ),
     }
     try:
         with TestClient(app) as client:

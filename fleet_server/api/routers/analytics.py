@@ -1,0 +1,89 @@
+"""``/api/v1/analytics``: reliability analytics computed from the fleet's own data."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy.orm import Session
+
+from fleet_server.analytics import AnalyticsInputError
+from fleet_server.api.deps import context, get_session
+from fleet_server.api.errors import ERROR_RESPONSES, ApiError
+from fleet_server.services import reliability
+
+router = APIRouter(prefix="/api/v1/analytics", tags=["analytics"], responses=ERROR_RESPONSES)
+
+Sess = Annotated[Session, Depends(get_session)]
+By = Annotated[str, Query(description=f"one of {', '.join(reliability.GROUPABLE)}")]
+
+
+def _today(request: Request) -> Any:
+    return datetime.fromtimestamp(context(request).clock(), UTC).date()
+
+
+def _run(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    try:
+        return fn(*args, **kwargs)  # type: ignore[no-any-return]
+    except AnalyticsInputError as exc:
+        raise ApiError(422, "insufficient_data", str(exc)) from None
+
+
+def _check_by(by: str) -> None:
+    if by not in reliability.GROUPABLE:
+        raise ApiError(
+            422, "validation_error", f"by: must be one of {', '.join(reliability.GROUPABLE)}"
+        )
+
+
+@router.get("/weibull", summary="Weibull life fit of a failure mode")
+def weibull(
+    *, request: Request, failure_mode: str, model: str | None = None, session: Sess
+) -> dict[str, Any]:
+    """Days from activation to the first claim of ``failure_mode``, devices without one
+    right-censored; MLE with likelihood-ratio intervals and the B10 life."""
+    return _run(reliability.weibull, session, _today(request), failure_mode, model)
+
+
+@router.get("/claims", summary="Claims early warning per batch or software version")
+def claims(
+    *,
+    request: Request,
+    by: By = "batch",
+    failure_mode: str | None = None,
+    model: str | None = None,
+    session: Sess,
+) -> dict[str, Any]:
+    """Groups whose claim rate exceeds the fleet's age-matched expectation (exact test
+    with false-discovery control, monthly CUSUM)."""
+    _check_by(by)
+    return _run(reliability.claims_early_warning, session, _today(request), by, failure_mode, model)
+
+
+@router.get("/rates", summary="Claim rates per group")
+def rates(
+    *,
+    request: Request,
+    by: By = "batch",
+    failure_mode: str | None = None,
+    model: str | None = None,
+    per: Annotated[float, Query(gt=0, description="rates per this many unit-months")] = 1000.0,
+    session: Sess,
+) -> dict[str, Any]:
+    """Claims per unit-months in service with exact Poisson intervals and a homogeneity
+    test."""
+    _check_by(by)
+    return _run(reliability.claim_rates, session, _today(request), by, failure_mode, model, per)
+
+
+@router.get("/growth", summary="Reliability growth (Crow-AMSAA)")
+def growth(
+    *,
+    request: Request,
+    failure_mode: str | None = None,
+    model: str | None = None,
+    session: Sess,
+) -> dict[str, Any]:
+    """Claims against cumulative fleet operating time; beta < 1 = reliability growth."""
+    return _run(reliability.growth, session, _today(request), failure_mode, model)

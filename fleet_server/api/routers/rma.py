@@ -1,0 +1,181 @@
+"""``/api/v1/rmas`` and ``/api/v1/parts``: returns, part genealogy and reuse."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fleet_server.api.deps import (
+    PageParams,
+    context,
+    current_actor,
+    get_session,
+    page,
+    page_params,
+    request_id,
+)
+from fleet_server.api.errors import ERROR_RESPONSES
+from fleet_server.api.paging import fetch_page
+from fleet_server.db.models import Part, Rma
+from fleet_server.domain.part_reliability import compare_rates
+from fleet_server.services import rma as svc
+from fleet_server.services.audit import Actor
+
+router = APIRouter(prefix="/api/v1", tags=["rma"], responses=ERROR_RESPONSES)
+
+Sess = Annotated[Session, Depends(get_session)]
+Who = Annotated[Actor, Depends(current_actor)]
+
+
+class RmaIn(BaseModel):
+    """A new RMA: from a claim, for a device and/or a part."""
+
+    claim_id: int | None = None
+    device_id: str | None = Field(default=None, max_length=64)
+    part_serial: str | None = Field(default=None, max_length=128)
+    note: str = Field(default="", max_length=2000)
+
+
+class TransitionIn(BaseModel):
+    """The RMA's next state."""
+
+    state: str = Field(description="approved, rejected, returned, inspected, refurbished, scrapped")
+    note: str = Field(default="", max_length=2000)
+
+
+class PartIn(BaseModel):
+    """A part entering stock."""
+
+    serial: str = Field(min_length=1, max_length=128)
+    kind: str = Field(min_length=1, max_length=64)
+    condition: str = Field(default="new", pattern="^(new|refurbished)$")
+
+
+class InstallIn(BaseModel):
+    """Where a part from stock goes."""
+
+    device_id: str = Field(min_length=1, max_length=64)
+
+
+@router.get("/rmas", summary="List RMAs")
+def list_rmas(
+    *, params: Annotated[PageParams, Depends(page_params)], state: str | None = None, session: Sess
+) -> dict[str, Any]:
+    """RMAs, newest first."""
+    q = select(Rma)
+    if state:
+        q = q.where(Rma.state == state)
+    rows, total = fetch_page(session, q.order_by(Rma.id.desc()), params)
+    return page([svc.rma_view(session, r) for (r,) in rows], total, params)
+
+
+@router.post("/rmas", status_code=201, summary="Open an RMA")
+def create_rma(*, body: RmaIn, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
+    """State ``claimed``; links the claim, the device and the part."""
+    r = svc.create_rma(
+        session,
+        actor,
+        now=context(request).clock(),
+        claim_id=body.claim_id,
+        device_id=body.device_id,
+        part_serial=body.part_serial,
+        note=body.note,
+        request_id=request_id(request),
+    )
+    session.commit()
+    return svc.rma_view(session, r)
+
+
+@router.get("/rmas/{rma_id}", summary="One RMA")
+def get_rma(*, rma_id: int, session: Sess) -> dict[str, Any]:
+    """The RMA with its history and the moves allowed next."""
+    return svc.rma_view(session, svc.get_rma(session, rma_id))
+
+
+@router.post("/rmas/{rma_id}/transition", summary="Move an RMA")
+def transition_rma(
+    *, rma_id: int, body: TransitionIn, request: Request, session: Sess, actor: Who
+) -> dict[str, Any]:
+    """claimed -> approved -> returned -> inspected -> refurbished | scrapped; an illegal
+    move is a 409 listing the allowed ones."""
+    r = svc.transition_rma(
+        session,
+        actor,
+        rma_id,
+        body.state,
+        now=context(request).clock(),
+        note=body.note,
+        request_id=request_id(request),
+    )
+    session.commit()
+    return svc.rma_view(session, r)
+
+
+@router.get("/parts", summary="List parts")
+def list_parts(
+    *,
+    request: Request,
+    params: Annotated[PageParams, Depends(page_params)],
+    kind: str | None = None,
+    stock_state: str | None = None,
+    session: Sess,
+) -> dict[str, Any]:
+    """Parts with their genealogy."""
+    q = select(Part)
+    if kind:
+        q = q.where(Part.kind == kind)
+    if stock_state:
+        q = q.where(Part.stock_state == stock_state)
+    rows, total = fetch_page(session, q.order_by(Part.serial), params)
+    now = context(request).clock()
+    return page([svc.part_view(session, p, now) for (p,) in rows], total, params)
+
+
+@router.post("/parts", status_code=201, summary="Register a part in stock")
+def create_part(*, body: PartIn, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
+    """A serialised part, new or refurbished, in stock."""
+    now = context(request).clock()
+    part = svc.create_part(
+        session,
+        actor,
+        serial=body.serial,
+        kind=body.kind,
+        condition=body.condition,
+        now=now,
+        request_id=request_id(request),
+    )
+    session.commit()
+    return svc.part_view(session, part, now)
+
+
+@router.get("/parts/{serial}", summary="One part and its genealogy")
+def get_part(*, serial: str, request: Request, session: Sess) -> dict[str, Any]:
+    """Installations (with condition at install), repairs, hours in service."""
+    return svc.part_view(session, svc.get_part(session, serial), context(request).clock())
+
+
+@router.post("/parts/{serial}/install", summary="Install a part from stock")
+def install_part(
+    *, serial: str, body: InstallIn, request: Request, session: Sess, actor: Who
+) -> dict[str, Any]:
+    """Start a stint in a device; a refurbished part's stint counts as reuse."""
+    now = context(request).clock()
+    part = svc.install_part(
+        session, actor, serial, body.device_id, now=now, request_id=request_id(request)
+    )
+    session.commit()
+    return svc.part_view(session, part, now)
+
+
+@router.get("/analytics/parts-reliability", summary="Reused vs new parts")
+def parts_reliability(
+    *, request: Request, kind: str | None = None, session: Sess
+) -> dict[str, Any]:
+    """Failures per 1000 hours in service of parts installed new vs refurbished, with
+    exact Poisson 95 % intervals and the ratio refurbished / new."""
+    counts = svc.reliability_by_condition(session, context(request).clock(), kind)
+    return {"kind": kind, **compare_rates(counts)}

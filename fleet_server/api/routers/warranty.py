@@ -1,0 +1,162 @@
+"""``/api/v1/warranty/rules`` and ``/api/v1/claims``: coverage and warranty claims."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fleet_server.api.deps import (
+    PageParams,
+    context,
+    current_actor,
+    get_session,
+    page,
+    page_params,
+    request_id,
+)
+from fleet_server.api.errors import ERROR_RESPONSES
+from fleet_server.api.paging import fetch_page
+from fleet_server.db.models import Device, WarrantyClaim
+from fleet_server.services import warranty as svc
+from fleet_server.services.audit import Actor
+
+router = APIRouter(prefix="/api/v1", tags=["warranty"], responses=ERROR_RESPONSES)
+
+Sess = Annotated[Session, Depends(get_session)]
+Who = Annotated[Actor, Depends(current_actor)]
+
+
+class RuleIn(BaseModel):
+    """Coverage of a model in a region (``*`` = any region without its own rule)."""
+
+    model: str = Field(min_length=1, max_length=128)
+    region: str = Field(default="*", min_length=1, max_length=64)
+    months: int = Field(ge=1, le=240, description="months from activation")
+    covers: list[str] = Field(
+        min_length=1, max_length=200, description='failure modes / part kinds, or ["*"]'
+    )
+
+
+class ClaimIn(BaseModel):
+    """A warranty claim as filed."""
+
+    device: str = Field(min_length=1, max_length=128, description="device id or serial")
+    failure_mode: str = Field(min_length=1, max_length=64, description="e.g. an alarm code")
+    failure_date: date
+    part_kind: str | None = Field(default=None, max_length=64)
+    part_serial: str | None = Field(default=None, max_length=128)
+    description: str = Field(default="", max_length=10000)
+
+
+class DecisionIn(BaseModel):
+    """A reviewer's decision."""
+
+    decision: str = Field(pattern="^(approved|rejected)$")
+    note: str = Field(min_length=1, max_length=2000, description="why (kept with the claim)")
+
+
+@router.get("/warranty/rules", summary="Coverage rules")
+def list_rules(*, session: Sess) -> dict[str, Any]:
+    """Every coverage rule."""
+    return {"items": [svc.rule_view(r) for r in svc.rules(session)]}
+
+
+@router.put("/warranty/rules", summary="Create or replace a coverage rule")
+def put_rule(*, body: RuleIn, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
+    """Coverage for ``model`` in ``region``: months from activation and what is covered."""
+    r = svc.set_rule(
+        session,
+        actor,
+        model=body.model,
+        region=body.region,
+        months=body.months,
+        covers=body.covers,
+        now=context(request).clock(),
+        request_id=request_id(request),
+    )
+    session.commit()
+    return svc.rule_view(r)
+
+
+@router.get("/claims", summary="List claims")
+def list_claims(
+    *,
+    params: Annotated[PageParams, Depends(page_params)],
+    state: str | None = None,
+    failure_mode: str | None = None,
+    session: Sess,
+) -> dict[str, Any]:
+    """Claims, newest first, with their check results."""
+    q = select(WarrantyClaim, Device.device_id).outerjoin(
+        Device, Device.id == WarrantyClaim.device_key
+    )
+    if state:
+        q = q.where(WarrantyClaim.state == state)
+    if failure_mode:
+        q = q.where(WarrantyClaim.failure_mode == failure_mode)
+    rows, total = fetch_page(session, q.order_by(WarrantyClaim.id.desc()), params)
+    return page([svc.claim_view(c, d) for c, d in rows], total, params)
+
+
+@router.post("/claims", status_code=201, summary="File a warranty claim")
+def create_claim(*, body: ClaimIn, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
+    """Stored with automatic check results (coverage, device active, alarm evidence);
+    failing checks are shown to the reviewer, never a silent rejection."""
+    c, device_id = svc.create_claim(
+        session,
+        actor,
+        device_ref=body.device,
+        failure_mode=body.failure_mode,
+        failure_date=body.failure_date,
+        now=context(request).clock(),
+        part_kind=body.part_kind,
+        part_serial=body.part_serial,
+        description=body.description,
+        request_id=request_id(request),
+    )
+    session.commit()
+    return svc.claim_view(c, device_id)
+
+
+@router.get("/claims/{claim_id}", summary="One claim with its evidence")
+def get_claim(*, claim_id: int, session: Sess) -> dict[str, Any]:
+    """The claim, its checks, links to the device's alarms and a telemetry summary
+    around the failure."""
+    c, device_id = svc.get_claim(session, claim_id)
+    out = svc.claim_view(c, device_id)
+    out["telemetry_summary"] = svc.telemetry_summary(session, c)
+    return out
+
+
+@router.post("/claims/{claim_id}/decision", summary="Approve or reject a claim")
+def decide_claim(
+    *, claim_id: int, body: DecisionIn, request: Request, session: Sess, actor: Who
+) -> dict[str, Any]:
+    """The reviewer's call, with a note; the automatic checks are kept alongside."""
+    c, device_id = svc.decide_claim(
+        session,
+        actor,
+        claim_id,
+        body.decision,
+        note=body.note,
+        now=context(request).clock(),
+        request_id=request_id(request),
+    )
+    session.commit()
+    return svc.claim_view(c, device_id)
+
+
+@router.post("/claims/{claim_id}/recheck", summary="Run a claim's checks again")
+def recheck_claim(*, claim_id: int, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
+    """Evidence uploaded late by a device that was offline is picked up; the decision, if
+    any, stays."""
+    c, device_id = svc.recheck_claim(
+        session, actor, claim_id, now=context(request).clock(), request_id=request_id(request)
+    )
+    session.commit()
+    return svc.claim_view(c, device_id)
