@@ -160,6 +160,8 @@ class SimDevice:
         )
         self.slots = SimulatedSlots(self.settings.software_version)
         self.stats = DeviceStats()
+        self.index = 0
+        """Position in the engine's device list (set by the live engine)."""
         self.runners: dict[str, Runner] = {"reboot": _run_reboot}
         self._fault_config = self.settings.fault_config()
         build_rules(self._fault_config)  # fail early on a bad [faults] table
@@ -330,6 +332,10 @@ class SimDevice:
             self._apply(core.flush(wall, self.outbox.dropped_samples))
             self.outbox.prune(wall)
             self._saved_core = core.snapshot()
+        self.handle_commands(link)
+
+    def handle_commands(self, link: Link) -> None:
+        """Carry out accepted commands now (the daemon's runners, simulated)."""
         self._sync_link(link)
         while self._todo and self.core is not None:
             cmd = self._todo.pop(0)
@@ -346,6 +352,21 @@ class SimDevice:
             else:
                 runner(self, cmd, self.t)
         self._sync_link(link)
+
+    def stop(self) -> None:
+        """A clean agent stop: the pending samples become a batch in the outbox."""
+        if self.core is not None:
+            self._apply(self.core.flush(self.device_time(), self.outbox.dropped_samples))
+            self._saved_core = self.core.snapshot()
+
+    def say_offline(self) -> None:
+        """Queue the explicit ``offline`` presence of a clean stop (sent while connected)."""
+        if self.core is not None:
+            self._apply(
+                self.core.presence(
+                    PresenceState.OFFLINE, self.device_time(), self.settings.keepalive_s
+                )
+            )
 
     # --- link --------------------------------------------------------------------------
 
