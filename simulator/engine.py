@@ -248,7 +248,8 @@ def run_offline(
     """Advance every device to the scenario's end in slices of simulated time.
 
     Devices are independent offline, so the slicing (which only paces the progress
-    callback) and the device order do not change a single byte that is produced.
+    callback) and the device order do not change a single byte that is produced. At the
+    end every agent stops cleanly (pending samples batched and delivered, ``offline``).
     """
     end = scenario.start + scenario.duration_s
     t = scenario.start
@@ -270,6 +271,10 @@ def run_offline(
         t = nxt
         if progress is not None:
             progress(snapshot(devices, t))
+    for device in devices:  # a clean stop at the end: last batch, then "offline"
+        device.stop()
+        device.say_offline()
+        device.pump(sink)
     return RunResult(
         final=snapshot(devices, end),
         digest=sink.digest,
