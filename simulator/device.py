@@ -198,6 +198,11 @@ class SimDevice:
         return self.core is not None
 
     @property
+    def boot_number(self) -> int:
+        """How many times the device has started (a connection belongs to one boot)."""
+        return self._boot_number
+
+    @property
     def connected(self) -> bool:
         """True while the device considers its link up."""
         return self._connected

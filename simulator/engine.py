@@ -87,15 +87,17 @@ def build_devices(
 class _Conn:
     connected: bool = False
     will: bytes | None = None
+    boot: int = 0
 
 
 class MemorySink:
     """The broker of offline mode: connections, retained last wills, QoS 1 acks.
 
     A device is connected while its timeline allows a link; connecting stores its last
-    will, losing the link (partition, outage, power cut) publishes it, as the broker
-    does after the keepalive runs out. ``write`` (optional) receives every message as
-    ``(device_id, kind, payload)``; :attr:`digest` is a hash of everything delivered.
+    will, losing the link (partition, outage, power cut, reboot) publishes it, as the
+    broker does when a connection dies, and the new boot connects again. ``write``
+    (optional) receives every message as ``(device_id, kind, payload)``; :attr:`digest`
+    is a hash of everything delivered.
     """
 
     def __init__(self, write: Callable[[str, Kind, bytes], None] | None = None) -> None:
@@ -125,17 +127,19 @@ class MemorySink:
         if conn is None:
             conn = self._conns[device.device_id] = _Conn()
         allowed = device.link_allowed()
-        if allowed and not conn.connected:
-            conn.will = device.will_payload()
-            conn.connected = True
-            device.on_connected()
-        elif not allowed and conn.connected:
+        if conn.connected and (not allowed or conn.boot != device.boot_number):
+            # link cut, power cut or reboot: the broker publishes the last will
             conn.connected = False
             if conn.will is not None:
                 self._record(device.device_id, Kind.PRESENCE, conn.will)
             conn.will = None
             if device.connected:
                 device.on_disconnected()
+        if allowed and not conn.connected:
+            conn.will = device.will_payload()
+            conn.connected = True
+            conn.boot = device.boot_number
+            device.on_connected()
         return conn.connected
 
     def window(self, device: SimDevice) -> int:

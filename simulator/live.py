@@ -54,6 +54,7 @@ class _Conn:
     connected: bool = False
     inflight: dict[int, int] = field(default_factory=dict)
     reconnect_at: float = 0.0
+    boot: int = 0
     attempt: int = 0
     queued: bool = False
 
@@ -152,11 +153,11 @@ class LiveEngine:
     def _manage(self, i: int, real_now: float) -> None:
         device, conn = self.devices[i], self.conns[i]
         wanted = device.link_allowed() and not self._stopping
+        if conn.client is not None and (not wanted or conn.boot != device.boot_number):
+            self._abort(i)  # partition, outage, power cut or reboot: the connection dies
         if wanted and conn.client is None and not conn.queued and real_now >= conn.reconnect_at:
             conn.queued = True
             self._connect_queue.append(i)
-        elif not wanted and conn.client is not None:
-            self._abort(i)
 
     def _backoff(self, conn: _Conn) -> None:
         cap = min(60.0, 1.0 * 2.0**conn.attempt)
@@ -189,6 +190,7 @@ class LiveEngine:
         client.on_socket_unregister_write = self._on_unregister_write
         client.will_set(device.topics[Kind.PRESENCE], device.will_payload(), qos=1, retain=True)
         conn.client = client
+        conn.boot = device.boot_number
         try:
             client.connect(
                 self.host, self.port, keepalive=device.settings.keepalive_s, clean_start=True
