@@ -117,6 +117,10 @@ def run(
     token: Annotated[
         str | None, typer.Option(envvar="FLEET_TOKEN", help="API token for --server")
     ] = None,
+    register: Annotated[
+        bool,
+        typer.Option(help="register the devices with the server first (live mode, --server)"),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Run a scenario: offline (deterministic, as fast as possible) or live (--broker).
@@ -153,7 +157,10 @@ def run(
         raise _fail(f"--duration: {exc}") from None
     if offline and broker:
         raise _fail("choose --offline or --broker, not both")
-    live = broker is not None or (not offline and scenario.broker is not None)
+    # live: --broker, or a scenario with a [broker] and a real-time factor ("max" is offline)
+    live = broker is not None or (
+        not offline and scenario.broker is not None and scenario.speed is not None
+    )
     fleet = build_fleet(scenario)
     timeline = Timeline(scenario, fleet)
     if factory_csv is not None:
@@ -165,11 +172,11 @@ def run(
             raise _fail(f"cannot write {factory_csv}: {exc.strerror or exc}") from None
         err.print(f"factory CSV with {len(fleet)} devices written to {factory_csv}")
     server_url = server or (scenario.server.url if scenario.server and live else None)
-    if server_url:
+    if server_url and register:
         try:
             added = ServerRegistrar(ServerApi(server_url, token)).register(fleet)
         except ServerError as exc:
-            raise _fail(f"registering the devices: {exc}") from None
+            raise _fail(f"registering the devices: {exc} (or run with --no-register)") from None
         err.print(f"registered {added} new device(s) with {server_url}")
     devices = build_devices(scenario, settings, fleet=fleet, timeline=timeline)
     title = f"fleet-sim: {scenario.name} ({len(devices)} devices)"

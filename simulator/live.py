@@ -115,7 +115,12 @@ class LiveEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._t0 = 0.0
         self._stopping = False
+        self._stop_requested = False
         raise_fd_limit(len(self.devices) + 256)
+
+    def request_stop(self) -> None:
+        """End :meth:`run` early (it still stops every agent cleanly)."""
+        self._stop_requested = True
 
     # --- Link (what SimDevice calls) -------------------------------------------------
 
@@ -345,7 +350,7 @@ class LiveEngine:
         try:
             while True:
                 now = self.sim_now()
-                if now >= until:
+                if now >= until or self._stop_requested:
                     break
                 handled = 0
                 while heap and heap[0][0] <= now:
