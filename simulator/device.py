@@ -337,7 +337,10 @@ class SimDevice:
             self._apply(core.flush(wall, self.outbox.dropped_samples))
             self.outbox.prune(wall)
             self._saved_core = core.snapshot()
-        self.handle_commands(link)
+        if self._todo:
+            self.handle_commands(link)
+        else:
+            self._sync_link(link)
 
     def handle_commands(self, link: Link) -> None:
         """Carry out accepted commands now (the daemon's runners, simulated)."""
