@@ -68,6 +68,7 @@ class LiveStats:
     disconnects: int = 0
     aborted: int = 0
     commands: int = 0
+    device_errors: int = 0
 
 
 def raise_fd_limit(needed: int) -> int:
@@ -356,9 +357,14 @@ class LiveEngine:
                 while heap and heap[0][0] <= now:
                     _, i = heapq.heappop(heap)
                     device = self.devices[i]
-                    device.advance_to(now, self)
-                    self._manage(i, loop.time())
-                    device.pump(self)
+                    try:
+                        device.advance_to(now, self)
+                        self._manage(i, loop.time())
+                        device.pump(self)
+                    except Exception:  # one device's bug must not stop the fleet
+                        self.stats.device_errors += 1
+                        log.exception("%s: error while advancing the device", device.device_id)
+                        device.t = max(device.t, now)
                     heapq.heappush(heap, (device.next_wake(), i))
                     handled += 1
                     if handled % 200 == 0:
