@@ -319,12 +319,13 @@ def replay(
             typer.echo(json.dumps(alarm.as_dict()))
         return
     table = Table(title=f"{csv_file.name}: {len(sig.rows)} samples of {sig.name}")
-    for col in ("time", "ISO 8601 (UTC)", "event", "code", "severity", "value", "message"):
-        table.add_column(col)
+    for col in ("time", "ISO 8601 (UTC)", "event", "code", "severity", "value"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("message")
     for a in alarms:
         table.add_row(
             a.time_text,
-            a.iso,
+            a.iso.replace("+00:00", "Z"),
             a.event,
             a.code,
             a.severity,
@@ -423,23 +424,24 @@ def diagnose(
     out.print(f"[bold]{device}[/bold]: {body['samples']} samples, {body['start']} → {body['end']}")
     if report.alarms:
         alarms = Table(title="alarms the agent's rules raise on this telemetry")
-        for col in ("time (UTC)", "event", "code", "message"):
-            alarms.add_column(col)
+        for col in ("time (UTC)", "event", "code"):
+            alarms.add_column(col, no_wrap=True)
+        alarms.add_column("message")
         for a in report.alarms:
             alarms.add_row(a.iso, a.event, a.code, a.message)
         out.print(alarms)
     table = Table(title="fault hypotheses, best first")
-    for col in ("#", "fault", "severity", "onset (UTC)", "score", "× better than healthy", "ok"):
-        table.add_column(col)
+    for col in ("#", "fault", "severity", "onset (UTC)", "score", "× healthy", "supported"):
+        table.add_column(col, no_wrap=col in ("fault", "onset (UTC)"))
     for row in body["ranking"]:
         table.add_row(
             str(row["rank"]),
             row["fault"],
             f"{row['severity']:.2f}",
-            row["onset"],
+            row["onset"][:16].replace("T", " "),
             f"{row['score']:.3f}",
             f"{row['improvement']:.2f}",
-            "supported" if row["supported"] else "",
+            "yes" if row["supported"] else "",
         )
     out.print(table)
     best = report.diagnosis.best
