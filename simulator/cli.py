@@ -352,6 +352,10 @@ def diagnose(
         Path | None, typer.Option("--csv", help="offline: telemetry CSV instead of the server")
     ] = None,
     time_col: Annotated[str, typer.Option(help="time column of --csv")] = "ts",
+    messages: Annotated[
+        Path | None,
+        typer.Option(help="offline: the JSON lines written by fleet-sim run --out"),
+    ] = None,
     scenario_file: Annotated[
         Path | None,
         typer.Option("--scenario", help="take the device's hardware and climate from a scenario"),
@@ -369,7 +373,7 @@ def diagnose(
     ranks them by how well they reproduce the field signals.
     """
     from simulator.diagnose import diagnose as run_diagnosis
-    from simulator.diagnose import read_telemetry_csv, samples_from_api
+    from simulator.diagnose import read_messages_jsonl, read_telemetry_csv, samples_from_api
     from simulator.replay import ReplayError
     from simulator.server_api import ServerApi, ServerError
 
@@ -390,9 +394,13 @@ def diagnose(
         climate = ambient if ambient is not None else spec.ambient
         utc_offset = spec.utc_offset_s
     server_alarms: list[dict[str, object]] = []
-    if csv_file is not None:
+    if csv_file is not None or messages is not None:
         try:
-            samples = read_telemetry_csv(csv_file, time_col=time_col)
+            if csv_file is not None:
+                samples = read_telemetry_csv(csv_file, time_col=time_col)
+            else:
+                assert messages is not None
+                samples = read_messages_jsonl(messages, device)
         except ReplayError as exc:
             raise _fail(str(exc)) from None
     elif server:
@@ -404,7 +412,7 @@ def diagnose(
         except (ServerError, ValueError) as exc:
             raise _fail(str(exc)) from None
     else:
-        raise _fail("give --server URL (and --token) or --csv FILE")
+        raise _fail("give --server URL (and --token), --csv FILE or --messages FILE")
     try:
         report = run_diagnosis(
             device,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 from agent.core.adaptive import AdaptiveRule
 from agent.core.faults import SIGNALS, FaultEngine
 from agent.core.rules import build_rules
-from protocol import Sample
+from protocol import ProtocolDecodeError, Sample, decode
 from simulator.hardware import FAULTS, AmbientProfile, HardwareParams
 from simulator.hypotheses import Diagnosis, FieldSignal, rank_hypotheses
 from simulator.replay import (
@@ -115,6 +116,41 @@ def read_telemetry_csv(path: str | Path, *, time_col: str = "ts") -> list[Sample
         raise ReplayError(errors, str(path))
     if not samples:
         raise ReplayError(["no data rows"], str(path))
+    return sorted(samples, key=lambda s: s.ts)
+
+
+def read_messages_jsonl(path: str | Path, device_id: str) -> list[Sample]:
+    """The device's samples from a ``fleet-sim run --out`` file (one message per line).
+
+    Each telemetry line is decoded strictly (:func:`protocol.decode`); a line that is not
+    valid JSON or not a valid message raises :class:`~simulator.replay.ReplayError`
+    naming the line.
+    """
+    path = Path(path)
+    wanted = f"fleet/v1/{device_id}/telemetry"
+    samples: list[Sample] = []
+    errors: list[str] = []
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise ReplayError([f"cannot read: {exc.strerror or exc}"], str(path)) from None
+    with handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if record.get("topic") != wanted:
+                    continue
+                message = decode(wanted, json.dumps(record["payload"]).encode())
+            except (ValueError, KeyError, AttributeError, ProtocolDecodeError) as exc:
+                errors.append(f"line {line_no}: {exc}")
+                continue
+            samples.extend(message.samples)
+    if errors:
+        raise ReplayError(errors, str(path))
+    if not samples:
+        raise ReplayError([f"no telemetry of {device_id}"], str(path))
     return sorted(samples, key=lambda s: s.ts)
 
 
@@ -235,6 +271,7 @@ __all__ = [
     "DEFAULT_ADAPTIVE",
     "Report",
     "diagnose",
+    "read_messages_jsonl",
     "read_telemetry_csv",
     "replay_alarms",
     "sample_from_mapping",

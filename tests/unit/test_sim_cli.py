@@ -82,3 +82,21 @@ def test_an_unreachable_server_is_a_clear_error() -> None:
         api.device_ids("x")
     with pytest.raises(ServerError, match="must start with http://"):
         ServerApi("ftp://x", None)
+
+
+def test_diagnose_a_simulated_device_from_the_run_output(tmp_path: Path) -> None:
+    out = tmp_path / "messages.jsonl"
+    code, output = run("--json", "--out", str(out))  # small.toml: small-00003's fan stalls
+    assert code == 0, output
+    result = CliRunner().invoke(
+        app,
+        ["diagnose", "small-00003", "--messages", str(out), "--scenario", str(SMALL), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    assert body["ranking"][0]["fault"] == "fan_stall"
+    assert body["ranking"][0]["supported"]
+    assert {a["code"] for a in body["replayed_alarms"]} >= {"fan_rpm_anomaly"}
+    result = CliRunner().invoke(app, ["diagnose", "nobody", "--messages", str(out)])
+    assert result.exit_code == 2
+    assert "no telemetry of nobody" in result.output
