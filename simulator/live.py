@@ -69,6 +69,9 @@ class LiveStats:
     aborted: int = 0
     commands: int = 0
     device_errors: int = 0
+    late_s: float = 0.0
+    """Largest delay (real seconds) between a device's due time and its handling since
+    the last :meth:`LiveEngine.take_lateness` (how far the loop is behind)."""
 
 
 def raise_fd_limit(needed: int) -> int:
@@ -119,6 +122,11 @@ class LiveEngine:
         self._stop_requested = False
         raise_fd_limit(len(self.devices) + 256)
 
+    def take_lateness(self) -> float:
+        """The loop's largest lateness since the last call (real seconds), then reset."""
+        late, self.stats.late_s = self.stats.late_s, 0.0
+        return late
+
     def request_stop(self) -> None:
         """End :meth:`run` early (it still stops every agent cleanly)."""
         self._stop_requested = True
@@ -126,8 +134,10 @@ class LiveEngine:
     # --- Link (what SimDevice calls) -------------------------------------------------
 
     def up(self, device: SimDevice) -> bool:
-        """True while the device's MQTT connection is established."""
-        return self.conns[device.index].connected
+        """True while the device's MQTT connection is established (and belongs to the
+        device's current boot: a device that just lost power or rebooted sends nothing)."""
+        conn = self.conns[device.index]
+        return conn.connected and device.running and conn.boot == device.boot_number
 
     def window(self, device: SimDevice) -> int:
         """Room left in the device's in-flight window."""
@@ -355,7 +365,10 @@ class LiveEngine:
                     break
                 handled = 0
                 while heap and heap[0][0] <= now:
-                    _, i = heapq.heappop(heap)
+                    due, i = heapq.heappop(heap)
+                    late = (now - due) / self.speed
+                    if late > self.stats.late_s:
+                        self.stats.late_s = late
                     device = self.devices[i]
                     try:
                         device.advance_to(now, self)
