@@ -253,6 +253,16 @@ def run(
         "connects": engine.stats.connects,
         "connect_failures": engine.stats.connect_failures,
         "commands": engine.stats.commands,
+        "device_errors": engine.stats.device_errors,
+        "hooks": [
+            {
+                "at": scenario.start + ev.at,
+                "kind": ev.kind,
+                "params": ev.params,
+                "status": "skipped: publish/rollout events are not executed yet",
+            }
+            for ev in timeline.hooks_due(scenario.start - 1, end)
+        ],
     }
     _print_summary(summary, as_json, title)
 

@@ -267,7 +267,7 @@ def run_offline(
                         "at": scenario.start + ev.at,
                         "kind": ev.kind,
                         "params": ev.params,
-                        "status": "skipped: needs the fleet server (live mode)",
+                        "status": "skipped: publish/rollout events are not executed yet",
                     }
                 )
         for device in devices:
