@@ -33,8 +33,15 @@ test: lint ## lint, then run the whole test suite
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
-demo: $(DEV_STAMP) ## run the end-to-end demo (arrives with the simulator issue)
-	@echo "The end-to-end demo arrives with the simulator issue; nothing to run yet."
+DEMO_DIR ?= demo-run
+
+demo: $(DEV_STAMP) ## simulate a fleet offline, then diagnose the device whose fan stalled
+	@mkdir -p $(DEMO_DIR)
+	$(BIN)/fleet-sim run simulator/scenarios/small.toml --offline \
+		--out $(DEMO_DIR)/messages.jsonl --factory-csv $(DEMO_DIR)/factory.csv
+	$(BIN)/fleet-sim diagnose small-00003 --messages $(DEMO_DIR)/messages.jsonl \
+		--scenario simulator/scenarios/small.toml
+	@echo "messages: $(DEMO_DIR)/messages.jsonl, factory CSV: $(DEMO_DIR)/factory.csv"
 
 clean: ## remove caches and build output (keeps .venv)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

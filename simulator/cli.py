@@ -1,10 +1,28 @@
-"""``fleet-sim``: simulate devices for diagnosis, QA benches and demos."""
+"""``fleet-sim``: simulate devices for diagnosis, QA benches and demos.
+
+Commands: ``run`` (a scenario, offline or against a broker), ``replay`` (a recorded signal
+through the agent's fault rules), ``diagnose`` (rank fault hypotheses for a device).
+User mistakes (bad files, bad options, unreachable server) end with one clear line and
+exit status 2, never a traceback.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
 from simulator import __version__
+from simulator.hardware import FAULTS
 
 app = typer.Typer(
     name="fleet-sim",
@@ -12,6 +30,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]fleet-sim:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(2)
 
 
 @app.callback()
@@ -25,6 +50,428 @@ def version() -> None:
     typer.echo(f"fleet-sim {__version__}")
 
 
+# --- run -------------------------------------------------------------------------------
+
+
+def _broker(url: str) -> tuple[str, int]:
+    parsed = urllib.parse.urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parsed.scheme != "mqtt" or not parsed.hostname:
+        raise ValueError(f"expected mqtt://host[:port], got {url!r}")
+    return parsed.hostname, parsed.port or 1883
+
+
+def _progress_table(snap, title: str, extra: dict[str, object] | None = None) -> Table:
+    table = Table(title=title, show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(snap.sim_time))
+    rows = {
+        "simulated time": when,
+        "devices running / online": f"{snap.running} / {snap.online} of {snap.devices}",
+        "samples": f"{snap.samples:,}",
+        "messages delivered": f"{snap.messages:,}",
+        "queued on devices": f"{snap.queued:,}",
+        "faults raised / cleared": f"{snap.faults_raised} / {snap.faults_cleared}",
+        "boots": f"{snap.boots}",
+    }
+    rows.update({k: str(v) for k, v in (extra or {}).items()})
+    if snap.open_faults:
+        rows["open faults"] = ", ".join(f"{k} {v}" for k, v in sorted(snap.open_faults.items()))
+    for k, v in rows.items():
+        table.add_row(k, v)
+    return table
+
+
+@app.command()
+def run(
+    scenario_file: Annotated[Path, typer.Argument(metavar="SCENARIO", help="scenario TOML")],
+    speed: Annotated[
+        float | None,
+        typer.Option(help="real-time factor in live mode (default: the scenario's, else 1)"),
+    ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="mqtt://host:port: run live, each device with its own connection"),
+    ] = None,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="no broker: simulated time as fast as possible")
+    ] = False,
+    seed: Annotated[int | None, typer.Option(help="override the scenario's seed")] = None,
+    duration: Annotated[
+        str | None, typer.Option(help="override the scenario's duration (e.g. 2h)")
+    ] = None,
+    adaptive: Annotated[
+        list[str] | None, typer.Option(help="add an adaptive rule on this signal (repeatable)")
+    ] = None,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="offline: write every message as JSON lines to this file"),
+    ] = None,
+    factory_csv: Annotated[
+        Path | None, typer.Option(help="write the fleet's factory CSV here")
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(envvar="FLEET_URL", help="fleet server URL: register the devices there"),
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="FLEET_TOKEN", help="API token for --server")
+    ] = None,
+    register: Annotated[
+        bool,
+        typer.Option(help="register the devices with the server first (live mode, --server)"),
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Run a scenario: offline (deterministic, as fast as possible) or live (--broker).
+
+    Shows live progress (devices online, messages, faults, boots) and a summary at the
+    end. With --server the devices are registered first (factory CSV import).
+    """
+    from dataclasses import replace
+
+    from simulator.engine import (
+        MemorySink,
+        agent_settings,
+        build_devices,
+        jsonl_writer,
+        run_offline,
+    )
+    from simulator.scenario import ScenarioError, build_fleet, load_scenario, parse_duration
+    from simulator.server_api import ServerApi, ServerError, ServerRegistrar
+    from simulator.timeline import Timeline
+
+    try:
+        scenario = load_scenario(scenario_file)
+        if seed is not None:
+            scenario = replace(scenario, seed=seed)
+        if duration is not None:
+            seconds = parse_duration(duration)
+            if seconds <= 0:
+                raise ValueError("--duration must be > 0")
+            scenario = replace(scenario, duration_s=seconds)
+        settings = agent_settings(scenario, adaptive or ())
+    except ScenarioError as exc:
+        raise _fail(str(exc)) from None
+    except ValueError as exc:
+        raise _fail(f"--duration: {exc}") from None
+    if offline and broker:
+        raise _fail("choose --offline or --broker, not both")
+    # live: --broker, or a scenario with a [broker] and a real-time factor ("max" is offline)
+    live = broker is not None or (
+        not offline and scenario.broker is not None and scenario.speed is not None
+    )
+    fleet = build_fleet(scenario)
+    timeline = Timeline(scenario, fleet)
+    if factory_csv is not None:
+        from simulator.scenario import write_factory_csv
+
+        try:
+            write_factory_csv(fleet, factory_csv)
+        except OSError as exc:
+            raise _fail(f"cannot write {factory_csv}: {exc.strerror or exc}") from None
+        err.print(f"factory CSV with {len(fleet)} devices written to {factory_csv}")
+    server_url = server or (scenario.server.url if scenario.server and live else None)
+    if server_url and register:
+        try:
+            added = ServerRegistrar(ServerApi(server_url, token)).register(fleet)
+        except ServerError as exc:
+            raise _fail(f"registering the devices: {exc} (or run with --no-register)") from None
+        err.print(f"registered {added} new device(s) with {server_url}")
+    devices = build_devices(scenario, settings, fleet=fleet, timeline=timeline)
+    title = f"fleet-sim: {scenario.name} ({len(devices)} devices)"
+
+    if not live:
+        handle = None
+        if out_file is not None:
+            try:
+                handle = out_file.open("w", encoding="utf-8")
+            except OSError as exc:
+                raise _fail(f"cannot write {out_file}: {exc.strerror or exc}") from None
+        sink = MemorySink(jsonl_writer(handle) if handle else None)
+        started = time.monotonic()
+        try:
+            with Live(console=err, transient=as_json, refresh_per_second=4) as display:
+                result = run_offline(
+                    scenario,
+                    devices,
+                    sink,
+                    timeline=timeline,
+                    slice_s=max(scenario.tick_s, min(3600.0, scenario.duration_s / 200)),
+                    progress=lambda snap: display.update(_progress_table(snap, title)),
+                )
+        finally:
+            if handle is not None:
+                handle.close()
+        summary = {
+            "scenario": scenario.name,
+            "mode": "offline",
+            "seed": scenario.seed,
+            "wall_s": round(time.monotonic() - started, 2),
+            **result.as_dict(),
+        }
+        _print_summary(summary, as_json, title)
+        return
+
+    from simulator.live import LiveEngine
+
+    try:
+        if broker:
+            host, port = _broker(broker)
+        else:
+            assert scenario.broker is not None
+            host, port = scenario.broker.host or "127.0.0.1", scenario.broker.port or 1883
+    except ValueError as exc:
+        raise _fail(f"--broker: {exc}") from None
+    rate = speed or scenario.speed or 1.0
+    engine = LiveEngine(devices, host, port, start=scenario.start, speed=rate, seed=scenario.seed)
+    started = time.monotonic()
+    end = scenario.start + scenario.duration_s
+    try:
+        with Live(console=err, transient=as_json, refresh_per_second=4) as display:
+            final = asyncio.run(
+                engine.run(
+                    end,
+                    progress=lambda snap, st: display.update(
+                        _progress_table(
+                            snap,
+                            title,
+                            {"connects / failures": f"{st.connects} / {st.connect_failures}"},
+                        )
+                    ),
+                )
+            )
+    except KeyboardInterrupt:
+        raise _fail("interrupted") from None
+    summary = {
+        "scenario": scenario.name,
+        "mode": "live",
+        "broker": f"mqtt://{host}:{port}",
+        "speed": rate,
+        "wall_s": round(time.monotonic() - started, 2),
+        **final.as_dict(),
+        "connects": engine.stats.connects,
+        "connect_failures": engine.stats.connect_failures,
+        "commands": engine.stats.commands,
+        "device_errors": engine.stats.device_errors,
+        "hooks": [
+            {
+                "at": scenario.start + ev.at,
+                "kind": ev.kind,
+                "params": ev.params,
+                "status": "skipped: publish/rollout events are not executed yet",
+            }
+            for ev in timeline.hooks_due(scenario.start - 1, end)
+        ],
+    }
+    _print_summary(summary, as_json, title)
+
+
+def _print_summary(summary: dict[str, object], as_json: bool, title: str) -> None:
+    if as_json:
+        typer.echo(json.dumps(summary, sort_keys=True))
+        return
+    table = Table(title=f"{title}: summary", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
+        elif isinstance(value, list):
+            value = f"{len(value)}"
+        elif isinstance(value, float) and key == "sim_time":
+            value = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(value))
+        table.add_row(key.replace("_", " "), str(value))
+    out.print(table)
+
+
+# --- replay ----------------------------------------------------------------------------
+
+
+@app.command()
+def replay(
+    csv_file: Annotated[Path, typer.Option("--csv", help="recorded signal (CSV with a header)")],
+    time_col: Annotated[str, typer.Option(help="column with the timestamps")],
+    value_col: Annotated[str, typer.Option(help="column with the values")],
+    signal: Annotated[
+        str | None,
+        typer.Option(help="sample field to map the values to (temp_c, fan_rpm...) or a name"),
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="skip unreadable rows instead of failing")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per alarm")] = False,
+) -> None:
+    """Run a recorded signal through the agent's fault engine, as a device would.
+
+    Every built-in rule plus an adaptive rule on the signal (default parameters). Prints
+    each raise and clear with the input's timestamp and ISO 8601 UTC. Timestamps: ISO
+    8601 (without an offset: UTC) or unix seconds. Empty or NaN values are gaps.
+    """
+    from simulator.replay import ReplayError, read_signal_csv, replay_samples
+
+    try:
+        sig = read_signal_csv(
+            csv_file, time_col=time_col, value_col=value_col, signal=signal, skip_bad=skip_bad
+        )
+    except ReplayError as exc:
+        raise _fail(str(exc)) from None
+    if sig.skipped:
+        err.print(f"skipped {len(sig.skipped)} bad row(s); first: {sig.skipped[0]}")
+    if sig.reordered:
+        err.print("rows were not in time order; replayed sorted by time")
+    try:
+        alarms = replay_samples(sig.rows, sig.name)
+    except ValueError as exc:
+        raise _fail(f"--signal {sig.name!r}: {exc}") from None
+    if as_json:
+        for alarm in alarms:
+            typer.echo(json.dumps(alarm.as_dict()))
+        return
+    table = Table(title=f"{csv_file.name}: {len(sig.rows)} samples of {sig.name}")
+    for col in ("time", "ISO 8601 (UTC)", "event", "code", "severity", "value"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("message")
+    for a in alarms:
+        table.add_row(
+            a.time_text,
+            a.iso.replace("+00:00", "Z"),
+            a.event,
+            a.code,
+            a.severity,
+            "" if a.value is None else f"{a.value:.6g}",
+            a.message,
+        )
+    out.print(table)
+    out.print(
+        f"{sum(a.event == 'raised' for a in alarms)} raised, "
+        f"{sum(a.event == 'cleared' for a in alarms)} cleared"
+    )
+
+
+# --- diagnose --------------------------------------------------------------------------
+
+
+@app.command()
+def diagnose(
+    device: Annotated[str, typer.Argument(metavar="DEVICE", help="device id")],
+    server: Annotated[str | None, typer.Option(envvar="FLEET_URL", help="fleet server URL")] = None,
+    token: Annotated[str | None, typer.Option(envvar="FLEET_TOKEN", help="API token")] = None,
+    hours: Annotated[float, typer.Option(help="how much recent telemetry to fetch")] = 24.0,
+    csv_file: Annotated[
+        Path | None, typer.Option("--csv", help="offline: telemetry CSV instead of the server")
+    ] = None,
+    time_col: Annotated[str, typer.Option(help="time column of --csv")] = "ts",
+    messages: Annotated[
+        Path | None,
+        typer.Option(help="offline: the JSON lines written by fleet-sim run --out"),
+    ] = None,
+    scenario_file: Annotated[
+        Path | None,
+        typer.Option("--scenario", help="take the device's hardware and climate from a scenario"),
+    ] = None,
+    fault: Annotated[
+        list[str] | None, typer.Option(help=f"test only these faults ({', '.join(FAULTS)})")
+    ] = None,
+    ambient: Annotated[float | None, typer.Option(help="ambient temperature, °C")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Rank fault hypotheses (fan, thermal paste, storage, power supply...) for a device.
+
+    Takes the device's recent telemetry from the server (--server, --token) or a CSV
+    (--csv), replays it through the agent's fault rules, simulates every hypothesis and
+    ranks them by how well they reproduce the field signals.
+    """
+    from simulator.diagnose import diagnose as run_diagnosis
+    from simulator.diagnose import read_messages_jsonl, read_telemetry_csv, samples_from_api
+    from simulator.replay import ReplayError
+    from simulator.server_api import ServerApi, ServerError
+
+    params = None
+    climate = ambient
+    utc_offset = 0.0
+    if scenario_file is not None:
+        from simulator.scenario import ScenarioError, build_fleet, load_scenario
+
+        try:
+            specs = {s.device_id: s for s in build_fleet(load_scenario(scenario_file))}
+        except ScenarioError as exc:
+            raise _fail(str(exc)) from None
+        spec = specs.get(device)
+        if spec is None:
+            raise _fail(f"device {device!r} is not in {scenario_file}")
+        params = spec.hardware
+        climate = ambient if ambient is not None else spec.ambient
+        utc_offset = spec.utc_offset_s
+    server_alarms: list[dict[str, object]] = []
+    if csv_file is not None or messages is not None:
+        try:
+            if csv_file is not None:
+                samples = read_telemetry_csv(csv_file, time_col=time_col)
+            else:
+                assert messages is not None
+                samples = read_messages_jsonl(messages, device)
+        except ReplayError as exc:
+            raise _fail(str(exc)) from None
+    elif server:
+        try:
+            api = ServerApi(server, token)
+            items = api.telemetry(device, since=time.time() - hours * 3600)
+            server_alarms = api.alarms(device)
+            samples = samples_from_api(items)
+        except (ServerError, ValueError) as exc:
+            raise _fail(str(exc)) from None
+    else:
+        raise _fail("give --server URL (and --token), --csv FILE or --messages FILE")
+    try:
+        report = run_diagnosis(
+            device,
+            samples,
+            params=params,
+            ambient=climate,
+            utc_offset_s=utc_offset,
+            faults=fault or FAULTS,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    report.server_alarms = server_alarms
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+        return
+    body = report.as_dict()
+    out.print(f"[bold]{device}[/bold]: {body['samples']} samples, {body['start']} → {body['end']}")
+    if report.alarms:
+        alarms = Table(title="alarms the agent's rules raise on this telemetry")
+        for col in ("time (UTC)", "event", "code"):
+            alarms.add_column(col, no_wrap=True)
+        alarms.add_column("message")
+        for a in report.alarms:
+            alarms.add_row(a.iso, a.event, a.code, a.message)
+        out.print(alarms)
+    table = Table(title="fault hypotheses, best first")
+    for col in ("#", "fault", "severity", "onset (UTC)", "score", "× healthy", "supported"):
+        table.add_column(col, no_wrap=col in ("fault", "onset (UTC)"))
+    for row in body["ranking"]:
+        table.add_row(
+            str(row["rank"]),
+            row["fault"],
+            f"{row['severity']:.2f}",
+            row["onset"][:16].replace("T", " "),
+            f"{row['score']:.3f}",
+            f"{row['improvement']:.2f}",
+            "yes" if row["supported"] else "",
+        )
+    out.print(table)
+    best = report.diagnosis.best
+    if best is not None:
+        out.print(best.explanation)
+    for name, why in report.diagnosis.skipped.items():
+        out.print(f"[dim]not tested: {name}: {why}[/dim]")
+
+
 def main() -> None:
     """Entry point of the ``fleet-sim`` console script."""
-    app()
+    try:
+        app()
+    except BrokenPipeError:  # piped into head
+        sys.exit(0)

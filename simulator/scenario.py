@@ -241,6 +241,8 @@ class Scenario:
     server: Endpoint | None = None
     broker: Endpoint | None = None
     description: str = ""
+    agent: dict[str, Any] = field(default_factory=dict)
+    """The simulated agents' settings (``[agent]``), validated by :func:`_agent`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -621,7 +623,7 @@ def _event(c: _Checker, value: object, path: str, index: int, duration_s: float)
 def parse_scenario(data: dict[str, Any], source: str = "scenario") -> Scenario:
     """Validate a decoded TOML document; raise :class:`ScenarioError` listing every problem."""
     c = _Checker()
-    top = c.table(data, "", ("scenario", "fleet", "events", "server", "broker"))
+    top = c.table(data, "", ("scenario", "fleet", "events", "server", "broker", "agent"))
     sc = c.table(top.get("scenario", {}), "scenario", _SCENARIO_KEYS)
     if "scenario" not in top:
         c.err("scenario", "required")
@@ -740,6 +742,7 @@ def parse_scenario(data: dict[str, Any], source: str = "scenario") -> Scenario:
             host=c.get(b, "broker", "host", _text, "127.0.0.1"),
             port=c.get(b, "broker", "port", _number(1, 65535, integer=True), 1883),
         )
+    agent = _agent(c, top.get("agent", {}), "agent")
     if c.errors:
         raise ScenarioError(c.errors, source)
     return Scenario(
@@ -762,7 +765,57 @@ def parse_scenario(data: dict[str, Any], source: str = "scenario") -> Scenario:
         server=server,
         broker=broker,
         description=description,
+        agent=agent,
     )
+
+
+_AGENT_KEYS = (
+    "publish_interval",
+    "keepalive",
+    "software_version",
+    "buffer_max_bytes",
+    "buffer_max_age",
+    "faults",
+    "adaptive",
+)
+
+
+def _agent(c: _Checker, value: object, path: str) -> dict[str, Any]:
+    """The ``[agent]`` table: publish interval, keepalive, version, buffer, fault rules.
+
+    ``faults`` is the agent's own ``[faults]`` table (checked by the agent's rule
+    builder when the devices are built); ``adaptive`` lists signals that get an adaptive
+    rule with default parameters.
+    """
+    tbl = c.table(value, path, _AGENT_KEYS)
+    out: dict[str, Any] = {}
+    publish = c.get(tbl, path, "publish_interval", _positive_duration, None)
+    if publish is not None:
+        out["publish_interval_s"] = publish
+    keepalive = c.get(tbl, path, "keepalive", _number(5, 65535, integer=True), None)
+    if keepalive is not None:
+        out["keepalive_s"] = keepalive
+    version = c.get(tbl, path, "software_version", _text, None)
+    if version is not None:
+        out["software_version"] = version
+    max_bytes = c.get(tbl, path, "buffer_max_bytes", _number(1024, 2**40, integer=True), None)
+    if max_bytes is not None:
+        out["buffer_max_bytes"] = max_bytes
+    max_age = c.get(tbl, path, "buffer_max_age", _positive_duration, None)
+    if max_age is not None:
+        out["buffer_max_age_s"] = max_age
+    if "faults" in tbl:
+        if isinstance(tbl["faults"], dict):
+            out["faults"] = tbl["faults"]
+        else:
+            c.err(_join(path, "faults"), "expected a table (the agent's [faults] settings)")
+    if "adaptive" in tbl:
+        signals = tbl["adaptive"]
+        if isinstance(signals, list) and all(isinstance(x, str) and x for x in signals):
+            out["adaptive"] = tuple(signals)
+        else:
+            c.err(_join(path, "adaptive"), 'expected a list of signal names, e.g. ["fan_rpm"]')
+    return out
 
 
 _SCENARIO_KEYS = (
