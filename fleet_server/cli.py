@@ -56,6 +56,23 @@ def _settings(config: Path | None) -> Settings:
         _fail(str(exc), 2)
 
 
+def _secure_start(settings: Settings) -> None:
+    """Refuse insecure production settings (exit 2, naming each key); warn loudly in demo."""
+    from fleet_server.security_mode import DEMO_WARNING, production_problems
+
+    if settings.security.mode == "demo":
+        typer.secho(DEMO_WARNING, fg=typer.colors.YELLOW, err=True)
+        return
+    problems = production_problems(settings)
+    if problems:
+        lines = "\n".join(f"  {p}" for p in problems)
+        _fail(
+            "refusing to start in production mode with insecure settings:\n"
+            f'{lines}\n(set [security] mode = "demo" only for a local demo)',
+            2,
+        )
+
+
 def _logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -188,10 +205,11 @@ def ingest(
 
     _logging(verbose)
     settings = _settings(config)
+    _secure_start(settings)
     _engine, sessions = _open(settings)
     try:
         target = broker_target(settings, start_embedded=True)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         _fail(str(exc))
     metrics = IngestMetrics()
     if metrics_port is not None:
@@ -252,6 +270,24 @@ def jobs(
     scheduler.stop()
 
 
+def _ssl_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options: the API certificate, and client certificates verified
+    against ``tls.api_client_ca`` when offered (optional: operators use tokens)."""
+    import ssl
+
+    t = settings.tls
+    if t.api_cert is None:
+        return {}
+    options: dict[str, Any] = {
+        "ssl_certfile": str(t.api_cert),
+        "ssl_keyfile": str(t.api_key) if t.api_key else None,
+    }
+    if t.api_client_ca is not None:
+        options["ssl_ca_certs"] = str(t.api_client_ca)
+        options["ssl_cert_reqs"] = ssl.CERT_OPTIONAL
+    return options
+
+
 class _Server:
     """uvicorn with our own SIGINT/SIGTERM handling.
 
@@ -275,6 +311,7 @@ class _Server:
                 log_level="info",
                 log_config=None,
                 lifespan="off",
+                **_ssl_options(settings),
             )
         )
 
@@ -302,6 +339,7 @@ def api(config: ConfigOpt = None) -> None:
 
     _logging()
     settings = _settings(config)
+    _secure_start(settings)
     _engine, sessions = _open(settings)
     publisher = build_publisher(settings, broker_target(settings, start_embedded=False))
     try:
@@ -324,10 +362,11 @@ def run(
 
     _logging(verbose)
     settings = _settings(config)
+    _secure_start(settings)
     _engine, sessions = _open(settings)
     try:
         target = broker_target(settings, start_embedded=True)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         _fail(str(exc))
     metrics = IngestMetrics()
     worker = build_ingest(settings, sessions, target, metrics)

@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy.exc import SQLAlchemyError
 
+from fleet_server.adapters.mqtt_url import ClientTls
 from fleet_server.services.clock import Clock, system_clock
 from fleet_server.services.ingest import BatchWriter, Inbound
 from protocol import Kind, shared_subscription, subscription
@@ -59,6 +60,7 @@ class IngestOptions:
     batch_size: int = 500
     retry_backoff_s: float = 0.5
     retry_backoff_max_s: float = 10.0
+    tls: ClientTls | None = None
 
 
 class IngestWorker:
@@ -95,6 +97,8 @@ class IngestWorker:
                 clean_session=False,
                 manual_ack=True,
             )
+        if o.tls is not None:
+            o.tls.apply(client)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
