@@ -18,7 +18,7 @@ from fleet_server.api.deps import (
     page_params,
     request_id,
 )
-from fleet_server.api.errors import ERROR_RESPONSES, ApiError
+from fleet_server.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from fleet_server.api.schemas import (
     AlarmOut,
     BundleOut,
@@ -349,6 +349,7 @@ def list_commands(
     response_model=CommandOut,
     status_code=202,
     summary="Send a command (reboot: operator+, collect_diagnostics: technician+)",
+    responses={503: {"model": ErrorBody, "description": "the MQTT broker is unavailable"}},
 )
 def post_command(
     *,
