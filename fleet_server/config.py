@@ -126,8 +126,12 @@ class SecuritySettings(_Section):
     ca_dir: Path | None = None
     """The issuing CA directory (``fleet-server ca init-issuing --out``): provisioning,
     revocation and the CRL."""
+    device_mqtt_url: str | None = None
+    """Broker URL written into device credentials bundles; defaults to ``mqtt.url``."""
+    tuf_root: Path | None = None
+    """The TUF ``root.json`` copied into credentials bundles (the device's trust anchor)."""
 
-    @field_validator("ca_dir", mode="before")
+    @field_validator("ca_dir", "device_mqtt_url", "tuf_root", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

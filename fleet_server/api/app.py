@@ -23,7 +23,7 @@ from fleet_server import __version__
 from fleet_server.api.deps import AppContext, authorize, request_id
 from fleet_server.api.errors import install_error_handlers
 from fleet_server.api.openapi_security import declare_security
-from fleet_server.api.routers import admin, alarms, devices, system
+from fleet_server.api.routers import admin, alarms, credentials, devices, system
 from fleet_server.config import Settings
 from fleet_server.db import create_db_engine, make_session_factory
 from fleet_server.db.models import Alarm
@@ -106,7 +106,7 @@ def create_app(
         response.headers["X-Request-ID"] = rid
         return response
 
-    for module in (system, devices, alarms, admin):
+    for module in (system, devices, alarms, admin, credentials):
         app.include_router(module.router)
     _document_security(app)
     return app

@@ -65,6 +65,11 @@ PERMISSIONS: dict[tuple[str, str], Role | None] = {
     ("GET", f"{API}/tokens"): Role.ADMIN,
     ("POST", f"{API}/tokens"): Role.ADMIN,
     ("DELETE", f"{API}/tokens/{{token_id}}"): Role.ADMIN,
+    # Device credentials: operators provision and certify; revoking outside a
+    # decommission is an admin's call.
+    ("POST", f"{API}/devices/{{device_id}}/provision"): Role.OPERATOR,
+    ("POST", f"{API}/devices/{{device_id}}/certificate"): Role.OPERATOR,
+    ("POST", f"{API}/devices/{{device_id}}/revoke"): Role.ADMIN,
 }
 
 COMMAND_ROLES: dict[str, Role] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from schemathesis.config import SchemathesisConfig
 from fleet_server.api import create_app
 from fleet_server.db import create_db_engine, make_session_factory
 from fleet_server.domain.roles import Role
+from fleet_server.identity import ca_store
 from fleet_server.migrations import upgrade_to_head
 from fleet_server.services.audit import SYSTEM
 from fleet_server.services.registry import create_device
@@ -59,7 +61,14 @@ def _build() -> tuple[FastAPI, dict[str, str], Path]:
     with sessions() as s:
         create_device(s, {"device_id": "dev-1", "serial": "SN-1"}, actor=SYSTEM, now=clock())
         s.commit()
-    app = create_app(settings_for(url), sessions=sessions, clock=clock, publisher=Accepting())
+    now = datetime.fromtimestamp(clock(), UTC)
+    ca_store.init_root(workdir / "root", now)
+    ca_store.init_issuing(workdir / "root", workdir / "issuing", now)
+    settings = settings_for(
+        url,
+        security={"ca_dir": str(workdir / "issuing"), "device_mqtt_url": "mqtts://m:8883"},
+    )
+    app = create_app(settings, sessions=sessions, clock=clock, publisher=Accepting())
     return app, make_tokens(sessions, now=clock()), workdir
 
 

@@ -226,8 +226,28 @@ def decommission(
         reason=body.reason,
         request_id=request_id(request),
     )
+    revoke_on_decommission(session, context(request).settings, device_id, actor, request)
     session.commit()
     return device_view(device)
+
+
+def revoke_on_decommission(
+    session: Session, settings: Any, device_id: str, actor: Actor, request: Request
+) -> None:
+    """A decommissioned device loses its certificates (when this server runs the CA)."""
+    if settings.security.ca_dir is None:
+        return
+    from fleet_server.services import provisioning
+
+    provisioning.revoke_device(
+        session,
+        provisioning.load_ca(settings),
+        device_id,
+        actor=actor,
+        now=context(request).clock(),
+        reason=provisioning.DECOMMISSION_REASON,
+        request_id=request_id(request),
+    )
 
 
 @router.get("/{device_id}/telemetry", response_model=TelemetryPage, summary="Telemetry samples")

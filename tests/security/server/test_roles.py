@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -14,6 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
 import protocol as p
+from agent.credentials import make_device_key_and_csr
 from fleet_server.adapters.mqtt_publisher import PahoPublisher
 from fleet_server.api import create_app
 from fleet_server.api.app import route_table
@@ -24,6 +26,7 @@ from fleet_server.domain.roles import (
     UndeclaredRouteError,
     required_role,
 )
+from fleet_server.identity import ca_store
 from fleet_server.services.ingest import BatchWriter, Inbound
 from tests.server_fixtures import FakeClock, make_tokens, settings_for
 
@@ -135,13 +138,19 @@ def test_command_kinds_have_their_own_roles(mosquitto, sessions, db_url) -> None
 
 
 @pytest.mark.mosquitto
-def test_every_mutating_call_is_audited(mosquitto, sessions, db_url) -> None:
+def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -> None:
     """Runs one successful call per mutating route; a new mutating route without a
     scenario here fails the test."""
     publisher = PahoPublisher(mosquitto.host, mosquitto.port)
     assert publisher.wait_connected(10)
     clock = FakeClock()
-    app = create_app(settings_for(db_url), sessions=sessions, publisher=publisher, clock=clock)
+    now = datetime.fromtimestamp(clock.now, UTC)
+    ca_store.init_root(tmp_path / "root", now)
+    ca_store.init_issuing(tmp_path / "root", tmp_path / "issuing", now)
+    settings = settings_for(
+        db_url, security={"ca_dir": str(tmp_path / "issuing"), "device_mqtt_url": "mqtts://m"}
+    )
+    app = create_app(settings, sessions=sessions, publisher=publisher, clock=clock)
     tokens = make_tokens(sessions)
     admin = {"Authorization": f"Bearer {tokens['admin']}", "X-Request-ID": "req-audit-1"}
     # A device that raised a fault, for the alarm ack.
@@ -209,6 +218,17 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url) -> None:
             "/api/v1/tokens/1", headers=admin
         ),
         ("POST", "/api/v1/diagnostics/upload/{token}"): upload,
+        ("POST", "/api/v1/devices/{device_id}/provision"): lambda c: c.post(
+            "/api/v1/devices/pi-new/provision", headers=admin
+        ),
+        ("POST", "/api/v1/devices/{device_id}/certificate"): lambda c: c.post(
+            "/api/v1/devices/pi-new/certificate",
+            json={"csr": make_device_key_and_csr("pi-new").csr_pem.decode()},
+            headers=admin,
+        ),
+        ("POST", "/api/v1/devices/{device_id}/revoke"): lambda c: c.post(
+            "/api/v1/devices/pi-new/revoke", json={"reason": "superseded"}, headers=admin
+        ),
     }
     try:
         with TestClient(app) as client:
