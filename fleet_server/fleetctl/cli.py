@@ -18,6 +18,7 @@ from rich.table import Table
 
 from fleet_server import __version__
 from fleet_server.fleetctl.client import ApiClient, CtlError, load_config
+from fleet_server.fleetctl.credentials_cli import register_credentials
 from protocol import SCHEMA_VERSION
 
 app = typer.Typer(
@@ -42,6 +43,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(fleet_app, name="fleet")
 
+register_credentials(devices_app, lambda: _client())
 console = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 LimitOpt = Annotated[

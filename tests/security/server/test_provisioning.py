@@ -4,7 +4,11 @@ decommission and by an admin; audited; reserved service names refused."""
 from __future__ import annotations
 
 import io
+import json
+import os
 import stat
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,7 +25,7 @@ from agent.credentials import make_device_key_and_csr, read_bundle
 from fleet_server.api import create_app
 from fleet_server.db.models import AuditEntry
 from fleet_server.identity import ca_store
-from tests.server_fixtures import FakeClock, make_tokens, settings_for
+from tests.server_fixtures import FakeClock, make_tokens, serve, settings_for
 
 NOW = datetime.fromtimestamp(FakeClock().now, UTC)
 
@@ -162,3 +166,73 @@ def test_without_a_ca_provisioning_is_unavailable(api) -> None:
     assert r.json()["error"]["code"] == "provisioning_unavailable"
     # Decommissioning still works (nothing to revoke here).
     assert c.post("/api/v1/devices/pi-1/decommission", json={}, headers=op).status_code == 200
+
+
+def _fleetctl(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    full.update(env)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "fleetctl"), *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_fleetctl_provision_certify_revoke(sessions, db_url: str, ca_dir: Path, tmp_path) -> None:
+    settings = settings_for(
+        db_url, security={"ca_dir": str(ca_dir), "device_mqtt_url": "mqtts://mqtt.example"}
+    )
+    server = serve(create_app(settings, sessions=sessions))
+    tokens = make_tokens(sessions)
+    try:
+        env = {"FLEET_URL": server.url, "FLEET_TOKEN": tokens["operator"]}
+        assert _fleetctl(["devices", "import", _csv(tmp_path)], env).returncode == 0
+        out = tmp_path / "bundle"
+        made = _fleetctl(["device", "provision", "pi-cli", "--out", str(out), "--json"], env)
+        assert made.returncode == 0, made.stderr
+        assert read_bundle(out).device_id == "pi-cli"
+        again = _fleetctl(["device", "provision", "pi-cli", "--out", str(out)], env)
+        assert again.returncode == 1
+        assert "not an empty directory" in again.stderr
+        csr = tmp_path / "pi-cli.csr"
+        csr.write_bytes(make_device_key_and_csr("pi-cli").csr_pem)
+        cert = tmp_path / "pi-cli.crt"
+        certified = _fleetctl(
+            ["device", "certify", "pi-cli", "--csr", str(csr), "--out", str(cert)], env
+        )
+        assert certified.returncode == 0, certified.stderr
+        assert x509.load_pem_x509_certificate(cert.read_bytes())
+        wrong = tmp_path / "other.csr"
+        wrong.write_bytes(make_device_key_and_csr("pi-other").csr_pem)
+        refused = _fleetctl(["device", "certify", "pi-cli", "--csr", str(wrong)], env)
+        assert refused.returncode == 1
+        assert "csr_rejected" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        denied = _fleetctl(["device", "revoke", "pi-cli"], env)
+        assert denied.returncode == 1
+        assert "forbidden" in denied.stderr
+        revoked = _fleetctl(
+            [
+                "--token",
+                tokens["admin"],
+                "device",
+                "revoke",
+                "pi-cli",
+                "--reason",
+                "key_compromise",
+                "--json",
+            ],
+            env,
+        )
+        assert revoked.returncode == 0, revoked.stderr
+        assert json.loads(made.stdout)["serial"] in json.loads(revoked.stdout)["revoked_serials"]
+    finally:
+        server.stop()
+
+
+def _csv(tmp_path: Path) -> str:
+    f = tmp_path / "factory.csv"
+    f.write_text("device_id,serial\npi-cli,SN-CLI\n")
+    return str(f)
