@@ -14,9 +14,12 @@ from fleet_server.adapters.mqtt_publisher import PahoPublisher
 from fleet_server.adapters.mqtt_url import ClientTls, is_tls_url, parse_mqtt_url
 from fleet_server.config import Settings
 from fleet_server.db import create_db_engine, make_session_factory
+from fleet_server.identity.ca_store import CertificateAuthority
 from fleet_server.migrations import upgrade_to_head
+from fleet_server.services.clock import system_clock
 from fleet_server.services.ingest import BatchWriter
 from fleet_server.services.metrics import IngestMetrics
+from fleet_server.services.renewal import CertificateRenewer
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,17 @@ def build_ingest(
         batch_size=i.batch_size,
         tls=target.tls,
     )
-    return IngestWorker(writer, options)
+    return IngestWorker(writer, options, renewer=_renewer(settings, sessions))
+
+
+def _renewer(settings: Settings, sessions: sessionmaker[Session]) -> CertificateRenewer | None:
+    """Certificate renewal over MQTT, when this server runs the CA (``security.ca_dir``)."""
+    if settings.security.ca_dir is None:
+        return None
+    ca_dir = settings.security.ca_dir
+    return CertificateRenewer(
+        sessions, lambda: CertificateAuthority.load(ca_dir), clock=system_clock
+    )
 
 
 def build_publisher(settings: Settings, target: BrokerTarget) -> PahoPublisher:

@@ -254,7 +254,22 @@ class CommandAck(Event, kw_only=True, frozen=True, tag="command_ack"):
     result: dict[str, Any] = {}
 
 
-DeviceEvent = FaultRaised | FaultCleared | UpdateStateChanged | Boot | CommandAck
+Pem = Annotated[str, Meta(min_length=1, max_length=16384)]
+
+
+class CertificateRequest(Event, kw_only=True, frozen=True, tag="certificate_request"):
+    """The device asks for a new certificate for the key in ``csr`` (renewal).
+
+    Sent over the connection its current certificate authenticated, so the broker's ACL
+    has already tied the topic to that certificate's CN; the key never leaves the device.
+    """
+
+    csr: Pem
+
+
+DeviceEvent = (
+    FaultRaised | FaultCleared | UpdateStateChanged | Boot | CommandAck | CertificateRequest
+)
 
 # --- presence -------------------------------------------------------------------------
 
@@ -315,6 +330,13 @@ class SetConfig(Command, kw_only=True, frozen=True, tag="set_config"):
     values: Annotated[dict[str, Any], Meta(max_length=64)]
 
 
-DeviceCommand = CheckUpdate | Install | Reboot | CollectDiagnostics | SetConfig
+class InstallCertificate(Command, kw_only=True, frozen=True, tag="install_certificate"):
+    """The answer to a :class:`CertificateRequest`: the new certificate and CA chain."""
+
+    certificate: Pem
+    ca_chain: Pem
+
+
+DeviceCommand = CheckUpdate | Install | Reboot | CollectDiagnostics | SetConfig | InstallCertificate
 
 Message = Telemetry | DeviceEvent | Presence | DeviceCommand
