@@ -50,24 +50,32 @@ class CertificateRenewal:
         """True when the current certificate should be renewed."""
         return renewal_due(self.bundle().certificate, now, self.fraction)
 
-    def request(self, *, boot_id: str, seq: int, now: float) -> CertificateRequest:
-        """The ``certificate_request`` event for a pending key (made now if none).
+    def csr(self) -> str:
+        """A PEM CSR for the pending key (made now if there is none).
 
         Only the CSR leaves the device; the pending key stays in a 0600 file.
         """
         device_id = self.bundle().device_id
         if self.pending_key_path.exists():
             key = serialization.load_pem_private_key(self.pending_key_path.read_bytes(), None)
-            csr_pem = _csr_for(key, device_id)
-        else:
-            made = make_device_key_and_csr(device_id)
-            write_private_file(self.pending_key_path, made.key_pem)
-            csr_pem = made.csr_pem
+            return _csr_for(key, device_id).decode()
+        made = make_device_key_and_csr(device_id)
+        write_private_file(self.pending_key_path, made.key_pem)
+        return made.csr_pem.decode()
+
+    def request(self, *, boot_id: str, seq: int, now: float) -> CertificateRequest:
+        """The ``certificate_request`` event for the pending key."""
+        device_id = self.bundle().device_id
         return CertificateRequest(
-            device_id=device_id, boot_id=boot_id, seq=seq, ts=now, csr=csr_pem.decode()
+            device_id=device_id, boot_id=boot_id, seq=seq, ts=now, csr=self.csr()
         )
 
     def install(self, command: InstallCertificate) -> CredentialsBundle:
+        """Swap in the certificate of an ``install_certificate`` command (see
+        :meth:`install_pem`)."""
+        return self.install_pem(command.certificate, command.ca_chain)
+
+    def install_pem(self, certificate: str, ca_chain: str) -> CredentialsBundle:
         """Swap in the renewed certificate with the pending key, atomically.
 
         Raises:
@@ -79,8 +87,8 @@ class CertificateRenewal:
             raise BundleError("no certificate renewal is pending on this device")
         key_pem = self.pending_key_path.read_bytes()
         try:
-            cert = x509.load_pem_x509_certificate(command.certificate.encode())
-            x509.load_pem_x509_certificates(command.ca_chain.encode())
+            cert = x509.load_pem_x509_certificate(certificate.encode())
+            x509.load_pem_x509_certificates(ca_chain.encode())
         except ValueError:
             raise BundleError("install_certificate: not PEM") from None
         key = serialization.load_pem_private_key(key_pem, None)
@@ -91,8 +99,8 @@ class CertificateRenewal:
             self.bundle_dir,
             device_id=current.device_id,
             key_pem=key_pem,
-            certificate_pem=command.certificate.encode(),
-            ca_chain_pem=command.ca_chain.encode(),
+            certificate_pem=certificate.encode(),
+            ca_chain_pem=ca_chain.encode(),
             mqtt_url=current.mqtt_url,
             api_url=current.api_url,
             tuf_root=tuf_root,

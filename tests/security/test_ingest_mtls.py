@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import protocol as p
-from agent.credentials import CredentialsBundle
+from agent.credentials import CredentialsBundle, read_bundle
 from agent.renewal import CertificateRenewal
 from fleet_server.adapters.mqtt_ingest import IngestWorker
 from fleet_server.adapters.mqtt_publisher import PahoPublisher
@@ -38,6 +38,7 @@ from fleet_server.services.audit import SYSTEM
 from fleet_server.services.metrics import IngestMetrics
 from fleet_server.services.registry import create_device
 from tests.conftest import MosquittoBroker, wait_for
+from tests.integration.agent_harness import CountingCollector, RunningAgent, agent_config
 
 pytestmark = pytest.mark.mosquitto
 
@@ -233,3 +234,38 @@ def _event_stored(fleet: Fleet, kind: str) -> bool:
             select(func.count()).select_from(DeviceEvent).where(DeviceEvent.kind == kind)
         ).scalar_one()
     return bool(n >= 1)
+
+
+def test_the_agent_daemon_renews_by_itself_and_reconnects(fleet: Fleet, tmp_path: Path) -> None:
+    # Issued 20 hours ago for a day: past two thirds of its lifetime, still valid.
+    directory = tmp_path / "pi-agent-credentials"
+    old = fleet.ca.provision(
+        "pi-agent", directory, NOW - timedelta(hours=20), validity=timedelta(days=1), **URLS
+    )
+    with fleet.sessions() as s:
+        create_device(s, {"device_id": "pi-agent"}, actor=SYSTEM, now=NOW.timestamp())
+        s.commit()
+    config = agent_config(
+        f"mqtts://{fleet.broker.host}:{fleet.broker.port}",
+        tmp_path / "state",
+        device_id="pi-agent",
+        tls={"bundle": str(directory)},
+    )
+    agent = RunningAgent(config, CountingCollector())
+    try:
+
+        def completed() -> bool:
+            with fleet.sessions() as s:
+                rows = s.execute(
+                    select(CommandRecord.status).where(CommandRecord.kind == "install_certificate")
+                ).all()
+            return [r.status for r in rows] == ["completed"]
+
+        # The ack of the install travels on the connection made with the new bundle.
+        wait_for(completed, timeout=30)
+    finally:
+        agent.stop()
+    renewed = read_bundle(directory)
+    assert renewed.certificate.serial_number != old.certificate.serial_number
+    assert renewed.not_after > old.not_after
+    assert not CertificateRenewal(directory).due(datetime.now(UTC))
