@@ -116,12 +116,22 @@ def init(
         bool, typer.Option("--force", help="revoke existing admin tokens and create a new one")
     ] = False,
     json_out: JsonOpt = False,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help='write ./fleet-server.toml with [security] mode = "demo" (insecure, local '
+            "only) when no configuration file exists",
+        ),
+    ] = False,
 ) -> None:
     """Create or migrate the database and print a one-time admin token."""
     from fleet_server.services import tokens
     from fleet_server.services.audit import SYSTEM
     from fleet_server.services.clock import system_clock
 
+    if demo:
+        _write_demo_config(config)
     settings = _settings(config)
     _engine, sessions = _open(settings)
     now = system_clock()
@@ -142,6 +152,22 @@ def init(
     typer.echo(f"database ready: {settings.database.url}")
     typer.echo("admin token (shown once, store it now):")
     typer.echo(secret)
+
+
+def _write_demo_config(config: Path | None) -> None:
+    """Make demo mode explicit for this directory (never overwrites a file)."""
+    from fleet_server.config import DEFAULT_CONFIG_PATH
+    from fleet_server.security_mode import DEMO_WARNING
+
+    path = config or DEFAULT_CONFIG_PATH
+    if path.exists():
+        _fail(f'{path} exists; set [security] mode = "demo" in it yourself', 2)
+    path.write_text(
+        "# Written by 'fleet-server init --demo'. Demo mode is insecure: no TLS, an\n"
+        "# unauthenticated embedded broker. Never expose it. See SECURITY.md.\n"
+        '[security]\nmode = "demo"\n'
+    )
+    typer.secho(DEMO_WARNING, fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()

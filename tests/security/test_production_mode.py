@@ -139,3 +139,14 @@ def test_demo_mode_says_it_is_insecure(tmp_path: Path, capsys: pytest.CaptureFix
 
     _secure_start(settings)
     assert "INSECURE DEMO MODE" in capsys.readouterr().err
+
+
+def test_init_demo_makes_demo_mode_explicit(tmp_path: Path) -> None:
+    out = _run(["init", "--demo", "--json"], {}, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "INSECURE DEMO MODE" in out.stderr
+    settings = load_settings(tmp_path / "fleet-server.toml", env={})
+    assert settings.security.mode == "demo"
+    again = _run(["init", "--demo"], {}, tmp_path)
+    assert again.returncode == 2
+    assert "exists" in again.stderr
