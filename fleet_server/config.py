@@ -215,7 +215,7 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
             raise ConfigError(section, f"unknown section [{section}] in {file_path}")
         if not isinstance(body, dict):
             raise ConfigError(section, "must be a [section] table")
-    if data:
+    if file_path.exists():
         # A configuration file means a real installation: secure unless it says demo.
         data.setdefault("security", {}).setdefault("mode", "production")
     overrides, origin = _env_overrides(env)

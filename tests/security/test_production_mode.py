@@ -94,6 +94,8 @@ def test_a_config_file_means_production_unless_it_says_demo(
     cfg = tmp_path / "fleet-server.toml"
     cfg.write_text('[database]\nurl = "sqlite:///x.db"\n')
     assert load_settings(cfg, env={}).security.mode == "production"
+    cfg.write_text("# nothing configured yet\n")
+    assert load_settings(cfg, env={}).security.mode == "production"
     cfg.write_text('[security]\nmode = "demo"\n')
     assert load_settings(cfg, env={}).security.mode == "demo"
     monkeypatch.chdir(tmp_path / "..")
