@@ -16,6 +16,8 @@ Example (``/etc/edgefleet/agent.toml``)::
     ca = "/etc/edgefleet/ca.pem"
     cert = "/etc/edgefleet/device.pem"
     key = "/etc/edgefleet/device.key"
+    # or, instead of the three: a credentials bundle directory (renewed automatically)
+    # bundle = "/etc/edgefleet/credentials"
 
     [buffer]
     max_bytes = 52428800
@@ -49,6 +51,9 @@ class TlsConfig:
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
+    bundle: Path | None = None
+    """A credentials bundle directory; ``ca``/``cert``/``key`` then point into it, and
+    the agent renews the certificate in place before it expires."""
 
 
 SLOT_BACKENDS = ("directory", "simulated")
@@ -141,6 +146,7 @@ class AgentConfig:
                 "ca": str(self.tls.ca) if self.tls.ca else None,
                 "cert": str(self.tls.cert) if self.tls.cert else None,
                 "key": "<redacted>" if self.tls.key else None,
+                "bundle": str(self.tls.bundle) if self.tls.bundle else None,
             },
             "username": self.username,
             "password_file": "<redacted>" if self.password_file else None,
@@ -204,7 +210,7 @@ _UPDATE_KEYS = {
     "retry_backoff_s",
 }
 _SECTIONS = {
-    "tls": {"ca", "cert", "key"},
+    "tls": {"ca", "cert", "key", "bundle"},
     "buffer": {"max_bytes", "max_age_s"},
     "diagnostics": {"max_bytes", "log_lines"},
     "updates": _UPDATE_KEYS,
@@ -262,6 +268,25 @@ def _readable_file(data: Mapping[str, Any], key: str, where: str) -> Path | None
     return path
 
 
+def _bundle_tls(directory: Path, given: TlsConfig, device_id: str) -> TlsConfig:
+    """TLS files from a credentials bundle, checked now (key mode, pair, device id)."""
+    from agent.credentials import BundleError, read_bundle
+
+    if given.ca or given.cert or given.key:
+        raise ConfigError("tls.bundle: set either bundle or ca/cert/key, not both")
+    try:
+        bundle = read_bundle(directory)
+    except BundleError as exc:
+        raise ConfigError(f"tls.bundle: {exc}") from None
+    if bundle.device_id != device_id:
+        raise ConfigError(
+            f"tls.bundle: the bundle is for {bundle.device_id!r}, not device_id {device_id!r}"
+        )
+    return TlsConfig(
+        ca=bundle.chain_path, cert=bundle.cert_path, key=bundle.key_path, bundle=directory
+    )
+
+
 def parse_broker(url: object) -> tuple[str, int, bool]:
     """``mqtt://host[:port]`` or ``mqtts://host[:port]`` to ``(host, port, tls)``."""
     if not isinstance(url, str):
@@ -307,6 +332,9 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> AgentCo
         cert=_readable_file(tls_data, "cert", "tls"),
         key=_readable_file(tls_data, "key", "tls"),
     )
+    bundle_dir = _str(tls_data, "bundle", "tls")
+    if bundle_dir is not None:
+        tls = _bundle_tls(Path(bundle_dir), tls, device_id)
     if (tls.cert is None) != (tls.key is None):
         raise ConfigError("tls: cert and key must be given together")
     if (tls.ca or tls.cert) and not use_tls:

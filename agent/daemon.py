@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,7 +32,9 @@ from agent.core.reboot import PreviousRun, classify_start, recent_starts
 from agent.core.rules import build_rules
 from agent.core.schedule import Backoff, Schedule
 from agent.core.sequence import SeqAllocator
+from agent.credentials import BundleError
 from agent.logs import RingHandler
+from agent.renewal import CertificateRenewal
 from agent.safe_mode import install as install_safe_mode
 from agent.sdnotify import Notifier
 from agent.state import StateFile, atomic_write
@@ -58,6 +61,8 @@ SHUTDOWN_DRAIN_S = 5.0
 """At SIGTERM, how long to keep delivering queued messages before disconnecting."""
 STATUS_FILE = "status.json"
 MAX_LOOP_WAIT_S = 1.0
+RENEWAL_CHECK_S = 3600.0
+"""How often a connected agent checks whether its certificate is due for renewal."""
 MAX_CONSECUTIVE_FAILURES = 30
 
 
@@ -223,7 +228,10 @@ class AgentDaemon:
         self.runners: dict[str, Callable[[RunCommand], None]] = {
             "reboot": self._reboot,
             "collect_diagnostics": self._start_diagnostics,
+            "install_certificate": self._install_certificate,
         }
+        self.renewal = CertificateRenewal(config.tls.bundle) if config.tls.bundle else None
+        self._renewal_check_at = 0.0
         self._link = _Link(inflight={})
         self.connected_since: float | None = None
         self.backoff = Backoff(initial=min(1.0, reconnect_max_s), maximum=reconnect_max_s)
@@ -403,6 +411,40 @@ class AgentDaemon:
             self.report(cmd.command_id, False, f"no runner for {cmd.kind}")
             return
         runner(cmd)
+
+    def _check_renewal(self, mono: float, wall: float) -> None:
+        """Ask for a renewed certificate once it is due (checked hourly while connected)."""
+        if self.renewal is None or not self.transport.connected or mono < self._renewal_check_at:
+            return
+        self._renewal_check_at = mono + RENEWAL_CHECK_S
+        try:
+            if not self.renewal.due(datetime.fromtimestamp(wall, UTC)):
+                return
+            csr = self.renewal.csr()
+        except (BundleError, OSError, ValueError) as exc:
+            log.error("certificate renewal: cannot read the credentials: %s", exc)
+            return
+        log.info("certificate renewal due: sending a certificate request")
+        self._apply(self.core.certificate_request(csr, wall))
+
+    def _install_certificate(self, cmd: RunCommand) -> None:
+        if self.renewal is None:
+            self.report(cmd.command_id, False, "no [tls] bundle configured")
+            return
+        try:
+            bundle = self.renewal.install_pem(cmd.params["certificate"], cmd.params["ca_chain"])
+        except (BundleError, OSError, ValueError) as exc:
+            log.error("certificate renewal: refused the new certificate: %s", exc)
+            self.report(cmd.command_id, False, str(exc)[:500])
+            return
+        serial = f"{bundle.certificate.serial_number:x}"
+        log.info(
+            "certificate renewed (serial %s, until %s); reconnecting", serial, bundle.not_after
+        )
+        self.report(cmd.command_id, True, result={"serial": serial})
+        # The transport builds a new TLS context on every connect: reconnect to use it.
+        self.transport.disconnect()
+        self._reconnect_at = 0.0
 
     def _start_diagnostics(self, cmd: RunCommand) -> None:
         # Gather state here, in the loop's thread; only packing and upload run aside.
@@ -624,6 +666,7 @@ class AgentDaemon:
         mono, wall = self.clock.monotonic(), self.clock.time()
         if not self.transport.busy and mono >= self._reconnect_at:
             self._connect()
+        self._check_renewal(mono, wall)
         if self.schedule.sample.due(mono):
             self._sample(wall)
         if self.schedule.publish.due(mono):

@@ -57,6 +57,23 @@ def _settings(config: Path | None) -> Settings:
         _fail(str(exc), 2)
 
 
+def _secure_start(settings: Settings) -> None:
+    """Refuse insecure production settings (exit 2, naming each key); warn loudly in demo."""
+    from fleet_server.security_mode import DEMO_WARNING, production_problems
+
+    if settings.security.mode == "demo":
+        typer.secho(DEMO_WARNING, fg=typer.colors.YELLOW, err=True)
+        return
+    problems = production_problems(settings)
+    if problems:
+        lines = "\n".join(f"  {p}" for p in problems)
+        _fail(
+            "refusing to start in production mode with insecure settings:\n"
+            f'{lines}\n(set [security] mode = "demo" only for a local demo)',
+            2,
+        )
+
+
 def _logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -109,6 +126,14 @@ def init(
         ),
     ] = None,
     json_out: JsonOpt = False,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help='write ./fleet-server.toml with [security] mode = "demo" (insecure, local '
+            "only) when no configuration file exists",
+        ),
+    ] = False,
 ) -> None:
     """Create or migrate the database, set up the TUF update repository ([updates]
     repo_dir/keys_dir) if there is none, and print a one-time admin token."""
@@ -116,6 +141,8 @@ def init(
     from fleet_server.services.audit import SYSTEM
     from fleet_server.services.clock import system_clock
 
+    if demo:
+        _write_demo_config(config)
     settings = _settings(config)
     _engine, sessions = _open(settings)
     tuf = _init_tuf(settings, root_keys or [], quiet=json_out)
@@ -171,6 +198,22 @@ def _init_tuf(settings: Settings, root_keys: list[Path], *, quiet: bool) -> Any:
     elif not quiet:
         typer.echo(f"TUF repository {setup.outcome}: {setup.repo_dir}")
     return setup
+
+
+def _write_demo_config(config: Path | None) -> None:
+    """Make demo mode explicit for this directory (never overwrites a file)."""
+    from fleet_server.config import DEFAULT_CONFIG_PATH
+    from fleet_server.security_mode import DEMO_WARNING
+
+    path = config or DEFAULT_CONFIG_PATH
+    if path.exists():
+        _fail(f'{path} exists; set [security] mode = "demo" in it yourself', 2)
+    path.write_text(
+        "# Written by 'fleet-server init --demo'. Demo mode is insecure: no TLS, an\n"
+        "# unauthenticated embedded broker. Never expose it. See SECURITY.md.\n"
+        '[security]\nmode = "demo"\n'
+    )
+    typer.secho(DEMO_WARNING, fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()
@@ -234,10 +277,11 @@ def ingest(
 
     _logging(verbose)
     settings = _settings(config)
+    _secure_start(settings)
     _engine, sessions = _open(settings)
     try:
         target = broker_target(settings, start_embedded=True)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         _fail(str(exc))
     metrics = IngestMetrics()
     if metrics_port is not None:
@@ -310,6 +354,24 @@ def jobs(
     scheduler.stop()
 
 
+def _ssl_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options: the API certificate, and client certificates verified
+    against ``tls.api_client_ca`` when offered (optional: operators use tokens)."""
+    import ssl
+
+    t = settings.tls
+    if t.api_cert is None:
+        return {}
+    options: dict[str, Any] = {
+        "ssl_certfile": str(t.api_cert),
+        "ssl_keyfile": str(t.api_key) if t.api_key else None,
+    }
+    if t.api_client_ca is not None:
+        options["ssl_ca_certs"] = str(t.api_client_ca)
+        options["ssl_cert_reqs"] = ssl.CERT_OPTIONAL
+    return options
+
+
 class _Server:
     """uvicorn with our own SIGINT/SIGTERM handling.
 
@@ -333,6 +395,7 @@ class _Server:
                 log_level="info",
                 log_config=None,
                 lifespan="off",
+                **_ssl_options(settings),
             )
         )
 
@@ -360,6 +423,7 @@ def api(config: ConfigOpt = None) -> None:
 
     _logging()
     settings = _settings(config)
+    _secure_start(settings)
     _engine, sessions = _open(settings)
     publisher = build_publisher(settings, broker_target(settings, start_embedded=False))
     try:
@@ -383,10 +447,11 @@ def run(
 
     _logging(verbose)
     settings = _settings(config)
+    _secure_start(settings)
     _engine, sessions = _open(settings)
     try:
         target = broker_target(settings, start_embedded=True)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         _fail(str(exc))
     metrics = IngestMetrics()
     worker = build_ingest(settings, sessions, target, metrics)

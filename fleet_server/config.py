@@ -13,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -61,8 +61,8 @@ class MqttSettings(_Section):
     def _mqtt_scheme(cls, value: str | None) -> str | None:
         if value in (None, ""):
             return None
-        if not value.startswith(("mqtt://", "tcp://")):
-            raise ValueError("must look like mqtt://host:port")
+        if not value.startswith(("mqtt://", "tcp://", "mqtts://")):
+            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
         return value
 
 
@@ -170,6 +170,51 @@ class RecallSettings(_Section):
     """How long a safe-mode command stays valid for a device that is offline."""
 
 
+class SecuritySettings(_Section):
+    """Demo or production mode, and where the fleet's certificate authority lives.
+
+    ``mode`` defaults to ``production`` when the settings come from a configuration file and
+    to ``demo`` for the zero-setup start with no file (see :func:`load_settings`).
+    """
+
+    mode: Literal["demo", "production"] = "demo"
+    ca_dir: Path | None = None
+    """The issuing CA directory (``fleet-server ca init-issuing --out``): provisioning,
+    revocation and the CRL."""
+    device_mqtt_url: str | None = None
+    """Broker URL written into device credentials bundles; defaults to ``mqtt.url``."""
+    tuf_root: Path | None = None
+    """The TUF ``root.json`` copied into credentials bundles (the device's trust anchor)."""
+
+    @field_validator("ca_dir", "device_mqtt_url", "tuf_root", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+class TlsSettings(_Section):
+    """TLS for the operator API and the server's own MQTT connections (mutual TLS)."""
+
+    api_cert: Path | None = None
+    api_key: Path | None = None
+    api_client_ca: Path | None = None
+    """CA chain for optional client certificates on the API listener."""
+    mqtt_ca: Path | None = None
+    mqtt_cert: Path | None = None
+    """The ingest's service certificate (``svc-ingest-N``; one per worker, since the broker
+    takes the client id from the certificate)."""
+    mqtt_key: Path | None = None
+    command_cert: Path | None = None
+    """The command publisher's service certificate (e.g. ``svc-commands``); defaults to
+    ``mqtt_cert``, which only works when the API runs in another process than the ingest."""
+    command_key: Path | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+
 class Settings(_Section):
     """All server settings, validated."""
 
@@ -184,6 +229,8 @@ class Settings(_Section):
     updates: UpdatesSettings = UpdatesSettings()
     rollouts: RolloutSettings = RolloutSettings()
     recalls: RecallSettings = RecallSettings()
+    security: SecuritySettings = SecuritySettings()
+    tls: TlsSettings = TlsSettings()
 
     @property
     def public_base_url(self) -> str:
@@ -226,6 +273,9 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
             raise ConfigError(section, f"unknown section [{section}] in {file_path}")
         if not isinstance(body, dict):
             raise ConfigError(section, "must be a [section] table")
+    if file_path.exists():
+        # A configuration file means a real installation: secure unless it says demo.
+        data.setdefault("security", {}).setdefault("mode", "production")
     overrides, origin = _env_overrides(env)
     for section, body in overrides.items():
         data.setdefault(section, {}).update(body)

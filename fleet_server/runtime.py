@@ -11,12 +11,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_server.adapters.embedded_broker import EmbeddedBroker
 from fleet_server.adapters.mqtt_ingest import IngestOptions, IngestWorker
 from fleet_server.adapters.mqtt_publisher import PahoPublisher
-from fleet_server.adapters.mqtt_url import parse_mqtt_url
+from fleet_server.adapters.mqtt_url import ClientTls, is_tls_url, parse_mqtt_url
 from fleet_server.config import Settings
 from fleet_server.db import create_db_engine, make_session_factory
+from fleet_server.identity.ca_store import CertificateAuthority
 from fleet_server.migrations import upgrade_to_head
+from fleet_server.services.clock import system_clock
 from fleet_server.services.ingest import BatchWriter
 from fleet_server.services.metrics import IngestMetrics
+from fleet_server.services.renewal import CertificateRenewer
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ class BrokerTarget:
     port: int
     mqtt5: bool
     embedded: EmbeddedBroker | None = field(default=None)
+    tls: ClientTls | None = None
 
 
 def open_database(
@@ -45,7 +49,7 @@ def broker_target(settings: Settings, *, start_embedded: bool) -> BrokerTarget:
     """The configured broker, or the embedded one on loopback (started if asked)."""
     if settings.mqtt.url:
         host, port = parse_mqtt_url(settings.mqtt.url)
-        return BrokerTarget(host, port, mqtt5=True)
+        return BrokerTarget(host, port, mqtt5=True, tls=client_tls(settings))
     port = settings.mqtt.embedded_port
     if not start_embedded:
         return BrokerTarget("127.0.0.1", port, mqtt5=False)
@@ -53,6 +57,17 @@ def broker_target(settings: Settings, *, start_embedded: bool) -> BrokerTarget:
     broker.start()
     log.info("embedded MQTT broker (MQTT 3.1.1) listening on 127.0.0.1:%d", port)
     return BrokerTarget("127.0.0.1", port, mqtt5=False, embedded=broker)
+
+
+def client_tls(settings: Settings) -> ClientTls | None:
+    """Mutual TLS for the server's MQTT clients when the URL is ``mqtts://``: verify the
+    broker with ``tls.mqtt_ca`` and present the service certificate ``tls.mqtt_cert``."""
+    if not is_tls_url(settings.mqtt.url):
+        return None
+    t = settings.tls
+    if t.mqtt_ca is None:
+        raise ValueError("tls.mqtt_ca must be set for an mqtts:// broker")
+    return ClientTls(t.mqtt_ca, t.mqtt_cert, t.mqtt_key)
 
 
 def build_ingest(
@@ -74,10 +89,25 @@ def build_ingest(
         receive_maximum=i.receive_maximum,
         keepalive_s=settings.mqtt.keepalive_s,
         batch_size=i.batch_size,
+        tls=target.tls,
     )
-    return IngestWorker(writer, options)
+    return IngestWorker(writer, options, renewer=_renewer(settings, sessions))
+
+
+def _renewer(settings: Settings, sessions: sessionmaker[Session]) -> CertificateRenewer | None:
+    """Certificate renewal over MQTT, when this server runs the CA (``security.ca_dir``)."""
+    if settings.security.ca_dir is None:
+        return None
+    ca_dir = settings.security.ca_dir
+    return CertificateRenewer(
+        sessions, lambda: CertificateAuthority.load(ca_dir), clock=system_clock
+    )
 
 
 def build_publisher(settings: Settings, target: BrokerTarget) -> PahoPublisher:
     """The command publisher connected to the target broker."""
-    return PahoPublisher(target.host, target.port, mqtt5=target.mqtt5)
+    tls = target.tls
+    t = settings.tls
+    if tls is not None and t.command_cert is not None:
+        tls = ClientTls(tls.ca, t.command_cert, t.command_key)
+    return PahoPublisher(target.host, target.port, mqtt5=target.mqtt5, tls=tls)

@@ -254,7 +254,22 @@ class CommandAck(Event, kw_only=True, frozen=True, tag="command_ack"):
     result: dict[str, Any] = {}
 
 
-DeviceEvent = FaultRaised | FaultCleared | UpdateStateChanged | Boot | CommandAck
+Pem = Annotated[str, Meta(min_length=1, max_length=16384)]
+
+
+class CertificateRequest(Event, kw_only=True, frozen=True, tag="certificate_request"):
+    """The device asks for a new certificate for the key in ``csr`` (renewal).
+
+    Sent over the connection its current certificate authenticated, so the broker's ACL
+    has already tied the topic to that certificate's CN; the key never leaves the device.
+    """
+
+    csr: Pem
+
+
+DeviceEvent = (
+    FaultRaised | FaultCleared | UpdateStateChanged | Boot | CommandAck | CertificateRequest
+)
 
 # --- presence -------------------------------------------------------------------------
 
@@ -337,6 +352,15 @@ def safe_mode_signed_bytes(cmd: SafeMode) -> bytes:
     return msgspec.json.encode(fields, order="sorted")
 
 
-DeviceCommand = CheckUpdate | Install | Reboot | CollectDiagnostics | SetConfig | SafeMode
+class InstallCertificate(Command, kw_only=True, frozen=True, tag="install_certificate"):
+    """The answer to a :class:`CertificateRequest`: the new certificate and CA chain."""
+
+    certificate: Pem
+    ca_chain: Pem
+
+
+DeviceCommand = (
+    CheckUpdate | Install | Reboot | CollectDiagnostics | SetConfig | SafeMode | InstallCertificate
+)
 
 Message = Telemetry | DeviceEvent | Presence | DeviceCommand

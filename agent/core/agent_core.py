@@ -21,6 +21,7 @@ from agent.core.sequence import SeqAllocator
 from protocol import (
     AckStatus,
     Boot,
+    CertificateRequest,
     CommandAck,
     FaultCleared,
     FaultRaised,
@@ -176,6 +177,14 @@ class AgentCore:
         return out
 
     # --- commands --------------------------------------------------------------------
+
+    def certificate_request(self, csr: str, now: float) -> list[Output]:
+        """Ask the fleet CA to renew this device's certificate for the key behind ``csr``
+        (sent only while connected: the answer needs the live connection anyway)."""
+        out: list[Output] = []
+        event = CertificateRequest(**self._env(out, now), csr=csr)
+        out.append(Publish(Kind.EVENT, event, durable=False))
+        return out
 
     def on_command_payload(self, payload: bytes, now: float) -> list[Output]:
         """Handle a payload received on this device's command topic: run, or reject by id."""

@@ -19,6 +19,7 @@ from protocol import (
     CollectDiagnostics,
     Command,
     Install,
+    InstallCertificate,
     ProtocolDecodeError,
     Reason,
     Reboot,
@@ -76,6 +77,11 @@ def _set_config(cmd: SetConfig) -> Decision:
     )
 
 
+def _install_certificate(cmd: InstallCertificate) -> Decision:
+    # The runner checks it belongs to the pending key before anything is replaced.
+    return accept("install_certificate", certificate=cmd.certificate, ca_chain=cmd.ca_chain)
+
+
 def default_handlers() -> dict[type[Command], Handler]:
     """The handlers of this agent version (OTA handlers replace the update entries)."""
     return {
@@ -84,6 +90,7 @@ def default_handlers() -> dict[type[Command], Handler]:
         CheckUpdate: _updates_disabled,
         Install: _updates_disabled,
         SetConfig: _set_config,
+        InstallCertificate: _install_certificate,
     }
 
 

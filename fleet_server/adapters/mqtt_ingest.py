@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -27,8 +27,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy.exc import SQLAlchemyError
 
+from fleet_server.adapters.mqtt_url import ClientTls
 from fleet_server.services.clock import Clock, system_clock
 from fleet_server.services.ingest import BatchWriter, Inbound
+
+if TYPE_CHECKING:
+    from fleet_server.services.renewal import CertificateRenewer
 from protocol import Kind, shared_subscription, subscription
 
 log = logging.getLogger(__name__)
@@ -59,15 +63,22 @@ class IngestOptions:
     batch_size: int = 500
     retry_backoff_s: float = 0.5
     retry_backoff_max_s: float = 10.0
+    tls: ClientTls | None = None
 
 
 class IngestWorker:
     """One ingest worker: paho subscriber + batch writer loop."""
 
     def __init__(
-        self, writer: BatchWriter, options: IngestOptions, *, clock: Clock = system_clock
+        self,
+        writer: BatchWriter,
+        options: IngestOptions,
+        *,
+        clock: Clock = system_clock,
+        renewer: CertificateRenewer | None = None,
     ) -> None:
         self.writer = writer
+        self.renewer = renewer
         self.options = options
         self.clock = clock
         self._queue: queue.Queue[_Pending] = queue.Queue()
@@ -95,6 +106,8 @@ class IngestWorker:
                 clean_session=False,
                 manual_ack=True,
             )
+        if o.tls is not None:
+            o.tls.apply(client)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -207,6 +220,8 @@ class IngestWorker:
                     self._drain_unacked()
                     return False
                 delay = min(delay * 2, self.options.retry_backoff_max_s)
+        if self.renewer is not None:
+            self._answer_certificate_requests(self.renewer, [i.inbound for i in items])
         generation = self._generation
         for item in items:
             # A message from an earlier connection is redelivered by the broker on
@@ -214,6 +229,17 @@ class IngestWorker:
             if item.generation == generation:
                 self.client.ack(item.mid, item.qos)
         return True
+
+    def _answer_certificate_requests(
+        self, renewer: CertificateRenewer, batch: list[Inbound]
+    ) -> None:
+        """Renewals found in a committed batch, answered with this client's service
+        identity; a failure here is logged and never stops the ingest."""
+        try:
+            for out in renewer.handle(batch):
+                self.client.publish(out.topic, out.payload, qos=1)
+        except Exception:
+            log.exception("ingest: certificate renewal failed")
 
     def _drain_unacked(self) -> None:
         while True:

@@ -9,6 +9,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from fleet_server.adapters.mqtt_url import ClientTls
+
 
 class PahoPublisher:
     """A connected paho client that publishes with QoS 1 and waits for the broker's ack.
@@ -17,13 +19,21 @@ class PahoPublisher:
     """
 
     def __init__(
-        self, host: str, port: int, *, client_id: str | None = None, mqtt5: bool = True
+        self,
+        host: str,
+        port: int,
+        *,
+        client_id: str | None = None,
+        mqtt5: bool = True,
+        tls: ClientTls | None = None,
     ) -> None:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"fleet-server-cmd-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311,
         )
+        if tls is not None:
+            tls.apply(self.client)
         self._connected = threading.Event()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *_a: self._connected.clear()

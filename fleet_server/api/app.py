@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from prometheus_client import CollectorRegistry
@@ -21,10 +22,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_server import __version__
 from fleet_server.api.deps import AppContext, authorize, request_id
 from fleet_server.api.errors import install_error_handlers
+from fleet_server.api.openapi_security import declare_security
 from fleet_server.api.routers import (
     admin,
     alarms,
     analytics,
+    credentials,
     deployments,
     devices,
     recalls,
@@ -116,12 +119,25 @@ def create_app(
         response.headers["X-Request-ID"] = rid
         return response
 
-    for module in (system, devices, alarms, admin, recalls, warranty, rma, analytics):
+    for module in (system, devices, alarms, admin, credentials, recalls, warranty, rma, analytics):
         app.include_router(module.router)
     app.include_router(deployments.router)
     app.include_router(rollouts.router)
     app.include_router(tuf_router(settings.updates.repo_dir))
+    _document_security(app)
     return app
+
+
+def _document_security(app: FastAPI) -> None:
+    """Generate the OpenAPI schema with the bearer scheme declared per operation."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = declare_security(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def route_table(app: FastAPI) -> list[tuple[str, str]]:

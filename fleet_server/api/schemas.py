@@ -314,3 +314,6 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"]
     database: bool
     version: str
+    mode: Literal["demo", "production"] = "production"
+    warning: str | None = None
+    """Set in demo mode: the server is not secured."""

@@ -19,6 +19,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from protocol import is_valid_device_id
 
+RESERVED_PREFIX = "svc-"
+"""Certificate names of fleet services (``svc-ingest-1``); the broker grants them every
+device's topics, so no device may be registered under such a name."""
+
 CHANNELS = ("production", "pre-production")
 COLUMNS = (
     "device_id",
@@ -103,6 +107,10 @@ def validate_fields(
         if key == "device_id":
             if not isinstance(value, str) or not is_valid_device_id(value):
                 errors.append((key, "must be 1-64 letters, digits, '.', '_' or '-'"))
+            elif value.startswith(RESERVED_PREFIX):
+                errors.append(
+                    (key, f"ids starting with {RESERVED_PREFIX!r} are reserved for services")
+                )
             else:
                 clean[key] = value
         elif value is None:

@@ -128,6 +128,11 @@ PERMISSIONS: dict[tuple[str, str], Role | None] = {
     ("GET", f"{API}/analytics/claims"): Role.VIEWER,
     ("GET", f"{API}/analytics/rates"): Role.VIEWER,
     ("GET", f"{API}/analytics/growth"): Role.VIEWER,
+    # Device credentials: operators provision and certify; revoking outside a
+    # decommission is an admin's call.
+    ("POST", f"{API}/devices/{{device_id}}/provision"): Role.OPERATOR,
+    ("POST", f"{API}/devices/{{device_id}}/certificate"): Role.OPERATOR,
+    ("POST", f"{API}/devices/{{device_id}}/revoke"): Role.ADMIN,
 }
 
 COMMAND_ROLES: dict[str, Role] = {

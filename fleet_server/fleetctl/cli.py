@@ -20,6 +20,7 @@ from fleet_server import __version__
 from fleet_server.fleetctl import recalls_cli
 from fleet_server.fleetctl.analytics_cli import analytics_app
 from fleet_server.fleetctl.client import ApiClient, CtlError, load_config
+from fleet_server.fleetctl.credentials_cli import register_credentials
 from fleet_server.fleetctl.rollout_cli import rollout_app
 from fleet_server.fleetctl.updates_cli import bundle_app, device_update, executions_app
 from protocol import SCHEMA_VERSION
@@ -52,6 +53,7 @@ devices_app.command("update")(device_update)
 for _name, _sub in recalls_cli.SUBAPPS.items():
     app.add_typer(_sub, name=_name)
 
+register_credentials(devices_app, lambda: _client())
 console = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 LimitOpt = Annotated[

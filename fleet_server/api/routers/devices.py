@@ -18,7 +18,7 @@ from fleet_server.api.deps import (
     page_params,
     request_id,
 )
-from fleet_server.api.errors import ERROR_RESPONSES, ApiError
+from fleet_server.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from fleet_server.api.schemas import (
     AlarmOut,
     BundleOut,
@@ -226,8 +226,28 @@ def decommission(
         reason=body.reason,
         request_id=request_id(request),
     )
+    revoke_on_decommission(session, context(request).settings, device_id, actor, request)
     session.commit()
     return device_view(device)
+
+
+def revoke_on_decommission(
+    session: Session, settings: Any, device_id: str, actor: Actor, request: Request
+) -> None:
+    """A decommissioned device loses its certificates (when this server runs the CA)."""
+    if settings.security.ca_dir is None:
+        return
+    from fleet_server.services import provisioning
+
+    provisioning.revoke_device(
+        session,
+        provisioning.load_ca(settings),
+        device_id,
+        actor=actor,
+        now=context(request).clock(),
+        reason=provisioning.DECOMMISSION_REASON,
+        request_id=request_id(request),
+    )
 
 
 @router.get("/{device_id}/telemetry", response_model=TelemetryPage, summary="Telemetry samples")
@@ -349,6 +369,7 @@ def list_commands(
     response_model=CommandOut,
     status_code=202,
     summary="Send a command (reboot: operator+, collect_diagnostics: technician+)",
+    responses={503: {"model": ErrorBody, "description": "the MQTT broker is unavailable"}},
 )
 def post_command(
     *,

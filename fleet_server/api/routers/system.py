@@ -15,20 +15,29 @@ from fleet_server.api.errors import ERROR_RESPONSES, ApiError
 from fleet_server.api.routers.devices import _read_limited
 from fleet_server.api.schemas import Health, UploadOut
 from fleet_server.db.models import DiagnosticBundle
+from fleet_server.security_mode import DEMO_HEALTH_WARNING
 from fleet_server.services.commands import store_upload
 
 router = APIRouter(tags=["system"], responses=ERROR_RESPONSES)
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness (no token needed)")
-def healthz(session: Annotated[Session, Depends(get_session)]) -> dict[str, Any]:
-    """``ok`` when the database answers; exposes no device data."""
+def healthz(request: Request, session: Annotated[Session, Depends(get_session)]) -> dict[str, Any]:
+    """``ok`` when the database answers; exposes no device data. In demo mode it carries
+    the insecure-mode warning, so nobody mistakes a demo for a production server."""
     try:
         session.execute(text("SELECT 1"))
         db_ok = True
     except Exception:
         db_ok = False
-    return {"status": "ok" if db_ok else "degraded", "database": db_ok, "version": __version__}
+    mode = context(request).settings.security.mode
+    return {
+        "status": "ok" if db_ok else "degraded",
+        "database": db_ok,
+        "version": __version__,
+        "mode": mode,
+        "warning": DEMO_HEALTH_WARNING if mode == "demo" else None,
+    }
 
 
 @router.get(

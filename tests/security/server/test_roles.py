@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -14,6 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
 import protocol as p
+from agent.credentials import make_device_key_and_csr
 from firmware_bundles.examples import build_examples
 from fleet_server.adapters.mqtt_publisher import PahoPublisher
 from fleet_server.api import create_app
@@ -25,6 +27,7 @@ from fleet_server.domain.roles import (
     UndeclaredRouteError,
     required_role,
 )
+from fleet_server.identity import ca_store
 from fleet_server.services.audit import SYSTEM
 from fleet_server.services.ingest import BatchWriter, Inbound
 from fleet_server.services.registry import create_device
@@ -161,10 +164,14 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -
     TufRepository.create(tmp_path / "tuf", tmp_path / "keys", list(root.signers.values()), 1)
     bundle = build_examples(tmp_path / "bundles", ("good-1.1.0",))["good-1.1.0"]
     safety_key, _public = create_safety_key(tmp_path / "safety")
+    now = datetime.fromtimestamp(clock.now, UTC)
+    ca_store.init_root(tmp_path / "ca-root", now)
+    ca_store.init_issuing(tmp_path / "ca-root", tmp_path / "issuing", now)
     settings = settings_for(
         db_url,
         updates={"repo_dir": str(tmp_path / "tuf"), "keys_dir": str(tmp_path / "keys")},
         recalls={"safety_key": str(safety_key)},
+        security={"ca_dir": str(tmp_path / "issuing"), "device_mqtt_url": "mqtts://m"},
     )
     app = create_app(settings, sessions=sessions, publisher=publisher, clock=clock)
     tokens = make_tokens(sessions)
@@ -370,6 +377,17 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -
         ),
         ("POST", "/api/v1/rmas/{rma_id}/transition"): lambda c: c.post(
             "/api/v1/rmas/1/transition", json={"state": "approved"}, headers=admin
+        ),
+        ("POST", "/api/v1/devices/{device_id}/provision"): lambda c: c.post(
+            "/api/v1/devices/pi-new/provision", headers=admin
+        ),
+        ("POST", "/api/v1/devices/{device_id}/certificate"): lambda c: c.post(
+            "/api/v1/devices/pi-new/certificate",
+            json={"csr": make_device_key_and_csr("pi-new").csr_pem.decode()},
+            headers=admin,
+        ),
+        ("POST", "/api/v1/devices/{device_id}/revoke"): lambda c: c.post(
+            "/api/v1/devices/pi-new/revoke", json={"reason": "superseded"}, headers=admin
         ),
     }
     try:

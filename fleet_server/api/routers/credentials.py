@@ -1,0 +1,183 @@
+"""Device credentials: factory provisioning, CSR certification (claim flow), revocation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from fleet_server.api.deps import context, current_actor, get_session, request_id
+from fleet_server.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
+from fleet_server.identity.ca_store import REVOCATION_REASONS, CertificateAuthority
+from fleet_server.identity.errors import CaStoreError, CsrRejectedError
+from fleet_server.services import provisioning
+from fleet_server.services.audit import Actor
+
+router = APIRouter(prefix="/api/v1/devices", tags=["credentials"], responses=ERROR_RESPONSES)
+
+UNAVAILABLE = {503: {"model": ErrorBody, "description": "no certificate authority configured"}}
+
+
+class CsrIn(BaseModel):
+    """A PEM certificate signing request made on the device (its key stays there)."""
+
+    csr: str = Field(min_length=1, max_length=16384, description="PEM CSR, CN = device id")
+
+
+class CertificateOut(BaseModel):
+    """The issued certificate and the chain the device verifies the fleet with."""
+
+    device_id: str
+    serial: str
+    not_after: str
+    certificate: str
+    ca_chain: str
+
+
+class RevokeIn(BaseModel):
+    """Why the certificates are revoked (an X.509 CRL reason)."""
+
+    reason: str = Field(default="unspecified", description=", ".join(REVOCATION_REASONS))
+
+
+class RevokeOut(BaseModel):
+    """Serials revoked by this call (empty when the device had none left)."""
+
+    device_id: str
+    revoked_serials: list[str]
+
+
+def _ca(request: Request) -> CertificateAuthority:
+    try:
+        return provisioning.load_ca(context(request).settings)
+    except (provisioning.ProvisioningUnavailableError, CaStoreError) as exc:
+        raise ApiError(503, "provisioning_unavailable", str(exc)) from None
+
+
+@router.post(
+    "/{device_id}/provision",
+    summary="Factory provisioning: new key + certificate as a credentials bundle (.tar.gz)",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/gzip": {}}, "description": "the credentials bundle"},
+        **UNAVAILABLE,
+    },
+)
+def provision(
+    *,
+    device_id: str,
+    request: Request,
+    session: Annotated[Session, Depends(get_session)],
+    actor: Annotated[Actor, Depends(current_actor)],
+) -> Response:
+    """The key is generated on the server: prefer ``/certificate`` with a CSR where the
+    device can make its own key. The archive holds ``<device_id>/`` with the key (0600),
+    certificate, CA chain, TUF root and URLs; only the serial is kept in the audit log."""
+    ca = _ca(request)
+    ctx = context(request)
+    try:
+        data, issued = provisioning.provision_bundle(
+            session,
+            ca,
+            ctx.settings,
+            device_id,
+            actor=actor,
+            now=ctx.clock(),
+            request_id=request_id(request),
+        )
+    except provisioning.ProvisioningUnavailableError as exc:
+        raise ApiError(503, "provisioning_unavailable", str(exc)) from None
+    session.commit()
+    return Response(
+        data,
+        media_type="application/gzip",
+        headers={
+            "Content-Disposition": f'attachment; filename="{device_id}-credentials.tar.gz"',
+            "X-Certificate-Serial": issued.serial,
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@router.post(
+    "/{device_id}/certificate",
+    response_model=CertificateOut,
+    status_code=201,
+    summary="Claim flow: certify a CSR made on the device",
+    responses=UNAVAILABLE,
+)
+def certify(
+    *,
+    device_id: str,
+    body: CsrIn,
+    request: Request,
+    session: Annotated[Session, Depends(get_session)],
+    actor: Annotated[Actor, Depends(current_actor)],
+) -> dict[str, Any]:
+    """Refusals name the reason (``csr_rejected`` with ``details.reason``: bad signature,
+    wrong CN, weak key, extra extensions...)."""
+    ca = _ca(request)
+    ctx = context(request)
+    try:
+        issued = provisioning.certify_csr(
+            session,
+            ca,
+            device_id,
+            body.csr.encode(),
+            actor=actor,
+            now=ctx.clock(),
+            request_id=request_id(request),
+        )
+    except CsrRejectedError as exc:
+        raise ApiError(422, "csr_rejected", str(exc), {"reason": exc.reason.value}) from None
+    session.commit()
+    return {
+        "device_id": device_id,
+        "serial": issued.serial,
+        "not_after": issued.not_after.isoformat(),
+        "certificate": issued.certificate_pem.decode(),
+        "ca_chain": ca.chain_pem().decode(),
+    }
+
+
+@router.post(
+    "/{device_id}/revoke",
+    response_model=RevokeOut,
+    summary="Revoke every certificate of a device and re-sign the CRL",
+    responses=UNAVAILABLE,
+)
+def revoke(
+    *,
+    device_id: str,
+    request: Request,
+    session: Annotated[Session, Depends(get_session)],
+    actor: Annotated[Actor, Depends(current_actor)],
+    body: RevokeIn | None = None,
+) -> dict[str, Any]:
+    """The broker refuses the device once it reloads the CRL (``systemctl reload
+    mosquitto``); sessions already open last until they end."""
+    ca = _ca(request)
+    reason = (body or RevokeIn()).reason
+    if reason not in REVOCATION_REASONS:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"unknown reason {reason!r}",
+            {"allowed": list(REVOCATION_REASONS)},
+        )
+    from fleet_server.services.registry import get_device
+
+    get_device(session, device_id)
+    serials = provisioning.revoke_device(
+        session,
+        ca,
+        device_id,
+        actor=actor,
+        now=context(request).clock(),
+        reason=reason,
+        request_id=request_id(request),
+    )
+    session.commit()
+    return {"device_id": device_id, "revoked_serials": serials}

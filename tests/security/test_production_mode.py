@@ -1,0 +1,154 @@
+"""Production mode refuses insecure settings, naming each; demo mode warns loudly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fleet_server.api import create_app
+from fleet_server.config import load_settings
+from fleet_server.security_mode import production_problems
+
+BIN = Path(sys.executable).parent
+
+
+def _secure_toml(d: Path) -> str:
+    """A production configuration whose every file exists under ``d``."""
+    for name in (
+        "api.crt",
+        "api.key",
+        "ca/ca-chain.pem",
+        "ca/crl.pem",
+        "ingest.crt",
+        "ingest.key",
+        "cmd.crt",
+        "cmd.key",
+    ):
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text("x")
+    return f"""
+[security]
+mode = "production"
+ca_dir = "{d}/ca"
+[mqtt]
+url = "mqtts://broker.example:8883"
+[api]
+base_url = "https://fleet.example"
+[tls]
+api_cert = "{d}/api.crt"
+api_key = "{d}/api.key"
+mqtt_ca = "{d}/ca/ca-chain.pem"
+mqtt_cert = "{d}/ingest.crt"
+mqtt_key = "{d}/ingest.key"
+command_cert = "{d}/cmd.crt"
+command_key = "{d}/cmd.key"
+"""
+
+
+def test_a_complete_production_configuration_passes(tmp_path: Path) -> None:
+    cfg = tmp_path / "fleet-server.toml"
+    cfg.write_text(_secure_toml(tmp_path))
+    settings = load_settings(cfg, env={})
+    assert settings.security.mode == "production"
+    assert production_problems(settings) == []
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"FLEET_TLS_API_CERT": ""}, "tls.api_cert"),
+        ({"FLEET_TLS_API_KEY": "/nonexistent/api.key"}, "tls.api_key"),
+        ({"FLEET_MQTT_URL": ""}, "mqtt.url"),  # embedded broker
+        ({"FLEET_MQTT_URL": "mqtt://broker.example:1883"}, "mqtt.url"),
+        ({"FLEET_TLS_MQTT_CERT": ""}, "tls.mqtt_cert"),
+        ({"FLEET_TLS_MQTT_CA": ""}, "tls.mqtt_ca"),
+        ({"FLEET_INGEST_AUTO_REGISTER": "true"}, "ingest.auto_register"),
+        ({"FLEET_API_BASE_URL": "http://fleet.example"}, "api.base_url"),
+        ({"FLEET_SECURITY_CA_DIR": ""}, "security.ca_dir"),
+    ],
+)
+def test_each_insecure_setting_is_named(tmp_path: Path, env: dict[str, str], key: str) -> None:
+    cfg = tmp_path / "fleet-server.toml"
+    cfg.write_text(_secure_toml(tmp_path))
+    settings = load_settings(cfg, env=env)
+    assert [p.key for p in production_problems(settings)] == [key]
+
+
+def test_missing_crl_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "fleet-server.toml"
+    cfg.write_text(_secure_toml(tmp_path))
+    (tmp_path / "ca/crl.pem").unlink()
+    problems = production_problems(load_settings(cfg, env={}))
+    assert [p.key for p in problems] == ["security.ca_dir"]
+    assert "crl.pem" in problems[0].message
+
+
+def test_a_config_file_means_production_unless_it_says_demo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "fleet-server.toml"
+    cfg.write_text('[database]\nurl = "sqlite:///x.db"\n')
+    assert load_settings(cfg, env={}).security.mode == "production"
+    cfg.write_text("# nothing configured yet\n")
+    assert load_settings(cfg, env={}).security.mode == "production"
+    cfg.write_text('[security]\nmode = "demo"\n')
+    assert load_settings(cfg, env={}).security.mode == "demo"
+    monkeypatch.chdir(tmp_path / "..")
+    assert load_settings(None, env={}).security.mode == "demo"  # zero setup, no file
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    full.update(env)
+    return subprocess.run(
+        [str(BIN / "fleet-server"), *args],
+        env=full,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("command", ["run", "api", "ingest"])
+def test_server_refuses_to_start_insecure_in_production(tmp_path: Path, command: str) -> None:
+    cfg = tmp_path / "fleet-server.toml"
+    cfg.write_text(
+        f'[security]\nmode = "production"\n[database]\nurl = "sqlite:///{tmp_path}/f.db"\n'
+    )
+    out = _run([command, "--config", str(cfg)], {}, tmp_path)
+    assert out.returncode == 2, out.stderr
+    for key in ("tls.api_cert", "mqtt.url", "tls.mqtt_cert", "api.base_url", "security.ca_dir"):
+        assert key in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "f.db").exists()  # refused before touching anything
+
+
+def test_demo_mode_says_it_is_insecure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = load_settings(None, env={"FLEET_DATABASE_URL": f"sqlite:///{tmp_path}/f.db"})
+    assert settings.security.mode == "demo"
+    with TestClient(create_app(settings)) as client:
+        body = client.get("/healthz").json()
+    assert body["mode"] == "demo"
+    assert "INSECURE DEMO MODE" in body["warning"]
+    # And at start: run/api/ingest print the banner before anything else.
+    from fleet_server.cli import _secure_start
+
+    _secure_start(settings)
+    assert "INSECURE DEMO MODE" in capsys.readouterr().err
+
+
+def test_init_demo_makes_demo_mode_explicit(tmp_path: Path) -> None:
+    out = _run(["init", "--demo", "--json"], {}, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "INSECURE DEMO MODE" in out.stderr
+    settings = load_settings(tmp_path / "fleet-server.toml", env={})
+    assert settings.security.mode == "demo"
+    again = _run(["init", "--demo"], {}, tmp_path)
+    assert again.returncode == 2
+    assert "exists" in again.stderr
