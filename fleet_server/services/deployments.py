@@ -71,6 +71,7 @@ DEPLOYMENT_STATUS = {
     "busy": 409,
     "conflict": 409,
     "broker_unavailable": 503,
+    "blocked_version": 409,
 }
 """HTTP status for each :class:`DeploymentError` code."""
 
@@ -199,6 +200,14 @@ def create_execution(
     if problem:
         raise DeploymentError(
             "incompatible", f"{bundle.name} cannot go to {device.device_id}: {problem}"
+        )
+    from fleet_server.services.recalls import blocked_versions
+
+    blocked = blocked_versions(session)
+    if bundle.version in blocked:
+        raise DeploymentError(
+            "blocked_version",
+            f"version {bundle.version} is blocked by recall {blocked[bundle.version]}",
         )
     limits = check_timeouts(timeouts)
     # Serialise per device (PostgreSQL row lock; SQLite has one writer anyway).
