@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEV_STAMP := $(VENV)/.edgefleet-dev-installed
 PYTEST_ARGS ?=
+# Most tests wait on brokers, databases and subprocesses: 4 workers keep 2 cores busy.
+PYTEST_WORKERS ?= 4
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint format test demo clean
@@ -30,7 +32,7 @@ format: $(DEV_STAMP) ## ruff: fix what can be fixed and format
 
 # pytest exits 5 when it collected no tests: not a failure of the code, so say so and pass.
 test: lint ## lint, then run the whole test suite
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 DEMO_DIR ?= demo-run

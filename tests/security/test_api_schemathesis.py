@@ -64,9 +64,15 @@ def _build() -> tuple[FastAPI, dict[str, str], Path]:
     now = datetime.fromtimestamp(clock(), UTC)
     ca_store.init_root(workdir / "root", now)
     ca_store.init_issuing(workdir / "root", workdir / "issuing", now)
+    from fleet_server.updates.keys import create_root_keys
+    from fleet_server.updates.tuf_repository import TufRepository
+
+    root = create_root_keys(workdir / "tuf-root", count=1, threshold=1)
+    TufRepository.create(workdir / "tuf", workdir / "tuf-keys", list(root.signers.values()), 1)
     settings = settings_for(
         url,
         security={"ca_dir": str(workdir / "issuing"), "device_mqtt_url": "mqtts://m:8883"},
+        updates={"repo_dir": str(workdir / "tuf"), "keys_dir": str(workdir / "tuf-keys")},
     )
     app = create_app(settings, sessions=sessions, clock=clock, publisher=Accepting())
     return app, make_tokens(sessions, now=clock()), workdir

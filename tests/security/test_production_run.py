@@ -89,6 +89,7 @@ command_key = "{tmp_path}/commands/device.key"
     init = subprocess.run(
         [str(BIN / "fleet-server"), "init", "--json", "--config", str(cfg)],
         env=env,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
@@ -98,6 +99,7 @@ command_key = "{tmp_path}/commands/device.key"
     log = (tmp_path / "run.log").open("w")
     proc = subprocess.Popen(
         [str(BIN / "fleet-server"), "run", "--config", str(cfg)],
+        cwd=tmp_path,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -34,7 +34,7 @@ Who = Annotated[Actor, Depends(current_actor)]
 class RmaIn(BaseModel):
     """A new RMA: from a claim, for a device and/or a part."""
 
-    claim_id: int | None = None
+    claim_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
     device_id: str | None = Field(default=None, max_length=64)
     part_serial: str | None = Field(default=None, max_length=128)
     note: str = Field(default="", max_length=2000)
