@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import protocol as p
@@ -393,6 +393,58 @@ def test_reports_on_unknown_or_foreign_executions_are_refused_and_counted(
     finally:
         owner.close()
         other.close()
+
+
+def _set_version(sessions: sessionmaker[Session], device_id: str, version: str) -> None:
+    """What the device's Boot events would have recorded."""
+    with sessions() as s:
+        s.execute(
+            update(Device).where(Device.device_id == device_id).values(software_version=version)
+        )
+        s.commit()
+
+
+@pytest.mark.mosquitto
+def test_repeated_reports_are_applied_once_and_a_rollback_restores_the_version(
+    mosquitto, ingest, sessions, deploy_api, world
+) -> None:
+    """After a restart the agent may report a state (or its outcome) again, from a new
+    boot: the server keeps one history entry per ``(execution_id, state)``. A rollback
+    puts the device's software version back to the one it ran before the execution."""
+    client, tokens = deploy_api
+    name = _upload(client, tokens, world.bundles["good-1.1.0"]).json()["name"]
+    _register(sessions, "pi-again")
+    _set_version(sessions, "pi-again", "1.0.0")
+    device = EmulatedDevice(mosquitto, "pi-again")
+    try:
+        ex_id = client.post(
+            "/api/v1/devices/pi-again/update", json={"bundle": name}, headers=_hdr(tokens)
+        ).json()["id"]
+        install = device.next_install()
+        for state in ("downloading", "downloading", "verified", "trial", "trial"):
+            device.report(install, state)
+        wait_for(lambda: _execution(sessions, ex_id)["phase"] == "trial", timeout=15)
+        _set_version(sessions, "pi-again", "1.1.0")  # the trial boot named the new slot
+        for _ in range(2):
+            device.report(install, "rolled_back", failure_class="boot", reason="crashed")
+        device.report(install, "downloading")  # a stale repeat after the end
+        wait_for(lambda: _execution(sessions, ex_id)["status"] == "failed", timeout=15)
+        wait_for(lambda: _update_events(sessions, "pi-again") == 8, timeout=15)
+        shown = client.get(f"/api/v1/executions/{ex_id}", headers=_hdr(tokens)).json()
+        assert [e["state"] for e in shown["events"]] == [
+            "sent",
+            "downloading",
+            "verified",
+            "trial",
+            "rolled_back",
+        ]
+        assert (shown["failure_class"], shown["phase"]) == ("boot", "rolled_back")
+        assert (
+            client.get("/api/v1/devices/pi-again", headers=_hdr(tokens)).json()["software_version"]
+            == "1.0.0"
+        )
+    finally:
+        device.close()
 
 
 def _update_events(sessions: sessionmaker[Session], device_id: str) -> int:
