@@ -753,6 +753,42 @@ def test_ingest_refusal_is_per_message(sessions) -> None:
     assert _update_events(sessions, "pi-b1") == 1
 
 
+def test_rollback_report_wins_over_a_boot_in_the_same_batch(sessions, world) -> None:
+    """The Boot of the run that rolled back names the trial slot's version; when it and
+    the ``rolled_back`` report land in one ingest batch, the registry ends on the old
+    version."""
+    _register(sessions, "pi-batch")
+    _set_version(sessions, "pi-batch", "1.0.0")
+    with sessions() as s:
+        bundle, _ = publish_bundle(
+            s, world.repo(), world.bundles["good-1.1.0"].path, channel=None, actor=SYSTEM, now=T0
+        )
+        dev = s.execute(select(Device).where(Device.device_id == "pi-batch")).scalar_one()
+        ex_id = deployments.create_execution(s, dev, bundle, actor=SYSTEM, now=T0).id
+        s.commit()
+    head = {"device_id": "pi-batch", "boot_id": "boot-3", "ts": T0}
+    msgs: list[Any] = [
+        p.Boot(**head, seq=1, reason=0, agent_version="0.1.0", software_version="1.1.0", slot="b"),
+        p.UpdateStateChanged(
+            **head,
+            seq=2,
+            execution_id=ex_id,
+            version="1.1.0",
+            state=p.UpdateState.ROLLED_BACK,
+            failure_class=p.FailureClass.BOOT,
+            reason="crashed in trial",
+        ),
+    ]
+    writer = BatchWriter(sessions)
+    writer.write([Inbound(p.topic("pi-batch", p.Kind.EVENT), p.encode(m), T0) for m in msgs])
+    with sessions() as s:
+        version = s.execute(
+            select(Device.software_version).where(Device.device_id == "pi-batch")
+        ).scalar_one()
+        assert version == "1.0.0"
+        assert s.get(Execution, ex_id).status == "failed"
+
+
 @pytest.mark.mosquitto
 def test_fleetctl_publishes_updates_and_follows_executions(
     mosquitto, sessions, db_url, world
