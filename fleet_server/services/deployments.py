@@ -352,6 +352,18 @@ def dispatch(
     return execution
 
 
+def _already_reported(session: Session, execution_id: str, state: str) -> bool:
+    """True when the device already reported ``state`` for this execution."""
+    return (
+        session.execute(
+            select(ExecutionEvent.id)
+            .where(ExecutionEvent.execution_id == execution_id, ExecutionEvent.state == state)
+            .limit(1)
+        ).first()
+        is not None
+    )
+
+
 def apply_update_report(
     session: Session, device: Device, event: p.UpdateStateChanged, *, now: float
 ) -> Execution | None:
@@ -360,8 +372,10 @@ def apply_update_report(
 
     Raises DeploymentError ``unknown_execution`` for an id that does not exist or belongs
     to another device: the report is not applied. A report for an execution that already
-    ended is recorded in its history without changing it. ``committed`` also records the
-    version as the device's software version.
+    ended is recorded in its history without changing it. A state already reported for
+    the execution (a re-report after the agent restarted) changes nothing and is not
+    recorded again. ``committed`` records the version as the device's software version;
+    ``rolled_back`` restores the version the device ran before the execution.
     """
     if event.execution_id is None:
         return None
@@ -375,6 +389,10 @@ def apply_update_report(
             "which is not one of its executions",
         )
     state = event.state.value
+    if _already_reported(session, execution.id, state):
+        # The agent re-reports a state it persisted but may not have sent before a
+        # kill, from its next boot: (execution_id, state) is applied once.
+        return execution
     failure_class = event.failure_class.value if event.failure_class else None
     _event(
         session,
@@ -388,6 +406,11 @@ def apply_update_report(
     )
     if event.state is p.UpdateState.COMMITTED:
         device.software_version = event.version
+    elif event.state is p.UpdateState.ROLLED_BACK and execution.from_version:
+        # Back on the known-good slot. The Boot event of the run that rolled back
+        # (or of the trial boot) named the new slot's version; this report is the
+        # device's word that the old one runs again.
+        device.software_version = execution.from_version
     if execution.status in TERMINAL_STATUSES:
         return execution
     status = next_status(event.state)

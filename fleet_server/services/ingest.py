@@ -163,8 +163,11 @@ def _apply_update(
             msg.execution_id,
         )
         return False
-    if msg.state is p.UpdateState.COMMITTED:
-        dev.software_version = msg.version
+    if msg.state in (p.UpdateState.COMMITTED, p.UpdateState.ROLLED_BACK):
+        dev.software_version = device.software_version
+        if dev.boot and "software_version" in dev.boot:
+            # A Boot earlier in this batch is written last: it must not undo the report.
+            dev.boot["software_version"] = device.software_version
     return True
 
 

@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import protocol as p
@@ -395,6 +395,58 @@ def test_reports_on_unknown_or_foreign_executions_are_refused_and_counted(
         other.close()
 
 
+def _set_version(sessions: sessionmaker[Session], device_id: str, version: str) -> None:
+    """What the device's Boot events would have recorded."""
+    with sessions() as s:
+        s.execute(
+            update(Device).where(Device.device_id == device_id).values(software_version=version)
+        )
+        s.commit()
+
+
+@pytest.mark.mosquitto
+def test_repeated_reports_are_applied_once_and_a_rollback_restores_the_version(
+    mosquitto, ingest, sessions, deploy_api, world
+) -> None:
+    """After a restart the agent may report a state (or its outcome) again, from a new
+    boot: the server keeps one history entry per ``(execution_id, state)``. A rollback
+    puts the device's software version back to the one it ran before the execution."""
+    client, tokens = deploy_api
+    name = _upload(client, tokens, world.bundles["good-1.1.0"]).json()["name"]
+    _register(sessions, "pi-again")
+    _set_version(sessions, "pi-again", "1.0.0")
+    device = EmulatedDevice(mosquitto, "pi-again")
+    try:
+        ex_id = client.post(
+            "/api/v1/devices/pi-again/update", json={"bundle": name}, headers=_hdr(tokens)
+        ).json()["id"]
+        install = device.next_install()
+        for state in ("downloading", "downloading", "verified", "trial", "trial"):
+            device.report(install, state)
+        wait_for(lambda: _execution(sessions, ex_id)["phase"] == "trial", timeout=15)
+        _set_version(sessions, "pi-again", "1.1.0")  # the trial boot named the new slot
+        for _ in range(2):
+            device.report(install, "rolled_back", failure_class="boot", reason="crashed")
+        device.report(install, "downloading")  # a stale repeat after the end
+        wait_for(lambda: _execution(sessions, ex_id)["status"] == "failed", timeout=15)
+        wait_for(lambda: _update_events(sessions, "pi-again") == 8, timeout=15)
+        shown = client.get(f"/api/v1/executions/{ex_id}", headers=_hdr(tokens)).json()
+        assert [e["state"] for e in shown["events"]] == [
+            "sent",
+            "downloading",
+            "verified",
+            "trial",
+            "rolled_back",
+        ]
+        assert (shown["failure_class"], shown["phase"]) == ("boot", "rolled_back")
+        assert (
+            client.get("/api/v1/devices/pi-again", headers=_hdr(tokens)).json()["software_version"]
+            == "1.0.0"
+        )
+    finally:
+        device.close()
+
+
 def _update_events(sessions: sessionmaker[Session], device_id: str) -> int:
     with sessions() as s:
         return int(
@@ -699,6 +751,42 @@ def test_ingest_refusal_is_per_message(sessions) -> None:
     assert result.rejected["unknown_execution"] == 1
     assert result.accepted["event"] == 1
     assert _update_events(sessions, "pi-b1") == 1
+
+
+def test_rollback_report_wins_over_a_boot_in_the_same_batch(sessions, world) -> None:
+    """The Boot of the run that rolled back names the trial slot's version; when it and
+    the ``rolled_back`` report land in one ingest batch, the registry ends on the old
+    version."""
+    _register(sessions, "pi-batch")
+    _set_version(sessions, "pi-batch", "1.0.0")
+    with sessions() as s:
+        bundle, _ = publish_bundle(
+            s, world.repo(), world.bundles["good-1.1.0"].path, channel=None, actor=SYSTEM, now=T0
+        )
+        dev = s.execute(select(Device).where(Device.device_id == "pi-batch")).scalar_one()
+        ex_id = deployments.create_execution(s, dev, bundle, actor=SYSTEM, now=T0).id
+        s.commit()
+    head = {"device_id": "pi-batch", "boot_id": "boot-3", "ts": T0}
+    msgs: list[Any] = [
+        p.Boot(**head, seq=1, reason=0, agent_version="0.1.0", software_version="1.1.0", slot="b"),
+        p.UpdateStateChanged(
+            **head,
+            seq=2,
+            execution_id=ex_id,
+            version="1.1.0",
+            state=p.UpdateState.ROLLED_BACK,
+            failure_class=p.FailureClass.BOOT,
+            reason="crashed in trial",
+        ),
+    ]
+    writer = BatchWriter(sessions)
+    writer.write([Inbound(p.topic("pi-batch", p.Kind.EVENT), p.encode(m), T0) for m in msgs])
+    with sessions() as s:
+        version = s.execute(
+            select(Device.software_version).where(Device.device_id == "pi-batch")
+        ).scalar_one()
+        assert version == "1.0.0"
+        assert s.get(Execution, ex_id).status == "failed"
 
 
 @pytest.mark.mosquitto
