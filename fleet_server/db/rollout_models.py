@@ -36,6 +36,9 @@ class Rollout(Base):
     halt_stratum: Mapped[str | None] = mapped_column(String(160))
     halt_class: Mapped[str | None] = mapped_column(String(32))
     rollback_version: Mapped[str | None] = mapped_column(String(64))
+    resumed_at: Mapped[float | None] = mapped_column(Float)
+    """Set when an operator resumes a halted rollout: failures that ended before it are
+    acknowledged and left out of later verdicts."""
     forced: Mapped[bool] = mapped_column(Boolean, default=False)
     force_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)

@@ -60,6 +60,8 @@ from fleet_server.services.rollouts import (
 log = logging.getLogger(__name__)
 
 ENGINE = Actor("rollout-engine", "system")
+ROLLBACK_ATTEMPTS = 3
+"""How often a device is sent the rollback release before the engine gives up on it."""
 
 
 def tick(session: Session, publisher: Publisher, *, now: float) -> list[str]:
@@ -71,16 +73,22 @@ def tick(session: Session, publisher: Publisher, *, now: float) -> list[str]:
         decisions.append(f"{execution.id}: timed out ({execution.reason})")
     session.commit()
     ids = session.execute(
-        select(Rollout.id).where(Rollout.state.in_(("running", "rolled_back", "halted")))
+        select(Rollout.id).where(Rollout.state.in_(("running", "rolled_back")))
     ).scalars()
     for rollout_id in list(ids):
         rollout = session.get(Rollout, rollout_id)
         if rollout is None:
             continue
-        if rollout.state == "running":
-            decisions.extend(_advance(session, publisher, rollout, now))
-        _dispatch_rollback(session, publisher, rollout, now)
-        session.commit()
+        try:
+            if rollout.state == "running":
+                decisions.extend(_advance(session, publisher, rollout, now))
+            elif _rollback_active(session, rollout):
+                _dispatch_rollback(session, publisher, rollout, now)
+            session.commit()
+        except Exception:
+            # One broken rollout must not stop the others; it is retried next tick.
+            session.rollback()
+            log.exception("rollout %s: tick failed; retrying at the next tick", rollout_id)
     return decisions
 
 
@@ -96,9 +104,13 @@ def _executions(session: Session, rollout_id: str) -> list[Execution]:
     )
 
 
-def _outcomes(executions: Sequence[Execution]) -> list[Outcome]:
+def _outcomes(executions: Sequence[Execution], since: float | None = None) -> list[Outcome]:
+    """What the verdict sees. Executions that ended before ``since`` (an operator resumed a
+    halted rollout, acknowledging them) are left out of the judgement."""
     outcomes = []
     for ex in executions:
+        if since is not None and ex.finished_at is not None and ex.finished_at < since:
+            continue
         if ex.status == "pending":
             status = "pending" if ex.device.presence == "online" else "deferred"
         elif ex.status in ("sent", "in_progress"):
@@ -117,24 +129,80 @@ def _advance(session: Session, publisher: Publisher, rollout: Rollout, now: floa
     policy = parse_policy(rollout.policy)
     decisions = _late_joiners(session, rollout, policy, now)
     executions = _executions(session, rollout.id)
-    verdict = judge_wave(_outcomes(executions), rollout.current_wave, policy)
+    outcomes = _outcomes(executions, rollout.resumed_at)
+    verdict = judge_wave(outcomes, rollout.current_wave, policy)
     if verdict.kind is VerdictKind.HALT:
         return [*decisions, _halt(session, rollout, policy, verdict, now)]
     if verdict.kind is VerdictKind.EXTEND:
+        rollout.bake_started_at = None  # the wave changed: a later pass bakes afresh
         moved = _extend(session, rollout, executions, policy, now)
         if moved:
             decisions.append(f"{rollout.id}: wave {rollout.current_wave} extended by {moved}")
-        elif not any(ex.status in ("sent", "in_progress") for ex in executions):
-            decisions.append(_complete(session, rollout, now, note=verdict.reason))
-            return decisions
+        elif _evidence_exhausted(executions, rollout.current_wave):
+            decisions.append(_finish_without_bound(session, rollout, outcomes, policy, now))
+            if rollout.state != "running":
+                return decisions
     if verdict.kind is VerdictKind.PASS:
         decision = _bake_or_advance(session, rollout, executions, policy, now)
         if decision:
             decisions.append(decision)
         if rollout.state != "running":
             return decisions
+    # Decisions first: a failing publish below must not undo them.
+    session.commit()
     decisions.extend(_dispatch(session, publisher, rollout, policy, now))
     return decisions
+
+
+def _evidence_exhausted(executions: Sequence[Execution], wave: int) -> bool:
+    """No device is left that could add evidence: nothing in flight, nothing pending in a
+    later wave, and every pending device of this wave is offline."""
+    for ex in executions:
+        if ex.status in ("sent", "in_progress"):
+            return False
+        if ex.status == "pending" and ((ex.wave or 0) > wave or ex.device.presence == "online"):
+            return False
+    return True
+
+
+def _finish_without_bound(
+    session: Session,
+    rollout: Rollout,
+    outcomes: Sequence[Outcome],
+    policy: Policy,
+    now: float,
+) -> str:
+    """Every reachable device executed but the sample is too small for the confidence
+    bound (a small fleet). Devices still offline keep the rollout running; otherwise it
+    completes when the observed rates are within every criterion, and halts as
+    inconclusive when not: it never completes on a failure rate above its limit."""
+    if any(o.status == "deferred" for o in outcomes):
+        return f"{rollout.id}: waiting for offline devices to decide wave {rollout.current_wave}"
+    executed = [o for o in outcomes if o.status in ("committed", "failed")]
+    for criterion in policy.failure_criteria:
+        failures = sum(
+            1
+            for o in executed
+            if o.status == "failed" and criterion.failure_class in ("any", o.failure_class)
+        )
+        rate = failures / len(executed) if executed else 1.0
+        if not executed or rate > criterion.max_rate:
+            verdict = Verdict(
+                VerdictKind.HALT,
+                (
+                    f"inconclusive: every reachable device executed ({len(executed)}), "
+                    f"{criterion.failure_class} failures {failures} "
+                    f"({rate:.0%} > {criterion.max_rate:.0%} or no sample)"
+                ),
+                stratum="fleet",
+                failure_class=criterion.failure_class,
+            )
+            return _halt(session, rollout, policy, verdict, now)
+    note = (
+        f"whole target executed ({len(executed)} devices, below min_sample "
+        f"{policy.min_sample}); observed failure rates within every criterion"
+    )
+    return _complete(session, rollout, now, note=note)
 
 
 def _late_joiners(session: Session, rollout: Rollout, policy: Policy, now: float) -> list[str]:
@@ -206,12 +274,13 @@ def _extend(
         (
             ex
             for ex in executions
-            if ex.status == "pending" and (ex.wave or 0) > rollout.current_wave
+            if ex.status == "pending"
+            and (ex.wave or 0) > rollout.current_wave
+            and ex.device.presence == "online"
         ),
         key=lambda ex: (ex.wave or 0, ex.created_at, ex.id),
     )
-    online_first = sorted(later, key=lambda ex: ex.device.presence != "online")
-    chosen = online_first[: max(policy.min_sample // 2, 10)]
+    chosen = later[: max(policy.min_sample // 2, 10)]
     for ex in chosen:
         ex.wave = rollout.current_wave
     if chosen:
@@ -325,31 +394,14 @@ def cancel_pending(session: Session, rollout: Rollout, *, now: float, reason: st
 
 
 def start_rollback(session: Session, rollout: Rollout, target: Bundle, *, now: float) -> int:
-    """Send devices that took the release back to ``target`` (a known-good release):
-    every device whose execution committed, or is still in flight (it gets the rollback
-    once it ends). Pending devices are released."""
+    """Send the devices that run the release back to ``target`` (a known-good release with
+    a release counter at least the release's, so agents accept it): every device of the
+    rollout that reports the release's version, whatever its execution says (a device that
+    timed out and committed late counts). Pending devices are released; devices still
+    updating get their rollback once they report the version."""
     cancel_pending(session, rollout, now=now, reason="rollout rolled back")
     rollout.rollback_version = target.version
-    created = 0
-    for ex in _executions(session, rollout.id):
-        if ex.status not in ("committed", "sent", "in_progress"):
-            continue
-        if ex.status == "committed":
-            try:
-                deployments.create_execution(
-                    session,
-                    ex.device,
-                    target,
-                    actor=ENGINE,
-                    now=now,
-                    timeouts=ex.timeouts,
-                    rollout_id=rollback_id(rollout.id),
-                    wave=0,
-                    audit_entry=False,
-                )
-                created += 1
-            except deployments.DeploymentError as exc:
-                log.warning("rollback of %s: %s", ex.device.device_id, exc.message)
+    created = _create_rollbacks(session, rollout, target, now)
     _event(
         session,
         rollout,
@@ -361,12 +413,84 @@ def start_rollback(session: Session, rollout: Rollout, target: Bundle, *, now: f
     return created
 
 
+def _rollback_candidates(session: Session, rollout: Rollout) -> list[Execution]:
+    """Forward executions whose device still runs the release and should be sent back now:
+    not updating any more, with no rollback under way or done, and fewer than
+    ``ROLLBACK_ATTEMPTS`` failed rollbacks (a security refusal is not retried)."""
+    version = _release_version(session, rollout)
+    rb = rollback_id(rollout.id)
+    attempts: dict[int, int] = {}
+    covered: set[int] = set()
+    for key, status, failure in session.execute(
+        select(Execution.device_key, Execution.status, Execution.failure_class).where(
+            Execution.rollout_id == rb
+        )
+    ):
+        attempts[key] = attempts.get(key, 0) + 1
+        if status != "failed" or failure == "security":
+            covered.add(key)
+    covered |= {key for key, n in attempts.items() if n >= ROLLBACK_ATTEMPTS}
+    out: list[Execution] = []
+    seen: set[int] = set()
+    for ex in _executions(session, rollout.id):
+        key = ex.device_key
+        if key in covered or key in seen or ex.device.software_version != version:
+            continue
+        if ex.status in ("sent", "in_progress"):
+            continue  # it ends first (committed, failed or timed out), then rolls back
+        seen.add(key)
+        out.append(ex)
+    return out
+
+
+def _create_rollbacks(session: Session, rollout: Rollout, target: Bundle, now: float) -> int:
+    created = 0
+    for ex in _rollback_candidates(session, rollout):
+        try:
+            deployments.create_execution(
+                session,
+                ex.device,
+                target,
+                actor=ENGINE,
+                now=now,
+                timeouts=ex.timeouts,
+                rollout_id=rollback_id(rollout.id),
+                wave=0,
+                audit_entry=False,
+            )
+            created += 1
+        except deployments.DeploymentError as exc:
+            log.warning("rollback of %s: %s", ex.device.device_id, exc.message)
+    return created
+
+
+def _rollback_active(session: Session, rollout: Rollout) -> bool:
+    """True while a rolled-back rollout still has devices updating, rollback installs not
+    yet sent, or devices to send back (so finished rollbacks cost little per tick)."""
+    rb = rollback_id(rollout.id)
+    busy = session.execute(
+        select(Execution.id)
+        .where(
+            Execution.rollout_id.in_((rollout.id, rb)),
+            Execution.status.in_(("pending", "sent", "in_progress")),
+        )
+        .limit(1)
+    ).first()
+    return busy is not None or bool(_rollback_candidates(session, rollout))
+
+
+def _release_version(session: Session, rollout: Rollout) -> str:
+    bundle = session.get(Bundle, rollout.bundle_id)
+    assert bundle is not None
+    return bundle.version
+
+
 def _dispatch_rollback(
     session: Session, publisher: Publisher, rollout: Rollout, now: float
 ) -> None:
-    """While rolled back: devices whose forward install committed after the rollback
-    began get a rollback execution too, and pending rollback installs go to devices that
-    are online."""
+    """While rolled back: devices that came to run the release after the rollback began
+    get a rollback execution too, and pending rollback installs go to devices that are
+    online."""
     if rollout.state != "rolled_back" or not rollout.rollback_version:
         return
     bundle = session.get(Bundle, rollout.bundle_id)
@@ -378,27 +502,9 @@ def _dispatch_rollback(
     ).scalar_one_or_none()
     if target is None:
         return
-    rb = rollback_id(rollout.id)
-    covered = set(
-        session.execute(select(Execution.device_key).where(Execution.rollout_id == rb)).scalars()
-    )
-    for ex in _executions(session, rollout.id):
-        if ex.status == "committed" and ex.device_key not in covered:
-            try:
-                deployments.create_execution(
-                    session,
-                    ex.device,
-                    target,
-                    actor=ENGINE,
-                    now=now,
-                    timeouts=ex.timeouts,
-                    rollout_id=rb,
-                    wave=0,
-                    audit_entry=False,
-                )
-            except deployments.DeploymentError as exc:
-                log.warning("rollback of %s: %s", ex.device.device_id, exc.message)
-    for ex in _executions(session, rb):
+    _create_rollbacks(session, rollout, target, now)
+    session.commit()
+    for ex in _executions(session, rollback_id(rollout.id)):
         if ex.status == "pending" and ex.device.presence == "online":
             try:
                 deployments.dispatch(
@@ -406,7 +512,8 @@ def _dispatch_rollback(
                 )
             except deployments.DeploymentError as exc:
                 log.warning("rollback dispatch %s: %s", ex.id, exc.message)
-                return
+                if exc.code == "broker_unavailable":
+                    return
 
 
 def _dispatch(
@@ -416,15 +523,17 @@ def _dispatch(
     in_flight = sum(1 for ex in executions if ex.status in ("sent", "in_progress"))
     cap = policy.max_in_flight
     if rollout.current_wave == 0:
-        executed = sum(
-            1 for ex in executions if (ex.wave or 0) == 0 and ex.status in ("committed", "failed")
+        # The canary starts with `canary_in_flight` devices and sends the rest of the
+        # first wave once those have reported. Cancelled devices do not count as sent.
+        wave0 = [ex for ex in executions if (ex.wave or 0) == 0]
+        started = sum(
+            1 for ex in wave0 if ex.status in ("sent", "in_progress", "committed", "failed")
         )
-        if executed < policy.canary_in_flight:
-            cap = min(cap, policy.canary_in_flight)
-            sent_so_far = sum(
-                1 for ex in executions if (ex.wave or 0) == 0 and ex.status != "pending"
-            )
-            cap = max(0, min(cap, policy.canary_in_flight - sent_so_far + in_flight))
+        executed = sum(1 for ex in wave0 if ex.status in ("committed", "failed"))
+        if started < policy.canary_in_flight:
+            cap = min(cap, policy.canary_in_flight - started + in_flight)
+        elif executed < policy.canary_in_flight and in_flight > 0:
+            cap = in_flight
     budget = cap - in_flight
     if budget <= 0:
         return []
@@ -455,7 +564,14 @@ def _dispatch(
             sent += 1
         except deployments.DeploymentError as exc:
             log.warning("rollout %s: could not send %s: %s", rollout.id, ex.id, exc.message)
-            break
+            if exc.code == "broker_unavailable":
+                break  # nothing else would get through either; next tick retries
+            fresh = session.get(Execution, ex.id)
+            if fresh is not None and fresh.status == "pending":
+                deployments.cancel(
+                    session, fresh, actor=ENGINE, now=now, reason=f"not sendable: {exc.message}"
+                )
+                session.commit()
     return [f"{rollout.id}: sent {sent} install(s)"] if sent else []
 
 
@@ -471,50 +587,49 @@ def health_evidence(
 ) -> list[StratumHealth]:
     """Per stratum, during the bake: faults and error reboots per device-hour and the
     latest temperatures of updated devices (after they committed) against devices of the
-    same stratum not updated yet."""
+    same stratum not updated yet and online (an offline control adds hours but cannot
+    report a fault, which would make updated devices look worse)."""
     start = rollout.bake_started_at or rollout.wave_started_at or now
     updated = {
         ex.device_key: max(ex.finished_at or start, start)
         for ex in executions
         if ex.status == "committed"
     }
-    control = {ex.device_key for ex in executions if ex.status == "pending"}
+    control = {
+        ex.device_key
+        for ex in executions
+        if ex.status == "pending" and ex.device.presence == "online"
+    }
     if not updated or not control:
         return []
-    keys = list(updated) + list(control)
-    alarms = session.execute(
+    keys = set(updated) | control
+    faults: dict[int, list[float]] = {}
+    for key, at in session.execute(
         select(Alarm.device_key, Alarm.raised_at).where(
-            Alarm.device_key.in_(keys), Alarm.raised_at >= start
+            Alarm.raised_at >= start, Alarm.device_key.in_(select_keys(keys))
         )
-    ).all()
-    boots = session.execute(
+    ):
+        faults.setdefault(key, []).append(at)
+    reboots: dict[int, list[float]] = {}
+    for key, at, data in session.execute(
         select(DeviceEvent.device_key, DeviceEvent.received_at, DeviceEvent.data).where(
             and_(
-                DeviceEvent.device_key.in_(keys),
                 DeviceEvent.kind == "boot",
                 DeviceEvent.received_at >= start,
+                DeviceEvent.device_key.in_(select_keys(keys)),
             )
         )
-    ).all()
-    devices = {
-        ex.device_key: ex.device
-        for ex in executions
-        if ex.device_key in updated or ex.device_key in control
-    }
+    ):
+        if int((data or {}).get("reason", 0)) >= 0x8000:
+            reboots.setdefault(key, []).append(at)
+    devices = {ex.device_key: ex.device for ex in executions if ex.device_key in keys}
 
-    def counts(rows: Sequence[Any], key: int, since: float, *, error_boot: bool = False) -> int:
-        total = 0
-        for row in rows:
-            if row[0] != key or row[1] < since:
-                continue
-            if error_boot and int((row[2] or {}).get("reason", 0)) < 0x8000:
-                continue
-            total += 1
-        return total
+    def since(rows: dict[int, list[float]], key: int, t0: float) -> int:
+        return sum(1 for at in rows.get(key, ()) if at >= t0)
 
-    groups: dict[str, list[int]] = {"fleet": keys}
+    groups: dict[str, list[int]] = {"fleet": sorted(keys)}
     for name in policy.stratify_by:
-        for key in keys:
+        for key in sorted(keys):
             value = strata_of(devices[key]).get(name)
             if value is not None:
                 groups.setdefault(f"{name}={value}", []).append(key)
@@ -534,16 +649,16 @@ def health_evidence(
             vitals = devices[key].vitals or {}
             temp = vitals.get("temp_c")
             if key in updated:
-                since = updated[key]
-                item["updated_hours"] += max(now - since, 0.0) / 3600.0
-                item["updated_faults"] += counts(alarms, key, since)
-                item["updated_reboots"] += counts(boots, key, since, error_boot=True)
-                if isinstance(temp, int | float) and (devices[key].vitals_ts or 0) >= since:
+                t0 = updated[key]
+                item["updated_hours"] += max(now - t0, 0.0) / 3600.0
+                item["updated_faults"] += since(faults, key, t0)
+                item["updated_reboots"] += since(reboots, key, t0)
+                if isinstance(temp, int | float) and (devices[key].vitals_ts or 0) >= t0:
                     updated_temps.append(float(temp))
             else:
                 item["control_hours"] += max(now - start, 0.0) / 3600.0
-                item["control_faults"] += counts(alarms, key, start)
-                item["control_reboots"] += counts(boots, key, start, error_boot=True)
+                item["control_faults"] += since(faults, key, start)
+                item["control_reboots"] += since(reboots, key, start)
                 if isinstance(temp, int | float):
                     control_temps.append(float(temp))
         evidence.append(
@@ -552,38 +667,6 @@ def health_evidence(
     return evidence
 
 
-# --- the scheduled job ----------------------------------------------------------------------
-
-ADVISORY_LOCK_KEY = 0x45_44_47_45_52_4F  # "EDGERO"
-"""PostgreSQL advisory lock held by the server instance that ticks."""
-
-
-class RolloutTickJob:
-    """The scheduler job (``fn(sessions, settings, now)``) that runs :func:`tick`.
-
-    On PostgreSQL the tick runs only while this process holds a session-level advisory
-    lock on a connection of its own, so of several server instances one acts per tick;
-    SQLite has a single writer anyway.
-    """
-
-    def __init__(self, publisher: Publisher) -> None:
-        self.publisher = publisher
-
-    def __call__(self, sessions: Any, settings: Any, now: float) -> list[str]:
-        """One tick under the engine lock; returns the decisions taken (logged)."""
-        del settings
-        from sqlalchemy import text
-
-        with sessions() as session:
-            engine = session.get_bind()
-            if engine.dialect.name != "postgresql":
-                return tick(session, self.publisher, now=now)
-            with engine.connect() as lock:
-                key = {"key": ADVISORY_LOCK_KEY}
-                if not lock.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
-                    return []
-                try:
-                    return tick(session, self.publisher, now=now)
-                finally:
-                    lock.execute(text("SELECT pg_advisory_unlock(:key)"), key)
-                    lock.commit()
+def select_keys(keys: set[int]) -> Any:
+    """``keys`` as a bound list; fine up to tens of thousands of devices per rollout."""
+    return sorted(keys)

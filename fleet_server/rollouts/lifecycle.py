@@ -8,9 +8,12 @@
                                               v  |
                                    paused / halted --rollback--> rolled_back
     draft, scheduled, running, paused, halted --cancel--> cancelled
+    completed --rollback--> rolled_back   (a bad release found after completion)
 
 ``running`` is left for ``halted`` by the engine (a failure criterion or health gate) and
-for ``paused`` by an operator. Terminal states accept no event.
+for ``paused`` by an operator. ``cancelled`` and ``rolled_back`` accept no event;
+``completed`` accepts only ``rollback``. ``scheduled`` is reserved for rollouts with a start
+time (no API sets it yet).
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ TRANSITIONS: dict[tuple[RolloutState, RolloutEvent], RolloutState] = {
     (S.HALTED, E.RESUME): S.RUNNING,
     (S.HALTED, E.CANCEL): S.CANCELLED,
     (S.HALTED, E.ROLLBACK): S.ROLLED_BACK,
+    # A bad release found after completion can still be sent back.
+    (S.COMPLETED, E.ROLLBACK): S.ROLLED_BACK,
 }
 
 TERMINAL = frozenset({S.COMPLETED, S.CANCELLED, S.ROLLED_BACK})

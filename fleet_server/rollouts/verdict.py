@@ -86,7 +86,12 @@ def _counts(outcomes: Sequence[Outcome], criterion: FailureCriterion) -> tuple[i
 def judge_wave(outcomes: Sequence[Outcome], wave: int, policy: Policy) -> Verdict:
     """Judge wave ``wave`` using the evidence of every wave up to and including it."""
     seen = [o for o in outcomes if o.wave <= wave]
-    for name, members in _groups(seen, policy).items():
+    groups = _groups(seen, policy)
+    # Every group is its own test: correct the halt level for their number so a good
+    # release is rarely halted by chance in one small batch. (The criteria are nested in
+    # "any", so they are not counted again.)
+    halt_confidence = 1.0 - (1.0 - policy.confidence) / max(len(groups), 1)
+    for name, members in groups.items():
         for criterion in policy.failure_criteria:
             failures, executed = _counts(members, criterion)
             if criterion.max_failures is not None and failures > criterion.max_failures:
@@ -99,14 +104,14 @@ def judge_wave(outcomes: Sequence[Outcome], wave: int, policy: Policy) -> Verdic
                     stratum=name,
                     failure_class=criterion.failure_class,
                 )
-            lower = failure_lower_bound(failures, executed, policy.confidence)
+            lower = failure_lower_bound(failures, executed, halt_confidence)
             if lower > criterion.max_rate:
                 return Verdict(
                     VerdictKind.HALT,
                     (
                         f"{criterion.failure_class} failures in {name}: {failures} of "
                         f"{executed} executed; the rate is above {criterion.max_rate:.1%} with "
-                        f"{policy.confidence:.0%} confidence (lower bound {lower:.1%})"
+                        f"{halt_confidence:.2%} confidence (lower bound {lower:.1%})"
                     ),
                     stratum=name,
                     failure_class=criterion.failure_class,
@@ -155,9 +160,10 @@ of faults cannot halt a rollout, however few the device-hours."""
 def judge_health(evidence: Sequence[StratumHealth], policy: Policy) -> Verdict | None:
     """Apply the policy's health gates; a :class:`Verdict` to halt, or None when healthy.
 
-    Every stratum and gate is a separate test, and the engine looks again at every tick
-    of a bake, so each test runs at a Bonferroni-corrected level (the policy's error rate
-    divided by strata x gates) to keep false halts of a good release rare.
+    Every stratum and gate is a separate test, so each runs at a Bonferroni-corrected level
+    (the policy's error rate divided by strata x gates). The engine looks again at every
+    tick of a bake; that repetition is not corrected for (no alpha spending), which
+    ``MIN_EVENTS`` and the corrected level keep in check.
     """
     tests = max(len(evidence) * len(policy.health_gates), 1)
     confidence = 1.0 - (1.0 - policy.confidence) / tests

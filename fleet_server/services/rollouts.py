@@ -60,6 +60,7 @@ ROLLOUT_ERROR_STATUS = {
     "illegal_transition": 409,
     "preprod_required": 409,
     "forbidden": 403,
+    "invalid_rollback": 422,
 }
 
 
@@ -96,6 +97,17 @@ def parse_selector(data: dict[str, Any] | None) -> DeviceFilter:
         isinstance(data["tags"], list) and all(isinstance(t, str) for t in data["tags"])
     ):
         raise RolloutError("invalid_selector", "selector.tags: a list of strings")
+    for key, value in data.items():
+        if value is None or key in ("tags",) or isinstance(value, date):
+            continue
+        if key == "has_open_faults":
+            if not isinstance(value, bool):
+                raise RolloutError("invalid_selector", f"selector.{key}: true or false")
+        elif key in ("seen_after", "seen_before"):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise RolloutError("invalid_selector", f"selector.{key}: unix seconds")
+        elif not isinstance(value, str) or len(value) > 256:
+            raise RolloutError("invalid_selector", f"selector.{key}: a string")
     return DeviceFilter(**data)
 
 
@@ -363,7 +375,10 @@ def create_rollout(
             f"version {bundle.version} is blocked by recall {blocked[bundle.version]}",
         )
     if parsed.on_halt.action == "rollback":
-        _rollback_bundle(session, bundle, parsed.on_halt.rollback_to or "")
+        try:
+            _rollback_bundle(session, bundle, parsed.on_halt.rollback_to or "")
+        except RolloutError as exc:
+            raise RolloutError("invalid_policy", exc.message, exc.details) from None
     rollout = Rollout(
         id="ro-" + uuid.uuid4().hex[:16],
         name=name.strip() or bundle.name,
@@ -396,15 +411,28 @@ def create_rollout(
     return rollout
 
 
-def _rollback_bundle(session: Session, bundle: Bundle, version: str) -> Bundle:
+def _rollback_bundle(
+    session: Session, bundle: Bundle, version: str, *, field: str = "on_halt.rollback_to"
+) -> Bundle:
+    """The known-good bundle to go back to: same model, and a release counter no lower than
+    the release's, because agents refuse to go down in release order (re-publish the old
+    version with a higher counter to roll back to it)."""
     target = session.execute(
         select(Bundle).where(Bundle.model == bundle.model, Bundle.version == version)
     ).scalar_one_or_none()
     if target is None:
         raise RolloutError(
-            "invalid_policy",
-            f"on_halt.rollback_to: no published {bundle.model} bundle of version {version!r}",
-            {"field": "on_halt.rollback_to"},
+            "invalid_rollback",
+            f"{field}: no published {bundle.model} bundle of version {version!r}",
+            {"field": field},
+        )
+    if target.release_counter < bundle.release_counter:
+        raise RolloutError(
+            "invalid_rollback",
+            f"{field}: {target.name} has release counter {target.release_counter}, below the "
+            f"release's {bundle.release_counter}; devices refuse to go down in release order. "
+            f"Re-publish {version} with a release counter of at least {bundle.release_counter}.",
+            {"field": field},
         )
     return target
 
@@ -556,7 +584,12 @@ def operator_action(
     if action == "pause":
         move(session, rollout, Event.PAUSE, now=now, actor=actor.label, message=reason)
     elif action == "resume":
+        was_halted = rollout.state == "halted"
         move(session, rollout, Event.RESUME, now=now, actor=actor.label, message=reason)
+        if was_halted:
+            # The operator acknowledges the failures so far; later verdicts judge what
+            # happens from now on (the halt and its reason stay in the history).
+            rollout.resumed_at = now
         rollout.halt_reason = rollout.halt_stratum = rollout.halt_class = None
     elif action == "cancel":
         move(session, rollout, Event.CANCEL, now=now, actor=actor.label, message=reason)
@@ -570,7 +603,9 @@ def operator_action(
             )
         bundle = session.get(Bundle, rollout.bundle_id)
         assert bundle is not None
-        target = _rollback_bundle(session, bundle, version)
+        target = _rollback_bundle(
+            session, bundle, version, field="to_version" if to_version else "on_halt.rollback_to"
+        )
         move(session, rollout, Event.ROLLBACK, now=now, actor=actor.label, message=reason)
         engine.start_rollback(session, rollout, target, now=now)
     else:
@@ -805,16 +840,21 @@ def explain_device(
             item["excluded"] = {"reason": exclusion.reason, "detail": exclusion.detail}
             item["verdict"] = f"excluded ({exclusion.reason}): {exclusion.detail}"
         elif execution is None:
-            reason = _exclusion(
-                device, bundle, set(), {}, set(), _recall_holds(session, rollout.id), rollout.id
+            probe = select_devices(
+                session, bundle, DeviceFilter(device_id=device.device_id), rollout_id=rollout.id
             )
-            item["verdict"] = (
-                f"would be excluded ({reason[0]}): {reason[1]}"
-                if reason
-                else "eligible; joins the next wave that has not started at the next tick"
-                if rollout.state == "running"
-                else f"eligible; the rollout is {rollout.state}"
-            )
+            if device.status != "active":
+                item["verdict"] = f"not eligible: the device is {device.status}"
+            elif probe.excluded:
+                _d, reason, detail = probe.excluded[0]
+                item["verdict"] = f"would be excluded ({reason}): {detail}"
+            elif rollout.state == "running":
+                item["verdict"] = (
+                    "eligible; joins the earliest wave that has not started (or the last "
+                    "wave) at the next tick"
+                )
+            else:
+                item["verdict"] = f"eligible; the rollout is {rollout.state}"
         else:
             wave = execution.wave or 0
             started = wave <= rollout.current_wave and rollout.state != "draft"
@@ -846,12 +886,32 @@ def explain_device(
             elif execution.status == "committed":
                 item["verdict"] = f"updated to {bundle.version}"
             elif execution.status == "failed":
+                quarantine = (
+                    ""
+                    if execution.failure_class == "timeout"
+                    else f"; quarantined for {bundle.version}"
+                )
                 item["verdict"] = (
-                    f"failed ({execution.failure_class}): {execution.reason}; quarantined for "
-                    f"{bundle.version}"
+                    f"failed ({execution.failure_class}): {execution.reason}{quarantine}"
                 )
             else:
                 item["verdict"] = f"cancelled: {execution.reason}"
+        back = (
+            session.execute(
+                select(Execution)
+                .where(
+                    Execution.rollout_id == rollback_id(rollout.id),
+                    Execution.device_key == device.id,
+                )
+                .order_by(Execution.created_at.desc())
+            )
+            .unique()
+            .scalars()
+            .first()
+        )
+        if back is not None:
+            item["rollback"] = {"id": back.id, "status": back.status, "phase": back.phase}
+            item["verdict"] += f"; rolled back to {back.bundle.version}: {back.status}"
         report["rollouts"].append(item)
     if not rollouts:
         report["verdict"] = "no active rollout"

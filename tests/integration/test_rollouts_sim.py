@@ -213,7 +213,12 @@ def test_rollback_halt_action_sends_updated_devices_back(sessions) -> None:
         lambda: all(d.version == "1.0.0" for d in fleet.devices.values() if d.installs),
         max_s=6 * 3600,
     )
-    assert all(d.running_version == "1.0.0" for d in fleet.devices.values())
+    stuck = [
+        (d.device_id, d.hw_revision, d.running_version, d.record.state.value, d.installs)
+        for d in fleet.devices.values()
+        if d.running_version != "1.0.0"
+    ]
+    assert not stuck, (stuck, fleet.decisions[-6:])
 
 
 def test_conflicts_illegal_transitions_and_bad_policies_are_refused(sessions) -> None:
@@ -323,3 +328,97 @@ def test_dry_run_and_explain(sessions) -> None:
         )
         report = service.explain_device(session, later.device, now=fleet.now, rollout_id=rollout_id)
         assert "waiting for wave 1" in report["rollouts"][0]["verdict"]
+
+
+def test_small_fleet_completes_only_on_good_observed_rates(sessions) -> None:
+    """Below min_sample the bound cannot be met: a small fleet completes when every device
+    executed within the limits, and does not when a revision breaks."""
+    fleet = _fleet(sessions, count=20)
+    good = add_bundle(sessions, "4.0.0", revisions=list(REVISIONS))
+    rollout_id = _start(fleet, good)
+    assert fleet.run(lambda: _state(fleet, rollout_id) != "running", max_s=6 * 3600)
+    assert _state(fleet, rollout_id) == "completed"
+    bad = add_bundle(
+        sessions,
+        "4.1.0",
+        revisions=list(REVISIONS),
+        simulation={"fail_on_hardware": ["rev-a"]},
+        release_counter=2,
+    )
+    rollout_id = _start(fleet, bad)
+    assert fleet.run(lambda: _state(fleet, rollout_id) != "running", max_s=6 * 3600)
+    assert _state(fleet, rollout_id) == "halted"
+
+
+def test_offline_fleet_does_not_complete(sessions) -> None:
+    fleet = _fleet(sessions, count=40)
+    with sessions() as session:
+        for row in session.execute(select(Device)).scalars():
+            row.presence = "offline"
+        session.commit()
+    for device in fleet.devices.values():
+        device.online = False
+    good = add_bundle(sessions, "5.0.0", revisions=list(REVISIONS))
+    rollout_id = _start(fleet, good)
+    fleet.run(lambda: False, max_s=3 * 3600)
+    assert _state(fleet, rollout_id) == "running", "nothing was tried: nothing is decided"
+    assert not fleet.publisher.sent
+
+
+def test_a_cancelled_canary_device_does_not_stall_the_rollout(sessions) -> None:
+    fleet = _fleet(sessions, count=200)
+    good = add_bundle(sessions, "6.0.0", revisions=list(REVISIONS))
+    rollout_id = _start(fleet, good)
+    with sessions() as session:
+        first = (
+            session.execute(
+                select(Execution).where(Execution.rollout_id == rollout_id, Execution.wave == 0)
+            )
+            .unique()
+            .scalars()
+            .first()
+        )
+        from fleet_server.services import deployments
+
+        deployments.cancel(session, first, actor=OPS, now=fleet.now, reason="operator")
+        session.commit()
+    assert fleet.run(lambda: _state(fleet, rollout_id) != "running", max_s=12 * 3600)
+    assert _state(fleet, rollout_id) == "completed"
+
+
+def test_resuming_a_halted_rollout_acknowledges_the_failures_so_far(sessions) -> None:
+    fleet = _fleet(sessions, count=300)
+    bad = add_bundle(
+        sessions, "7.0.0", revisions=list(REVISIONS), simulation={"fail_on_hardware": ["rev-c"]}
+    )
+    rollout_id = _start(fleet, bad)
+    assert fleet.run(lambda: _state(fleet, rollout_id) != "running", max_s=6 * 3600)
+    assert _state(fleet, rollout_id) == "halted"
+    with sessions() as session:
+        rollout = session.get(Rollout, rollout_id)
+        service.operator_action(
+            session, rollout, "resume", actor=OPS, now=fleet.now, reason="known issue"
+        )
+        session.commit()
+    fleet.run(lambda: False, max_s=180)
+    assert _state(fleet, rollout_id) == "running", "the same old failures do not halt it again"
+
+
+def test_rollback_to_a_lower_release_counter_is_refused_clearly(sessions) -> None:
+    fleet = _fleet(sessions, count=50)
+    add_bundle(sessions, "0.9.0", revisions=list(REVISIONS), release_counter=1)
+    newer = add_bundle(sessions, "8.0.0", revisions=list(REVISIONS), release_counter=5)
+    with sessions() as session:
+        bundle = session.execute(select(Bundle).where(Bundle.name == newer)).scalar_one()
+        with pytest.raises(service.RolloutError) as refused:
+            service.create_rollout(
+                session,
+                name="x",
+                bundle=bundle,
+                selector={},
+                policy={"on_halt": {"action": "rollback", "rollback_to": "0.9.0"}},
+                actor=OPS,
+                now=fleet.now,
+            )
+    assert refused.value.code == "invalid_policy"
+    assert "release counter" in refused.value.message

@@ -98,10 +98,13 @@ def test_illegal_transitions_are_rejected_with_what_is_allowed(state: str, event
         transition(state, event)
 
 
-def test_terminal_states_accept_nothing() -> None:
+def test_terminal_states_accept_nothing_but_a_rollback_after_completion() -> None:
     for state in TERMINAL:
         for event in RolloutEvent:
-            with pytest.raises(IllegalTransitionError, match="final"):
+            if (state, event) == (RolloutState.COMPLETED, RolloutEvent.ROLLBACK):
+                assert transition(state, event) is RolloutState.ROLLED_BACK
+                continue
+            with pytest.raises(IllegalTransitionError):
                 transition(state, event)
 
 

@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("halt_stratum", sa.String(length=160), nullable=True),
         sa.Column("halt_class", sa.String(length=32), nullable=True),
         sa.Column("rollback_version", sa.String(length=64), nullable=True),
+        sa.Column("resumed_at", sa.Float(), nullable=True),
         sa.Column("forced", sa.Boolean(), nullable=False),
         sa.Column("force_reason", sa.Text(), nullable=True),
         sa.Column("created_at", sa.Float(), nullable=False),
