@@ -1,7 +1,9 @@
 """``fleet-sim``: simulate devices for diagnosis, QA benches and demos.
 
 Commands: ``run`` (a scenario, offline or against a broker), ``replay`` (a recorded signal
-through the agent's fault rules), ``diagnose`` (rank fault hypotheses for a device).
+through the agent's fault rules), ``diagnose`` (rank fault hypotheses for a device),
+``bench`` (QA: a candidate bundle through the real agent updater), ``demo`` (the whole
+product on one machine).
 User mistakes (bad files, bad options, unreachable server) end with one clear line and
 exit status 2, never a traceback.
 """
@@ -467,6 +469,89 @@ def diagnose(
         out.print(best.explanation)
     for name, why in report.diagnosis.skipped.items():
         out.print(f"[dim]not tested: {name}: {why}[/dim]")
+
+
+# --- bench -----------------------------------------------------------------------------
+
+
+@app.command()
+def bench(
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="candidate bundle (.tar.gz)")],
+    hardware: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--hardware",
+            help="hardware revision of a bench device (repeatable; default: every "
+            "revision the bundle claims)",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed for where the power cuts fall")] = 1,
+    junit: Annotated[
+        Path | None, typer.Option(help="write a JUnit XML report here (for CI)")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json-out", help="write the JSON report here")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the JSON report")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="show the updater's log")] = False,
+) -> None:
+    """QA bench: install BUNDLE with the real agent updater on simulated devices.
+
+    For every hardware revision: a clean install, a power cut at a random (seeded) state
+    of the update, and a network cut half-way through the download, each through the
+    real TUF client against a temporary signed repository on loopback. The bundle passes
+    when every case ends committed. Exit status 0 pass, 1 fail, 2 bench error.
+    """
+    import logging
+
+    from simulator.bench import BenchError, junit_xml, run_bench
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(message)s")
+    if not verbose:
+        logging.getLogger("agent").setLevel(logging.CRITICAL)
+
+    def show(case) -> None:  # type: ignore[no-untyped-def]
+        mark = "[green]pass[/green]" if case.passed else "[red]FAIL[/red]"
+        what = case.state + (f" ({case.failure_class})" if case.failure_class else "")
+        err.print(f"  {mark} {case.name:<22} {what}", highlight=False)
+
+    err.print(f"bench: {bundle.name}")
+    try:
+        report = run_bench(bundle, hardware=hardware, seed=seed, progress=show)
+    except BenchError as exc:
+        raise _fail(str(exc)) from None
+    data = report.to_dict()
+    try:
+        if junit is not None:
+            junit.write_bytes(junit_xml(report))
+        if json_out is not None:
+            json_out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise _fail(f"cannot write the report: {exc.strerror or exc}") from None
+    if as_json:
+        typer.echo(json.dumps(data, sort_keys=True))
+    else:
+        table = Table(title=f"bench {report.bundle} ({report.version})")
+        for column in ("revision", "case", "result", "states", "detail"):
+            table.add_column(column)
+        for case in report.cases:
+            result = "[green]pass[/green]" if case.passed else "[red]FAIL[/red]"
+            reason = f"{case.failure_class or ''}{'/' + case.attack if case.attack else ''}"
+            table.add_row(
+                case.revision,
+                case.case,
+                f"{result} {case.state} {reason}".strip(),
+                " > ".join(case.states),
+                (case.reason + "; " if case.reason else "") + case.detail,
+            )
+        out.print(table)
+        if report.passed:
+            out.print(f"[green]PASS[/green] {report.bundle} on {', '.join(report.hardware)}")
+        else:
+            out.print(f"[red]FAIL[/red] {report.bundle}:")
+            for line in report.reasons():
+                out.print(f"  {line}", highlight=False, markup=False)
+    raise typer.Exit(0 if report.passed else 1)
 
 
 def main() -> None:
