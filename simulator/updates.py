@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.core.commands import Decision, accept, reject
@@ -117,6 +118,80 @@ class StaticTargets:
                 FailureClass.VERIFICATION,
                 f"target {target} is not in the signed targets metadata",
             ) from None
+
+
+class TufTargets:
+    """Targets from the fleet server's update repository, fetched and verified with the
+    agent's real TUF client (:class:`agent.adapters.tuf_client.UpdateClient`).
+
+    The first device that needs a target refreshes the signed metadata, downloads the
+    bundle (length and hashes checked by python-tuf) and reads its manifest; the verified
+    result is shared with the other simulated devices of the process (one download per
+    target, not per device: the simulator runs many devices on one machine). Failures are
+    not cached: the next device tries again.
+    """
+
+    def __init__(self, base_url: str, root: bytes, workdir: Path) -> None:
+        self.metadata_url = base_url.rstrip("/") + "/tuf/metadata/"
+        self.targets_url = base_url.rstrip("/") + "/tuf/targets/"
+        self.root = root
+        self.workdir = Path(workdir)
+        self._cache: dict[str, TargetDetails] = {}
+        self.downloads = 0
+
+    def fetch(self, target: str, device: SimDevice) -> TargetDetails:
+        """The verified details of ``target`` (raises :class:`TargetUnavailableError`)."""
+        cached = self._cache.get(target)
+        if cached is not None:
+            return cached
+        import msgspec
+        from tuf.api import exceptions
+
+        from agent.adapters.tuf_client import UpdateClient, classify, target_info
+        from firmware_bundles.errors import BundleError
+        from firmware_bundles.verify import verify_bundle
+
+        metadata_dir = self.workdir / "metadata"
+        bootstrap = None if (metadata_dir / "root.json").exists() else self.root
+        phase = "refresh"
+        try:
+            client = UpdateClient(
+                metadata_dir,
+                self.metadata_url,
+                self.targets_url,
+                self.workdir / "targets",
+                bootstrap_root=bootstrap,
+            )
+            client.refresh()
+            found = client.find(target)
+            if found is None:
+                raise TargetUnavailableError(
+                    FailureClass.VERIFICATION,
+                    f"target {target} is not in the signed targets metadata",
+                )
+            info = target_info(found)
+            phase = "download"
+            path = client.download(found)
+            manifest = verify_bundle(path)
+        except (exceptions.RepositoryError, exceptions.DownloadError) as exc:
+            problem = classify(exc, during=phase)
+            failure = FailureClass.SECURITY if problem.security else FailureClass.DOWNLOAD
+            raise TargetUnavailableError(failure, problem.detail, problem.attack) from None
+        except ValueError as exc:
+            raise TargetUnavailableError(
+                FailureClass.SECURITY, str(exc), "invalid_metadata"
+            ) from None
+        except BundleError as exc:
+            raise TargetUnavailableError(FailureClass.INSTALL, f"bundle refused: {exc}") from None
+        except OSError as exc:
+            raise TargetUnavailableError(
+                FailureClass.DOWNLOAD, f"cannot reach the update repository: {exc}"
+            ) from None
+        simulation = msgspec.to_builtins(manifest.simulation) if manifest.simulation else {}
+        details = TargetDetails(info, dict(simulation))
+        self._cache[target] = details
+        self.downloads += 1
+        return details
 
 
 def details_from_manifest(manifest: dict[str, Any], channel: str | None = None) -> TargetDetails:
@@ -429,6 +504,7 @@ __all__ = [
     "TargetDetails",
     "TargetSource",
     "TargetUnavailableError",
+    "TufTargets",
     "UpdateTiming",
     "details_from_manifest",
 ]
