@@ -124,6 +124,12 @@ def run(
         typer.Option(help="register the devices with the server first (live mode, --server)"),
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    mqtt311: Annotated[
+        bool,
+        typer.Option(
+            "--mqtt311", help="live: speak MQTT 3.1.1 (the fleet server's embedded broker)"
+        ),
+    ] = False,
 ) -> None:
     """Run a scenario: offline (deterministic, as fast as possible) or live (--broker).
 
@@ -226,7 +232,17 @@ def run(
     except ValueError as exc:
         raise _fail(f"--broker: {exc}") from None
     rate = speed or scenario.speed or 1.0
-    engine = LiveEngine(devices, host, port, start=scenario.start, speed=rate, seed=scenario.seed)
+    import paho.mqtt.client as mqtt
+
+    engine = LiveEngine(
+        devices,
+        host,
+        port,
+        start=scenario.start,
+        speed=rate,
+        seed=scenario.seed,
+        mqtt_protocol=mqtt.MQTTv311 if mqtt311 else mqtt.MQTTv5,
+    )
     started = time.monotonic()
     end = scenario.start + scenario.duration_s
     try:
@@ -562,6 +578,12 @@ def demo(
     devices: Annotated[
         int, typer.Option(min=20, max=2000, help="how many simulated gateways")
     ] = 200,
+    explore: Annotated[
+        bool,
+        typer.Option(
+            "--explore", help="keep the server and fleet running after the demo, until Ctrl-C"
+        ),
+    ] = False,
 ) -> None:
     """The whole product on this machine in about two minutes (what `make demo` runs).
 
@@ -573,7 +595,7 @@ def demo(
     """
     from simulator.demo import run_demo
 
-    raise typer.Exit(run_demo(out, devices=devices))
+    raise typer.Exit(run_demo(out, devices=devices, explore=explore))
 
 
 def main() -> None:

@@ -33,10 +33,10 @@ from rich.console import Console
 
 from simulator.server_api import ServerApi, ServerError
 
-SCENARIO = Path(__file__).resolve().parent / "scenarios" / "demo.toml"
+SCENARIO = Path(__file__).resolve().parent / "scenarios" / "live-demo.toml"
 MODEL = "gw-100"
 FAULTY_DEVICE = "gw-00007"
-TIMING = {"download_s": 4.0, "install_s": 3.0, "reboot_s": 2.0, "trial_s": 5.0}
+TIMING = {"download_s": 3.0, "install_s": 2.0, "reboot_s": 1.0, "trial_s": 3.0}
 """How long each update phase takes on a demo device (seconds)."""
 
 FAST_POLICY: dict[str, Any] = {
@@ -185,6 +185,8 @@ class Demo:
         self.token = ""
         self.log_path = self.tmp / "fleet-server.log"
         self.say = Narrator(console)
+        self.explored = False
+        self.api = Api(self.url, None)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -413,7 +415,8 @@ class Demo:
             raise DemoError(
                 f"the good rollout ended {status['state']}: {status.get('halt_reason')}"
             )
-        say.ok(f"rollout completed: {status['id']} (every targeted device committed 1.2.0)")
+        committed = _counts(status).get("committed", 0)
+        say.ok(f"rollout completed: {status['id']} ({committed} devices committed 1.2.0)")
 
         say.step(
             "Staged rollout of the bad bundle",
@@ -464,8 +467,8 @@ class Demo:
             },
         )
         opened = self.api.post(f"/api/v1/recalls/{recall['id']}/open")
-        members = (opened.get("completion") or {}).get("total") or opened.get("population")
-        say.ok(f"recall opened: {recall['id']} ({members or 'its'} devices in scope)")
+        members = (opened.get("completion") or {}).get("population")
+        say.ok(f"recall opened: {recall['id']} ({members} devices of batch {spec_batch} frozen in)")
         with contextlib.suppress(ServerError):
             self.api._request(
                 "PUT",
@@ -488,12 +491,27 @@ class Demo:
             f"(status {claim.get('status') or claim.get('state')})"
         )
 
+    def explore(self) -> None:
+        """Keep everything running until Ctrl-C (``--explore``)."""
+        self.explored = True
+        self.console.print(
+            f"[bold]Still running.[/bold] Try, in another terminal:\n"
+            f"  export FLEET_URL={self.url} FLEET_TOKEN={self.token}\n"
+            "  fleetctl rollout list\n"
+            f"  fleetctl devices show {FAULTY_DEVICE}\n"
+            f"and open {self.url}/docs. Press Ctrl-C to stop everything.",
+            highlight=False,
+        )
+        while True:
+            self._server_alive()
+            time.sleep(1.0)
+
     def where_to_look(self) -> None:
         """What to try next (the server is gone once the demo ends)."""
         console = self.console
         console.rule("[bold]Where to look next[/bold]")
         console.print(
-            "The demo stopped its server and removed its files. To explore on your own:\n"
+            "The demo stops its server and removes its files. To run your own:\n"
             "  fleet-server init && fleet-server run        # API docs at "
             "http://127.0.0.1:8080/docs\n"
             "  export FLEET_URL=http://127.0.0.1:8080 FLEET_TOKEN=<the token init printed>\n"
@@ -501,22 +519,23 @@ class Demo:
             "  fleetctl bundle list\n"
             "  fleetctl rollout list\n"
             "  fleetctl executions list --status failed\n"
-            "  fleet-sim run simulator/scenarios/demo.toml --broker mqtt://127.0.0.1:1883 "
-            "--server $FLEET_URL\n"
+            "  fleet-sim run simulator/scenarios/live-demo.toml --broker mqtt://127.0.0.1:1883 "
+            "--mqtt311 --server $FLEET_URL\n"
             "  fleet-sim bench <bundle.tar.gz>                # QA a candidate bundle\n"
-            f"During this run the API was {self.url} (docs {self.url}/docs), token "
-            f"{self.token[:10]}…",
+            f"During this run the API was {self.url} (docs {self.url}/docs), admin token "
+            f"{self.token}; `fleet-sim demo --explore` keeps it running to try them.",
             highlight=False,
         )
 
 
 def _counts(status: dict[str, Any]) -> dict[str, int]:
-    """Device counts by outcome from a rollout status (whatever shape the totals have)."""
-    totals = status.get("totals") or status.get("counts") or {}
-    if not isinstance(totals, dict):
-        return {}
-    keep = ("committed", "failed", "in_progress", "sent", "pending", "timed_out")
-    return {k: int(v) for k, v in totals.items() if k in keep and isinstance(v, int | float)}
+    """Executions by status over every wave of a rollout status."""
+    totals: dict[str, int] = {}
+    for wave in status.get("waves") or []:
+        for key, value in wave.items():
+            if key != "wave" and isinstance(value, int | float):
+                totals[key] = totals.get(key, 0) + int(value)
+    return totals
 
 
 @contextlib.contextmanager
@@ -533,8 +552,13 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_demo(console: Console, *, devices: int = 200, keep: Path | None = None) -> int:
-    """Run the demo; returns the exit status (0 success, 1 a step failed, 130 Ctrl-C)."""
+def run_demo(
+    console: Console, *, devices: int = 200, keep: Path | None = None, explore: bool = False
+) -> int:
+    """Run the demo; returns the exit status (0 success, 1 a step failed, 130 Ctrl-C).
+
+    With ``explore`` the server and fleet keep running after the last step until Ctrl-C,
+    so the API docs and ``fleetctl`` can be tried against them."""
     import logging
 
     logging.getLogger("agent").setLevel(logging.CRITICAL)
@@ -545,7 +569,13 @@ def run_demo(console: Console, *, devices: int = 200, keep: Path | None = None) 
         with _terminate_as_interrupt():
             demo.run()
             demo.where_to_look()
+            if explore:
+                demo.explore()
     except KeyboardInterrupt:
+        if explore and demo.explored:
+            console.print("stopping the server and the fleet")
+            demo.close()
+            return 0
         console.print("[yellow]interrupted: stopping everything[/yellow]")
         return 130
     except (DemoError, ServerError) as exc:
