@@ -38,6 +38,7 @@ from typing import Any
 from agent import __version__ as AGENT_VERSION  # noqa: N812
 from agent.adapters.slots import SimulatedSlots
 from agent.config import UpdatesConfig
+from agent.core.outputs import RunCommand
 from agent.updater import PAUSE_ENV, Updater
 from firmware_bundles.errors import BundleError
 from firmware_bundles.manifest import Manifest
@@ -197,8 +198,6 @@ def _run_case(
     detail = ""
     if before is not None:
         before()
-    from agent.core.outputs import RunCommand
-
     command = RunCommand("install", f"cmd-{case}", _install_params(manifest, case))
     updater = Updater(settings, state_dir, host, agent_version=AGENT_VERSION, slots=slots)
     if cut_state is None:
