@@ -30,7 +30,8 @@ import shutil
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,23 +254,31 @@ def _run_case(
     )
 
 
-def run_bench(
-    bundle: Path,
-    *,
-    hardware: list[str] | None = None,
-    seed: int = 1,
-    progress: Callable[[CaseResult], None] | None = None,
-) -> BenchReport:
-    """Run every case for every revision of the bench (default: those the bundle claims).
+@dataclass
+class Candidate:
+    """The candidate published in a temporary repository and served on loopback."""
+
+    bundle: Path
+    manifest: Manifest
+    length: int
+    base_url: str
+    root: Path
+    mirror: Any
+    work: Path
+
+
+@contextmanager
+def published_candidate(bundle: Path) -> Iterator[Candidate]:
+    """Verify ``bundle``, publish it in a temporary TUF repository (one-key development
+    root) and serve that on loopback; everything is removed afterwards.
 
     Raises:
-        BenchError: the bundle cannot be read or verified.
+        BenchError: the bundle cannot be read, verified or published.
     """
     from fleet_server.updates.keys import create_root_keys
     from fleet_server.updates.tuf_repository import PublishError, TufRepository, root_bytes
     from simulator.mirror import serve_mirror
 
-    started = time.monotonic()
     bundle = Path(bundle)
     try:
         manifest = verify_bundle(bundle)
@@ -277,9 +286,6 @@ def run_bench(
         raise BenchError(f"{bundle}: no such file") from None
     except BundleError as exc:
         raise BenchError(f"{bundle} is not a valid bundle: {exc}") from None
-    revisions = list(dict.fromkeys(hardware or manifest.hardware_revisions))
-    rng = random.Random(seed)
-    cases: list[CaseResult] = []
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         work = Path(tmp)
         keys = create_root_keys(work / "root-keys", count=1, threshold=1)
@@ -293,38 +299,75 @@ def run_bench(
         root = work / "root.json"
         root.write_bytes(root_bytes(repo.path))
         with serve_mirror(repo.path) as (base_url, mirror):
-            for revision in revisions:
-                common = {
-                    "revision": revision,
-                    "manifest": manifest,
-                    "base_url": base_url,
-                    "root": root,
-                    "workdir": work / "devices",
-                }
-                cut_state = rng.choice(CUT_STATES)
-                runs = [
-                    _run_case(case="install", **common),
-                    _run_case(case="power-cut", cut_state=cut_state, **common),
-                    _run_case(
-                        case="network-cut",
-                        before=lambda: mirror.cut_next_download(published.length // 2),
-                        **common,
-                    ),
-                ]
-                net = runs[-1]
-                resumed = [r for p, r in mirror.requests if "/targets/" in p and r]
-                if net.state == "committed" and not resumed:
-                    net.passed = False
-                    net.detail = "the download was not resumed after the cut"
-                elif net.state == "committed":
-                    net.detail = f"download cut at {published.length // 2} bytes and resumed"
-                mirror.requests.clear()
-                for result in runs:
-                    cases.append(result)
-                    if progress is not None:
-                        progress(result)
+            yield Candidate(bundle, manifest, published.length, base_url, root, mirror, work)
+
+
+CaseRunner = Callable[..., CaseResult]
+
+
+def run_cases(
+    candidate: Candidate,
+    revisions: list[str],
+    runner: CaseRunner,
+    *,
+    seed: int,
+    progress: Callable[[CaseResult], None] | None = None,
+) -> list[CaseResult]:
+    """The three cases per revision with ``runner`` (simulated or real device)."""
+    rng = random.Random(seed)
+    cases: list[CaseResult] = []
+    mirror = candidate.mirror
+    half = candidate.length // 2
+    for revision in revisions:
+        common = {
+            "revision": revision,
+            "manifest": candidate.manifest,
+            "base_url": candidate.base_url,
+            "root": candidate.root,
+            "workdir": candidate.work / "devices",
+        }
+        cut_state = rng.choice(CUT_STATES)
+        runs = [
+            runner(case="install", **common),
+            runner(case="power-cut", cut_state=cut_state, **common),
+        ]
+        mirror.requests.clear()
+        runs.append(
+            runner(case="network-cut", before=lambda: mirror.cut_next_download(half), **common)
+        )
+        net = runs[-1]
+        resumed = [r for p, r in mirror.requests if "/targets/" in p and r]
+        if net.state == "committed" and not resumed:
+            net.passed = False
+            net.detail = "the download was not resumed after the cut"
+        elif net.state == "committed":
+            net.detail = f"download cut at {half} bytes and resumed"
+        for result in runs:
+            cases.append(result)
+            if progress is not None:
+                progress(result)
+    return cases
+
+
+def run_bench(
+    bundle: Path,
+    *,
+    hardware: list[str] | None = None,
+    seed: int = 1,
+    progress: Callable[[CaseResult], None] | None = None,
+) -> BenchReport:
+    """Run every case for every revision of the bench (default: those the bundle claims).
+
+    Raises:
+        BenchError: the bundle cannot be read or verified.
+    """
+    started = time.monotonic()
+    with published_candidate(bundle) as candidate:
+        manifest = candidate.manifest
+        revisions = list(dict.fromkeys(hardware or manifest.hardware_revisions))
+        cases = run_cases(candidate, revisions, _run_case, seed=seed, progress=progress)
     return BenchReport(
-        bundle=bundle.name,
+        bundle=Path(bundle).name,
         version=manifest.version,
         claimed=list(manifest.hardware_revisions),
         hardware=revisions,
@@ -373,4 +416,13 @@ def junit_xml(report: BenchReport) -> bytes:
     return ET.tostring(tree.getroot(), encoding="utf-8", xml_declaration=True)
 
 
-__all__ = ["BenchError", "BenchReport", "CaseResult", "junit_xml", "run_bench"]
+__all__ = [
+    "BenchError",
+    "BenchReport",
+    "Candidate",
+    "CaseResult",
+    "junit_xml",
+    "published_candidate",
+    "run_bench",
+    "run_cases",
+]

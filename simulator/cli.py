@@ -510,6 +510,24 @@ def bench(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the JSON report")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="show the updater's log")] = False,
+    device_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="run each case on a real fleet-agent process with DirectorySlots under "
+            "this directory (needs --broker)"
+        ),
+    ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="with --device-dir: an MQTT 5 broker the agents use (mqtt://host:port)"),
+    ] = None,
+    simulate_outcomes: Annotated[
+        bool,
+        typer.Option(
+            "--simulate-outcomes",
+            help="with --device-dir: the agents also honour the bundle's simulation block",
+        ),
+    ] = False,
 ) -> None:
     """QA bench: install BUNDLE with the real agent updater on simulated devices.
 
@@ -517,6 +535,10 @@ def bench(
     of the update, and a network cut half-way through the download, each through the
     real TUF client against a temporary signed repository on loopback. The bundle passes
     when every case ends committed. Exit status 0 pass, 1 fail, 2 bench error.
+
+    With --device-dir and --broker the same cases run on real `fleet-agent run`
+    processes with DirectorySlots (one per case), restarted and killed like systemd and
+    a power cut would.
     """
     import logging
 
@@ -531,9 +553,24 @@ def bench(
         what = case.state + (f" ({case.failure_class})" if case.failure_class else "")
         err.print(f"  {mark} {case.name:<22} {what}", highlight=False)
 
+    if (device_dir is None) != (broker is None):
+        raise _fail("--device-dir and --broker go together")
     err.print(f"bench: {bundle.name}")
     try:
-        report = run_bench(bundle, hardware=hardware, seed=seed, progress=show)
+        if device_dir is not None and broker is not None:
+            from simulator.bench_device import run_device_bench
+
+            report = run_device_bench(
+                bundle,
+                device_dir,
+                broker,
+                hardware=hardware,
+                seed=seed,
+                progress=show,
+                simulate_outcomes=simulate_outcomes,
+            )
+        else:
+            report = run_bench(bundle, hardware=hardware, seed=seed, progress=show)
     except BenchError as exc:
         raise _fail(str(exc)) from None
     data = report.to_dict()
