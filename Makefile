@@ -35,15 +35,8 @@ test: lint ## lint, then run the whole test suite
 	@$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
-DEMO_DIR ?= demo-run
-
-demo: $(DEV_STAMP) ## simulate a fleet offline, then diagnose the device whose fan stalled
-	@mkdir -p $(DEMO_DIR)
-	$(BIN)/fleet-sim run simulator/scenarios/small.toml --offline \
-		--out $(DEMO_DIR)/messages.jsonl --factory-csv $(DEMO_DIR)/factory.csv
-	$(BIN)/fleet-sim diagnose small-00003 --messages $(DEMO_DIR)/messages.jsonl \
-		--scenario simulator/scenarios/small.toml
-	@echo "messages: $(DEMO_DIR)/messages.jsonl, factory CSV: $(DEMO_DIR)/factory.csv"
+demo: $(DEV_STAMP) ## the whole product on this machine: server, 200 live devices, rollouts, alarm, recall (~2 min)
+	$(BIN)/fleet-sim demo
 
 clean: ## remove caches and build output (keeps .venv)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -1,7 +1,9 @@
 """``fleet-sim``: simulate devices for diagnosis, QA benches and demos.
 
 Commands: ``run`` (a scenario, offline or against a broker), ``replay`` (a recorded signal
-through the agent's fault rules), ``diagnose`` (rank fault hypotheses for a device).
+through the agent's fault rules), ``diagnose`` (rank fault hypotheses for a device),
+``bench`` (QA: a candidate bundle through the real agent updater), ``demo`` (the whole
+product on one machine).
 User mistakes (bad files, bad options, unreachable server) end with one clear line and
 exit status 2, never a traceback.
 """
@@ -122,6 +124,12 @@ def run(
         typer.Option(help="register the devices with the server first (live mode, --server)"),
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    mqtt311: Annotated[
+        bool,
+        typer.Option(
+            "--mqtt311", help="live: speak MQTT 3.1.1 (the fleet server's embedded broker)"
+        ),
+    ] = False,
 ) -> None:
     """Run a scenario: offline (deterministic, as fast as possible) or live (--broker).
 
@@ -224,7 +232,17 @@ def run(
     except ValueError as exc:
         raise _fail(f"--broker: {exc}") from None
     rate = speed or scenario.speed or 1.0
-    engine = LiveEngine(devices, host, port, start=scenario.start, speed=rate, seed=scenario.seed)
+    import paho.mqtt.client as mqtt
+
+    engine = LiveEngine(
+        devices,
+        host,
+        port,
+        start=scenario.start,
+        speed=rate,
+        seed=scenario.seed,
+        mqtt_protocol=mqtt.MQTTv311 if mqtt311 else mqtt.MQTTv5,
+    )
     started = time.monotonic()
     end = scenario.start + scenario.duration_s
     try:
@@ -467,6 +485,154 @@ def diagnose(
         out.print(best.explanation)
     for name, why in report.diagnosis.skipped.items():
         out.print(f"[dim]not tested: {name}: {why}[/dim]")
+
+
+# --- bench -----------------------------------------------------------------------------
+
+
+@app.command()
+def bench(
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="candidate bundle (.tar.gz)")],
+    hardware: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--hardware",
+            help="hardware revision of a bench device (repeatable; default: every "
+            "revision the bundle claims)",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed for where the power cuts fall")] = 1,
+    junit: Annotated[
+        Path | None, typer.Option(help="write a JUnit XML report here (for CI)")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json-out", help="write the JSON report here")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the JSON report")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="show the updater's log")] = False,
+    device_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="run each case on a real fleet-agent process with DirectorySlots under "
+            "this directory (needs --broker)"
+        ),
+    ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="with --device-dir: an MQTT 5 broker the agents use (mqtt://host:port)"),
+    ] = None,
+    simulate_outcomes: Annotated[
+        bool,
+        typer.Option(
+            "--simulate-outcomes",
+            help="with --device-dir: the agents also honour the bundle's simulation block",
+        ),
+    ] = False,
+) -> None:
+    """QA bench: install BUNDLE with the real agent updater on simulated devices.
+
+    For every hardware revision: a clean install, a power cut at a random (seeded) state
+    of the update, and a network cut half-way through the download, each through the
+    real TUF client against a temporary signed repository on loopback. The bundle passes
+    when every case ends committed. Exit status 0 pass, 1 fail, 2 bench error.
+
+    With --device-dir and --broker the same cases run on real `fleet-agent run`
+    processes with DirectorySlots (one per case), restarted and killed like systemd and
+    a power cut would.
+    """
+    import logging
+
+    from simulator.bench import BenchError, junit_xml, run_bench
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(message)s")
+    if not verbose:
+        logging.getLogger("agent").setLevel(logging.CRITICAL)
+
+    def show(case) -> None:  # type: ignore[no-untyped-def]
+        mark = "[green]pass[/green]" if case.passed else "[red]FAIL[/red]"
+        what = case.state + (f" ({case.failure_class})" if case.failure_class else "")
+        err.print(f"  {mark} {case.name:<22} {what}", highlight=False)
+
+    if (device_dir is None) != (broker is None):
+        raise _fail("--device-dir and --broker go together")
+    err.print(f"bench: {bundle.name}")
+    try:
+        if device_dir is not None and broker is not None:
+            from simulator.bench_device import run_device_bench
+
+            report = run_device_bench(
+                bundle,
+                device_dir,
+                broker,
+                hardware=hardware,
+                seed=seed,
+                progress=show,
+                simulate_outcomes=simulate_outcomes,
+            )
+        else:
+            report = run_bench(bundle, hardware=hardware, seed=seed, progress=show)
+    except BenchError as exc:
+        raise _fail(str(exc)) from None
+    data = report.to_dict()
+    try:
+        if junit is not None:
+            junit.write_bytes(junit_xml(report))
+        if json_out is not None:
+            json_out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise _fail(f"cannot write the report: {exc.strerror or exc}") from None
+    if as_json:
+        typer.echo(json.dumps(data, sort_keys=True))
+    else:
+        table = Table(title=f"bench {report.bundle} ({report.version})")
+        for column in ("revision", "case", "result", "states", "detail"):
+            table.add_column(column)
+        for case in report.cases:
+            result = "[green]pass[/green]" if case.passed else "[red]FAIL[/red]"
+            reason = f"{case.failure_class or ''}{'/' + case.attack if case.attack else ''}"
+            table.add_row(
+                case.revision,
+                case.case,
+                f"{result} {case.state} {reason}".strip(),
+                " > ".join(case.states),
+                (case.reason + "; " if case.reason else "") + case.detail,
+            )
+        out.print(table)
+        if report.passed:
+            out.print(f"[green]PASS[/green] {report.bundle} on {', '.join(report.hardware)}")
+        else:
+            out.print(f"[red]FAIL[/red] {report.bundle}:")
+            for line in report.reasons():
+                out.print(f"  {line}", highlight=False, markup=False)
+    raise typer.Exit(0 if report.passed else 1)
+
+
+# --- demo ------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    devices: Annotated[
+        int, typer.Option(min=20, max=2000, help="how many simulated gateways")
+    ] = 200,
+    explore: Annotated[
+        bool,
+        typer.Option(
+            "--explore", help="keep the server and fleet running after the demo, until Ctrl-C"
+        ),
+    ] = False,
+) -> None:
+    """The whole product on this machine in about two minutes (what `make demo` runs).
+
+    Starts a fleet server (SQLite, embedded broker) in a temporary directory, runs a live
+    simulated fleet against it, publishes a good and a bad bundle and rolls both out in
+    stages, shows a fan fault as an alarm, opens a recall and files a warranty claim,
+    narrating each step. Stops everything and removes its files at the end (also on
+    Ctrl-C). Exit status 0 when every step worked.
+    """
+    from simulator.demo import run_demo
+
+    raise typer.Exit(run_demo(out, devices=devices, explore=explore))
 
 
 def main() -> None:

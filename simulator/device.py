@@ -130,6 +130,22 @@ def phase_of(seed: int, device_id: str, period: float) -> float:
 Runner = Callable[["SimDevice", RunCommand, float], None]
 
 
+class DeviceExtension(Protocol):
+    """Timed work a device carries beside the agent core (the simulated updater)."""
+
+    def on_boot(self, device: SimDevice, t: float) -> None:
+        """Called after every start, once the new agent core runs."""
+        ...
+
+    def step(self, device: SimDevice, t: float) -> None:
+        """Do what is due by true time ``t`` (only called while the device runs)."""
+        ...
+
+    def next_due(self) -> float | None:
+        """True time of the next due work, or None."""
+        ...
+
+
 class SimDevice:
     """A simulated device running the real agent core; advance it with :meth:`advance_to`."""
 
@@ -163,6 +179,8 @@ class SimDevice:
         self.index = 0
         """Position in the engine's device list (set by the live engine)."""
         self.runners: dict[str, Runner] = {"reboot": _run_reboot}
+        self.extensions: list[DeviceExtension] = []
+        """Timed work beside the core, e.g. :class:`simulator.updates.SimUpdater`."""
         self._fault_config = self.settings.fault_config()
         build_rules(self._fault_config)  # fail early on a bad [faults] table
         # the device's "disk": survives reboots
@@ -241,6 +259,8 @@ class SimDevice:
             out.append(item)
         self._apply(out)
         self._last_boot_id = boot_id
+        for extension in self.extensions:
+            extension.on_boot(self, t)
 
     def _power_off(self) -> None:
         """The power is cut: the agent dies without a clean stop; the link drops."""
@@ -337,6 +357,9 @@ class SimDevice:
             self._apply(core.flush(wall, self.outbox.dropped_samples))
             self.outbox.prune(wall)
             self._saved_core = core.snapshot()
+        for extension in self.extensions:
+            if self.core is not None:
+                extension.step(self, self.t)
         if self._todo:
             self.handle_commands(link)
         else:
@@ -382,7 +405,12 @@ class SimDevice:
         """The true time at which the device next has something to do."""
         if self.core is None:
             return self.t + self.tick_s
-        return min(self.t + self.tick_s, self._next_sample, self._next_publish)
+        wake = min(self.t + self.tick_s, self._next_sample, self._next_publish)
+        for extension in self.extensions:
+            due = extension.next_due()
+            if due is not None:
+                wake = min(wake, max(due, self.t))
+        return wake
 
     def link_allowed(self, t: float | None = None) -> bool:
         """False while the scenario cuts this device off (partition, broker outage)."""
@@ -487,6 +515,7 @@ def _run_reboot(device: SimDevice, cmd: RunCommand, t: float) -> None:
 __all__ = [
     "AGENT_VERSION",
     "AgentSettings",
+    "DeviceExtension",
     "DeviceStats",
     "Link",
     "SimDevice",

@@ -101,7 +101,10 @@ class LiveEngine:
         username: str | None = None,
         password: str | None = None,
         seed: int = 0,
+        mqtt_protocol: int = mqtt.MQTTv5,
     ) -> None:
+        """``mqtt_protocol``: ``mqtt.MQTTv5`` (default) or ``mqtt.MQTTv311`` for brokers
+        that speak only 3.1.1 (the fleet server's embedded broker)."""
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self.devices = list(devices)
@@ -111,6 +114,7 @@ class LiveEngine:
         self.connect_rate = connect_rate
         self.misc_interval_s = misc_interval_s
         self.username, self.password = username, password
+        self.mqtt_protocol = mqtt_protocol
         self.conns = [_Conn() for _ in self.devices]
         for i, device in enumerate(self.devices):
             device.index = i
@@ -190,7 +194,7 @@ class LiveEngine:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=device.device_id,
-            protocol=mqtt.MQTTv5,
+            protocol=self.mqtt_protocol,
             userdata=i,
         )
         client.max_inflight_messages_set(INFLIGHT_WINDOW + 4)
@@ -209,9 +213,12 @@ class LiveEngine:
         conn.client = client
         conn.boot = device.boot_number
         try:
-            client.connect(
-                self.host, self.port, keepalive=device.settings.keepalive_s, clean_start=True
-            )
+            if self.mqtt_protocol == mqtt.MQTTv5:
+                client.connect(
+                    self.host, self.port, keepalive=device.settings.keepalive_s, clean_start=True
+                )
+            else:
+                client.connect(self.host, self.port, keepalive=device.settings.keepalive_s)
         except (OSError, ValueError) as exc:
             log.debug("%s: cannot connect: %s", device.device_id, exc)
             self.stats.connect_failures += 1

@@ -201,6 +201,10 @@ def _error_text(exc: urllib.error.HTTPError) -> str:
     if isinstance(error, dict):
         code, message = error.get("code", ""), error.get("message", "")
         details = error.get("details") or []
+        if isinstance(details, dict):
+            details = [f"{k}: {v}" for k, v in details.items()]
+        elif not isinstance(details, list):
+            details = [details]
         extra = "; ".join(
             f"line {d.get('line')}: {d.get('message')}" if isinstance(d, dict) else str(d)
             for d in details[:5]

@@ -1,0 +1,103 @@
+"""``make demo`` end to end: ``fleet-sim demo`` as a subprocess must exit 0, narrate every
+step, and leave nothing running (no server process, no temporary directory)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.slow
+
+ENTRY = "from simulator.cli import main; main()"
+
+
+def _demo_dirs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("edgefleet-demo-*")}
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _server_child(pid: int) -> int | None:
+    """The demo's ``fleet-server run`` subprocess, once it exists."""
+    for child in _children(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"run" in argv and b"--config" in argv:
+            return child
+    return None
+
+
+def test_make_demo_runs_the_whole_story_and_exits_zero() -> None:
+    before = _demo_dirs()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    result = subprocess.run(
+        [sys.executable, "-c", ENTRY, "demo", "--devices", "100"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env=env,
+        check=False,
+    )
+    output = " ".join((result.stdout + result.stderr).split())  # undo rich's line wrapping
+    assert result.returncode == 0, output[-4000:]
+    assert "rollout completed" in output
+    assert "rollout halted and rolled back" in output
+    assert "crashes on boot" in output
+    assert "alarm: gw-00007 fan_stopped" in output
+    assert "recall opened: RC-DEMO-001" in output
+    assert "claim filed" in output
+    assert "/docs" in output
+    assert "fleetctl" in output
+    assert _demo_dirs() <= before, "the demo left its temporary directory behind"
+
+
+def test_demo_stops_everything_on_ctrl_c() -> None:
+    before = _demo_dirs()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ENTRY, "demo", "--devices", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        server = wait_for(lambda: _server_child(proc.pid), timeout=60)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out[-2000:]
+    assert b"interrupted" in out
+    wait_for(lambda: not _alive(server), timeout=30)
+    assert _demo_dirs() <= before
