@@ -670,3 +670,40 @@ def health_evidence(
 def select_keys(keys: set[int]) -> Any:
     """``keys`` as a bound list; fine up to tens of thousands of devices per rollout."""
     return sorted(keys)
+
+
+# --- the scheduled job ----------------------------------------------------------------------
+
+ADVISORY_LOCK_KEY = 0x45_44_47_45_52_4F  # "EDGERO"
+"""PostgreSQL advisory lock held by the server instance that ticks."""
+
+
+class RolloutTickJob:
+    """The scheduler job (``fn(sessions, settings, now)``) that runs :func:`tick`.
+
+    On PostgreSQL the tick runs only while this process holds a session-level advisory
+    lock on a connection of its own, so of several server instances one acts per tick;
+    SQLite has a single writer anyway.
+    """
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+
+    def __call__(self, sessions: Any, settings: Any, now: float) -> list[str]:
+        """One tick under the engine lock; returns the decisions taken (logged)."""
+        del settings
+        from sqlalchemy import text
+
+        with sessions() as session:
+            engine = session.get_bind()
+            if engine.dialect.name != "postgresql":
+                return tick(session, self.publisher, now=now)
+            with engine.connect() as lock:
+                key = {"key": ADVISORY_LOCK_KEY}
+                if not lock.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
+                    return []
+                try:
+                    return tick(session, self.publisher, now=now)
+                finally:
+                    lock.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+                    lock.commit()
