@@ -77,6 +77,10 @@ def free_port() -> int:
 def server_config(tmp: Path, api_port: int, mqtt_port: int) -> str:
     """The demo server's TOML: SQLite, embedded broker, short timeouts and job intervals."""
     return f"""# fleet-server configuration written by fleet-sim demo
+# Demo mode: no TLS, an unauthenticated embedded broker. Never expose it (SECURITY.md).
+[security]
+mode = "demo"
+
 [database]
 url = "sqlite:///{tmp / "fleet.db"}"
 
@@ -357,6 +361,26 @@ class Demo:
         built = build_examples(self.tmp / "bundles", (example,))[example]
         return dict(self.api.upload("/api/v1/bundles", built.path.read_bytes()))
 
+    def publish_rerelease(self, example: str, version: str, release_counter: int) -> dict[str, Any]:
+        """Re-release an example's payload as ``version`` with a higher release counter: the
+        known-good release a rollback goes back to (devices never go down in release order)."""
+        import json as _json
+        import shutil
+
+        from firmware_bundles.build import build_bundle
+        from firmware_bundles.examples import EXAMPLES_DIR
+
+        src = self.tmp / "rerelease" / example
+        if src.exists():
+            shutil.rmtree(src)
+        shutil.copytree(EXAMPLES_DIR / example, src)
+        manifest_path = src / "manifest.json"
+        manifest = _json.loads(manifest_path.read_text())
+        manifest.update(version=version, release_counter=release_counter)
+        manifest_path.write_text(_json.dumps(manifest, indent=2))
+        built = build_bundle(src, self.tmp / "bundles")
+        return dict(self.api.upload("/api/v1/bundles", built.path.read_bytes()))
+
     def rollout(self, bundle: str, name: str, policy: dict[str, Any]) -> dict[str, Any]:
         """Create and start a rollout, then follow it until it settles."""
         say = self.say
@@ -424,7 +448,12 @@ class Demo:
             "to the old slot. The rollout halts on the boot-failure criterion and, with "
             "on_halt = rollback, rolls itself back; the rest of the fleet never sees it.",
         )
-        policy = {**FAST_POLICY, "on_halt": {"action": "rollback", "rollback_to": "1.2.0"}}
+        known_good = self.publish_rerelease("good-1.2.0", "1.2.1", 5)
+        say.ok(
+            f"published {known_good['name']}: the 1.2.0 payload re-released as 1.2.1 with a "
+            "higher release counter, the known-good target of a rollback"
+        )
+        policy = {**FAST_POLICY, "on_halt": {"action": "rollback", "rollback_to": "1.2.1"}}
         status = self.rollout(bad["name"], "demo-bad", policy)
         if status["state"] not in ("rolled_back", "halted"):
             raise DemoError(f"the bad rollout ended {status['state']} instead of halting")

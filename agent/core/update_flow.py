@@ -316,13 +316,13 @@ def install_refusal(
     """
     if not enabled:
         return RejectReason.UNKNOWN_COMMAND, "updates are not enabled on this agent"
-    if busy or state in ACTIVE_STATES:
-        return RejectReason.BUSY, f"an update is in progress (state {state.value})"
-    if version in quarantined:
+    if version in quarantined:  # permanent, so it is the answer even while busy
         return (
             RejectReason.NOT_PERMITTED,
             f"version {version} failed on this device before and is quarantined",
         )
+    if busy or state in ACTIVE_STATES:
+        return RejectReason.BUSY, f"an update is in progress (state {state.value})"
     return None
 
 
