@@ -478,13 +478,13 @@ class Demo:
             f"alarm: {FAULTY_DEVICE} fan_stopped ({found.get('severity')}, {found.get('state')})"
         )
 
+        spec_batch = self.api.device(FAULTY_DEVICE).get("batch") or "B2025-12"
         say.step(
             "Open a recall and file a warranty claim",
-            "Suppose the fan of batch B2025-12 is faulty: a recall campaign freezes the "
-            "affected population; a customer's warranty claim is checked against the "
-            "device's own evidence.",
+            f"Suppose the fans of {FAULTY_DEVICE}'s batch, {spec_batch}, are faulty: a recall "
+            "campaign freezes the affected population; a customer's warranty claim is checked "
+            "against the device's own evidence.",
         )
-        spec_batch = self.api.device(FAULTY_DEVICE).get("batch") or "B2025-12"
         recall = self.api.post(
             "/api/v1/recalls",
             {
