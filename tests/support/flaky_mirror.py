@@ -1,86 +1,51 @@
-"""A static mirror with HTTP Range support that can cut a download mid-way.
+"""A static mirror with HTTP Range support that can cut a download mid-way, for tests.
 
-Used to prove that the agent resumes a large download after a network cut instead of
-starting over: the mirror records every request's ``Range`` header.
+A thin test-facing view of :mod:`simulator.mirror` (the QA bench's mirror): tests set
+``control.cut_next_target_after`` and read ``control.requests`` (each request's path and
+``Range`` header) to prove that the agent resumes a download instead of starting over.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+
+from simulator.mirror import MirrorState, serve_mirror
 
 
-@dataclass
 class MirrorControl:
-    """Knobs and observations shared with the request handler."""
+    """Knobs and observations of a running mirror."""
 
-    root: Path
-    cut_next_target_after: int | None = None
-    requests: list[tuple[str, str | None]] = field(default_factory=list)
+    def __init__(self, state: MirrorState) -> None:
+        self._state = state
 
+    @property
+    def root(self) -> Path:
+        """The directory served."""
+        return self._state.root
 
-def _handler(control: MirrorControl) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            """Quiet."""
+    @property
+    def requests(self) -> list[tuple[str, str | None]]:
+        """``(path, Range header)`` of every request so far."""
+        return self._state.requests
 
-        def do_GET(self) -> None:
-            rng = self.headers.get("Range")
-            control.requests.append((self.path, rng))
-            path = (control.root / self.path.lstrip("/")).resolve()
-            if control.root.resolve() not in path.parents or not path.is_file():
-                self.send_error(404)
-                return
-            size = path.stat().st_size
-            start = 0
-            if rng and rng.startswith("bytes="):
-                start = int(rng[6:].split("-", 1)[0])
-                if start >= size:
-                    self.send_error(416)
-                    return
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-            else:
-                self.send_response(200)
-            self.send_header("Content-Length", str(size - start))
-            self.end_headers()
-            cut = None
-            if "/targets/" in self.path and control.cut_next_target_after is not None:
-                cut, control.cut_next_target_after = control.cut_next_target_after, None
-            with open(path, "rb") as handle:
-                handle.seek(start)
-                data = handle.read()
-            if cut is not None:
-                self.wfile.write(data[:cut])
-                self.wfile.flush()
-                self.connection.shutdown(2)
-                self.close_connection = True
-                return
-            self.wfile.write(data)
+    @property
+    def cut_next_target_after(self) -> int | None:
+        """Bytes after which the next target download is cut (None: no cut pending)."""
+        return self._state.cut_target_after
 
-    return Handler
-
-
-class _Server(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients that hang up on a cut connection are expected here, not errors."""
+    @cut_next_target_after.setter
+    def cut_next_target_after(self, value: int | None) -> None:
+        if value is None:
+            with self._state.lock:
+                self._state.cut_target_after = None
+        else:
+            self._state.cut_next_download(value)
 
 
 @contextmanager
 def flaky_mirror(root: Path) -> Iterator[tuple[str, MirrorControl]]:
-    """Serve ``root``; yields ``(base_url, control)``."""
-    control = MirrorControl(root)
-    server = _Server(("127.0.0.1", 0), _handler(control))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", control
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    """Serve ``root`` on a free loopback port; yields ``(base_url, control)``."""
+    with serve_mirror(root) as (base, state):
+        yield base, MirrorControl(state)
