@@ -606,7 +606,7 @@ def health_evidence(
     faults: dict[int, list[float]] = {}
     for key, at in session.execute(
         select(Alarm.device_key, Alarm.raised_at).where(
-            Alarm.raised_at >= start, Alarm.device_key.in_(select_keys(keys))
+            Alarm.raised_at >= start, Alarm.device_key.in_(sorted(keys))
         )
     ):
         faults.setdefault(key, []).append(at)
@@ -616,7 +616,7 @@ def health_evidence(
             and_(
                 DeviceEvent.kind == "boot",
                 DeviceEvent.received_at >= start,
-                DeviceEvent.device_key.in_(select_keys(keys)),
+                DeviceEvent.device_key.in_(sorted(keys)),
             )
         )
     ):
@@ -665,11 +665,6 @@ def health_evidence(
             StratumHealth(label, **item, updated_temps=updated_temps, control_temps=control_temps)
         )
     return evidence
-
-
-def select_keys(keys: set[int]) -> Any:
-    """``keys`` as a bound list; fine up to tens of thousands of devices per rollout."""
-    return sorted(keys)
 
 
 # --- the scheduled job ----------------------------------------------------------------------

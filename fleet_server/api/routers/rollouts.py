@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -221,75 +221,59 @@ def start(
         return service.rollout_status(session, rollout)
 
 
-def _action(
-    action: Literal["pause", "resume", "cancel", "rollback"],
-    rollout_id: str,
-    request: Request,
-    session: Session,
-    actor: Actor,
-    body: ActionIn | None,
-) -> dict[str, Any]:
-    ctx = context(request)
-    with _errors():
-        rollout = service.get_rollout(session, rollout_id)
-        service.operator_action(
-            session,
-            rollout,
-            action,
-            actor=actor,
-            now=ctx.clock(),
-            reason=body.reason if body else "",
-            to_version=body.to_version if body else None,
-            request_id=request_id(request),
-        )
-        session.commit()
-        return service.rollout_status(session, rollout)
+ACTIONS: dict[str, tuple[str, str]] = {
+    "pause": ("Pause", "Nothing new starts; devices already updating finish."),
+    "resume": (
+        "Resume",
+        "Resume a paused or halted rollout (a halt's reason is cleared, and kept in history; "
+        "failures before the resume are acknowledged).",
+    ),
+    "cancel": ("Cancel", "Stop for good; devices not sent their install yet are released."),
+    "rollback": (
+        "Roll back",
+        "Send every device that runs the release back to ``to_version`` (or the policy's "
+        "``on_halt.rollback_to``), a known-good signed release.",
+    ),
+}
 
 
-@router.post("/api/v1/rollouts/{rollout_id}/pause", summary="Pause")
-def pause(
-    rollout_id: str,
-    request: Request,
-    session: Annotated[Session, Depends(get_session)],
-    actor: Annotated[Actor, Depends(current_actor)],
-    body: ActionIn | None = None,
-) -> dict[str, Any]:
-    """Nothing new starts; devices already updating finish."""
-    return _action("pause", rollout_id, request, session, actor, body)
+def _action_route(action: str, summary: str, description: str) -> None:
+    """Register ``POST /api/v1/rollouts/{rollout_id}/<action>`` (one handler per action, so
+    each keeps its own path, permission entry and OpenAPI operation)."""
+
+    def handler(
+        rollout_id: str,
+        request: Request,
+        session: Annotated[Session, Depends(get_session)],
+        actor: Annotated[Actor, Depends(current_actor)],
+        body: ActionIn | None = None,
+    ) -> dict[str, Any]:
+        ctx = context(request)
+        with _errors():
+            rollout = service.get_rollout(session, rollout_id)
+            service.operator_action(
+                session,
+                rollout,
+                action,
+                actor=actor,
+                now=ctx.clock(),
+                reason=body.reason if body else "",
+                to_version=body.to_version if body else None,
+                request_id=request_id(request),
+            )
+            session.commit()
+            return service.rollout_status(session, rollout)
+
+    router.add_api_route(
+        f"/api/v1/rollouts/{{rollout_id}}/{action}",
+        handler,
+        methods=["POST"],
+        summary=summary,
+        description=description,
+        name=f"rollout_{action}",
+        operation_id=f"rollout_{action}",
+    )
 
 
-@router.post("/api/v1/rollouts/{rollout_id}/resume", summary="Resume")
-def resume(
-    rollout_id: str,
-    request: Request,
-    session: Annotated[Session, Depends(get_session)],
-    actor: Annotated[Actor, Depends(current_actor)],
-    body: ActionIn | None = None,
-) -> dict[str, Any]:
-    """Resume a paused or halted rollout (a halt's reason is cleared, and kept in history)."""
-    return _action("resume", rollout_id, request, session, actor, body)
-
-
-@router.post("/api/v1/rollouts/{rollout_id}/cancel", summary="Cancel")
-def cancel(
-    rollout_id: str,
-    request: Request,
-    session: Annotated[Session, Depends(get_session)],
-    actor: Annotated[Actor, Depends(current_actor)],
-    body: ActionIn | None = None,
-) -> dict[str, Any]:
-    """Stop for good; devices not sent their install yet are released."""
-    return _action("cancel", rollout_id, request, session, actor, body)
-
-
-@router.post("/api/v1/rollouts/{rollout_id}/rollback", summary="Roll back")
-def rollback(
-    rollout_id: str,
-    request: Request,
-    session: Annotated[Session, Depends(get_session)],
-    actor: Annotated[Actor, Depends(current_actor)],
-    body: ActionIn | None = None,
-) -> dict[str, Any]:
-    """Send every device that took the release back to ``to_version`` (or the policy's
-    ``on_halt.rollback_to``), a known-good signed release."""
-    return _action("rollback", rollout_id, request, session, actor, body)
+for _action, (_summary, _description) in ACTIONS.items():
+    _action_route(_action, _summary, _description)
