@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fleet_server.adapters.mqtt_url import is_tls_url
 from fleet_server.config import Settings
+from fleet_server.identity import ca_store
 
 DEMO_WARNING = """\
 *****************************************************************************
@@ -25,8 +26,8 @@ DEMO_WARNING = """\
 
 DEMO_HEALTH_WARNING = "INSECURE DEMO MODE: no mutual TLS; not for production (see SECURITY.md)"
 
-CRL_FILE = "crl.pem"
-CHAIN_FILE = "ca-chain.pem"
+CRL_FILE = ca_store.CRL
+CHAIN_FILE = ca_store.CHAIN
 
 
 @dataclass(frozen=True)

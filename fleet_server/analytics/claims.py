@@ -51,6 +51,7 @@ expected count per period, an approximation when a group's exposure changes a lo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -575,9 +576,7 @@ def early_warning(
             s.group,
         )
     )
-    ranked = tuple(
-        GroupSignal(i + 1, *(getattr(s, f) for f in _SIGNAL_FIELDS)) for i, s in enumerate(signals)
-    )
+    ranked = tuple(dataclasses.replace(s, rank=i + 1) for i, s in enumerate(signals))
 
     cell_o: dict[tuple[int, int], float] = {}
     cell_e: dict[tuple[int, int], float] = {}
@@ -612,19 +611,3 @@ def early_warning(
         total_observed=int(k.sum()),
         notes=tuple(notes),
     )
-
-
-_SIGNAL_FIELDS = (
-    "group",
-    "exposure",
-    "observed",
-    "expected",
-    "ratio",
-    "ratio_ci",
-    "p_value",
-    "q_value",
-    "test",
-    "flagged",
-    "reasons",
-    "cusum",
-)

@@ -29,14 +29,7 @@ class AlarmState(StrEnum):
 
 def more_severe(a: str, b: str) -> str:
     """The more severe of two severity names (unknown names rank lowest)."""
-
-    def rank(s: str) -> int:
-        try:
-            return _SEVERITY_ORDER.index(Severity(s))
-        except ValueError:
-            return -1
-
-    return a if rank(a) >= rank(b) else b
+    return a if severity_rank(a) >= severity_rank(b) else b
 
 
 def severity_rank(severity: str) -> int:

@@ -18,6 +18,7 @@ from fleet_server.db.models import CommandRecord, Device, DiagnosticBundle
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
 from fleet_server.services.registry import RegistryError
+from fleet_server.services.tokens import hash_secret
 
 OPEN_STATUSES = ("pending", "sent", "accepted")
 
@@ -120,7 +121,7 @@ def send_command(
             DiagnosticBundle(
                 device_key=device.id,
                 command_id=command_id,
-                token_hash=hashlib.sha256(secret.encode()).hexdigest(),
+                token_hash=hash_secret(secret),
                 created_at=now,
                 expires_at=now + max(diag_ttl_s, ttl_s),
             )
@@ -209,9 +210,7 @@ def store_upload(
             413, "too_large", f"bundle is {len(body)} bytes; the limit is {max_bytes}"
         )
     bundle = session.execute(
-        select(DiagnosticBundle).where(
-            DiagnosticBundle.token_hash == hashlib.sha256(secret.encode()).hexdigest()
-        )
+        select(DiagnosticBundle).where(DiagnosticBundle.token_hash == hash_secret(secret))
     ).scalar_one_or_none()
     if bundle is None:
         raise UploadError(404, "not_found", "unknown upload token")

@@ -57,6 +57,7 @@ from tuf.api.metadata import (
 )
 from tuf.repository import Repository
 
+from agent.credentials import write_public_file as _write_atomic
 from firmware_bundles.errors import BundleError
 from firmware_bundles.manifest import ManifestError
 from firmware_bundles.target_meta import TargetMeta, parse_target_custom, target_meta_for
@@ -152,26 +153,6 @@ class RefreshResult:
     resigned: list[str] = field(default_factory=list)
     root_expires: datetime | None = None
     root_needs_resigning: bool = False
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file, fsync and rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _file_sha256(path: Path) -> tuple[str, int]:
