@@ -19,15 +19,22 @@ def apply_fault_events(
     session: Session, faults: list[tuple[int, str | None, p.FaultRaised | p.FaultCleared]]
 ) -> None:
     """Open, update or close alarms for ``(device_key, software_version, event)`` items,
-    in order, keeping the devices' ``open_faults`` counts in step."""
-    for device_key, software_version, msg in faults:
-        current = session.execute(
+    in order, keeping the devices' ``open_faults`` counts in step.
+
+    The batch's open alarms are read in one query, then kept in step as events apply."""
+    if not faults:
+        return
+    open_alarms: dict[tuple[int, str], Alarm] = {
+        (a.device_key, a.code): a
+        for a in session.execute(
             select(Alarm).where(
-                Alarm.device_key == device_key,
-                Alarm.code == msg.code,
                 Alarm.state == AlarmState.OPEN.value,
+                Alarm.device_key.in_({key for key, _version, _msg in faults}),
             )
-        ).scalar_one_or_none()
+        ).scalars()
+    }
+    for device_key, software_version, msg in faults:
+        current = open_alarms.get((device_key, msg.code))
         if isinstance(msg, p.FaultRaised):
             if current is not None:
                 current.occurrences += 1
@@ -36,40 +43,39 @@ def apply_fault_events(
                 current.threshold = msg.threshold
                 current.message = msg.message
                 continue
-            session.add(
-                Alarm(
-                    device_key=device_key,
-                    code=msg.code,
-                    severity=msg.severity.value,
-                    state=AlarmState.OPEN.value,
-                    raised_at=msg.ts,
-                    raised_seq=msg.seq,
-                    raised_boot_id=msg.boot_id,
-                    value=msg.value,
-                    threshold=msg.threshold,
-                    message=msg.message,
-                    occurrences=1,
-                    software_version=software_version,
-                )
+            alarm = Alarm(
+                device_key=device_key,
+                code=msg.code,
+                severity=msg.severity.value,
+                state=AlarmState.OPEN.value,
+                raised_at=msg.ts,
+                raised_seq=msg.seq,
+                raised_boot_id=msg.boot_id,
+                value=msg.value,
+                threshold=msg.threshold,
+                message=msg.message,
+                occurrences=1,
+                software_version=software_version,
             )
+            session.add(alarm)
+            open_alarms[(device_key, msg.code)] = alarm
             session.flush()
             _bump_open(session, device_key, +1)
         elif current is not None:
             current.state = AlarmState.CLEARED.value
             current.cleared_at = msg.ts
+            del open_alarms[(device_key, msg.code)]
             session.flush()
             _bump_open(session, device_key, -1)
 
 
 def _bump_open(session: Session, device_key: int, delta: int) -> None:
+    # SQLite's two-argument max() is PostgreSQL's greatest().
+    clamp = func.max if session.get_bind().dialect.name == "sqlite" else func.greatest
     session.execute(
         update(Device)
         .where(Device.id == device_key)
-        .values(open_faults=func.max(Device.open_faults + delta, 0))
-        if session.get_bind().dialect.name == "sqlite"
-        else update(Device)
-        .where(Device.id == device_key)
-        .values(open_faults=func.greatest(Device.open_faults + delta, 0))
+        .values(open_faults=clamp(Device.open_faults + delta, 0))
     )
 
 
