@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from agent.state import atomic_write, fsync_dir
 from protocol.topics import DEVICE_ID_PATTERN, is_valid_device_id
 
 BUNDLE_FORMAT = "edgefleet-credentials"
@@ -104,41 +105,14 @@ def make_device_key_and_csr(device_id: str) -> DeviceKeyAndCsr:
 # --- atomic files ----------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
-        with os.fdopen(fd, "wb") as out:
-            fd = -1
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def write_private_file(path: Path, data: bytes) -> None:
     """Write a secret (a private key) atomically with mode 0600 from its first byte."""
-    _write_atomic(Path(path), data, 0o600)
+    atomic_write(Path(path), data, 0o600)
 
 
 def write_public_file(path: Path, data: bytes) -> None:
     """Write a non-secret file (certificate, chain, metadata) atomically, mode 0644."""
-    _write_atomic(Path(path), data, 0o644)
+    atomic_write(Path(path), data, 0o644)
 
 
 # --- the bundle ------------------------------------------------------------------------
@@ -254,11 +228,11 @@ def write_bundle(
         shutil.rmtree(previous, ignore_errors=True)
         os.rename(directory, previous)
         os.rename(staging, directory)
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
         shutil.rmtree(previous)
     else:
         os.rename(staging, directory)
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
     return read_bundle(directory)
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from agent.state import atomic_write, fsync_dir
+
 SLOT_NAMES = ("a", "b")
 VERSION_FILE = "VERSION"
 
@@ -73,14 +75,6 @@ def _other(slot: str) -> str:
     return SLOT_NAMES[1 - SLOT_NAMES.index(slot)]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class DirectorySlots:
     """A/B directories under ``root`` with atomic symlink swaps.
 
@@ -119,17 +113,11 @@ class DirectorySlots:
             tmp.unlink()
         os.symlink(f"slot-{slot}", tmp)
         os.replace(tmp, self.root / link)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     @staticmethod
     def _write_version(slot_dir: Path, version: str) -> None:
-        path = slot_dir / VERSION_FILE
-        tmp = slot_dir / f".{VERSION_FILE}.tmp"
-        with open(tmp, "w") as handle:
-            handle.write(version + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        atomic_write(slot_dir / VERSION_FILE, f"{version}\n".encode(), 0o644)
 
     def _version(self, slot: str) -> str | None:
         path = self._slot_dir(slot) / VERSION_FILE
@@ -164,7 +152,7 @@ class DirectorySlots:
                 shutil.copytree(entry, destination, symlinks=False)
             else:
                 shutil.copy2(entry, destination)
-        _fsync_dir(target)
+        fsync_dir(target)
         self._write_version(target, version)
 
     def switch_for_trial(self) -> None:
