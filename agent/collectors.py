@@ -21,6 +21,7 @@ Sources:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -69,7 +70,6 @@ class SystemCollector:
         self._process = psutil.Process()
         self._throttled_cache: tuple[float, int] | None = None
         self._vcgencmd = shutil.which("vcgencmd")
-        self._adjtimex: Callable[[], int] | None = None
         self._net_cache: tuple[int, int] | None = None
         psutil.cpu_percent(None)  # prime: the first call has no interval to measure
         self._probes: dict[str, Callable[[float], Any]] = {
@@ -212,12 +212,18 @@ class SystemCollector:
         if self.root != Path("/"):
             marker = self._p("run/systemd/timesync/synchronized")
             return marker.exists()
-        if self._adjtimex is None:
-            self._adjtimex = _adjtimex_state
-        return self._adjtimex() != _TIME_ERROR
+        return _adjtimex_state() != _TIME_ERROR
 
 
 _TIME_ERROR = 5
+
+
+@functools.cache
+def _libc() -> Any:
+    """The C library, loaded once (not at every clock sample)."""
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _adjtimex_state() -> int:
@@ -225,8 +231,7 @@ def _adjtimex_state() -> int:
     import ctypes
 
     buf = ctypes.create_string_buffer(512)  # struct timex, zeroed: modes = 0 (read only)
-    libc = ctypes.CDLL(None, use_errno=True)
-    state = int(libc.adjtimex(buf))
+    state = int(_libc().adjtimex(buf))
     if state < 0:
         raise SourceUnavailableError(f"adjtimex failed (errno {ctypes.get_errno()})")
     return state
