@@ -56,6 +56,8 @@ class SimDevice:
     boot_id: str = "boot-1"
     plan: list[tuple[float, UpdateEvent, dict[str, Any]]] = field(default_factory=list)
     fault_multiplier: float = 1.0
+    pending_multiplier: float = 1.0
+    """The bundle's fault-rate multiplier, applied once the update commits."""
     installs: int = 0
 
     def __post_init__(self) -> None:
@@ -161,7 +163,7 @@ class SimDevice:
             self._schedule_through_trial(t, E.ROLLBACK, p.FailureClass.HEALTH, "health check")
         else:
             self._schedule_through_trial(t, E.HEALTHY, None, "")
-        self._pending_multiplier = float(sim.get("fault_rate_multiplier", 1.0))
+        self.pending_multiplier = float(sim.get("fault_rate_multiplier", 1.0))
         return out
 
     def _schedule_through_trial(
@@ -200,7 +202,7 @@ class SimDevice:
                 self.slots.commit()
                 self.version = self.record.version or self.version
                 self.release_counter = max(self.release_counter, self.record.release_counter or 0)
-                self.fault_multiplier = getattr(self, "_pending_multiplier", 1.0)
+                self.fault_multiplier = self.pending_multiplier
             elif event is E.ROLLBACK:
                 self.slots.rollback()
             out.append(self._report(at, before))
@@ -266,6 +268,12 @@ class SimFleet:
                 session.expunge(bundle)
             self.inbox += device.on_install(command, bundle, self.now)
 
+    def _flush(self) -> None:
+        """Hand what the devices said to the server's ingest."""
+        if self.inbox:
+            batch, self.inbox = self.inbox, []
+            self.writer.write(batch)
+
     def announce(self) -> None:
         """Every online device publishes its presence (as the agent does on connect)."""
         self.writer.write([d.presence(self.now) for d in self.devices.values() if d.online])
@@ -277,14 +285,10 @@ class SimFleet:
             self.now += dt
             for device in self.devices.values():
                 self.inbox += device.step(self.now, dt)
-            if self.inbox:
-                batch, self.inbox = self.inbox, []
-                self.writer.write(batch)
+            self._flush()
             with self.sessions() as session:
                 self.decisions += tick(session, self.publisher, now=self.now)
-            if self.inbox:
-                batch, self.inbox = self.inbox, []
-                self.writer.write(batch)
+            self._flush()
             if until():
                 return True
         return False
