@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fleet_server.errors import FleetError
 from fleet_server.services.commands import UploadError
 from fleet_server.services.registry import RegistryError
 
@@ -86,6 +87,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_r: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+
+    @app.exception_handler(FleetError)
+    async def _fleet_error(_r: Request, exc: FleetError) -> JSONResponse:
+        headers = {"Retry-After": "5"} if exc.status == 503 else None
         return error_response(exc.status, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(RegistryError)
