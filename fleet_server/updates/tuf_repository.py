@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import fcntl
 import getpass
-import hashlib
 import json
 import os
 import shutil
@@ -57,8 +56,9 @@ from tuf.api.metadata import (
 )
 from tuf.repository import Repository
 
-from agent.credentials import write_public_file as _write_atomic
 from firmware_bundles.errors import BundleError
+from firmware_bundles.files import sha256_file
+from firmware_bundles.files import write_public_file as _write_atomic
 from firmware_bundles.manifest import ManifestError
 from firmware_bundles.target_meta import TargetMeta, parse_target_custom, target_meta_for
 from firmware_bundles.verify import verify_bundle
@@ -68,7 +68,6 @@ Clock = Callable[[], datetime]
 ONLINE_ROLES = (Targets.type, Snapshot.type, Timestamp.type)
 CONFIG_NAME = "edgefleet-repo.json"
 AUDIT_NAME = "audit.jsonl"
-_CHUNK = 1024 * 1024
 
 
 def utc_now() -> datetime:
@@ -153,16 +152,6 @@ class RefreshResult:
     resigned: list[str] = field(default_factory=list)
     root_expires: datetime | None = None
     root_needs_resigning: bool = False
-
-
-def _file_sha256(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 class TufRepository(Repository):
@@ -439,7 +428,7 @@ class TufRepository(Repository):
         except ManifestError as exc:
             raise PublishError(f"cannot publish on channel {chosen!r}: {exc}") from None
         name = manifest.bundle_filename()
-        sha256, length = _file_sha256(Path(bundle_path))
+        sha256, length = sha256_file(Path(bundle_path))
         with self._locked():
             existing = self._current_targets().targets.get(name)
             if existing is not None and existing.hashes.get("sha256") != sha256:
@@ -453,7 +442,7 @@ class TufRepository(Repository):
                 os.close(fd)
                 try:
                     shutil.copyfile(bundle_path, tmp)
-                    if _file_sha256(Path(tmp)) != (sha256, length):
+                    if sha256_file(Path(tmp)) != (sha256, length):
                         raise PublishError(f"{bundle_path} changed while it was published")
                     os.chmod(tmp, 0o644)
                     os.replace(tmp, stored)
