@@ -46,25 +46,9 @@ from fleet_server.services.metrics import IngestMetrics
 
 log = logging.getLogger(__name__)
 
-VITALS = (
-    "cpu_pct",
-    "load_1m",
-    "mem_pct",
-    "swap_pct",
-    "disk_pct",
-    "disk_io_errors",
-    "temp_c",
-    "throttled",
-    "undervoltage",
-    "fan_rpm",
-    "uptime_s",
-    "agent_rss_mb",
-    "net_rx_bytes",
-    "net_tx_bytes",
-    "emmc_life_used_pct",
-    "clock_synced",
-)
-"""``protocol.Sample`` fields stored in their own telemetry columns."""
+VITALS = tuple(s.name for s in p.SIGNALS)
+"""``protocol.Sample`` signals, each stored in its own telemetry column (declared once in
+``protocol.messages.Sample``)."""
 
 
 @dataclass(frozen=True, slots=True)
