@@ -5,18 +5,9 @@ hardware, parse error) yields ``None`` for its field, and the reason is kept in
 :attr:`SystemCollector.unavailable` (logged once), so a missing source never stops the
 agent. ``root`` relocates the ``/sys`` and ``/proc`` reads (for tests on recorded trees).
 
-Sources:
-
-* CPU %, memory, swap, disk usage, network counters, the agent's RSS: psutil;
-* load: ``os.getloadavg``; uptime: ``/proc/uptime``;
-* temperature: the hottest ``/sys/class/thermal/thermal_zone*/temp``, else hwmon;
-* fan: hwmon ``fan*_input``;
-* storage I/O errors: ``/sys/block/*/device/ioerr_cnt`` (SCSI/USB disks);
-* SD/eMMC wear: ``/sys/block/mmcblk*/device/life_time`` (JEDEC estimate, 10 % steps);
-* Raspberry Pi throttling bits: ``/sys/devices/platform/soc/soc:firmware/get_throttled``,
-  else ``vcgencmd get_throttled`` (run at most once a minute); under-voltage also from the
-  ``rpi_volt`` hwmon alarm;
-* clock synchronisation: the kernel's ``adjtimex`` state (what NTP daemons maintain).
+Which source feeds each signal is declared with the signal on ``protocol.Sample`` (and
+listed in the README's signals table); ``_probes`` maps every declared signal to its probe
+(a test checks none is missing).
 """
 
 from __future__ import annotations
