@@ -80,6 +80,7 @@ class SystemCollector:
             "net_tx_bytes": lambda ts: self._net()[1],
             "emmc_life_used_pct": self._emmc_life,
             "clock_synced": self._clock_synced,
+            "wifi_signal_dbm": lambda ts: wifi_signal_dbm(_read(self._p("proc/net/wireless"))),
         }
 
     def _p(self, rel: str) -> Path:
@@ -204,6 +205,26 @@ class SystemCollector:
             marker = self._p("run/systemd/timesync/synchronized")
             return marker.exists()
         return _adjtimex_state() != _TIME_ERROR
+
+
+def wifi_signal_dbm(text: str) -> float:
+    """The signal level (dBm) of the first interface in ``/proc/net/wireless``.
+
+    The kernel lists only associated stations, after two header lines, e.g.
+    ``wlan0: 0000   70.  -39.  -256 ...`` (status, link quality, level, noise; a ``.``
+    marks a value updated since the last read). Drivers that report the level in
+    relative units instead of dBm print it as a positive number: unavailable then.
+    """
+    for line in text.splitlines()[2:]:
+        name, sep, rest = line.partition(":")
+        fields = rest.split()
+        if not sep or len(fields) < 3:
+            continue
+        level = float(fields[2].rstrip("."))
+        if level >= 0:
+            raise SourceUnavailableError(f"{name.strip()} reports its level in relative units")
+        return level
+    raise SourceUnavailableError("no associated wireless interface")
 
 
 _TIME_ERROR = 5

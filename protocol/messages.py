@@ -26,7 +26,7 @@ from protocol.signals import BITS, signal, signals_of
 from protocol.topics import DEVICE_ID_PATTERN
 
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 0
+SCHEMA_MINOR = 1
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 
 # --- constrained scalar types -------------------------------------------------------
@@ -319,6 +319,19 @@ class Sample(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
                 "clock synchronised",
                 source="kernel `adjtimex` state",
                 description="NTP keeps the clock in step",
+            ),
+        ]
+        | None
+    ) = None
+    wifi_signal_dbm: (
+        Annotated[
+            float,
+            Meta(ge=-150, le=0),
+            signal(
+                "Wi-Fi signal level",
+                "dBm",
+                source="`/proc/net/wireless`",
+                description="the first associated wireless interface",
             ),
         ]
         | None

@@ -90,3 +90,23 @@ def test_doctor_shows_each_signal_with_its_declared_label_and_unit() -> None:
     assert "SoC temperature" in text
     assert "67 °C" in text
     assert "fan speed" in text
+
+
+def test_a_new_signal_keeps_the_wire_compatible_both_ways() -> None:
+    """Signals are optional: an older agent's batch (schema 1.0, no Wi-Fi field) is
+    accepted, and a sample without a reading sends no key at all, so an older server
+    never sees the new field from a device that lacks the source."""
+    from protocol import Telemetry, decode, encode, topic
+
+    old = (
+        b'{"v":"1.0","device_id":"pi-1","boot_id":"b","seq":1,"ts":5.0,'
+        b'"samples":[{"ts":5.0,"cpu_pct":3.0}]}'
+    )
+    (sample,) = decode(topic("pi-1", "telemetry"), old).samples
+    assert sample.wifi_signal_dbm is None
+    assert b"wifi_signal_dbm" not in encode(
+        Telemetry(device_id="pi-1", boot_id="b", seq=2, ts=6.0, samples=[Sample(ts=6.0)])
+    )
+    new = Sample(ts=6.0, wifi_signal_dbm=-58.0)
+    wire = encode(Telemetry(device_id="pi-1", boot_id="b", seq=3, ts=6.0, samples=[new]))
+    assert decode(topic("pi-1", "telemetry"), wire).samples == [new]
