@@ -28,10 +28,10 @@ from sqlalchemy.orm import Session
 
 import protocol as p
 from fleet_server.db.models import Bundle, Device, Execution, ExecutionEvent
+from fleet_server.errors import FleetError
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
 from fleet_server.services.commands import Publisher, send_command
-from fleet_server.services.registry import RegistryError
 
 OPEN_STATUSES = ("pending", "sent", "in_progress")
 TERMINAL_STATUSES = ("committed", "failed", "cancelled")
@@ -332,7 +332,7 @@ def dispatch(
                 "execution_id": execution.id,
             },
         )
-    except RegistryError as exc:
+    except FleetError as exc:
         session.rollback()
         if exc.code != "broker_unavailable":
             raise DeploymentError(exc.code, exc.message) from None
