@@ -101,13 +101,14 @@ class StateMachine(Generic[S, E]):
         if happened is not None and happened in moves:
             return moves[happened]
         allowed = tuple(moves)
-        hint = f"allowed: {', '.join(allowed)}" if allowed else f"{current} is final"
+        hint = f"allowed: {', '.join(sorted(allowed))}" if allowed else f"{current} is final"
+        article = "an" if self.name[:1] in "aeiou" else "a"
         raise IllegalTransitionError(
             self.name,
             current,
             str(event),
             allowed,
-            f"cannot {event} a {self.name} that is {current} ({hint})",
+            f"cannot {event} {article} {self.name} that is {current} ({hint})",
         )
 
     def event_to(self, state: S | str, wanted: S | str) -> E:

@@ -27,6 +27,7 @@ from fleet_server.domain.lifecycles import (
     PartState,
     RmaState,
 )
+from fleet_server.domain.part_reliability import compare_rates
 from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
@@ -355,3 +356,9 @@ def show_rma(session: Session, rma_id: int) -> dict[str, Any]:
 def show_part(session: Session, serial: str, now: float) -> dict[str, Any]:
     """One part with its genealogy."""
     return part_view(session, get_part(session, serial), now)
+
+
+def parts_reliability(session: Session, now: float, kind: str | None = None) -> dict[str, Any]:
+    """Failures per 1000 hours in service of parts installed new vs refurbished, with
+    their intervals and the refurbished / new ratio."""
+    return {"kind": kind, **compare_rates(reliability_by_condition(session, now, kind))}

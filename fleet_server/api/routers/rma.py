@@ -19,7 +19,6 @@ from fleet_server.api.deps import (
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.paging import fetch_page
-from fleet_server.domain.part_reliability import compare_rates
 from fleet_server.services import rma as svc
 from fleet_server.services.audit import Actor
 
@@ -162,5 +161,4 @@ def parts_reliability(
 ) -> dict[str, Any]:
     """Failures per 1000 hours in service of parts installed new vs refurbished, with
     exact Poisson 95 % intervals and the ratio refurbished / new."""
-    counts = svc.reliability_by_condition(session, context(request).clock(), kind)
-    return {"kind": kind, **compare_rates(counts)}
+    return svc.parts_reliability(session, context(request).clock(), kind)
