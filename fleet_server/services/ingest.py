@@ -35,10 +35,10 @@ from fleet_server.domain.presence import (
     apply_presence,
     mark_traffic,
 )
+from fleet_server.errors import FleetError
 from fleet_server.services.alarms import apply_fault_events
 from fleet_server.services.clock import Clock, system_clock
 from fleet_server.services.deployments import (
-    DeploymentError,
     apply_install_rejection,
     apply_update_report,
 )
@@ -140,7 +140,7 @@ def _apply_update(
         return False
     try:
         apply_update_report(session, device, msg, now=item.received_at)
-    except DeploymentError:
+    except FleetError:
         log.warning(
             "device %s reported on unknown execution %r; refused",
             msg.device_id,
