@@ -51,7 +51,7 @@ from protocol import (
     topic,
 )
 from simulator.hardware import Environment, SimulatedHardware
-from simulator.scenario import DeviceSpec
+from simulator.scenario_model import DeviceSpec
 
 AGENT_VERSION = "sim-0.1.0"
 _SAMPLE_DECODER = msgspec.json.Decoder(Sample)
