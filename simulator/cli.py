@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.table import Table
 
 from simulator import __version__
-from simulator.hardware import FAULTS
+from simulator.hardware_faults import FAULTS
 
 app = typer.Typer(
     name="fleet-sim",

@@ -50,7 +50,8 @@ from protocol import (
     encode,
     topic,
 )
-from simulator.hardware import Environment, SimulatedHardware
+from simulator.hardware import SimulatedHardware
+from simulator.hardware_params import Environment
 from simulator.scenario_model import DeviceSpec
 
 AGENT_VERSION = "sim-0.1.0"

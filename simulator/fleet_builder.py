@@ -4,7 +4,7 @@
 :class:`~simulator.scenario_model.DeviceSpec` per device, deterministically: the same
 scenario and seed always give the same ids, serials, attributes, hardware constants and
 latent defects, and each device's random draws depend only on the seed and its own id
-(:func:`simulator.hardware.device_rng`). :func:`select_devices` picks an event's devices;
+(:func:`simulator.hardware_params.device_rng`). :func:`select_devices` picks an event's devices;
 :func:`write_factory_csv` writes the fleet as the factory CSV the server's registry imports.
 """
 
@@ -23,7 +23,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from simulator.hardware import FaultInjection, HardwareParams, device_rng
+from simulator.hardware_faults import FaultInjection
+from simulator.hardware_params import HardwareParams, device_rng
 from simulator.scenario_model import DeviceSpec, Scenario, Selector
 
 FACTORY_CSV_COLUMNS = (

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from simulator.hardware import AmbientProfile
+from simulator.hardware_params import AmbientProfile
 from simulator.scenario_fields import (
     Checker,
     as_date,

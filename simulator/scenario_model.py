@@ -14,13 +14,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from simulator.hardware import (
+from simulator.hardware import SimulatedHardware
+from simulator.hardware_faults import FaultInjection
+from simulator.hardware_params import (
     AmbientProfile,
     Environment,
-    FaultInjection,
     HardwareParams,
     LoadProfile,
-    SimulatedHardware,
     device_rng,
 )
 

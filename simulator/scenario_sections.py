@@ -13,7 +13,8 @@ from dataclasses import replace
 from typing import Any
 
 from protocol import is_valid_device_id
-from simulator.hardware import FAULTS, PROFILE_KINDS, HardwareParams, LoadProfile
+from simulator.hardware_faults import FAULTS
+from simulator.hardware_params import PROFILE_KINDS, HardwareParams, LoadProfile
 from simulator.scenario_fields import (
     Checker,
     as_dist,

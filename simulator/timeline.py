@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from simulator.hardware import Environment, FaultInjection, SimulatedHardware
 from simulator.fleet_builder import select_devices
+from simulator.hardware import SimulatedHardware
+from simulator.hardware_faults import FaultInjection
+from simulator.hardware_params import Environment
 from simulator.scenario_model import DeviceSpec, Event, Scenario
 
 
