@@ -127,8 +127,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from simulator.engine import agent_settings, build_devices
-    from simulator.live import LiveEngine, raise_fd_limit
     from simulator.fleet_builder import build_fleet
+    from simulator.live import LiveEngine, raise_fd_limit
     from simulator.scenario import parse_scenario
     from simulator.timeline import Timeline
 

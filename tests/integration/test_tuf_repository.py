@@ -20,11 +20,11 @@ from fleet_server.updates.tuf_repository import (
     Expiries,
     PublishError,
     RepositoryStateError,
-    SigningError,
     TufRepository,
     utc_now,
 )
 from fleet_server.updates.tuf_router import tuf_router
+from fleet_server.updates.tuf_signing import SigningError
 from tests.support import tuf_attacks as attack
 from tests.support.tuf_serving import asgi_server, static_mirror, stock_updater, trusted_version
 from tests.support.tuf_world import World, make_world
