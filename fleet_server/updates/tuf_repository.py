@@ -25,8 +25,8 @@ Mutations hold an exclusive file lock, so several server processes can share the
 Keys: targets, snapshot and timestamp are *online* keys read from the server's key
 directory (``<keyid>.pem``); root keys stay offline and are passed in (as signers) only
 for the operations that change root.
-Signing and key rotation live in :mod:`fleet_server.updates.tuf_signing`
-(:class:`~fleet_server.updates.tuf_signing.SigningRepository`, the base class).
+Signing and the key operations are in :mod:`fleet_server.updates.tuf_signing`, the
+roles' validity periods in :mod:`fleet_server.updates.tuf_expiries`.
 """
 
 from __future__ import annotations
@@ -38,15 +38,16 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from securesystemslib.signer import Signer
 from tuf.api.metadata import (
+    Key,
     Metadata,
     MetaFile,
     Role,
@@ -56,14 +57,17 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
+from tuf.repository import Repository
 
 from agent.credentials import write_public_file as _write_atomic
 from firmware_bundles.errors import BundleError
 from firmware_bundles.manifest import ManifestError
 from firmware_bundles.target_meta import TargetMeta, parse_target_custom, target_meta_for
 from firmware_bundles.verify import verify_bundle
+from fleet_server.updates import tuf_signing as signing
 from fleet_server.updates.keys import new_signer, write_key
-from fleet_server.updates.tuf_signing import ONLINE_ROLES, SigningError, SigningRepository
+from fleet_server.updates.tuf_expiries import Expiries
+from fleet_server.updates.tuf_signing import ONLINE_ROLES, SigningError
 
 Clock = Callable[[], datetime]
 CONFIG_NAME = "edgefleet-repo.json"
@@ -82,49 +86,6 @@ class RepositoryStateError(Exception):
 
 class PublishError(Exception):
     """A bundle cannot be published (invalid bundle, or a conflicting earlier publish)."""
-
-
-@dataclass(frozen=True)
-class Expiries:
-    """How long each role's metadata stays valid, and how early it is re-signed."""
-
-    root: timedelta = timedelta(days=365)
-    targets: timedelta = timedelta(days=90)
-    snapshot: timedelta = timedelta(days=7)
-    timestamp: timedelta = timedelta(days=1)
-    # re-sign when less than this much validity is left
-    targets_margin: timedelta = timedelta(days=14)
-    snapshot_margin: timedelta = timedelta(days=2)
-    timestamp_margin: timedelta = timedelta(hours=8)
-    root_warning: timedelta = timedelta(days=30)
-
-    def for_role(self, role: str) -> timedelta:
-        """Validity period of ``role``."""
-        return getattr(self, role)  # type: ignore[no-any-return]
-
-    def margin(self, role: str) -> timedelta:
-        """How long before expiry ``role`` is re-signed (root: warned about)."""
-        return self.root_warning if role == Root.type else getattr(self, f"{role}_margin")  # type: ignore[no-any-return]
-
-    def to_json(self) -> dict[str, int]:
-        """Seconds per field (stored in ``edgefleet-repo.json``)."""
-        return {k: int(v.total_seconds()) for k, v in self.__dict__.items()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, int]) -> Expiries:
-        """Inverse of ``to_json``; unknown keys are ignored."""
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: timedelta(seconds=int(v)) for k, v in data.items() if k in known})
-
-    def check(self) -> None:
-        """Refuse settings where a role would be re-signed before every use.
-
-        Raises:
-            ValueError: a margin is not shorter than its role's validity.
-        """
-        for role in ONLINE_ROLES:
-            if not timedelta(0) < self.margin(role) < self.for_role(role):
-                raise ValueError(f"{role} margin must be positive and shorter than its expiry")
 
 
 @dataclass(frozen=True)
@@ -161,7 +122,7 @@ def _file_sha256(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-class TufRepository(SigningRepository):
+class TufRepository(Repository):
     """A TUF repository in a directory, signed with online keys from ``keys_dir``.
 
     Create one with ``TufRepository.create(...)`` (first time) or ``TufRepository(...)``
@@ -357,7 +318,7 @@ class TufRepository(SigningRepository):
         data = self._filename(Snapshot.type, md.signed.version).read_bytes()
         return MetaFile.from_data(md.signed.version, data, ["sha256"])
 
-    # -- time and root ------------------------------------------------------------------
+    # -- signing ------------------------------------------------------------------------
 
     def _now(self) -> datetime:
         return (self._now_override or self._clock()).replace(microsecond=0)
@@ -366,6 +327,25 @@ class TufRepository(SigningRepository):
         root = self._current[Root.type].signed
         assert isinstance(root, Root)
         return root
+
+    def _sign_online(self, md: Metadata) -> None:
+        signing.sign_online(md, self._root(), self.keys_dir)
+
+    def _sign_root(self, md: Metadata) -> None:
+        signing.sign_root(md, self._root_signers, self._previous_root or self._root())
+
+    @contextmanager
+    def _root_change(self, signers: Iterable[Signer]) -> Iterator[Root]:
+        """Edit root; the new version is signed by ``signers`` and checked against both
+        the current root's and its own threshold before anything is written."""
+        self._root_signers = list(signers)
+        self._previous_root = deepcopy(self._root())
+        try:
+            with self.edit_root() as root:
+                yield root
+        finally:
+            self._root_signers = []
+            self._previous_root = None
 
     # -- operations -----------------------------------------------------------------------
 
@@ -480,6 +460,44 @@ class TufRepository(SigningRepository):
             result.root_expires = self._root().expires
             result.root_needs_resigning = due(Root.type)
         return result
+
+    def rotate_online_key(self, role: str, root_signers: Sequence[Signer]) -> str:
+        """Replace ``role``'s online key: new key in ``keys_dir``, new root signed by the
+        root keys, then ``role`` (and what depends on it) re-signed with the new key.
+        The old private key file is deleted. Returns the new key id.
+
+        Raises:
+            ValueError: ``role`` is not targets, snapshot or timestamp.
+            SigningError: the root signers do not meet the root threshold.
+        """
+        return signing.rotate_online_key(self, role, root_signers)
+
+    def rotate_root(
+        self,
+        new_root_keys: Sequence[Key],
+        threshold: int,
+        signers: Sequence[Signer],
+    ) -> int:
+        """Replace the root keys with ``new_root_keys`` and ``threshold``.
+
+        ``signers`` must include a threshold of the *current* root keys and a threshold
+        of the *new* ones (a stock TUF client checks both). Returns the new root version.
+
+        Raises:
+            SigningError: a threshold is not met; nothing is written.
+            ValueError: bad threshold.
+        """
+        if not 1 <= threshold <= len(new_root_keys):
+            raise ValueError(f"threshold must be between 1 and {len(new_root_keys)}")
+        return signing.rotate_root(self, new_root_keys, threshold, signers)
+
+    def resign_root(self, signers: Sequence[Signer]) -> int:
+        """Publish a new root version with the same keys and a fresh expiry date.
+
+        Raises:
+            SigningError: the root threshold is not met; nothing is written.
+        """
+        return signing.resign_root(self, signers)
 
     def _snapshot_and_timestamp(self) -> None:
         self.do_snapshot()

@@ -16,8 +16,8 @@ from tuf.api.metadata import Metadata
 from firmware_bundles.target_meta import parse_target_custom
 from firmware_bundles.verify import verify_bundle
 from fleet_server.updates.keys import KeyFileError, create_root_keys, load_key, load_keys
+from fleet_server.updates.tuf_expiries import Expiries
 from fleet_server.updates.tuf_repository import (
-    Expiries,
     PublishError,
     RepositoryStateError,
     TufRepository,
