@@ -56,9 +56,11 @@ class Checker:
         self.errors: list[str] = []
 
     def err(self, path: str, message: str) -> None:
+        """Record one problem at key ``path``."""
         self.errors.append(f"{path}: {message}")
 
     def table(self, value: object, path: str, allowed: Iterable[str]) -> dict[str, Any]:
+        """``value`` as a table, each key not in ``allowed`` reported; {} if not a table."""
         if not isinstance(value, dict):
             self.err(path, f"expected a table, got {type(value).__name__}")
             return {}
@@ -79,6 +81,7 @@ class Checker:
         *,
         required: bool = False,
     ) -> T | None:
+        """``tbl[key]`` converted by ``conv``; ``default`` (and a problem) when absent or bad."""
         where = join_key(path, key)
         if key not in tbl:
             if required:
@@ -91,6 +94,7 @@ class Checker:
             return default
 
     def array(self, tbl: dict[str, Any], path: str, key: str) -> list[Any]:
+        """``tbl[key]`` as an array ([] when absent; reported when not an array)."""
         value = tbl.get(key, [])
         if not isinstance(value, list):
             self.err(join_key(path, key), f"expected an array, got {type(value).__name__}")
@@ -99,10 +103,13 @@ class Checker:
 
 
 def join_key(path: str, key: str) -> str:
+    """The key path of ``key`` inside the table at ``path``."""
     return f"{path}.{key}" if path else key
 
 
 def as_number(lo: float | None = None, hi: float | None = None, *, integer: bool = False):
+    """A converter accepting a finite number (an integer if asked) within ``lo``..``hi``."""
+
     def conv(value: object) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"expected a number, got {value!r}")
@@ -120,6 +127,7 @@ def as_number(lo: float | None = None, hi: float | None = None, *, integer: bool
 
 
 def as_share(value: object) -> float:
+    """A fraction of the fleet, in (0, 1]."""
     v = float(as_number(0.0, 1.0)(value))
     if v <= 0:
         raise ValueError(f"must be in (0, 1], got {value!r}")
@@ -127,12 +135,14 @@ def as_share(value: object) -> float:
 
 
 def as_text(value: object) -> str:
+    """A string."""
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
     return value
 
 
 def as_name(value: object) -> str:
+    """A name of letters, digits, ``.``, ``_``, ``-`` (at most 64 characters)."""
     text = as_text(value)
     if not _NAME_RE.match(text):
         raise ValueError(f"expected a name of letters, digits, '.', '_', '-' (got {text!r})")
@@ -140,6 +150,7 @@ def as_name(value: object) -> str:
 
 
 def as_date(value: object) -> dt.date:
+    """A date (TOML date, date-time or ``YYYY-MM-DD`` string)."""
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):
@@ -153,6 +164,7 @@ def as_date(value: object) -> dt.date:
 
 
 def as_start(value: object) -> float:
+    """Unix seconds from a date-time with offset, a date (midnight UTC) or a number."""
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             raise ValueError("the start time needs a UTC offset, e.g. 2026-01-05T00:00:00Z")
@@ -165,6 +177,7 @@ def as_start(value: object) -> float:
 
 
 def as_speed(value: object) -> float | None:
+    """A real-time factor > 0, or None for ``"max"`` (as fast as possible)."""
     if isinstance(value, str) and value.strip().lower() in ("max", "asap", "fastest"):
         return None
     number = isinstance(value, int | float) and not isinstance(value, bool)
@@ -174,6 +187,7 @@ def as_speed(value: object) -> float | None:
 
 
 def as_positive_duration(value: object) -> float:
+    """A duration (see :func:`parse_duration`) > 0."""
     seconds = parse_duration(value)
     if seconds <= 0:
         raise ValueError(f"must be > 0, got {value!r}")
@@ -181,6 +195,7 @@ def as_positive_duration(value: object) -> float:
 
 
 def as_dist(value: object, *, duration: bool) -> Dist:
+    """A ``"low..high"`` range, a ``{weibull_shape, weibull_scale}`` table or one value."""
     conv = parse_duration if duration else as_number(0.0)
     if isinstance(value, str) and ".." in value:
         low, high = (part.strip() for part in value.split("..", 1))
@@ -205,6 +220,7 @@ def as_dist(value: object, *, duration: bool) -> Dist:
 
 
 def check_shares(c: Checker, path: str, items: Sequence[Any]) -> None:
+    """Report shares not adding up to 1 and duplicate names among ``items``."""
     if items and abs(sum(i.share for i in items) - 1.0) > 1e-6:
         total = sum(i.share for i in items)
         c.err(path, f"shares must add up to 1, they add up to {total:g}")

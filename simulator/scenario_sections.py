@@ -62,6 +62,7 @@ def read_hardware_overrides(c: Checker, value: object, path: str) -> dict[str, A
 
 
 def read_hardware(c: Checker, overrides: dict[str, Any], path: str) -> HardwareParams:
+    """Hardware constants with ``overrides``; the defaults (and a problem) if invalid."""
     try:
         return HardwareParams(**overrides)
     except ValueError as exc:
@@ -70,6 +71,7 @@ def read_hardware(c: Checker, overrides: dict[str, Any], path: str) -> HardwareP
 
 
 def read_load(c: Checker, value: object, path: str) -> LoadProfile:
+    """A load profile from a ``load`` table or just its kind."""
     if isinstance(value, str):
         value = {"kind": value}
     tbl = c.table(value, path, LoadProfile.field_names())
@@ -95,6 +97,7 @@ def read_load(c: Checker, value: object, path: str) -> LoadProfile:
 def read_latent(
     c: Checker, value: object, path: str, duration_s: float
 ) -> tuple[LatentDefect, ...]:
+    """A batch's ``latent_defects`` table: fault = probability, or onset and severity laws."""
     if not isinstance(value, dict):
         c.err(path, f"expected a table of fault = probability, got {type(value).__name__}")
         return ()
@@ -121,6 +124,7 @@ def read_latent(
 
 
 def read_selector(c: Checker, value: object, path: str) -> Selector:
+    """An event's ``select`` table: which devices it applies to."""
     keys = ("devices", "model", "revision", "batch", "region", "share")
     tbl = c.table(value, path, keys)
     devices: tuple[str, ...] = ()
@@ -144,6 +148,7 @@ def read_selector(c: Checker, value: object, path: str) -> Selector:
 
 
 def read_event(c: Checker, value: object, path: str, index: int, duration_s: float) -> Event | None:
+    """One ``[[events]]`` entry, with the keys its kind allows; None if unusable."""
     base = {"at", "kind"}
     per_kind = {
         "inject": {"fault", "severity", "select"},
@@ -246,6 +251,7 @@ def check_selectors(
     batches: Sequence[Batch],
     regions: Sequence[Region],
 ) -> None:
+    """Report event selectors naming a model, revision, batch or region that does not exist."""
     known = {
         "model": {m.name for m in models},
         "revision": {r.name for m in models for r in m.revisions},
