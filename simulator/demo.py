@@ -284,8 +284,9 @@ class Demo:
         import paho.mqtt.client as mqtt
 
         from simulator.engine import agent_settings, build_devices
+        from simulator.fleet_builder import build_fleet
         from simulator.live import LiveEngine
-        from simulator.scenario import build_fleet, load_scenario
+        from simulator.scenario import load_scenario
         from simulator.server_api import ServerRegistrar
         from simulator.timeline import Timeline
         from simulator.updates import SimUpdater, TufTargets, UpdateTiming
