@@ -19,16 +19,13 @@ acts; tests call it directly with the time they choose.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from fleet_server.rollouts import store
-from fleet_server.rollouts.actions import Action, Dispatch
+from fleet_server.rollouts.actions import Dispatch
 from fleet_server.rollouts.decide import decide
-from fleet_server.rollouts.view import RolloutView
-from fleet_server.services import deployments
 from fleet_server.services.commands import Publisher
 
 log = logging.getLogger(__name__)
@@ -38,9 +35,7 @@ def tick(session: Session, publisher: Publisher, *, now: float) -> list[str]:
     """Advance every active rollout once; returns a line per decision taken (for logs).
 
     Commits as it goes (each rollout's decisions are committed before publishing)."""
-    decisions: list[str] = []
-    for execution in deployments.expire_silent(session, now=now):
-        decisions.append(f"{execution.id}: timed out ({execution.reason})")
+    decisions: list[str] = store.expire_silent(session, now)
     session.commit()
     for rollout_id in store.active_rollout_ids(session):
         try:
@@ -51,7 +46,7 @@ def tick(session: Session, publisher: Publisher, *, now: float) -> list[str]:
             store.apply(session, view, actions, now)
             # Decisions first: a failing publish below must not undo them.
             session.commit()
-            sent = publish(session, publisher, view, actions, now)
+            sent = store.publish(session, publisher, view, actions, now)
             session.commit()
         except Exception:
             # One broken rollout must not stop the others; it is retried next tick.
@@ -64,38 +59,6 @@ def tick(session: Session, publisher: Publisher, *, now: float) -> list[str]:
         if sent:
             decisions.append(f"{rollout_id}: sent {sent} install(s)")
     return decisions
-
-
-def publish(
-    session: Session,
-    publisher: Publisher,
-    view: RolloutView,
-    actions: Sequence[Action],
-    now: float,
-) -> int:
-    """Send the install commands of the committed ``Dispatch`` actions, in their order;
-    returns how many were sent. A forward install that cannot be sent releases its device
-    (``not sendable``); a broker that is down stops the sending until the next tick."""
-    wanted = [a for a in actions if isinstance(a, Dispatch)]
-    if not wanted:
-        return 0
-    pending = store.pending_executions(session, view.id, rollback=any(a.rollback for a in wanted))
-    sent = 0
-    for action in wanted:
-        ex = pending.get((action.rollback, action.device_key))
-        if ex is None:
-            continue  # its execution could not be created (e.g. busy): nothing to send
-        ttl = action.ttl_s if action.ttl_s is not None else ex.timeouts.get("accept_s", 600)
-        try:
-            deployments.dispatch(session, publisher, ex, now=now, ttl_s=ttl)
-            sent += 1
-        except deployments.DeploymentError as exc:
-            log.warning("rollout %s: could not send %s: %s", view.id, ex.id, exc.message)
-            if exc.code == "broker_unavailable":
-                break  # nothing else would get through either; next tick retries
-            if not action.rollback:
-                store.release_unsendable(session, ex.id, exc.message, now)
-    return sent
 
 
 # --- the scheduled job ----------------------------------------------------------------------

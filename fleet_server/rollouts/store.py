@@ -1,10 +1,11 @@
-"""The rollout engine's one door to the database: load a view, apply actions.
+"""The rollout engine's one door to the database and the broker: load, apply, publish.
 
 :func:`load_view` reads everything :func:`~fleet_server.rollouts.decide.decide` looks at
 for one rollout into an immutable :class:`~fleet_server.rollouts.view.RolloutView`;
 :func:`apply` writes a tick's actions (history rows included) into the session, for the
-caller to commit in one transaction. :func:`cancel_pending` and :func:`start_rollback`
-are the writes operator actions share with the engine.
+caller to commit in one transaction; :func:`publish` then sends the installs the tick
+decided. :func:`cancel_pending` and :func:`start_rollback` are the writes operator
+actions share with the engine.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from fleet_server.rollouts.view import (
 )
 from fleet_server.services import deployments
 from fleet_server.services.audit import Actor
+from fleet_server.services.commands import Publisher
 from fleet_server.services.rollouts_history import move, record_event
 from fleet_server.services.rollouts_selection import parse_selector, select_devices, strata_of
 
@@ -40,6 +42,14 @@ log = logging.getLogger(__name__)
 ENGINE = Actor("rollout-engine", "system")
 ACTIVE_FOR_ENGINE = ("running", "rolled_back")
 """States in which the engine acts on a rollout."""
+
+
+def expire_silent(session: Session, now: float) -> list[str]:
+    """Fail every execution silent past its phase timeout (silence is a failure); a log
+    line per execution failed."""
+    return [
+        f"{ex.id}: timed out ({ex.reason})" for ex in deployments.expire_silent(session, now=now)
+    ]
 
 
 def active_rollout_ids(session: Session) -> list[str]:
@@ -415,6 +425,38 @@ def _roll_back(
 
 
 # --- publishing -----------------------------------------------------------------------------
+
+
+def publish(
+    session: Session,
+    publisher: Publisher,
+    view: RolloutView,
+    actions: Sequence[act.Action],
+    now: float,
+) -> int:
+    """Send the install commands of the committed ``Dispatch`` actions, in their order;
+    returns how many were sent. A forward install that cannot be sent releases its device
+    (``not sendable``); a broker that is down stops the sending until the next tick."""
+    wanted = [a for a in actions if isinstance(a, act.Dispatch)]
+    if not wanted:
+        return 0
+    pending = pending_executions(session, view.id, rollback=any(a.rollback for a in wanted))
+    sent = 0
+    for action in wanted:
+        ex = pending.get((action.rollback, action.device_key))
+        if ex is None:
+            continue  # its execution could not be created (e.g. busy): nothing to send
+        ttl = action.ttl_s if action.ttl_s is not None else ex.timeouts.get("accept_s", 600)
+        try:
+            deployments.dispatch(session, publisher, ex, now=now, ttl_s=ttl)
+            sent += 1
+        except deployments.DeploymentError as exc:
+            log.warning("rollout %s: could not send %s: %s", view.id, ex.id, exc.message)
+            if exc.code == "broker_unavailable":
+                break  # nothing else would get through either; next tick retries
+            if not action.rollback:
+                release_unsendable(session, ex.id, exc.message, now)
+    return sent
 
 
 def pending_executions(
