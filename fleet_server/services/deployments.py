@@ -63,10 +63,6 @@ TERMINAL_STATUSES = tuple(s.value for s in ExecutionState if EXECUTION.is_final(
 OPEN_STATUSES = tuple(s.value for s in ExecutionState if not EXECUTION.is_final(s))
 STATUSES = OPEN_STATUSES + TERMINAL_STATUSES
 
-DeploymentError = FleetError
-"""Deprecated name of the refusals this service raises (they are :class:`FleetError`
-subclasses now); kept until the rollout engine and ingest catch ``FleetError``."""
-
 SERVER = Actor("deployments", "system")
 """Actor of the ``Install`` commands the service sends (the deployment itself is audited
 with the operator or rollout that asked for it)."""
