@@ -128,7 +128,7 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS error: the broker's certificate is not trusted ({exc.verify_message})"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc.reason or exc}"
+        return f"TLS error: {getattr(exc, 'reason', None) or exc}"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the broker's host name ({exc.strerror})"
     if isinstance(exc, ConnectionRefusedError):
