@@ -174,6 +174,10 @@ class _UpdateHost:
         logging.shutdown()
         os._exit(EXIT_SIMULATED_CRASH)
 
+    def rolled_back(self) -> None:
+        """Nothing to do: the agent keeps running while the slots point back at the
+        known-good one."""
+
 
 @dataclass
 class _Link:
