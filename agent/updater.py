@@ -51,6 +51,8 @@ EXIT_RESTART = 75
 (``Restart=always`` in the systemd unit does it; tests play systemd)."""
 EXIT_SIMULATED_CRASH = 70
 """Exit status of a simulated crash on boot (bundle ``simulation.boot = "crash"``)."""
+WIND_DOWN_S = 5.0
+"""How long a new install waits for the previous update's worker to return."""
 PAUSE_ENV = "FLEET_AGENT_TEST_PAUSE_IN_STATE"
 """Test hook: block the updater after persisting this state (so a test can SIGKILL it)."""
 
@@ -143,11 +145,15 @@ class Updater:
         self.state_dir = Path(state_dir)
         self.host = host
         self.clock = clock
+        self.tuf_time = tuf_time
+        """The time python-tuf checks expiry against (None: the system clock)."""
         self.slots = slots or make_slots(settings)
         self.download_dir = Path(settings.download_dir or self.state_dir / "downloads")
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._starting = False
+        self._checking = False
         self.driver = UpdateDriver(
             policy=UpdatePolicy(
                 hardware_revision=settings.hardware_revision,
@@ -160,7 +166,7 @@ class Updater:
             ),
             store=FileUpdateStore(self.state_dir / UPDATE_FILE),
             slots=self.slots,
-            fetcher=_LazyTuf(lambda: self._tuf(tuf_time)),
+            fetcher=_LazyTuf(self._tuf),
             bundles=BundleFiles(extract=isinstance(self.slots, DirectorySlots)),
             trial=BundleHealthCheck(
                 settings,
@@ -175,7 +181,7 @@ class Updater:
             before_step=self._checkpoint,
         )
 
-    def _tuf(self, tuf_time: Callable[[], datetime | None]) -> TufFetcher:
+    def _tuf(self) -> TufFetcher:
         from agent.adapters.tuf_fetcher import TufFetcher
 
         settings, tls = self.settings, self.tls
@@ -190,7 +196,7 @@ class Updater:
             settings.targets_url,
             self.download_dir,
             root=root,
-            reference_time=tuf_time,
+            reference_time=lambda: self.tuf_time(),
             ca_certs=str(tls.ca) if tls.ca else None,
             cert_file=str(tls.cert) if tls.cert else None,
             key_file=str(tls.key) if tls.key else None,
@@ -215,9 +221,12 @@ class Updater:
 
     @property
     def busy(self) -> bool:
-        """True while update work runs or the record is in an active state."""
+        """True while update work runs: the record is active or its outcome is being
+        reported, an install is starting, or a metadata check runs."""
+        if self.driver.active or self._starting or self._checking:
+            return True
         worker = self._worker
-        return (worker is not None and worker.is_alive()) or self.driver.active
+        return worker is not None and worker.is_alive() and self.driver.unsettled
 
     def running_version(self) -> str | None:
         """Version of the slot the device runs now."""
@@ -243,11 +252,28 @@ class Updater:
 
     def start_install(self, cmd: RunCommand) -> None:
         """Runner for an accepted ``install``: the update runs in a worker thread."""
-        self._spawn(self._drive, lambda now: self.driver.start(cmd, now))
+
+        def start(now: float) -> float | None:
+            try:
+                return self.driver.start(cmd, now)
+            finally:
+                self._starting = False
+
+        self._starting = True
+        try:
+            self._spawn(self._drive, start)
+        except BaseException:
+            self._starting = False
+            raise
 
     def start_check(self, cmd: RunCommand) -> None:
         """Runner for an accepted ``check_update``."""
-        self._spawn(self._check_worker, cmd.command_id)
+        self._checking = True
+        try:
+            self._spawn(self._check_worker, cmd.command_id)
+        except BaseException:
+            self._checking = False
+            raise
 
     def resume(self) -> None:
         """At agent start: continue (or conclude) an update the last run left behind."""
@@ -270,6 +296,9 @@ class Updater:
 
     def _spawn(self, target: Callable[..., None], *args: Any) -> None:
         with self._lock:
+            if self._worker is not None and self._worker.is_alive():
+                # an update that reported its outcome is only returning: let it
+                self._worker.join(WIND_DOWN_S)
             if self._worker is not None and self._worker.is_alive():
                 raise RuntimeError("update work is already running")
             self._worker = threading.Thread(target=target, args=args, name="updater", daemon=True)
@@ -311,6 +340,12 @@ class Updater:
         raise Interrupted(f"stopped while paused in {state.value}")
 
     def _check_worker(self, command_id: str) -> None:
+        try:
+            self._check(command_id)
+        finally:
+            self._checking = False
+
+    def _check(self, command_id: str) -> None:
         try:
             result = self.driver.check()
             self.host.ack(command_id, True, f"{len(result['installable'])} installable", result)
