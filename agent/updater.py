@@ -34,6 +34,7 @@ from agent.update_ports import (
     FetchedTarget,
     FetchError,
     FileUpdateStore,
+    TargetFetcher,
     TargetListing,
     UpdateHost,
     UpdatePolicy,
@@ -139,7 +140,10 @@ class Updater:
         clock: Callable[[], float] = time.time,
         tuf_time: Callable[[], datetime | None] = lambda: None,
         tls: TlsConfig | None = None,
+        fetcher: TargetFetcher | None = None,
     ) -> None:
+        """``slots`` and ``fetcher`` default to the back-ends ``settings`` name (python-tuf
+        against ``metadata_url`` / ``targets_url``); tests may pass their own."""
         self.settings = settings
         self.tls = tls or TlsConfig()
         self.state_dir = Path(state_dir)
@@ -166,7 +170,7 @@ class Updater:
             ),
             store=FileUpdateStore(self.state_dir / UPDATE_FILE),
             slots=self.slots,
-            fetcher=_LazyTuf(self._tuf),
+            fetcher=fetcher or _LazyTuf(self._tuf),
             bundles=BundleFiles(extract=isinstance(self.slots, DirectorySlots)),
             trial=BundleHealthCheck(
                 settings,
