@@ -5,18 +5,9 @@ hardware, parse error) yields ``None`` for its field, and the reason is kept in
 :attr:`SystemCollector.unavailable` (logged once), so a missing source never stops the
 agent. ``root`` relocates the ``/sys`` and ``/proc`` reads (for tests on recorded trees).
 
-Sources:
-
-* CPU %, memory, swap, disk usage, network counters, the agent's RSS: psutil;
-* load: ``os.getloadavg``; uptime: ``/proc/uptime``;
-* temperature: the hottest ``/sys/class/thermal/thermal_zone*/temp``, else hwmon;
-* fan: hwmon ``fan*_input``;
-* storage I/O errors: ``/sys/block/*/device/ioerr_cnt`` (SCSI/USB disks);
-* SD/eMMC wear: ``/sys/block/mmcblk*/device/life_time`` (JEDEC estimate, 10 % steps);
-* Raspberry Pi throttling bits: ``/sys/devices/platform/soc/soc:firmware/get_throttled``,
-  else ``vcgencmd get_throttled`` (run at most once a minute); under-voltage also from the
-  ``rpi_volt`` hwmon alarm;
-* clock synchronisation: the kernel's ``adjtimex`` state (what NTP daemons maintain).
+Which source feeds each signal is declared with the signal on ``protocol.Sample`` (and
+listed in the README's signals table); ``_probes`` maps every declared signal to its probe
+(a test checks none is missing).
 """
 
 from __future__ import annotations
@@ -89,6 +80,7 @@ class SystemCollector:
             "net_tx_bytes": lambda ts: self._net()[1],
             "emmc_life_used_pct": self._emmc_life,
             "clock_synced": self._clock_synced,
+            "wifi_signal_dbm": lambda ts: wifi_signal_dbm(_read(self._p("proc/net/wireless"))),
         }
 
     def _p(self, rel: str) -> Path:
@@ -213,6 +205,26 @@ class SystemCollector:
             marker = self._p("run/systemd/timesync/synchronized")
             return marker.exists()
         return _adjtimex_state() != _TIME_ERROR
+
+
+def wifi_signal_dbm(text: str) -> float:
+    """The signal level (dBm) of the first interface in ``/proc/net/wireless``.
+
+    The kernel lists only associated stations, after two header lines, e.g.
+    ``wlan0: 0000   70.  -39.  -256 ...`` (status, link quality, level, noise; a ``.``
+    marks a value updated since the last read). Drivers that report the level in
+    relative units instead of dBm print it as a positive number: unavailable then.
+    """
+    for line in text.splitlines()[2:]:
+        name, sep, rest = line.partition(":")
+        fields = rest.split()
+        if not sep or len(fields) < 3:
+            continue
+        level = float(fields[2].rstrip("."))
+        if level >= 0:
+            raise SourceUnavailableError(f"{name.strip()} reports its level in relative units")
+        return level
+    raise SourceUnavailableError("no associated wireless interface")
 
 
 _TIME_ERROR = 5

@@ -8,6 +8,9 @@ Example (``/etc/edgefleet/agent.toml``)::
 
     device_id = "pi-0042"
     broker = "mqtts://fleet.example.com:8883"
+    mqtt_version = "auto"        # or "5" / "3.1.1"; auto falls back to 3.1.1 if refused
+    reconnect_min_s = 1          # reconnect backoff: exponential with jitter, reset on success
+    reconnect_max_s = 60
     state_dir = "/var/lib/edgefleet"
     sample_interval_s = 10
     publish_interval_s = 60
@@ -38,6 +41,8 @@ from protocol import is_valid_device_id
 
 DEFAULT_PATH = Path("/etc/edgefleet/agent.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MQTT_VERSIONS = ("auto", "5", "3.1.1")
+"""``mqtt_version``: the same choices as :data:`agent.transport.MQTT_VERSIONS`."""
 
 
 class ConfigError(ValueError):
@@ -114,6 +119,9 @@ class AgentConfig:
     username: str | None = None
     password_file: Path | None = None
     keepalive_s: int = 30
+    mqtt_version: str = "auto"
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
     sample_interval_s: float = 10.0
     publish_interval_s: float = 60.0
     state_dir: Path = Path("/var/lib/edgefleet")
@@ -151,6 +159,9 @@ class AgentConfig:
             "username": self.username,
             "password_file": "<redacted>" if self.password_file else None,
             "keepalive_s": self.keepalive_s,
+            "mqtt_version": self.mqtt_version,
+            "reconnect_min_s": self.reconnect_min_s,
+            "reconnect_max_s": self.reconnect_max_s,
             "sample_interval_s": self.sample_interval_s,
             "publish_interval_s": self.publish_interval_s,
             "state_dir": str(self.state_dir),
@@ -176,6 +187,9 @@ _TOP_KEYS = {
     "username",
     "password_file",
     "keepalive",
+    "mqtt_version",
+    "reconnect_min_s",
+    "reconnect_max_s",
     "sample_interval_s",
     "publish_interval_s",
     "state_dir",
@@ -308,6 +322,16 @@ def parse_broker(url: object) -> tuple[str, int, bool]:
     return parts.hostname, port or (8883 if tls else 1883), tls
 
 
+def _mqtt_version(value: object) -> str:
+    """``mqtt_version``: "auto", "5" or "3.1.1" (a bare ``5`` is read as "5")."""
+    if value == 5 and not isinstance(value, bool):
+        value = "5"
+    if value not in MQTT_VERSIONS:
+        choices = ", ".join(f'"{v}"' for v in MQTT_VERSIONS)
+        raise ConfigError(f"mqtt_version: {value!r} is not one of {choices}")
+    return str(value)
+
+
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> AgentConfig:
     """Validate a decoded TOML document into an :class:`AgentConfig`."""
     _unknown(data, _TOP_KEYS, "")
@@ -344,6 +368,13 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> AgentCo
     if password_file and not username:
         raise ConfigError("password_file: set only together with username")
 
+    mqtt_version = _mqtt_version(data.get("mqtt_version", "auto"))
+    reconnect_min = _num(data, "reconnect_min_s", 1.0, low=0.05, high=3600)
+    reconnect_max = _num(data, "reconnect_max_s", 60.0, low=0.05, high=86400)
+    if reconnect_max < reconnect_min:
+        raise ConfigError(
+            f"reconnect_max_s: {reconnect_max!r} must be >= reconnect_min_s ({reconnect_min!r})"
+        )
     sample = _num(data, "sample_interval_s", 10.0, low=0.05, high=86400)
     publish = _num(data, "publish_interval_s", 60.0, low=0.05, high=86400)
     if publish < sample:
@@ -384,6 +415,9 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> AgentCo
         username=username,
         password_file=password_file,
         keepalive_s=int(_num(data, "keepalive", 30, low=5, high=3600, integer=True)),
+        mqtt_version=mqtt_version,
+        reconnect_min_s=float(reconnect_min),
+        reconnect_max_s=float(reconnect_max),
         sample_interval_s=float(sample),
         publish_interval_s=float(publish),
         state_dir=Path(state_dir),

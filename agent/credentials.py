@@ -6,15 +6,9 @@ subject CN is its device id. Where possible the key is generated *on the device*
 certificate. The factory flow (``fleet-server ca provision``) generates the key on the
 server instead and ships the whole bundle.
 
-The credentials bundle is a directory (format ``edgefleet-credentials`` version 1)::
-
-    bundle.json    metadata: format, version, device_id, mqtt_url, api_url, not_after,
-                   and the file names below (relative to the directory)
-    device.key     PEM PKCS#8 private key, mode 0600
-    device.crt     PEM device certificate (subject CN = device id)
-    ca-chain.pem   PEM CA certificates the broker and API are verified against
-                   (issuing CA first, then the root)
-    tuf-root.json  optional: the trusted TUF root the updater starts from
+The bundle's format (:mod:`protocol.credentials`) is shared with the fleet CA, which
+writes it too; this module adds what needs the key material: generating the key and
+CSR, and checking that a bundle's key, certificate and device id belong together.
 
 Every file is written atomically (temporary file, fsync, rename), the key with mode 0600
 from the moment it exists, and a bundle is replaced as a whole (:func:`write_bundle`), so
@@ -25,9 +19,7 @@ certificate, or whose certificate names another device.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,24 +30,40 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.state import atomic_write, fsync_dir
+from firmware_bundles.files import (
+    replace_directory,
+    restore_interrupted,
+    write_private_file,
+    write_public_file,
+)
+from protocol.credentials import (
+    CERT_FILE,
+    CHAIN_FILE,
+    KEY_FILE,
+    MAX_FILE_BYTES,
+    METADATA_FILE,
+    TUF_ROOT_FILE,
+    BundleError,
+    CredentialsBundle,
+    bundle_files,
+    check_replaceable,
+    parse_metadata,
+)
 from protocol.topics import DEVICE_ID_PATTERN, is_valid_device_id
 
-BUNDLE_FORMAT = "edgefleet-credentials"
-BUNDLE_VERSION = 1
-METADATA_FILE = "bundle.json"
-KEY_FILE = "device.key"
-CERT_FILE = "device.crt"
-CHAIN_FILE = "ca-chain.pem"
-TUF_ROOT_FILE = "tuf-root.json"
+__all__ = [
+    "BundleError",
+    "CredentialsBundle",
+    "DeviceKeyAndCsr",
+    "make_device_key_and_csr",
+    "read_bundle",
+    "renewal_due",
+    "write_bundle",
+    "write_private_file",
+    "write_public_file",
+]
+
 ORGANIZATION = "Edgefleet"
-_MAX_FILE_BYTES = 256 * 1024
-_BUNDLE_FILES = frozenset({METADATA_FILE, KEY_FILE, CERT_FILE, CHAIN_FILE, TUF_ROOT_FILE})
-
-
-class BundleError(ValueError):
-    """A credentials bundle is missing, malformed or unsafe; the message says which file
-    and why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,66 +110,7 @@ def make_device_key_and_csr(device_id: str) -> DeviceKeyAndCsr:
     )
 
 
-# --- atomic files ----------------------------------------------------------------------
-
-
-def write_private_file(path: Path, data: bytes) -> None:
-    """Write a secret (a private key) atomically with mode 0600 from its first byte."""
-    atomic_write(Path(path), data, 0o600)
-
-
-def write_public_file(path: Path, data: bytes) -> None:
-    """Write a non-secret file (certificate, chain, metadata) atomically, mode 0644."""
-    atomic_write(Path(path), data, 0o644)
-
-
 # --- the bundle ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CredentialsBundle:
-    """A device's credentials as read from (or about to be written to) a directory.
-
-    ``key_path``/``cert_path``/``chain_path`` are what an MQTT or HTTPS client needs:
-    ``client.tls_set(ca_certs=b.chain_path, certfile=b.cert_path, keyfile=b.key_path)``.
-    """
-
-    directory: Path
-    device_id: str
-    mqtt_url: str
-    api_url: str
-    not_after: datetime
-    certificate: x509.Certificate
-    ca_chain: tuple[x509.Certificate, ...]
-    tuf_root_path: Path | None
-
-    @property
-    def key_path(self) -> Path:
-        """The private key file (0600)."""
-        return self.directory / KEY_FILE
-
-    @property
-    def cert_path(self) -> Path:
-        """The device certificate file."""
-        return self.directory / CERT_FILE
-
-    @property
-    def chain_path(self) -> Path:
-        """The CA chain the device verifies servers against."""
-        return self.directory / CHAIN_FILE
-
-
-def _check_replaceable(directory: Path) -> None:
-    if not directory.exists():
-        return
-    if not directory.is_dir():
-        raise BundleError(f"{directory}: exists and is not a directory")
-    strangers = sorted(p.name for p in directory.iterdir() if p.name not in _BUNDLE_FILES)
-    if strangers:
-        raise BundleError(
-            f"{directory}: holds files that are not part of a credentials bundle "
-            f"({', '.join(strangers[:5])}); refusing to replace it, choose an empty directory"
-        )
 
 
 def write_bundle(
@@ -190,49 +139,22 @@ def write_bundle(
             certificate for another device, bad PEM), or ``directory`` holds other files.
     """
     directory = Path(directory)
-    _check_replaceable(directory)
-    _parse_certificate(certificate_pem, CERT_FILE)
-    staging = directory.with_name(f".{directory.name}.new")
-    previous = directory.with_name(f".{directory.name}.prev")
-    shutil.rmtree(staging, ignore_errors=True)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging.mkdir(mode=0o700)
-    try:
-        write_private_file(staging / KEY_FILE, key_pem)
-        write_public_file(staging / CERT_FILE, certificate_pem)
-        write_public_file(staging / CHAIN_FILE, ca_chain_pem)
-        if tuf_root is not None:
-            write_public_file(staging / TUF_ROOT_FILE, tuf_root)
-        metadata = {
-            "format": BUNDLE_FORMAT,
-            "version": BUNDLE_VERSION,
-            "device_id": device_id,
-            "mqtt_url": mqtt_url,
-            "api_url": api_url,
-            "not_after": _parse_certificate(
-                certificate_pem, CERT_FILE
-            ).not_valid_after_utc.isoformat(),
-            "private_key": KEY_FILE,
-            "certificate": CERT_FILE,
-            "ca_chain": CHAIN_FILE,
-            "tuf_root": TUF_ROOT_FILE if tuf_root is not None else None,
-        }
-        write_public_file(
-            staging / METADATA_FILE, (json.dumps(metadata, indent=2) + "\n").encode("utf-8")
-        )
-        read_bundle(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if directory.exists():
-        shutil.rmtree(previous, ignore_errors=True)
-        os.rename(directory, previous)
-        os.rename(staging, directory)
-        fsync_dir(directory.parent)
-        shutil.rmtree(previous)
-    else:
-        os.rename(staging, directory)
-        fsync_dir(directory.parent)
+        if not directory.is_dir():
+            raise BundleError(f"{directory}: exists and is not a directory")
+        check_replaceable(directory, os.listdir(directory))
+    certificate = _parse_certificate(certificate_pem, CERT_FILE)
+    files = bundle_files(
+        device_id=device_id,
+        key_pem=key_pem,
+        certificate_pem=certificate_pem,
+        ca_chain_pem=ca_chain_pem,
+        mqtt_url=mqtt_url,
+        api_url=api_url,
+        not_after=certificate.not_valid_after_utc,
+        tuf_root=tuf_root,
+    )
+    replace_directory(directory, files, check=read_bundle)
     return read_bundle(directory)
 
 
@@ -249,7 +171,7 @@ def renewal_due(certificate: x509.Certificate, now: datetime, fraction: float = 
 def _read_limited(path: Path) -> bytes:
     try:
         size = path.stat().st_size
-        if size > _MAX_FILE_BYTES:
+        if size > MAX_FILE_BYTES:
             raise BundleError(f"{path}: {size} bytes is too large for a credentials file")
         return path.read_bytes()
     except FileNotFoundError:
@@ -281,29 +203,10 @@ def read_bundle(directory: Path) -> CredentialsBundle:
         BundleError: with the file and the reason.
     """
     directory = Path(directory)
-    previous = directory.with_name(f".{directory.name}.prev")
-    if not directory.exists() and previous.is_dir():
-        # A replacement was cut between its two renames: the previous bundle is whole.
-        os.rename(previous, directory)
+    restore_interrupted(directory)  # a replacement cut between its renames: the old one
     meta_path = directory / METADATA_FILE
-    try:
-        meta = json.loads(_read_limited(meta_path))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BundleError(f"{meta_path}: not valid JSON") from None
-    if not isinstance(meta, dict):
-        raise BundleError(f"{meta_path}: expected a JSON object")
-    if meta.get("format") != BUNDLE_FORMAT or meta.get("version") != BUNDLE_VERSION:
-        raise BundleError(
-            f"{meta_path}: not an {BUNDLE_FORMAT} version {BUNDLE_VERSION} bundle "
-            f"(format={meta.get('format')!r}, version={meta.get('version')!r})"
-        )
-    fields: dict[str, str] = {}
-    for field in ("device_id", "mqtt_url", "api_url"):
-        value = meta.get(field)
-        if not isinstance(value, str) or not value:
-            raise BundleError(f"{meta_path}: field {field!r} must be a non-empty string")
-        fields[field] = value
-    device_id = fields["device_id"]
+    meta = parse_metadata(_read_limited(meta_path), meta_path)
+    device_id = meta.device_id
 
     key_path = directory / KEY_FILE
     try:
@@ -336,15 +239,15 @@ def read_bundle(directory: Path) -> CredentialsBundle:
         raise BundleError(f"{chain_path}: not a PEM list of certificates") from None
 
     tuf_root_path: Path | None = None
-    if meta.get("tuf_root"):
+    if meta.has_tuf_root:
         tuf_root_path = directory / TUF_ROOT_FILE
         if not tuf_root_path.is_file():
             raise BundleError(f"{tuf_root_path}: named by {METADATA_FILE} but missing")
     return CredentialsBundle(
         directory=directory,
         device_id=device_id,
-        mqtt_url=fields["mqtt_url"],
-        api_url=fields["api_url"],
+        mqtt_url=meta.mqtt_url,
+        api_url=meta.api_url,
         not_after=cert.not_valid_after_utc.astimezone(UTC),
         certificate=cert,
         ca_chain=chain,

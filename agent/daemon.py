@@ -100,7 +100,7 @@ class AgentDaemon:
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         ring: RingHandler | None = None,
-        reconnect_max_s: float = 60.0,
+        reconnect_max_s: float | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
@@ -143,9 +143,11 @@ class AgentDaemon:
 
             self.renewal = CertificateRenewal(config.tls.bundle)
         self.connected_since: float | None = None
-        self.backoff = Backoff(initial=min(1.0, reconnect_max_s), maximum=reconnect_max_s)
+        backoff_max = config.reconnect_max_s if reconnect_max_s is None else reconnect_max_s
+        self.backoff = Backoff(
+            initial=min(config.reconnect_min_s, backoff_max), maximum=backoff_max
+        )
         self._reconnect_at = 0.0
-        self._outage_logged = False
         self.started_at = self.clock.time()
         self.updater: Updater | None = None
         software_version = config.software_version
@@ -226,7 +228,7 @@ class AgentDaemon:
             on_message=self._on_message,
         )
         if transport is None:
-            transport = MqttTransport(mqtt_settings(config), events)
+            transport = MqttTransport(mqtt_settings(config), events, queue_depth=self.outbox.depth)
         else:
             transport.events = events
         self.transport = transport
@@ -248,7 +250,6 @@ class AgentDaemon:
 
     def _on_connected(self) -> None:
         self.backoff.reset()
-        self._outage_logged = False
         self.connected_since = self.clock.time()
         self.delivery.reset()
         log.info("connected to %s", self.config.broker_url)
@@ -394,11 +395,9 @@ class AgentDaemon:
         except OSError as exc:
             delay = self.backoff.next_delay()
             self._reconnect_at = self.clock.monotonic() + delay
-            level = logging.DEBUG if self._outage_logged else logging.WARNING
-            self._outage_logged = True
-            log.log(
-                level, "cannot reach %s (%s); retrying in %.1fs", self.config.broker_url, exc, delay
-            )
+            # The transport logged the failure and its reason (and, at most once a
+            # minute, how much is queued); only the retry delay is left to say.
+            log.debug("cannot reach %s (%s); retrying in %.1fs", self.config.broker_url, exc, delay)
 
     def step(self) -> None:
         """One iteration: run what is due, send, then wait for I/O until the next deadline."""

@@ -11,6 +11,8 @@ from typing import Any
 
 from agent.collectors import SystemCollector
 from agent.core.rules import BUILTINS, FAN_GATE_TEMP_C
+from protocol import SIGNALS
+from protocol.signals import format_value
 
 THROTTLE_BITS = {
     0: "under-voltage now",
@@ -23,24 +25,8 @@ THROTTLE_BITS = {
     19: "soft temperature limit has occurred since boot",
 }
 
-LABELS = {
-    "cpu_pct": ("CPU use", "%"),
-    "load_1m": ("load (1 min)", ""),
-    "mem_pct": ("memory used", "%"),
-    "swap_pct": ("swap used", "%"),
-    "disk_pct": ("disk used", "%"),
-    "disk_io_errors": ("storage I/O errors", ""),
-    "temp_c": ("SoC temperature", " °C"),
-    "throttled": ("Pi throttling bits", ""),
-    "undervoltage": ("under-voltage alarm", ""),
-    "fan_rpm": ("fan speed", " rpm"),
-    "uptime_s": ("uptime", " s"),
-    "agent_rss_mb": ("this process RSS", " MB"),
-    "net_rx_bytes": ("network received", " B"),
-    "net_tx_bytes": ("network sent", " B"),
-    "emmc_life_used_pct": ("SD/eMMC life used", "%"),
-    "clock_synced": ("clock synchronised", ""),
-}
+SIGNALS_BY_NAME = {s.name: s for s in SIGNALS}
+"""Labels and units come from the signals' declarations on ``protocol.Sample``."""
 
 
 def decode_throttled(bits: int) -> list[str]:
@@ -92,7 +78,9 @@ def diagnose(collector: SystemCollector | None = None) -> dict[str, Any]:
     collector = collector or SystemCollector()
     time.sleep(0.5)
     sample = collector.collect(time.time())
-    values = {name: getattr(sample, name) for name in LABELS if getattr(sample, name) is not None}
+    values = {
+        name: getattr(sample, name) for name in SIGNALS_BY_NAME if getattr(sample, name) is not None
+    }
     signals: dict[str, Any] = {}
     for name, value in values.items():
         verdict, note = _verdict(name, value, values)
@@ -113,20 +101,15 @@ def render(report: dict[str, Any]) -> str:
     mark = {"ok": "ok  ", "warning": "WARN", "problem": "FAIL"}
     lines = ["Hardware health of this machine", ""]
     for name, info in report["signals"].items():
-        label, unit = LABELS[name]
-        value = info["value"]
-        if name == "throttled":
-            shown = f"{value:#x}"
-        elif isinstance(value, float):
-            shown = f"{round(value, 2):g}{unit}"
-        else:
-            shown = f"{value}{unit}"
+        signal = SIGNALS_BY_NAME[name]
+        shown = format_value(signal, info["value"])
         note = f"  ({info['note']})" if info["note"] else ""
-        lines.append(f"  [{mark[info['verdict']]}] {label:<22} {shown}{note}")
+        lines.append(f"  [{mark[info['verdict']]}] {signal.label:<22} {shown}{note}")
     if report["unavailable"]:
         lines += ["", "Not available on this machine:"]
         for name, reason in report["unavailable"].items():
-            lines.append(f"  {LABELS.get(name, (name, ''))[0]:<26} {reason}")
+            label = SIGNALS_BY_NAME[name].label if name in SIGNALS_BY_NAME else name
+            lines.append(f"  {label:<26} {reason}")
     verdict = {
         "ok": "No problems found.",
         "warning": "Warnings: " + ", ".join(report["warnings"]),

@@ -75,6 +75,7 @@ def mqtt_settings(config: AgentConfig) -> MqttSettings:
         client_id=config.device_id,
         command_topic=topic(config.device_id, Kind.COMMAND),
         keepalive=config.keepalive_s,
+        mqtt_version=config.mqtt_version,
         tls=config.broker_tls,
         ca=config.tls.ca,
         cert=config.tls.cert,

@@ -3,7 +3,8 @@
 ``state.json`` in the state directory holds the seq reservation, the previous run
 (boot id, kernel boot time, clean stop, intended restart), the recent start times and the
 fault rules' state. Writes go to a temporary file that is fsynced and renamed over the
-old one, so power loss leaves either the old or the new file, never a torn one. A
+old one (:func:`firmware_bundles.files.atomic_write`, re-exported here for the agent), so
+power loss leaves either the old or the new file, never a torn one. A
 corrupt file is moved aside (``state.json.corrupt``) and the agent starts fresh rather
 than refusing to run.
 """
@@ -16,41 +17,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from firmware_bundles.files import atomic_write, fsync_dir
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or new file in ``directory`` survive a power cut."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (temp file created with
-    ``mode``, write, fsync, rename, fsync the directory); a failure leaves the old file and
-    no temp file behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask must not widen or narrow what was asked for
-        with os.fdopen(fd, "wb") as out:
-            fd = -1
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+__all__ = ["STATE_FILE", "StateFile", "atomic_write", "fsync_dir", "read_state"]
 
 
 class StateFile:

@@ -1,27 +1,55 @@
-"""MQTT 5 transport over paho-mqtt, driven by the caller's loop (no paho threads).
+"""MQTT transport over paho-mqtt 2.x (MQTT 5 or 3.1.1), driven by the caller's loop.
 
 The daemon calls :meth:`MqttTransport.loop` with a timeout from its own schedule; the
 simulator can drive many transports the same way. Each connection attempt uses a fresh
 paho client, so paho never replays its own in-memory queue: the on-disk outbox is the
 only source of what gets (re)sent, and in which order.
+
+Which MQTT version (``mqtt_version``): ``"5"``, ``"3.1.1"``, or ``"auto"`` (the default),
+which offers MQTT 5 and falls back to 3.1.1 when the broker refuses it: a CONNACK saying
+"unsupported protocol version", the connection closed before any CONNACK, or no CONNACK
+within :data:`PROBE_TIMEOUT_S` (the embedded amqtt broker misreads an MQTT 5 CONNECT and
+waits for bytes that never come). The first version that connects is kept for the rest
+of the process. Everything the agent relies on holds under both: QoS 1, a retained
+presence, a retained QoS 1 last will, and a persistent session on a stable client id
+(MQTT 5: ``clean_start=False`` with a session expiry; 3.1.1: ``clean_session=False``).
+
+Every failed attempt is logged with the broker's reason (refused: not authorised, bad
+user name or password, unsupported protocol version...; or the socket's: connection
+refused, name resolution, TLS); while offline, at most once a minute, how many messages
+wait in the outbox. When to retry is the caller's (:class:`agent.core.schedule.Backoff`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import socket
 import ssl
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
+
+MQTT_VERSIONS = ("auto", "5", "3.1.1")
+PROBE_TIMEOUT_S = 5.0
+"""``auto``: how long to wait for the CONNACK of the MQTT 5 attempt before trying 3.1.1."""
+QUEUE_LOG_INTERVAL_S = 60.0
+"""While offline, how often (at most) the number of queued messages is logged."""
+SESSION_EXPIRY_S = 7 * 86400
+"""MQTT 5 session expiry: the broker keeps the session (and queued commands) a week."""
+UNSUPPORTED_PROTOCOL = 132
+"""MQTT 5 CONNACK reason code "Unsupported protocol version"."""
 
 
 @dataclass
@@ -83,17 +111,79 @@ class MqttSettings:
     username: str | None = None
     password: str | None = None
     max_inflight: int = 20
-    extra: dict[str, Any] = field(default_factory=dict)
+    mqtt_version: str = "auto"
+    """``"auto"``, ``"5"`` or ``"3.1.1"`` (see the module docstring)."""
+    connect_timeout_s: float = 30.0
+    """How long to wait for a CONNACK once the CONNECT is sent."""
+    probe_timeout_s: float = PROBE_TIMEOUT_S
+
+    @property
+    def url(self) -> str:
+        """The broker as a URL, for log lines."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def describe_error(exc: BaseException) -> str:
+    """A socket-level connection failure in words (refused, DNS, TLS, timeout...)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS error: the broker's certificate is not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {getattr(exc, 'reason', None) or exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the broker's host name ({exc.strerror})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (no broker listening on that port)"
+    if isinstance(exc, TimeoutError):
+        return "timed out opening the connection"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
+
+
+def describe_refusal(reason: ReasonCode) -> str:
+    """A CONNACK refusal in words, with the broker's reason code."""
+    text = f"refused by the broker: {reason.getName()} (reason code {reason.value})"
+    if reason.getName() in ("Not authorized", "Bad user name or password"):
+        text += "; not authorised: check username/password_file, the certificate and the ACL"
+    return text
+
+
+@dataclass
+class _Attempt:
+    """One connection attempt, from CONNECT to CONNACK (or its failure)."""
+
+    version: str
+    started: float
+    refused: ReasonCode | None = None
+    error: str | None = None
+    """The last socket error paho logged during the attempt."""
+    closed: bool = False
 
 
 class MqttTransport:
-    """paho-mqtt 2.x client, MQTT 5, QoS 1, optional mutual TLS."""
+    """paho-mqtt 2.x client, MQTT 5 or 3.1.1, QoS 1, optional mutual TLS."""
 
-    def __init__(self, settings: MqttSettings, events: TransportEvents | None = None) -> None:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        events: TransportEvents | None = None,
+        *,
+        queue_depth: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if settings.mqtt_version not in MQTT_VERSIONS:
+            raise ValueError(f"mqtt_version {settings.mqtt_version!r} not in {MQTT_VERSIONS}")
         self.settings = settings
         self.events = events or TransportEvents()
+        self.queue_depth = queue_depth
+        self.clock = clock
         self._client: mqtt.Client | None = None
         self._connected = False
+        self._version = None if settings.mqtt_version == "auto" else settings.mqtt_version
+        self._attempt: _Attempt | None = None
+        self._will: tuple[str, bytes] = ("", b"")
+        self._offline_since = clock()
+        self._queue_logged_at = -math.inf
 
     @property
     def connected(self) -> bool:
@@ -105,13 +195,28 @@ class MqttTransport:
         """True while a client exists (connecting or connected)."""
         return self._client is not None
 
-    def _new_client(self) -> mqtt.Client:
+    @property
+    def protocol(self) -> str | None:
+        """The MQTT version in use (``"5"`` or ``"3.1.1"``); ``None`` until ``auto`` chose."""
+        return self._version
+
+    def _new_client(self, version: str) -> mqtt.Client:
         s = self.settings
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
-            protocol=mqtt.MQTTv5,
-        )
+        if version == "5":
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=s.client_id,
+                protocol=mqtt.MQTTv5,
+                reconnect_on_failure=False,
+            )
+        else:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=s.client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=False,
+                reconnect_on_failure=False,  # no silent downgrade to MQTT 3.1
+            )
         client.max_inflight_messages_set(s.max_inflight)
         client.max_queued_messages_set(0)
         if s.tls:
@@ -125,24 +230,40 @@ class MqttTransport:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_log = self._on_log
         return client
 
     def connect(self, will_topic: str, will_payload: bytes) -> None:
-        """Start a new connection with a retained QoS 1 last will."""
+        """Start a new connection with a retained QoS 1 last will; a failure to open it is
+        logged with its reason and raised as ``OSError``."""
         self._drop_client()
-        client = self._new_client()
-        client.will_set(will_topic, will_payload, qos=1, retain=True)
-        self._client = client
+        self._will = (will_topic, will_payload)
+        version = self._version or "5"
         try:
-            client.connect(
-                self.settings.host,
-                self.settings.port,
-                keepalive=self.settings.keepalive,
-                clean_start=True,
-            )
-        except (OSError, ssl.SSLError, ValueError):
-            self._drop_client()
+            self._open(version)
+        except OSError as exc:
+            self._log_failure(version, str(exc))
             raise
+
+    def _open(self, version: str) -> None:
+        """Send a CONNECT in ``version``; ``OSError`` (with the reason) if it cannot."""
+        s = self.settings
+        client = self._new_client(version)
+        client.will_set(self._will[0], self._will[1], qos=1, retain=True)
+        self._client = client
+        self._attempt = _Attempt(version, self.clock())
+        try:
+            if version == "5":
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = SESSION_EXPIRY_S
+                client.connect(
+                    s.host, s.port, keepalive=s.keepalive, clean_start=False, properties=props
+                )
+            else:
+                client.connect(s.host, s.port, keepalive=s.keepalive)
+        except (OSError, ValueError) as exc:
+            self._drop_client()
+            raise OSError(describe_error(exc)) from exc
 
     def _drop_client(self) -> None:
         client, self._client = self._client, None
@@ -163,18 +284,81 @@ class MqttTransport:
         return int(info.mid)
 
     def loop(self, timeout: float) -> None:
-        """One round of paho's network loop; a broken link fires ``on_disconnected``."""
+        """One round of paho's network loop; a broken link or a failed attempt fires
+        ``on_disconnected`` (an ``auto`` attempt refused in MQTT 5 retries in 3.1.1 first)."""
         client = self._client
         if client is None:
             return
         rc = client.loop(timeout=max(timeout, 0.0))
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and self._client is client:
-            was = self._connected
+        if self._client is not client:
+            return
+        if self._connected:
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._lost(mqtt.error_string(rc))
+            return
+        attempt = self._attempt
+        assert attempt is not None
+        failure = self._attempt_failure(attempt, rc)
+        if failure is None:
+            return
+        text, refuses_v5 = failure
+        if refuses_v5 and attempt.version == "5" and self._version is None:
+            log.info("%s did not accept MQTT 5 (%s); trying MQTT 3.1.1", self.settings.url, text)
             self._drop_client()
-            if was:
-                self.events.on_disconnected(mqtt.error_string(rc))
-            else:
-                self.events.on_disconnected(f"connection failed: {mqtt.error_string(rc)}")
+            try:
+                self._open("3.1.1")
+            except OSError as exc:
+                self._fail("3.1.1", str(exc))
+            return
+        if refuses_v5 and attempt.version == "5":
+            text += ' (does the broker speak MQTT 5? try mqtt_version = "auto" or "3.1.1")'
+        self._fail(attempt.version, text)
+
+    def _attempt_failure(self, attempt: _Attempt, rc: MQTTErrorCode) -> tuple[str, bool] | None:
+        """Why the pending attempt failed, and whether that looks like a broker refusing
+        MQTT 5; ``None`` while it may still succeed."""
+        if attempt.refused is not None:
+            return describe_refusal(attempt.refused), attempt.refused.value == UNSUPPORTED_PROTOCOL
+        if attempt.error is not None:
+            return attempt.error, False
+        if attempt.closed or rc == MQTTErrorCode.MQTT_ERR_CONN_LOST:
+            return "the broker closed the connection without answering the CONNECT", True
+        if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+            return mqtt.error_string(rc), False
+        probing = attempt.version == "5" and self._version is None
+        limit = self.settings.probe_timeout_s if probing else self.settings.connect_timeout_s
+        if self.clock() - attempt.started > limit:
+            return f"no answer (CONNACK) to the CONNECT within {limit:g}s", True
+        return None
+
+    def _lost(self, reason: str) -> None:
+        self._drop_client()
+        self._offline_since = self.clock()
+        self.events.on_disconnected(reason)
+
+    def _fail(self, version: str, reason: str) -> None:
+        self._drop_client()
+        self._log_failure(version, reason)
+        self.events.on_disconnected(f"connection failed: {reason}")
+
+    def _log_failure(self, version: str, reason: str) -> None:
+        log.warning("cannot connect to %s (MQTT %s): %s", self.settings.url, version, reason)
+        if self.queue_depth is None:
+            return
+        now = self.clock()
+        if now - self._queue_logged_at < QUEUE_LOG_INTERVAL_S:
+            return
+        self._queue_logged_at = now
+        try:
+            depth = self.queue_depth()
+        except Exception as exc:  # a count for a log line must never break reconnecting
+            log.debug("cannot count queued messages: %s", exc)
+            return
+        log.warning(
+            "offline for %.0fs: %d messages queued, delivered once connected",
+            now - self._offline_since,
+            depth,
+        )
 
     def disconnect(self) -> None:
         """Send DISCONNECT and close."""
@@ -189,7 +373,7 @@ class MqttTransport:
                     break
         self._drop_client()
 
-    # --- paho callbacks --------------------------------------------------------------
+    # --- paho callbacks (they only record; loop() acts) ------------------------------
 
     def _on_connect(
         self,
@@ -199,13 +383,19 @@ class MqttTransport:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if client is not self._client:
+        attempt = self._attempt
+        if client is not self._client or attempt is None:
             return
         if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
-            self._drop_client()
-            self.events.on_disconnected(f"refused: {reason}")
+            attempt.refused = reason
             return
+        if self._version is None:
+            self._version = attempt.version
+            log.info(
+                "%s speaks MQTT %s: using it for the life of this process",
+                self.settings.url,
+                attempt.version,
+            )
         self._connected = True
         client.subscribe(self.settings.command_topic, qos=1)
         self.events.on_connected()
@@ -220,11 +410,24 @@ class MqttTransport:
     ) -> None:
         if client is not self._client:
             return
-        was = self._connected
+        if not self._connected:
+            if self._attempt is not None:
+                self._attempt.closed = True
+            return
         self._client = None
         self._connected = False
-        if was:
-            self.events.on_disconnected(str(reason))
+        self._offline_since = self.clock()
+        self.events.on_disconnected(str(reason))
+
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
+        attempt = self._attempt
+        if (
+            client is self._client
+            and attempt is not None
+            and not self._connected
+            and level in (mqtt.MQTT_LOG_ERR, mqtt.MQTT_LOG_WARNING)
+        ):
+            attempt.error = text
 
     def _on_publish(
         self,

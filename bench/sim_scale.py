@@ -127,8 +127,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from simulator.engine import agent_settings, build_devices
+    from simulator.fleet_builder import build_fleet
     from simulator.live import LiveEngine, raise_fd_limit
-    from simulator.scenario import build_fleet, parse_scenario
+    from simulator.scenario import parse_scenario
     from simulator.timeline import Timeline
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -13,7 +13,6 @@ byte-identical bundle on any machine with the same zlib.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firmware_bundles.errors import BundleError, Reason
+from firmware_bundles.files import sha256_file
 from firmware_bundles.manifest import (
     MANIFEST_NAME,
     PAYLOAD_DIR,
@@ -32,8 +32,6 @@ from firmware_bundles.manifest import (
     encode_manifest,
     parse_manifest,
 )
-
-_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,16 +53,6 @@ class _SourceFile:
     executable: bool
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 def _scan_payload(root: Path) -> list[_SourceFile]:
     """Every regular file under ``root``, sorted; refuses symlinks and special files."""
     found: list[_SourceFile] = []
@@ -82,7 +70,7 @@ def _scan_payload(root: Path) -> list[_SourceFile]:
         for name in filenames:
             disk = Path(dirpath) / name
             rel = disk.relative_to(root).as_posix()
-            digest, size = _sha256_file(disk)
+            digest, size = sha256_file(disk)
             executable = bool(disk.stat().st_mode & stat.S_IXUSR)
             found.append(_SourceFile(rel, disk, size, digest, executable))
     return sorted(found, key=lambda f: f.path)
@@ -172,11 +160,11 @@ def build_bundle(src: Path, out: Path) -> BuiltBundle:
         write_bundle(manifest, files, tmp)
         # a changed file between scan and write would make the bundle lie about itself
         for f in files:
-            if _sha256_file(f.disk) != (f.sha256, f.size):
+            if sha256_file(f.disk) != (f.sha256, f.size):
                 raise BundleError(Reason.BAD_SOURCE, f"{f.disk} changed during the build")
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    digest, size = _sha256_file(target)
+    digest, size = sha256_file(target)
     return BuiltBundle(target, manifest, digest, size)

@@ -12,7 +12,8 @@ from firmware_bundles import __version__
 from firmware_bundles.build import build_bundle
 from firmware_bundles.errors import BundleError
 from firmware_bundles.examples import EXAMPLE_NAMES, build_examples
-from firmware_bundles.inspect import file_sha256, read_manifest, summary
+from firmware_bundles.files import sha256_file
+from firmware_bundles.inspect import read_manifest, summary
 from firmware_bundles.verify import verify_bundle
 
 app = typer.Typer(
@@ -95,7 +96,7 @@ def inspect(
         ("channel", m.channel or "-"),
         ("payload", f"{len(m.payload)} files, {m.payload_size} bytes"),
         ("health check", "yes" if m.health_check else "none"),
-        ("sha256", file_sha256(bundle)),
+        ("sha256", sha256_file(bundle)[0]),
     ]
     if m.simulation:
         rows.append(("simulation", f"boot={m.simulation.boot} health={m.simulation.health}"))

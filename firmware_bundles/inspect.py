@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import tarfile
 import zlib
 from pathlib import Path
 
 from firmware_bundles.errors import BundleError, Reason
+from firmware_bundles.files import sha256_file
 from firmware_bundles.manifest import Manifest, manifest_to_dict
 from firmware_bundles.verify import open_bundle_stream, read_manifest_member
 
@@ -28,21 +28,13 @@ def read_manifest(path: Path) -> Manifest:
         raise BundleError(Reason.NOT_A_BUNDLE, f"{path} is not a valid bundle: {exc}") from None
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a whole file (the bundle's identity in TUF and in the registry)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def summary(path: Path, manifest: Manifest) -> dict[str, object]:
     """A JSON-compatible description of a bundle: file facts plus the whole manifest."""
     path = Path(path)
+    sha256, size = sha256_file(path)
     return {
         "file": str(path),
-        "size": path.stat().st_size,
-        "sha256": file_sha256(path),
+        "size": size,
+        "sha256": sha256,
         "manifest": manifest_to_dict(manifest),
     }

@@ -12,7 +12,6 @@ wrote when the bundle turns out to be bad.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import tarfile
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from firmware_bundles.errors import BundleError, Reason
+from firmware_bundles.files import sha256_stream
 from firmware_bundles.manifest import (
     MANIFEST_MAX_BYTES,
     MANIFEST_NAME,
@@ -182,20 +182,14 @@ def _copy_checked(
 ) -> None:
     fh = tar.extractfile(member)
     assert fh is not None
-    digest = hashlib.sha256()
-    size = 0
     try:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            if sink is not None:
-                sink.write(chunk)
+        digest, size = sha256_stream(fh, sink)
     finally:
         if sink is not None:
             sink.close()
     if size != entry.size:
         raise BundleError(Reason.SIZE_MISMATCH, f"{entry.path}: truncated ({size} bytes)")
-    if digest.hexdigest() != entry.sha256:
+    if digest != entry.sha256:
         raise BundleError(Reason.HASH_MISMATCH, f"{entry.path}: sha256 differs from the manifest")
 
 

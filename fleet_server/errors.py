@@ -11,6 +11,7 @@ string clients may switch on; ``details`` is optional JSON for the specifics.
 | invalid input | :class:`InvalidInputError` | 422 | no: fix the request |
 | too large | :class:`TooLargeError` | 413 | no: send less |
 | not found | :class:`NotFoundError` | 404 | no |
+| gone (a one-time link used or expired) | :class:`GoneError` | 410 | no |
 | conflict with the state | :class:`ConflictError` | 409 | maybe, once the state changed |
 | not allowed for this caller | :class:`ForbiddenError` | 403 | no |
 | refused for security (signature) | :class:`SecurityRefusalError` | 422 | never |
@@ -29,6 +30,7 @@ class ErrorKind(StrEnum):
     INVALID = "invalid"
     TOO_LARGE = "too_large"
     NOT_FOUND = "not_found"
+    GONE = "gone"
     CONFLICT = "conflict"
     FORBIDDEN = "forbidden"
     SECURITY = "security"
@@ -39,6 +41,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.INVALID: 422,
     ErrorKind.TOO_LARGE: 413,
     ErrorKind.NOT_FOUND: 404,
+    ErrorKind.GONE: 410,
     ErrorKind.CONFLICT: 409,
     ErrorKind.FORBIDDEN: 403,
     ErrorKind.SECURITY: 422,
@@ -93,6 +96,12 @@ class NotFoundError(FleetError):
     kind = ErrorKind.NOT_FOUND
 
 
+class GoneError(FleetError):
+    """What the request names existed but is no longer usable (a one-time token spent)."""
+
+    kind = ErrorKind.GONE
+
+
 class ConflictError(FleetError):
     """The request is valid but not in the current state (illegal transition, busy, ...)."""
 
@@ -121,6 +130,7 @@ BY_KIND: dict[ErrorKind, type[FleetError]] = {
     ErrorKind.INVALID: InvalidInputError,
     ErrorKind.TOO_LARGE: TooLargeError,
     ErrorKind.NOT_FOUND: NotFoundError,
+    ErrorKind.GONE: GoneError,
     ErrorKind.CONFLICT: ConflictError,
     ErrorKind.FORBIDDEN: ForbiddenError,
     ErrorKind.SECURITY: SecurityRefusalError,

@@ -21,7 +21,9 @@ from securesystemslib.signer import Signer
 
 from fleet_server.updates.cli_common import JsonOpt, KeysOpt, RepoOpt, emit, user_errors
 from fleet_server.updates.keys import create_root_keys, load_root_keys
-from fleet_server.updates.tuf_repository import ONLINE_ROLES, Expiries, TufRepository
+from fleet_server.updates.tuf_expiries import Expiries
+from fleet_server.updates.tuf_repository import TufRepository
+from fleet_server.updates.tuf_signing import ONLINE_ROLES
 
 keys_app = typer.Typer(
     name="keys",

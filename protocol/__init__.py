@@ -7,6 +7,7 @@ from protocol.codec import MAX_PAYLOAD_BYTES, decode, decode_payload, encode, ki
 from protocol.errors import ProtocolDecodeError, Reason
 from protocol.messages import (
     SCHEMA_VERSION,
+    SIGNALS,
     AckStatus,
     Boot,
     CertificateRequest,
@@ -39,6 +40,7 @@ from protocol.messages import (
     is_error_reboot,
     safe_mode_signed_bytes,
 )
+from protocol.signals import Signal
 from protocol.topics import (
     Kind,
     is_valid_device_id,
@@ -51,6 +53,7 @@ from protocol.topics import (
 __all__ = [
     "MAX_PAYLOAD_BYTES",
     "SCHEMA_VERSION",
+    "SIGNALS",
     "AckStatus",
     "Boot",
     "CertificateRequest",
@@ -80,6 +83,7 @@ __all__ = [
     "Sample",
     "SetConfig",
     "Severity",
+    "Signal",
     "Telemetry",
     "UpdateState",
     "UpdateStateChanged",

@@ -22,10 +22,11 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from protocol.signals import BITS, signal, signals_of
 from protocol.topics import DEVICE_ID_PATTERN
 
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 0
+SCHEMA_MINOR = 1
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 
 # --- constrained scalar types -------------------------------------------------------
@@ -165,29 +166,183 @@ class Envelope(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class Sample(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
-    """One health sample. ``None`` means the source is not available on this device."""
+    """One health sample. ``None`` means the source is not available on this device.
+
+    Each field below is a health signal declared once: its type and range, and (in
+    :func:`~protocol.signals.signal`) its label, unit, source and meaning. The server's
+    telemetry columns, the API schema, ``fleet-agent doctor`` and the README table are
+    derived from these declarations (:data:`SIGNALS`).
+    """
 
     ts: Timestamp
-    cpu_pct: Percent | None = None
-    load_1m: NonNegative | None = None
-    mem_pct: Percent | None = None
-    swap_pct: Percent | None = None
-    disk_pct: Percent | None = None
-    disk_io_errors: Count | None = None
-    temp_c: Annotated[float, Meta(ge=-100, le=300)] | None = None
-    throttled: Annotated[int, Meta(ge=0, le=0xFFFFFFFF)] | None = None
-    """Raspberry Pi ``vcgencmd get_throttled`` bit field."""
-    undervoltage: bool | None = None
-    fan_rpm: NonNegative | None = None
-    uptime_s: NonNegative | None = None
-    agent_rss_mb: NonNegative | None = None
-    net_rx_bytes: Count | None = None
-    net_tx_bytes: Count | None = None
-    emmc_life_used_pct: Percent | None = None
-    clock_synced: bool | None = None
+    cpu_pct: (
+        Annotated[
+            Percent,
+            signal("CPU use", "%", source="psutil", description="all cores, since the last sample"),
+        ]
+        | None
+    ) = None
+    load_1m: (
+        Annotated[
+            NonNegative,
+            signal("load (1 min)", source="`os.getloadavg`", description="1-minute load average"),
+        ]
+        | None
+    ) = None
+    mem_pct: (
+        Annotated[
+            Percent,
+            signal("memory used", "%", source="psutil", description="RAM in use, cache excluded"),
+        ]
+        | None
+    ) = None
+    swap_pct: (
+        Annotated[
+            Percent,
+            signal("swap used", "%", source="psutil", description="absent when no swap is set up"),
+        ]
+        | None
+    ) = None
+    disk_pct: (
+        Annotated[
+            Percent,
+            signal(
+                "disk used",
+                "%",
+                source="psutil",
+                description="the watched filesystem (`disk_path`)",
+            ),
+        ]
+        | None
+    ) = None
+    disk_io_errors: (
+        Annotated[
+            Count,
+            signal(
+                "storage I/O errors",
+                source="`/sys/block/*/device/ioerr_cnt`",
+                description="errors SCSI/USB disks counted since boot",
+            ),
+        ]
+        | None
+    ) = None
+    temp_c: (
+        Annotated[
+            float,
+            Meta(ge=-100, le=300),
+            signal(
+                "SoC temperature",
+                "°C",
+                source="`/sys/class/thermal/thermal_zone*/temp`, else hwmon `temp*_input`",
+                description="the hottest sensor",
+            ),
+        ]
+        | None
+    ) = None
+    throttled: (
+        Annotated[
+            int,
+            Meta(ge=0, le=0xFFFFFFFF),
+            signal(
+                "Pi throttling bits",
+                BITS,
+                source="sysfs `get_throttled`, else `vcgencmd get_throttled` (once a minute)",
+                description="Pi under-voltage, capping and throttling, now and since boot",
+            ),
+        ]
+        | None
+    ) = None
+    undervoltage: (
+        Annotated[
+            bool,
+            signal(
+                "under-voltage alarm",
+                source="hwmon `rpi_volt` `in0_lcrit_alarm`",
+                description="Raspberry Pi supply below its limit",
+            ),
+        ]
+        | None
+    ) = None
+    fan_rpm: (
+        Annotated[
+            NonNegative,
+            signal("fan speed", "rpm", source="hwmon `fan*_input`", description="the fastest fan"),
+        ]
+        | None
+    ) = None
+    uptime_s: (
+        Annotated[
+            NonNegative,
+            signal(
+                "uptime", "s", source="`/proc/uptime`", description="time since the kernel booted"
+            ),
+        ]
+        | None
+    ) = None
+    agent_rss_mb: (
+        Annotated[
+            NonNegative,
+            signal("this process RSS", "MB", source="psutil", description="the agent's own memory"),
+        ]
+        | None
+    ) = None
+    net_rx_bytes: (
+        Annotated[
+            Count,
+            signal("network received", "B", source="psutil", description="all interfaces but `lo`"),
+        ]
+        | None
+    ) = None
+    net_tx_bytes: (
+        Annotated[
+            Count,
+            signal("network sent", "B", source="psutil", description="all interfaces but `lo`"),
+        ]
+        | None
+    ) = None
+    emmc_life_used_pct: (
+        Annotated[
+            Percent,
+            signal(
+                "SD/eMMC life used",
+                "%",
+                source="`/sys/block/mmcblk*/device/life_time`",
+                description="JEDEC wear estimate, in 10 % steps",
+            ),
+        ]
+        | None
+    ) = None
+    clock_synced: (
+        Annotated[
+            bool,
+            signal(
+                "clock synchronised",
+                source="kernel `adjtimex` state",
+                description="NTP keeps the clock in step",
+            ),
+        ]
+        | None
+    ) = None
+    wifi_signal_dbm: (
+        Annotated[
+            float,
+            Meta(ge=-150, le=0),
+            signal(
+                "Wi-Fi signal level",
+                "dBm",
+                source="`/proc/net/wireless`",
+                description="the first associated wireless interface",
+            ),
+        ]
+        | None
+    ) = None
     custom: Annotated[
         dict[Annotated[str, Meta(min_length=1, max_length=64)], Finite], Meta(max_length=64)
     ] = {}
+
+
+SIGNALS = signals_of(Sample)
+"""Every health signal of :class:`Sample`, in field order (see :mod:`protocol.signals`)."""
 
 
 class Telemetry(Envelope, kw_only=True, frozen=True):

@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.table import Table
 
 from simulator import __version__
-from simulator.hardware import FAULTS
+from simulator.hardware_faults import FAULTS
 
 app = typer.Typer(
     name="fleet-sim",
@@ -145,7 +145,9 @@ def run(
         jsonl_writer,
         run_offline,
     )
-    from simulator.scenario import ScenarioError, build_fleet, load_scenario, parse_duration
+    from simulator.fleet_builder import build_fleet
+    from simulator.scenario import ScenarioError, load_scenario
+    from simulator.scenario_fields import parse_duration
     from simulator.server_api import ServerApi, ServerError, ServerRegistrar
     from simulator.timeline import Timeline
 
@@ -172,7 +174,7 @@ def run(
     fleet = build_fleet(scenario)
     timeline = Timeline(scenario, fleet)
     if factory_csv is not None:
-        from simulator.scenario import write_factory_csv
+        from simulator.fleet_builder import write_factory_csv
 
         try:
             write_factory_csv(fleet, factory_csv)
@@ -409,7 +411,8 @@ def diagnose(
     climate = ambient
     utc_offset = 0.0
     if scenario_file is not None:
-        from simulator.scenario import ScenarioError, build_fleet, load_scenario
+        from simulator.fleet_builder import build_fleet
+        from simulator.scenario import ScenarioError, load_scenario
 
         try:
             specs = {s.device_id: s for s in build_fleet(load_scenario(scenario_file))}

@@ -3,7 +3,8 @@
 A fleet server (SQLite, embedded MQTT broker, development TUF root) runs as a subprocess
 in a temporary directory; about 200 simulated gateways (the real agent core on
 simulated hardware, each with its own MQTT connection) are registered from a factory CSV
-and run live in this process; a good and a bad bundle are published and rolled out in
+and run live in this process, and one real ``fleet-agent`` process joins them
+(:mod:`simulator.demo_agent`); a good and a bad bundle are published and rolled out in
 stages (the good one completes, the bad one halts and rolls back by itself); a seized fan
 raises an alarm; a recall campaign is opened and a warranty claim filed. Every step is
 narrated. Everything is stopped and the temporary directory removed at the end, also on
@@ -18,9 +19,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,6 +30,15 @@ from typing import Any
 
 from rich.console import Console
 
+from simulator.demo_agent import DEVICE_ID as REAL_DEVICE
+from simulator.demo_agent import RealAgent, agent_config
+from simulator.demo_server import (
+    free_port,
+    held_interrupts,
+    server_command,
+    server_config,
+    start_process,
+)
 from simulator.server_api import ServerApi, ServerError
 
 SCENARIO = Path(__file__).resolve().parent / "scenarios" / "live-demo.toml"
@@ -65,50 +73,6 @@ FAST_POLICY: dict[str, Any] = {
 
 class DemoError(Exception):
     """A step of the demo failed; the message says which and why."""
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def server_config(tmp: Path, api_port: int, mqtt_port: int) -> str:
-    """The demo server's TOML: SQLite, embedded broker, short timeouts and job intervals."""
-    return f"""# fleet-server configuration written by fleet-sim demo
-# Demo mode: no TLS, an unauthenticated embedded broker. Never expose it (SECURITY.md).
-[security]
-mode = "demo"
-
-[database]
-url = "sqlite:///{tmp / "fleet.db"}"
-
-[mqtt]
-embedded_port = {mqtt_port}
-
-[api]
-host = "127.0.0.1"
-port = {api_port}
-
-[ingest]
-auto_register = true
-
-[presence]
-sweep_interval_s = 2
-
-[updates]
-repo_dir = "{tmp / "tuf"}"
-keys_dir = "{tmp / "tuf-keys"}"
-expiry_interval_s = 2
-
-[rollouts]
-tick_interval_s = 1
-"""
-
-
-def _server_command(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from fleet_server.cli import main; main()", *args]
 
 
 class Narrator:
@@ -181,6 +145,7 @@ class Demo:
         self.engine: Any = None
         self.engine_thread: threading.Thread | None = None
         self.engine_error: BaseException | None = None
+        self.real: RealAgent | None = None
         self.api_port = free_port()
         self.mqtt_port = free_port()
         while self.mqtt_port == self.api_port:
@@ -195,7 +160,9 @@ class Demo:
     # --- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the fleet and the server, remove the temporary directory."""
+        """Stop the real agent, the fleet and the server, remove the temporary directory."""
+        if self.real is not None:
+            self.real.stop()
         if self.engine is not None:
             self.engine.request_stop()
         if self.engine_thread is not None:
@@ -221,6 +188,9 @@ class Demo:
             )
         if self.engine_error is not None:
             raise DemoError(f"the simulated fleet stopped: {self.engine_error}")
+        if self.real is not None and self.real.exited() is not None:
+            tail = "\n".join(self.real.log().splitlines()[-15:])
+            raise DemoError(f"the real agent exited with status {self.real.exited()}:\n{tail}")
 
     def _log_tail(self, lines: int = 15) -> str:
         try:
@@ -244,7 +214,7 @@ class Demo:
         config.write_text(server_config(self.tmp, self.api_port, self.mqtt_port))
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
         init = subprocess.run(
-            _server_command("init", "--config", str(config), "--json"),
+            server_command("init", "--config", str(config), "--json"),
             capture_output=True,
             text=True,
             env=env,
@@ -258,13 +228,9 @@ class Demo:
         except (ValueError, KeyError, IndexError):
             raise DemoError(f"fleet-server init said: {init.stdout.strip()}") from None
         say.ok("database and TUF repository created (a DEVELOPMENT root: demo only)")
-        with self.log_path.open("wb") as log:
-            self.server = subprocess.Popen(
-                _server_command("run", "--config", str(config)),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
+        with held_interrupts():
+            self.server = start_process(
+                server_command("run", "--config", str(config)), self.log_path, env=env
             )
         api = Api(self.url, self.token, timeout=30)
 
@@ -284,8 +250,9 @@ class Demo:
         import paho.mqtt.client as mqtt
 
         from simulator.engine import agent_settings, build_devices
+        from simulator.fleet_builder import build_fleet
         from simulator.live import LiveEngine
-        from simulator.scenario import build_fleet, load_scenario
+        from simulator.scenario import load_scenario
         from simulator.server_api import ServerRegistrar
         from simulator.timeline import Timeline
         from simulator.update_backends import DeviceUpdates, TufTargets, UpdateTiming
@@ -354,6 +321,43 @@ class Demo:
         count = wait_until("the devices to come online", online, 90, check=self._server_alive)
         say.ok(f"{count} devices online, reporting telemetry every 10 s")
 
+    def start_real_agent(self) -> None:
+        """One real ``fleet-agent`` process joins the fleet, registered through the API."""
+        from fleet_server.updates.tuf_repository import root_bytes
+
+        say = self.say
+        say.step(
+            "Start one real agent",
+            "Beside the simulated gateways runs one real fleet-agent process: this "
+            "machine's own vitals, A/B slot directories in the demo's directory, and the "
+            "agent's default MQTT settings (MQTT 5 if the broker speaks it, else 3.1.1).",
+        )
+        registered = self.api.post(
+            "/api/v1/devices",
+            {"device_id": REAL_DEVICE, "model": MODEL, "hw_revision": "rev-a", "tags": ["real"]},
+        )
+        say.ok(f"registered {REAL_DEVICE} through the API (model {MODEL}, rev-a)")
+        config = agent_config(
+            self.tmp / "real-agent",
+            broker=f"mqtt://127.0.0.1:{self.mqtt_port}",
+            server_url=self.url,
+            hardware_revision=registered.get("hw_revision") or "rev-a",
+            model=MODEL,
+        )
+        self.real = RealAgent(self.tmp / "real-agent", config, root_bytes(self.tmp / "tuf"))
+        self.real.start()
+
+        def reporting() -> dict[str, Any] | None:
+            items = self.api.telemetry(REAL_DEVICE, max_samples=1)
+            return items[0] if items else None
+
+        sample = wait_until(f"{REAL_DEVICE}'s telemetry", reporting, 60, check=self._server_alive)
+        say.ok(
+            f"{REAL_DEVICE} connected over MQTT {self.real.mqtt_version()} and reports: "
+            f"cpu {sample.get('cpu_pct')} %, memory {sample.get('mem_pct')} %, "
+            f"disk {sample.get('disk_pct')} % (its telemetry, read back through the API)"
+        )
+
     def publish(self, example: str) -> dict[str, Any]:
         """Build an example bundle and publish it through the API."""
         from firmware_bundles.examples import build_examples
@@ -418,6 +422,7 @@ class Demo:
         say = self.say
         self.start_server()
         self.start_fleet()
+        self.start_real_agent()
 
         say.step(
             "Publish two bundles",
@@ -441,6 +446,11 @@ class Demo:
             )
         committed = _counts(status).get("committed", 0)
         say.ok(f"rollout completed: {status['id']} ({committed} devices committed 1.2.0)")
+        real = self.api.device(REAL_DEVICE)
+        if real.get("software_version") != good["version"]:
+            raise DemoError(f"{REAL_DEVICE} runs {real.get('software_version')}, not 1.2.0")
+        slot, version = (self.real.committed_slot() if self.real else None) or ("?", "?")
+        say.ok(f"the real agent {REAL_DEVICE} committed 1.2.0 too: {slot} holds {version}")
 
         say.step(
             "Staged rollout of the bad bundle",

@@ -50,8 +50,9 @@ from protocol import (
     Sample,
     topic,
 )
-from simulator.hardware import Environment, SimulatedHardware
-from simulator.scenario import DeviceSpec
+from simulator.hardware import SimulatedHardware
+from simulator.hardware_params import Environment
+from simulator.scenario_model import DeviceSpec
 
 AGENT_VERSION = "sim-0.1.0"
 _SAMPLE_DECODER = msgspec.json.Decoder(Sample)

@@ -21,7 +21,8 @@ from agent.core.adaptive import AdaptiveRule
 from agent.core.faults import SIGNALS, FaultEngine
 from agent.core.rules import build_rules
 from protocol import ProtocolDecodeError, Sample, decode
-from simulator.hardware import FAULTS, AmbientProfile, HardwareParams
+from simulator.hardware_faults import FAULTS
+from simulator.hardware_params import AmbientProfile, HardwareParams
 from simulator.hypotheses import Diagnosis, FieldSignal, rank_hypotheses
 from simulator.replay import (
     BOOL_SIGNALS,

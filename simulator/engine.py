@@ -27,7 +27,9 @@ from typing import IO, Any
 from agent.core.rules import RuleConfigError, build_rules
 from protocol import Kind, PresenceState, decode
 from simulator.device import AgentSettings, SimDevice
-from simulator.scenario import DeviceSpec, Scenario, ScenarioError, build_fleet
+from simulator.fleet_builder import build_fleet
+from simulator.scenario import ScenarioError
+from simulator.scenario_model import DeviceSpec, Scenario
 from simulator.timeline import Timeline
 
 

@@ -2,7 +2,7 @@
 
 Pure and deterministic: :func:`rank_hypotheses` takes a device's field signal
 (:class:`FieldSignal`, built from its telemetry samples) and its hardware constants, and
-for each fault of :data:`simulator.hardware.FAULTS` simulates the hardware in expectation
+for each fault of :data:`simulator.hardware_faults.FAULTS` simulates the hardware in expectation
 mode (no noise) with the fault injected over a small grid of severities and onsets, then
 refines the best grid point. Each simulation starts from the device's observed state at
 the start of the window and is driven by its observed CPU load, so the fit is about what
@@ -35,16 +35,16 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from protocol import Sample
-from simulator.hardware import (
-    FAULTS,
+from simulator.hardware import SimulatedHardware
+from simulator.hardware_faults import FAULTS
+from simulator.hardware_params import (
     HOUR_S,
     AmbientProfile,
     Environment,
     HardwareParams,
-    HardwareState,
     LoadProfile,
-    SimulatedHardware,
 )
+from simulator.hardware_state import HardwareState
 
 CHANNELS: dict[str, float] = {
     "temp_c": 1.0,

@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
-from simulator.scenario import DeviceSpec
+from simulator.scenario_model import DeviceSpec
 
 TIMEOUT_S = 30.0
 SERVER_CSV_COLUMNS = (

@@ -1,6 +1,6 @@
 """A scenario's timed events resolved per device: who is cut off, unpowered or faulted when.
 
-:class:`Timeline` is pure: built once from a :class:`~simulator.scenario.Scenario` and its
+:class:`Timeline` is pure: built once from a :class:`~simulator.scenario_model.Scenario` and its
 fleet, it answers "is this device partitioned / powered at time t", "is the broker down",
 "which hooks fall in this tick" and "which faults does the scenario inject into this
 device", so a runner only has to step the hardware and the agents. All times here are
@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from simulator.hardware import Environment, FaultInjection, SimulatedHardware
-from simulator.scenario import DeviceSpec, Event, Scenario, select_devices
+from simulator.fleet_builder import select_devices
+from simulator.hardware import SimulatedHardware
+from simulator.hardware_faults import FaultInjection
+from simulator.hardware_params import Environment
+from simulator.scenario_model import DeviceSpec, Event, Scenario
 
 
 @dataclass(frozen=True, slots=True)

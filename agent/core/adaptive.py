@@ -73,46 +73,19 @@ level score); ``value`` is the sample's value.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
+from agent.core.adaptive_baseline import DIRECTIONS, AdaptiveBaseline, Direction
+from agent.core.adaptive_snapshot import FLOAT_STATE, INT_STATE, SNAPSHOT_VERSION, parse_snapshot
 from agent.core.fault_types import FaultChange
 from protocol import Sample, Severity
 
-Direction = Literal["both", "up", "down"]
-_DIRECTIONS: tuple[str, ...] = ("both", "up", "down")
 _SAMPLE_FIELDS = frozenset(Sample.__struct_fields__) - {"ts", "custom"}
-_MEANABS_TO_SD = math.sqrt(math.pi / 2.0)
-"""For Gaussian noise the mean absolute deviation is SD × sqrt(2/π)."""
-_SNAPSHOT_VERSION = 1
-_MAX_COUNT = 10**9
-"""The sample counter saturates here (it only drives warm-up and the first averages)."""
 _MAX_MAGNITUDE = 1e15
 """Larger values are not valid measurements (the protocol rejects them too)."""
-_MAX_STATE = 1e18
-"""A restored number beyond this cannot come from valid samples: the state is corrupt."""
-_DT_QUANTILE_STEP = 0.05
-"""Relative step of the streaming median of the sampling interval."""
-
-# Learned state kept in snapshots: numbers (None until known) and counters.
-_FLOAT_STATE: tuple[str, ...] = (
-    "last_ts",
-    "last_x",
-    "dt_typ",
-    "reset_ts",
-    "start_ts",
-    "m_f",
-    "s_f",
-    "m_s",
-    "s_d",
-    "resolution",
-    "pending_since",
-    "clear_since",
-    "last_clear_ts",
-)
-_INT_STATE: tuple[str, ...] = ("n", "n_all", "pending_n", "clear_n")
 
 
-class AdaptiveRule:
+class AdaptiveRule(AdaptiveBaseline):
     """Fault rule that learns a signal's normal and raises on departures from it.
 
     See the module docstring for the model. ``signal`` names a :class:`protocol.Sample`
@@ -156,8 +129,8 @@ class AdaptiveRule:
     ) -> None:
         if not isinstance(signal, str) or not signal:
             raise ValueError("signal must be a non-empty field name")
-        if direction not in _DIRECTIONS:
-            allowed = ", ".join(_DIRECTIONS)
+        if direction not in DIRECTIONS:
+            allowed = ", ".join(DIRECTIONS)
             raise ValueError(f"direction must be one of {allowed}, not {direction!r}")
         if not (0 < clear_threshold <= raise_threshold):
             raise ValueError("thresholds must satisfy 0 < clear_threshold <= raise_threshold")
@@ -284,14 +257,14 @@ class AdaptiveRule:
     def snapshot(self) -> dict[str, Any]:
         """The learned state as a small JSON-serialisable dict (constant size)."""
         state: dict[str, Any] = {
-            "v": _SNAPSHOT_VERSION,
+            "v": SNAPSHOT_VERSION,
             "signal": self.signal,
             "active": self._active,
             "gap_check": self._gap_check,
         }
-        for name in _FLOAT_STATE:
+        for name in FLOAT_STATE:
             state[name] = getattr(self, "_" + name)
-        for name in _INT_STATE:
+        for name in INT_STATE:
             state[name] = getattr(self, "_" + name)
         state["season_bins"] = None if self._season_bins is None else list(self._season_bins)
         state["season_visits"] = None if self._season_visits is None else list(self._season_visits)
@@ -300,7 +273,7 @@ class AdaptiveRule:
     def restore(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`snapshot`; state that is corrupt or not ours is ignored."""
         bins = self.seasonal_bins if self.seasonal_period_s is not None else None
-        parsed = _parse_snapshot(state, self.signal, bins)
+        parsed = parse_snapshot(state, self.signal, bins)
         if parsed is None:
             return
         for name, value in parsed.items():
@@ -321,282 +294,7 @@ class AdaptiveRule:
             return None
         return value if math.isfinite(value) and abs(value) <= _MAX_MAGNITUDE else None
 
-    # --- learning -------------------------------------------------------------------------
-
-    def _reset_all(self) -> None:
-        self._last_ts: float | None = None
-        self._last_x: float | None = None
-        self._dt_typ: float | None = None
-        self._resolution: float | None = None
-        self._s_f: float | None = None
-        self._s_d: float | None = None
-        self._last_clear_ts: float | None = None
-        self._m_s: float | None = None
-        self._start_ts: float | None = None
-        self._n_all = 0
-        self._gap_check = False
-        self._season_bins: list[float] | None = None
-        self._season_visits: list[float] | None = None
-        if self.seasonal_period_s is not None:
-            self._season_bins = [0.0] * self.seasonal_bins
-            self._season_visits = [0.0] * self.seasonal_bins
-        self._reset_levels(None)
-
-    def _reset_levels(self, ts: float | None) -> None:
-        self._reset_ts: float | None = ts
-        self._n = 0
-        self._m_f: float | None = None
-        self._pending_n = 0
-        self._pending_since: float | None = None
-        self._clear_n = 0
-        self._clear_since: float | None = None
-
-    def _is_long_gap(self, dt: float) -> bool:
-        limit = self.relearn_after_s
-        if self._dt_typ is not None:
-            limit = max(limit, self.relearn_after_samples * self._dt_typ)
-        return dt > limit
-
-    def _relearn(self, ts: float) -> None:
-        """After a long gap, relearn the fast level and restart the warm-up.
-
-        The long-term normal and the scales are kept until the warm-up ends; then
-        :meth:`_accept_gap_change` decides whether the level found after the gap is the
-        new normal or a departure to flag.
-        """
-        self._reset_levels(ts)
-        self._gap_check = True
-
-    def _accept_gap_change(self, ts: float) -> None:
-        """At the end of the warm-up after a long gap, accept a modest level change.
-
-        The level may legitimately move while nobody watches, so a change smaller than
-        ``raise_threshold`` noise SDs (or one in a direction not watched) becomes the new
-        long-term normal at once. A larger one is kept as a departure from the old normal,
-        which the drift score raises.
-        """
-        assert self._reset_ts is not None
-        if not self._gap_check or self._m_f is None or self._m_s is None:
-            return
-        if self._n < self.warmup_samples or ts - self._reset_ts < self.warmup_s:
-            return
-        self._gap_check = False
-        change = self._directional((self._m_f - self._m_s) / self._sd_fast())
-        if change < self.raise_threshold:  # includes any change in an unwatched direction
-            self._m_s = self._m_f
-
-    def _learn_interval(self, dt: float) -> None:
-        """Track the median sampling interval (multiplicative streaming quantile)."""
-        if dt <= 0:
-            return
-        if self._dt_typ is None:
-            self._dt_typ = dt
-        elif dt > self._dt_typ:
-            self._dt_typ *= 1 + _DT_QUANTILE_STEP
-        elif dt < self._dt_typ:
-            self._dt_typ *= 1 - _DT_QUANTILE_STEP
-
-    def _start(self, ts: float, x: float) -> None:
-        """First sample ever, or first after a long gap: the fast level starts here."""
-        self._reset_ts = ts
-        self._n = 1
-        self._m_f = x
-        if self._m_s is None:
-            self._m_s = x
-            self._start_ts = ts
-            self._n_all = 1
-        if self._s_f is None:
-            self._s_f = 0.0
-
-    def _tau(self, tau: float) -> float:
-        if self._dt_typ is None:
-            return tau
-        return max(tau, self.min_tau_samples * self._dt_typ)
-
-    def _alpha(self, tau: float, dt: float, n: int) -> float:
-        """Weight of the newest observation: decay by elapsed time, mean of the first n."""
-        dt_w = dt
-        if self._dt_typ is not None:
-            dt_w = min(dt, self.max_weight_intervals * self._dt_typ)
-        alpha = -math.expm1(-dt_w / self._tau(tau))
-        return max(alpha, 1.0 / max(n, 1))
-
-    def _floor(self) -> float:
-        level = abs(self._m_s) if self._m_s is not None else 0.0
-        floor = max(self.min_scale, self.min_rel_scale * level)
-        if self._resolution is not None:
-            floor = max(floor, self._resolution)
-        return max(floor, 1e-12)
-
-    def _sd_fast(self) -> float:
-        return max(_MEANABS_TO_SD * (self._s_f or 0.0), self._floor())
-
-    def _sd_drift(self, sd_f: float, ts: float) -> float:
-        level = abs(self._m_s) if self._m_s is not None else 0.0
-        floor = max(self.min_scale, self.min_rel_scale * level, 1e-12)
-        if self._dt_typ is not None:
-            # White-noise spread of the fast level: sd * sqrt(dt / (2 tau)).
-            floor = max(floor, sd_f * math.sqrt(self._dt_typ / (2 * self._tau(self.fast_tau_s))))
-        return max(_MEANABS_TO_SD * (self._s_d or 0.0), floor)
-
-    def _learn(self, x: float, dt: float, ts: float) -> None:
-        assert self._m_f is not None
-        assert self._m_s is not None
-        assert self._start_ts is not None
-        self._n = min(self._n + 1, _MAX_COUNT)
-        self._n_all = min(self._n_all + 1, _MAX_COUNT)
-        active = self._active
-        sd_f = self._sd_fast()
-        resid = x - self._m_f
-        # Noise scale: residuals beyond the raise threshold barely teach it.
-        warm = self._n_all <= self.warmup_samples or ts - self._start_ts < self.warmup_s
-        self._s_f = self._learn_scale(
-            self._s_f,
-            abs(resid),
-            sd_f,
-            gate=self.raise_threshold,
-            weight=self.anomaly_learning_weight if active else 1.0,
-            tau=self.scale_tau_s,
-            dt=dt,
-            warm=warm,
-        )
-        # Fast level: Huber-clipped (unclipped in warm-up), slowed while anomalous.
-        a = self._alpha(self.fast_tau_s, dt, self._n)
-        if self._n > self.warmup_samples:
-            bound = self.huber_k * sd_f
-            resid = max(-bound, min(bound, resid))
-        if active or self._pending_n > 0:
-            a *= self.anomaly_learning_weight
-        self._m_f += a * resid
-        # Slow level follows the fast one: this is the adaptation to a new normal.
-        a = self._alpha(self.slow_tau_s, dt, self._n_all)
-        self._m_s += a * (self._m_f - self._m_s)
-        # Normal spread of (fast - slow): a departure beyond the clear threshold barely
-        # teaches it, so a slow drift cannot teach itself to be normal.
-        self._s_d = self._learn_scale(
-            self._s_d,
-            abs(self._m_f - self._m_s),
-            self._sd_drift(self._sd_fast(), ts),
-            gate=self.clear_threshold,
-            weight=1.0,
-            tau=self.drift_scale_tau_s,
-            dt=dt,
-            warm=self._s_d is None or ts - self._start_ts < self.drift_warmup_s,
-        )
-
-    def _season_position(self, ts: float) -> tuple[int, int, float]:
-        """The two profile bins around ``ts`` and the interpolation weight of the second."""
-        assert self.seasonal_period_s is not None
-        phase = (ts % self.seasonal_period_s) / self.seasonal_period_s
-        u = phase * self.seasonal_bins - 0.5
-        lower = math.floor(u)
-        frac = u - lower
-        return lower % self.seasonal_bins, (lower + 1) % self.seasonal_bins, frac
-
-    def _season(self, ts: float) -> float:
-        """The learned daily profile at ``ts`` (zero mean over the period), or 0.
-
-        The profile is applied only where it is clearly larger than the noise: it is
-        shrunk to nothing while its spread is below half the noise SD and fully applied
-        from one noise SD on, so a signal without seasonality is not made noisier by a
-        profile of learned noise.
-        """
-        bins = self._season_bins
-        if bins is None:
-            return 0.0
-        count = len(bins)
-        mean = math.fsum(bins) / count
-        spread = math.sqrt(math.fsum((b - mean) ** 2 for b in bins) / count)
-        ratio = spread / self._sd_fast() if self._m_s is not None else 0.0
-        gain = min(1.0, max(0.0, 2.0 * ratio - 1.0))
-        if gain == 0.0:
-            return 0.0
-        i0, i1, frac = self._season_position(ts)
-        return gain * ((1 - frac) * bins[i0] + frac * bins[i1] - mean)
-
-    def _learn_season(self, x: float, ts: float, dt: float) -> None:
-        """Learn the profile from the departure of ``x`` from the slow level.
-
-        Each sample teaches the two bins around it (weighted by closeness). A bin's
-        time constant is ``seasonal_tau_s``; its first visits are plainly averaged.
-        Anomalous samples are not learned from.
-        """
-        if self._season_bins is None or self._m_s is None or self._m_f is None:
-            return
-        if self._active or self._pending_n > 0:
-            return
-        i0, i1, frac = self._season_position(ts)
-        bins, visits = self._season_bins, self._season_visits
-        assert visits is not None
-        dt_w = dt
-        if self._dt_typ is not None:
-            dt_w = min(dt, self.max_weight_intervals * self._dt_typ)
-        rate = -math.expm1(-dt_w * self.seasonal_bins / self.seasonal_tau_s)
-        predicted = (1 - frac) * bins[i0] + frac * bins[i1]
-        bound = self.huber_k * self._sd_fast()
-        err = max(-bound, min(bound, (x - self._m_s) - predicted))
-        for index, weight in ((i0, 1 - frac), (i1, frac)):
-            if weight <= 0:
-                continue
-            visits[index] = min(visits[index] + weight, _MAX_COUNT)
-            a = max(rate, 1.0 / max(visits[index], 1.0)) * weight
-            bins[index] += a * err
-
-    def _learn_scale(
-        self,
-        current: float | None,
-        deviation: float,
-        sd: float,
-        *,
-        gate: float,
-        weight: float,
-        tau: float,
-        dt: float,
-        warm: bool,
-    ) -> float:
-        """Update a mean-absolute-deviation scale robustly.
-
-        In warm-up every deviation counts in full. After it, a deviation below ``gate`` SDs
-        counts winsorised at ``huber_k`` SDs (times ``weight``); one beyond the gate counts
-        only at ``scale_leak`` (winsorised at the raise threshold): enough for a scale that
-        was learned too small to recover, too little for an anomaly to become normal.
-        """
-        old = current or 0.0
-        a = self._alpha(tau, dt, self._n_all)
-        if not warm:
-            if deviation < gate * sd:
-                a *= weight
-                deviation = min(deviation, self.huber_k * sd)
-            else:
-                a *= self.scale_leak
-                deviation = min(deviation, self.raise_threshold * sd)
-        return old + a * (deviation - old)
-
-    # --- scoring and debounce -----------------------------------------------------------------
-
-    def _directional(self, z: float) -> float:
-        if self.direction == "up":
-            return max(z, 0.0)
-        if self.direction == "down":
-            return max(-z, 0.0)
-        return abs(z)
-
-    def _score(self, x: float, ts: float) -> tuple[float, str] | None:
-        """The sample's anomaly score (robust SDs) and its detector; None in warm-up."""
-        assert self._m_f is not None
-        assert self._m_s is not None
-        assert self._reset_ts is not None
-        if self._n < self.warmup_samples or ts - self._reset_ts < self.warmup_s:
-            return None
-        sd_f = self._sd_fast()
-        z_level = self._directional((x - self._m_f) / sd_f)
-        z_drift = 0.0
-        assert self._start_ts is not None
-        if ts - self._start_ts >= self.drift_warmup_s:
-            z_drift = self._directional((self._m_f - self._m_s) / self._sd_drift(sd_f, ts))
-        if z_drift > z_level:
-            return z_drift, "drift"
-        return z_level, "level"
+    # --- debounce ----------------------------------------------------------------------------
 
     def _debounce(
         self, ts: float, x: float, season: float, score: float, kind: str
@@ -688,70 +386,3 @@ def _fmt(value: float) -> str:
     if 1e4 <= abs(value) < 1e6:
         return f"{value:.0f}"
     return f"{value:.4g}"
-
-
-def _parse_floats(value: Any, length: int | None) -> list[float] | bool | None:
-    """A list of ``length`` finite floats (None when no list is expected); False if invalid."""
-    if length is None:
-        return None if value is None else False
-    if not isinstance(value, list) or len(value) != length:
-        return False
-    out = []
-    for item in value:
-        if isinstance(item, bool) or not isinstance(item, int | float):
-            return False
-        if not math.isfinite(item) or abs(item) > _MAX_STATE:
-            return False
-        out.append(float(item))
-    return out
-
-
-def _parse_snapshot(state: Any, signal: str, season_bins: int | None) -> dict[str, Any] | None:
-    """Validate a snapshot; None when anything is missing, mistyped or not finite."""
-    if not isinstance(state, dict) or state.get("v") != _SNAPSHOT_VERSION:
-        return None
-    if state.get("signal") != signal:
-        return None
-    parsed: dict[str, Any] = {}
-    for name in ("active", "gap_check"):
-        if not isinstance(state.get(name), bool):
-            return None
-        parsed[name] = state[name]
-    for name in _FLOAT_STATE:
-        value = state.get(name)
-        if value is None:
-            parsed[name] = None
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return None
-        if not math.isfinite(value) or abs(value) > _MAX_STATE:
-            return None
-        parsed[name] = float(value)
-    for name in _INT_STATE:
-        value = state.get(name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            return None
-        parsed[name] = value
-    for name in ("dt_typ", "s_f", "s_d", "resolution"):
-        if parsed[name] is not None and parsed[name] < 0:
-            return None
-    if parsed["n"] > 0 and (parsed["m_f"] is None or parsed["reset_ts"] is None):
-        return None
-    if parsed["n_all"] > 0 and (parsed["m_s"] is None or parsed["start_ts"] is None):
-        return None
-    if parsed["m_f"] is not None and (
-        parsed["m_s"] is None or parsed["n"] == 0 or parsed["start_ts"] is None
-    ):
-        return None
-    if (parsed["pending_n"] > 0) != (parsed["pending_since"] is not None):
-        return None
-    if (parsed["clear_n"] > 0) != (parsed["clear_since"] is not None):
-        return None
-    for name in ("season_bins", "season_visits"):
-        values = _parse_floats(state.get(name), season_bins)
-        if values is False:
-            return None
-        parsed[name] = values
-    if parsed["season_visits"] is not None and min(parsed["season_visits"]) < 0:
-        return None
-    return parsed

@@ -3,6 +3,11 @@
 Used only when no ``FLEET_MQTT_URL`` is configured. amqtt speaks MQTT 3.1.1: no shared
 subscriptions and no MQTT 5 properties, so the ingest runs as a single MQTT 3.1.1 worker
 against it. Production uses Mosquitto.
+
+Devices reach it in MQTT 3.1.1 too: an agent left at ``mqtt_version = "auto"`` offers
+MQTT 5, which amqtt cannot parse (it logs "Will flag set, but will topic/message not
+present in payload" and waits), then falls back to 3.1.1 (``clean_session = false``) and
+amqtt takes it, retained last will included (``tests/e2e/test_agent_brokers.py``).
 """
 
 from __future__ import annotations

@@ -15,11 +15,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_server.api.errors import ApiError
 from fleet_server.config import Settings
 from fleet_server.domain.roles import Role, UndeclaredRouteError, required_role
+from fleet_server.errors import TooLargeError
 from fleet_server.services import tokens
 from fleet_server.services.audit import Actor
 from fleet_server.services.clock import Clock
 from fleet_server.services.commands import Publisher
 from fleet_server.services.metrics import IngestMetrics
+from fleet_server.services.paging import Page, PageParams
 
 
 @dataclass
@@ -39,7 +41,7 @@ def context(request: Request) -> AppContext:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """A database session for this request (closed afterwards; routes commit)."""
+    """A database session for this request (closed afterwards; the services commit)."""
     with context(request).sessions() as session:
         yield session
 
@@ -81,7 +83,6 @@ def authorize(request: Request, session: Annotated[Session, Depends(get_session)
     token = tokens.authenticate(session, secret.strip(), now)
     if token is None:
         raise ApiError(401, "unauthorized", "unknown or revoked token")
-    session.commit()  # last_used_at
     role = Role(token.role)
     if not role.allows(needed):
         raise ApiError(
@@ -101,14 +102,6 @@ def current_actor(actor: Annotated[Actor | None, Depends(authorize)]) -> Actor:
     return actor
 
 
-@dataclass
-class PageParams:
-    """``limit`` + opaque ``cursor`` (or plain ``offset``)."""
-
-    limit: int
-    offset: int
-
-
 def page_params(
     limit: Annotated[int, Query(ge=1, le=1000, description="page size (max 1000)")] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
@@ -124,6 +117,31 @@ def page_params(
 
 
 def page(items: list[Any], total: int, params: PageParams) -> dict[str, Any]:
-    """The paginated response body."""
-    end = params.offset + len(items)
-    return {"items": items, "next_cursor": f"o{end}" if end < total else None, "total": total}
+    """The paginated response body (for routes that still count by hand; prefer
+    :func:`page_body`)."""
+    return page_body(Page(items, total, params.offset))
+
+
+def page_body(result: Page[Any]) -> dict[str, Any]:
+    """The paginated response body of a service's :class:`Page` (items already shaped)."""
+    nxt = result.next_offset
+    return {
+        "items": result.items,
+        "next_cursor": None if nxt is None else f"o{nxt}",
+        "total": result.total,
+    }
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 ``too_large`` as soon as it passes ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLargeError("too_large", f"body is {declared} bytes; the limit is {limit}")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLargeError("too_large", f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -12,8 +12,6 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleet_server.errors import FleetError
-from fleet_server.services.commands import UploadError
-from fleet_server.services.registry import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +31,9 @@ class ErrorBody(BaseModel):
 
 
 class ApiError(Exception):
-    """Raise from a route to answer ``status`` with the standard error body."""
+    """Raise from a request dependency (authentication, authorization, paging) to answer
+    ``status`` with the standard error body. Services raise the
+    :class:`~fleet_server.errors.FleetError` family instead."""
 
     def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
         super().__init__(message)
@@ -42,16 +42,6 @@ class ApiError(Exception):
         self.message = message
         self.details = details
 
-
-REGISTRY_STATUS = {
-    "not_found": 404,
-    "conflict": 409,
-    "invalid_device": 422,
-    "invalid_csv": 422,
-    "invalid_command": 422,
-    "invalid_request": 422,
-    "broker_unavailable": 503,
-}
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -93,16 +83,6 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _fleet_error(_r: Request, exc: FleetError) -> JSONResponse:
         headers = {"Retry-After": "5"} if exc.status == 503 else None
         return error_response(exc.status, exc.code, exc.message, exc.details, headers)
-
-    @app.exception_handler(RegistryError)
-    async def _registry_error(_r: Request, exc: RegistryError) -> JSONResponse:
-        return error_response(
-            REGISTRY_STATUS.get(exc.code, 400), exc.code, exc.message, exc.details
-        )
-
-    @app.exception_handler(UploadError)
-    async def _upload_error(_r: Request, exc: UploadError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_r: Request, exc: RequestValidationError) -> JSONResponse:

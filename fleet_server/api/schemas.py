@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from fleet_server.domain.roles import Role
+from protocol import SIGNALS, Signal
 
 T = TypeVar("T")
 
@@ -102,27 +103,22 @@ class ImportResult(BaseModel):
     imported: int
 
 
-class TelemetryOut(BaseModel):
-    """One raw telemetry sample."""
+def _signal_field(signal: Signal) -> Any:
+    """A health signal as an optional response field, described from its declaration."""
+    unit = f" [{signal.unit}]" if signal.unit else ""
+    return (
+        signal.kind | None,
+        Field(default=None, title=signal.label, description=f"{signal.description}{unit}"),
+    )
 
-    ts: datetime
-    cpu_pct: float | None = None
-    load_1m: float | None = None
-    mem_pct: float | None = None
-    swap_pct: float | None = None
-    disk_pct: float | None = None
-    disk_io_errors: int | None = None
-    temp_c: float | None = None
-    throttled: int | None = None
-    undervoltage: bool | None = None
-    fan_rpm: float | None = None
-    uptime_s: float | None = None
-    agent_rss_mb: float | None = None
-    net_rx_bytes: int | None = None
-    net_tx_bytes: int | None = None
-    emmc_life_used_pct: float | None = None
-    clock_synced: bool | None = None
-    custom: dict[str, float] | None = None
+
+TelemetryOut: type[BaseModel] = create_model(
+    "TelemetryOut",
+    __doc__="One raw telemetry sample: a field per health signal of ``protocol.Sample``.",
+    ts=(datetime, ...),
+    **{s.name: _signal_field(s) for s in SIGNALS},
+    custom=(dict[str, float] | None, None),
+)
 
 
 class HourlyOut(BaseModel):

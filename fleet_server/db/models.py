@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     Date,
     Float,
     ForeignKey,
@@ -22,10 +23,14 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeEngine
+
+from protocol import SIGNALS, Signal
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -104,38 +109,45 @@ class ReceivedMessage(Base):
     __table_args__ = {"sqlite_with_rowid": False}  # noqa: RUF012
 
 
+SIGNAL_COLUMN_TYPES: dict[type, type[TypeEngine[Any]]] = {
+    float: Float,
+    int: BigInteger,
+    bool: Boolean,
+}
+"""The column type of a health signal, by the Python type declared on ``protocol.Sample``."""
+
+
+def signal_column(signal: Signal) -> Column[Any]:
+    """The telemetry column of one health signal (nullable: a device may lack the source)."""
+    return Column(signal.name, SIGNAL_COLUMN_TYPES[signal.kind](), nullable=True)
+
+
+telemetry_table = Table(
+    "telemetry",
+    Base.metadata,
+    Column(
+        "device_key",
+        Integer,
+        ForeignKey("devices.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("ts", Float, primary_key=True),
+    *(signal_column(s) for s in SIGNALS),
+    Column("custom", JSON(none_as_null=True), nullable=True),
+    sqlite_with_rowid=False,
+)
+
+
 class TelemetrySample(Base):
-    """One raw health sample: fixed columns for the common vitals, JSON for the rest.
+    """One raw health sample: one column per signal of ``protocol.Sample`` (generated from
+    its declarations, :data:`protocol.SIGNALS`), JSON for the custom ones.
 
     Clustered on ``(device_key, ts)`` (``WITHOUT ROWID`` on SQLite), so the primary key is
-    the only index and a sample costs its values and little else.
+    the only index and a sample costs its values and little else. A new signal needs a
+    migration adding its column; a test compares the migrated table with the declaration.
     """
 
-    __tablename__ = "telemetry"
-
-    device_key: Mapped[int] = mapped_column(
-        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
-    )
-    ts: Mapped[float] = mapped_column(Float, primary_key=True)
-    cpu_pct: Mapped[float | None] = mapped_column(Float)
-    load_1m: Mapped[float | None] = mapped_column(Float)
-    mem_pct: Mapped[float | None] = mapped_column(Float)
-    swap_pct: Mapped[float | None] = mapped_column(Float)
-    disk_pct: Mapped[float | None] = mapped_column(Float)
-    disk_io_errors: Mapped[int | None] = mapped_column(BigInteger)
-    temp_c: Mapped[float | None] = mapped_column(Float)
-    throttled: Mapped[int | None] = mapped_column(BigInteger)
-    undervoltage: Mapped[bool | None] = mapped_column(Boolean)
-    fan_rpm: Mapped[float | None] = mapped_column(Float)
-    uptime_s: Mapped[float | None] = mapped_column(Float)
-    agent_rss_mb: Mapped[float | None] = mapped_column(Float)
-    net_rx_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    net_tx_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    emmc_life_used_pct: Mapped[float | None] = mapped_column(Float)
-    clock_synced: Mapped[bool | None] = mapped_column(Boolean)
-    custom: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
-
-    __table_args__ = {"sqlite_with_rowid": False}  # noqa: RUF012
+    __table__ = telemetry_table
 
 
 class TelemetryHourly(Base):

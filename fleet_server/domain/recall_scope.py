@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from fleet_server.errors import InvalidInputError
+
 CLAUSES = (
     "models",
     "hw_revisions",
@@ -36,8 +38,12 @@ _LIST_FIELDS = {
 }
 
 
-class ScopeError(ValueError):
-    """The scope JSON is not a valid predicate; the message names the clause."""
+class ScopeError(InvalidInputError):
+    """The scope JSON is not a valid predicate (422 ``invalid_request``); the message
+    names the clause."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("invalid_request", message)
 
 
 def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:

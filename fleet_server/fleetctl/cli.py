@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from fleet_server import __version__
-from fleet_server.fleetctl import recalls_cli
+from fleet_server.fleetctl import common, recalls_cli
 from fleet_server.fleetctl.analytics_cli import analytics_app
-from fleet_server.fleetctl.client import ApiClient, CtlError, load_config
+from fleet_server.fleetctl.client import CtlError
+from fleet_server.fleetctl.common import JsonOpt, LimitOpt
 from fleet_server.fleetctl.credentials_cli import register_credentials
 from fleet_server.fleetctl.rollout_cli import rollout_app
 from fleet_server.fleetctl.updates_cli import bundle_app, device_update, executions_app
@@ -53,20 +52,7 @@ devices_app.command("update")(device_update)
 for _name, _sub in recalls_cli.SUBAPPS.items():
     app.add_typer(_sub, name=_name)
 
-register_credentials(devices_app, lambda: _client())
-console = Console()
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
-LimitOpt = Annotated[
-    int | None, typer.Option("--limit", "-n", help="at most this many rows (default: all)")
-]
-
-
-class _State:
-    url: str | None = None
-    token: str | None = None
-
-
-_state = _State()
+register_credentials(devices_app, common.client)
 app.add_typer(analytics_app, name="analytics")
 
 
@@ -76,48 +62,8 @@ def _root(
     token: Annotated[str | None, typer.Option("--token", help="API token (efk_...)")] = None,
 ) -> None:
     """Global options."""
-    _state.url = url
-    _state.token = token
-
-
-def _client() -> ApiClient:
-    return ApiClient(load_config(_state.url, _state.token))
-
-
-def _when(value: Any) -> str:
-    if not value:
-        return "-"
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).strftime(
-            "%Y-%m-%d %H:%M:%S"
-        )
-    except ValueError:
-        return str(value)
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
-    table = Table(title=title, show_lines=False)
-    for index, col in enumerate(columns):
-        # The first column identifies the row: never cut it; fold the others.
-        table.add_column(col, no_wrap=index == 0, overflow="fold")
-    for row in rows:
-        cells = []
-        for col in columns:
-            value = row.get(col)
-            if col.endswith(("_at", "last_seen")):
-                value = _when(value)
-            elif isinstance(value, list):
-                value = ",".join(map(str, value))
-            cells.append("-" if value is None else str(value))
-        table.add_row(*cells)
-    console.print(table)
-
-
-def _emit(data: Any, as_json: bool, render: Any) -> None:
-    if as_json:
-        typer.echo(json.dumps(data, indent=2, default=str))
-    else:
-        render(data)
+    common.options.url = url
+    common.options.token = token
 
 
 @app.command()
@@ -129,8 +75,8 @@ def version() -> None:
 @app.command()
 def whoami(as_json: JsonOpt = False) -> None:
     """Show the token's name and role."""
-    me = _client().request("GET", "/api/v1/whoami")
-    _emit(me, as_json, lambda d: typer.echo(f"{d['name']} ({d['role']})"))
+    me = common.client().request("GET", "/api/v1/whoami")
+    common.emit(me, as_json, lambda d: typer.echo(f"{d['name']} ({d['role']})"))
 
 
 # --- devices ---------------------------------------------------------------------------
@@ -185,14 +131,14 @@ def devices_list(
         "device_id_prefix": prefix,
         "has_open_faults": faulty,
     }
-    items = _client().paginate("/api/v1/devices", params, limit)
-    _emit(items, as_json, lambda d: _table(d, DEVICE_COLUMNS, f"{len(d)} device(s)"))
+    items = common.client().paginate("/api/v1/devices", params, limit)
+    common.emit(items, as_json, lambda d: common.table(d, DEVICE_COLUMNS, f"{len(d)} device(s)"))
 
 
 @devices_app.command("show")
 def devices_show(device_id: str, as_json: JsonOpt = False) -> None:
     """Show everything known about one device."""
-    device = _client().request("GET", f"/api/v1/devices/{device_id}")
+    device = common.client().request("GET", f"/api/v1/devices/{device_id}")
 
     def render(d: dict[str, Any]) -> None:
         table = Table(show_header=False, title=d["device_id"])
@@ -200,11 +146,11 @@ def devices_show(device_id: str, as_json: JsonOpt = False) -> None:
         table.add_column("value", overflow="fold")
         for key, value in d.items():
             if key.endswith(("_at", "last_seen")):
-                value = _when(value)
+                value = common.when(value)
             table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
-        console.print(table)
+        common.console.print(table)
 
-    _emit(device, as_json, render)
+    common.emit(device, as_json, render)
 
 
 @devices_app.command("import")
@@ -217,11 +163,11 @@ def devices_import(
         body = csv_file.read_bytes()
     except OSError as exc:
         raise CtlError(f"cannot read {csv_file}: {exc}") from None
-    with console.status(f"importing {csv_file.name} ({len(body)} bytes)...", spinner="dots"):
-        result = _client().request(
+    with common.console.status(f"importing {csv_file.name} ({len(body)} bytes)...", spinner="dots"):
+        result = common.client().request(
             "POST", "/api/v1/devices/import", content=body, headers={"Content-Type": "text/csv"}
         )
-    _emit(result, as_json, lambda d: typer.echo(f"imported {d['imported']} device(s)"))
+    common.emit(result, as_json, lambda d: typer.echo(f"imported {d['imported']} device(s)"))
 
 
 @devices_app.command("decommission")
@@ -234,17 +180,17 @@ def devices_decommission(
     """Take a device out of service; its messages are rejected from then on."""
     if not yes and not typer.confirm(f"Decommission {device_id}?"):
         raise typer.Exit(1)
-    device = _client().request(
+    device = common.client().request(
         "POST", f"/api/v1/devices/{device_id}/decommission", json={"reason": reason}
     )
-    _emit(device, as_json, lambda d: typer.echo(f"{d['device_id']} decommissioned"))
+    common.emit(device, as_json, lambda d: typer.echo(f"{d['device_id']} decommissioned"))
 
 
 def _command(device_id: str, kind: str, reason: str, as_json: bool) -> None:
-    result = _client().request(
+    result = common.client().request(
         "POST", f"/api/v1/devices/{device_id}/commands", json={"kind": kind, "reason": reason}
     )
-    _emit(
+    common.emit(
         result,
         as_json,
         lambda d: typer.echo(f"{d['kind']} sent to {d['device_id']} as {d['id']} ({d['status']})"),
@@ -270,9 +216,9 @@ def devices_diagnose(device_id: str, as_json: JsonOpt = False) -> None:
 @devices_app.command("commands")
 def devices_commands(device_id: str, limit: LimitOpt = 20, as_json: JsonOpt = False) -> None:
     """Commands sent to a device and their status."""
-    items = _client().paginate(f"/api/v1/devices/{device_id}/commands", {}, limit)
+    items = common.client().paginate(f"/api/v1/devices/{device_id}/commands", {}, limit)
     cols = ["id", "kind", "status", "created_at", "created_by", "reason", "detail"]
-    _emit(items, as_json, lambda d: _table(d, cols))
+    common.emit(items, as_json, lambda d: common.table(d, cols))
 
 
 # --- alarms ----------------------------------------------------------------------------
@@ -289,16 +235,16 @@ def alarms_list(
 ) -> None:
     """List alarms (open ones by default)."""
     params = {"state": state, "severity": severity, "code": code, "device_id": device}
-    items = _client().paginate("/api/v1/alarms", params, limit)
+    items = common.client().paginate("/api/v1/alarms", params, limit)
     cols = ["id", "device_id", "code", "severity", "state", "raised_at", "occurrences", "acked_by"]
-    _emit(items, as_json, lambda d: _table(d, cols, f"{len(d)} alarm(s)"))
+    common.emit(items, as_json, lambda d: common.table(d, cols, f"{len(d)} alarm(s)"))
 
 
 @alarms_app.command("ack")
 def alarms_ack(alarm_id: int, as_json: JsonOpt = False) -> None:
     """Acknowledge an alarm."""
-    alarm = _client().request("POST", f"/api/v1/alarms/{alarm_id}/ack")
-    _emit(alarm, as_json, lambda d: typer.echo(f"alarm {d['id']} acknowledged"))
+    alarm = common.client().request("POST", f"/api/v1/alarms/{alarm_id}/ack")
+    common.emit(alarm, as_json, lambda d: typer.echo(f"alarm {d['id']} acknowledged"))
 
 
 @fleet_app.command("fault-rates")
@@ -309,7 +255,7 @@ def fleet_fault_rates(
     as_json: JsonOpt = False,
 ) -> None:
     """Share of devices with faults per group."""
-    data = _client().request("GET", "/api/v1/fleet/fault-rates", params={"by": by})
+    data = common.client().request("GET", "/api/v1/fleet/fault-rates", params={"by": by})
 
     def render(d: dict[str, Any]) -> None:
         rows = [
@@ -317,9 +263,9 @@ def fleet_fault_rates(
             for r in d["rows"]
         ]
         cols = ["value", "devices", "faulty_devices", "alarms", "open_alarms", "fault_rate"]
-        _table(rows, cols, f"fault rate by {d['by']}")
+        common.table(rows, cols, f"fault rate by {d['by']}")
 
-    _emit(data, as_json, render)
+    common.emit(data, as_json, render)
 
 
 # --- audit and tokens ------------------------------------------------------------------
@@ -333,9 +279,11 @@ def audit_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Recent audit entries, newest first."""
-    items = _client().paginate("/api/v1/audit", {"action": action, "target_id": target}, limit)
+    items = common.client().paginate(
+        "/api/v1/audit", {"action": action, "target_id": target}, limit
+    )
     cols = ["id", "at", "actor", "actor_role", "action", "target_type", "target_id"]
-    _emit(items, as_json, lambda d: _table(d, cols))
+    common.emit(items, as_json, lambda d: common.table(d, cols))
 
 
 @tokens_app.command("list")
@@ -344,9 +292,9 @@ def tokens_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List API tokens (never their secrets)."""
-    items = _client().paginate("/api/v1/tokens", {"include_revoked": include_revoked}, None)
+    items = common.client().paginate("/api/v1/tokens", {"include_revoked": include_revoked}, None)
     cols = ["id", "name", "role", "prefix", "created_at", "last_used_at", "revoked_at"]
-    _emit(items, as_json, lambda d: _table(d, cols))
+    common.emit(items, as_json, lambda d: common.table(d, cols))
 
 
 @tokens_app.command("create")
@@ -356,8 +304,8 @@ def tokens_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a token; its secret is printed once."""
-    token = _client().request("POST", "/api/v1/tokens", json={"name": name, "role": role})
-    _emit(
+    token = common.client().request("POST", "/api/v1/tokens", json={"name": name, "role": role})
+    common.emit(
         token,
         as_json,
         lambda d: typer.echo(f"token {d['id']} ({d['role']}), shown once:\n{d['secret']}"),
@@ -367,8 +315,8 @@ def tokens_create(
 @tokens_app.command("revoke")
 def tokens_revoke(token_id: int, as_json: JsonOpt = False) -> None:
     """Revoke a token immediately."""
-    token = _client().request("DELETE", f"/api/v1/tokens/{token_id}")
-    _emit(token, as_json, lambda d: typer.echo(f"token {d['id']} revoked"))
+    token = common.client().request("DELETE", f"/api/v1/tokens/{token_id}")
+    common.emit(token, as_json, lambda d: typer.echo(f"token {d['id']} revoked"))
 
 
 def main() -> None:
@@ -376,5 +324,5 @@ def main() -> None:
     try:
         app()
     except CtlError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(1)
+        typer.secho(exc.describe(), fg=typer.colors.RED, err=True)
+        sys.exit(exc.exit_code)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fleet_server.fleetctl import common
 from fleet_server.fleetctl.client import ApiClient, CtlError
 
 recall_app = typer.Typer(
@@ -31,21 +32,15 @@ rma_app = typer.Typer(
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 
 
-def _cli() -> Any:
-    from fleet_server.fleetctl import cli  # the root app owns --url/--token and output
-
-    return cli
-
-
 def _client() -> ApiClient:
-    return _cli()._client()  # type: ignore[no-any-return]
+    return common.client()
 
 
 def _emit(data: Any, as_json: bool, columns: list[str], rows: list[dict[str, Any]]) -> None:
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
     else:
-        _cli()._table(rows, columns)
+        common.table(rows, columns)
 
 
 def _rate(value: float | None) -> str:
@@ -380,8 +375,8 @@ def part_show(serial: str, as_json: JsonOpt = False) -> None:
     if as_json:
         typer.echo(json.dumps(part, indent=2))
         return
-    _cli()._table([part], PART_COLUMNS)
-    _cli()._table(
+    common.table([part], PART_COLUMNS)
+    common.table(
         part["installations"],
         ["device_id", "condition", "installed_at", "removed_at", "failed"],
         title="installations",

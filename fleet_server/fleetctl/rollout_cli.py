@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from fleet_server.fleetctl import common
 from fleet_server.fleetctl.client import CtlError
 
 rollout_app = typer.Typer(
@@ -25,9 +26,7 @@ LIST_COLUMNS = ["id", "name", "version", "state", "channel", "current_wave", "wa
 
 
 def _ctl() -> ModuleType:
-    from fleet_server.fleetctl import cli
-
-    return cli
+    return common
 
 
 def _selector(items: list[str]) -> dict[str, Any]:

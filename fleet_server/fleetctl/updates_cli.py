@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from fleet_server.fleetctl import common
 from fleet_server.fleetctl.client import CtlError
 
 bundle_app = typer.Typer(help="Firmware bundles: publish (verify + sign), list, show.")
@@ -44,24 +44,15 @@ EXECUTION_COLUMNS = [
 ]
 
 
-def _ctl() -> ModuleType:
-    """The main fleetctl module (client, table and output helpers); imported late because
-    it mounts this one."""
-    from fleet_server.fleetctl import cli
-
-    return cli
-
-
 def _fields(data: dict[str, Any], title: str) -> None:
-    ctl = _ctl()
     table = Table(show_header=False, title=title)
     table.add_column("field", no_wrap=True)
     table.add_column("value", overflow="fold")
     for key, value in data.items():
         if key.endswith("_at"):
-            value = ctl._when(value)
+            value = common.when(value)
         table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
-    ctl.console.print(table)
+    common.console.print(table)
 
 
 @bundle_app.command("publish")
@@ -75,22 +66,21 @@ def bundle_publish(
 ) -> None:
     """Upload a bundle: the server verifies it, signs it into the TUF repository and
     records it (operator or admin)."""
-    ctl = _ctl()
     try:
         size = bundle_file.stat().st_size
         handle = bundle_file.open("rb")
     except OSError as exc:
         raise CtlError(f"cannot read {bundle_file}: {exc}") from None
     params = {"channel": channel} if channel else None
-    with handle, ctl.console.status(f"uploading {bundle_file.name} ({size} bytes)..."):
-        result = ctl._client().request(
+    with handle, common.console.status(f"uploading {bundle_file.name} ({size} bytes)..."):
+        result = common.client().request(
             "POST",
             "/api/v1/bundles",
             content=handle,
             params=params,
             headers={"Content-Type": "application/octet-stream"},
         )
-    ctl._emit(
+    common.emit(
         result,
         as_json,
         lambda d: typer.echo(f"published {d['name']} on {d['channel']} (sha256 {d['sha256']})"),
@@ -106,19 +96,17 @@ def bundle_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List published bundles, newest first."""
-    ctl = _ctl()
-    items = ctl._client().paginate(
+    items = common.client().paginate(
         "/api/v1/bundles", {"model": model, "version": version, "channel": channel}, limit
     )
-    ctl._emit(items, as_json, lambda d: ctl._table(d, BUNDLE_COLUMNS, f"{len(d)} bundle(s)"))
+    common.emit(items, as_json, lambda d: common.table(d, BUNDLE_COLUMNS, f"{len(d)} bundle(s)"))
 
 
 @bundle_app.command("show")
 def bundle_show(name: str, as_json: JsonOpt = False) -> None:
     """Show one bundle with its manifest."""
-    ctl = _ctl()
-    bundle = ctl._client().request("GET", f"/api/v1/bundles/{name}")
-    ctl._emit(bundle, as_json, lambda d: _fields(d, d["name"]))
+    bundle = common.client().request("GET", f"/api/v1/bundles/{name}")
+    common.emit(bundle, as_json, lambda d: _fields(d, d["name"]))
 
 
 def device_update(
@@ -135,7 +123,6 @@ def device_update(
     as_json: JsonOpt = False,
 ) -> None:
     """Install a published bundle on one device; follow it with `fleetctl executions show`."""
-    ctl = _ctl()
     timeouts: dict[str, float] = {}
     for item in timeout or []:
         key, sep, value = item.partition("=")
@@ -148,8 +135,8 @@ def device_update(
     body: dict[str, Any] = {"bundle": bundle}
     if timeouts:
         body["timeouts"] = timeouts
-    result = ctl._client().request("POST", f"/api/v1/devices/{device_id}/update", json=body)
-    ctl._emit(
+    result = common.client().request("POST", f"/api/v1/devices/{device_id}/update", json=body)
+    common.emit(
         result,
         as_json,
         lambda d: typer.echo(
@@ -171,30 +158,30 @@ def executions_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List executions, newest first."""
-    ctl = _ctl()
-    items = ctl._client().paginate(
+    items = common.client().paginate(
         "/api/v1/executions",
         {"device": device, "bundle": bundle, "rollout": rollout, "status": status},
         limit,
     )
-    ctl._emit(items, as_json, lambda d: ctl._table(d, EXECUTION_COLUMNS, f"{len(d)} execution(s)"))
+    common.emit(
+        items, as_json, lambda d: common.table(d, EXECUTION_COLUMNS, f"{len(d)} execution(s)")
+    )
 
 
 @executions_app.command("show")
 def executions_show(execution_id: str, as_json: JsonOpt = False) -> None:
     """Show one execution and every state the device reported."""
-    ctl = _ctl()
-    execution = ctl._client().request("GET", f"/api/v1/executions/{execution_id}")
+    execution = common.client().request("GET", f"/api/v1/executions/{execution_id}")
 
     def render(d: dict[str, Any]) -> None:
         _fields({k: v for k, v in d.items() if k != "events"}, d["id"])
-        ctl._table(
+        common.table(
             d.get("events") or [],
             ["received_at", "state", "failure_class", "reason", "attack"],
             "history",
         )
 
-    ctl._emit(execution, as_json, render)
+    common.emit(execution, as_json, render)
 
 
 @executions_app.command("cancel")
@@ -204,8 +191,7 @@ def executions_cancel(
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel a pending or sent execution (operator or admin)."""
-    ctl = _ctl()
-    result = ctl._client().request(
+    result = common.client().request(
         "POST", f"/api/v1/executions/{execution_id}/cancel", json={"reason": reason}
     )
-    ctl._emit(result, as_json, lambda d: typer.echo(f"execution {d['id']} {d['status']}"))
+    common.emit(result, as_json, lambda d: typer.echo(f"execution {d['id']} {d['status']}"))

@@ -9,6 +9,8 @@
 * :mod:`.mosquitto_config` renders the Mosquitto listener and ACL file for the fleet;
 * :mod:`.cli` is the ``ca`` command group (mounted as ``fleet-server ca``).
 
-The device side (key and CSR generation, the credentials bundle) lives in
-:mod:`agent.credentials`, because the agent must never import server code.
+The credentials bundle's format is :mod:`protocol.credentials` and the durable file
+writes are :mod:`firmware_bundles.files`, shared with the agent; the device side (key and
+CSR generation, checking a bundle it reads) lives in :mod:`agent.credentials`. The server
+imports nothing from the agent, and the agent nothing from the server.
 """

@@ -36,15 +36,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from agent.credentials import (
-    CredentialsBundle,
-    write_bundle,
-    write_private_file,
-    write_public_file,
-)
+from firmware_bundles.files import replace_directory, write_private_file, write_public_file
 from fleet_server.identity import certificates as certs
 from fleet_server.identity.csr_policy import load_csr
 from fleet_server.identity.errors import CaStoreError, RenewalRefusedError, UnknownCertificateError
+from protocol.credentials import (
+    TUF_ROOT_FILE,
+    BundleError,
+    CredentialsBundle,
+    bundle_files,
+    check_replaceable,
+)
 
 ROOT_KEY = "root-ca.key"
 ROOT_CERT = "root-ca.crt"
@@ -353,16 +355,7 @@ class CertificateAuthority:
         )
         with self._locked():
             self._record(cert, "device")
-        return write_bundle(
-            Path(out_dir),
-            device_id=device_id,
-            key_pem=certs.private_key_pem(key),
-            certificate_pem=certs.certificate_pem(cert),
-            ca_chain_pem=self.chain_pem(),
-            mqtt_url=mqtt_url,
-            api_url=api_url,
-            tuf_root=tuf_root,
-        )
+        return self._write_bundle(Path(out_dir), key, cert, mqtt_url, api_url, tuf_root)
 
     def service_credentials(
         self,
@@ -382,14 +375,45 @@ class CertificateAuthority:
         )
         with self._locked():
             self._record(cert, "service")
-        return write_bundle(
-            Path(out_dir),
-            device_id=service,
+        return self._write_bundle(Path(out_dir), key, cert, mqtt_url, api_url)
+
+    def _write_bundle(
+        self,
+        directory: Path,
+        key: ec.EllipticCurvePrivateKey,
+        cert: x509.Certificate,
+        mqtt_url: str,
+        api_url: str,
+        tuf_root: bytes | None = None,
+    ) -> CredentialsBundle:
+        """Write ``key`` and ``cert`` as a credentials bundle (replacing a previous bundle
+        there as a whole, refusing a directory with other files); the device or service
+        reads it with :func:`agent.credentials.read_bundle`, which checks the pair."""
+        if directory.exists():
+            if not directory.is_dir():
+                raise BundleError(f"{directory}: exists and is not a directory")
+            check_replaceable(directory, os.listdir(directory))
+        device_id = certs.common_name(cert)
+        files = bundle_files(
+            device_id=device_id,
             key_pem=certs.private_key_pem(key),
             certificate_pem=certs.certificate_pem(cert),
             ca_chain_pem=self.chain_pem(),
             mqtt_url=mqtt_url,
             api_url=api_url,
+            not_after=cert.not_valid_after_utc,
+            tuf_root=tuf_root,
+        )
+        replace_directory(directory, files)
+        return CredentialsBundle(
+            directory=directory,
+            device_id=device_id,
+            mqtt_url=mqtt_url,
+            api_url=api_url,
+            not_after=cert.not_valid_after_utc,
+            certificate=cert,
+            ca_chain=(self.issuer.certificate, self.root),
+            tuf_root_path=directory / TUF_ROOT_FILE if tuf_root is not None else None,
         )
 
     def server_certificate(

@@ -25,7 +25,7 @@ from typing import Annotated, NoReturn
 import typer
 from cryptography.hazmat.primitives import serialization
 
-from agent.credentials import BundleError, CredentialsBundle, write_public_file
+from firmware_bundles.files import write_public_file
 from fleet_server.identity import ca_store
 from fleet_server.identity.certificates import common_name
 from fleet_server.identity.errors import IdentityError
@@ -34,6 +34,7 @@ from fleet_server.identity.mosquitto_config import (
     BrokerSettings,
     write_broker_config,
 )
+from protocol.credentials import BundleError, CredentialsBundle
 
 ca_app = typer.Typer(
     name="ca",

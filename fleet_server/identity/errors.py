@@ -1,8 +1,16 @@
-"""Errors of the fleet CA. Each carries a stable reason code and a message for people."""
+"""Errors of the fleet CA. Each carries a stable reason code and a message for people.
+
+The two that reach the API belong to the server's error family as well
+(:mod:`fleet_server.errors`): a refused CSR is a security refusal (422 ``csr_rejected``,
+``details.reason``), an unusable CA store makes provisioning unavailable (503
+``provisioning_unavailable``).
+"""
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+from fleet_server.errors import SecurityRefusalError, TransientError
 
 
 class IdentityError(Exception):
@@ -25,11 +33,13 @@ class CsrReason(StrEnum):
     WEAK_KEY = "weak_key"
 
 
-class CsrRejectedError(IdentityError):
+class CsrRejectedError(IdentityError, SecurityRefusalError):
     """A CSR may not become a certificate; ``reason`` says why in one stable word."""
 
     def __init__(self, reason: CsrReason, detail: str) -> None:
-        super().__init__(f"CSR rejected ({reason.value}): {detail}")
+        super().__init__(
+            "csr_rejected", f"CSR rejected ({reason.value}): {detail}", {"reason": reason.value}
+        )
         self.reason = reason
         self.detail = detail
 
@@ -39,8 +49,11 @@ class RenewalRefusedError(IdentityError):
     expired, revoked, or for another device)."""
 
 
-class CaStoreError(IdentityError):
+class CaStoreError(IdentityError, TransientError):
     """The CA directory is missing, incomplete, or would be overwritten."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("provisioning_unavailable", message)
 
 
 class UnknownCertificateError(IdentityError):

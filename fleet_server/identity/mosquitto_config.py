@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.credentials import write_public_file
+from firmware_bundles.files import write_public_file
 from fleet_server.identity.csr_policy import RESERVED_PREFIX
 from protocol.topics import TOPIC_ROOT, Kind, is_valid_device_id
 

@@ -20,6 +20,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from fleet_server.domain.lifecycles import IllegalTransitionError, StateMachine
+
+__all__ = ["MACHINE", "IllegalTransitionError", "transition"]
+
 
 class RolloutState(StrEnum):
     """Where a rollout is in its life."""
@@ -76,21 +80,13 @@ ACTIVE = frozenset({S.SCHEDULED, S.RUNNING, S.PAUSED, S.HALTED})
 """States in which a rollout holds its devices (no other rollout may take them)."""
 
 
-class IllegalTransitionError(ValueError):
-    """An event that the current state does not allow; the message lists what is allowed."""
-
-    def __init__(self, state: RolloutState, event: RolloutEvent) -> None:
-        allowed = sorted(e.value for (s, e) in TRANSITIONS if s == state)
-        hint = f"allowed: {', '.join(allowed)}" if allowed else f"{state.value} is final"
-        super().__init__(f"cannot {event.value} a rollout that is {state.value} ({hint})")
-        self.state = state
-        self.event = event
+MACHINE: StateMachine[RolloutState, RolloutEvent] = StateMachine(
+    "rollout", RolloutState, RolloutEvent, S.DRAFT, TRANSITIONS
+)
+"""The rollout lifecycle on the generic machine every lifecycle of the server uses."""
 
 
 def transition(state: RolloutState | str, event: RolloutEvent | str) -> RolloutState:
-    """The state after ``event``; raises :class:`IllegalTransitionError` when not allowed."""
-    current, happened = RolloutState(state), RolloutEvent(event)
-    try:
-        return TRANSITIONS[(current, happened)]
-    except KeyError:
-        raise IllegalTransitionError(current, happened) from None
+    """The state after ``event``; raises :class:`IllegalTransitionError` (a conflict naming
+    the allowed events) when not allowed."""
+    return MACHINE.apply(state, event)

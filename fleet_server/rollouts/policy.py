@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from fleet_server.errors import InvalidInputError
+from fleet_server.rollouts.criteria import HEALTH_GATES
 from protocol import FailureClass
 
 STRATA_FIELDS = ("hardware_revision", "batch", "region", "model")
@@ -24,13 +26,13 @@ _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-class PolicyError(ValueError):
-    """A policy is invalid; ``field`` names the offending key (dotted path)."""
+class PolicyError(InvalidInputError):
+    """A policy is invalid (code ``invalid_policy``); ``field`` names the offending key
+    (dotted path), also given as ``details["field"]``."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+        super().__init__("invalid_policy", f"{field}: {message}", {"field": field})
         self.field = field
-        self.message = message
 
 
 class Wave(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -67,7 +69,8 @@ class HealthGate(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Compare updated devices with not-yet-updated devices of the same stratum during the
     bake: halt when ``metric`` is credibly ``max_ratio`` times worse on updated devices."""
 
-    metric: Literal["fault_rate", "reboot_rate", "temp_c"] = "fault_rate"
+    metric: str = "fault_rate"
+    """A key of :data:`~fleet_server.rollouts.criteria.HEALTH_GATES`."""
     max_ratio: Annotated[float, Meta(ge=1.0, le=100)] = 2.0
     min_delta_c: Annotated[float, Meta(ge=0, le=100)] = 5.0
     """For ``temp_c``: the mean difference (°C) that counts as worse."""
@@ -194,6 +197,12 @@ def validate_policy(policy: Policy) -> None:
         raise PolicyError(
             "failure_criteria", "at least one criterion must be a pass_gate (waves could not pass)"
         )
+    for i, gate in enumerate(policy.health_gates):
+        if gate.metric not in HEALTH_GATES:
+            raise PolicyError(
+                f"health_gates[{i}].metric",
+                f"unknown metric {gate.metric!r}; choose from {', '.join(sorted(HEALTH_GATES))}",
+            )
     window = policy.maintenance_window
     if window is not None:
         for name in ("start", "end"):

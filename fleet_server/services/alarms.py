@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Integer, func, select, update
@@ -10,6 +11,11 @@ from sqlalchemy.orm import Session
 import protocol as p
 from fleet_server.db.models import Alarm, Device
 from fleet_server.domain.alarms import AlarmState, more_severe
+from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
+from fleet_server.services import audit
+from fleet_server.services.audit import Actor
+from fleet_server.services.paging import Page, PageParams, fetch_page
+from fleet_server.services.presence import presence_counts
 
 GROUPABLE = ("model", "hw_revision", "batch", "software_version", "region")
 """Device fields the fault-rate view can group by."""
@@ -87,7 +93,9 @@ def fault_rates(session: Session, by: str, since: float | None = None) -> list[d
     alarm was raised, so a fault is charged to the release that had it.
     """
     if by not in GROUPABLE:
-        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPABLE)}")
+        raise InvalidInputError(
+            "validation_error", f"by: must be one of {', '.join(GROUPABLE)}", {"by": by}
+        )
     dev_col = getattr(Device, by)
     totals = dict(
         session.execute(
@@ -123,3 +131,120 @@ def fault_rates(session: Session, by: str, since: float | None = None) -> list[d
             }
         )
     return out
+
+
+def alarm_view(a: Alarm, device_id: str) -> dict[str, Any]:
+    """An alarm as the API shows it."""
+    return {
+        "id": a.id,
+        "device_id": device_id,
+        "code": a.code,
+        "severity": a.severity,
+        "state": a.state,
+        "raised_at": a.raised_at,
+        "cleared_at": a.cleared_at,
+        "acked_at": a.acked_at,
+        "acked_by": a.acked_by,
+        "value": a.value,
+        "threshold": a.threshold,
+        "message": a.message,
+        "occurrences": a.occurrences,
+        "software_version": a.software_version,
+    }
+
+
+@dataclass(frozen=True)
+class AlarmFilter:
+    """Which alarms to list: ``state`` ``open`` (default), ``cleared`` or ``all``; None
+    fields do not filter."""
+
+    state: str | None = "open"
+    severity: str | None = None
+    code: str | None = None
+    device_id: str | None = None
+    acked: bool | None = None
+
+
+def list_alarms(session: Session, filt: AlarmFilter, params: PageParams) -> Page[dict[str, Any]]:
+    """One page of alarms matching ``filt``, newest first, as :func:`alarm_view` shows them."""
+    query = (
+        select(Alarm, Device.device_id)
+        .join(Device, Device.id == Alarm.device_key)
+        .order_by(Alarm.raised_at.desc(), Alarm.id.desc())
+    )
+    if filt.state and filt.state != "all":
+        query = query.where(Alarm.state == filt.state)
+    if filt.severity:
+        query = query.where(Alarm.severity == filt.severity)
+    if filt.code:
+        query = query.where(Alarm.code == filt.code)
+    if filt.device_id:
+        query = query.where(Device.device_id == filt.device_id)
+    if filt.acked is not None:
+        query = query.where(Alarm.acked_at.is_not(None) if filt.acked else Alarm.acked_at.is_(None))
+    return fetch_page(session, query, params).map(lambda row: alarm_view(row[0], row[1]))
+
+
+def device_alarms(session: Session, device: Device, params: PageParams) -> Page[dict[str, Any]]:
+    """One page of a device's open and cleared alarms, newest first."""
+    query = select(Alarm).where(Alarm.device_key == device.id).order_by(Alarm.raised_at.desc())
+    page = fetch_page(session, query, params, scalars=True)
+    return page.map(lambda a: alarm_view(a, device.device_id))
+
+
+def acknowledge(
+    session: Session, alarm_id: int, *, actor: Actor, now: float, request_id: str | None = None
+) -> dict[str, Any]:
+    """Record who acknowledged alarm ``alarm_id`` (it stays open until the device clears
+    it), audit and commit; return its view. 404 when unknown, 409 when already acked."""
+    row = session.execute(
+        select(Alarm, Device.device_id)
+        .join(Device, Device.id == Alarm.device_key)
+        .where(Alarm.id == alarm_id)
+    ).first()
+    if row is None:
+        raise NotFoundError("not_found", f"alarm {alarm_id} does not exist")
+    alarm, device_id = row
+    if alarm.acked_at is not None:
+        raise ConflictError("conflict", f"alarm {alarm_id} was already acknowledged")
+    before = alarm_view(alarm, device_id)
+    alarm.acked_at = now
+    alarm.acked_by = actor.label
+    after = alarm_view(alarm, device_id)
+    audit.record(
+        session,
+        actor,
+        "alarm.ack",
+        "alarm",
+        str(alarm_id),
+        now=now,
+        before=before,
+        after=after,
+        request_id=request_id,
+    )
+    session.commit()
+    return after
+
+
+def fleet_summary(session: Session) -> dict[str, Any]:
+    """Head counts: active and decommissioned devices, devices per presence state, open
+    alarms in total and per severity."""
+
+    def devices(where: Any) -> int:
+        query = select(func.count()).select_from(Device).where(where)
+        return int(session.execute(query).scalar_one())
+
+    by_sev = dict(
+        session.execute(
+            select(Alarm.severity, func.count())
+            .where(Alarm.state == AlarmState.OPEN.value)
+            .group_by(Alarm.severity)
+        ).all()
+    )
+    return {
+        "devices": devices(Device.status != "decommissioned"),
+        "decommissioned": devices(Device.status == "decommissioned"),
+        "presence": presence_counts(session),
+        "open_alarms": int(sum(by_sev.values())),
+        "open_alarms_by_severity": {k: int(v) for k, v in by_sev.items()},
+    }

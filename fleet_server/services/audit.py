@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleet_server.db.models import AuditEntry
+from fleet_server.services.paging import Page, PageParams, fetch_page
 
 
 @dataclass(frozen=True)
@@ -54,3 +56,37 @@ def record(
     )
     session.add(entry)
     return entry
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which entries to read; ``action`` matches a prefix (``device.``), times are epoch
+    seconds (``since`` inclusive, ``until`` exclusive). None = any."""
+
+    action: str | None = None
+    actor: str | None = None
+    target_type: str | None = None
+    target_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+def list_entries(session: Session, filt: AuditFilter, params: PageParams) -> Page[AuditEntry]:
+    """One page of audit entries matching ``filt``, newest first."""
+    query = select(AuditEntry).order_by(AuditEntry.id.desc())
+    if filt.action:
+        query = query.where(AuditEntry.action.startswith(filt.action, autoescape=True))
+    for name in ("actor", "target_type", "target_id"):
+        value = getattr(filt, name)
+        if value:
+            query = query.where(getattr(AuditEntry, name) == value)
+    if filt.since is not None:
+        query = query.where(AuditEntry.at >= filt.since)
+    if filt.until is not None:
+        query = query.where(AuditEntry.at < filt.until)
+    return fetch_page(session, query, params, scalars=True)
+
+
+def entry_view(entry: AuditEntry) -> dict[str, Any]:
+    """Every column of an audit entry, as the API shows it."""
+    return {c.key: getattr(entry, c.key) for c in AuditEntry.__table__.columns}

@@ -19,21 +19,38 @@ from firmware_bundles.errors import BundleError
 from firmware_bundles.manifest import manifest_to_dict
 from firmware_bundles.verify import verify_bundle
 from fleet_server.db.models import Bundle
+from fleet_server.errors import ConflictError, FleetError, InvalidInputError, NotFoundError
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
 from fleet_server.updates.tuf_repository import PublishedTarget, PublishError
 
 
-class CatalogError(ValueError):
-    """A bundle was refused: ``code`` is ``invalid_bundle`` (with the verifier's
-    ``reason``), ``invalid_channel``, ``conflict`` (name taken by other bytes) or
-    ``not_found``."""
+class CatalogError(FleetError):
+    """A bundle was refused: :class:`BundleRefusedError` ``invalid_bundle`` (with the
+    verifier's ``reason`` in ``details``) or ``invalid_channel``,
+    :class:`BundleConflictError` ``conflict`` (name taken by other bytes),
+    :class:`BundleNotFoundError` ``not_found``.
 
-    def __init__(self, code: str, message: str, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.reason = reason
+    Kept as the common base so routes that still catch it keep working; new code lets
+    the family's one HTTP mapping answer.
+    """
+
+    @property
+    def reason(self) -> str | None:
+        """The verifier's reason for ``invalid_bundle`` (None otherwise)."""
+        return self.details.get("reason") if isinstance(self.details, dict) else None
+
+
+class BundleRefusedError(CatalogError, InvalidInputError):
+    """The bundle or the channel asked for is invalid (422)."""
+
+
+class BundleConflictError(CatalogError, ConflictError):
+    """Another bundle with different bytes already has this name (409)."""
+
+
+class BundleNotFoundError(CatalogError, NotFoundError):
+    """No published bundle has this name (404)."""
 
 
 class Repository(Protocol):
@@ -68,21 +85,18 @@ def publish_bundle(
     try:
         manifest = verify_bundle(path)
     except BundleError as exc:
-        raise CatalogError(
-            "invalid_bundle", f"bundle refused: {exc}", reason=exc.reason.value
+        raise BundleRefusedError(
+            "invalid_bundle", f"bundle refused: {exc}", {"reason": exc.reason.value}
         ) from None
     try:
         target = repo.publish(path, channel)
     except PublishError as exc:
         text = str(exc)
-        code = (
-            "conflict"
-            if "already published" in text
-            else "invalid_channel"
-            if text.startswith("cannot publish on channel")
-            else "invalid_bundle"
-        )
-        raise CatalogError(code, str(exc)) from None
+        if "already published" in text:
+            raise BundleConflictError("conflict", text) from None
+        wrong_channel = text.startswith("cannot publish on channel")
+        code = "invalid_channel" if wrong_channel else "invalid_bundle"
+        raise BundleRefusedError(code, text) from None
     row = session.execute(select(Bundle).where(Bundle.name == target.name)).scalar_one_or_none()
     created = row is None
     before = None if row is None else {"channel": row.channel}
@@ -127,10 +141,10 @@ def publish_bundle(
 
 
 def get_bundle(session: Session, name: str) -> Bundle:
-    """The catalogue row of target ``name``, or CatalogError ``not_found``."""
+    """The catalogue row of target ``name``, or BundleNotFoundError ``not_found``."""
     row = session.execute(select(Bundle).where(Bundle.name == name)).scalar_one_or_none()
     if row is None:
-        raise CatalogError("not_found", f"no published bundle named {name!r}")
+        raise BundleNotFoundError("not_found", f"no published bundle named {name!r}")
     return row
 
 

@@ -15,9 +15,17 @@ from sqlalchemy.orm import Session
 
 import protocol as p
 from fleet_server.db.models import CommandRecord, Device, DiagnosticBundle
+from fleet_server.errors import (
+    ConflictError,
+    GoneError,
+    InvalidInputError,
+    NotFoundError,
+    TooLargeError,
+    TransientError,
+)
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
-from fleet_server.services.registry import RegistryError
+from fleet_server.services.registry import get_device
 from fleet_server.services.tokens import hash_secret
 
 OPEN_STATUSES = ("pending", "sent", "accepted")
@@ -88,7 +96,7 @@ def build_command(
             version=extra["version"],
             execution_id=extra["execution_id"],
         )
-    raise RegistryError("invalid_command", f"unknown command kind {kind!r}")
+    raise InvalidInputError("invalid_command", f"unknown command kind {kind!r}")
 
 
 def send_command(
@@ -107,11 +115,11 @@ def send_command(
     install: dict[str, str] | None = None,
 ) -> CommandRecord:
     """Record, publish (QoS 1) and audit a command; the device's ``CommandAck`` events
-    update the row later. A publish failure marks it ``failed`` and raises RegistryError
+    update the row later. A publish failure marks it ``failed`` and raises TransientError
     ``broker_unavailable`` (the row and audit entry stay, so the attempt is visible).
     ``install`` carries ``target``, ``version`` and ``execution_id`` for an ``install``."""
     if device.status == "decommissioned":
-        raise RegistryError("conflict", f"device {device.device_id!r} is decommissioned")
+        raise ConflictError("conflict", f"device {device.device_id!r} is decommissioned")
     command_id = "cmd-" + uuid.uuid4().hex[:20]
     expires_at = now + ttl_s
     extra: dict[str, Any] = {"reason": reason, **(install or {})}
@@ -161,7 +169,7 @@ def send_command(
         record.status = "failed"
         record.detail = f"could not publish: {exc}"
         session.commit()
-        raise RegistryError(
+        raise TransientError(
             "broker_unavailable", f"the command was recorded but not sent: {exc}"
         ) from None
     session.execute(
@@ -174,6 +182,42 @@ def send_command(
     return record
 
 
+def send_to_device(
+    session: Session,
+    publisher: Publisher | None,
+    device_id: str,
+    kind: str,
+    *,
+    actor: Actor,
+    now: float,
+    ttl_s: float,
+    base_url: str,
+    diag_ttl_s: float,
+    reason: str = "",
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """Send ``kind`` to registered device ``device_id`` (see :func:`send_command`) and
+    return the command's view; 503 ``broker_unavailable`` when this process has no
+    publisher, 404 when the device is unknown."""
+    if publisher is None:
+        raise TransientError("broker_unavailable", "this server process has no MQTT publisher")
+    device = get_device(session, device_id)
+    record = send_command(
+        session,
+        publisher,
+        device,
+        kind,
+        actor=actor,
+        now=now,
+        ttl_s=ttl_s,
+        base_url=base_url,
+        diag_ttl_s=diag_ttl_s,
+        reason=reason,
+        request_id=request_id,
+    )
+    return command_view(record, device.device_id)
+
+
 def expire_commands(session: Session, *, now: float) -> int:
     """Mark commands that passed their expiry without a final answer as ``expired``."""
     result = session.execute(
@@ -182,16 +226,6 @@ def expire_commands(session: Session, *, now: float) -> int:
         .values(status="expired", updated_at=now)
     )
     return int(result.rowcount or 0)
-
-
-class UploadError(ValueError):
-    """A diagnostics upload was refused; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 def store_upload(
@@ -204,20 +238,22 @@ def store_upload(
     max_bytes: int,
     request_id: str | None = None,
 ) -> DiagnosticBundle:
-    """Store a diagnostics bundle against its one-time token (single use, expiring)."""
+    """Store a diagnostics bundle against its one-time token (single use, expiring),
+    audit and commit.
+
+    Raises TooLargeError ``too_large``, NotFoundError ``not_found`` (unknown token) or
+    GoneError ``already_used`` / ``expired``."""
     if len(body) > max_bytes:
-        raise UploadError(
-            413, "too_large", f"bundle is {len(body)} bytes; the limit is {max_bytes}"
-        )
+        raise TooLargeError("too_large", f"bundle is {len(body)} bytes; the limit is {max_bytes}")
     bundle = session.execute(
         select(DiagnosticBundle).where(DiagnosticBundle.token_hash == hash_secret(secret))
     ).scalar_one_or_none()
     if bundle is None:
-        raise UploadError(404, "not_found", "unknown upload token")
+        raise NotFoundError("not_found", "unknown upload token")
     if bundle.uploaded_at is not None:
-        raise UploadError(410, "already_used", "this upload token was already used")
+        raise GoneError("already_used", "this upload token was already used")
     if bundle.expires_at <= now:
-        raise UploadError(410, "expired", "this upload token has expired")
+        raise GoneError("expired", "this upload token has expired")
     bundle.uploaded_at = now
     bundle.size = len(body)
     bundle.sha256 = hashlib.sha256(body).hexdigest()
@@ -236,6 +272,15 @@ def store_upload(
         after={"bundle_id": bundle.id, "size": bundle.size, "sha256": bundle.sha256},
         request_id=request_id,
     )
+    session.commit()
+    return bundle
+
+
+def uploaded_bundle(session: Session, bundle_id: int) -> DiagnosticBundle:
+    """Diagnostics bundle ``bundle_id`` with its bytes; 404 until the device uploaded it."""
+    bundle = session.get(DiagnosticBundle, bundle_id)
+    if bundle is None or bundle.content is None:
+        raise NotFoundError("not_found", f"diagnostics bundle {bundle_id} has no upload")
     return bundle
 
 

@@ -7,13 +7,21 @@ Its life: ``pending`` (created) -> ``sent`` (the ``Install`` command is on the b
 timeout of its current phase) or ``cancelled`` (by an operator before the device started).
 
 A device's reports are applied only to an execution that exists *and* is addressed to
-that device; anything else is refused (:class:`DeploymentError` ``unknown_execution``) so
+that device; anything else is refused (:class:`NotFoundError` ``unknown_execution``) so
 a device can neither invent nor touch another device's deployment. A late report for an
 execution that already ended (timed out, cancelled) is recorded in its history but does
 not change its status: the rollout that counted it as failed has already moved on.
 
+The status moves only along :data:`~fleet_server.domain.lifecycles.EXECUTION`; history rows
+are written by :mod:`fleet_server.services.history`. Refusals are the server's error family
+(:mod:`fleet_server.errors`) with stable codes: ``not_found``/``unknown_execution`` (404),
+``incompatible``/``invalid_timeouts`` (422), ``decommissioned``/``busy``/``conflict``/
+``blocked_version`` (409), ``broker_unavailable`` (503).
+
 Functions take the session and ``now`` and never commit, except :func:`dispatch`, which
-commits before it publishes so a fast device never reports on an uncommitted execution.
+commits before it publishes so a fast device never reports on an uncommitted execution,
+and the API entries (:func:`request_update`, :func:`cancel_execution`), which own their
+transaction.
 """
 
 from __future__ import annotations
@@ -22,141 +30,42 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import protocol as p
-from fleet_server.db.models import Bundle, Device, Execution, ExecutionEvent
-from fleet_server.services import audit
+from fleet_server.db.models import Bundle, Device, Execution
+from fleet_server.db.models import ExecutionEvent as ExecutionEventRow
+from fleet_server.domain.deployment_rules import (
+    check_timeouts,
+    compatibility_problem,
+    moves_phase,
+    report_event,
+    silence_verdict,
+)
+from fleet_server.domain.lifecycles import EXECUTION, ExecutionEvent, ExecutionState
+from fleet_server.errors import (
+    ConflictError,
+    FleetError,
+    InvalidInputError,
+    NotFoundError,
+    TransientError,
+)
+from fleet_server.services import audit, registry
+from fleet_server.services import bundles as catalog
 from fleet_server.services.audit import Actor
 from fleet_server.services.commands import Publisher, send_command
-from fleet_server.services.registry import RegistryError
+from fleet_server.services.history import execution_event
+from fleet_server.services.recall_holds import blocked_versions
 
-OPEN_STATUSES = ("pending", "sent", "in_progress")
-TERMINAL_STATUSES = ("committed", "failed", "cancelled")
+TERMINAL_STATUSES = tuple(s.value for s in ExecutionState if EXECUTION.is_final(s))
+OPEN_STATUSES = tuple(s.value for s in ExecutionState if not EXECUTION.is_final(s))
 STATUSES = OPEN_STATUSES + TERMINAL_STATUSES
-
-TIMEOUT_KEYS = ("accept_s", "download_s", "install_s", "reboot_s", "commit_s")
-DEFAULT_TIMEOUTS: dict[str, float] = {
-    "accept_s": 600.0,
-    "download_s": 1800.0,
-    "install_s": 900.0,
-    "reboot_s": 600.0,
-    "commit_s": 900.0,
-}
-"""Per-phase silence limits in seconds (the server's ``[updates]`` section overrides)."""
-
-PHASE_TIMEOUT: dict[str, str] = {
-    "sent": "accept_s",
-    "idle": "accept_s",
-    "downloading": "download_s",
-    "verified": "download_s",
-    "installing": "install_s",
-    "installed": "install_s",
-    "rebooting": "reboot_s",
-    "trial": "commit_s",
-}
-"""Which timeout applies while an execution sits in each phase."""
-
-_PROGRESS = ("sent", "idle", "downloading", "verified", "installing", "installed", "rebooting")
-_RANK = {name: i for i, name in enumerate((*_PROGRESS, "trial"))}
-
-DEPLOYMENT_STATUS = {
-    "not_found": 404,
-    "unknown_execution": 404,
-    "incompatible": 422,
-    "invalid_timeouts": 422,
-    "decommissioned": 409,
-    "busy": 409,
-    "conflict": 409,
-    "broker_unavailable": 503,
-    "blocked_version": 409,
-}
-"""HTTP status for each :class:`DeploymentError` code."""
-
-
-class DeploymentError(ValueError):
-    """A deployment request refused for a stated reason; ``code`` is stable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
 
 SERVER = Actor("deployments", "system")
 """Actor of the ``Install`` commands the service sends (the deployment itself is audited
 with the operator or rollout that asked for it)."""
-
-
-# -- pure decisions ------------------------------------------------------------------------
-
-
-def check_timeouts(
-    given: Mapping[str, Any] | None, defaults: Mapping[str, float] | None = None
-) -> dict[str, float]:
-    """``defaults`` overlaid with ``given``; unknown keys or non-positive values raise
-    ``invalid_timeouts`` naming the key."""
-    out = dict(defaults or DEFAULT_TIMEOUTS)
-    for key, value in (given or {}).items():
-        if key not in TIMEOUT_KEYS:
-            raise DeploymentError(
-                "invalid_timeouts", f"timeouts.{key}: unknown (known: {', '.join(TIMEOUT_KEYS)})"
-            )
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise DeploymentError(
-                "invalid_timeouts", f"timeouts.{key}: must be a positive number of seconds"
-            )
-        out[key] = float(value)
-    return out
-
-
-def compatibility_problem(
-    device_model: str | None,
-    device_hw: str | None,
-    bundle_model: str,
-    bundle_hw: list[str],
-) -> str | None:
-    """Why a device may not take a bundle (None when it may)."""
-    if device_model != bundle_model:
-        return f"the bundle is for model {bundle_model!r}; the device is {device_model!r}"
-    if device_hw not in bundle_hw:
-        return (
-            f"the bundle supports hardware revisions {', '.join(bundle_hw)}; "
-            f"the device is {device_hw!r}"
-        )
-    return None
-
-
-def silence_verdict(
-    phase: str, phase_at: float, timeouts: Mapping[str, float], now: float
-) -> str | None:
-    """The timeout reason when an execution in ``phase`` since ``phase_at`` has been
-    silent too long at ``now`` (None while it is within its limit)."""
-    key = PHASE_TIMEOUT.get(phase)
-    if key is None:
-        return None
-    limit = float(timeouts.get(key, DEFAULT_TIMEOUTS[key]))
-    silent = now - phase_at
-    if silent <= limit:
-        return None
-    return f"no report for {silent:.0f} s in phase {phase} (limit {key} = {limit:.0f} s)"
-
-
-def next_status(state: p.UpdateState) -> str:
-    """The execution status a reported update state leads to."""
-    if state is p.UpdateState.COMMITTED:
-        return "committed"
-    if state in (p.UpdateState.FAILED, p.UpdateState.ROLLED_BACK):
-        return "failed"
-    return "in_progress"
-
-
-def moves_phase(current: str, reported: str) -> bool:
-    """True when a reported intermediate state is news (never step back on a report that
-    arrives out of order)."""
-    return _RANK.get(reported, 0) >= _RANK.get(current, 0)
 
 
 # -- service functions ---------------------------------------------------------------------
@@ -188,24 +97,22 @@ def create_execution(
 
     ``audit_entry=False`` is for rollouts, whose start is audited once for every device.
 
-    Refuses (DeploymentError): a decommissioned device (``decommissioned``), a model or
+    Refuses: a decommissioned device (``decommissioned``), a model or
     hardware revision the bundle does not list (``incompatible``), a device that already
     has an open execution (``busy``), bad timeouts (``invalid_timeouts``).
     """
     if device.status == "decommissioned":
-        raise DeploymentError("decommissioned", f"device {device.device_id!r} is decommissioned")
+        raise ConflictError("decommissioned", f"device {device.device_id!r} is decommissioned")
     problem = compatibility_problem(
         device.model, device.hw_revision, bundle.model, list(bundle.hardware_revisions)
     )
     if problem:
-        raise DeploymentError(
+        raise InvalidInputError(
             "incompatible", f"{bundle.name} cannot go to {device.device_id}: {problem}"
         )
-    from fleet_server.services.recalls import blocked_versions
-
     blocked = blocked_versions(session)
     if bundle.version in blocked:
-        raise DeploymentError(
+        raise ConflictError(
             "blocked_version",
             f"version {bundle.version} is blocked by recall {blocked[bundle.version]}",
         )
@@ -214,7 +121,7 @@ def create_execution(
     session.execute(select(Device.id).where(Device.id == device.id).with_for_update())
     busy = open_execution(session, device)
     if busy is not None:
-        raise DeploymentError(
+        raise ConflictError(
             "busy",
             f"device {device.device_id!r} already has open execution {busy.id} "
             f"({busy.status}); wait for it or cancel it",
@@ -225,8 +132,8 @@ def create_execution(
         bundle_id=bundle.id,
         rollout_id=rollout_id,
         wave=wave,
-        status="pending",
-        phase="pending",
+        status=EXECUTION.initial.value,
+        phase=EXECUTION.initial.value,
         phase_at=now,
         reason="",
         from_version=device.software_version,
@@ -241,7 +148,7 @@ def create_execution(
         session.flush()
     except IntegrityError:  # a concurrent request won the race (unique open index)
         session.rollback()
-        raise DeploymentError(
+        raise ConflictError(
             "busy", f"device {device.device_id!r} already has an open execution"
         ) from None
     if not audit_entry:
@@ -266,28 +173,18 @@ def create_execution(
     return execution
 
 
-def _event(
-    session: Session,
-    execution: Execution,
-    state: str,
-    *,
-    now: float,
-    device_ts: float | None = None,
-    failure_class: str | None = None,
-    reason: str = "",
-    attack: str | None = None,
-) -> None:
-    session.add(
-        ExecutionEvent(
-            execution_id=execution.id,
-            state=state,
-            device_ts=device_ts,
-            received_at=now,
-            failure_class=failure_class,
-            reason=reason,
-            attack=attack,
-        )
-    )
+def _move(execution: Execution, event: ExecutionEvent) -> str:
+    """Move ``execution`` along its lifecycle; returns the new status."""
+    execution.status = EXECUTION.apply(execution.status, event).value
+    return execution.status
+
+
+def _not_sent(exc: FleetError) -> FleetError:
+    """A refusal of the ``Install`` command as this service's error (same code)."""
+    if isinstance(exc, FleetError):
+        return exc
+    kinds = {"not_found": NotFoundError, "conflict": ConflictError}
+    return kinds.get(exc.code, InvalidInputError)(exc.code, exc.message, exc.details)
 
 
 def dispatch(
@@ -307,14 +204,14 @@ def dispatch(
     ``broker_unavailable``; calling again retries. The command is audited as ``actor``
     (default: the deployments service itself, e.g. for a rollout's waves).
     """
-    if execution.status != "pending":
-        raise DeploymentError(
+    if execution.status != ExecutionState.PENDING:
+        raise ConflictError(
             "conflict", f"execution {execution.id} is {execution.status}, not pending"
         )
     device, bundle = execution.device, execution.bundle
-    execution.status, execution.phase, execution.phase_at = "sent", "sent", now
-    execution.sent_at = now
-    _event(session, execution, "sent", now=now)
+    execution.phase = _move(execution, ExecutionEvent.SEND)
+    execution.phase_at = execution.sent_at = now
+    execution_event(session, execution, "sent", now=now)
     try:
         record = send_command(
             session,
@@ -332,21 +229,17 @@ def dispatch(
                 "execution_id": execution.id,
             },
         )
-    except RegistryError as exc:
+    except FleetError as exc:
         session.rollback()
         if exc.code != "broker_unavailable":
-            raise DeploymentError(exc.code, exc.message) from None
+            raise _not_sent(exc) from None
         fresh = session.get(Execution, execution.id)
         if fresh is not None and fresh.status == "sent" and fresh.phase == "sent":
-            fresh.status, fresh.phase, fresh.phase_at, fresh.sent_at = (
-                "pending",
-                "pending",
-                now,
-                None,
-            )
-            _event(session, fresh, "pending", now=now, reason=f"not sent: {exc.message}")
+            fresh.phase = _move(fresh, ExecutionEvent.SEND_FAILED)
+            fresh.phase_at, fresh.sent_at = now, None
+            execution_event(session, fresh, "pending", now=now, reason=f"not sent: {exc.message}")
             session.commit()
-        raise DeploymentError("broker_unavailable", exc.message) from None
+        raise TransientError("broker_unavailable", exc.message) from None
     execution.command_id = record.id
     session.commit()
     return execution
@@ -356,8 +249,8 @@ def _already_reported(session: Session, execution_id: str, state: str) -> bool:
     """True when the device already reported ``state`` for this execution."""
     return (
         session.execute(
-            select(ExecutionEvent.id)
-            .where(ExecutionEvent.execution_id == execution_id, ExecutionEvent.state == state)
+            select(ExecutionEventRow.id)
+            .where(ExecutionEventRow.execution_id == execution_id, ExecutionEventRow.state == state)
             .limit(1)
         ).first()
         is not None
@@ -370,7 +263,7 @@ def apply_update_report(
     """Apply a device's update report to its execution; None when the report names no
     execution (an update the device started itself, e.g. after ``check_update``).
 
-    Raises DeploymentError ``unknown_execution`` for an id that does not exist or belongs
+    Raises NotFoundError ``unknown_execution`` for an id that does not exist or belongs
     to another device: the report is not applied. A report for an execution that already
     ended is recorded in its history without changing it. A state already reported for
     the execution (a re-report after the agent restarted) changes nothing and is not
@@ -383,7 +276,7 @@ def apply_update_report(
         select(Execution).where(Execution.id == event.execution_id).with_for_update(of=Execution)
     ).scalar_one_or_none()
     if execution is None or execution.device_key != device.id:
-        raise DeploymentError(
+        raise NotFoundError(
             "unknown_execution",
             f"device {device.device_id!r} reported on execution {event.execution_id!r}, "
             "which is not one of its executions",
@@ -394,7 +287,7 @@ def apply_update_report(
         # kill, from its next boot: (execution_id, state) is applied once.
         return execution
     failure_class = event.failure_class.value if event.failure_class else None
-    _event(
+    execution_event(
         session,
         execution,
         state,
@@ -411,18 +304,17 @@ def apply_update_report(
         # (or of the trial boot) named the new slot's version; this report is the
         # device's word that the old one runs again.
         device.software_version = execution.from_version
-    if execution.status in TERMINAL_STATUSES:
+    if EXECUTION.is_final(execution.status):
         return execution
-    status = next_status(event.state)
-    if status == "in_progress":
-        if execution.phase != state and moves_phase(execution.phase, state):
+    previous_phase = execution.phase
+    status = _move(execution, report_event(event.state))
+    if status == ExecutionState.IN_PROGRESS:
+        if previous_phase != state and moves_phase(previous_phase, state):
             execution.phase, execution.phase_at = state, now
-        execution.status = "in_progress"
         return execution
-    execution.status = status
     execution.phase, execution.phase_at = state, now
     execution.finished_at = now
-    if status == "failed":
+    if status == ExecutionState.FAILED:
         execution.failure_class = failure_class
         execution.reason = event.reason
         execution.attack = event.attack
@@ -442,16 +334,22 @@ def apply_install_rejection(
         .where(
             Execution.command_id == command_id,
             Execution.device_key == device_key,
-            Execution.status.in_(("pending", "sent")),
+            Execution.status.in_(_accepting(ExecutionEvent.REJECT)),
         )
         .with_for_update(of=Execution)
     ).scalar_one_or_none()
     if execution is None:
         return None
     reason = f"the device rejected the install command: {detail}"
-    execution.status, execution.reason, execution.finished_at = "failed", reason, now
-    _event(session, execution, "rejected", now=now, reason=reason)
+    _move(execution, ExecutionEvent.REJECT)
+    execution.reason, execution.finished_at = reason, now
+    execution_event(session, execution, "rejected", now=now, reason=reason)
     return execution
+
+
+def _accepting(event: ExecutionEvent) -> tuple[str, ...]:
+    """Statuses in which ``event`` is legal (for queries that pick executions to move)."""
+    return tuple(s.value for s in ExecutionState if event in EXECUTION.allowed_events(s))
 
 
 def expire_silent(session: Session, *, now: float) -> list[Execution]:
@@ -460,7 +358,7 @@ def expire_silent(session: Session, *, now: float) -> list[Execution]:
     candidates = (
         session.execute(
             select(Execution)
-            .where(Execution.status.in_(("sent", "in_progress")))
+            .where(Execution.status.in_(_accepting(ExecutionEvent.TIME_OUT)))
             .order_by(Execution.phase_at)
             .with_for_update(of=Execution, skip_locked=True)
         )
@@ -473,9 +371,12 @@ def expire_silent(session: Session, *, now: float) -> list[Execution]:
         reason = silence_verdict(execution.phase, execution.phase_at, execution.timeouts, now)
         if reason is None:
             continue
-        execution.status, execution.failure_class, execution.reason = "failed", "timeout", reason
+        _move(execution, ExecutionEvent.TIME_OUT)
+        execution.failure_class, execution.reason = "timeout", reason
         execution.finished_at = now
-        _event(session, execution, "failed", now=now, failure_class="timeout", reason=reason)
+        execution_event(
+            session, execution, "failed", now=now, failure_class="timeout", reason=reason
+        )
         expired.append(execution)
     return expired
 
@@ -493,16 +394,18 @@ def cancel(
     cannot be cancelled (``conflict``): it ends by itself, committed, failed or timed out.
     A sent ``Install`` cannot be taken back from the broker; if the device still reports
     on it, the reports are recorded and the status stays ``cancelled``."""
-    if execution.status not in ("pending", "sent"):
-        raise DeploymentError(
+    cancellable = _accepting(ExecutionEvent.CANCEL)
+    if execution.status not in cancellable:
+        raise ConflictError(
             "conflict",
-            f"execution {execution.id} is {execution.status}; only pending or sent "
-            "executions can be cancelled",
+            f"execution {execution.id} is {execution.status}; only "
+            f"{' or '.join(cancellable)} executions can be cancelled",
         )
     before = {"status": execution.status}
-    execution.status, execution.finished_at = "cancelled", now
+    _move(execution, ExecutionEvent.CANCEL)
+    execution.finished_at = now
     execution.reason = reason or "cancelled"
-    _event(session, execution, "cancelled", now=now, reason=execution.reason)
+    execution_event(session, execution, "cancelled", now=now, reason=execution.reason)
     audit.record(
         session,
         actor,
@@ -518,19 +421,19 @@ def cancel(
 
 
 def get_execution(session: Session, execution_id: str) -> Execution:
-    """The execution, or DeploymentError ``not_found``."""
+    """The execution, or NotFoundError ``not_found``."""
     execution = session.get(Execution, execution_id)
     if execution is None:
-        raise DeploymentError("not_found", f"no execution {execution_id!r}")
+        raise NotFoundError("not_found", f"no execution {execution_id!r}")
     return execution
 
 
 def execution_events(session: Session, execution: Execution) -> list[dict[str, Any]]:
     """The execution's history, oldest first."""
     rows = session.execute(
-        select(ExecutionEvent)
-        .where(ExecutionEvent.execution_id == execution.id)
-        .order_by(ExecutionEvent.id)
+        select(ExecutionEventRow)
+        .where(ExecutionEventRow.execution_id == execution.id)
+        .order_by(ExecutionEventRow.id)
     ).scalars()
     return [
         {
@@ -568,3 +471,105 @@ def execution_view(execution: Execution) -> dict[str, Any]:
         "finished_at": execution.finished_at,
         "created_by": execution.created_by,
     }
+
+
+# -- API entries (each owns its transaction) -----------------------------------------------
+
+
+def request_update(
+    session: Session,
+    publisher: Publisher | None,
+    device_id: str,
+    bundle_name: str,
+    *,
+    actor: Actor,
+    now: float,
+    timeouts: Mapping[str, Any] | None,
+    default_timeouts: Mapping[str, float],
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """An operator asks ``device_id`` to install ``bundle_name``: create the execution
+    (committed) and send the ``Install`` command. When the command cannot be sent the
+    execution is cancelled (committed) and ``broker_unavailable`` (503) raised, so the
+    device is not left busy with an execution nobody will send."""
+    if publisher is None:
+        raise TransientError("broker_unavailable", "this server process has no MQTT publisher")
+    device = registry.get_device(session, device_id)
+    bundle = catalog.get_bundle(session, bundle_name)
+    limits = check_timeouts(timeouts, default_timeouts)
+    execution = create_execution(
+        session, device, bundle, actor=actor, now=now, timeouts=limits, request_id=request_id
+    )
+    session.commit()
+    try:
+        dispatch(
+            session,
+            publisher,
+            execution,
+            now=now,
+            ttl_s=limits["accept_s"],
+            actor=actor,
+            request_id=request_id,
+        )
+    except TransientError as exc:
+        cancel(
+            session,
+            execution,
+            actor=actor,
+            now=now,
+            reason=f"the install command could not be sent: {exc.message}",
+            request_id=request_id,
+        )
+        session.commit()
+        raise
+    return execution_view(execution)
+
+
+def executions_query(
+    *,
+    device_id: str | None = None,
+    bundle: str | None = None,
+    rollout_id: str | None = None,
+    status: str | None = None,
+) -> Select[tuple[Execution]]:
+    """Executions matching every given filter, newest first (for a paged list)."""
+    where = []
+    if device_id is not None:
+        where.append(
+            Execution.device_key.in_(select(Device.id).where(Device.device_id == device_id))
+        )
+    if bundle is not None:
+        where.append(Execution.bundle_id.in_(select(Bundle.id).where(Bundle.name == bundle)))
+    if rollout_id is not None:
+        where.append(Execution.rollout_id == rollout_id)
+    if status is not None:
+        where.append(Execution.status == status)
+    return select(Execution).where(*where).order_by(Execution.created_at.desc(), Execution.id)
+
+
+def execution_detail(session: Session, execution_id: str) -> dict[str, Any]:
+    """One execution as the API shows it, with its history oldest first."""
+    execution = get_execution(session, execution_id)
+    return {**execution_view(execution), "events": execution_events(session, execution)}
+
+
+def cancel_execution(
+    session: Session,
+    execution_id: str,
+    *,
+    actor: Actor,
+    now: float,
+    reason: str,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """An operator cancels a pending or sent execution (committed); see :func:`cancel`."""
+    execution = cancel(
+        session,
+        get_execution(session, execution_id),
+        actor=actor,
+        now=now,
+        reason=reason,
+        request_id=request_id,
+    )
+    session.commit()
+    return execution_view(execution)

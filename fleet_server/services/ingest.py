@@ -35,10 +35,10 @@ from fleet_server.domain.presence import (
     apply_presence,
     mark_traffic,
 )
+from fleet_server.errors import FleetError
 from fleet_server.services.alarms import apply_fault_events
 from fleet_server.services.clock import Clock, system_clock
 from fleet_server.services.deployments import (
-    DeploymentError,
     apply_install_rejection,
     apply_update_report,
 )
@@ -46,25 +46,9 @@ from fleet_server.services.metrics import IngestMetrics
 
 log = logging.getLogger(__name__)
 
-VITALS = (
-    "cpu_pct",
-    "load_1m",
-    "mem_pct",
-    "swap_pct",
-    "disk_pct",
-    "disk_io_errors",
-    "temp_c",
-    "throttled",
-    "undervoltage",
-    "fan_rpm",
-    "uptime_s",
-    "agent_rss_mb",
-    "net_rx_bytes",
-    "net_tx_bytes",
-    "emmc_life_used_pct",
-    "clock_synced",
-)
-"""``protocol.Sample`` fields stored in their own telemetry columns."""
+VITALS = tuple(s.name for s in p.SIGNALS)
+"""``protocol.Sample`` signals, each stored in its own telemetry column (declared once in
+``protocol.messages.Sample``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +140,7 @@ def _apply_update(
         return False
     try:
         apply_update_report(session, device, msg, now=item.received_at)
-    except DeploymentError:
+    except FleetError:
         log.warning(
             "device %s reported on unknown execution %r; refused",
             msg.device_id,

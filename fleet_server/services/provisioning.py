@@ -19,18 +19,23 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy.orm import Session
 
 from fleet_server.config import Settings
+from fleet_server.errors import ConflictError, TransientError
 from fleet_server.identity import certificates as certs
 from fleet_server.identity.ca_store import CertificateAuthority
 from fleet_server.identity.errors import UnknownCertificateError
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
-from fleet_server.services.registry import RegistryError, get_device
+from fleet_server.services.registry import get_device
 
 DECOMMISSION_REASON = "cessation_of_operation"
 
 
-class ProvisioningUnavailableError(RuntimeError):
-    """No CA is configured (``security.ca_dir``), so certificates cannot be issued."""
+class ProvisioningUnavailableError(TransientError):
+    """No CA (``security.ca_dir``) or no device broker URL is configured, so credentials
+    cannot be issued: 503 ``provisioning_unavailable``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("provisioning_unavailable", message)
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ def load_ca(settings: Settings) -> CertificateAuthority:
 def _active(session: Session, device_id: str) -> None:
     device = get_device(session, device_id)
     if device.status != "active":
-        raise RegistryError("conflict", f"device {device_id!r} is {device.status}")
+        raise ConflictError("conflict", f"device {device_id!r} is {device.status}")
 
 
 def _urls(settings: Settings) -> tuple[str, str]:
@@ -90,9 +95,10 @@ def provision_bundle(
 ) -> tuple[bytes, Issued]:
     """Factory flow: a new key and certificate for a registered, active device, as a
     ``.tar.gz`` of the credentials bundle directory ``<device_id>/`` (key mode 0600).
+    Audited (serial and expiry only) and committed.
 
     Raises:
-        RegistryError: unknown or decommissioned device.
+        NotFoundError, ConflictError: unknown or decommissioned device.
         ProvisioningUnavailableError: no device broker URL configured.
     """
     _active(session, device_id)
@@ -113,6 +119,7 @@ def provision_bundle(
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
             tar.add(out, arcname=device_id)
     _audit(session, actor, "device.provision", device_id, issued, now, request_id)
+    session.commit()
     return buffer.getvalue(), issued
 
 
@@ -126,16 +133,18 @@ def certify_csr(
     now: float,
     request_id: str | None = None,
 ) -> Issued:
-    """Claim flow: certify the key in the device's CSR (the key never left the device).
+    """Claim flow: certify the key in the device's CSR (the key never left the device);
+    audited and committed.
 
     Raises:
-        RegistryError: unknown or decommissioned device.
+        NotFoundError, ConflictError: unknown or decommissioned device.
         CsrRejectedError: the CSR is refused (``reason`` says why).
     """
     _active(session, device_id)
     cert = ca.issue_csr(csr_pem, device_id, datetime.fromtimestamp(now, UTC))
     issued = _issued(certs.certificate_pem(cert))
     _audit(session, actor, "device.certify", device_id, issued, now, request_id)
+    session.commit()
     return issued
 
 
@@ -170,6 +179,26 @@ def revoke_device(
         after={"revoked_serials": serials, "reason": reason},
         request_id=request_id,
     )
+    return serials
+
+
+def revoke_registered(
+    session: Session,
+    ca: CertificateAuthority,
+    device_id: str,
+    *,
+    actor: Actor,
+    now: float,
+    reason: str = "unspecified",
+    request_id: str | None = None,
+) -> list[str]:
+    """Revoke every certificate of registered device ``device_id`` (404 when unknown),
+    re-sign the CRL, audit and commit; return the serials revoked now."""
+    get_device(session, device_id)
+    serials = revoke_device(
+        session, ca, device_id, actor=actor, now=now, reason=reason, request_id=request_id
+    )
+    session.commit()
     return serials
 
 

@@ -6,13 +6,21 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import String, cast, func, select
+from sqlalchemy import String, cast, select
 from sqlalchemy.orm import Session
 
 from fleet_server.db.models import Device
 from fleet_server.domain.device_rows import RowError, parse_device_csv, validate_fields
+from fleet_server.errors import (
+    ConflictError,
+    FleetError,
+    InvalidInputError,
+    NotFoundError,
+    TransientError,
+)
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
+from fleet_server.services.paging import Page, PageParams, fetch_page
 
 EDITABLE = (
     "serial",
@@ -29,14 +37,42 @@ EDITABLE = (
 )
 
 
-class RegistryError(ValueError):
-    """A registry operation was refused; ``code`` is the API error code."""
+class RegistryError(FleetError):
+    """Deprecated: the old coded refusal, for services not yet raising the family directly.
 
-    def __init__(self, code: str, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details
+    ``RegistryError(code, message)`` builds the family member its ``code`` used to be
+    answered with (``not_found`` -> :class:`NotFoundError`, ``conflict`` ->
+    :class:`ConflictError`, ``broker_unavailable`` -> :class:`TransientError`, any other
+    code -> :class:`InvalidInputError`), so the one HTTP mapping applies. New code raises
+    the family classes and catches :class:`FleetError`.
+    """
+
+    def __new__(cls, code: str, message: str, details: Any = None) -> RegistryError:
+        kind = cls if cls is not RegistryError else _LEGACY.get(code, _LegacyInvalidError)
+        return super().__new__(kind, code, message, details)
+
+
+class _LegacyInvalidError(RegistryError, InvalidInputError):
+    """A legacy registry refusal of this kind."""
+
+
+class _LegacyNotFoundError(RegistryError, NotFoundError):
+    """A legacy registry refusal of this kind."""
+
+
+class _LegacyConflictError(RegistryError, ConflictError):
+    """A legacy registry refusal of this kind."""
+
+
+class _LegacyTransientError(RegistryError, TransientError):
+    """A legacy registry refusal of this kind."""
+
+
+_LEGACY: dict[str, type[RegistryError]] = {
+    "not_found": _LegacyNotFoundError,
+    "conflict": _LegacyConflictError,
+    "broker_unavailable": _LegacyTransientError,
+}
 
 
 def device_view(d: Device) -> dict[str, Any]:
@@ -142,25 +178,19 @@ class DeviceFilter:
         return out
 
 
-def list_devices(
-    session: Session, filt: DeviceFilter, *, limit: int, offset: int
-) -> tuple[list[Device], int]:
-    """One page of devices matching ``filt`` (ordered by device id) and the total."""
-    clauses = filt.clauses()
-    total = session.execute(select(func.count()).select_from(Device).where(*clauses)).scalar_one()
-    rows = session.execute(
-        select(Device).where(*clauses).order_by(Device.device_id).limit(limit).offset(offset)
-    ).scalars()
-    return list(rows), int(total)
+def list_devices(session: Session, filt: DeviceFilter, params: PageParams) -> Page[Device]:
+    """One page of devices matching ``filt``, ordered by device id, and the total."""
+    query = select(Device).where(*filt.clauses()).order_by(Device.device_id)
+    return fetch_page(session, query, params, scalars=True)
 
 
 def get_device(session: Session, device_id: str) -> Device:
-    """The device, or RegistryError ``not_found``."""
+    """The device, or :class:`NotFoundError` ``not_found``."""
     device = session.execute(
         select(Device).where(Device.device_id == device_id)
     ).scalar_one_or_none()
     if device is None:
-        raise RegistryError("not_found", f"device {device_id!r} is not registered")
+        raise NotFoundError("not_found", f"device {device_id!r} is not registered")
     return device
 
 
@@ -221,17 +251,17 @@ def create_device(
     now: float,
     request_id: str | None = None,
 ) -> Device:
-    """Register one device (validated like a CSV row)."""
+    """Register one device (validated like a CSV row), audit and commit."""
     values, errors = validate_fields(raw)
     if errors:
-        raise RegistryError(
+        raise InvalidInputError(
             "invalid_device",
             "the device is invalid",
             [{"field": c, "message": m} for c, m in errors],
         )
     conflicts = _conflicts(session, [values])
     if conflicts:
-        raise RegistryError(
+        raise ConflictError(
             "conflict",
             conflicts[0].message,
             [{"field": e.column, "message": e.message} for e in conflicts],
@@ -249,6 +279,7 @@ def create_device(
         after=device_view(device),
         request_id=request_id,
     )
+    session.commit()
     return device
 
 
@@ -260,18 +291,19 @@ def import_csv(
     now: float,
     request_id: str | None = None,
 ) -> int:
-    """Import a factory CSV: every row or none. Raises RegistryError ``invalid_csv``
-    with per-row errors (line, column, message); returns the number of devices added."""
+    """Import a factory CSV (every row or none) and commit. Raises InvalidInputError
+    ``invalid_csv`` with per-row errors (line, column, message); returns the number of
+    devices added."""
     parsed = parse_device_csv(text)
     errors = parsed.errors or _conflicts(session, parsed.rows)
     if errors:
-        raise RegistryError(
+        raise InvalidInputError(
             "invalid_csv",
             f"{len(errors)} error(s) in the CSV; nothing was imported",
             [e.as_dict() for e in errors],
         )
     if not parsed.rows:
-        raise RegistryError("invalid_csv", "the CSV has no data rows; nothing was imported", [])
+        raise InvalidInputError("invalid_csv", "the CSV has no data rows; nothing was imported", [])
     for values in parsed.rows:
         session.add(_new_device(values, now))
     session.flush()
@@ -285,6 +317,7 @@ def import_csv(
         after={"count": len(parsed.rows), "device_ids": [r["device_id"] for r in parsed.rows]},
         request_id=request_id,
     )
+    session.commit()
     return len(parsed.rows)
 
 
@@ -297,18 +330,18 @@ def update_device(
     now: float,
     request_id: str | None = None,
 ) -> Device:
-    """Change registry fields of a device (not its id or reported state)."""
+    """Change registry fields of a device (not its id or reported state), audit, commit."""
     device = get_device(session, device_id)
     not_editable = [k for k in raw if k not in EDITABLE]
     if not_editable:
-        raise RegistryError(
+        raise InvalidInputError(
             "invalid_device",
             f"field(s) {', '.join(not_editable)} cannot be changed; "
             f"editable: {', '.join(EDITABLE)}",
         )
     values, errors = validate_fields(raw, partial=True)
     if errors:
-        raise RegistryError(
+        raise InvalidInputError(
             "invalid_device",
             "the change is invalid",
             [{"field": c, "message": m} for c, m in errors],
@@ -316,7 +349,7 @@ def update_device(
     if values.get("serial") and values["serial"] != device.serial:
         taken = session.execute(select(Device.id).where(Device.serial == values["serial"])).first()
         if taken:
-            raise RegistryError("conflict", f"serial {values['serial']!r} is already registered")
+            raise ConflictError("conflict", f"serial {values['serial']!r} is already registered")
     before = device_view(device)
     for key, value in values.items():
         if key == "channel" and value is None:
@@ -334,6 +367,7 @@ def update_device(
         after=device_view(device),
         request_id=request_id,
     )
+    session.commit()
     return device
 
 
@@ -347,10 +381,11 @@ def decommission_device(
     request_id: str | None = None,
 ) -> Device:
     """Take a device out of the fleet: its messages are rejected from now on, its
-    history is kept."""
+    history is kept. The caller commits (:func:`fleet_server.services.decommission.
+    decommission_and_revoke` also revokes its certificates in the same transaction)."""
     device = get_device(session, device_id)
     if device.status == "decommissioned":
-        raise RegistryError("conflict", f"device {device_id!r} is already decommissioned")
+        raise ConflictError("conflict", f"device {device_id!r} is already decommissioned")
     before = device_view(device)
     device.status = "decommissioned"
     device.decommissioned_at = now

@@ -8,19 +8,49 @@ in days; a failure on the activation day counts as half a day (a Weibull time mu
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleet_server.analytics import crow_amsaa, early_warning, rates_by_group, weibull_mle
+from fleet_server.analytics import (
+    AnalyticsInputError,
+    crow_amsaa,
+    early_warning,
+    rates_by_group,
+    weibull_mle,
+)
 from fleet_server.db.models import Device, WarrantyClaim
+from fleet_server.errors import InvalidInputError
 
 GROUPABLE = ("batch", "software_version", "model", "hw_revision", "region")
 DAYS_PER_MONTH = 30.4375
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _refuses_insufficient_data(fn: Callable[P, R]) -> Callable[P, R]:
+    """A fit the data cannot support is a 422 ``insufficient_data`` naming why."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except AnalyticsInputError as exc:
+            raise InvalidInputError("insufficient_data", str(exc)) from None
+
+    return wrapper
+
+
+def _check_by(by: str) -> None:
+    if by not in GROUPABLE:
+        raise InvalidInputError("validation_error", f"by: must be one of {', '.join(GROUPABLE)}")
 
 
 @dataclass(frozen=True)
@@ -63,6 +93,7 @@ def claims(session: Session, failure_mode: str | None = None) -> list[tuple[int,
     return [(int(k), d) for k, d in session.execute(q.order_by(WarrantyClaim.failure_date)).all()]
 
 
+@_refuses_insufficient_data
 def weibull(
     session: Session, today: date, failure_mode: str, model: str | None = None
 ) -> dict[str, Any]:
@@ -129,6 +160,7 @@ def month_cells(
     return cells
 
 
+@_refuses_insufficient_data
 def claims_early_warning(
     session: Session,
     today: date,
@@ -138,6 +170,7 @@ def claims_early_warning(
 ) -> dict[str, Any]:
     """Early warning over batches or software versions from the fleet's own claims and
     unit-months at risk, age-matched (months in service) with a monthly CUSUM."""
+    _check_by(by)
     cells = month_cells(session, today, by, failure_mode, model)
     keys = sorted(cells)
     report = early_warning(
@@ -155,6 +188,7 @@ def claims_early_warning(
     }
 
 
+@_refuses_insufficient_data
 def claim_rates(
     session: Session,
     today: date,
@@ -164,6 +198,7 @@ def claim_rates(
     per: float = 1000.0,
 ) -> dict[str, Any]:
     """Claims per ``per`` unit-months in service for each group, exact intervals."""
+    _check_by(by)
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for (group, _age, _period), (exposure, n) in month_cells(
         session, today, by, failure_mode, model
@@ -182,6 +217,7 @@ def claim_rates(
     }
 
 
+@_refuses_insufficient_data
 def growth(
     session: Session, today: date, failure_mode: str | None = None, model: str | None = None
 ) -> dict[str, Any]:

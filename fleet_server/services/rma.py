@@ -2,28 +2,42 @@
 
 A part's stints in devices are :class:`PartInstallation` rows carrying the part's
 condition at install (new / refurbished), so failures per hour in service can be compared
-between reused and new parts.
+between reused and new parts. RMAs move along :data:`~fleet_server.domain.lifecycles.RMA`
+(the API names the next state) and parts along
+:data:`~fleet_server.domain.lifecycles.PART_STOCK`.
+
+The functions the API calls (:func:`create_part`, :func:`install_part`,
+:func:`create_rma`, :func:`transition_rma`) commit and return the API's view; the
+others never commit.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from fleet_server.db.models import Device, Part, PartInstallation, Rma, WarrantyClaim
-from fleet_server.domain.lifecycles import PART_CONDITIONS, PART_STOCK, RMA, IllegalTransitionError
+from fleet_server.domain.lifecycles import (
+    PART_CONDITIONS,
+    PART_STOCK,
+    RMA,
+    PartEvent,
+    PartState,
+    RmaState,
+)
+from fleet_server.domain.part_reliability import compare_rates
+from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
-from fleet_server.services.recalls import illegal
-from fleet_server.services.registry import RegistryError
+from fleet_server.services.history import appended
 
 
 def _device(session: Session, device_id: str) -> Device:
     d = session.execute(select(Device).where(Device.device_id == device_id)).scalar_one_or_none()
     if d is None:
-        raise RegistryError("not_found", f"device {device_id!r} does not exist")
+        raise NotFoundError("not_found", f"device {device_id!r} does not exist")
     return d
 
 
@@ -31,7 +45,7 @@ def get_part(session: Session, serial: str) -> Part:
     """A part by serial, or a 404."""
     part = session.execute(select(Part).where(Part.serial == serial)).scalar_one_or_none()
     if part is None:
-        raise RegistryError("not_found", f"part {serial!r} does not exist")
+        raise NotFoundError("not_found", f"part {serial!r} does not exist")
     return part
 
 
@@ -86,19 +100,21 @@ def create_part(
     now: float,
     condition: str = "new",
     request_id: str | None = None,
-) -> Part:
-    """Register a part in stock."""
+) -> dict[str, Any]:
+    """Register a part in stock (committed)."""
     if not serial or not kind:
-        raise RegistryError("invalid_request", "serial and kind must not be empty")
+        raise InvalidInputError("invalid_request", "serial and kind must not be empty")
     if condition not in PART_CONDITIONS:
-        raise RegistryError("invalid_request", f"condition: one of {', '.join(PART_CONDITIONS)}")
+        raise InvalidInputError(
+            "invalid_request", f"condition: one of {', '.join(PART_CONDITIONS)}"
+        )
     if session.execute(select(Part.id).where(Part.serial == serial)).first() is not None:
-        raise RegistryError("conflict", f"part {serial!r} already exists")
+        raise ConflictError("conflict", f"part {serial!r} already exists")
     part = Part(
         serial=serial,
         kind=kind,
         condition=condition,
-        stock_state=PART_STOCK.initial,
+        stock_state=PART_STOCK.initial.value,
         hours_in_service=0.0,
         repairs=[],
         created_at=now,
@@ -115,14 +131,13 @@ def create_part(
         after={"serial": serial, "kind": kind, "condition": condition},
         request_id=request_id,
     )
-    return part
+    session.commit()
+    return part_view(session, part, now)
 
 
-def _move_part(part: Part, wanted: str) -> None:
-    try:
-        part.stock_state = PART_STOCK.check(part.stock_state, wanted)
-    except IllegalTransitionError as exc:
-        raise illegal(exc) from None
+def _move_part(part: Part, wanted: PartState) -> None:
+    """Move a part to ``wanted``; an illegal move is a 409 naming the allowed states."""
+    part.stock_state = PART_STOCK.move_to(part.stock_state, wanted).value
 
 
 def install_part(
@@ -133,11 +148,12 @@ def install_part(
     *,
     now: float,
     request_id: str | None = None,
-) -> Part:
-    """Put a part from stock into a device (a new stint, reuse recorded by condition)."""
+) -> dict[str, Any]:
+    """Put a part from stock into a device (a new stint, reuse recorded by condition);
+    committed."""
     part = get_part(session, serial)
     device = _device(session, device_id)
-    _move_part(part, "installed")
+    _move_part(part, PartState.INSTALLED)
     part.installed_on = device.id
     session.add(
         PartInstallation(
@@ -154,7 +170,8 @@ def install_part(
         after={"device_id": device_id, "condition": part.condition},
         request_id=request_id,
     )
-    return part
+    session.commit()
+    return part_view(session, part, now)
 
 
 def _end_stint(session: Session, part: Part, now: float, failed: bool) -> None:
@@ -178,7 +195,7 @@ def rma_view(session: Session, r: Rma) -> dict[str, Any]:
         "part_serial": part.serial if part else None,
         "note": r.note,
         "history": list(r.history),
-        "allowed_next": list(RMA.allowed(r.state)),
+        "allowed_next": [str(s) for s in RMA.next_states(r.state)],
         "created_at": r.created_at,
         "updated_at": r.updated_at,
     }
@@ -194,15 +211,16 @@ def create_rma(
     part_serial: str | None = None,
     note: str = "",
     request_id: str | None = None,
-) -> Rma:
-    """Open an RMA (state ``claimed``) for a device and/or a part, optionally from a claim."""
+) -> dict[str, Any]:
+    """Open an RMA (state ``claimed``) for a device and/or a part, optionally from a
+    claim; committed."""
     if claim_id is None and device_id is None and part_serial is None:
-        raise RegistryError("invalid_request", "give claim_id, device_id or part_serial")
+        raise InvalidInputError("invalid_request", "give claim_id, device_id or part_serial")
     device_key = part_id = None
     if claim_id is not None:
         claim = session.get(WarrantyClaim, claim_id)
         if claim is None:
-            raise RegistryError("not_found", f"claim {claim_id} does not exist")
+            raise NotFoundError("not_found", f"claim {claim_id} does not exist")
         device_key = claim.device_key
         part_serial = part_serial or claim.part_serial
     if device_id is not None:
@@ -216,8 +234,8 @@ def create_rma(
         claim_id=claim_id,
         device_key=device_key,
         part_id=part_id,
-        state=RMA.initial,
-        history=[{"state": RMA.initial, "at": now, "by": actor.label, "note": note}],
+        state=RMA.initial.value,
+        history=appended([], RMA.initial.value, now=now, by=actor.label, note=note),
         note=note,
         created_at=now,
         updated_at=now,
@@ -234,14 +252,15 @@ def create_rma(
         after=rma_view(session, r),
         request_id=request_id,
     )
-    return r
+    session.commit()
+    return rma_view(session, r)
 
 
 def get_rma(session: Session, rma_id: int) -> Rma:
     """An RMA or a 404."""
     r = session.get(Rma, rma_id)
     if r is None:
-        raise RegistryError("not_found", f"rma {rma_id} does not exist")
+        raise NotFoundError("not_found", f"rma {rma_id} does not exist")
     return r
 
 
@@ -254,31 +273,30 @@ def transition_rma(
     now: float,
     note: str = "",
     request_id: str | None = None,
-) -> Rma:
-    """Move an RMA; the part follows: ``returned`` ends its stint as a failure,
+) -> dict[str, Any]:
+    """Move an RMA (committed); the part follows: ``returned`` ends its stint as a failure,
     ``refurbished`` puts it back in stock as refurbished with the repair in its history,
     ``scrapped`` retires it."""
     r = get_rma(session, rma_id)
-    try:
-        RMA.check(r.state, wanted)
-    except IllegalTransitionError as exc:
-        raise illegal(exc) from None
+    wanted = RMA.move_to(r.state, wanted).value
     before = rma_view(session, r)
     part = session.get(Part, r.part_id) if r.part_id is not None else None
     if part is not None:
-        if wanted == "returned" and part.stock_state == "installed":
+        if wanted == RmaState.RETURNED and part.stock_state == PartState.INSTALLED:
             _end_stint(session, part, now, failed=True)
-            _move_part(part, "returned")
-        elif wanted == "refurbished":
-            if part.stock_state == "returned":
-                _move_part(part, "in_stock")
+            _move_part(part, PartState.RETURNED)
+        elif wanted == RmaState.REFURBISHED:
+            if part.stock_state == PartState.RETURNED:
+                _move_part(part, PartState.IN_STOCK)
             part.condition = "refurbished"
             part.repairs = [*part.repairs, {"rma_id": r.id, "at": now, "note": note}]
-        elif wanted == "scrapped" and part.stock_state in ("returned", "in_stock"):
-            _move_part(part, "scrapped")
+        elif wanted == RmaState.SCRAPPED and PartEvent.SCRAP in PART_STOCK.allowed_events(
+            part.stock_state
+        ):
+            _move_part(part, PartState.SCRAPPED)
     r.state = wanted
     r.updated_at = now
-    r.history = [*r.history, {"state": wanted, "at": now, "by": actor.label, "note": note}]
+    r.history = appended(list(r.history), wanted, now=now, by=actor.label, note=note)
     audit.record(
         session,
         actor,
@@ -290,7 +308,8 @@ def transition_rma(
         after=rma_view(session, r),
         request_id=request_id,
     )
-    return r
+    session.commit()
+    return rma_view(session, r)
 
 
 def reliability_by_condition(
@@ -309,3 +328,37 @@ def reliability_by_condition(
         row["failures"] += 1 if stint.failed else 0
         row["hours"] += max(0.0, (stint.removed_at or now) - stint.installed_at) / 3600
     return out
+
+
+def rmas_query(state: str | None = None) -> Select[tuple[Rma]]:
+    """RMAs (optionally in one state), newest first, for a paged list."""
+    q = select(Rma)
+    if state:
+        q = q.where(Rma.state == state)
+    return q.order_by(Rma.id.desc())
+
+
+def parts_query(kind: str | None = None, stock_state: str | None = None) -> Select[tuple[Part]]:
+    """Parts (optionally of one kind / stock state) by serial, for a paged list."""
+    q = select(Part)
+    if kind:
+        q = q.where(Part.kind == kind)
+    if stock_state:
+        q = q.where(Part.stock_state == stock_state)
+    return q.order_by(Part.serial)
+
+
+def show_rma(session: Session, rma_id: int) -> dict[str, Any]:
+    """One RMA with its history and the moves allowed next."""
+    return rma_view(session, get_rma(session, rma_id))
+
+
+def show_part(session: Session, serial: str, now: float) -> dict[str, Any]:
+    """One part with its genealogy."""
+    return part_view(session, get_part(session, serial), now)
+
+
+def parts_reliability(session: Session, now: float, kind: str | None = None) -> dict[str, Any]:
+    """Failures per 1000 hours in service of parts installed new vs refurbished, with
+    their intervals and the refurbished / new ratio."""
+    return {"kind": kind, **compare_rates(reliability_by_condition(session, now, kind))}

@@ -30,11 +30,13 @@ from sqlalchemy.orm import Session
 
 import protocol as p
 from fleet_server.db.models import CommandRecord, RecallCampaign
+from fleet_server.domain.lifecycles import CampaignState, MemberState
+from fleet_server.errors import ConflictError, TransientError
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
 from fleet_server.services.commands import SENDER, Publisher
-from fleet_server.services.recalls import population
-from fleet_server.services.registry import RegistryError
+from fleet_server.services.recall_population import population
+from fleet_server.services.recalls import get_campaign
 
 PRIVATE_NAME = "safety-key.pem"
 PUBLIC_NAME = "safety-key.pub.pem"
@@ -59,7 +61,7 @@ def create_safety_key(directory: Path) -> tuple[Path, Path]:
 def load_safety_key(path: str | Path | None) -> Ed25519PrivateKey:
     """The signing key, or a clear error saying what to configure."""
     if not path:
-        raise RegistryError(
+        raise ConflictError(
             "conflict",
             "no safety key configured: create one with `fleet-server safety-key create` and "
             "set [recalls] safety_key",
@@ -67,9 +69,9 @@ def load_safety_key(path: str | Path | None) -> Ed25519PrivateKey:
     try:
         key = load_pem_private_key(Path(path).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
-        raise RegistryError("conflict", f"safety key {path} is unusable: {exc}") from None
+        raise ConflictError("conflict", f"safety key {path} is unusable: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise RegistryError("conflict", f"safety key {path} is not an Ed25519 key")
+        raise ConflictError("conflict", f"safety key {path} is not an Ed25519 key")
     return key
 
 
@@ -117,13 +119,13 @@ def send_safe_mode(
     the command rows (``completed`` = in safe mode; ``rejected`` + ``not_permitted`` =
     signature refused)."""
     if not campaign.safety_critical:
-        raise RegistryError("conflict", f"recall {campaign.id} is not safety-critical")
-    if campaign.state != "open":
-        raise RegistryError("conflict", f"recall {campaign.id} is {campaign.state}, not open")
+        raise ConflictError("conflict", f"recall {campaign.id} is not safety-critical")
+    if campaign.state != CampaignState.OPEN:
+        raise ConflictError("conflict", f"recall {campaign.id} is {campaign.state}, not open")
     sent: list[dict[str, str]] = []
     skipped: list[dict[str, str]] = []
     messages = []
-    for rd, d in population(session, campaign.id, "notified"):
+    for rd, d in population(session, campaign.id, MemberState.NOTIFIED):
         if d.status == "decommissioned":
             skipped.append({"device_id": d.device_id, "why": "decommissioned"})
             continue
@@ -179,3 +181,33 @@ def send_safe_mode(
         )
     session.commit()
     return {"campaign_id": campaign.id, "sent": sent, "skipped": skipped, "publish_failed": failed}
+
+
+def send_for_recall(
+    session: Session,
+    publisher: Publisher | None,
+    key_path: str | Path | None,
+    campaign_id: str,
+    actor: Actor,
+    *,
+    reason: str,
+    now: float,
+    ttl_s: float,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """The API's entry: :func:`send_safe_mode` for ``campaign_id`` signed with the key at
+    ``key_path``; 503 ``broker_unavailable`` without a publisher."""
+    campaign = get_campaign(session, campaign_id)
+    if publisher is None:
+        raise TransientError("broker_unavailable", "no MQTT publisher: cannot reach devices")
+    return send_safe_mode(
+        session,
+        publisher,
+        load_safety_key(key_path),
+        campaign,
+        actor,
+        reason=reason,
+        now=now,
+        ttl_s=ttl_s,
+        request_id=request_id,
+    )

@@ -1,11 +1,15 @@
-"""Warranty coverage rules and claims with automatic checks shown to the reviewer."""
+"""Warranty coverage rules and claims with automatic checks shown to the reviewer.
+
+The functions the API calls (:func:`set_rule`, :func:`create_claim`, :func:`decide_claim`,
+:func:`recheck_claim`) commit and return the API's view; the others never commit.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from fleet_server.db.models import (
@@ -16,12 +20,11 @@ from fleet_server.db.models import (
     WarrantyClaim,
     WarrantyRule,
 )
-from fleet_server.domain.lifecycles import CLAIM, IllegalTransitionError
+from fleet_server.domain.lifecycles import CLAIM
 from fleet_server.domain.warranty_checks import Coverage, DeviceFacts, check_claim
+from fleet_server.errors import InvalidInputError, NotFoundError
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
-from fleet_server.services.recalls import illegal
-from fleet_server.services.registry import RegistryError
 
 EVIDENCE_DAYS = 14
 """Alarms this many days before the failure date (through its end) count as evidence."""
@@ -56,14 +59,15 @@ def set_rule(
     covers: list[str],
     now: float,
     request_id: str | None = None,
-) -> WarrantyRule:
-    """Create or replace the coverage of ``model`` in ``region`` (``*`` = any region)."""
+) -> dict[str, Any]:
+    """Create or replace the coverage of ``model`` in ``region`` (``*`` = any region);
+    committed."""
     if not model or not region:
-        raise RegistryError("invalid_request", "model and region must not be empty")
+        raise InvalidInputError("invalid_request", "model and region must not be empty")
     if not 0 < months <= 240:
-        raise RegistryError("invalid_request", "months: must be between 1 and 240")
+        raise InvalidInputError("invalid_request", "months: must be between 1 and 240")
     if not covers or not all(isinstance(c, str) and c for c in covers):
-        raise RegistryError(
+        raise InvalidInputError(
             "invalid_request", 'covers: list failure modes / part kinds, or ["*"] for all'
         )
     r = session.execute(
@@ -87,7 +91,8 @@ def set_rule(
         after=rule_view(r),
         request_id=request_id,
     )
-    return r
+    session.commit()
+    return rule_view(r)
 
 
 def rules(session: Session) -> list[WarrantyRule]:
@@ -258,10 +263,11 @@ def create_claim(
     part_serial: str | None = None,
     description: str = "",
     request_id: str | None = None,
-) -> tuple[WarrantyClaim, str | None]:
-    """File a claim; it is accepted even when checks fail (the reviewer decides)."""
+) -> dict[str, Any]:
+    """File a claim (committed); it is accepted even when checks fail (the reviewer
+    decides)."""
     if not device_ref or not failure_mode:
-        raise RegistryError("invalid_request", "device and failure_mode must not be empty")
+        raise InvalidInputError("invalid_request", "device and failure_mode must not be empty")
     device = find_device(session, device_ref)
     c = WarrantyClaim(
         device_ref=device_ref,
@@ -271,7 +277,7 @@ def create_claim(
         part_serial=part_serial,
         failure_date=failure_date,
         description=description,
-        state=CLAIM.initial,
+        state=CLAIM.initial.value,
         created_at=now,
         created_by=actor.label,
         checks=[],
@@ -291,14 +297,15 @@ def create_claim(
         after=claim_view(c, device_id),
         request_id=request_id,
     )
-    return c, device_id
+    session.commit()
+    return claim_view(c, device_id)
 
 
 def get_claim(session: Session, claim_id: int) -> tuple[WarrantyClaim, str | None]:
     """A claim with its device id, or a 404."""
     c = session.get(WarrantyClaim, claim_id)
     if c is None:
-        raise RegistryError("not_found", f"claim {claim_id} does not exist")
+        raise NotFoundError("not_found", f"claim {claim_id} does not exist")
     device = session.get(Device, c.device_key) if c.device_key is not None else None
     return c, device.device_id if device else None
 
@@ -312,14 +319,12 @@ def decide_claim(
     note: str,
     now: float,
     request_id: str | None = None,
-) -> tuple[WarrantyClaim, str | None]:
-    """Approve or reject a claim (a reviewer's call, with a note; the checks stay)."""
+) -> dict[str, Any]:
+    """Approve or reject a claim (a reviewer's call, with a note; the checks stay);
+    committed. ``decision`` names the next state."""
     c, device_id = get_claim(session, claim_id)
-    try:
-        CLAIM.check(c.state, decision)
-    except IllegalTransitionError as exc:
-        raise illegal(exc) from None
     before = claim_view(c, device_id)
+    decision = CLAIM.move_to(c.state, decision).value
     c.state, c.decided_at, c.decided_by, c.decision_note = decision, now, actor.label, note
     audit.record(
         session,
@@ -332,12 +337,13 @@ def decide_claim(
         after=claim_view(c, device_id),
         request_id=request_id,
     )
-    return c, device_id
+    session.commit()
+    return claim_view(c, device_id)
 
 
 def recheck_claim(
     session: Session, actor: Actor, claim_id: int, *, now: float, request_id: str | None = None
-) -> tuple[WarrantyClaim, str | None]:
+) -> dict[str, Any]:
     """Run the checks again (alarms buffered on an offline device may arrive after the
     claim was filed; a device may have been registered since). Allowed in any state: the
     result informs, it never changes the decision."""
@@ -359,4 +365,26 @@ def recheck_claim(
         after={"checks": list(c.checks), "evidence": dict(c.evidence)},
         request_id=request_id,
     )
-    return c, device_id
+    session.commit()
+    return claim_view(c, device_id)
+
+
+def claim_detail(session: Session, claim_id: int) -> dict[str, Any]:
+    """A claim with its checks, evidence links and a telemetry summary around the
+    failure."""
+    c, device_id = get_claim(session, claim_id)
+    return {**claim_view(c, device_id), "telemetry_summary": telemetry_summary(session, c)}
+
+
+def claims_query(
+    state: str | None = None, failure_mode: str | None = None
+) -> Select[tuple[WarrantyClaim, str]]:
+    """(claim, device id) rows, newest first, for a paged list."""
+    q = select(WarrantyClaim, Device.device_id).outerjoin(
+        Device, Device.id == WarrantyClaim.device_key
+    )
+    if state:
+        q = q.where(WarrantyClaim.state == state)
+    if failure_mode:
+        q = q.where(WarrantyClaim.failure_mode == failure_mode)
+    return q.order_by(WarrantyClaim.id.desc())

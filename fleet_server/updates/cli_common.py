@@ -11,11 +11,8 @@ from typing import Annotated, Any
 import typer
 
 from fleet_server.updates.keys import KeyFileError
-from fleet_server.updates.tuf_repository import (
-    PublishError,
-    RepositoryStateError,
-    SigningError,
-)
+from fleet_server.updates.tuf_repository import PublishError, RepositoryStateError
+from fleet_server.updates.tuf_signing import SigningError
 
 RepoOpt = Annotated[
     Path,

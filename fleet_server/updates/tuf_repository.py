@@ -25,13 +25,14 @@ Mutations hold an exclusive file lock, so several server processes can share the
 Keys: targets, snapshot and timestamp are *online* keys read from the server's key
 directory (``<keyid>.pem``); root keys stay offline and are passed in (as signers) only
 for the operations that change root.
+Signing and the key operations are in :mod:`fleet_server.updates.tuf_signing`, the
+roles' validity periods in :mod:`fleet_server.updates.tuf_expiries`.
 """
 
 from __future__ import annotations
 
 import fcntl
 import getpass
-import hashlib
 import json
 import os
 import shutil
@@ -40,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from securesystemslib.signer import Signer
@@ -57,18 +58,20 @@ from tuf.api.metadata import (
 )
 from tuf.repository import Repository
 
-from agent.credentials import write_public_file as _write_atomic
 from firmware_bundles.errors import BundleError
+from firmware_bundles.files import sha256_file
+from firmware_bundles.files import write_public_file as _write_atomic
 from firmware_bundles.manifest import ManifestError
 from firmware_bundles.target_meta import TargetMeta, parse_target_custom, target_meta_for
 from firmware_bundles.verify import verify_bundle
-from fleet_server.updates.keys import keyid, load_keys, new_signer, write_key
+from fleet_server.updates import tuf_signing as signing
+from fleet_server.updates.keys import new_signer, write_key
+from fleet_server.updates.tuf_expiries import Expiries
+from fleet_server.updates.tuf_signing import ONLINE_ROLES, SigningError
 
 Clock = Callable[[], datetime]
-ONLINE_ROLES = (Targets.type, Snapshot.type, Timestamp.type)
 CONFIG_NAME = "edgefleet-repo.json"
 AUDIT_NAME = "audit.jsonl"
-_CHUNK = 1024 * 1024
 
 
 def utc_now() -> datetime:
@@ -80,55 +83,8 @@ class RepositoryStateError(Exception):
     """The repository is missing, already initialised, or its files are inconsistent."""
 
 
-class SigningError(Exception):
-    """Metadata could not be signed: a key is missing or a threshold is not met."""
-
-
 class PublishError(Exception):
     """A bundle cannot be published (invalid bundle, or a conflicting earlier publish)."""
-
-
-@dataclass(frozen=True)
-class Expiries:
-    """How long each role's metadata stays valid, and how early it is re-signed."""
-
-    root: timedelta = timedelta(days=365)
-    targets: timedelta = timedelta(days=90)
-    snapshot: timedelta = timedelta(days=7)
-    timestamp: timedelta = timedelta(days=1)
-    # re-sign when less than this much validity is left
-    targets_margin: timedelta = timedelta(days=14)
-    snapshot_margin: timedelta = timedelta(days=2)
-    timestamp_margin: timedelta = timedelta(hours=8)
-    root_warning: timedelta = timedelta(days=30)
-
-    def for_role(self, role: str) -> timedelta:
-        """Validity period of ``role``."""
-        return getattr(self, role)  # type: ignore[no-any-return]
-
-    def margin(self, role: str) -> timedelta:
-        """How long before expiry ``role`` is re-signed (root: warned about)."""
-        return self.root_warning if role == Root.type else getattr(self, f"{role}_margin")  # type: ignore[no-any-return]
-
-    def to_json(self) -> dict[str, int]:
-        """Seconds per field (stored in ``edgefleet-repo.json``)."""
-        return {k: int(v.total_seconds()) for k, v in self.__dict__.items()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, int]) -> Expiries:
-        """Inverse of ``to_json``; unknown keys are ignored."""
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: timedelta(seconds=int(v)) for k, v in data.items() if k in known})
-
-    def check(self) -> None:
-        """Refuse settings where a role would be re-signed before every use.
-
-        Raises:
-            ValueError: a margin is not shorter than its role's validity.
-        """
-        for role in ONLINE_ROLES:
-            if not timedelta(0) < self.margin(role) < self.for_role(role):
-                raise ValueError(f"{role} margin must be positive and shorter than its expiry")
 
 
 @dataclass(frozen=True)
@@ -153,16 +109,6 @@ class RefreshResult:
     resigned: list[str] = field(default_factory=list)
     root_expires: datetime | None = None
     root_needs_resigning: bool = False
-
-
-def _file_sha256(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 class TufRepository(Repository):
@@ -372,36 +318,10 @@ class TufRepository(Repository):
         return root
 
     def _sign_online(self, md: Metadata) -> None:
-        role = md.signed.type
-        wanted = self._root().roles[role].keyids
-        signers = {k: s for k, s in load_keys(self.keys_dir).items() if k in wanted}
-        if not signers:
-            raise SigningError(f"no private key for the {role} role in {self.keys_dir}")
-        md.signatures.clear()
-        for signer in signers.values():
-            md.sign(signer, append=True)
+        signing.sign_online(md, self._root(), self.keys_dir)
 
     def _sign_root(self, md: Metadata) -> None:
-        md.signatures.clear()
-        new_root = md.signed
-        assert isinstance(new_root, Root)
-        usable = [
-            s for s in self._root_signers if s.public_key.keyid in self._all_root_keyids(new_root)
-        ]
-        for signer in usable:
-            md.sign(signer, append=True)
-        trusted = self._previous_root or self._root()
-        for name, verifier in (("current", trusted), ("new", new_root)):
-            result = verifier.get_verification_result(Root.type, md.signed_bytes, md.signatures)
-            if not result:
-                raise SigningError(
-                    f"the new root needs {result.threshold} signatures from the {name} root "
-                    f"keys, got {len(result.signed)}: plug in more root key directories"
-                )
-
-    def _all_root_keyids(self, new_root: Root) -> set[str]:
-        trusted = self._previous_root or self._root()
-        return set(trusted.roles[Root.type].keyids) | set(new_root.roles[Root.type].keyids)
+        signing.sign_root(md, self._root_signers, self._previous_root or self._root())
 
     @contextmanager
     def _root_change(self, signers: Iterable[Signer]) -> Iterator[Root]:
@@ -439,7 +359,7 @@ class TufRepository(Repository):
         except ManifestError as exc:
             raise PublishError(f"cannot publish on channel {chosen!r}: {exc}") from None
         name = manifest.bundle_filename()
-        sha256, length = _file_sha256(Path(bundle_path))
+        sha256, length = sha256_file(Path(bundle_path))
         with self._locked():
             existing = self._current_targets().targets.get(name)
             if existing is not None and existing.hashes.get("sha256") != sha256:
@@ -453,7 +373,7 @@ class TufRepository(Repository):
                 os.close(fd)
                 try:
                     shutil.copyfile(bundle_path, tmp)
-                    if _file_sha256(Path(tmp)) != (sha256, length):
+                    if sha256_file(Path(tmp)) != (sha256, length):
                         raise PublishError(f"{bundle_path} changed while it was published")
                     os.chmod(tmp, 0o644)
                     os.replace(tmp, stored)
@@ -539,25 +459,7 @@ class TufRepository(Repository):
             ValueError: ``role`` is not targets, snapshot or timestamp.
             SigningError: the root signers do not meet the root threshold.
         """
-        if role not in ONLINE_ROLES:
-            raise ValueError(f"online roles are {', '.join(ONLINE_ROLES)}, not {role!r}")
-        signer = new_signer()
-        with self._locked():
-            old = list(self._root().roles[role].keyids)
-            new_path = write_key(self.keys_dir, signer)
-            try:
-                with self._root_change(root_signers) as root:
-                    for kid in old:
-                        root.revoke_key(kid, role)
-                    root.add_key(signer.public_key, role)
-            except BaseException:
-                new_path.unlink(missing_ok=True)
-                raise
-            self._resign_after_root_change(role)
-            for kid in old:
-                (self.keys_dir / f"{kid}.pem").unlink(missing_ok=True)
-            self._audit("rotate-online-key", role=role, old=old, new=keyid(signer))
-        return keyid(signer)
+        return signing.rotate_online_key(self, role, root_signers)
 
     def rotate_root(
         self,
@@ -576,20 +478,7 @@ class TufRepository(Repository):
         """
         if not 1 <= threshold <= len(new_root_keys):
             raise ValueError(f"threshold must be between 1 and {len(new_root_keys)}")
-        with self._locked():
-            with self._root_change(signers) as root:
-                for kid in list(root.roles[Root.type].keyids):
-                    root.revoke_key(kid, Root.type)
-                for key in new_root_keys:
-                    root.add_key(key, Root.type)
-                root.roles[Root.type].threshold = threshold
-            self._audit(
-                "rotate-root",
-                version=self._root().version,
-                keyids=sorted(self._root().roles[Root.type].keyids),
-                threshold=threshold,
-            )
-        return self._root().version
+        return signing.rotate_root(self, new_root_keys, threshold, signers)
 
     def resign_root(self, signers: Sequence[Signer]) -> int:
         """Publish a new root version with the same keys and a fresh expiry date.
@@ -597,19 +486,7 @@ class TufRepository(Repository):
         Raises:
             SigningError: the root threshold is not met; nothing is written.
         """
-        with self._locked():
-            with self._root_change(signers):
-                pass
-            self._audit("resign-root", version=self._root().version)
-        return self._root().version
-
-    def _resign_after_root_change(self, role: str) -> None:
-        if role == Targets.type:
-            with self.edit_targets():
-                pass
-        if role in (Targets.type, Snapshot.type):
-            self.do_snapshot(force=True)
-        self.do_timestamp(force=True)
+        return signing.resign_root(self, signers)
 
     def _snapshot_and_timestamp(self) -> None:
         self.do_snapshot()

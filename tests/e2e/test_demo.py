@@ -1,9 +1,11 @@
 """``make demo`` end to end: ``fleet-sim demo`` as a subprocess must exit 0, narrate every
-step, and leave nothing running (no server process, no temporary directory)."""
+step (the real ``fleet-agent`` registering, reporting and committing among them), and
+leave nothing running (no server or agent process, no temporary directory)."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,8 +21,12 @@ pytestmark = pytest.mark.slow
 ENTRY = "from simulator.cli import main; main()"
 
 
-def _demo_dirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("edgefleet-demo-*")}
+def _own_dirs_left(output: str) -> list[str]:
+    """The demo's own temporary directories (it names them) that still exist; unlike a
+    before/after listing, not confused by another demo running at the same time."""
+    named = set(re.findall(r"edgefleet-demo-[A-Za-z0-9_]+", output))
+    assert named, "the demo did not say where it works"
+    return [n for n in named if (Path(tempfile.gettempdir()) / n).exists()]
 
 
 def _children(pid: int) -> list[int]:
@@ -44,20 +50,29 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _server_child(pid: int) -> int | None:
-    """The demo's ``fleet-server run`` subprocess, once it exists."""
+def _child(pid: int, marker: bytes) -> int | None:
+    """The demo's subprocess whose command line has ``marker``, once it exists."""
     for child in _children(pid):
         try:
             argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"run" in argv and b"--config" in argv:
+        if b"run" in argv and any(marker in arg for arg in argv):
             return child
     return None
 
 
+def _server_child(pid: int) -> int | None:
+    """The demo's ``fleet-server run`` subprocess, once it exists."""
+    return _child(pid, b"--config")
+
+
+def _agent_child(pid: int) -> int | None:
+    """The demo's real ``fleet-agent run`` subprocess, once it exists."""
+    return _child(pid, b"agent.cli")
+
+
 def test_make_demo_runs_the_whole_story_and_exits_zero() -> None:
-    before = _demo_dirs()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
     result = subprocess.run(
         [sys.executable, "-c", ENTRY, "demo", "--devices", "100"],
@@ -70,6 +85,11 @@ def test_make_demo_runs_the_whole_story_and_exits_zero() -> None:
     output = " ".join((result.stdout + result.stderr).split())  # undo rich's line wrapping
     assert result.returncode == 0, output[-4000:]
     assert "rollout completed" in output
+    # the one real fleet-agent process: registered, reporting, committing the good rollout
+    assert "registered gw-real-01 through the API" in output
+    assert "gw-real-01 connected over MQTT 3.1.1 and reports: cpu" in output
+    assert "read back through the API" in output
+    assert "the real agent gw-real-01 committed 1.2.0 too: slot-b holds 1.2.0" in output
     assert "rollout halted and rolled back" in output
     assert "crashes on boot" in output
     assert "alarm: gw-00007 fan_stopped" in output
@@ -77,11 +97,10 @@ def test_make_demo_runs_the_whole_story_and_exits_zero() -> None:
     assert "claim filed" in output
     assert "/docs" in output
     assert "fleetctl" in output
-    assert _demo_dirs() <= before, "the demo left its temporary directory behind"
+    assert not _own_dirs_left(output), "the demo left its temporary directory behind"
 
 
 def test_demo_stops_everything_on_ctrl_c() -> None:
-    before = _demo_dirs()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
     proc = subprocess.Popen(
         [sys.executable, "-c", ENTRY, "demo", "--devices", "20"],
@@ -91,6 +110,7 @@ def test_demo_stops_everything_on_ctrl_c() -> None:
     )
     try:
         server = wait_for(lambda: _server_child(proc.pid), timeout=60)
+        agent = wait_for(lambda: _agent_child(proc.pid), timeout=120)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=90)
     finally:
@@ -100,4 +120,5 @@ def test_demo_stops_everything_on_ctrl_c() -> None:
     assert proc.returncode == 130, out[-2000:]
     assert b"interrupted" in out
     wait_for(lambda: not _alive(server), timeout=30)
-    assert _demo_dirs() <= before
+    wait_for(lambda: not _alive(agent), timeout=30)
+    assert not _own_dirs_left(out.decode(errors="replace"))

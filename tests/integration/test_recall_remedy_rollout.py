@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_server.db import create_db_engine, make_session_factory
 from fleet_server.db.models import Bundle, Device
 from fleet_server.db.rollout_models import Rollout, RolloutExclusion
+from fleet_server.errors import ConflictError, FleetError
 from fleet_server.migrations import upgrade_to_head
 from fleet_server.services import deployments, recalls
 from fleet_server.services import rollouts as service
@@ -66,7 +67,7 @@ def test_recall_remedy_through_a_rollout_and_a_version_block(sessions) -> None:
         session.commit()
 
         # The blocked version can no longer be targeted, by a rollout or a single update.
-        with pytest.raises(service.RolloutError) as blocked:
+        with pytest.raises(FleetError) as blocked:
             service.create_rollout(
                 session,
                 name="x",
@@ -78,7 +79,7 @@ def test_recall_remedy_through_a_rollout_and_a_version_block(sessions) -> None:
             )
         assert blocked.value.code == "blocked_version"
         some = session.execute(select(Device)).scalars().first()
-        with pytest.raises(deployments.DeploymentError) as single:
+        with pytest.raises(ConflictError) as single:
             deployments.create_execution(
                 session, some, _bundle(session, bad_again), actor=OPS, now=fleet.now
             )

@@ -13,10 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_server.db import create_db_engine, make_session_factory
 from fleet_server.db.models import Bundle, Device, Execution
 from fleet_server.db.rollout_models import Rollout
+from fleet_server.errors import FleetError
 from fleet_server.migrations import upgrade_to_head
 from fleet_server.rollouts.lifecycle import IllegalTransitionError, transition
 from fleet_server.services import rollouts as service
 from fleet_server.services.audit import Actor
+from fleet_server.services.rollouts_explain import explain_device
 from tests.support.sim_fleet import SimFleet, add_bundle, register_fleet
 
 OPS = Actor("ops", "operator")
@@ -225,7 +227,7 @@ def test_conflicts_illegal_transitions_and_bad_policies_are_refused(sessions) ->
     fleet = _fleet(sessions, count=100)
     good = add_bundle(sessions, "1.6.0", revisions=list(REVISIONS))
     first = _start(fleet, good)
-    with pytest.raises(service.RolloutError) as conflict:
+    with pytest.raises(FleetError) as conflict:
         _start(fleet, good)
     assert conflict.value.code == "conflict"
     assert first in conflict.value.message
@@ -235,7 +237,7 @@ def test_conflicts_illegal_transitions_and_bad_policies_are_refused(sessions) ->
     with sessions() as session:
         rollout = session.get(Rollout, first)
         assert rollout is not None
-        with pytest.raises(service.RolloutError) as illegal:
+        with pytest.raises(FleetError) as illegal:
             service.operator_action(session, rollout, "resume", actor=OPS, now=fleet.now)
         assert illegal.value.code == "illegal_transition"
         bundle = session.execute(select(Bundle).where(Bundle.name == good)).scalar_one()
@@ -245,7 +247,7 @@ def test_conflicts_illegal_transitions_and_bad_policies_are_refused(sessions) ->
             ({"on_halt": {"action": "rollback"}}, "on_halt.rollback_to"),
             ({"on_halt": {"action": "rollback", "rollback_to": "9.9.9"}}, "on_halt.rollback_to"),
         ):
-            with pytest.raises(service.RolloutError) as bad:
+            with pytest.raises(FleetError) as bad:
                 service.create_rollout(
                     session,
                     name="x",
@@ -257,7 +259,7 @@ def test_conflicts_illegal_transitions_and_bad_policies_are_refused(sessions) ->
                 )
             assert bad.value.code == "invalid_policy"
             assert field in bad.value.message
-        with pytest.raises(service.RolloutError) as selector:
+        with pytest.raises(FleetError) as selector:
             service.create_rollout(
                 session,
                 name="x",
@@ -284,10 +286,10 @@ def test_production_needs_preproduction_first_unless_an_admin_forces_it(sessions
             actor=OPS,
             now=fleet.now,
         )
-        with pytest.raises(service.RolloutError) as refused:
+        with pytest.raises(FleetError) as refused:
             service.start_rollout(session, rollout, actor=OPS, now=fleet.now)
         assert refused.value.code == "preprod_required"
-        with pytest.raises(service.RolloutError) as not_admin:
+        with pytest.raises(FleetError) as not_admin:
             service.start_rollout(session, rollout, actor=OPS, now=fleet.now, force_reason="hotfix")
         assert not_admin.value.code == "forbidden"
         service.start_rollout(session, rollout, actor=ADMIN, now=fleet.now, force_reason="hotfix")
@@ -316,7 +318,7 @@ def test_dry_run_and_explain(sessions) -> None:
         rev_c = (
             session.execute(select(Device).where(Device.hw_revision == "rev-c")).scalars().first()
         )
-        report = service.explain_device(session, rev_c, now=fleet.now, rollout_id=rollout_id)
+        report = explain_device(session, rev_c, now=fleet.now, rollout_id=rollout_id)
         assert "incompatible" in report["rollouts"][0]["verdict"]
         later = (
             session.execute(
@@ -326,7 +328,7 @@ def test_dry_run_and_explain(sessions) -> None:
             .scalars()
             .first()
         )
-        report = service.explain_device(session, later.device, now=fleet.now, rollout_id=rollout_id)
+        report = explain_device(session, later.device, now=fleet.now, rollout_id=rollout_id)
         assert "waiting for wave 1" in report["rollouts"][0]["verdict"]
 
 
@@ -410,7 +412,7 @@ def test_rollback_to_a_lower_release_counter_is_refused_clearly(sessions) -> Non
     newer = add_bundle(sessions, "8.0.0", revisions=list(REVISIONS), release_counter=5)
     with sessions() as session:
         bundle = session.execute(select(Bundle).where(Bundle.name == newer)).scalar_one()
-        with pytest.raises(service.RolloutError) as refused:
+        with pytest.raises(FleetError) as refused:
             service.create_rollout(
                 session,
                 name="x",

@@ -16,15 +16,15 @@ from tuf.api.metadata import Metadata
 from firmware_bundles.target_meta import parse_target_custom
 from firmware_bundles.verify import verify_bundle
 from fleet_server.updates.keys import KeyFileError, create_root_keys, load_key, load_keys
+from fleet_server.updates.tuf_expiries import Expiries
 from fleet_server.updates.tuf_repository import (
-    Expiries,
     PublishError,
     RepositoryStateError,
-    SigningError,
     TufRepository,
     utc_now,
 )
 from fleet_server.updates.tuf_router import tuf_router
+from fleet_server.updates.tuf_signing import SigningError
 from tests.support import tuf_attacks as attack
 from tests.support.tuf_serving import asgi_server, static_mirror, stock_updater, trusted_version
 from tests.support.tuf_world import World, make_world

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from agent.collectors import SystemCollector
+from agent.collectors import SystemCollector, wifi_signal_dbm
 from agent.daemon import sanitize
 from agent.doctor import decode_throttled, diagnose, render
 from protocol import Sample, Telemetry, decode, encode, topic
@@ -110,3 +110,39 @@ def test_doctor_explains_this_machine() -> None:
     assert "memory used" in text
     if report["unavailable"]:
         assert "Not available on this machine" in text
+
+
+WIRELESS_HEADER = (
+    "Inter-| sta-|   Quality        |   Discarded packets               | Missed | WE\n"
+    " face | tus | link level noise |  nwid  crypt   frag  retry   misc | beacon | 22\n"
+)
+
+
+def test_wifi_signal_level_of_the_first_associated_interface(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "proc/net/wireless",
+        WIRELESS_HEADER
+        + " wlan0: 0000   52.  -58.  -256        0      0      0      3    114        0\n"
+        + " wlan1: 0000   70.  -31.  -256        0      0      0      0      0        0\n",
+    )
+    collector = SystemCollector(root=tmp_path)
+    sample = collector.collect(1.0)
+    assert sample.wifi_signal_dbm == -58.0
+    assert "wifi_signal_dbm" not in collector.unavailable
+    # a level not updated since the last read has no trailing dot
+    assert wifi_signal_dbm(WIRELESS_HEADER + "wlp2s0: 0000   40   -70   -256  0 0 0 0 0 0\n") == -70
+
+
+def test_wifi_signal_is_unavailable_without_an_associated_interface_in_dbm(tmp_path: Path) -> None:
+    def reason(text: str | None) -> str:
+        if text is not None:
+            write(tmp_path, "proc/net/wireless", text)
+        collector = SystemCollector(root=tmp_path)
+        assert collector.collect(1.0).wifi_signal_dbm is None
+        return collector.unavailable["wifi_signal_dbm"]
+
+    assert reason(None).endswith("proc/net/wireless does not exist")  # no Wi-Fi driver
+    assert reason(WIRELESS_HEADER) == "no associated wireless interface"
+    relative = WIRELESS_HEADER + "  eth1: 0000  30.  45.  0.  0 0 0 0 0 0\n"
+    assert reason(relative) == "eth1 reports its level in relative units"  # not dBm: not sent

@@ -23,6 +23,13 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert config.buffer_max_bytes == 50 * 1024 * 1024
     assert config.buffer_max_age_s == 7 * 86400
     assert config.reboot_command == ("systemctl", "reboot")
+    assert config.mqtt_version == "auto"
+    assert (config.reconnect_min_s, config.reconnect_max_s) == (1.0, 60.0)
+
+
+@pytest.mark.parametrize(("given", "kept"), [("5", "5"), (5, "5"), ("3.1.1", "3.1.1")])
+def test_mqtt_version_choices(given: object, kept: str) -> None:
+    assert parse_config({**BASE, "mqtt_version": given}).mqtt_version == kept
 
 
 def test_full_config_file(tmp_path: Path) -> None:
@@ -80,6 +87,10 @@ clear_at = 80
             "tls.ca: file '/nonexistent/ca.pem' does not exist",
         ),
         ({"log_level": "chatty"}, "log_level"),
+        ({"mqtt_version": "3"}, 'mqtt_version: \'3\' is not one of "auto", "5", "3.1.1"'),
+        ({"mqtt_version": 3.1}, "mqtt_version: 3.1 is not one of"),
+        ({"reconnect_min_s": 0}, "reconnect_min_s: 0 is out of range"),
+        ({"reconnect_min_s": 10, "reconnect_max_s": 5}, "reconnect_max_s: 5 must be >="),
         ({"reboot_command": []}, "reboot_command"),
         ({"faults": {"over_temperature": {"raise_at": "hot"}}}, "faults.over_temperature.raise_at"),
     ],

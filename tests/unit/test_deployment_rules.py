@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 
 import protocol as p
-from fleet_server.services.deployments import (
+from fleet_server.domain.deployment_rules import (
     DEFAULT_TIMEOUTS,
-    DeploymentError,
     check_timeouts,
     compatibility_problem,
     moves_phase,
     next_status,
     silence_verdict,
 )
+from fleet_server.errors import InvalidInputError
 
 
 def test_compatibility_names_what_does_not_match() -> None:
@@ -32,7 +32,7 @@ def test_timeouts_overlay_defaults_and_refuse_bad_values() -> None:
     merged = check_timeouts({"download_s": 60}, {**DEFAULT_TIMEOUTS, "accept_s": 5.0})
     assert (merged["download_s"], merged["accept_s"]) == (60.0, 5.0)
     for bad in ({"download_s": 0}, {"download_s": -3}, {"download_s": True}, {"x_s": 1}):
-        with pytest.raises(DeploymentError) as err:
+        with pytest.raises(InvalidInputError) as err:
             check_timeouts(bad)
         assert err.value.code == "invalid_timeouts"
         assert next(iter(bad)) in err.value.message

@@ -35,6 +35,11 @@ def test_agent_never_imports_server_code() -> None:
     assert "fleet_server" not in _imported_top_levels("agent")
 
 
+def test_server_never_imports_agent_code() -> None:
+    """Formats both sides use live in protocol/ (pure) or firmware_bundles/ (files)."""
+    assert "agent" not in _imported_top_levels("fleet_server")
+
+
 def test_all_top_level_packages_import() -> None:
     code = "import agent, fleet_server, firmware_bundles, protocol, simulator"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from simulator.cli import app
-from simulator.scenario import build_fleet, load_scenario
+from simulator.fleet_builder import build_fleet
+from simulator.scenario import load_scenario
 from simulator.server_api import SERVER_CSV_COLUMNS, ServerApi, ServerError, server_csv
 
 SMALL = Path(__file__).resolve().parents[2] / "simulator" / "scenarios" / "small.toml"

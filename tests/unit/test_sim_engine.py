@@ -10,7 +10,9 @@ import pytest
 
 import protocol as p
 from simulator.engine import MemorySink, agent_settings, build_devices, jsonl_writer, run_offline
-from simulator.scenario import Scenario, ScenarioError, build_fleet, parse_scenario
+from simulator.fleet_builder import build_fleet
+from simulator.scenario import ScenarioError, parse_scenario
+from simulator.scenario_model import Scenario
 from simulator.timeline import Timeline
 
 HOUR = 3600.0

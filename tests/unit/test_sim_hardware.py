@@ -7,18 +7,10 @@ import itertools
 import pytest
 
 import protocol as p
-from simulator.hardware import (
-    FAULTS,
-    OCCURRED_SHIFT,
-    SOFT_LIMIT_NOW,
-    THROTTLED_NOW,
-    UNDERVOLTAGE_NOW,
-    Environment,
-    HardwareParams,
-    LoadProfile,
-    SimulatedHardware,
-    device_rng,
-)
+from simulator.hardware import SimulatedHardware
+from simulator.hardware_faults import FAULTS
+from simulator.hardware_params import Environment, HardwareParams, LoadProfile, device_rng
+from simulator.hardware_state import OCCURRED_SHIFT, SOFT_LIMIT_NOW, THROTTLED_NOW, UNDERVOLTAGE_NOW
 
 T0 = 1_790_000_000.0
 IDLE = LoadProfile(kind="idle", base_cpu_pct=2.0)

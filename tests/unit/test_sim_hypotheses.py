@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 from protocol import Sample
-from simulator.hardware import (
-    FAULTS,
+from simulator.hardware import SimulatedHardware
+from simulator.hardware_faults import FAULTS
+from simulator.hardware_params import (
     AmbientProfile,
     Environment,
     HardwareParams,
-    HardwareState,
     LoadProfile,
-    SimulatedHardware,
     device_rng,
 )
+from simulator.hardware_state import HardwareState
 from simulator.hypotheses import FieldSignal, rank_hypotheses
 
 T0 = 1_790_000_000.0

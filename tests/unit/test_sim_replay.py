@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from simulator.cli import app
 from simulator.diagnose import diagnose, read_telemetry_csv
-from simulator.hardware import Environment, HardwareParams, SimulatedHardware
+from simulator.hardware import SimulatedHardware
+from simulator.hardware_params import Environment, HardwareParams
 from simulator.replay import ReplayError, parse_time, read_signal_csv, replay_samples
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z

@@ -13,17 +13,15 @@ from typing import Any
 import pytest
 
 import protocol as p
-from simulator.scenario import (
+from simulator.fleet_builder import (
     FACTORY_CSV_COLUMNS,
-    ScenarioError,
-    Selector,
     build_fleet,
-    load_scenario,
-    parse_duration,
-    parse_scenario,
     select_devices,
     write_factory_csv,
 )
+from simulator.scenario import ScenarioError, load_scenario, parse_scenario
+from simulator.scenario_fields import parse_duration
+from simulator.scenario_model import Selector
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "simulator" / "scenarios"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import protocol as p
-from simulator.scenario import build_fleet, load_scenario
+from simulator.fleet_builder import build_fleet
+from simulator.scenario import load_scenario
 from simulator.timeline import Timeline
 
 SMALL = Path(__file__).resolve().parents[2] / "simulator" / "scenarios" / "small.toml"

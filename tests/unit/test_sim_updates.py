@@ -10,7 +10,8 @@ import protocol as p
 from agent.core.update_flow import TRANSITIONS, TargetInfo
 from simulator.device import SimDevice
 from simulator.engine import build_devices
-from simulator.scenario import build_fleet, parse_scenario
+from simulator.fleet_builder import build_fleet
+from simulator.scenario import parse_scenario
 from simulator.update_backends import DeviceUpdates, StaticTargets, TargetDetails, UpdateTiming
 
 

@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fleet_server.api.deps import (
@@ -14,16 +13,15 @@ from fleet_server.api.deps import (
     context,
     current_actor,
     get_session,
-    page,
+    page_body,
     page_params,
     request_id,
 )
-from fleet_server.api.errors import ERROR_RESPONSES, ApiError
+from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.schemas import AuditOut, Page, TokenCreated, TokenIn, TokenOut, WhoAmI
-from fleet_server.db.models import ApiToken, AuditEntry
 from fleet_server.domain.roles import Role
-from fleet_server.services import tokens
-from fleet_server.services.audit import Actor
+from fleet_server.services import audit, tokens
+from fleet_server.services.audit import Actor, AuditFilter
 
 router = APIRouter(prefix="/api/v1", tags=["admin"], responses=ERROR_RESPONSES)
 
@@ -47,29 +45,15 @@ def audit_log(
     session: Annotated[Session, Depends(get_session)],
 ) -> dict[str, Any]:
     """Audit entries newest first; ``action`` matches a prefix (``device.``)."""
-    where: list[Any] = []
-    if action:
-        where.append(AuditEntry.action.startswith(action, autoescape=True))
-    if actor:
-        where.append(AuditEntry.actor == actor)
-    if target_type:
-        where.append(AuditEntry.target_type == target_type)
-    if target_id:
-        where.append(AuditEntry.target_id == target_id)
-    if since:
-        where.append(AuditEntry.at >= since.timestamp())
-    if until:
-        where.append(AuditEntry.at < until.timestamp())
-    total = session.execute(select(func.count()).select_from(AuditEntry).where(*where)).scalar_one()
-    rows = session.execute(
-        select(AuditEntry)
-        .where(*where)
-        .order_by(AuditEntry.id.desc())
-        .limit(params.limit)
-        .offset(params.offset)
-    ).scalars()
-    items = [{c.key: getattr(e, c.key) for c in AuditEntry.__table__.columns} for e in rows]
-    return page(items, int(total), params)
+    filt = AuditFilter(
+        action=action,
+        actor=actor,
+        target_type=target_type,
+        target_id=target_id,
+        since=since.timestamp() if since else None,
+        until=until.timestamp() if until else None,
+    )
+    return page_body(audit.list_entries(session, filt, params).map(audit.entry_view))
 
 
 @router.get("/tokens", response_model=Page[TokenOut], summary="List API tokens")
@@ -80,16 +64,8 @@ def list_tokens(
     session: Annotated[Session, Depends(get_session)],
 ) -> dict[str, Any]:
     """Tokens (never their secrets)."""
-    where = [] if include_revoked else [ApiToken.revoked_at.is_(None)]
-    total = session.execute(select(func.count()).select_from(ApiToken).where(*where)).scalar_one()
-    rows = session.execute(
-        select(ApiToken)
-        .where(*where)
-        .order_by(ApiToken.id)
-        .limit(params.limit)
-        .offset(params.offset)
-    ).scalars()
-    return page([tokens.token_view(t) for t in rows], int(total), params)
+    result = tokens.list_tokens(session, params, include_revoked=include_revoked)
+    return page_body(result.map(tokens.token_view))
 
 
 @router.post("/tokens", response_model=TokenCreated, status_code=201, summary="Create a token")
@@ -101,7 +77,7 @@ def create_token(
     actor: Annotated[Actor, Depends(current_actor)],
 ) -> dict[str, Any]:
     """The secret is in this response only; store it now."""
-    token, secret = tokens.create_token(
+    token, secret = tokens.issue_token(
         session,
         body.name,
         Role(body.role),
@@ -109,7 +85,6 @@ def create_token(
         now=context(request).clock(),
         request_id=request_id(request),
     )
-    session.commit()
     return {**tokens.token_view(token), "secret": secret}
 
 
@@ -121,16 +96,9 @@ def revoke_token(
     session: Annotated[Session, Depends(get_session)],
     actor: Annotated[Actor, Depends(current_actor)],
 ) -> dict[str, Any]:
-    """Revoke a token at once; it stays listed with ``revoked_at``."""
-    token = session.get(ApiToken, token_id)
-    if token is None:
-        raise ApiError(404, "not_found", f"token {token_id} does not exist")
-    if token.revoked_at is not None:
-        raise ApiError(409, "conflict", f"token {token_id} is already revoked")
-    if token.role == Role.ADMIN.value and len(tokens.live_admins(session)) <= 1:
-        raise ApiError(409, "conflict", "refusing to revoke the last admin token")
-    tokens.revoke_token(
-        session, token, actor=actor, now=context(request).clock(), request_id=request_id(request)
+    """Revoke a token at once; it stays listed with ``revoked_at``. The last live admin
+    token cannot be revoked."""
+    token = tokens.revoke_by_id(
+        session, token_id, actor=actor, now=context(request).clock(), request_id=request_id(request)
     )
-    session.commit()
     return tokens.token_view(token)

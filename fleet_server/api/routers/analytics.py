@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.orm import Session
 
-from fleet_server.analytics import AnalyticsInputError
 from fleet_server.api.deps import context, get_session
-from fleet_server.api.errors import ERROR_RESPONSES, ApiError
+from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.services import reliability
 
 router = APIRouter(prefix="/api/v1/analytics", tags=["analytics"], responses=ERROR_RESPONSES)
@@ -19,22 +18,8 @@ Sess = Annotated[Session, Depends(get_session)]
 By = Annotated[str, Query(description=f"one of {', '.join(reliability.GROUPABLE)}")]
 
 
-def _today(request: Request) -> Any:
+def _today(request: Request) -> date:
     return datetime.fromtimestamp(context(request).clock(), UTC).date()
-
-
-def _run(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    try:
-        return fn(*args, **kwargs)  # type: ignore[no-any-return]
-    except AnalyticsInputError as exc:
-        raise ApiError(422, "insufficient_data", str(exc)) from None
-
-
-def _check_by(by: str) -> None:
-    if by not in reliability.GROUPABLE:
-        raise ApiError(
-            422, "validation_error", f"by: must be one of {', '.join(reliability.GROUPABLE)}"
-        )
 
 
 @router.get("/weibull", summary="Weibull life fit of a failure mode")
@@ -43,7 +28,7 @@ def weibull(
 ) -> dict[str, Any]:
     """Days from activation to the first claim of ``failure_mode``, devices without one
     right-censored; MLE with likelihood-ratio intervals and the B10 life."""
-    return _run(reliability.weibull, session, _today(request), failure_mode, model)
+    return reliability.weibull(session, _today(request), failure_mode, model)
 
 
 @router.get("/claims", summary="Claims early warning per batch or software version")
@@ -57,8 +42,7 @@ def claims(
 ) -> dict[str, Any]:
     """Groups whose claim rate exceeds the fleet's age-matched expectation (exact test
     with false-discovery control, monthly CUSUM)."""
-    _check_by(by)
-    return _run(reliability.claims_early_warning, session, _today(request), by, failure_mode, model)
+    return reliability.claims_early_warning(session, _today(request), by, failure_mode, model)
 
 
 @router.get("/rates", summary="Claim rates per group")
@@ -73,8 +57,7 @@ def rates(
 ) -> dict[str, Any]:
     """Claims per unit-months in service with exact Poisson intervals and a homogeneity
     test."""
-    _check_by(by)
-    return _run(reliability.claim_rates, session, _today(request), by, failure_mode, model, per)
+    return reliability.claim_rates(session, _today(request), by, failure_mode, model, per)
 
 
 @router.get("/growth", summary="Reliability growth (Crow-AMSAA)")
@@ -86,4 +69,4 @@ def growth(
     session: Sess,
 ) -> dict[str, Any]:
     """Claims against cumulative fleet operating time; beta < 1 = reliability growth."""
-    return _run(reliability.growth, session, _today(request), failure_mode, model)
+    return reliability.growth(session, _today(request), failure_mode, model)

@@ -9,9 +9,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from fleet_server.api.deps import context, current_actor, get_session, request_id
-from fleet_server.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
-from fleet_server.identity.ca_store import REVOCATION_REASONS, CertificateAuthority
-from fleet_server.identity.errors import CaStoreError, CsrRejectedError
+from fleet_server.api.errors import ERROR_RESPONSES, ErrorBody
+from fleet_server.errors import InvalidInputError
+from fleet_server.identity.ca_store import REVOCATION_REASONS
 from fleet_server.services import provisioning
 from fleet_server.services.audit import Actor
 
@@ -49,13 +49,6 @@ class RevokeOut(BaseModel):
     revoked_serials: list[str]
 
 
-def _ca(request: Request) -> CertificateAuthority:
-    try:
-        return provisioning.load_ca(context(request).settings)
-    except (provisioning.ProvisioningUnavailableError, CaStoreError) as exc:
-        raise ApiError(503, "provisioning_unavailable", str(exc)) from None
-
-
 @router.post(
     "/{device_id}/provision",
     summary="Factory provisioning: new key + certificate as a credentials bundle (.tar.gz)",
@@ -75,21 +68,16 @@ def provision(
     """The key is generated on the server: prefer ``/certificate`` with a CSR where the
     device can make its own key. The archive holds ``<device_id>/`` with the key (0600),
     certificate, CA chain, TUF root and URLs; only the serial is kept in the audit log."""
-    ca = _ca(request)
     ctx = context(request)
-    try:
-        data, issued = provisioning.provision_bundle(
-            session,
-            ca,
-            ctx.settings,
-            device_id,
-            actor=actor,
-            now=ctx.clock(),
-            request_id=request_id(request),
-        )
-    except provisioning.ProvisioningUnavailableError as exc:
-        raise ApiError(503, "provisioning_unavailable", str(exc)) from None
-    session.commit()
+    data, issued = provisioning.provision_bundle(
+        session,
+        provisioning.load_ca(ctx.settings),
+        ctx.settings,
+        device_id,
+        actor=actor,
+        now=ctx.clock(),
+        request_id=request_id(request),
+    )
     return Response(
         data,
         media_type="application/gzip",
@@ -118,21 +106,17 @@ def certify(
 ) -> dict[str, Any]:
     """Refusals name the reason (``csr_rejected`` with ``details.reason``: bad signature,
     wrong CN, weak key, extra extensions...)."""
-    ca = _ca(request)
     ctx = context(request)
-    try:
-        issued = provisioning.certify_csr(
-            session,
-            ca,
-            device_id,
-            body.csr.encode(),
-            actor=actor,
-            now=ctx.clock(),
-            request_id=request_id(request),
-        )
-    except CsrRejectedError as exc:
-        raise ApiError(422, "csr_rejected", str(exc), {"reason": exc.reason.value}) from None
-    session.commit()
+    ca = provisioning.load_ca(ctx.settings)
+    issued = provisioning.certify_csr(
+        session,
+        ca,
+        device_id,
+        body.csr.encode(),
+        actor=actor,
+        now=ctx.clock(),
+        request_id=request_id(request),
+    )
     return {
         "device_id": device_id,
         "serial": issued.serial,
@@ -158,26 +142,20 @@ def revoke(
 ) -> dict[str, Any]:
     """The broker refuses the device once it reloads the CRL (``systemctl reload
     mosquitto``); sessions already open last until they end."""
-    ca = _ca(request)
+    ctx = context(request)
+    ca = provisioning.load_ca(ctx.settings)
     reason = (body or RevokeIn()).reason
     if reason not in REVOCATION_REASONS:
-        raise ApiError(
-            422,
-            "validation_error",
-            f"unknown reason {reason!r}",
-            {"allowed": list(REVOCATION_REASONS)},
+        raise InvalidInputError(
+            "validation_error", f"unknown reason {reason!r}", {"allowed": list(REVOCATION_REASONS)}
         )
-    from fleet_server.services.registry import get_device
-
-    get_device(session, device_id)
-    serials = provisioning.revoke_device(
+    serials = provisioning.revoke_registered(
         session,
         ca,
         device_id,
         actor=actor,
-        now=context(request).clock(),
+        now=ctx.clock(),
         reason=reason,
         request_id=request_id(request),
     )
-    session.commit()
     return {"device_id": device_id, "revoked_serials": serials}

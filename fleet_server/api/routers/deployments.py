@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
@@ -28,13 +27,12 @@ from fleet_server.api.deps import (
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES, ApiError
+from fleet_server.api.paging import fetch_page
 from fleet_server.api.schemas import Page
-from fleet_server.config import Settings
-from fleet_server.db.models import Bundle, Device, Execution
+from fleet_server.errors import InvalidInputError, TooLargeError
+from fleet_server.services import bundle_uploads, deployments
 from fleet_server.services import bundles as catalog
-from fleet_server.services import deployments, registry
 from fleet_server.services.audit import Actor
-from fleet_server.updates.tuf_repository import RepositoryStateError, TufRepository
 
 router = APIRouter(tags=["deployments"], responses=ERROR_RESPONSES)
 
@@ -120,30 +118,12 @@ class ExecutionOut(BaseModel):
 
 @contextmanager
 def _service_errors() -> Iterator[None]:
-    """Turn the services' typed refusals into the API's error body."""
+    """Turn the catalogue's refusals into the API's error body."""
     try:
         yield
-    except deployments.DeploymentError as exc:
-        raise ApiError(
-            deployments.DEPLOYMENT_STATUS.get(exc.code, 400), exc.code, exc.message
-        ) from None
     except catalog.CatalogError as exc:
         details = {"reason": exc.reason} if exc.reason else None
         raise ApiError(CATALOG_STATUS.get(exc.code, 400), exc.code, exc.message, details) from None
-
-
-def open_repository(settings: Settings) -> TufRepository:
-    """The configured TUF repository, or 503 ``updates_unavailable`` saying how to set it
-    up."""
-    try:
-        return TufRepository(settings.updates.repo_dir, settings.updates.keys_dir)
-    except RepositoryStateError as exc:
-        raise ApiError(
-            503,
-            "updates_unavailable",
-            f"no TUF repository at [updates] repo_dir: {exc}; run fleet-server init "
-            "(or fleet-server keys init-repo)",
-        ) from None
 
 
 async def _save_upload(request: Request, dest: Path, limit: int) -> str | None:
@@ -151,19 +131,21 @@ async def _save_upload(request: Request, dest: Path, limit: int) -> str | None:
     returns the ``channel`` form field, if any."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise ApiError(413, "too_large", f"upload is {declared} bytes; the limit is {limit}")
+        raise TooLargeError("too_large", f"upload is {declared} bytes; the limit is {limit}")
     size = 0
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=4)
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
-            raise ApiError(422, "validation_error", "file: the multipart form has no file field")
+            raise InvalidInputError(
+                "validation_error", "file: the multipart form has no file field"
+            )
         with dest.open("wb") as out:
             while chunk := await upload.read(_CHUNK):
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(413, "too_large", f"bundle exceeds the limit of {limit} bytes")
+                    raise TooLargeError("too_large", f"bundle exceeds the limit of {limit} bytes")
                 out.write(chunk)
         channel = form.get("channel")
         return channel if isinstance(channel, str) and channel else None
@@ -171,7 +153,7 @@ async def _save_upload(request: Request, dest: Path, limit: int) -> str | None:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, "too_large", f"bundle exceeds the limit of {limit} bytes")
+                raise TooLargeError("too_large", f"bundle exceeds the limit of {limit} bytes")
             out.write(chunk)
     return None
 
@@ -214,14 +196,14 @@ async def publish_bundle(
     TUF target and record it in the catalogue. Publishing the same bytes again only
     changes the channel; other bytes under a published name are refused (409)."""
     ctx = context(request)
-    repo = open_repository(ctx.settings)
+    repo = bundle_uploads.open_repository(ctx.settings)
     tmp = Path(tempfile.mkdtemp(prefix="edgefleet-upload-"))
     try:
         path = tmp / "bundle.tar.gz"
         form_channel = await _save_upload(request, path, ctx.settings.updates.max_bundle_bytes)
         with _service_errors():
-            row, _created = await run_in_threadpool(
-                catalog.publish_bundle,
+            return await run_in_threadpool(
+                bundle_uploads.publish_upload,
                 session,
                 repo,
                 path,
@@ -230,8 +212,6 @@ async def publish_bundle(
                 now=ctx.clock(),
                 request_id=request_id(request),
             )
-        session.commit()
-        return catalog.bundle_view(row)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -280,48 +260,18 @@ def update_device(
     ``GET /api/v1/executions/{id}``: it succeeds only when the device reports
     ``committed`` and fails on a reported failure or silence past a phase timeout."""
     ctx = context(request)
-    if ctx.publisher is None:
-        raise ApiError(503, "broker_unavailable", "this server process has no MQTT publisher")
-    now = ctx.clock()
-    device = registry.get_device(session, device_id)
     with _service_errors():
-        bundle = catalog.get_bundle(session, body.bundle)
-        timeouts = deployments.check_timeouts(
-            body.timeouts, ctx.settings.updates.default_timeouts()
-        )
-        execution = deployments.create_execution(
+        return deployments.request_update(
             session,
-            device,
-            bundle,
+            ctx.publisher,
+            device_id,
+            body.bundle,
             actor=actor,
-            now=now,
-            timeouts=timeouts,
+            now=ctx.clock(),
+            timeouts=body.timeouts,
+            default_timeouts=ctx.settings.updates.default_timeouts(),
             request_id=request_id(request),
         )
-        session.commit()
-        try:
-            deployments.dispatch(
-                session,
-                ctx.publisher,
-                execution,
-                now=now,
-                ttl_s=timeouts["accept_s"],
-                actor=actor,
-                request_id=request_id(request),
-            )
-        except deployments.DeploymentError as exc:
-            if exc.code == "broker_unavailable":
-                deployments.cancel(
-                    session,
-                    execution,
-                    actor=actor,
-                    now=now,
-                    reason=f"the install command could not be sent: {exc.message}",
-                    request_id=request_id(request),
-                )
-                session.commit()
-            raise
-    return deployments.execution_view(execution)
 
 
 @router.get("/api/v1/executions", response_model=Page[ExecutionOut], summary="List executions")
@@ -338,24 +288,11 @@ def list_executions(
     ] = None,
 ) -> dict[str, Any]:
     """Executions matching every given filter, newest first."""
-    where = []
-    if device is not None:
-        where.append(Execution.device_key.in_(select(Device.id).where(Device.device_id == device)))
-    if bundle is not None:
-        where.append(Execution.bundle_id.in_(select(Bundle.id).where(Bundle.name == bundle)))
-    if rollout is not None:
-        where.append(Execution.rollout_id == rollout)
-    if status is not None:
-        where.append(Execution.status == status)
-    total = session.execute(select(func.count()).select_from(Execution).where(*where)).scalar_one()
-    rows = session.execute(
-        select(Execution)
-        .where(*where)
-        .order_by(Execution.created_at.desc(), Execution.id)
-        .limit(params.limit)
-        .offset(params.offset)
-    ).scalars()
-    return page([deployments.execution_view(e) for e in rows], int(total), params)
+    query = deployments.executions_query(
+        device_id=device, bundle=bundle, rollout_id=rollout, status=status
+    )
+    rows, total = fetch_page(session, query, params)
+    return page([deployments.execution_view(e) for (e,) in rows], total, params)
 
 
 @router.get(
@@ -367,11 +304,7 @@ def show_execution(
     execution_id: str, session: Annotated[Session, Depends(get_session)]
 ) -> dict[str, Any]:
     """The execution and every state reported for it, oldest first."""
-    with _service_errors():
-        execution = deployments.get_execution(session, execution_id)
-    view = deployments.execution_view(execution)
-    view["events"] = deployments.execution_events(session, execution)
-    return view
+    return deployments.execution_detail(session, execution_id)
 
 
 @router.post(
@@ -388,15 +321,11 @@ def cancel_execution(
     actor: Annotated[Actor, Depends(current_actor)],
 ) -> dict[str, Any]:
     """Only before the device started working on it (409 otherwise)."""
-    with _service_errors():
-        execution = deployments.get_execution(session, execution_id)
-        deployments.cancel(
-            session,
-            execution,
-            actor=actor,
-            now=context(request).clock(),
-            reason=body.reason,
-            request_id=request_id(request),
-        )
-    session.commit()
-    return deployments.execution_view(execution)
+    return deployments.cancel_execution(
+        session,
+        execution_id,
+        actor=actor,
+        now=context(request).clock(),
+        reason=body.reason,
+        request_id=request_id(request),
+    )

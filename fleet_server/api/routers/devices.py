@@ -6,16 +6,16 @@ from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 
 from fleet_server.api.deps import (
     PageParams,
     context,
     current_actor,
     get_session,
-    page,
+    page_body,
     page_params,
+    read_body,
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
@@ -33,18 +33,11 @@ from fleet_server.api.schemas import (
     Page,
     TelemetryPage,
 )
-from fleet_server.db.models import (
-    Alarm,
-    CommandRecord,
-    DeviceEvent,
-    DiagnosticBundle,
-    TelemetryHourly,
-    TelemetrySample,
-)
 from fleet_server.domain.roles import COMMAND_ROLES, Role
-from fleet_server.services import registry
+from fleet_server.errors import InvalidInputError
+from fleet_server.services import commands, device_history, registry
 from fleet_server.services.audit import Actor
-from fleet_server.services.commands import bundle_view, command_view, send_command
+from fleet_server.services.decommission import decommission_and_revoke
 from fleet_server.services.registry import DeviceFilter, device_view
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=ERROR_RESPONSES)
@@ -107,8 +100,7 @@ def list_devices(
         seen_after=_ts(seen_after),
         seen_before=_ts(seen_before),
     )
-    rows, total = registry.list_devices(session, filt, limit=params.limit, offset=params.offset)
-    return page([device_view(d) for d in rows], total, params)
+    return page_body(registry.list_devices(session, filt, params).map(device_view))
 
 
 @router.post("", response_model=DeviceOut, status_code=201, summary="Register one device")
@@ -127,7 +119,6 @@ def create_device(
         now=context(request).clock(),
         request_id=request_id(request),
     )
-    session.commit()
     return device_view(device)
 
 
@@ -152,30 +143,15 @@ async def import_devices(
     actor: Annotated[Actor, Depends(current_actor)],
 ) -> dict[str, Any]:
     """Validate every row first; any error rejects the whole file with per-row details."""
-    body = await _read_limited(request, MAX_CSV_BYTES)
+    body = await read_body(request, MAX_CSV_BYTES)
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ApiError(422, "invalid_csv", "the CSV is not UTF-8 text") from None
+        raise InvalidInputError("invalid_csv", "the CSV is not UTF-8 text") from None
     count = registry.import_csv(
         session, text, actor=actor, now=context(request).clock(), request_id=request_id(request)
     )
-    session.commit()
     return {"imported": count}
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "too_large", f"body is {declared} bytes; the limit is {limit}")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "too_large", f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @router.get("/{device_id}", response_model=DeviceOut, summary="Show one device")
@@ -202,7 +178,6 @@ def patch_device(
         now=context(request).clock(),
         request_id=request_id(request),
     )
-    session.commit()
     return device_view(device)
 
 
@@ -218,36 +193,17 @@ def decommission(
     actor: Annotated[Actor, Depends(current_actor)],
 ) -> dict[str, Any]:
     """Its messages are rejected from now on; its history stays."""
-    device = registry.decommission_device(
+    ctx = context(request)
+    device = decommission_and_revoke(
         session,
+        ctx.settings,
         device_id,
         actor=actor,
-        now=context(request).clock(),
+        now=ctx.clock(),
         reason=body.reason,
         request_id=request_id(request),
     )
-    revoke_on_decommission(session, context(request).settings, device_id, actor, request)
-    session.commit()
     return device_view(device)
-
-
-def revoke_on_decommission(
-    session: Session, settings: Any, device_id: str, actor: Actor, request: Request
-) -> None:
-    """A decommissioned device loses its certificates (when this server runs the CA)."""
-    if settings.security.ca_dir is None:
-        return
-    from fleet_server.services import provisioning
-
-    provisioning.revoke_device(
-        session,
-        provisioning.load_ca(settings),
-        device_id,
-        actor=actor,
-        now=context(request).clock(),
-        reason=provisioning.DECOMMISSION_REASON,
-        request_id=request_id(request),
-    )
 
 
 @router.get("/{device_id}/telemetry", response_model=TelemetryPage, summary="Telemetry samples")
@@ -260,32 +216,10 @@ def telemetry(
     session: Annotated[Session, Depends(get_session)],
 ) -> dict[str, Any]:
     """Raw samples newest first, and hourly aggregates of the same window."""
-    device = registry.get_device(session, device_id)
-    t = TelemetrySample
-    where = [t.device_key == device.id]
-    hw = [TelemetryHourly.device_key == device.id]
-    if since:
-        where.append(t.ts >= since.timestamp())
-        hw.append(TelemetryHourly.hour >= int(since.timestamp()) // 3600 * 3600)
-    if until:
-        where.append(t.ts < until.timestamp())
-        hw.append(TelemetryHourly.hour < until.timestamp())
-    total = session.execute(select(func.count()).select_from(t).where(*where)).scalar_one()
-    rows = session.execute(
-        select(t).where(*where).order_by(t.ts.desc()).limit(params.limit).offset(params.offset)
-    ).scalars()
-    items = [
-        {c.key: getattr(r, c.key) for c in t.__table__.columns if c.key != "device_key"}
-        for r in rows
-    ]
-    hourly = session.execute(
-        select(TelemetryHourly).where(*hw).order_by(TelemetryHourly.hour.desc()).limit(1000)
-    ).scalars()
-    body = page(items, int(total), params)
-    body["hourly"] = [
-        {c.key: getattr(h, c.key) for c in TelemetryHourly.__table__.columns} for h in hourly
-    ]
-    return body
+    window = device_history.telemetry(
+        session, device_id, params, since=_ts(since), until=_ts(until)
+    )
+    return {**page_body(window.samples), "hourly": window.hourly}
 
 
 @router.get("/{device_id}/events", response_model=Page[EventOut], summary="Device events")
@@ -297,25 +231,7 @@ def events(
     session: Annotated[Session, Depends(get_session)],
 ) -> dict[str, Any]:
     """Events newest first, optionally of one kind (``fault_raised``, ``boot``...)."""
-    device = registry.get_device(session, device_id)
-    where = [DeviceEvent.device_key == device.id]
-    if kind:
-        where.append(DeviceEvent.kind == kind)
-    total = session.execute(
-        select(func.count()).select_from(DeviceEvent).where(*where)
-    ).scalar_one()
-    rows = session.execute(
-        select(DeviceEvent)
-        .where(*where)
-        .order_by(DeviceEvent.ts.desc(), DeviceEvent.id.desc())
-        .limit(params.limit)
-        .offset(params.offset)
-    ).scalars()
-    items = [
-        {c.key: getattr(e, c.key) for c in DeviceEvent.__table__.columns if c.key != "device_key"}
-        for e in rows
-    ]
-    return page(items, int(total), params)
+    return page_body(device_history.events(session, device_id, params, kind=kind))
 
 
 @router.get("/{device_id}/alarms", response_model=Page[AlarmOut], summary="Device alarm history")
@@ -326,19 +242,7 @@ def device_alarms(
     session: Annotated[Session, Depends(get_session)],
 ) -> dict[str, Any]:
     """Open and cleared alarms of the device, newest first."""
-    from fleet_server.api.routers.alarms import alarm_view
-
-    device = registry.get_device(session, device_id)
-    where = [Alarm.device_key == device.id]
-    total = session.execute(select(func.count()).select_from(Alarm).where(*where)).scalar_one()
-    rows = session.execute(
-        select(Alarm)
-        .where(*where)
-        .order_by(Alarm.raised_at.desc())
-        .limit(params.limit)
-        .offset(params.offset)
-    ).scalars()
-    return page([alarm_view(a, device.device_id) for a in rows], int(total), params)
+    return page_body(device_history.device_alarms(session, device_id, params))
 
 
 @router.get("/{device_id}/commands", response_model=Page[CommandOut], summary="Commands sent")
@@ -349,19 +253,7 @@ def list_commands(
     session: Annotated[Session, Depends(get_session)],
 ) -> dict[str, Any]:
     """Commands sent to the device and their status, newest first."""
-    device = registry.get_device(session, device_id)
-    where = [CommandRecord.device_key == device.id]
-    total = session.execute(
-        select(func.count()).select_from(CommandRecord).where(*where)
-    ).scalar_one()
-    rows = session.execute(
-        select(CommandRecord)
-        .where(*where)
-        .order_by(CommandRecord.created_at.desc())
-        .limit(params.limit)
-        .offset(params.offset)
-    ).scalars()
-    return page([command_view(c, device.device_id) for c in rows], int(total), params)
+    return page_body(device_history.commands(session, device_id, params))
 
 
 @router.post(
@@ -386,13 +278,10 @@ def post_command(
             403, "forbidden", f"role {actor.role} may not send {body.kind}; needs {needed.value}"
         )
     ctx = context(request)
-    if ctx.publisher is None:
-        raise ApiError(503, "broker_unavailable", "this server process has no MQTT publisher")
-    device = registry.get_device(session, device_id)
-    record = send_command(
+    return commands.send_to_device(
         session,
         ctx.publisher,
-        device,
+        device_id,
         body.kind,
         actor=actor,
         now=ctx.clock(),
@@ -402,7 +291,6 @@ def post_command(
         reason=body.reason,
         request_id=request_id(request),
     )
-    return command_view(record, device.device_id)
 
 
 @router.get(
@@ -415,17 +303,4 @@ def list_bundles(
     session: Annotated[Session, Depends(get_session)],
 ) -> dict[str, Any]:
     """Diagnostics requested from the device, newest first (metadata only)."""
-    device = registry.get_device(session, device_id)
-    where = [DiagnosticBundle.device_key == device.id]
-    total = session.execute(
-        select(func.count()).select_from(DiagnosticBundle).where(*where)
-    ).scalar_one()
-    rows = session.execute(
-        select(DiagnosticBundle)
-        .options(defer(DiagnosticBundle.content))
-        .where(*where)
-        .order_by(DiagnosticBundle.created_at.desc())
-        .limit(params.limit)
-        .offset(params.offset)
-    ).scalars()
-    return page([bundle_view(b) for b in rows], int(total), params)
+    return page_body(device_history.diagnostics(session, device_id, params))

@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleet_server.api.deps import (
@@ -20,11 +19,10 @@ from fleet_server.api.deps import (
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.paging import fetch_page
-from fleet_server.db.models import RecallCampaign
 from fleet_server.services import recalls as svc
 from fleet_server.services import safe_mode
 from fleet_server.services.audit import Actor
-from fleet_server.services.registry import RegistryError
+from fleet_server.services.recall_population import recall_device_view
 
 router = APIRouter(prefix="/api/v1/recalls", tags=["recalls"], responses=ERROR_RESPONSES)
 
@@ -74,28 +72,19 @@ class SafeModeIn(BaseModel):
     reason: str = Field(min_length=1, max_length=200)
 
 
-def _view(session: Session, c: RecallCampaign) -> dict[str, Any]:
-    out = svc.campaign_view(c)
-    out["completion"] = svc.completion_view(svc.completion(session, c.id))
-    return out
-
-
 @router.get("", summary="List recall campaigns")
 def list_recalls(
     *, params: Annotated[PageParams, Depends(page_params)], state: str | None = None, session: Sess
 ) -> dict[str, Any]:
     """Campaigns, newest first, with their completion."""
-    q = select(RecallCampaign)
-    if state:
-        q = q.where(RecallCampaign.state == state)
-    rows, total = fetch_page(session, q.order_by(RecallCampaign.created_at.desc()), params)
-    return page([_view(session, c) for (c,) in rows], total, params)
+    rows, total = fetch_page(session, svc.campaigns_query(state), params)
+    return page([svc.campaign_detail(session, c) for (c,) in rows], total, params)
 
 
 @router.post("", status_code=201, summary="Draft a recall campaign")
 def create_recall(*, body: RecallIn, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
     """Validate the scope and remedies and store a draft (nothing is frozen yet)."""
-    c = svc.create_campaign(
+    return svc.draft_campaign(
         session,
         actor,
         campaign_id=body.id,
@@ -109,8 +98,6 @@ def create_recall(*, body: RecallIn, request: Request, session: Sess, actor: Who
         safety_critical=body.safety_critical,
         request_id=request_id(request),
     )
-    session.commit()
-    return _view(session, c)
 
 
 @router.get("/blocked-versions", summary="Versions blocked by recalls")
@@ -122,33 +109,22 @@ def get_blocked_versions(*, session: Sess) -> dict[str, Any]:
 @router.get("/{campaign_id}", summary="One recall campaign")
 def get_recall(*, campaign_id: str, session: Sess) -> dict[str, Any]:
     """The campaign, its remedies and completion (raw and adjusted rates, labelled)."""
-    return _view(session, svc.get_campaign(session, campaign_id))
+    return svc.show_campaign(session, campaign_id)
 
 
 @router.get("/{campaign_id}/preview", summary="Devices the scope matches now")
 def preview_recall(*, campaign_id: str, session: Sess) -> dict[str, Any]:
     """For a draft: the population opening would freeze; for an open campaign: devices
     matching now that are not in the frozen population (candidates for ``add``)."""
-    c = svc.get_campaign(session, campaign_id)
-    found = svc.preview(session, c) if c.state == "draft" else svc.new_matches(session, c)
-    return {
-        "campaign_id": c.id,
-        "state": c.state,
-        "new_only": c.state != "draft",
-        "count": len(found),
-        "devices": [{"device_id": d.device_id, "matched": m} for d, m in found],
-    }
+    return svc.preview_recall(session, campaign_id)
 
 
 @router.post("/{campaign_id}/open", summary="Open: freeze the population")
 def open_recall(*, campaign_id: str, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
     """Freeze every matching device with its reason; version blocks take effect."""
-    c = svc.get_campaign(session, campaign_id)
-    svc.open_campaign(
-        session, actor, c, now=context(request).clock(), request_id=request_id(request)
+    return svc.open_recall(
+        session, actor, campaign_id, now=context(request).clock(), request_id=request_id(request)
     )
-    session.commit()
-    return _view(session, c)
 
 
 @router.post("/{campaign_id}/close", summary="Close an open campaign")
@@ -156,17 +132,9 @@ def close_recall(
     *, campaign_id: str, request: Request, session: Sess, actor: Who
 ) -> dict[str, Any]:
     """Close (open campaigns) or cancel (drafts); version blocks of a closed campaign stay."""
-    c = svc.get_campaign(session, campaign_id)
-    svc.close_campaign(
-        session,
-        actor,
-        c,
-        now=context(request).clock(),
-        cancel=c.state == "draft",
-        request_id=request_id(request),
+    return svc.close_recall(
+        session, actor, campaign_id, now=context(request).clock(), request_id=request_id(request)
     )
-    session.commit()
-    return _view(session, c)
 
 
 @router.post("/{campaign_id}/devices", summary="Add devices found after opening")
@@ -174,17 +142,14 @@ def add_recall_devices(
     *, campaign_id: str, body: AddDevicesIn, request: Request, session: Sess, actor: Who
 ) -> dict[str, Any]:
     """All or nothing: each device must exist, be new and match the predicate now."""
-    c = svc.get_campaign(session, campaign_id)
-    added = svc.add_devices(
+    return svc.add_recall_devices(
         session,
         actor,
-        c,
+        campaign_id,
         body.device_ids,
         now=context(request).clock(),
         request_id=request_id(request),
     )
-    session.commit()
-    return {"added": added, "completion": svc.completion_view(svc.completion(session, c.id))}
 
 
 @router.get("/{campaign_id}/devices", summary="The frozen population")
@@ -196,16 +161,15 @@ def list_recall_devices(
     session: Sess,
 ) -> dict[str, Any]:
     """Members with their state and matching reason."""
-    svc.get_campaign(session, campaign_id)
-    rows, total = fetch_page(session, svc.population_query(campaign_id, state), params)
-    return page([svc.recall_device_view(rd, d) for rd, d in rows], total, params)
+    rows, total = fetch_page(session, svc.members_query(session, campaign_id, state), params)
+    return page([recall_device_view(rd, d) for rd, d in rows], total, params)
 
 
 @router.get("/{campaign_id}/devices/{device_id}", summary="Explain one device")
 def explain_recall_device(*, campaign_id: str, device_id: str, session: Sess) -> dict[str, Any]:
     """Why the device is (or is not) in the recall: frozen reason, state, and the
     predicate evaluated now clause by clause."""
-    return svc.explain_device(session, svc.get_campaign(session, campaign_id), device_id)
+    return svc.explain_member(session, campaign_id, device_id)
 
 
 @router.post("/{campaign_id}/devices/{device_id}/state", summary="Set a member's state")
@@ -219,11 +183,10 @@ def set_recall_device_state(
     actor: Who,
 ) -> dict[str, Any]:
     """Record a remedy, an inspection that found nothing, or an unreachable device."""
-    c = svc.get_campaign(session, campaign_id)
-    svc.set_device_state(
+    return svc.move_member(
         session,
         actor,
-        c,
+        campaign_id,
         device_id,
         body.state,
         now=context(request).clock(),
@@ -231,9 +194,6 @@ def set_recall_device_state(
         via=body.via,
         request_id=request_id(request),
     )
-    session.commit()
-    rd, d = svc.member(session, c.id, device_id)
-    return svc.recall_device_view(rd, d)
 
 
 @router.put("/{campaign_id}/remedy-rollout", summary="Link the software remedy rollout")
@@ -241,62 +201,46 @@ def link_remedy_rollout(
     *, campaign_id: str, body: RolloutLinkIn, request: Request, session: Sess, actor: Who
 ) -> dict[str, Any]:
     """The rollout of the fixing bundle; it may target the campaign's held devices."""
-    c = svc.get_campaign(session, campaign_id)
-    svc.set_remedy_rollout(
+    return svc.link_remedy_rollout(
         session,
         actor,
-        c,
+        campaign_id,
         body.rollout_id,
         now=context(request).clock(),
         request_id=request_id(request),
     )
-    session.commit()
-    return _view(session, c)
 
 
 @router.get("/{campaign_id}/remedy-targets", summary="Devices still needing the software fix")
 def remedy_targets(*, campaign_id: str, session: Sess) -> dict[str, Any]:
     """What the remedy rollout should target (members not yet on the remedy version)."""
-    c = svc.get_campaign(session, campaign_id)
-    devices = svc.software_remedy_targets(session, c)
-    return {
-        "campaign_id": c.id,
-        "remedy_version": c.remedy_version,
-        "device_ids": [d.device_id for d in devices],
-    }
+    return svc.remedy_targets(session, campaign_id)
 
 
 @router.get("/{campaign_id}/progress", summary="Completion over time")
 def progress(*, campaign_id: str, session: Sess) -> dict[str, Any]:
     """Current completion and the snapshot series, raw and adjusted rates labelled."""
-    c = svc.get_campaign(session, campaign_id)
-    return {
-        "campaign_id": c.id,
-        "current": svc.completion_view(svc.completion(session, c.id)),
-        "snapshots": [svc.snapshot_view(s) for s in svc.snapshots(session, c.id)],
-    }
+    return svc.progress(session, campaign_id)
+
+
+def _csv(body: str, filename: str) -> Response:
+    return Response(
+        body,
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 @router.get("/{campaign_id}/export/affected.csv", summary="Affected list as CSV")
 def export_affected(*, campaign_id: str, session: Sess) -> Response:
     """One row per population member with state and matching reason."""
-    svc.get_campaign(session, campaign_id)
-    return Response(
-        svc.affected_csv(session, campaign_id),
-        media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{campaign_id}-affected.csv"'},
-    )
+    return _csv(svc.export_affected(session, campaign_id), f"{campaign_id}-affected.csv")
 
 
 @router.get("/{campaign_id}/export/progress.csv", summary="Progress report as CSV")
 def export_progress(*, campaign_id: str, session: Sess) -> Response:
     """The snapshot series with both rates, columns named with their definitions."""
-    svc.get_campaign(session, campaign_id)
-    return Response(
-        svc.progress_csv(session, campaign_id),
-        media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{campaign_id}-progress.csv"'},
-    )
+    return _csv(svc.export_progress(session, campaign_id), f"{campaign_id}-progress.csv")
 
 
 @router.post("/{campaign_id}/safe-mode", summary="Send the signed safe-mode command")
@@ -307,15 +251,11 @@ def send_safe_mode(
     safe-mode command signed with the server's safety key; acks show on the device's
     commands (completed = in safe mode, rejected not_permitted = signature refused)."""
     ctx = context(request)
-    c = svc.get_campaign(session, campaign_id)
-    if ctx.publisher is None:
-        raise RegistryError("broker_unavailable", "no MQTT publisher: cannot reach devices")
-    key = safe_mode.load_safety_key(ctx.settings.recalls.safety_key)
-    return safe_mode.send_safe_mode(
+    return safe_mode.send_for_recall(
         session,
         ctx.publisher,
-        key,
-        c,
+        ctx.settings.recalls.safety_key,
+        campaign_id,
         actor,
         reason=body.reason,
         now=ctx.clock(),

@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleet_server.api.deps import (
@@ -20,8 +19,6 @@ from fleet_server.api.deps import (
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.paging import fetch_page
-from fleet_server.db.models import Part, Rma
-from fleet_server.domain.part_reliability import compare_rates
 from fleet_server.services import rma as svc
 from fleet_server.services.audit import Actor
 
@@ -66,17 +63,14 @@ def list_rmas(
     *, params: Annotated[PageParams, Depends(page_params)], state: str | None = None, session: Sess
 ) -> dict[str, Any]:
     """RMAs, newest first."""
-    q = select(Rma)
-    if state:
-        q = q.where(Rma.state == state)
-    rows, total = fetch_page(session, q.order_by(Rma.id.desc()), params)
+    rows, total = fetch_page(session, svc.rmas_query(state), params)
     return page([svc.rma_view(session, r) for (r,) in rows], total, params)
 
 
 @router.post("/rmas", status_code=201, summary="Open an RMA")
 def create_rma(*, body: RmaIn, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
     """State ``claimed``; links the claim, the device and the part."""
-    r = svc.create_rma(
+    return svc.create_rma(
         session,
         actor,
         now=context(request).clock(),
@@ -86,14 +80,12 @@ def create_rma(*, body: RmaIn, request: Request, session: Sess, actor: Who) -> d
         note=body.note,
         request_id=request_id(request),
     )
-    session.commit()
-    return svc.rma_view(session, r)
 
 
 @router.get("/rmas/{rma_id}", summary="One RMA")
 def get_rma(*, rma_id: int, session: Sess) -> dict[str, Any]:
     """The RMA with its history and the moves allowed next."""
-    return svc.rma_view(session, svc.get_rma(session, rma_id))
+    return svc.show_rma(session, rma_id)
 
 
 @router.post("/rmas/{rma_id}/transition", summary="Move an RMA")
@@ -102,7 +94,7 @@ def transition_rma(
 ) -> dict[str, Any]:
     """claimed -> approved -> returned -> inspected -> refurbished | scrapped; an illegal
     move is a 409 listing the allowed ones."""
-    r = svc.transition_rma(
+    return svc.transition_rma(
         session,
         actor,
         rma_id,
@@ -111,8 +103,6 @@ def transition_rma(
         note=body.note,
         request_id=request_id(request),
     )
-    session.commit()
-    return svc.rma_view(session, r)
 
 
 @router.get("/parts", summary="List parts")
@@ -125,12 +115,7 @@ def list_parts(
     session: Sess,
 ) -> dict[str, Any]:
     """Parts with their genealogy."""
-    q = select(Part)
-    if kind:
-        q = q.where(Part.kind == kind)
-    if stock_state:
-        q = q.where(Part.stock_state == stock_state)
-    rows, total = fetch_page(session, q.order_by(Part.serial), params)
+    rows, total = fetch_page(session, svc.parts_query(kind, stock_state), params)
     now = context(request).clock()
     return page([svc.part_view(session, p, now) for (p,) in rows], total, params)
 
@@ -138,24 +123,21 @@ def list_parts(
 @router.post("/parts", status_code=201, summary="Register a part in stock")
 def create_part(*, body: PartIn, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
     """A serialised part, new or refurbished, in stock."""
-    now = context(request).clock()
-    part = svc.create_part(
+    return svc.create_part(
         session,
         actor,
         serial=body.serial,
         kind=body.kind,
         condition=body.condition,
-        now=now,
+        now=context(request).clock(),
         request_id=request_id(request),
     )
-    session.commit()
-    return svc.part_view(session, part, now)
 
 
 @router.get("/parts/{serial}", summary="One part and its genealogy")
 def get_part(*, serial: str, request: Request, session: Sess) -> dict[str, Any]:
     """Installations (with condition at install), repairs, hours in service."""
-    return svc.part_view(session, svc.get_part(session, serial), context(request).clock())
+    return svc.show_part(session, serial, context(request).clock())
 
 
 @router.post("/parts/{serial}/install", summary="Install a part from stock")
@@ -163,12 +145,14 @@ def install_part(
     *, serial: str, body: InstallIn, request: Request, session: Sess, actor: Who
 ) -> dict[str, Any]:
     """Start a stint in a device; a refurbished part's stint counts as reuse."""
-    now = context(request).clock()
-    part = svc.install_part(
-        session, actor, serial, body.device_id, now=now, request_id=request_id(request)
+    return svc.install_part(
+        session,
+        actor,
+        serial,
+        body.device_id,
+        now=context(request).clock(),
+        request_id=request_id(request),
     )
-    session.commit()
-    return svc.part_view(session, part, now)
 
 
 @router.get("/analytics/parts-reliability", summary="Reused vs new parts")
@@ -177,5 +161,4 @@ def parts_reliability(
 ) -> dict[str, Any]:
     """Failures per 1000 hours in service of parts installed new vs refurbished, with
     exact Poisson 95 % intervals and the ratio refurbished / new."""
-    counts = svc.reliability_by_condition(session, context(request).clock(), kind)
-    return {"kind": kind, **compare_rates(counts)}
+    return svc.parts_reliability(session, context(request).clock(), kind)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fleet_server.api.deps import (
@@ -20,12 +17,9 @@ from fleet_server.api.deps import (
     page_params,
     request_id,
 )
-from fleet_server.api.errors import ERROR_RESPONSES, ApiError
-from fleet_server.db.models import Bundle
-from fleet_server.db.rollout_models import Rollout
-from fleet_server.services import bundles as catalog
-from fleet_server.services import registry
+from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.services import rollouts as service
+from fleet_server.services import rollouts_explain
 from fleet_server.services.audit import Actor
 
 router = APIRouter(tags=["rollouts"], responses=ERROR_RESPONSES)
@@ -86,35 +80,11 @@ class RolloutOut(BaseModel):
     halt_stratum: str | None
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except service.RolloutError as exc:
-        raise ApiError(
-            service.ROLLOUT_ERROR_STATUS.get(exc.code, 400), exc.code, exc.message, exc.details
-        ) from None
-    except catalog.CatalogError as exc:
-        raise ApiError(404 if exc.code == "not_found" else 400, exc.code, exc.message) from None
-    except registry.RegistryError as exc:
-        raise ApiError(404 if exc.code == "not_found" else 400, exc.code, exc.message) from None
-
-
 @router.post("/api/v1/rollouts/dry-run", summary="Preview who lands in which wave")
 def dry_run(body: RolloutIn, session: Annotated[Session, Depends(get_session)]) -> dict[str, Any]:
     """The waves (devices and their hardware revisions) and the exclusions with reasons that
     starting this rollout now would produce. Nothing is stored."""
-    from fleet_server.rollouts.policy import PolicyError, parse_policy
-
-    with _errors():
-        bundle = catalog.get_bundle(session, body.bundle)
-        try:
-            policy = parse_policy(body.policy)
-        except PolicyError as exc:
-            raise service.RolloutError("invalid_policy", str(exc), {"field": exc.field}) from None
-        selector = service.parse_selector(body.selector)
-        plan = service.make_plan(session, bundle, selector, policy, seed="dry-run")
-    return {"bundle": bundle.name, "version": bundle.version, **plan.summary()}
+    return service.dry_run(session, bundle=body.bundle, selector=body.selector, policy=body.policy)
 
 
 @router.get("/api/v1/rollouts/explain/{device_id}", summary="Why is a device (not) updating")
@@ -126,10 +96,9 @@ def explain(
 ) -> dict[str, Any]:
     """For the named rollout, or every active one: selector match, exclusion and reason,
     wave, maintenance window, quarantine, and the device's execution state."""
-    ctx = context(request)
-    with _errors():
-        device = registry.get_device(session, device_id)
-        return service.explain_device(session, device, now=ctx.clock(), rollout_id=rollout)
+    return rollouts_explain.explain(
+        session, device_id, now=context(request).clock(), rollout_id=rollout
+    )
 
 
 @router.post(
@@ -142,21 +111,16 @@ def create(
     actor: Annotated[Actor, Depends(current_actor)],
 ) -> dict[str, Any]:
     """Create a draft rollout (validated: selector, policy, blocked versions)."""
-    ctx = context(request)
-    with _errors():
-        bundle = catalog.get_bundle(session, body.bundle)
-        rollout = service.create_rollout(
-            session,
-            name=body.name,
-            bundle=bundle,
-            selector=body.selector,
-            policy=body.policy,
-            actor=actor,
-            now=ctx.clock(),
-            request_id=request_id(request),
-        )
-        session.commit()
-        return service.rollout_status(session, rollout)
+    return service.create_draft(
+        session,
+        name=body.name,
+        bundle=body.bundle,
+        selector=body.selector,
+        policy=body.policy,
+        actor=actor,
+        now=context(request).clock(),
+        request_id=request_id(request),
+    )
 
 
 @router.get("/api/v1/rollouts", summary="List rollouts")
@@ -166,16 +130,9 @@ def list_rollouts(
     state: Annotated[str | None, Query(max_length=16)] = None,
 ) -> dict[str, Any]:
     """Rollouts, newest first, optionally in one state."""
-    query = select(Rollout)
-    if state:
-        query = query.where(Rollout.state == state)
-    total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
-    rows = session.execute(
-        query.order_by(Rollout.created_at.desc(), Rollout.id)
-        .limit(paging.limit)
-        .offset(paging.offset)
-    ).scalars()
-    items = [service.rollout_summary(r, session.get(Bundle, r.bundle_id)) for r in rows]
+    items, total = service.list_rollouts(
+        session, state=state, limit=paging.limit, offset=paging.offset
+    )
     return page(items, total, paging)
 
 
@@ -183,16 +140,13 @@ def list_rollouts(
 def status(rollout_id: str, session: Annotated[Session, Depends(get_session)]) -> dict[str, Any]:
     """The rollout with progress per wave and per stratum (pending, sent, in progress,
     committed, failed by class, timed out) and exclusions by reason."""
-    with _errors():
-        return service.rollout_status(session, service.get_rollout(session, rollout_id))
+    return service.status_of(session, rollout_id)
 
 
 @router.get("/api/v1/rollouts/{rollout_id}/events", summary="The rollout's history")
 def events(rollout_id: str, session: Annotated[Session, Depends(get_session)]) -> dict[str, Any]:
     """Every state change and engine decision, oldest first."""
-    with _errors():
-        rollout = service.get_rollout(session, rollout_id)
-        items = service.rollout_events(session, rollout)
+    items = service.history_of(session, rollout_id)
     return {"items": items, "next_cursor": None, "total": len(items)}
 
 
@@ -206,19 +160,14 @@ def start(
 ) -> dict[str, Any]:
     """Plan the waves and start. Production rollouts need a completed pre-production
     rollout of the bundle, unless an admin gives ``force_reason``."""
-    ctx = context(request)
-    with _errors():
-        rollout = service.get_rollout(session, rollout_id)
-        service.start_rollout(
-            session,
-            rollout,
-            actor=actor,
-            now=ctx.clock(),
-            force_reason=body.force_reason if body else None,
-            request_id=request_id(request),
-        )
-        session.commit()
-        return service.rollout_status(session, rollout)
+    return service.start(
+        session,
+        rollout_id,
+        actor=actor,
+        now=context(request).clock(),
+        force_reason=body.force_reason if body else None,
+        request_id=request_id(request),
+    )
 
 
 ACTIONS: dict[str, tuple[str, str]] = {
@@ -248,21 +197,16 @@ def _action_route(action: str, summary: str, description: str) -> None:
         actor: Annotated[Actor, Depends(current_actor)],
         body: ActionIn | None = None,
     ) -> dict[str, Any]:
-        ctx = context(request)
-        with _errors():
-            rollout = service.get_rollout(session, rollout_id)
-            service.operator_action(
-                session,
-                rollout,
-                action,
-                actor=actor,
-                now=ctx.clock(),
-                reason=body.reason if body else "",
-                to_version=body.to_version if body else None,
-                request_id=request_id(request),
-            )
-            session.commit()
-            return service.rollout_status(session, rollout)
+        return service.act(
+            session,
+            rollout_id,
+            action,
+            actor=actor,
+            now=context(request).clock(),
+            reason=body.reason if body else "",
+            to_version=body.to_version if body else None,
+            request_id=request_id(request),
+        )
 
     router.add_api_route(
         f"/api/v1/rollouts/{{rollout_id}}/{action}",

@@ -6,17 +6,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from fleet_server import __version__
-from fleet_server.api.deps import context, get_session, request_id
-from fleet_server.api.errors import ERROR_RESPONSES, ApiError
-from fleet_server.api.routers.devices import _read_limited
+from fleet_server.api.deps import context, get_session, read_body, request_id
+from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.schemas import Health, UploadOut
-from fleet_server.db.models import DiagnosticBundle
 from fleet_server.security_mode import DEMO_HEALTH_WARNING
-from fleet_server.services.commands import store_upload
+from fleet_server.services.commands import store_upload, uploaded_bundle
+from fleet_server.services.health import database_answers
 
 router = APIRouter(tags=["system"], responses=ERROR_RESPONSES)
 
@@ -25,11 +23,7 @@ router = APIRouter(tags=["system"], responses=ERROR_RESPONSES)
 def healthz(request: Request, session: Annotated[Session, Depends(get_session)]) -> dict[str, Any]:
     """``ok`` when the database answers; exposes no device data. In demo mode it carries
     the insecure-mode warning, so nobody mistakes a demo for a production server."""
-    try:
-        session.execute(text("SELECT 1"))
-        db_ok = True
-    except Exception:
-        db_ok = False
+    db_ok = database_answers(session)
     mode = context(request).settings.security.mode
     return {
         "status": "ok" if db_ok else "degraded",
@@ -71,7 +65,7 @@ async def upload(
     """The URL was sent in the ``collect_diagnostics`` command; it works once."""
     ctx = context(request)
     limit = ctx.settings.diagnostics.max_bytes
-    body = await _read_limited(request, limit)
+    body = await read_body(request, limit)
     bundle = store_upload(
         session,
         token,
@@ -81,7 +75,6 @@ async def upload(
         max_bytes=limit,
         request_id=request_id(request),
     )
-    session.commit()
     return {"id": bundle.id, "size": bundle.size, "sha256": bundle.sha256}
 
 
@@ -93,9 +86,7 @@ async def upload(
 )
 def download(bundle_id: int, session: Annotated[Session, Depends(get_session)]) -> Response:
     """The uploaded bytes, as the device sent them."""
-    bundle = session.get(DiagnosticBundle, bundle_id)
-    if bundle is None or bundle.content is None:
-        raise ApiError(404, "not_found", f"diagnostics bundle {bundle_id} has no upload")
+    bundle = uploaded_bundle(session, bundle_id)
     return Response(
         bundle.content,
         media_type=bundle.content_type or "application/octet-stream",

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleet_server.api.deps import (
@@ -21,7 +20,6 @@ from fleet_server.api.deps import (
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.paging import fetch_page
-from fleet_server.db.models import Device, WarrantyClaim
 from fleet_server.services import warranty as svc
 from fleet_server.services.audit import Actor
 
@@ -69,7 +67,7 @@ def list_rules(*, session: Sess) -> dict[str, Any]:
 @router.put("/warranty/rules", summary="Create or replace a coverage rule")
 def put_rule(*, body: RuleIn, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
     """Coverage for ``model`` in ``region``: months from activation and what is covered."""
-    r = svc.set_rule(
+    return svc.set_rule(
         session,
         actor,
         model=body.model,
@@ -79,8 +77,6 @@ def put_rule(*, body: RuleIn, request: Request, session: Sess, actor: Who) -> di
         now=context(request).clock(),
         request_id=request_id(request),
     )
-    session.commit()
-    return svc.rule_view(r)
 
 
 @router.get("/claims", summary="List claims")
@@ -92,14 +88,7 @@ def list_claims(
     session: Sess,
 ) -> dict[str, Any]:
     """Claims, newest first, with their check results."""
-    q = select(WarrantyClaim, Device.device_id).outerjoin(
-        Device, Device.id == WarrantyClaim.device_key
-    )
-    if state:
-        q = q.where(WarrantyClaim.state == state)
-    if failure_mode:
-        q = q.where(WarrantyClaim.failure_mode == failure_mode)
-    rows, total = fetch_page(session, q.order_by(WarrantyClaim.id.desc()), params)
+    rows, total = fetch_page(session, svc.claims_query(state, failure_mode), params)
     return page([svc.claim_view(c, d) for c, d in rows], total, params)
 
 
@@ -107,7 +96,7 @@ def list_claims(
 def create_claim(*, body: ClaimIn, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
     """Stored with automatic check results (coverage, device active, alarm evidence);
     failing checks are shown to the reviewer, never a silent rejection."""
-    c, device_id = svc.create_claim(
+    return svc.create_claim(
         session,
         actor,
         device_ref=body.device,
@@ -119,18 +108,13 @@ def create_claim(*, body: ClaimIn, request: Request, session: Sess, actor: Who) 
         description=body.description,
         request_id=request_id(request),
     )
-    session.commit()
-    return svc.claim_view(c, device_id)
 
 
 @router.get("/claims/{claim_id}", summary="One claim with its evidence")
 def get_claim(*, claim_id: int, session: Sess) -> dict[str, Any]:
     """The claim, its checks, links to the device's alarms and a telemetry summary
     around the failure."""
-    c, device_id = svc.get_claim(session, claim_id)
-    out = svc.claim_view(c, device_id)
-    out["telemetry_summary"] = svc.telemetry_summary(session, c)
-    return out
+    return svc.claim_detail(session, claim_id)
 
 
 @router.post("/claims/{claim_id}/decision", summary="Approve or reject a claim")
@@ -138,7 +122,7 @@ def decide_claim(
     *, claim_id: int, body: DecisionIn, request: Request, session: Sess, actor: Who
 ) -> dict[str, Any]:
     """The reviewer's call, with a note; the automatic checks are kept alongside."""
-    c, device_id = svc.decide_claim(
+    return svc.decide_claim(
         session,
         actor,
         claim_id,
@@ -147,16 +131,12 @@ def decide_claim(
         now=context(request).clock(),
         request_id=request_id(request),
     )
-    session.commit()
-    return svc.claim_view(c, device_id)
 
 
 @router.post("/claims/{claim_id}/recheck", summary="Run a claim's checks again")
 def recheck_claim(*, claim_id: int, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
     """Evidence uploaded late by a device that was offline is picked up; the decision, if
     any, stays."""
-    c, device_id = svc.recheck_claim(
+    return svc.recheck_claim(
         session, actor, claim_id, now=context(request).clock(), request_id=request_id(request)
     )
-    session.commit()
-    return svc.claim_view(c, device_id)

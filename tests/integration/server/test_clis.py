@@ -13,6 +13,12 @@ from pathlib import Path
 import pytest
 
 from fleet_server.api import create_app
+from fleet_server.fleetctl.client import (
+    EXIT_CONFLICT,
+    EXIT_FORBIDDEN,
+    EXIT_INVALID,
+    EXIT_NOT_FOUND,
+)
 from tests.server_fixtures import LiveServer, make_tokens, serve, settings_for
 
 BIN = Path(sys.executable).parent
@@ -107,14 +113,20 @@ def test_fleetctl_day_to_day(live, tmp_path: Path) -> None:
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("device_id,production_date\npi-009,yesterday\n")
     failed = run(["fleetctl", "devices", "import", str(bad_csv)], env)
-    assert failed.returncode == 1
+    assert failed.returncode == EXIT_INVALID
+    assert "error [invalid_csv]:" in failed.stderr
     assert "line 2 [production_date]" in failed.stderr
     assert "Traceback" not in failed.stderr
     denied = run(["fleetctl", "--token", tokens["viewer"], "tokens", "list"], env)
-    assert denied.returncode == 1
+    assert denied.returncode == EXIT_FORBIDDEN
     assert "forbidden" in denied.stderr
     missing = run(["fleetctl", "devices", "show", "nope"], env)
     assert "not_found" in missing.stderr
+    assert missing.returncode == EXIT_NOT_FOUND
+    assert "error [not_found]: device 'nope' is not registered" in missing.stderr
+    again = run(["fleetctl", "devices", "decommission", "pi-002", "--yes"], env)
+    assert again.returncode == EXIT_CONFLICT
+    assert "error [conflict]: device 'pi-002' is already decommissioned" in again.stderr
     created = run(
         [
             "fleetctl",

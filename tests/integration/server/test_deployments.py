@@ -34,6 +34,7 @@ from fleet_server.adapters.mqtt_ingest import IngestOptions, IngestWorker, wait_
 from fleet_server.adapters.mqtt_publisher import PahoPublisher
 from fleet_server.api import create_app
 from fleet_server.db.models import AuditEntry, Bundle, Device, DeviceEvent, Execution
+from fleet_server.fleetctl.client import EXIT_FORBIDDEN, EXIT_INVALID
 from fleet_server.services import deployments
 from fleet_server.services.audit import SYSTEM
 from fleet_server.services.bundles import publish_bundle
@@ -819,7 +820,7 @@ def test_fleetctl_publishes_updates_and_follows_executions(
         tampered = world.tmp / "tampered.tar.gz"
         tampered.write_bytes(_tampered(world.bundles["good-1.2.0"]))
         refused = ctl("bundle", "publish", str(tampered))
-        assert refused.returncode == 1
+        assert refused.returncode == EXIT_INVALID
         assert "invalid_bundle" in refused.stderr
         assert "Traceback" not in refused.stderr
         bad_timeout = ctl("device", "update", "pi-ctl", "--bundle", name, "--timeout", "soon")
@@ -841,7 +842,7 @@ def test_fleetctl_publishes_updates_and_follows_executions(
             == "cancelled"
         )
         viewer = ctl("--token", tokens["viewer"], "device", "update", "pi-ctl", "--bundle", name)
-        assert viewer.returncode == 1
+        assert viewer.returncode == EXIT_FORBIDDEN
         assert "forbidden" in viewer.stderr
     finally:
         live.stop()

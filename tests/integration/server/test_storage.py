@@ -6,7 +6,13 @@ from __future__ import annotations
 from sqlalchemy import func, inspect, select, text
 
 import protocol as p
-from fleet_server.db.models import Alarm, Device, TelemetryHourly, TelemetrySample
+from fleet_server.db.models import (
+    SIGNAL_COLUMN_TYPES,
+    Alarm,
+    Device,
+    TelemetryHourly,
+    TelemetrySample,
+)
 from fleet_server.migrations import current_revision, head_revision, upgrade_to_head
 from fleet_server.services.ingest import BatchWriter, Inbound
 from fleet_server.services.jobs import run_presence_sweep, run_retention_job
@@ -42,6 +48,16 @@ def test_migrations_run_from_empty_to_head_and_are_idempotent(engine) -> None:
     upgrade_to_head(engine)  # a second run is a no-op
     tables = set(inspect(engine).get_table_names())
     assert {"devices", "telemetry", "received_messages", "alarms", "audit_log"} <= tables
+
+
+def test_migrated_telemetry_table_has_a_column_per_declared_signal(engine) -> None:
+    """The migrations and ``protocol.Sample``'s signals agree (a new signal needs both)."""
+    reflected = {c["name"]: c for c in inspect(engine).get_columns("telemetry")}
+    assert set(reflected) == {"device_key", "ts", "custom", *(s.name for s in p.SIGNALS)}
+    for s in p.SIGNALS:
+        column = reflected[s.name]
+        assert isinstance(column["type"], SIGNAL_COLUMN_TYPES[s.kind]), (s.name, column["type"])
+        assert column["nullable"], s.name
 
 
 def test_writer_stores_dedupes_and_counts_rejections(sessions) -> None:

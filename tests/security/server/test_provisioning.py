@@ -24,6 +24,7 @@ from sqlalchemy import select
 from agent.credentials import make_device_key_and_csr, read_bundle
 from fleet_server.api import create_app
 from fleet_server.db.models import AuditEntry
+from fleet_server.fleetctl.client import EXIT_FORBIDDEN, EXIT_INVALID
 from fleet_server.identity import ca_store
 from tests.server_fixtures import FakeClock, make_tokens, serve, settings_for
 
@@ -207,11 +208,11 @@ def test_fleetctl_provision_certify_revoke(sessions, db_url: str, ca_dir: Path, 
         wrong = tmp_path / "other.csr"
         wrong.write_bytes(make_device_key_and_csr("pi-other").csr_pem)
         refused = _fleetctl(["device", "certify", "pi-cli", "--csr", str(wrong)], env)
-        assert refused.returncode == 1
+        assert refused.returncode == EXIT_INVALID
         assert "csr_rejected" in refused.stderr
         assert "Traceback" not in refused.stderr
         denied = _fleetctl(["device", "revoke", "pi-cli"], env)
-        assert denied.returncode == 1
+        assert denied.returncode == EXIT_FORBIDDEN
         assert "forbidden" in denied.stderr
         revoked = _fleetctl(
             [

@@ -1,0 +1,330 @@
+"""The learned normal of one signal, for the adaptive fault rule (pure, O(1) per sample).
+
+:class:`AdaptiveBaseline` holds the estimators described in :mod:`agent.core.adaptive`:
+the fast and slow levels, the noise and drift scales, the daily profile, the typical
+sampling interval and the signal's resolution, with the warm-up and gap handling, and
+scores a sample against them (:meth:`AdaptiveBaseline._score`).
+:class:`agent.core.adaptive.AdaptiveRule` sets the parameters, validates them, and adds
+the debounce state machine and the fault changes on top.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+Direction = Literal["both", "up", "down"]
+DIRECTIONS: tuple[str, ...] = ("both", "up", "down")
+_MEANABS_TO_SD = math.sqrt(math.pi / 2.0)
+"""For Gaussian noise the mean absolute deviation is SD × sqrt(2/π)."""
+_MAX_COUNT = 10**9
+"""The sample counter saturates here (it only drives warm-up and the first averages)."""
+_DT_QUANTILE_STEP = 0.05
+"""Relative step of the streaming median of the sampling interval."""
+
+
+class AdaptiveBaseline:
+    """Learned state and estimators of one signal; the base of ``AdaptiveRule``.
+
+    The parameters below are set by the subclass's constructor (see
+    :class:`agent.core.adaptive.AdaptiveRule`); ``_active`` and the pending / clear
+    counters belong to its debounce but slow the learning while an anomaly is suspected.
+    """
+
+    signal: str
+    direction: Direction
+    raise_threshold: float
+    clear_threshold: float
+    fast_tau_s: float
+    scale_tau_s: float
+    slow_tau_s: float
+    drift_scale_tau_s: float
+    min_tau_samples: float
+    huber_k: float
+    anomaly_learning_weight: float
+    warmup_samples: int
+    warmup_s: float
+    drift_warmup_s: float
+    relearn_after_s: float
+    relearn_after_samples: float
+    max_weight_intervals: float
+    min_scale: float
+    min_rel_scale: float
+    scale_leak: float
+    seasonal_period_s: float | None
+    seasonal_bins: int
+    seasonal_tau_s: float
+    _active: bool
+
+    def _reset_all(self) -> None:
+        self._last_ts: float | None = None
+        self._last_x: float | None = None
+        self._dt_typ: float | None = None
+        self._resolution: float | None = None
+        self._s_f: float | None = None
+        self._s_d: float | None = None
+        self._last_clear_ts: float | None = None
+        self._m_s: float | None = None
+        self._start_ts: float | None = None
+        self._n_all = 0
+        self._gap_check = False
+        self._season_bins: list[float] | None = None
+        self._season_visits: list[float] | None = None
+        if self.seasonal_period_s is not None:
+            self._season_bins = [0.0] * self.seasonal_bins
+            self._season_visits = [0.0] * self.seasonal_bins
+        self._reset_levels(None)
+
+    def _reset_levels(self, ts: float | None) -> None:
+        self._reset_ts: float | None = ts
+        self._n = 0
+        self._m_f: float | None = None
+        self._pending_n = 0
+        self._pending_since: float | None = None
+        self._clear_n = 0
+        self._clear_since: float | None = None
+
+    def _is_long_gap(self, dt: float) -> bool:
+        limit = self.relearn_after_s
+        if self._dt_typ is not None:
+            limit = max(limit, self.relearn_after_samples * self._dt_typ)
+        return dt > limit
+
+    def _relearn(self, ts: float) -> None:
+        """After a long gap, relearn the fast level and restart the warm-up.
+
+        The long-term normal and the scales are kept until the warm-up ends; then
+        :meth:`_accept_gap_change` decides whether the level found after the gap is the
+        new normal or a departure to flag.
+        """
+        self._reset_levels(ts)
+        self._gap_check = True
+
+    def _accept_gap_change(self, ts: float) -> None:
+        """At the end of the warm-up after a long gap, accept a modest level change.
+
+        The level may legitimately move while nobody watches, so a change smaller than
+        ``raise_threshold`` noise SDs (or one in a direction not watched) becomes the new
+        long-term normal at once. A larger one is kept as a departure from the old normal,
+        which the drift score raises.
+        """
+        assert self._reset_ts is not None
+        if not self._gap_check or self._m_f is None or self._m_s is None:
+            return
+        if self._n < self.warmup_samples or ts - self._reset_ts < self.warmup_s:
+            return
+        self._gap_check = False
+        change = self._directional((self._m_f - self._m_s) / self._sd_fast())
+        if change < self.raise_threshold:  # includes any change in an unwatched direction
+            self._m_s = self._m_f
+
+    def _learn_interval(self, dt: float) -> None:
+        """Track the median sampling interval (multiplicative streaming quantile)."""
+        if dt <= 0:
+            return
+        if self._dt_typ is None:
+            self._dt_typ = dt
+        elif dt > self._dt_typ:
+            self._dt_typ *= 1 + _DT_QUANTILE_STEP
+        elif dt < self._dt_typ:
+            self._dt_typ *= 1 - _DT_QUANTILE_STEP
+
+    def _start(self, ts: float, x: float) -> None:
+        """First sample ever, or first after a long gap: the fast level starts here."""
+        self._reset_ts = ts
+        self._n = 1
+        self._m_f = x
+        if self._m_s is None:
+            self._m_s = x
+            self._start_ts = ts
+            self._n_all = 1
+        if self._s_f is None:
+            self._s_f = 0.0
+
+    def _tau(self, tau: float) -> float:
+        if self._dt_typ is None:
+            return tau
+        return max(tau, self.min_tau_samples * self._dt_typ)
+
+    def _alpha(self, tau: float, dt: float, n: int) -> float:
+        """Weight of the newest observation: decay by elapsed time, mean of the first n."""
+        dt_w = dt
+        if self._dt_typ is not None:
+            dt_w = min(dt, self.max_weight_intervals * self._dt_typ)
+        alpha = -math.expm1(-dt_w / self._tau(tau))
+        return max(alpha, 1.0 / max(n, 1))
+
+    def _floor(self) -> float:
+        level = abs(self._m_s) if self._m_s is not None else 0.0
+        floor = max(self.min_scale, self.min_rel_scale * level)
+        if self._resolution is not None:
+            floor = max(floor, self._resolution)
+        return max(floor, 1e-12)
+
+    def _sd_fast(self) -> float:
+        return max(_MEANABS_TO_SD * (self._s_f or 0.0), self._floor())
+
+    def _sd_drift(self, sd_f: float, ts: float) -> float:
+        level = abs(self._m_s) if self._m_s is not None else 0.0
+        floor = max(self.min_scale, self.min_rel_scale * level, 1e-12)
+        if self._dt_typ is not None:
+            # White-noise spread of the fast level: sd * sqrt(dt / (2 tau)).
+            floor = max(floor, sd_f * math.sqrt(self._dt_typ / (2 * self._tau(self.fast_tau_s))))
+        return max(_MEANABS_TO_SD * (self._s_d or 0.0), floor)
+
+    def _learn(self, x: float, dt: float, ts: float) -> None:
+        assert self._m_f is not None
+        assert self._m_s is not None
+        assert self._start_ts is not None
+        self._n = min(self._n + 1, _MAX_COUNT)
+        self._n_all = min(self._n_all + 1, _MAX_COUNT)
+        active = self._active
+        sd_f = self._sd_fast()
+        resid = x - self._m_f
+        # Noise scale: residuals beyond the raise threshold barely teach it.
+        warm = self._n_all <= self.warmup_samples or ts - self._start_ts < self.warmup_s
+        self._s_f = self._learn_scale(
+            self._s_f,
+            abs(resid),
+            sd_f,
+            gate=self.raise_threshold,
+            weight=self.anomaly_learning_weight if active else 1.0,
+            tau=self.scale_tau_s,
+            dt=dt,
+            warm=warm,
+        )
+        # Fast level: Huber-clipped (unclipped in warm-up), slowed while anomalous.
+        a = self._alpha(self.fast_tau_s, dt, self._n)
+        if self._n > self.warmup_samples:
+            bound = self.huber_k * sd_f
+            resid = max(-bound, min(bound, resid))
+        if active or self._pending_n > 0:
+            a *= self.anomaly_learning_weight
+        self._m_f += a * resid
+        # Slow level follows the fast one: this is the adaptation to a new normal.
+        a = self._alpha(self.slow_tau_s, dt, self._n_all)
+        self._m_s += a * (self._m_f - self._m_s)
+        # Normal spread of (fast - slow): a departure beyond the clear threshold barely
+        # teaches it, so a slow drift cannot teach itself to be normal.
+        self._s_d = self._learn_scale(
+            self._s_d,
+            abs(self._m_f - self._m_s),
+            self._sd_drift(self._sd_fast(), ts),
+            gate=self.clear_threshold,
+            weight=1.0,
+            tau=self.drift_scale_tau_s,
+            dt=dt,
+            warm=self._s_d is None or ts - self._start_ts < self.drift_warmup_s,
+        )
+
+    def _season_position(self, ts: float) -> tuple[int, int, float]:
+        """The two profile bins around ``ts`` and the interpolation weight of the second."""
+        assert self.seasonal_period_s is not None
+        phase = (ts % self.seasonal_period_s) / self.seasonal_period_s
+        u = phase * self.seasonal_bins - 0.5
+        lower = math.floor(u)
+        frac = u - lower
+        return lower % self.seasonal_bins, (lower + 1) % self.seasonal_bins, frac
+
+    def _season(self, ts: float) -> float:
+        """The learned daily profile at ``ts`` (zero mean over the period), or 0.
+
+        The profile is applied only where it is clearly larger than the noise: it is
+        shrunk to nothing while its spread is below half the noise SD and fully applied
+        from one noise SD on, so a signal without seasonality is not made noisier by a
+        profile of learned noise.
+        """
+        bins = self._season_bins
+        if bins is None:
+            return 0.0
+        count = len(bins)
+        mean = math.fsum(bins) / count
+        spread = math.sqrt(math.fsum((b - mean) ** 2 for b in bins) / count)
+        ratio = spread / self._sd_fast() if self._m_s is not None else 0.0
+        gain = min(1.0, max(0.0, 2.0 * ratio - 1.0))
+        if gain == 0.0:
+            return 0.0
+        i0, i1, frac = self._season_position(ts)
+        return gain * ((1 - frac) * bins[i0] + frac * bins[i1] - mean)
+
+    def _learn_season(self, x: float, ts: float, dt: float) -> None:
+        """Learn the profile from the departure of ``x`` from the slow level.
+
+        Each sample teaches the two bins around it (weighted by closeness). A bin's
+        time constant is ``seasonal_tau_s``; its first visits are plainly averaged.
+        Anomalous samples are not learned from.
+        """
+        if self._season_bins is None or self._m_s is None or self._m_f is None:
+            return
+        if self._active or self._pending_n > 0:
+            return
+        i0, i1, frac = self._season_position(ts)
+        bins, visits = self._season_bins, self._season_visits
+        assert visits is not None
+        dt_w = dt
+        if self._dt_typ is not None:
+            dt_w = min(dt, self.max_weight_intervals * self._dt_typ)
+        rate = -math.expm1(-dt_w * self.seasonal_bins / self.seasonal_tau_s)
+        predicted = (1 - frac) * bins[i0] + frac * bins[i1]
+        bound = self.huber_k * self._sd_fast()
+        err = max(-bound, min(bound, (x - self._m_s) - predicted))
+        for index, weight in ((i0, 1 - frac), (i1, frac)):
+            if weight <= 0:
+                continue
+            visits[index] = min(visits[index] + weight, _MAX_COUNT)
+            a = max(rate, 1.0 / max(visits[index], 1.0)) * weight
+            bins[index] += a * err
+
+    def _learn_scale(
+        self,
+        current: float | None,
+        deviation: float,
+        sd: float,
+        *,
+        gate: float,
+        weight: float,
+        tau: float,
+        dt: float,
+        warm: bool,
+    ) -> float:
+        """Update a mean-absolute-deviation scale robustly.
+
+        In warm-up every deviation counts in full. After it, a deviation below ``gate`` SDs
+        counts winsorised at ``huber_k`` SDs (times ``weight``); one beyond the gate counts
+        only at ``scale_leak`` (winsorised at the raise threshold): enough for a scale that
+        was learned too small to recover, too little for an anomaly to become normal.
+        """
+        old = current or 0.0
+        a = self._alpha(tau, dt, self._n_all)
+        if not warm:
+            if deviation < gate * sd:
+                a *= weight
+                deviation = min(deviation, self.huber_k * sd)
+            else:
+                a *= self.scale_leak
+                deviation = min(deviation, self.raise_threshold * sd)
+        return old + a * (deviation - old)
+
+    def _directional(self, z: float) -> float:
+        if self.direction == "up":
+            return max(z, 0.0)
+        if self.direction == "down":
+            return max(-z, 0.0)
+        return abs(z)
+
+    def _score(self, x: float, ts: float) -> tuple[float, str] | None:
+        """The sample's anomaly score (robust SDs) and its detector; None in warm-up."""
+        assert self._m_f is not None
+        assert self._m_s is not None
+        assert self._reset_ts is not None
+        if self._n < self.warmup_samples or ts - self._reset_ts < self.warmup_s:
+            return None
+        sd_f = self._sd_fast()
+        z_level = self._directional((x - self._m_f) / sd_f)
+        z_drift = 0.0
+        assert self._start_ts is not None
+        if ts - self._start_ts >= self.drift_warmup_s:
+            z_drift = self._directional((self._m_f - self._m_s) / self._sd_drift(sd_f, ts))
+        if z_drift > z_level:
+            return z_drift, "drift"
+        return z_level, "level"

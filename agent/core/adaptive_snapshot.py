@@ -1,0 +1,101 @@
+"""Snapshots of the adaptive fault rule's learned state: their fields and their validation.
+
+:meth:`agent.core.adaptive.AdaptiveRule.snapshot` stores :data:`FLOAT_STATE`,
+:data:`INT_STATE`, the daily profile and two flags as a small JSON-serialisable dict
+(version :data:`SNAPSHOT_VERSION`); :func:`parse_snapshot` checks one before it is
+restored, so corrupt or foreign state is ignored instead of poisoning the rule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+SNAPSHOT_VERSION = 1
+_MAX_STATE = 1e18
+"""A restored number beyond this cannot come from valid samples: the state is corrupt."""
+
+# Learned state kept in snapshots: numbers (None until known) and counters.
+FLOAT_STATE: tuple[str, ...] = (
+    "last_ts",
+    "last_x",
+    "dt_typ",
+    "reset_ts",
+    "start_ts",
+    "m_f",
+    "s_f",
+    "m_s",
+    "s_d",
+    "resolution",
+    "pending_since",
+    "clear_since",
+    "last_clear_ts",
+)
+INT_STATE: tuple[str, ...] = ("n", "n_all", "pending_n", "clear_n")
+
+
+def _parse_floats(value: Any, length: int | None) -> list[float] | bool | None:
+    """A list of ``length`` finite floats (None when no list is expected); False if invalid."""
+    if length is None:
+        return None if value is None else False
+    if not isinstance(value, list) or len(value) != length:
+        return False
+    out = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            return False
+        if not math.isfinite(item) or abs(item) > _MAX_STATE:
+            return False
+        out.append(float(item))
+    return out
+
+
+def parse_snapshot(state: Any, signal: str, season_bins: int | None) -> dict[str, Any] | None:
+    """Validate a snapshot; None when anything is missing, mistyped or not finite."""
+    if not isinstance(state, dict) or state.get("v") != SNAPSHOT_VERSION:
+        return None
+    if state.get("signal") != signal:
+        return None
+    parsed: dict[str, Any] = {}
+    for name in ("active", "gap_check"):
+        if not isinstance(state.get(name), bool):
+            return None
+        parsed[name] = state[name]
+    for name in FLOAT_STATE:
+        value = state.get(name)
+        if value is None:
+            parsed[name] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if not math.isfinite(value) or abs(value) > _MAX_STATE:
+            return None
+        parsed[name] = float(value)
+    for name in INT_STATE:
+        value = state.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return None
+        parsed[name] = value
+    for name in ("dt_typ", "s_f", "s_d", "resolution"):
+        if parsed[name] is not None and parsed[name] < 0:
+            return None
+    if parsed["n"] > 0 and (parsed["m_f"] is None or parsed["reset_ts"] is None):
+        return None
+    if parsed["n_all"] > 0 and (parsed["m_s"] is None or parsed["start_ts"] is None):
+        return None
+    if parsed["m_f"] is not None and (
+        parsed["m_s"] is None or parsed["n"] == 0 or parsed["start_ts"] is None
+    ):
+        return None
+    if (parsed["pending_n"] > 0) != (parsed["pending_since"] is not None):
+        return None
+    if (parsed["clear_n"] > 0) != (parsed["clear_since"] is not None):
+        return None
+    for name in ("season_bins", "season_visits"):
+        values = _parse_floats(state.get(name), season_bins)
+        if values is False:
+            return None
+        parsed[name] = values
+    if parsed["season_visits"] is not None and min(parsed["season_visits"]) < 0:
+        return None
+    return parsed

@@ -1,0 +1,88 @@
+"""What every ``fleetctl`` command shares: the global options' state, the API client,
+and output (tables for people, JSON for scripts).
+
+The root app (:mod:`fleet_server.fleetctl.cli`) mounts the sub-CLIs; they all import
+this module, never the root app, so the dependency goes one way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fleet_server.fleetctl.client import ApiClient, load_config
+
+console = Console()
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", "-n", help="at most this many rows (default: all)")
+]
+
+
+@dataclass
+class GlobalOptions:
+    """``--url`` and ``--token`` as given to the root command (None = not given)."""
+
+    url: str | None = None
+    token: str | None = None
+
+
+options = GlobalOptions()
+
+
+def client() -> ApiClient:
+    """An API client for the URL and token resolved from options, environment, file."""
+    return ApiClient(load_config(options.url, options.token))
+
+
+def when(value: Any) -> str:
+    """A timestamp for people (``YYYY-mm-dd HH:MM:SS``), ``-`` when empty."""
+    if not value:
+        return "-"
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
+    except ValueError:
+        return str(value)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
+    """Print ``rows`` as a table of ``columns`` (times and lists made readable)."""
+    out = Table(title=title, show_lines=False)
+    for index, col in enumerate(columns):
+        # The first column identifies the row: never cut it; fold the others.
+        out.add_column(col, no_wrap=index == 0, overflow="fold")
+    for row in rows:
+        cells = []
+        for col in columns:
+            value = row.get(col)
+            if col.endswith(("_at", "last_seen")):
+                value = when(value)
+            elif isinstance(value, list):
+                value = ",".join(map(str, value))
+            cells.append("-" if value is None else str(value))
+        out.add_row(*cells)
+    console.print(out)
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
+    """Print ``data`` as JSON for scripts, or through ``render`` for people."""
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        render(data)
+
+
+# The names the rollout sub-CLI reaches these by (it was written against the root module).
+_client = client
+_emit = emit
+_table = table
+_when = when
