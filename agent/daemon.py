@@ -10,43 +10,42 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import sqlite3
-import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from agent import __version__
+from agent.clock import Clock, SystemClock
 from agent.collectors import Collector, SystemCollector
+from agent.command_runners import DaemonCommands
 from agent.config import AgentConfig
 from agent.core.agent_core import AgentCore
-from agent.core.outputs import Output, PersistSeq, Publish, RunCommand
-from agent.core.reboot import PreviousRun, classify_start, recent_starts
+from agent.core.outputs import Output, Publish, RunCommand
+from agent.core.reboot import classify_start, recent_starts
 from agent.core.rules import build_rules
 from agent.core.schedule import Backoff, Schedule
 from agent.core.sequence import SeqAllocator
+from agent.delivery import Delivery
 from agent.logs import RingHandler
+from agent.output_applier import OutputApplier
 from agent.safe_mode import install as install_safe_mode
 from agent.sdnotify import Notifier
+from agent.startup import machine_boot_id, mqtt_settings, open_outbox, previous_run
 from agent.state import StateFile, atomic_write
-from agent.store import Limits, Outbox, SqliteOutbox
-from agent.transport import MqttSettings, MqttTransport, Transport, TransportEvents
+from agent.store import Limits, Outbox
+from agent.transport import MqttTransport, Transport, TransportEvents
+from agent.update_host import DaemonUpdateHost, UpdateRequests
 from protocol import (
     SCHEMA_VERSION,
     CheckUpdate,
     Install,
     Kind,
     PresenceState,
-    RebootReason,
     Sample,
-    encode,
     topic,
 )
 
@@ -54,57 +53,15 @@ if TYPE_CHECKING:
     from agent.renewal import CertificateRenewal
     from agent.updater import Updater
 
+__all__ = ["AgentDaemon", "sanitize"]
+
 log = logging.getLogger("agent")
 
 SHUTDOWN_DRAIN_S = 5.0
 """At SIGTERM, how long to keep delivering queued messages before disconnecting."""
 STATUS_FILE = "status.json"
 MAX_LOOP_WAIT_S = 1.0
-RENEWAL_CHECK_S = 3600.0
-"""How often a connected agent checks whether its certificate is due for renewal."""
 MAX_CONSECUTIVE_FAILURES = 30
-
-
-class Clock(Protocol):
-    """Time source of the daemon (the simulator and tests may substitute their own)."""
-
-    def monotonic(self) -> float:
-        """Seconds on a clock that never jumps (scheduling)."""
-        ...
-
-    def time(self) -> float:
-        """Wall-clock Unix seconds (message timestamps)."""
-        ...
-
-    def sleep(self, seconds: float) -> None:
-        """Wait (only used while no connection exists)."""
-        ...
-
-
-class SystemClock:
-    """The real clock."""
-
-    def monotonic(self) -> float:
-        """``time.monotonic()``."""
-        return time.monotonic()
-
-    def time(self) -> float:
-        """``time.time()``."""
-        return time.time()
-
-    def sleep(self, seconds: float) -> None:
-        """``time.sleep()``."""
-        time.sleep(seconds)
-
-
-def machine_boot_id() -> str | None:
-    """The kernel's id of the current boot: tells a machine reboot from an agent restart,
-    and unlike the boot time it does not move when NTP steps the clock."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
 
 
 _SAMPLE_DECODER = msgspec.json.Decoder(Sample)
@@ -128,59 +85,6 @@ def sanitize(sample: Sample) -> Sample:
             continue
         good[name] = value
     return Sample(**good)
-
-
-class _UpdateHost:
-    """The daemon as seen by the updater's worker thread (everything goes through queues
-    the loop thread drains, so the core and the outbox stay single-threaded)."""
-
-    def __init__(self, daemon: AgentDaemon) -> None:
-        self.daemon = daemon
-
-    def _deliver(self, make: Callable[[float], list[Output]]) -> None:
-        from agent.updater import Interrupted
-
-        done = threading.Event()
-        self.daemon._update_events.put((make, done))
-        while not done.wait(0.5):
-            if self.daemon.stopping:
-                raise Interrupted("agent stopping before the update report was queued")
-
-    def emit(self, fields: dict[str, Any]) -> None:
-        """Queue the event for the loop and wait until it is in the on-disk outbox."""
-        core = self.daemon.core
-        self._deliver(lambda now: core.update_state(now, **fields))
-
-    def ack(self, command_id: str, ok: bool, detail: str, result: dict[str, Any]) -> None:
-        """Acknowledge the command's outcome (also waits until it is in the outbox)."""
-        core = self.daemon.core
-        self._deliver(
-            lambda now: core.command_result(command_id, now, ok=ok, detail=detail, result=result)
-        )
-
-    def server_reachable(self) -> bool:
-        """Connected to the broker (``online`` presence is sent on every connect)."""
-        return self.daemon.connected_since is not None
-
-    def request_restart(self, reboot: bool) -> None:
-        """Ask the loop to restart the agent (or the device) to boot the new slot."""
-        self.daemon._restart_requests.put(reboot)
-
-    def crash(self) -> None:
-        """Die at once, like a crash (no clean stop recorded)."""
-        from agent.updater import EXIT_SIMULATED_CRASH
-
-        log.error("exiting abruptly: simulated crash on boot")
-        logging.shutdown()
-        os._exit(EXIT_SIMULATED_CRASH)
-
-
-@dataclass
-class _Link:
-    """Delivery bookkeeping of the current connection."""
-
-    cursor: int = -1
-    inflight: dict[int, int | None] | None = None
 
 
 class AgentDaemon:
@@ -215,28 +119,29 @@ class AgentDaemon:
         self.topics = {kind: topic(config.device_id, kind) for kind in Kind}
         self._stop = threading.Event()
         self._results: queue.Queue[tuple[str, bool, str, dict[str, Any]]] = queue.Queue()
-        self._acked: list[int] = []
         self._todo: list[RunCommand] = []
-        self._update_events: queue.Queue[
-            tuple[Callable[[float], list[Output]], threading.Event]
-        ] = queue.Queue()
-        self._restart_requests: queue.Queue[bool] = queue.Queue()
+        self.update_requests = UpdateRequests()
+        self.applier = OutputApplier(
+            config.device_id,
+            self.outbox,
+            persist_seq=lambda reserved: self.state.save(seq_reserved=reserved),
+            send_direct=lambda _kind, name, payload, retain: self.delivery.send_direct(
+                name, payload, retain
+            ),
+            # Run outside the transport's callbacks (never re-enter the MQTT loop).
+            run=self._todo.append,
+        )
         self.exit_code = 0
         """What ``fleet-agent run`` exits with (``EXIT_RESTART`` after an update switch)."""
         self.loop_errors_total = 0
-        self.runners: dict[str, Callable[[RunCommand], None]] = {
-            "reboot": self._reboot,
-            "collect_diagnostics": self._start_diagnostics,
-            "install_certificate": self._install_certificate,
-        }
+        self.commands = DaemonCommands(self)
+        self.runners: dict[str, Callable[[RunCommand], None]] = self.commands.runners()
         self.renewal: CertificateRenewal | None = None
         if config.tls.bundle:
             # Imported only when used: cryptography costs ~8 MB of RSS on every device.
             from agent.renewal import CertificateRenewal
 
             self.renewal = CertificateRenewal(config.tls.bundle)
-        self._renewal_check_at = 0.0
-        self._link = _Link(inflight={})
         self.connected_since: float | None = None
         backoff_max = config.reconnect_max_s if reconnect_max_s is None else reconnect_max_s
         self.backoff = Backoff(
@@ -252,7 +157,7 @@ class AgentDaemon:
             self.updater = Updater(
                 config.updates,
                 self.state_dir,
-                _UpdateHost(self),
+                DaemonUpdateHost(self),
                 agent_version=__version__,
                 tls=config.tls,
             )
@@ -262,7 +167,7 @@ class AgentDaemon:
 
         wall = self.clock.time()
         kernel_boot = machine_boot_id()
-        previous = _previous_run(data)
+        previous = previous_run(data)
         self.reboot_reason = classify_start(previous, kernel_boot)
         starts = recent_starts(list(data.get("starts", [])), wall)
         max_seq = self.outbox.max_seq()
@@ -310,7 +215,7 @@ class AgentDaemon:
             len(stashed),
         )
         slot = self.updater.slots.status().running if self.updater is not None else None
-        self._apply(
+        self.apply(
             self.core.boot(
                 wall, self.reboot_reason, previous.boot_id if previous else None, slot=slot
             )
@@ -323,10 +228,11 @@ class AgentDaemon:
             on_message=self._on_message,
         )
         if transport is None:
-            transport = MqttTransport(_mqtt_settings(config), events, queue_depth=self.outbox.depth)
+            transport = MqttTransport(mqtt_settings(config), events, queue_depth=self.outbox.depth)
         else:
             transport.events = events
         self.transport = transport
+        self.delivery = Delivery(self.outbox, transport)
         self.schedule = Schedule(
             config.sample_interval_s, config.publish_interval_s, self.clock.monotonic()
         )
@@ -336,37 +242,18 @@ class AgentDaemon:
 
     # --- outputs of the core ---------------------------------------------------------
 
-    def _apply(self, outputs: list[Output]) -> None:
-        for out in outputs:
-            if isinstance(out, PersistSeq):
-                self.state.save(seq_reserved=out.reserved_until)
-            elif isinstance(out, Publish):
-                payload = encode(out.message)
-                if out.durable:
-                    self.outbox.put(
-                        out.message.seq,
-                        self.topics[out.kind],
-                        payload,
-                        out.message.ts,
-                        out.samples,
-                        clear_stash=out.kind is Kind.TELEMETRY,
-                    )
-                else:
-                    mid = self.transport.publish(self.topics[out.kind], payload, retain=out.retain)
-                    if mid is not None and self._link.inflight is not None:
-                        self._link.inflight[mid] = None
-            elif isinstance(out, RunCommand):
-                # Run outside the transport's callbacks (never re-enter the MQTT loop).
-                self._todo.append(out)
+    def apply(self, outputs: list[Output]) -> None:
+        """Carry out the core's outputs (the agent's one output applier)."""
+        self.applier.apply(outputs)
 
     # --- transport callbacks ---------------------------------------------------------
 
     def _on_connected(self) -> None:
         self.backoff.reset()
         self.connected_since = self.clock.time()
-        self._link = _Link(inflight={})
+        self.delivery.reset()
         log.info("connected to %s", self.config.broker_url)
-        self._apply(
+        self.apply(
             self.core.presence(PresenceState.ONLINE, self.clock.time(), self.config.keepalive_s)
         )
         self._write_status()
@@ -375,25 +262,17 @@ class AgentDaemon:
         if self.connected_since is not None:
             log.warning("connection to %s lost: %s", self.config.broker_url, reason)
         self.connected_since = None
-        self._link = _Link(inflight={})
+        self.delivery.reset()
         self._reconnect_at = self.clock.monotonic() + self.backoff.next_delay()
         self._write_status()
 
     def _on_published(self, mid: int, ok: bool) -> None:
-        inflight = self._link.inflight or {}
-        if mid not in inflight:
-            return
-        seq = inflight.pop(mid)
-        if seq is None:
-            return
-        if not ok:
-            log.error("broker refused message seq %d; dropping it", seq)
-        self._acked.append(seq)
+        self.delivery.on_published(mid, ok)
 
     def _on_message(self, topic_name: str, payload: bytes) -> None:
         if topic_name != self.topics[Kind.COMMAND]:
             return
-        self._apply(self.core.on_command_payload(payload, self.clock.time()))
+        self.apply(self.core.on_command_payload(payload, self.clock.time()))
 
     # --- commands --------------------------------------------------------------------
 
@@ -417,126 +296,9 @@ class AgentDaemon:
             return
         runner(cmd)
 
-    def _check_renewal(self, mono: float, wall: float) -> None:
-        """Ask for a renewed certificate once it is due (checked hourly while connected)."""
-        if self.renewal is None or not self.transport.connected or mono < self._renewal_check_at:
-            return
-        self._renewal_check_at = mono + RENEWAL_CHECK_S
-        try:
-            if not self.renewal.due(datetime.fromtimestamp(wall, UTC)):
-                return
-            csr = self.renewal.csr()
-        except (OSError, ValueError) as exc:  # BundleError is a ValueError
-            log.error("certificate renewal: cannot read the credentials: %s", exc)
-            return
-        log.info("certificate renewal due: sending a certificate request")
-        self._apply(self.core.certificate_request(csr, wall))
-
-    def _install_certificate(self, cmd: RunCommand) -> None:
-        if self.renewal is None:
-            self.report(cmd.command_id, False, "no [tls] bundle configured")
-            return
-        try:
-            bundle = self.renewal.install_pem(cmd.params["certificate"], cmd.params["ca_chain"])
-        except (OSError, ValueError) as exc:  # BundleError is a ValueError
-            log.error("certificate renewal: refused the new certificate: %s", exc)
-            self.report(cmd.command_id, False, str(exc)[:500])
-            return
-        serial = f"{bundle.certificate.serial_number:x}"
-        log.info(
-            "certificate renewed (serial %s, until %s); reconnecting", serial, bundle.not_after
-        )
-        self.report(cmd.command_id, True, result={"serial": serial})
-        # The transport builds a new TLS context on every connect: reconnect to use it.
-        self.transport.disconnect()
+    def reconnect_now(self) -> None:
+        """Connect again at the next loop iteration (e.g. with a renewed certificate)."""
         self._reconnect_at = 0.0
-
-    def _start_diagnostics(self, cmd: RunCommand) -> None:
-        # Gather state here, in the loop's thread; only packing and upload run aside.
-        sections = self.diagnostics_sections()
-        lines = list(self.ring.lines) if self.ring else []
-        threading.Thread(
-            target=self._diagnostics_worker,
-            args=(cmd, sections, lines),
-            name="diagnostics",
-            daemon=True,
-        ).start()
-
-    def _reboot(self, cmd: RunCommand) -> None:
-        last = dict(self.state.data.get("last_run") or {})
-        self.state.save(last_run={**last, "intended": int(RebootReason.REMOTE_COMMAND)})
-        self._flush(self.clock.time())
-        self._drain(2.0)
-        log.warning(
-            "rebooting on command %s: %s", cmd.command_id, " ".join(self.config.reboot_command)
-        )
-        ok, detail = self._run_reboot_command()
-        if not ok:
-            self.state.save(last_run={**last, "intended": None})
-        self._apply(
-            self.core.command_result(
-                cmd.command_id,
-                self.clock.time(),
-                ok=ok,
-                detail=detail if not ok else "reboot initiated",
-            )
-        )
-
-    def _run_reboot_command(self) -> tuple[bool, str]:
-        try:
-            result = subprocess.run(
-                list(self.config.reboot_command), capture_output=True, text=True, timeout=20
-            )
-            ok, detail = result.returncode == 0, (result.stderr or result.stdout).strip()[-500:]
-            if not ok:
-                detail = f"reboot command exited {result.returncode}: {detail}"
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            ok, detail = False, f"reboot command failed: {exc}"
-        if not ok:
-            log.error("%s", detail)
-        return ok, detail
-
-    def _restart_for_update(self, reboot: bool) -> None:
-        """Boot the freshly switched slot: reboot the device, or exit so systemd restarts
-        the agent (``EXIT_RESTART``), after delivering what is queued."""
-        from agent.updater import EXIT_RESTART
-
-        last = dict(self.state.data.get("last_run") or {})
-        self.state.save(last_run={**last, "intended": int(RebootReason.FIRMWARE_UPDATE)})
-        if reboot:
-            self._flush(self.clock.time())
-            self._drain(2.0)
-            ok, detail = self._run_reboot_command()
-            if ok:
-                return
-            log.error("cannot reboot for the update (%s); restarting the agent instead", detail)
-        log.warning("restarting the agent to boot the new slot")
-        self.exit_code = EXIT_RESTART
-        self.request_stop()
-
-    def _diagnostics_worker(
-        self, cmd: RunCommand, sections: dict[str, Any], lines: list[str]
-    ) -> None:
-        from agent.diagnostics import DiagnosticsError, build_bundle, deliver
-
-        try:
-            bundle = build_bundle(
-                log_lines=lines,
-                sections=sections,
-                max_bytes=self.config.diagnostics_max_bytes,
-            )
-            result = deliver(
-                bundle,
-                upload_url=cmd.params.get("upload_url"),
-                state_dir=self.state_dir,
-                device_id=self.config.device_id,
-            )
-            self.report(cmd.command_id, True, "diagnostics bundle delivered", result.as_dict())
-        except (DiagnosticsError, OSError) as exc:
-            self.report(cmd.command_id, False, str(exc))
-        except Exception as exc:  # report every failure as a failed ack, never crash
-            log.exception("diagnostics failed")
-            self.report(cmd.command_id, False, f"diagnostics failed: {exc}")
 
     def diagnostics_sections(self) -> dict[str, Any]:
         """What goes into a diagnostics bundle besides the logs."""
@@ -614,27 +376,22 @@ class AgentDaemon:
         sample = sanitize(self.collector.collect(wall))
         self.outbox.stash(msgspec.json.encode(sample))
         outputs = self.core.on_sample(sample)
-        self._apply(outputs)
+        self.apply(outputs)
         if any(isinstance(o, Publish) and o.kind is Kind.EVENT for o in outputs):
             # A fault was raised or cleared: persist rule state now, so a crash does not
             # make the next run raise (or clear) it again.
             self.state.save(core=self.core.snapshot())
 
-    def _flush(self, wall: float) -> None:
-        self._apply(self.core.flush(wall, self.outbox.dropped_samples))
+    def flush(self, wall: float) -> None:
+        """Turn the pending samples into a telemetry batch in the outbox."""
+        self.apply(self.core.flush(wall, self.outbox.dropped_samples))
 
     def _connect(self) -> None:
-        will: list[Output] = []
-        for out in self.core.presence(
-            PresenceState.OFFLINE, self.clock.time(), self.config.keepalive_s
-        ):
-            if isinstance(out, PersistSeq):
-                self._apply([out])
-            else:
-                will.append(out)
-        assert isinstance(will[0], Publish)
+        will = self.applier.last_will(
+            self.core.presence(PresenceState.OFFLINE, self.clock.time(), self.config.keepalive_s)
+        )
         try:
-            self.transport.connect(self.topics[Kind.PRESENCE], encode(will[0].message))
+            self.transport.connect(self.topics[Kind.PRESENCE], will)
         except OSError as exc:
             delay = self.backoff.next_delay()
             self._reconnect_at = self.clock.monotonic() + delay
@@ -642,38 +399,16 @@ class AgentDaemon:
             # minute, how much is queued); only the retry delay is left to say.
             log.debug("cannot reach %s (%s); retrying in %.1fs", self.config.broker_url, exc, delay)
 
-    def _pump(self) -> None:
-        """Send queued messages in seq order, keeping at most the inflight window open."""
-        if not self.transport.connected or self._link.inflight is None:
-            return
-        window = 20 - len(self._link.inflight)
-        while window > 0:
-            rows = self.outbox.after(self._link.cursor, window)
-            if not rows:
-                return
-            for q in rows:
-                mid = self.transport.publish(q.topic, q.payload)
-                if mid is None:
-                    return
-                self._link.inflight[mid] = q.seq
-                self._link.cursor = q.seq
-                window -= 1
-
-    def _commit_acks(self) -> None:
-        if self._acked:
-            acked, self._acked = self._acked, []
-            self.outbox.ack(acked)
-
     def step(self) -> None:
         """One iteration: run what is due, send, then wait for I/O until the next deadline."""
         mono, wall = self.clock.monotonic(), self.clock.time()
         if not self.transport.busy and mono >= self._reconnect_at:
             self._connect()
-        self._check_renewal(mono, wall)
+        self.commands.check_renewal(mono, wall)
         if self.schedule.sample.due(mono):
             self._sample(wall)
         if self.schedule.publish.due(mono):
-            self._flush(wall)
+            self.flush(wall)
             self.outbox.prune(wall)
             self.state.save(core=self.core.snapshot())
             self._write_status()
@@ -682,26 +417,16 @@ class AgentDaemon:
                 command_id, ok, detail, result = self._results.get_nowait()
             except queue.Empty:
                 break
-            self._apply(
+            self.apply(
                 self.core.command_result(command_id, wall, ok=ok, detail=detail, result=result)
             )
-        while True:
-            try:
-                make, done = self._update_events.get_nowait()
-            except queue.Empty:
-                break
-            self._apply(make(wall))
-            done.set()
-        while True:
-            try:
-                reboot = self._restart_requests.get_nowait()
-            except queue.Empty:
-                break
-            self._restart_for_update(reboot)
+        self.update_requests.drain_reports(wall, self.apply)
+        for reboot in self.update_requests.drain_restarts():
+            self.commands.restart_for_update(reboot)
         if self.notifier.watchdog_interval is not None and mono >= self._watchdog_at:
             self.notifier.watchdog()
             self._watchdog_at = mono + self.notifier.watchdog_interval
-        self._pump()
+        self.delivery.pump()
         deadline = self.schedule.next_deadline()
         if not self.transport.busy:
             deadline = min(deadline, self._reconnect_at)
@@ -712,7 +437,7 @@ class AgentDaemon:
             self.transport.loop(wait)
         elif wait > 0:
             self.clock.sleep(wait)
-        self._commit_acks()
+        self.delivery.commit_acks()
         while self._todo and not self._stop.is_set():
             self._run_command(self._todo.pop(0))
 
@@ -740,14 +465,14 @@ class AgentDaemon:
         finally:
             self.shutdown()
 
-    def _drain(self, seconds: float) -> None:
+    def drain(self, seconds: float) -> None:
         """Keep delivering until the outbox is empty or ``seconds`` passed."""
         deadline = self.clock.monotonic() + seconds
         while self.transport.connected and self.clock.monotonic() < deadline:
-            self._pump()
+            self.delivery.pump()
             self.transport.loop(0.05)
-            self._commit_acks()
-            if self.outbox.depth() == 0 and not self._link.inflight:
+            self.delivery.commit_acks()
+            if self.delivery.settled:
                 return
 
     def shutdown(self) -> None:
@@ -757,17 +482,17 @@ class AgentDaemon:
         if self.updater is not None:
             self.updater.close()
         wall = self.clock.time()
-        self._flush(wall)
+        self.flush(wall)
         if self.transport.connected:
-            self._drain(SHUTDOWN_DRAIN_S)
-            self._apply(
+            self.drain(SHUTDOWN_DRAIN_S)
+            self.apply(
                 self.core.presence(
                     PresenceState.OFFLINE, self.clock.time(), self.config.keepalive_s
                 )
             )
-            self._drain(1.0)
+            self.drain(1.0)
         self.transport.disconnect()
-        self._commit_acks()
+        self.delivery.commit_acks()
         last = dict(self.state.data.get("last_run") or {})
         self.state.save(
             core=self.core.snapshot(),
@@ -779,57 +504,3 @@ class AgentDaemon:
         self._write_status()
         log.info("stopped cleanly; %d messages stay queued", self.outbox.depth())
         self.outbox.close()
-
-
-def open_outbox(path: Path, limits: Limits) -> SqliteOutbox:
-    """Open the outbox; a corrupt database is set aside (kept for inspection, never
-    deleted) and a fresh one started, so storage damage cannot stop the agent for good."""
-    try:
-        return SqliteOutbox(path, limits)
-    except sqlite3.DatabaseError as exc:
-        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-        log.error("outbox %s is unreadable (%s); moved to %s, starting a new one", path, exc, aside)
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(str(path) + suffix)
-            if source.exists():
-                os.replace(source, Path(str(aside) + suffix))
-        return SqliteOutbox(path, limits)
-
-
-def _previous_run(data: dict[str, Any]) -> PreviousRun | None:
-    last = data.get("last_run")
-    if not isinstance(last, dict):
-        return None
-    intended = last.get("intended")
-    try:
-        reason = RebootReason(intended) if isinstance(intended, int) else None
-    except ValueError:
-        reason = None
-    kernel_boot = last.get("machine_boot_id")
-    boot_id = last.get("boot_id")
-    return PreviousRun(
-        boot_id=boot_id if isinstance(boot_id, str) else None,
-        machine_boot_id=kernel_boot if isinstance(kernel_boot, str) else None,
-        clean_stop=last.get("clean_stop") is True,
-        intended=reason,
-    )
-
-
-def _mqtt_settings(config: AgentConfig) -> MqttSettings:
-    password = None
-    if config.password_file is not None:
-        password = config.password_file.read_text().strip()
-    return MqttSettings(
-        host=config.broker_host,
-        port=config.broker_port,
-        client_id=config.device_id,
-        command_topic=topic(config.device_id, Kind.COMMAND),
-        keepalive=config.keepalive_s,
-        mqtt_version=config.mqtt_version,
-        tls=config.broker_tls,
-        ca=config.tls.ca,
-        cert=config.tls.cert,
-        key=config.tls.key,
-        username=config.username,
-        password=password,
-    )

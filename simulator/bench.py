@@ -149,6 +149,9 @@ class _Host:
     def crash(self) -> None:  # pragma: no cover - restart "none"
         raise RuntimeError("the bench runs updates with restart = none")
 
+    def rolled_back(self) -> None:
+        pass
+
 
 def _settings(base_url: str, root: Path, revision: str, model: str) -> UpdatesConfig:
     return UpdatesConfig(

@@ -255,7 +255,7 @@ class Demo:
         from simulator.scenario import load_scenario
         from simulator.server_api import ServerRegistrar
         from simulator.timeline import Timeline
-        from simulator.updates import SimUpdater, TufTargets, UpdateTiming
+        from simulator.update_backends import DeviceUpdates, TufTargets, UpdateTiming
 
         say = self.say
         say.step(
@@ -288,7 +288,7 @@ class Demo:
         devices = build_devices(scenario, agent_settings(scenario), fleet=fleet, timeline=timeline)
         timing = UpdateTiming(**TIMING)
         for device in devices:
-            SimUpdater(
+            DeviceUpdates(
                 source,
                 hardware_revision=device.spec.hardware_revision,
                 model=device.spec.model,

@@ -35,9 +35,10 @@ import msgspec
 
 from agent.adapters.slots import SimulatedSlots
 from agent.core.agent_core import AgentCore
-from agent.core.outputs import Output, PersistSeq, Publish, RunCommand
+from agent.core.outputs import Output, Publish, RunCommand
 from agent.core.rules import build_rules
 from agent.core.sequence import SeqAllocator
+from agent.output_applier import OutputApplier
 from agent.store import Limits, MemoryOutbox
 from protocol import (
     Boot,
@@ -47,7 +48,6 @@ from protocol import (
     PresenceState,
     RebootReason,
     Sample,
-    encode,
     topic,
 )
 from simulator.hardware import SimulatedHardware
@@ -132,7 +132,7 @@ Runner = Callable[["SimDevice", RunCommand, float], None]
 
 
 class DeviceExtension(Protocol):
-    """Timed work a device carries beside the agent core (the simulated updater)."""
+    """Timed work a device carries beside the agent core (the agent's update driver)."""
 
     def on_boot(self, device: SimDevice, t: float) -> None:
         """Called after every start, once the new agent core runs."""
@@ -176,12 +176,22 @@ class SimDevice:
             Limits(self.settings.buffer_max_bytes, self.settings.buffer_max_age_s)
         )
         self.slots = SimulatedSlots(self.settings.software_version)
+        self._todo: list[RunCommand] = []
+        self._pending_direct: list[tuple[Kind, bytes, bool]] = []
+        self.applier = OutputApplier(
+            spec.device_id,
+            self.outbox,
+            persist_seq=self._persist_seq,
+            send_direct=self._send_direct,
+            run=self._todo.append,
+            observe=self._count_faults,
+        )
         self.stats = DeviceStats()
         self.index = 0
         """Position in the engine's device list (set by the live engine)."""
         self.runners: dict[str, Runner] = {"reboot": _run_reboot}
         self.extensions: list[DeviceExtension] = []
-        """Timed work beside the core, e.g. :class:`simulator.updates.SimUpdater`."""
+        """Timed work beside the core, e.g. :class:`simulator.update_backends.DeviceUpdates`."""
         self._fault_config = self.settings.fault_config()
         build_rules(self._fault_config)  # fail early on a bad [faults] table
         # the device's "disk": survives reboots
@@ -194,8 +204,6 @@ class SimDevice:
         self.core: AgentCore | None = None
         self._connected = False
         self._will: bytes | None = None
-        self._todo: list[RunCommand] = []
-        self._pending_direct: list[tuple[Kind, bytes, bool]] = []
         self._cursor = -1
         self.t = float(start)
         self._start = float(start)
@@ -258,7 +266,7 @@ class SimDevice:
                 message = msgspec.structs.replace(item.message, slot=status.running)
                 item = replace(item, message=message)
             out.append(item)
-        self._apply(out)
+        self.apply(out)
         self._last_boot_id = boot_id
         for extension in self.extensions:
             extension.on_boot(self, t)
@@ -272,32 +280,24 @@ class SimDevice:
 
     # --- outputs of the core -----------------------------------------------------------
 
-    def _apply(self, outputs: list[Output]) -> None:
-        for out in outputs:
-            if isinstance(out, PersistSeq):
-                self._seq_reserved = out.reserved_until
-            elif isinstance(out, Publish):
-                msg = out.message
-                if isinstance(msg, FaultRaised):
-                    self.stats.faults_raised += 1
-                    self.stats.open_faults[msg.code] = msg.ts
-                elif isinstance(msg, FaultCleared):
-                    self.stats.faults_cleared += 1
-                    self.stats.open_faults.pop(msg.code, None)
-                payload = encode(msg)
-                if out.durable:
-                    self.outbox.put(
-                        msg.seq,
-                        self.topics[out.kind],
-                        payload,
-                        msg.ts,
-                        out.samples,
-                        clear_stash=out.kind is Kind.TELEMETRY,
-                    )
-                else:
-                    self._pending_direct.append((out.kind, payload, out.retain))
-            elif isinstance(out, RunCommand):
-                self._todo.append(out)
+    def apply(self, outputs: list[Output]) -> None:
+        """Carry out the agent core's outputs (the agent's one output applier)."""
+        self.applier.apply(outputs)
+
+    def _persist_seq(self, reserved_until: int) -> None:
+        self._seq_reserved = reserved_until
+
+    def _send_direct(self, kind: Kind, topic_name: str, payload: bytes, retain: bool) -> None:
+        self._pending_direct.append((kind, payload, retain))
+
+    def _count_faults(self, out: Publish) -> None:
+        msg = out.message
+        if isinstance(msg, FaultRaised):
+            self.stats.faults_raised += 1
+            self.stats.open_faults[msg.code] = msg.ts
+        elif isinstance(msg, FaultCleared):
+            self.stats.faults_cleared += 1
+            self.stats.open_faults.pop(msg.code, None)
 
     # --- stepping ----------------------------------------------------------------------
 
@@ -347,7 +347,7 @@ class SimDevice:
             self.outbox.stash(_SAMPLE_ENCODER.encode(sample))
             self.stats.samples += 1
             outputs = core.on_sample(sample)
-            self._apply(outputs)
+            self.apply(outputs)
             if any(isinstance(o, Publish) and o.kind is Kind.EVENT for o in outputs):
                 self._saved_core = core.snapshot()
         if self.t >= self._next_publish - 1e-9:
@@ -355,7 +355,7 @@ class SimDevice:
                 self._next_publish, self.settings.publish_interval_s, self.t
             )
             wall = self.device_time()
-            self._apply(core.flush(wall, self.outbox.dropped_samples))
+            self.apply(core.flush(wall, self.outbox.dropped_samples))
             self.outbox.prune(wall)
             self._saved_core = core.snapshot()
         for extension in self.extensions:
@@ -373,7 +373,7 @@ class SimDevice:
             cmd = self._todo.pop(0)
             runner = self.runners.get(cmd.kind)
             if runner is None:
-                self._apply(
+                self.apply(
                     self.core.command_result(
                         cmd.command_id,
                         self.device_time(),
@@ -388,13 +388,13 @@ class SimDevice:
     def stop(self) -> None:
         """A clean agent stop: the pending samples become a batch in the outbox."""
         if self.core is not None:
-            self._apply(self.core.flush(self.device_time(), self.outbox.dropped_samples))
+            self.apply(self.core.flush(self.device_time(), self.outbox.dropped_samples))
             self._saved_core = self.core.snapshot()
 
     def say_offline(self) -> None:
         """Queue the explicit ``offline`` presence of a clean stop (sent while connected)."""
         if self.core is not None:
-            self._apply(
+            self.apply(
                 self.core.presence(
                     PresenceState.OFFLINE, self.device_time(), self.settings.keepalive_s
                 )
@@ -422,23 +422,16 @@ class SimDevice:
     def will_payload(self) -> bytes:
         """Build the retained ``offline`` last will for a new connection (uses a seq)."""
         assert self.core is not None
-        will: list[Output] = []
-        for out in self.core.presence(
-            PresenceState.OFFLINE, self.device_time(), self.settings.keepalive_s
-        ):
-            if isinstance(out, PersistSeq):
-                self._seq_reserved = out.reserved_until
-            else:
-                will.append(out)
-        assert isinstance(will[0], Publish)
-        self._will = encode(will[0].message)
+        self._will = self.applier.last_will(
+            self.core.presence(PresenceState.OFFLINE, self.device_time(), self.settings.keepalive_s)
+        )
         return self._will
 
     def on_connected(self) -> None:
         """The link came up: announce ``online`` (retained, not queued)."""
         self._connected = True
         if self.core is not None:
-            self._apply(
+            self.apply(
                 self.core.presence(
                     PresenceState.ONLINE, self.device_time(), self.settings.keepalive_s
                 )
@@ -454,7 +447,7 @@ class SimDevice:
     def on_command(self, payload: bytes) -> None:
         """A payload arrived on the device's command topic."""
         if self.core is not None:
-            self._apply(self.core.on_command_payload(payload, self.device_time()))
+            self.apply(self.core.on_command_payload(payload, self.device_time()))
 
     def _sync_link(self, link: Link) -> None:
         """Deliver what is queued while the link is up: direct messages first, then the
@@ -508,8 +501,8 @@ def _run_reboot(device: SimDevice, cmd: RunCommand, t: float) -> None:
     core = device.core
     assert core is not None
     wall = device.device_time()
-    device._apply(core.flush(wall, device.outbox.dropped_samples))
-    device._apply(core.command_result(cmd.command_id, wall, ok=True, detail="reboot initiated"))
+    device.apply(core.flush(wall, device.outbox.dropped_samples))
+    device.apply(core.command_result(cmd.command_id, wall, ok=True, detail="reboot initiated"))
     device.reboot(RebootReason.REMOTE_COMMAND)
 
 

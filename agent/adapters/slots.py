@@ -54,8 +54,9 @@ class Slots(Protocol):
         """Current slot layout."""
         ...
 
-    def install(self, source: Path, version: str) -> None:
-        """Replace the inactive slot's content with ``source`` (a directory)."""
+    def install(self, source: Path | None, version: str) -> None:
+        """Replace the inactive slot's content with ``source`` (a directory; None for a
+        back-end that keeps no files)."""
         ...
 
     def switch_for_trial(self) -> None:
@@ -137,9 +138,11 @@ class DirectorySlots:
             inactive=_other(running),
         )
 
-    def install(self, source: Path, version: str) -> None:
+    def install(self, source: Path | None, version: str) -> None:
         """Copy ``source`` into the inactive slot; ``VERSION`` is written last, so a slot
         whose copy was interrupted never claims the new version."""
+        if source is None:
+            raise SlotError("directory slots need the unpacked payload to install")
         status = self.status()
         if status.in_trial:
             raise SlotError("cannot install while a trial is running; commit or roll back first")

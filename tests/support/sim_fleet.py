@@ -1,12 +1,13 @@
-"""A simulated fleet for tick-driven rollout tests, built from the real agent core.
+"""A simulated fleet for tick-driven rollout tests, built from the real agent runtime.
 
-Each :class:`SimDevice` runs the agent's update flow (``agent.core.update_flow``: the
-transition table, the target checks) over ``SimulatedSlots``; the bundle's ``simulation``
-block decides how an update behaves on it (crash on boot, failing health check, failing
-only on some hardware revisions, more faults afterwards), plus a background failure rate
-unrelated to the bundle. Everything the devices say goes through the server's real ingest
-path (``BatchWriter``: decode, dedupe, apply update reports, alarms), and the engine is
-driven by :meth:`SimFleet.run` with a simulated clock: no broker, no sleeps.
+Each :class:`SimDevice` runs the agent's update driver (:class:`agent.update_driver.UpdateDriver`:
+the handler table over the update flow's transition table and target checks) over
+``SimulatedSlots``; the bundle's ``simulation`` block decides how an update behaves on it
+(crash on boot, failing health check, failing only on some hardware revisions, more faults
+afterwards), plus a background failure rate unrelated to the bundle. Everything the devices
+say goes through the server's real ingest path (``BatchWriter``: decode, dedupe, apply
+update reports, alarms), and the engine is driven by :meth:`SimFleet.run` with a simulated
+clock: no broker, no sleeps.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -22,18 +24,102 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import protocol as p
 from agent.adapters.slots import SimulatedSlots
-from agent.core.update_flow import TargetInfo, UpdateEvent, UpdateRecord, apply, check_target
+from agent.core.outputs import RunCommand
+from agent.core.update_flow import TargetInfo, UpdateRecord
+from agent.update_driver import UpdateDriver
+from agent.update_ports import (
+    BundleContents,
+    FetchedTarget,
+    FetchError,
+    MemoryUpdateStore,
+    TargetListing,
+    UpdatePolicy,
+)
 from fleet_server.db.models import Bundle, Device
 from fleet_server.rollouts.engine import tick
 from fleet_server.services.ingest import BatchWriter, Inbound
 
-E = UpdateEvent
-STEP_S = {  # seconds each phase takes on a simulated device
+PHASE_S = {  # seconds each state's work takes on a simulated device
     "downloading": 60,
+    "verified": 1,
     "installing": 60,
+    "installed": 1,
     "rebooting": 60,
     "trial": 120,
 }
+
+
+@dataclass
+class Fate:
+    """How the current install goes on this device, drawn when the command arrives."""
+
+    bundle: TargetInfo
+    simulation: dict[str, Any]
+    download_failure: p.FailureClass | None = None
+    trial_failure: tuple[p.FailureClass, str] | None = None
+
+
+class _FatedBackends:
+    """The driver's fetcher, bundle reader and trial check, playing out a :class:`Fate`."""
+
+    def __init__(self, device: SimDevice) -> None:
+        self.device = device
+
+    def refresh(self) -> None:
+        return None
+
+    def target_info(self, name: str) -> FetchedTarget | None:
+        fate = self.device.fate
+        return FetchedTarget(name, fate.bundle) if fate is not None else None
+
+    def download(self, target: FetchedTarget) -> Path:
+        fate = self.device.fate
+        if fate is not None and fate.download_failure is not None:
+            raise FetchError(fate.download_failure, "network")
+        return Path(target.name)
+
+    def verify(self, target: FetchedTarget, path: Path) -> None:
+        return None
+
+    def listing(self) -> TargetListing:
+        return TargetListing(0, [])
+
+    def read(self, bundle: Path, staging: Path | None) -> BundleContents:
+        fate = self.device.fate
+        assert fate is not None
+        info = fate.bundle
+        return BundleContents(info.version, info.hardware_revisions, None, fate.simulation)
+
+    def boot_crashes(self, work: dict[str, Any]) -> bool:
+        return False  # a crash on boot is played as a failed trial (no restart loop here)
+
+    def problem(
+        self, record: UpdateRecord, work: dict[str, Any]
+    ) -> tuple[p.FailureClass, str] | None:
+        fate = self.device.fate
+        return fate.trial_failure if fate is not None else None
+
+
+class _ReportingHost:
+    """The driver's host: every transition becomes an ``UpdateStateChanged`` for ingest."""
+
+    def __init__(self, device: SimDevice) -> None:
+        self.device = device
+
+    def emit(self, fields: dict[str, Any]) -> None:
+        self.device.on_transition(fields)
+
+    def ack(self, command_id: str, ok: bool, detail: str, result: dict[str, Any]) -> None:
+        return None  # the engine follows the update reports, not the acks
+
+    def request_restart(self, reboot: bool) -> None:
+        raise AssertionError("simulated fleet devices boot new slots in place")
+
+    def crash(self) -> None:
+        return None
+
+    def rolled_back(self) -> None:
+        return None
 
 
 @dataclass
@@ -45,23 +131,49 @@ class SimDevice:
     model: str
     rng: random.Random
     version: str = "1.0.0"
-    release_counter: int = 0
     online: bool = True
     silent: bool = False
     background_failure: float = 0.005
     fault_rate_per_h: float = 0.02
     slots: SimulatedSlots = field(init=False)
-    record: UpdateRecord = field(default_factory=UpdateRecord)
+    driver: UpdateDriver = field(init=False)
     seq: int = 0
     boot_id: str = "boot-1"
-    plan: list[tuple[float, UpdateEvent, dict[str, Any]]] = field(default_factory=list)
+    fate: Fate | None = None
     fault_multiplier: float = 1.0
-    pending_multiplier: float = 1.0
-    """The bundle's fault-rate multiplier, applied once the update commits."""
     installs: int = 0
+    outbox: list[Inbound] = field(default_factory=list)
+    clock: float = 0.0
 
     def __post_init__(self) -> None:
         self.slots = SimulatedSlots(self.version)
+        backends = _FatedBackends(self)
+        self.driver = UpdateDriver(
+            policy=UpdatePolicy(
+                hardware_revision=self.hw_revision,
+                agent_version="1.0.0",
+                model=self.model,
+                download_retries=0,
+                phase_delay_s=dict(PHASE_S),
+            ),
+            store=MemoryUpdateStore(),
+            slots=self.slots,
+            fetcher=backends,
+            bundles=backends,
+            trial=backends,
+            host=_ReportingHost(self),
+            clock=lambda: self.clock,
+        )
+
+    @property
+    def record(self) -> UpdateRecord:
+        """The driver's update record."""
+        return self.driver.record
+
+    @property
+    def release_counter(self) -> int:
+        """The highest committed release counter."""
+        return self.driver.highest_release_counter
 
     # -- messages ---------------------------------------------------------------------
 
@@ -80,132 +192,71 @@ class SimDevice:
         )
         return Inbound(p.topic(self.device_id, p.Kind.PRESENCE), p.encode(msg), now)
 
-    def _report(self, now: float, before: UpdateRecord) -> Inbound:
-        r = self.record
+    def on_transition(self, fields: dict[str, Any]) -> None:
+        """The driver moved: report it; a commit brings the bundle's fault rate."""
+        now = self.clock
         msg = p.UpdateStateChanged(
-            device_id=self.device_id,
-            boot_id=self.boot_id,
-            seq=self._next(),
-            ts=now,
-            execution_id=r.execution_id,
-            version=r.version or "",
-            from_state=before.state,
-            state=r.state,
-            failure_class=r.failure_class,
-            reason=r.reason,
-            attack=r.attack,
+            device_id=self.device_id, boot_id=self.boot_id, seq=self._next(), ts=now, **fields
         )
-        return Inbound(p.topic(self.device_id, p.Kind.EVENT), p.encode(msg), now)
+        self.outbox.append(Inbound(p.topic(self.device_id, p.Kind.EVENT), p.encode(msg), now))
+        if fields["state"] is p.UpdateState.COMMITTED and self.fate is not None:
+            self.version = self.record.version or self.version
+            self.fault_multiplier = float(self.fate.simulation.get("fault_rate_multiplier", 1.0))
+
+    def _drain(self) -> list[Inbound]:
+        out, self.outbox = self.outbox, []
+        return out
 
     # -- behaviour --------------------------------------------------------------------
 
     def on_install(self, cmd: p.Install, bundle: Bundle, now: float) -> list[Inbound]:
-        """Accept an install and schedule how it will go, as the agent would live it."""
+        """Accept an install and draw how it will go; the driver carries it out."""
         self.installs += 1
         if self.silent:
             return []
-        sim = (bundle.manifest or {}).get("simulation") or {}
-        target = TargetInfo(
-            bundle.version,
-            tuple(bundle.hardware_revisions),
-            bundle.release_counter,
-            bundle.min_agent_version,
-            bundle.model,
+        sim = dict((bundle.manifest or {}).get("simulation") or {})
+        fate = Fate(
+            TargetInfo(
+                bundle.version,
+                tuple(bundle.hardware_revisions),
+                bundle.release_counter,
+                bundle.min_agent_version,
+                bundle.model,
+            ),
+            sim,
         )
-        before = self.record
-        self.record = apply(
-            self.record,
-            E.START,
-            now,
-            execution_id=cmd.execution_id,
-            target=cmd.target,
-            version=cmd.version,
-            from_version=self.version,
-            release_counter=bundle.release_counter,
-        )
-        out = [self._report(now, before)]
-        refusal = check_target(
-            target,
-            hardware_revision=self.hw_revision,
-            model=self.model,
-            highest_release_counter=self.release_counter,
-            agent_version="1.0.0",
-        )
-        t = now
-        if refusal is not None:
-            self.plan = [
-                (
-                    t + 5,
-                    E.FAIL,
-                    {
-                        "failure_class": p.FailureClass.SECURITY,
-                        "reason": refusal[1],
-                        "attack": refusal[0].value,
-                    },
-                )
-            ]
-            return out
         if self.rng.random() < self.background_failure:
             klass = self.rng.choice(
                 [p.FailureClass.DOWNLOAD, p.FailureClass.INSTALL, p.FailureClass.HEALTH]
             )
             if klass is p.FailureClass.HEALTH:
-                self._schedule_through_trial(t, E.ROLLBACK, klass, "flaky sensor")
+                fate.trial_failure = (klass, "flaky sensor")
             else:
-                self.plan = [(t + 30, E.FAIL, {"failure_class": klass, "reason": "network"})]
-            return out
-        broken = self.hw_revision in (sim.get("fail_on_hardware") or []) and (
-            self.rng.random() < float(sim.get("fail_share", 1.0))
-        )
-        if sim.get("boot") == "crash" or broken:
-            self._schedule_through_trial(t, E.ROLLBACK, p.FailureClass.BOOT, "crash on boot")
-        elif sim.get("health") == "fail":
-            self._schedule_through_trial(t, E.ROLLBACK, p.FailureClass.HEALTH, "health check")
+                fate.download_failure = klass
         else:
-            self._schedule_through_trial(t, E.HEALTHY, None, "")
-        self.pending_multiplier = float(sim.get("fault_rate_multiplier", 1.0))
-        return out
-
-    def _schedule_through_trial(
-        self, t: float, last: UpdateEvent, klass: p.FailureClass | None, reason: str
-    ) -> None:
-        steps = [
-            (E.DOWNLOADED, STEP_S["downloading"]),
-            (E.INSTALL, 1),
-            (E.INSTALLED, STEP_S["installing"]),
-            (E.REBOOT, 1),
-            (E.BOOTED, STEP_S["rebooting"]),
-        ]
-        plan: list[tuple[float, UpdateEvent, dict[str, Any]]] = []
-        for event, dt in steps:
-            t += dt
-            plan.append((t, event, {}))
-        t += STEP_S["trial"]
-        changes = {"failure_class": klass, "reason": reason} if klass else {}
-        plan.append((t, last, changes))
-        self.plan = plan
+            broken = self.hw_revision in (sim.get("fail_on_hardware") or []) and (
+                self.rng.random() < float(sim.get("fail_share", 1.0))
+            )
+            if sim.get("boot") == "crash" or broken:
+                fate.trial_failure = (p.FailureClass.BOOT, "crash on boot")
+            elif sim.get("health") == "fail":
+                fate.trial_failure = (p.FailureClass.HEALTH, "health check")
+        self.fate = fate
+        self.clock = now
+        params = {"target": cmd.target, "version": cmd.version, "execution_id": cmd.execution_id}
+        self.driver.start(RunCommand("install", cmd.id, params), now)
+        return self._drain()
 
     def step(self, now: float, dt: float) -> list[Inbound]:
-        """Advance to ``now``: due update steps, and faults at the device's rate."""
-        out: list[Inbound] = []
+        """Advance to ``now``: the driver's due work (each at its due time), and faults at
+        the device's rate."""
         if not self.online:
-            return out
-        while self.plan and self.plan[0][0] <= now:
-            at, event, changes = self.plan.pop(0)
-            before = self.record
-            self.record = apply(self.record, event, at, **changes)
-            if event is E.INSTALLED:
-                self.slots.install(None, self.record.version or "")
-            elif event is E.REBOOT:
-                self.slots.switch_for_trial()
-            elif event is E.HEALTHY:
-                self.slots.commit()
-                self.version = self.record.version or self.version
-                self.release_counter = max(self.release_counter, self.record.release_counter or 0)
-                self.fault_multiplier = self.pending_multiplier
-            elif event is E.ROLLBACK:
-                self.slots.rollback()
-            out.append(self._report(at, before))
+            return []
+        driver = self.driver
+        while driver.due is not None and driver.due <= now:
+            self.clock = driver.due
+            driver.step(driver.due)
+        out = self._drain()
         if self.rng.random() < self.fault_rate_per_h * self.fault_multiplier * dt / 3600:
             code = "sim_fault"
             raised = p.FaultRaised(

@@ -12,7 +12,7 @@ from simulator.device import SimDevice
 from simulator.engine import build_devices
 from simulator.fleet_builder import build_fleet
 from simulator.scenario import parse_scenario
-from simulator.updates import SimUpdater, StaticTargets, TargetDetails, UpdateTiming
+from simulator.update_backends import DeviceUpdates, StaticTargets, TargetDetails, UpdateTiming
 
 
 class Sink:
@@ -69,7 +69,7 @@ TARGETS = {
 def install(target: str) -> tuple[SimDevice, Sink, list[p.UpdateStateChanged], p.CommandAck]:
     dev = device()
     sink = Sink()
-    updater = SimUpdater(
+    updater = DeviceUpdates(
         StaticTargets(TARGETS), hardware_revision="rev-a", model="gw-100", timing=UpdateTiming()
     )
     updater.attach(dev)
@@ -136,7 +136,7 @@ def test_crash_or_failed_health_rolls_back_and_quarantines(target: str, failure:
     assert ack.status is p.AckStatus.FAILED
     assert dev.slots.status().running_version == dev.settings.software_version
     # the failed version is quarantined: a second install is refused at once
-    updater = next(e for e in dev.extensions if isinstance(e, SimUpdater))
+    updater = next(e for e in dev.extensions if isinstance(e, DeviceUpdates))
     assert TARGETS[target].info.version in updater.quarantine
 
 
@@ -154,7 +154,7 @@ def test_wrong_hardware_is_refused_before_anything_is_written() -> None:
 def test_power_cut_mid_install_resumes_after_the_boot() -> None:
     dev = device()
     sink = Sink()
-    updater = SimUpdater(StaticTargets(TARGETS), hardware_revision="rev-a", model="gw-100")
+    updater = DeviceUpdates(StaticTargets(TARGETS), hardware_revision="rev-a", model="gw-100")
     updater.attach(dev)
     dev.advance_to(dev.t + 60, sink)
     command = p.Install(
