@@ -116,12 +116,6 @@ def page_params(
     return PageParams(limit, start)
 
 
-def page(items: list[Any], total: int, params: PageParams) -> dict[str, Any]:
-    """The paginated response body (for routes that still count by hand; prefer
-    :func:`page_body`)."""
-    return page_body(Page(items, total, params.offset))
-
-
 def page_body(result: Page[Any]) -> dict[str, Any]:
     """The paginated response body of a service's :class:`Page` (items already shaped)."""
     nxt = result.next_offset

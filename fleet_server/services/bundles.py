@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from firmware_bundles.errors import BundleError
@@ -22,6 +22,7 @@ from fleet_server.db.models import Bundle
 from fleet_server.errors import ConflictError, FleetError, InvalidInputError, NotFoundError
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
+from fleet_server.services.paging import Page, PageParams, fetch_page
 from fleet_server.updates.tuf_repository import PublishedTarget, PublishError
 
 
@@ -148,10 +149,8 @@ def get_bundle(session: Session, name: str) -> Bundle:
     return row
 
 
-def list_bundles(
-    session: Session, filt: BundleFilter, *, limit: int, offset: int
-) -> tuple[list[Bundle], int]:
-    """Bundles matching ``filt``, newest first, and the total count."""
+def list_bundles(session: Session, filt: BundleFilter, params: PageParams) -> Page[dict[str, Any]]:
+    """One page of bundles matching ``filt``, newest first, shaped for the API."""
     where = []
     if filt.model is not None:
         where.append(Bundle.model == filt.model)
@@ -159,15 +158,8 @@ def list_bundles(
         where.append(Bundle.version == filt.version)
     if filt.channel is not None:
         where.append(Bundle.channel == filt.channel)
-    total = session.execute(select(func.count()).select_from(Bundle).where(*where)).scalar_one()
-    rows = session.execute(
-        select(Bundle)
-        .where(*where)
-        .order_by(Bundle.published_at.desc(), Bundle.id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).scalars()
-    return list(rows), int(total)
+    query = select(Bundle).where(*where).order_by(Bundle.published_at.desc(), Bundle.id.desc())
+    return fetch_page(session, query, params, scalars=True).map(bundle_view)
 
 
 def bundle_view(b: Bundle, *, with_manifest: bool = False) -> dict[str, Any]:

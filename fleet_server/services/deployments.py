@@ -57,6 +57,7 @@ from fleet_server.services import bundles as catalog
 from fleet_server.services.audit import Actor
 from fleet_server.services.commands import Publisher, send_command
 from fleet_server.services.history import execution_event
+from fleet_server.services.paging import Page, PageParams, fetch_page
 from fleet_server.services.recall_holds import blocked_versions
 
 TERMINAL_STATUSES = tuple(s.value for s in ExecutionState if EXECUTION.is_final(s))
@@ -573,3 +574,19 @@ def cancel_execution(
     )
     session.commit()
     return execution_view(execution)
+
+
+def list_executions(
+    session: Session,
+    params: PageParams,
+    *,
+    device_id: str | None = None,
+    bundle: str | None = None,
+    rollout_id: str | None = None,
+    status: str | None = None,
+) -> Page[dict[str, Any]]:
+    """One page of executions matching every given filter, newest first, shaped."""
+    query = executions_query(
+        device_id=device_id, bundle=bundle, rollout_id=rollout_id, status=status
+    )
+    return fetch_page(session, query, params, scalars=True).map(execution_view)

@@ -26,6 +26,7 @@ from fleet_server.domain.recall_scope import explain, parse_scope
 from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
+from fleet_server.services.paging import Page, PageParams, fetch_page
 from fleet_server.services.recall_holds import (
     blocked_versions,
     is_version_blocked,
@@ -534,3 +535,19 @@ def export_affected(session: Session, campaign_id: str) -> str:
 def export_progress(session: Session, campaign_id: str) -> str:
     """The progress report of an existing campaign as CSV."""
     return progress_csv(session, get_campaign(session, campaign_id).id)
+
+
+def list_campaigns(
+    session: Session, params: PageParams, state: str | None = None
+) -> Page[dict[str, Any]]:
+    """One page of campaigns, newest first, with their completion."""
+    page = fetch_page(session, campaigns_query(state), params, scalars=True)
+    return page.map(lambda campaign: campaign_detail(session, campaign))
+
+
+def list_members(
+    session: Session, campaign_id: str, params: PageParams, state: str | None = None
+) -> Page[dict[str, Any]]:
+    """One page of a campaign's frozen population with each member's state and reason."""
+    page = fetch_page(session, members_query(session, campaign_id, state), params)
+    return page.map(lambda row: recall_device_view(row[0], row[1]))

@@ -32,6 +32,7 @@ from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
 from fleet_server.services.history import appended
+from fleet_server.services.paging import Page, PageParams, fetch_page
 
 
 def _device(session: Session, device_id: str) -> Device:
@@ -362,3 +363,23 @@ def parts_reliability(session: Session, now: float, kind: str | None = None) -> 
     """Failures per 1000 hours in service of parts installed new vs refurbished, with
     their intervals and the refurbished / new ratio."""
     return {"kind": kind, **compare_rates(reliability_by_condition(session, now, kind))}
+
+
+def list_rmas(
+    session: Session, params: PageParams, state: str | None = None
+) -> Page[dict[str, Any]]:
+    """One page of RMAs, newest first."""
+    page = fetch_page(session, rmas_query(state), params, scalars=True)
+    return page.map(lambda rma: rma_view(session, rma))
+
+
+def list_parts(
+    session: Session,
+    params: PageParams,
+    now: float,
+    kind: str | None = None,
+    stock_state: str | None = None,
+) -> Page[dict[str, Any]]:
+    """One page of parts by serial, with their genealogy."""
+    page = fetch_page(session, parts_query(kind, stock_state), params, scalars=True)
+    return page.map(lambda part: part_view(session, part, now))

@@ -20,7 +20,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleet_server.db.models import Bundle, Execution
@@ -42,6 +42,7 @@ from fleet_server.services import audit
 from fleet_server.services import bundles as catalog
 from fleet_server.services.audit import Actor
 from fleet_server.services.deployments import OPEN_STATUSES, create_execution
+from fleet_server.services.paging import Page, PageParams, fetch_page
 from fleet_server.services.rollouts_history import move, record_event
 from fleet_server.services.rollouts_selection import (
     Selection,
@@ -494,17 +495,15 @@ def create_draft(
 
 
 def list_rollouts(
-    session: Session, *, state: str | None, limit: int, offset: int
-) -> tuple[list[dict[str, Any]], int]:
-    """One page of rollouts, newest first, optionally in one ``state``; and the total."""
+    session: Session, params: PageParams, *, state: str | None
+) -> Page[dict[str, Any]]:
+    """One page of rollouts, newest first, optionally in one ``state``."""
     query = select(Rollout)
     if state:
         query = query.where(Rollout.state == state)
-    total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
-    rows = session.execute(
-        query.order_by(Rollout.created_at.desc(), Rollout.id).limit(limit).offset(offset)
-    ).scalars()
-    return [rollout_summary(r, session.get(Bundle, r.bundle_id)) for r in rows], total
+    query = query.order_by(Rollout.created_at.desc(), Rollout.id)
+    page = fetch_page(session, query, params, scalars=True)
+    return page.map(lambda r: rollout_summary(r, session.get(Bundle, r.bundle_id)))
 
 
 def status_of(session: Session, rollout_id: str) -> dict[str, Any]:

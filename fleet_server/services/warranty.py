@@ -25,6 +25,7 @@ from fleet_server.domain.warranty_checks import Coverage, DeviceFacts, check_cla
 from fleet_server.errors import InvalidInputError, NotFoundError
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
+from fleet_server.services.paging import Page, PageParams, fetch_page
 
 EVIDENCE_DAYS = 14
 """Alarms this many days before the failure date (through its end) count as evidence."""
@@ -388,3 +389,11 @@ def claims_query(
     if failure_mode:
         q = q.where(WarrantyClaim.failure_mode == failure_mode)
     return q.order_by(WarrantyClaim.id.desc())
+
+
+def list_claims(
+    session: Session, params: PageParams, state: str | None = None, failure_mode: str | None = None
+) -> Page[dict[str, Any]]:
+    """One page of claims, newest first, with their check results."""
+    page = fetch_page(session, claims_query(state, failure_mode), params)
+    return page.map(lambda row: claim_view(row[0], row[1]))

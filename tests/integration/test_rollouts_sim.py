@@ -200,6 +200,11 @@ def test_health_gate_stops_a_bundle_that_raises_the_fault_rate(sessions) -> None
 
 def test_rollback_halt_action_sends_updated_devices_back(sessions) -> None:
     fleet = _fleet(sessions, count=300)
+    # A background health failure while going back to 1.0.0 would quarantine 1.0.0 on that
+    # device (as the real agent does), which rightly keeps it off 1.0.0: this test is about
+    # the rollback action, background failures are the good-bundle test's subject.
+    for device in fleet.devices.values():
+        device.background_failure = 0.0
     add_bundle(sessions, "1.0.0", revisions=list(REVISIONS), release_counter=2)
     noisy = add_bundle(
         sessions,

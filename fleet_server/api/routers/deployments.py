@@ -22,12 +22,11 @@ from fleet_server.api.deps import (
     context,
     current_actor,
     get_session,
-    page,
+    page_body,
     page_params,
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES, ApiError
-from fleet_server.api.paging import fetch_page
 from fleet_server.api.schemas import Page
 from fleet_server.errors import InvalidInputError, TooLargeError
 from fleet_server.services import bundle_uploads, deployments
@@ -226,13 +225,9 @@ def list_bundles(
     channel: str | None = None,
 ) -> dict[str, Any]:
     """Published bundles, newest first."""
-    rows, total = catalog.list_bundles(
-        session,
-        catalog.BundleFilter(model, version, channel),
-        limit=params.limit,
-        offset=params.offset,
+    return page_body(
+        catalog.list_bundles(session, catalog.BundleFilter(model, version, channel), params)
     )
-    return page([catalog.bundle_view(b) for b in rows], total, params)
 
 
 @router.get("/api/v1/bundles/{name}", response_model=BundleOut, summary="Show one bundle")
@@ -288,11 +283,11 @@ def list_executions(
     ] = None,
 ) -> dict[str, Any]:
     """Executions matching every given filter, newest first."""
-    query = deployments.executions_query(
-        device_id=device, bundle=bundle, rollout_id=rollout, status=status
+    return page_body(
+        deployments.list_executions(
+            session, params, device_id=device, bundle=bundle, rollout_id=rollout, status=status
+        )
     )
-    rows, total = fetch_page(session, query, params)
-    return page([deployments.execution_view(e) for (e,) in rows], total, params)
 
 
 @router.get(

@@ -13,16 +13,14 @@ from fleet_server.api.deps import (
     context,
     current_actor,
     get_session,
-    page,
+    page_body,
     page_params,
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
-from fleet_server.api.paging import fetch_page
 from fleet_server.services import recalls as svc
 from fleet_server.services import safe_mode
 from fleet_server.services.audit import Actor
-from fleet_server.services.recall_population import recall_device_view
 
 router = APIRouter(prefix="/api/v1/recalls", tags=["recalls"], responses=ERROR_RESPONSES)
 
@@ -77,8 +75,7 @@ def list_recalls(
     *, params: Annotated[PageParams, Depends(page_params)], state: str | None = None, session: Sess
 ) -> dict[str, Any]:
     """Campaigns, newest first, with their completion."""
-    rows, total = fetch_page(session, svc.campaigns_query(state), params)
-    return page([svc.campaign_detail(session, c) for (c,) in rows], total, params)
+    return page_body(svc.list_campaigns(session, params, state))
 
 
 @router.post("", status_code=201, summary="Draft a recall campaign")
@@ -161,8 +158,7 @@ def list_recall_devices(
     session: Sess,
 ) -> dict[str, Any]:
     """Members with their state and matching reason."""
-    rows, total = fetch_page(session, svc.members_query(session, campaign_id, state), params)
-    return page([recall_device_view(rd, d) for rd, d in rows], total, params)
+    return page_body(svc.list_members(session, campaign_id, params, state))
 
 
 @router.get("/{campaign_id}/devices/{device_id}", summary="Explain one device")

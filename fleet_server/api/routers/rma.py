@@ -13,12 +13,11 @@ from fleet_server.api.deps import (
     context,
     current_actor,
     get_session,
-    page,
+    page_body,
     page_params,
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
-from fleet_server.api.paging import fetch_page
 from fleet_server.services import rma as svc
 from fleet_server.services.audit import Actor
 
@@ -63,8 +62,7 @@ def list_rmas(
     *, params: Annotated[PageParams, Depends(page_params)], state: str | None = None, session: Sess
 ) -> dict[str, Any]:
     """RMAs, newest first."""
-    rows, total = fetch_page(session, svc.rmas_query(state), params)
-    return page([svc.rma_view(session, r) for (r,) in rows], total, params)
+    return page_body(svc.list_rmas(session, params, state))
 
 
 @router.post("/rmas", status_code=201, summary="Open an RMA")
@@ -115,9 +113,7 @@ def list_parts(
     session: Sess,
 ) -> dict[str, Any]:
     """Parts with their genealogy."""
-    rows, total = fetch_page(session, svc.parts_query(kind, stock_state), params)
-    now = context(request).clock()
-    return page([svc.part_view(session, p, now) for (p,) in rows], total, params)
+    return page_body(svc.list_parts(session, params, context(request).clock(), kind, stock_state))
 
 
 @router.post("/parts", status_code=201, summary="Register a part in stock")

@@ -13,7 +13,7 @@ from fleet_server.api.deps import (
     context,
     current_actor,
     get_session,
-    page,
+    page_body,
     page_params,
     request_id,
 )
@@ -130,10 +130,7 @@ def list_rollouts(
     state: Annotated[str | None, Query(max_length=16)] = None,
 ) -> dict[str, Any]:
     """Rollouts, newest first, optionally in one state."""
-    items, total = service.list_rollouts(
-        session, state=state, limit=paging.limit, offset=paging.offset
-    )
-    return page(items, total, paging)
+    return page_body(service.list_rollouts(session, paging, state=state))
 
 
 @router.get("/api/v1/rollouts/{rollout_id}", summary="Status per wave and stratum")

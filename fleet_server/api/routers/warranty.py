@@ -14,12 +14,11 @@ from fleet_server.api.deps import (
     context,
     current_actor,
     get_session,
-    page,
+    page_body,
     page_params,
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
-from fleet_server.api.paging import fetch_page
 from fleet_server.services import warranty as svc
 from fleet_server.services.audit import Actor
 
@@ -88,8 +87,7 @@ def list_claims(
     session: Sess,
 ) -> dict[str, Any]:
     """Claims, newest first, with their check results."""
-    rows, total = fetch_page(session, svc.claims_query(state, failure_mode), params)
-    return page([svc.claim_view(c, d) for c, d in rows], total, params)
+    return page_body(svc.list_claims(session, params, state, failure_mode))
 
 
 @router.post("/claims", status_code=201, summary="File a warranty claim")
