@@ -2,7 +2,10 @@
 
 * ``mosquitto_factory(config)`` starts a private ``mosquitto`` on a free loopback port
   with the configuration the test chooses (TLS, ACLs, persistence...), and stops it after
-  the test. ``mosquitto`` is the plain, anonymous, loopback-only broker.
+  the test. ``mosquitto`` is the plain, anonymous, loopback-only broker, with the same
+  durability block as production (persistence in its own directory, byte-bounded
+  queues; autosave and ``$SYS`` every second), so a restart keeps sessions as a
+  production broker does.
 * ``postgres_url`` is a fresh, empty PostgreSQL database for one test, created on the
   server named by ``FLEET_TEST_DATABASE_URL`` and dropped afterwards.
 
@@ -12,6 +15,7 @@ Both skip with a clear reason when the service is missing, and fail instead when
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import socket
@@ -20,9 +24,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import settings
+
+from fleet_server.identity.mosquitto_config import render_durability
+
+if TYPE_CHECKING:
+    from tests.support.mtls_fleet import MtlsFleet
 
 # Timing-based health checks would make property tests flaky on a loaded 2-core CI box.
 settings.register_profile("edgefleet", deadline=None)
@@ -73,10 +83,18 @@ def mosquitto_binary() -> str | None:
     return None
 
 
-DEFAULT_MOSQUITTO_CONFIG = """\
+RUN_AS_ME = f"user {getpass.getuser()}\n"
+"""Run as root, Mosquitto drops to ``mosquitto`` and could not save into the test's
+directory; every harness config that persists needs this line."""
+
+DEFAULT_MOSQUITTO_CONFIG = (
+    RUN_AS_ME
+    + render_durability(persistence_dir="{workdir}", autosave_interval_s=1, sys_interval_s=1)
+    + """\
 listener {port} 127.0.0.1
 allow_anonymous true
 """
+)
 
 
 class MosquittoBroker:
@@ -91,6 +109,7 @@ class MosquittoBroker:
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
         body = config.format(port=self.port, workdir=workdir)
+        _check_persistence_inside(body, workdir)
         self.config_path.write_text(
             f"{body}\nlog_dest file {self.log_path}\nlog_type error\nlog_type warning\n"
             f"log_type notice\nlog_type information\n"
@@ -155,6 +174,18 @@ class MosquittoBroker:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
 
+def _check_persistence_inside(config: str, workdir: Path) -> None:
+    """Refuse a test broker that would save outside its own directory (for instance
+    the production default ``/var/lib/mosquitto``, the system broker's)."""
+    for line in config.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key == "persistence_location" and not Path(value.strip()).is_relative_to(workdir):
+            raise ValueError(
+                f"test broker would persist to {value.strip()}: pass "
+                "persistence_dir='{workdir}' to BrokerSettings / render_durability"
+            )
+
+
 @pytest.fixture
 def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
     """Start private brokers with a test-chosen config (``{port}``/``{workdir}`` are
@@ -175,6 +206,28 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]
     yield start
     for broker in brokers:
         broker.stop()
+
+
+@pytest.fixture
+def mtls_fleet(
+    mosquitto_factory: Callable[..., MosquittoBroker], tmp_path: Path
+) -> Iterator[Callable[..., MtlsFleet]]:
+    """Factory of production-shaped fleets (fleet CA, the generated mutual-TLS broker
+    configuration, a database): keyword overrides as
+    :func:`tests.support.mtls_fleet.build_mtls_fleet`; all stopped when the test ends."""
+    from tests.support.mtls_fleet import build_mtls_fleet
+
+    fleets: list[MtlsFleet] = []
+
+    def make(**overrides: Any) -> MtlsFleet:
+        directory = tmp_path / f"fleet-{len(fleets)}"
+        directory.mkdir()
+        fleets.append(build_mtls_fleet(mosquitto_factory, directory, **overrides))
+        return fleets[-1]
+
+    yield make
+    for fleet in fleets:
+        fleet.close()
 
 
 @pytest.fixture

@@ -30,11 +30,15 @@ from fleet_server.identity import ca_store
 from fleet_server.identity.certificates import common_name
 from fleet_server.identity.errors import IdentityError
 from fleet_server.identity.mosquitto_config import (
+    DEFAULT_PERSISTENCE_DIR,
+    DEFAULT_QUEUE_BYTES,
     DEFAULT_SERVICES,
     BrokerSettings,
     write_broker_config,
 )
 from protocol.credentials import BundleError, CredentialsBundle
+
+MIB = 1024 * 1024
 
 ca_app = typer.Typer(
     name="ca",
@@ -391,11 +395,25 @@ def mosquitto_config(
     user: Annotated[
         str | None, typer.Option(help="Account Mosquitto runs as when started as root.")
     ] = None,
+    persistence_dir: Annotated[
+        Path,
+        typer.Option(help="Where Mosquitto saves sessions and queues (writable by its account)."),
+    ] = DEFAULT_PERSISTENCE_DIR,
+    queue_mib: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Per-client queue bound of an offline session, in MiB of payload."
+        ),
+    ] = DEFAULT_QUEUE_BYTES // MIB,
+    max_connections: Annotated[
+        int, typer.Option(min=-1, help="Clients the listener accepts at once (-1: no limit).")
+    ] = -1,
 ) -> None:
     """Write the broker configuration (mosquitto.conf and its ACL file).
 
-    Mutual TLS with the fleet CA, the CRL, identity from the certificate CN, and ACLs
-    that confine every device to its own topics.
+    Mutual TLS with the fleet CA, the CRL, identity from the certificate CN, ACLs that
+    confine every device to its own topics, and persistent sessions whose queues are
+    bounded by bytes (see README, Limits, for what the bound means in minutes).
     """
     with _user_errors():
         authority = ca_store.CertificateAuthority.load(ca)
@@ -410,6 +428,9 @@ def mosquitto_config(
             bind_address=bind,
             services=tuple(service or DEFAULT_SERVICES),
             user=user,
+            persistence_dir=persistence_dir.resolve(),
+            queue_bytes=queue_mib * MIB,
+            max_connections=max_connections,
         )
         write_broker_config(settings, out / "mosquitto.conf")
     typer.echo(f"wrote {out / 'mosquitto.conf'} and {out / 'fleet.acl'}")

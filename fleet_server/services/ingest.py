@@ -4,6 +4,13 @@ The MQTT adapter hands a list of raw messages to :meth:`BatchWriter.write`; only
 returns (the transaction committed) may the adapter acknowledge them to the broker. A
 failure raises and leaves nothing half-stored; the adapter retries the same batch and the
 ``(device, boot_id, seq)`` key turns the retry into a no-op for what already landed.
+
+What is counted is what happened: an update report the server refuses (it names an
+execution that is not the device's) is ``rejected{unknown_execution}`` and does not keep
+its ``(boot_id, seq)`` key, so a redelivery is refused and counted again rather than
+passing as a duplicate; a telemetry sample whose ``(device, ts)`` is already stored is
+not stored again and is counted in ``samples_skipped`` as ``same_sample`` (identical) or
+``ts_conflict`` (different values: the first one is kept, and a WARNING says so).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, delete, select, tuple_, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -68,6 +75,17 @@ class BatchResult:
     rejected: Tally[str] = field(default_factory=Tally)
     duplicates: int = 0
     samples: int = 0
+    """Samples actually stored."""
+    skipped_samples: Tally[str] = field(default_factory=Tally)
+    """Samples not stored because their ``(device, ts)`` already was, by reason."""
+
+    def add(self, other: BatchResult) -> None:
+        """Fold ``other`` (a part of the same batch) into this result."""
+        self.accepted.update(other.accepted)
+        self.rejected.update(other.rejected)
+        self.duplicates += other.duplicates
+        self.samples += other.samples
+        self.skipped_samples.update(other.skipped_samples)
 
     @property
     def total(self) -> int:
@@ -128,18 +146,34 @@ def sample_row(device_key: int, sample: p.Sample) -> dict[str, Any]:
     return row
 
 
+SAME_SAMPLE = "same_sample"
+TS_CONFLICT = "ts_conflict"
+
+
+def skip_reason(new: dict[str, Any], kept: Any) -> str:
+    """Why a sample was not stored when one with its ``(device, ts)`` is kept:
+    ``same_sample`` if every signal and the custom values are equal, else
+    ``ts_conflict``."""
+    for name in (*VITALS, "custom"):
+        if new[name] != getattr(kept, name):
+            return TS_CONFLICT
+    return SAME_SAMPLE
+
+
 def _apply_update(
     session: Session, dev: _DeviceRow, msg: p.UpdateStateChanged, item: Inbound
 ) -> bool:
     """Move the execution the report names; False when it names one that is not this
-    device's (the report is then refused, never applied or stored)."""
+    device's (the report is then refused, never applied or stored; a savepoint undoes
+    whatever the refused report had changed)."""
     if msg.execution_id is None:
         return True
     device = session.get(Device, dev.key)
     if device is None:  # pragma: no cover - the row was read in this transaction
         return False
     try:
-        apply_update_report(session, device, msg, now=item.received_at)
+        with session.begin_nested():
+            apply_update_report(session, device, msg, now=item.received_at)
     except FleetError:
         log.warning(
             "device %s reported on unknown execution %r; refused",
@@ -190,11 +224,7 @@ class BatchWriter:
             else:
                 result = BatchResult()
                 for one in batch:
-                    part = self.write_uncounted([one])
-                    result.accepted.update(part.accepted)
-                    result.rejected.update(part.rejected)
-                    result.duplicates += part.duplicates
-                    result.samples += part.samples
+                    result.add(self.write_uncounted([one]))
         self._count(batch, result)
         return result
 
@@ -219,6 +249,8 @@ class BatchWriter:
             m.duplicates.inc(result.duplicates)
         if result.samples:
             m.samples.inc(result.samples)
+        for reason, n in result.skipped_samples.items():
+            m.samples_skipped.labels(reason=reason).inc(n)
         if batch:
             now = self.clock()
             m.lag.set(max(0.0, now - min(b.received_at for b in batch)))
@@ -280,6 +312,7 @@ class BatchWriter:
             # Resolve devices and drop in-batch duplicates.
             candidates: list[tuple[Inbound, Any, _DeviceRow]] = []
             keys_seen: set[tuple[int, str, int]] = set()
+            repeats: Tally[tuple[int, str, int]] = Tally()
             for item, msg in decoded:
                 dev = devices.get(msg.device_id)
                 if dev is None:
@@ -290,10 +323,11 @@ class BatchWriter:
                     continue
                 key = (dev.key, msg.boot_id, msg.seq)
                 if key in keys_seen:
-                    result.duplicates += 1
+                    repeats[key] += 1
                     continue
                 keys_seen.add(key)
                 candidates.append((item, msg, dev))
+            result.duplicates += sum(repeats.values())
             if not candidates:
                 return result
             # Dedupe against what is already stored; RETURNING gives the new ones.
@@ -335,15 +369,77 @@ class BatchWriter:
                         dev.changed_presence = True
                         dev.presence_changed_at = now
             if samples:
-                bulk_insert_ignore(session, TelemetrySample.__table__, samples)
-                result.samples = len(samples)
+                names = {dev.key: device_id for device_id, dev in devices.items()}
+                self._store_samples(session, samples, result, names)
             if events:
                 refused = self._events(session, events)
                 if refused:
-                    result.accepted["event"] -= refused
-                    result.rejected["unknown_execution"] += refused
+                    # Redeliveries of a refused report in this batch are refused too.
+                    again = sum(repeats[key] for key in refused)
+                    result.duplicates -= again
+                    result.accepted["event"] -= len(refused)
+                    result.rejected["unknown_execution"] += len(refused) + again
+                    # The refused report keeps no dedupe key: a redelivery is refused again.
+                    session.execute(
+                        delete(ReceivedMessage).where(
+                            tuple_(
+                                ReceivedMessage.device_key,
+                                ReceivedMessage.boot_id,
+                                ReceivedMessage.seq,
+                            ).in_(refused)
+                        )
+                    )
             self._update_devices(session, devices.values())
         return result
+
+    @staticmethod
+    def _store_samples(
+        session: Session,
+        rows: list[dict[str, Any]],
+        result: BatchResult,
+        names: dict[int, str],
+    ) -> None:
+        """Insert the samples whose ``(device, ts)`` is new; count the others by
+        :func:`skip_reason` against the kept sample (one SELECT for all of them)."""
+        first: dict[tuple[int, float], dict[str, Any]] = {}
+        held: list[dict[str, Any]] = []
+        for row in rows:
+            key = (row["device_key"], row["ts"])
+            if key in first:
+                held.append(row)  # the same timestamp twice in this batch
+            else:
+                first[key] = row
+        inserted = bulk_insert_ignore(
+            session,
+            TelemetrySample.__table__,
+            list(first.values()),
+            returning=("device_key", "ts"),
+        )
+        result.samples = len(inserted)
+        fresh = {(k, ts) for k, ts in inserted}
+        held += [row for key, row in first.items() if key not in fresh]
+        if not held:
+            return
+        table = TelemetrySample.__table__
+        keys = {(row["device_key"], row["ts"]) for row in held}
+        kept = {
+            (r.device_key, r.ts): r
+            for r in session.execute(
+                select(table).where(tuple_(table.c.device_key, table.c.ts).in_(list(keys)))
+            )
+        }
+        conflicts: Tally[int] = Tally()
+        for row in held:
+            reason = skip_reason(row, kept[(row["device_key"], row["ts"])])
+            result.skipped_samples[reason] += 1
+            if reason == TS_CONFLICT:
+                conflicts[row["device_key"]] += 1
+        if conflicts:
+            log.warning(
+                "telemetry samples whose timestamp is already stored with other values "
+                "were not stored (the first sample is kept): %s",
+                ", ".join(f"{names[k]} x{n}" for k, n in sorted(conflicts.items())),
+            )
 
     @staticmethod
     def _telemetry(dev: _DeviceRow, msg: p.Telemetry, out: list[dict[str, Any]]) -> None:
@@ -377,15 +473,17 @@ class BatchWriter:
             dev.boot = {**(dev.boot or {}), "agent_version": msg.agent_version}
 
     @staticmethod
-    def _events(session: Session, events: list[tuple[_DeviceRow, Any, Inbound]]) -> int:
-        """Store events and apply them; returns how many were refused (update reports
-        naming an execution that is not the device's)."""
+    def _events(
+        session: Session, events: list[tuple[_DeviceRow, Any, Inbound]]
+    ) -> list[tuple[int, str, int]]:
+        """Store events and apply them; returns the ``(device_key, boot_id, seq)`` keys
+        of those refused (update reports naming an execution that is not the device's)."""
         rows = []
         faults = []
-        refused = 0
+        refused = []
         for dev, msg, item in events:
             if isinstance(msg, p.UpdateStateChanged) and not _apply_update(session, dev, msg, item):
-                refused += 1
+                refused.append((dev.key, msg.boot_id, msg.seq))
                 continue
             data = msgspec.to_builtins(msg)
             for k in ("v", "device_id", "boot_id", "seq", "ts", "kind"):

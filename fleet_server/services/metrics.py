@@ -26,6 +26,15 @@ class IngestMetrics:
             "fleet_ingest_duplicates", "Messages dropped as already stored", registry=r
         )
         self.samples = Counter("fleet_ingest_samples", "Telemetry samples stored", registry=r)
+        self.samples_skipped = Counter(
+            "fleet_ingest_samples_skipped",
+            "Telemetry samples not stored: one with the same device and timestamp is "
+            "(same_sample: identical; ts_conflict: different values, the first is kept)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("same_sample", "ts_conflict"):
+            self.samples_skipped.labels(reason=reason)
         self.lag = Gauge(
             "fleet_ingest_lag_seconds",
             "Received-to-committed delay of the oldest message of the last batch",

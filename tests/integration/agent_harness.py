@@ -8,7 +8,6 @@ from the database (``samples_in_order`` and ``dropped_totals`` are what the test
 
 from __future__ import annotations
 
-import getpass
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,23 +22,13 @@ from paho.mqtt.properties import Properties
 from agent.config import AgentConfig, parse_config
 from agent.daemon import AgentDaemon
 from protocol import ProtocolDecodeError, Sample, Telemetry, decode
+from tests.conftest import DEFAULT_MOSQUITTO_CONFIG
+from tests.conftest import RUN_AS_ME as RUN_AS_ME  # re-exported for the agent tests
 
-RUN_AS_ME = f"user {getpass.getuser()}\n"
-"""Keep the broker as this user: when tests run as root, Mosquitto would otherwise drop to
-the ``mosquitto`` user and lose access to the test's private files."""
-
-PERSISTENT_BROKER = (
-    RUN_AS_ME
-    + """\
-listener {port} 127.0.0.1
-allow_anonymous true
-persistence true
-persistence_location {workdir}/
-autosave_interval 1
-"""
-)
+PERSISTENT_BROKER = DEFAULT_MOSQUITTO_CONFIG
 """Mosquitto keeping sessions across its own restart, as a production broker does, so
-the receiver's persistent session does not miss what is sent while it reconnects."""
+the receiver's persistent session does not miss what is sent while it reconnects (the
+harness default: the production durability block, autosave every second)."""
 
 
 class CountingCollector:

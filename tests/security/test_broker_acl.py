@@ -96,6 +96,7 @@ def _settings(pki: Pki, acl_file: Path, crlfile: Path | None = None) -> BrokerSe
         # Started as root, Mosquitto would drop to the 'mosquitto' account, which cannot
         # read the test's private directories; as another user this line has no effect.
         user=getpass.getuser(),
+        persistence_dir="{workdir}",
     )
 
 

@@ -8,7 +8,6 @@ reaches the device; a device renews its certificate over its authenticated conne
 
 from __future__ import annotations
 
-import getpass
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,24 +26,16 @@ from agent.credentials import CredentialsBundle, read_bundle
 from agent.renewal import CertificateRenewal
 from fleet_server.adapters.mqtt_ingest import IngestWorker
 from fleet_server.adapters.mqtt_publisher import PahoPublisher
-from fleet_server.config import Settings
-from fleet_server.db import create_db_engine, make_session_factory
 from fleet_server.db.models import AuditEntry, CommandRecord, TelemetrySample
 from fleet_server.identity import ca_store
-from fleet_server.identity.mosquitto_config import BrokerSettings, render_acl, render_mosquitto_conf
-from fleet_server.migrations import upgrade_to_head
-from fleet_server.runtime import broker_target, build_ingest, build_publisher
+from fleet_server.runtime import broker_target, build_publisher
 from fleet_server.services.audit import SYSTEM
-from fleet_server.services.metrics import IngestMetrics
 from fleet_server.services.registry import create_device
 from tests.conftest import MosquittoBroker, wait_for
 from tests.integration.agent_harness import CountingCollector, RunningAgent, agent_config
+from tests.support.mtls_fleet import NOW, URLS
 
 pytestmark = pytest.mark.mosquitto
-
-NOW = datetime.now(UTC).replace(microsecond=0)
-SERVICES = ["svc-ingest-1", "svc-commands"]
-URLS = {"mqtt_url": "mqtts://127.0.0.1:8883", "api_url": "https://127.0.0.1:8443"}
 
 
 @dataclass
@@ -89,62 +80,17 @@ class Device:
 
 
 @pytest.fixture
-def fleet(mosquitto_factory, tmp_path: Path) -> Iterator[Fleet]:
-    ca_store.init_root(tmp_path / "root", NOW)
-    ca = ca_store.init_issuing(tmp_path / "root", tmp_path / "issuing", NOW)
-    ca.server_certificate(["127.0.0.1", "localhost"], tmp_path / "broker", NOW)
-    ingest = ca.service_credentials("svc-ingest-1", tmp_path / "ingest", NOW, **URLS)
-    commands = ca.service_credentials("svc-commands", tmp_path / "commands", NOW, **URLS)
+def fleet(mtls_fleet) -> Iterator[Fleet]:
     # Valid for 3 hours: due for renewal after 2.
-    device = ca.provision("pi-tls", tmp_path / "pi-tls", NOW, validity=timedelta(hours=3), **URLS)
-    acl = tmp_path / "fleet.acl"
-    acl.write_text(render_acl(SERVICES))
-    conf = BrokerSettings(
-        cafile=ca.chain_path,
-        certfile=tmp_path / "broker/server.crt",
-        keyfile=tmp_path / "broker/server.key",
-        crlfile=ca.crl_path,
-        acl_file=acl,
-        port="{port}",
-        user=getpass.getuser(),
-        services=SERVICES,
-    )
-    broker = mosquitto_factory(render_mosquitto_conf(conf))
-    db = f"sqlite:///{tmp_path}/fleet.db"
-    engine = create_db_engine(db)
-    upgrade_to_head(engine)
-    sessions = make_session_factory(engine)
-    with sessions() as s:
-        create_device(s, {"device_id": "pi-tls"}, actor=SYSTEM, now=NOW.timestamp())
-        s.commit()
-    settings = Settings.model_validate(
-        {
-            "database": {"url": db},
-            "mqtt": {"url": f"mqtts://127.0.0.1:{broker.port}"},
-            "ingest": {"client_id": "svc-ingest-1", "batch_size": 10},
-            "security": {"ca_dir": str(tmp_path / "issuing")},
-            "tls": {
-                "mqtt_ca": str(ca.chain_path),
-                "mqtt_cert": str(ingest.cert_path),
-                "mqtt_key": str(ingest.key_path),
-                "command_cert": str(commands.cert_path),
-                "command_key": str(commands.key_path),
-            },
-        }
-    )
-    target = broker_target(settings, start_embedded=False)
-    worker = build_ingest(settings, sessions, target, IngestMetrics())
-    worker.connect(timeout=15)
-    runner = threading.Thread(target=worker.run, daemon=True)
-    runner.start()
-    publisher = build_publisher(settings, target)
+    base = mtls_fleet(devices=["pi-tls"], device_validity=timedelta(hours=3))
+    running = base.start_ingest()
+    publisher = build_publisher(base.settings, broker_target(base.settings, start_embedded=False))
     try:
-        yield Fleet(ca, broker, sessions, publisher, device, worker)
+        yield Fleet(
+            base.ca, base.broker, base.sessions, publisher, base.devices["pi-tls"], running.worker
+        )
     finally:
         publisher.close()
-        worker.stop()
-        runner.join(timeout=15)
-        engine.dispose()
 
 
 def test_ingest_and_commands_over_mutual_tls(fleet: Fleet) -> None:

@@ -55,6 +55,7 @@ def test_production_run_end_to_end(mosquitto_factory, tmp_path: Path) -> None:
                 port="{port}",
                 user=getpass.getuser(),
                 services=SERVICES,
+                persistence_dir="{workdir}",
             )
         )
     )
