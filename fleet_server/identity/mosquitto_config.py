@@ -116,6 +116,7 @@ def render_acl(services: Sequence[str] = DEFAULT_SERVICES) -> str:
         lines.append(f"user {service}")
         lines += [f"topic read {TOPIC_ROOT}/+/{kind.value}" for kind in SERVICE_READS]
         lines += [f"topic write {TOPIC_ROOT}/+/{kind.value}" for kind in SERVICE_WRITES]
+        lines.append("topic read $SYS/broker/#")
     return "\n".join(lines) + "\n"
 
 
