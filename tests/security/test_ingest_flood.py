@@ -172,6 +172,8 @@ class DeviceClient:
             self.acked += 1
 
     def publish(self, kind: p.Kind, payload: bytes) -> None:
+        if self.sent - self.acked > 30_000:  # paho's packet ids are 16 bits
+            wait_for(lambda: self.sent - self.acked < 10_000, timeout=60)
         info = self.client.publish(p.topic(self.device_id, kind), payload, qos=1)
         assert info.rc == mqtt.MQTT_ERR_SUCCESS
         self.sent += 1
