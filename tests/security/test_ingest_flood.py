@@ -104,10 +104,13 @@ def make_stack(mosquitto_factory: Any, tmp_path: Path, queue_bytes: int, **inges
             port="{port}",
             user=getpass.getuser(),
             services=SERVICES,
+            persistence_dir=Path("{workdir}"),
         )
     )
     # The queue bounded by bytes (issue 13, finding 1) and $SYS every second.
-    conf = broker_conf(conf, max_queued_messages=0, max_queued_bytes=queue_bytes, sys_interval=1)
+    conf = broker_conf(
+        conf, max_queued_messages=queue_bytes // 256, max_queued_bytes=queue_bytes, sys_interval=1
+    )
     broker = mosquitto_factory(conf)
     db = f"sqlite:///{tmp_path}/fleet.db"
     engine = create_db_engine(db)
