@@ -49,7 +49,7 @@ from fleet_server.identity import ca_store
 from fleet_server.identity.mosquitto_config import BrokerSettings, render_acl, render_mosquitto_conf
 from fleet_server.migrations import upgrade_to_head
 from fleet_server.runtime import broker_target, build_ingest
-from fleet_server.services.alarms import RATE_LIMITED
+from fleet_server.services.alarms import RATE_LIMITED, apply_throttle_reports
 from fleet_server.services.audit import SYSTEM
 from fleet_server.services.metrics import IngestMetrics
 from fleet_server.services.registry import create_device
@@ -269,6 +269,7 @@ def test_a_flooding_device_is_throttled_and_the_others_lose_nothing(
         (alarm,) = _open_alarms(stack.sessions, "pi-flood")
         assert alarm.severity == "warning"
         assert _open_alarms(stack.sessions, "pi-good") == []
+        assert _open_faults(stack.sessions, "pi-flood") == 1
         wait_for(lambda: metrics.status and metrics.status.broker.dropped is not None, 15)
         app = create_app(stack.settings, sessions=stack.sessions, metrics=metrics)
         with asgi_server(app) as url:
@@ -280,6 +281,16 @@ def test_a_flooding_device_is_throttled_and_the_others_lose_nothing(
         stored_flood = _stored(stack.sessions, "pi-flood")
         assert stored_flood + sum(_rejected(metrics).values()) == flood.acked == flood.sent
         assert _stored(stack.sessions, "pi-good") == GOOD
+    # Ten quiet minutes later the ingest closes the alarm (the ledger decides when).
+    apply_throttle_reports(stack.sessions, {}, ["pi-flood"], NOW.timestamp() + 600, "")
+    assert _open_alarms(stack.sessions, "pi-flood") == []
+    assert _open_faults(stack.sessions, "pi-flood") == 0
+
+
+def _open_faults(sessions: sessionmaker[Session], device_id: str) -> int:
+    with sessions() as s:
+        query = select(Device.open_faults).where(Device.device_id == device_id)
+        return int(s.execute(query).scalar_one())
 
 
 def test_broker_drops_show_as_a_gauge_and_an_error(
