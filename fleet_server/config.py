@@ -88,6 +88,20 @@ class IngestSettings(_Section):
     devices reconnect to before the workers do would lose messages (see README, Limits)."""
     session_expiry_s: int = Field(default=86400, ge=0)
     client_id: str = Field(default="fleet-ingest", min_length=1, max_length=64)
+    device_messages_per_s: float = Field(default=2.0, gt=0)
+    """Per-device budget: messages beyond it are acknowledged, counted as
+    ``rejected{reason="rate_limited"}``, alarmed on (``ingest_rate_limited``) and not stored."""
+    device_message_burst: int = Field(default=30_000, ge=1)
+    """Sized for catch-up: an agent replays its whole outbox at once after an outage (at
+    agent defaults a week offline is 10,080 telemetry messages; a full 50 MiB outbox of
+    2 KB messages is ~25,600)."""
+    device_bytes_per_s: float = Field(default=32 * 1024, gt=0)
+    device_byte_burst: int = Field(default=64 * 1024 * 1024, ge=1024)
+    broker_sys_interval_s: float = Field(default=10.0, ge=0)
+    """The broker's ``sys_interval``: no ``$SYS/broker/uptime`` for 3x this makes the ingest
+    not ready. 0: the broker publishes no ``$SYS`` tree."""
+    stable_s: float = Field(default=10.0, ge=0)
+    """After flapping or a lost session, connected this long before ``/readyz`` is 200."""
 
 
 class PresenceSettings(_Section):

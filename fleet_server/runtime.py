@@ -18,6 +18,8 @@ from fleet_server.identity.ca_store import CertificateAuthority
 from fleet_server.migrations import upgrade_to_head
 from fleet_server.services.clock import system_clock
 from fleet_server.services.ingest import BatchWriter
+from fleet_server.services.ingest_budget import BudgetPolicy
+from fleet_server.services.ingest_health import ReadinessPolicy
 from fleet_server.services.metrics import IngestMetrics
 from fleet_server.services.renewal import CertificateRenewer
 
@@ -90,6 +92,13 @@ def build_ingest(
         keepalive_s=settings.mqtt.keepalive_s,
         batch_size=i.batch_size,
         tls=target.tls,
+        budget=BudgetPolicy(
+            messages_per_s=i.device_messages_per_s,
+            message_burst=i.device_message_burst,
+            bytes_per_s=i.device_bytes_per_s,
+            byte_burst=i.device_byte_burst,
+        ),
+        readiness=ReadinessPolicy(sys_interval_s=i.broker_sys_interval_s, stable_s=i.stable_s),
     )
     return IngestWorker(writer, options, renewer=_renewer(settings, sessions))
 

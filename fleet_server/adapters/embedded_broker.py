@@ -43,6 +43,8 @@ class EmbeddedBroker:
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
             "plugins": {
                 "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+                # $SYS/broker/uptime every 10 s: the ingest's broker heartbeat (/readyz).
+                "amqtt.plugins.sys.broker.BrokerSysPlugin": {"sys_interval": 10},
             },
         }
 

@@ -7,6 +7,15 @@ commit acknowledges them (``manual_ack``). The session is persistent (MQTT 5
 whatever was not acknowledged when the worker died is delivered again when it comes back,
 and the database's dedupe key makes the redelivery harmless.
 
+Fairness: every device has a budget (:mod:`fleet_server.services.ingest_budget`). A
+message over it is acknowledged at once in the network thread and never queued, so a
+flooding device drains at broker speed and cannot fill the session queue where the broker
+would drop other devices' messages; the excess is counted, alarmed on and logged.
+
+Health: the worker records connects, disconnects, the broker's ``$SYS`` heartbeat and its
+progress in an :class:`IngestStatus` (``/healthz``, ``/readyz``), and logs an ERROR when
+another client takes its client id or the broker drops messages.
+
 Several workers can share the load through an MQTT 5 shared subscription
 (``$share/<group>/fleet/v1/+/<kind>``). On an MQTT 3.1.1 broker (the embedded one) run a
 single worker.
@@ -18,7 +27,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -28,16 +37,21 @@ from paho.mqtt.properties import Properties
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleet_server.adapters.mqtt_url import ClientTls
+from fleet_server.services.alarms import apply_throttle_reports, throttled_devices
 from fleet_server.services.clock import Clock, system_clock
 from fleet_server.services.ingest import BatchWriter, Inbound
+from fleet_server.services.ingest_budget import BudgetPolicy, DeviceBudget, ThrottleLedger
+from fleet_server.services.ingest_health import SYS_TOPICS, IngestStatus, ReadinessPolicy
 
 if TYPE_CHECKING:
     from fleet_server.services.renewal import CertificateRenewer
-from protocol import Kind, shared_subscription, subscription
+from protocol import Kind, ProtocolDecodeError, parse_topic, shared_subscription, subscription
 
 log = logging.getLogger(__name__)
 
 INGEST_KINDS = (Kind.TELEMETRY, Kind.EVENT, Kind.PRESENCE)
+SESSION_TAKEN_OVER = 142
+"""MQTT 5 reason 0x8E (sent by Mosquitto from 2.0.15 on; 2.0.11 just closes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +78,8 @@ class IngestOptions:
     retry_backoff_s: float = 0.5
     retry_backoff_max_s: float = 10.0
     tls: ClientTls | None = None
+    budget: BudgetPolicy = field(default_factory=BudgetPolicy)
+    readiness: ReadinessPolicy = field(default_factory=ReadinessPolicy)
 
 
 class IngestWorker:
@@ -85,6 +101,11 @@ class IngestWorker:
         self._generation = 0
         self._connected = threading.Event()
         self._stop = threading.Event()
+        self.budget = DeviceBudget(options.budget)
+        self._budget_lock = threading.Lock()
+        self.ledger = ThrottleLedger()
+        self.status = IngestStatus(clock(), options.readiness)
+        writer.metrics.status = self.status
         self.client = self._make_client()
 
     # -- paho ----------------------------------------------------------------------
@@ -120,21 +141,70 @@ class IngestWorker:
             return [shared_subscription(o.shared_group, k) for k in INGEST_KINDS]
         return [subscription(k) for k in INGEST_KINDS]
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             log.error("ingest: broker refused the connection: %s", reason)
             return
         self._generation += 1
-        client.subscribe([(t, 1) for t in self._topics()])
+        verdict = self.status.connected(
+            self.clock(), persistent=True, session_present=bool(flags.session_present)
+        )
+        o = self.options
+        if verdict.session_lost:
+            self.writer.metrics.session_lost.inc()
+            log.error(
+                "ingest: reconnected as %r but the broker no longer has its persistent "
+                "session: messages queued for it may be lost (another client using id %r "
+                "with a clean session, or a broker restart without persistence)",
+                o.client_id,
+                o.client_id,
+            )
+        if verdict.displaced:
+            self._displaced(f"{verdict.recent_disconnects} unexpected disconnects in a row")
+        client.subscribe([(t, 1) for t in self._topics()] + [(t, 0) for t in SYS_TOPICS])
         self._connected.set()
-        log.info("ingest: connected to %s:%s", self.options.host, self.options.port)
+        log.info("ingest: connected to %s:%s as %r", o.host, o.port, o.client_id)
+
+    def _displaced(self, evidence: str) -> None:
+        self.writer.metrics.displaced.inc()
+        log.error(
+            "ingest: session taken over by another client using id %r (%s); reconnecting "
+            "with the same identity. Reserve the id for the service certificate "
+            "(use_username_as_clientid) and find the other client.",
+            self.options.client_id,
+            evidence,
+        )
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._connected.clear()
-        if not self._stop.is_set():
+        expected = self._stop.is_set()
+        self.status.disconnected(self.clock(), expected=expected)
+        if expected:
+            return
+        code = int(getattr(reason, "value", reason) or 0)
+        self.writer.metrics.disconnects.labels(reason=str(code)).inc()
+        if code == SESSION_TAKEN_OVER:
+            self._displaced("reason 0x8E session taken over")
+        else:
             log.warning("ingest: lost the broker (%s); reconnecting", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        now = self.clock()
+        if msg.topic.startswith("$SYS/"):
+            self._broker_stat(msg.topic, bytes(msg.payload), now)
+            return
+        try:
+            device_id: str | None = parse_topic(msg.topic)[0]
+        except ProtocolDecodeError:
+            device_id = None  # the writer rejects it, counted as bad_topic
+        if device_id is not None:
+            with self._budget_lock:
+                admitted = self.budget.admit(device_id, len(msg.payload), now)
+            if not admitted:
+                # Over budget: acknowledged here and never queued (counted in run()).
+                self.client.ack(msg.mid, msg.qos)
+                return
+        self.status.received(now)
         self._queue.put(
             _Pending(
                 Inbound(msg.topic, bytes(msg.payload), self.clock()),
@@ -143,6 +213,56 @@ class IngestWorker:
                 self._generation,
             )
         )
+
+    def _broker_stat(self, topic: str, payload: bytes, now: float) -> None:
+        rose = self.status.heartbeat(topic, payload, now)
+        b = self.status.broker
+        m = self.writer.metrics
+        if b.dropped is not None:
+            m.broker_dropped.set(b.dropped)
+        if b.store_bytes is not None:
+            m.broker_store_bytes.set(b.store_bytes)
+        if b.clients_connected is not None:
+            m.broker_clients.set(b.clients_connected)
+        if rose:
+            log.error(
+                "broker dropped %d messages (total %d since it started): a session queue "
+                "is full (max_queued_bytes) and acknowledged device data is being lost",
+                rose,
+                b.dropped,
+            )
+
+    def _report_throttled(self) -> None:
+        """Count, log and alarm on the messages found over budget since the last call."""
+        with self._budget_lock:
+            excess = self.budget.take_excess()
+        now = self.clock()
+        news = self.ledger.add(excess, now)
+        total = sum(e.messages for e in excess.values())
+        if total:
+            self.writer.metrics.rejected.labels(reason="rate_limited").inc(total)
+        b = self.options.budget
+        limit = f"{b.messages_per_s:g} msg/s burst {b.message_burst}, {b.bytes_per_s:g} B/s"
+        for device_id, e in news.warn.items():
+            log.warning(
+                "ingest: device %s over its budget (%s): %d messages, %d bytes acknowledged "
+                "and not stored",
+                device_id,
+                limit,
+                e.messages,
+                e.bytes,
+            )
+        if news.alarm or news.close:
+            try:
+                apply_throttle_reports(
+                    self.writer.sessions,
+                    {d: (e.messages, e.bytes) for d, e in news.alarm.items()},
+                    news.close,
+                    now,
+                    limit,
+                )
+            except Exception:
+                log.exception("ingest: could not record the rate-limit alarms")
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -174,8 +294,15 @@ class IngestWorker:
     def run(self) -> None:
         """Batch, store and ack until :meth:`stop`; then flush the queue and disconnect."""
         try:
+            with self.writer.sessions() as session:
+                self.ledger.watch(throttled_devices(session), self.clock())
+        except Exception:
+            log.exception("ingest: could not read the open rate-limit alarms")
+        try:
             while not self._stop.is_set():
                 self._step(timeout=0.2)
+                self._report_throttled()
+            self._report_throttled()
             while self._step(timeout=0.0):
                 pass
         finally:
@@ -217,7 +344,8 @@ class IngestWorker:
                 if self._stop.wait(delay):
                     # Shutting down: leave the batch unacknowledged; it is redelivered.
                     log.warning("ingest: stopping with %d uncommitted messages", len(items))
-                    self._drain_unacked()
+                    dropped = len(items) + self._drain_unacked()
+                    self.status.settled(dropped, self.clock(), committed=False)
                     return False
                 delay = min(delay * 2, self.options.retry_backoff_max_s)
         if self.renewer is not None:
@@ -228,6 +356,7 @@ class IngestWorker:
             # the new one; acking its old packet id here would ack the wrong message.
             if item.generation == generation:
                 self.client.ack(item.mid, item.qos)
+        self.status.settled(len(items), self.clock())
         return True
 
     def _answer_certificate_requests(
@@ -241,12 +370,14 @@ class IngestWorker:
         except Exception:
             log.exception("ingest: certificate renewal failed")
 
-    def _drain_unacked(self) -> None:
+    def _drain_unacked(self) -> int:
+        n = 0
         while True:
             try:
                 self._queue.get_nowait()
             except queue.Empty:
-                return
+                return n
+            n += 1
 
 
 def wait_connected(worker: IngestWorker, timeout: float) -> bool:

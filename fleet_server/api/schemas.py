@@ -304,8 +304,21 @@ class WhoAmI(BaseModel):
     role: Role
 
 
+class IngestHealth(BaseModel):
+    """The MQTT ingest of this process: ready, or why not, and what it observed."""
+
+    ready: bool
+    reasons: list[str]
+    connected: bool
+    recent_disconnects: int
+    last_commit_age_s: float | None
+    backlog: int
+    broker_heartbeat_age_s: float | None
+    broker_dropped_messages: int | None
+
+
 class Health(BaseModel):
-    """Liveness and database reachability."""
+    """Liveness, database reachability and (when this process runs one) the ingest."""
 
     status: Literal["ok", "degraded"]
     database: bool
@@ -313,3 +326,12 @@ class Health(BaseModel):
     mode: Literal["demo", "production"] = "production"
     warning: str | None = None
     """Set in demo mode: the server is not secured."""
+    ingest: IngestHealth | None = None
+    """None when this process runs no ingest (``fleet-server api``)."""
+
+
+class Readiness(BaseModel):
+    """``/readyz``: ready to do its job, or the reasons it is not."""
+
+    ready: bool
+    reasons: list[str]

@@ -40,6 +40,7 @@ API = "/api/v1"
 
 PERMISSIONS: dict[tuple[str, str], Role | None] = {
     ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
     ("POST", f"{API}/diagnostics/upload/{{token}}"): PUBLIC,
     ("GET", f"{API}/whoami"): Role.VIEWER,

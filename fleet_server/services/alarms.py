@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Integer, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 import protocol as p
 from fleet_server.db.models import Alarm, Device
@@ -16,6 +17,9 @@ from fleet_server.services import audit
 from fleet_server.services.audit import Actor
 from fleet_server.services.paging import Page, PageParams, fetch_page
 from fleet_server.services.presence import presence_counts
+
+RATE_LIMITED = "ingest_rate_limited"
+"""Code of the warning alarm the ingest opens on a device that sends over its budget."""
 
 GROUPABLE = ("model", "hw_revision", "batch", "software_version", "region")
 """Device fields the fault-rate view can group by."""
@@ -73,6 +77,108 @@ def apply_fault_events(
             del open_alarms[(device_key, msg.code)]
             session.flush()
             _bump_open(session, device_key, -1)
+
+
+def record_throttled(
+    session: Session, excess: Mapping[str, tuple[int, int]], now: float, limit: str
+) -> None:
+    """Open or bump the warning alarm ``ingest_rate_limited`` of each device in
+    ``excess`` (``device_id -> (messages, bytes)`` acked over budget and not stored);
+    ``value`` totals the messages, ``limit`` says what the budget is. Unknown devices are
+    skipped (the metric still counts them). The caller commits."""
+    if not excess:
+        return
+    keys = dict(
+        session.execute(
+            select(Device.device_id, Device.id).where(Device.device_id.in_(set(excess)))
+        ).all()
+    )
+    open_alarms = {
+        a.device_key: a
+        for a in session.execute(
+            select(Alarm).where(
+                Alarm.state == AlarmState.OPEN.value,
+                Alarm.code == RATE_LIMITED,
+                Alarm.device_key.in_(set(keys.values())),
+            )
+        ).scalars()
+    }
+    for device_id, (messages, nbytes) in sorted(excess.items()):
+        key = keys.get(device_id)
+        if key is None:
+            continue
+        alarm = open_alarms.get(key)
+        if alarm is None:
+            alarm = Alarm(
+                device_key=key,
+                code=RATE_LIMITED,
+                severity=p.Severity.WARNING.value,
+                state=AlarmState.OPEN.value,
+                raised_at=now,
+                raised_seq=0,
+                raised_boot_id="",
+                value=0.0,
+                occurrences=0,
+            )
+            session.add(alarm)
+            session.flush()
+            _bump_open(session, key, +1)
+        alarm.occurrences += 1 if messages else 0
+        alarm.value = (alarm.value or 0.0) + messages
+        alarm.message = (
+            f"{int(alarm.value)} messages over the ingest budget ({limit}) were acknowledged "
+            f"and not stored (last report: {messages} messages, {nbytes} bytes)"
+        )
+
+
+def close_throttled(session: Session, device_ids: list[str], now: float) -> int:
+    """Close the ``ingest_rate_limited`` alarms of devices quiet again; returns how many.
+    The caller commits."""
+    if not device_ids:
+        return 0
+    rows = session.execute(
+        select(Alarm)
+        .join(Device, Device.id == Alarm.device_key)
+        .where(
+            Alarm.state == AlarmState.OPEN.value,
+            Alarm.code == RATE_LIMITED,
+            Device.device_id.in_(device_ids),
+        )
+    ).scalars()
+    closed = 0
+    for alarm in rows:
+        alarm.state = AlarmState.CLEARED.value
+        alarm.cleared_at = now
+        session.flush()
+        _bump_open(session, alarm.device_key, -1)
+        closed += 1
+    return closed
+
+
+def apply_throttle_reports(
+    sessions: sessionmaker[Session],
+    excess: Mapping[str, tuple[int, int]],
+    quiet: list[str],
+    now: float,
+    limit: str,
+) -> None:
+    """:func:`record_throttled` and :func:`close_throttled` in one transaction."""
+    if not excess and not quiet:
+        return
+    with sessions() as session, session.begin():
+        record_throttled(session, excess, now, limit)
+        close_throttled(session, quiet, now)
+
+
+def throttled_devices(session: Session) -> list[str]:
+    """Devices with an open ``ingest_rate_limited`` alarm (the ingest watches them at start)."""
+    return list(
+        session.execute(
+            select(Device.device_id)
+            .join(Alarm, Alarm.device_key == Device.id)
+            .where(Alarm.state == AlarmState.OPEN.value, Alarm.code == RATE_LIMITED)
+        ).scalars()
+    )
 
 
 def _bump_open(session: Session, device_key: int, delta: int) -> None:

@@ -1,4 +1,4 @@
-"""``/healthz``, ``/metrics`` and diagnostics transfer (upload by device, download)."""
+"""``/healthz``, ``/readyz``, ``/metrics`` and diagnostics transfer (upload by device, download)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from sqlalchemy.orm import Session
 from fleet_server import __version__
 from fleet_server.api.deps import context, get_session, read_body, request_id
 from fleet_server.api.errors import ERROR_RESPONSES
-from fleet_server.api.schemas import Health, UploadOut
+from fleet_server.api.schemas import Health, Readiness, UploadOut
 from fleet_server.security_mode import DEMO_HEALTH_WARNING
 from fleet_server.services.commands import store_upload, uploaded_bundle
 from fleet_server.services.health import database_answers
+from fleet_server.services.ingest_health import readiness
 
 router = APIRouter(tags=["system"], responses=ERROR_RESPONSES)
 
@@ -23,15 +24,41 @@ router = APIRouter(tags=["system"], responses=ERROR_RESPONSES)
 def healthz(request: Request, session: Annotated[Session, Depends(get_session)]) -> dict[str, Any]:
     """``ok`` when the database answers; exposes no device data. In demo mode it carries
     the insecure-mode warning, so nobody mistakes a demo for a production server."""
+    ctx = context(request)
     db_ok = database_answers(session)
-    mode = context(request).settings.security.mode
+    mode = ctx.settings.security.mode
+    status = ctx.metrics.status if ctx.metrics is not None else None
+    ingest = status.view(ctx.clock()) if status is not None else None
     return {
-        "status": "ok" if db_ok else "degraded",
+        "status": "ok" if db_ok and (ingest is None or ingest["ready"]) else "degraded",
         "database": db_ok,
         "version": __version__,
         "mode": mode,
         "warning": DEMO_HEALTH_WARNING if mode == "demo" else None,
+        "ingest": ingest,
     }
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Readiness (no token needed): 503 with reasons when not ready",
+    responses={503: {"model": Readiness, "description": "not ready, with the reasons"}},
+)
+def readyz(
+    request: Request, response: Response, session: Annotated[Session, Depends(get_session)]
+) -> dict[str, Any]:
+    """200 when the database answers and this process's ingest (if it runs one) is
+    connected, hears the broker's heartbeat, commits what it receives and is not being
+    knocked off by another client using its id; otherwise 503 with the reasons."""
+    ctx = context(request)
+    reasons = [] if database_answers(session) else ["the database does not answer"]
+    status = ctx.metrics.status if ctx.metrics is not None else None
+    if status is not None:
+        reasons += [f"ingest: {r}" for r in readiness(status, ctx.clock())]
+    if reasons:
+        response.status_code = 503
+    return {"ready": not reasons, "reasons": reasons}
 
 
 @router.get(
