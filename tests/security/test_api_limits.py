@@ -12,9 +12,8 @@ import json
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
@@ -27,10 +26,10 @@ RSS_GROWTH_KIB = 64 * 1024
 DEVICES = "/api/v1/devices"
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> ApiProcess:
-    with api_process(tmp_path) as srv:
-        yield srv  # type: ignore[misc]
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    with api_process(tmp_path_factory.mktemp("api")) as srv:
+        yield srv
 
 
 def _head(path: str, token: str | None, length: str) -> bytes:
