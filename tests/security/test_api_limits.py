@@ -83,7 +83,7 @@ def test_huge_bodies_are_refused_before_they_are_read(server: ApiProcess) -> Non
     before = server.peak_rss_kib()
     anonymous = _parallel(lambda: declared_post(server.port, None))
     assert [status for status, _ in anonymous] == [401] * PARALLEL
-    assert max(seconds for _, seconds in anonymous) < 2
+    assert max(seconds for _, seconds in anonymous) < 5  # at once; unfixed, never
     declared = _parallel(lambda: declared_post(server.port, server.admin))
     assert [status for status, _ in declared] == [413] * PARALLEL
     chunked = _parallel(lambda: chunked_post(server.port, server.admin))

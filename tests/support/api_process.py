@@ -117,7 +117,7 @@ keys_dir = "{tmp_path}/tuf-keys"
             except httpx.HTTPError:
                 return False
 
-        wait_for(up, timeout=30)
+        wait_for(up, timeout=120)  # generous: a loaded CI box imports slowly
         yield server
     finally:
         server.proc.send_signal(signal.SIGTERM)
