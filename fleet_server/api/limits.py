@@ -74,8 +74,8 @@ def declared_length(headers: Headers) -> int | None:
 
 class BodyTooLarge(HTTPException):
     """Raised from ``receive`` once the body passes its cap, to stop the application
-    reading. Whatever the layers in between turn it into (the request-id middleware's
-    stream reaches FastAPI as a failed body read, a 400), :class:`_Counted` answers 413."""
+    reading. Whatever the layers in between turn it into (through this app's middleware
+    stack FastAPI answers it as a failed body read, 400), :class:`_Counted` answers 413."""
 
     def __init__(self, cap: int) -> None:
         super().__init__(413, f"request body exceeds the limit of {cap} bytes for this route")
