@@ -232,6 +232,10 @@ def token_create(
     name: Annotated[str, typer.Option("--name", help="who or what uses it")],
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
+    ttl_days: Annotated[
+        float | None,
+        typer.Option("--ttl-days", help="expire after this many days (default: never)"),
+    ] = None,
 ) -> None:
     """Create an API token directly in the database (printed once)."""
     from fleet_server.services import tokens
@@ -240,17 +244,18 @@ def token_create(
 
     if not name.strip() or len(name) > 128:
         _fail("--name must be 1-128 characters")
+    if ttl_days is not None and not 0 < ttl_days <= tokens.MAX_TTL_DAYS:
+        _fail(f"--ttl-days must be in (0, {tokens.MAX_TTL_DAYS}]")
     settings = _settings(config)
     _engine, sessions = _open(settings)
     with sessions() as session:
         token, secret = tokens.create_token(
-            session, name.strip(), role, actor=SYSTEM, now=system_clock()
+            session, name.strip(), role, actor=SYSTEM, now=system_clock(), ttl_days=ttl_days
         )
         session.commit()
     if json_out:
-        typer.echo(
-            json.dumps({"id": token.id, "name": token.name, "role": token.role, "secret": secret})
-        )
+        out = {"id": token.id, "name": token.name, "role": token.role, "secret": secret}
+        typer.echo(json.dumps({**out, "expires_at": token.expires_at}))
     else:
         typer.echo(secret)
 
@@ -382,6 +387,8 @@ class _Server:
     def __init__(self, settings: Settings, app_obj: Any) -> None:
         import uvicorn
 
+        from fleet_server.api.limits import limit_options
+
         class Quiet(uvicorn.Server):
             @contextlib.contextmanager
             def capture_signals(self) -> Iterator[None]:
@@ -396,6 +403,7 @@ class _Server:
                 log_config=None,
                 lifespan="off",
                 **_ssl_options(settings),
+                **limit_options(settings),
             )
         )
 

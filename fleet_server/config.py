@@ -73,6 +73,16 @@ class ApiSettings(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     base_url: str | None = None
     """URL devices use for diagnostics uploads; defaults to ``http://host:port``."""
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest request body on every route without its own limit (bundles, diagnostics
+    and CSV imports have theirs); larger ones get 413 before they are read."""
+    max_concurrency: int = Field(default=64, ge=1)
+    """Requests served at once; uvicorn answers 503 beyond."""
+    auth_failure_limit: int = Field(default=10, ge=1)
+    """Failed tokens one source may present within ``auth_failure_window_s``..."""
+    auth_failure_window_s: float = Field(default=60, gt=0)
+    auth_block_s: float = Field(default=60, gt=0)
+    """...before it is refused (429) for this long."""
 
 
 class IngestSettings(_Section):

@@ -13,15 +13,19 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
-from prometheus_client import CollectorRegistry
+from fastapi.routing import APIRoute
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server import __version__
+from fleet_server.api.auth_throttle import FailureWindow
 from fleet_server.api.deps import AppContext, authorize, request_id
 from fleet_server.api.errors import install_error_handlers
+from fleet_server.api.headers import SecurityHeaders
+from fleet_server.api.limits import BodyLimit
 from fleet_server.api.openapi_security import declare_security
 from fleet_server.api.routers import (
     admin,
@@ -36,6 +40,7 @@ from fleet_server.api.routers import (
     system,
     warranty,
 )
+from fleet_server.api.slashes import TrailingSlash
 from fleet_server.config import Settings
 from fleet_server.db import create_db_engine, make_session_factory
 from fleet_server.db.models import Alarm
@@ -103,11 +108,23 @@ def create_app(
             '`{"error": {"code", "message", "details"}}`.'
         ),
         dependencies=[Depends(authorize)],
+        redirect_slashes=False,  # slashes.TrailingSlash redirects without the Host header
     )
     app.state.ctx = AppContext(settings, sessions, clock, publisher, metrics)
     registry = metrics.registry if metrics is not None else CollectorRegistry()
     registry.register(FleetCollector(sessions))
     app.state.registry = registry
+    app.state.auth_throttle = FailureWindow(
+        limit=settings.api.auth_failure_limit,
+        window_s=settings.api.auth_failure_window_s,
+        block_s=settings.api.auth_block_s,
+    )
+    app.state.auth_failures = Counter(
+        "fleet_api_auth_failures",
+        "Requests refused for an unknown, revoked or expired token",
+        ["reason"],
+        registry=registry,
+    )
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -119,12 +136,18 @@ def create_app(
         response.headers["X-Request-ID"] = rid
         return response
 
-    for module in (system, devices, alarms, admin, credentials, recalls, warranty, rma, analytics):
-        app.include_router(module.router)
-    app.include_router(deployments.router)
-    app.include_router(rollouts.router)
-    app.include_router(tuf_router(settings.updates.repo_dir))
+    modules = (system, devices, alarms, admin, credentials, recalls, warranty, rma, analytics)
+    routers = [m.router for m in modules] + [deployments.router, rollouts.router]
+    routers.append(tuf_router(settings.updates.repo_dir))
+    for router in routers:
+        app.include_router(router)
     _document_security(app)
+    # The routes as declared (the middlewares match raw requests against them), added
+    # last = outermost: headers on every answer, caps before any body is read.
+    api_routes = [route for r in routers for route in r.routes if isinstance(route, APIRoute)]
+    app.add_middleware(TrailingSlash, routes=api_routes)
+    app.add_middleware(BodyLimit, settings=settings, routes=api_routes)
+    app.add_middleware(SecurityHeaders)
     return app
 
 

@@ -12,8 +12,11 @@ from fastapi import Depends, Query, Request
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session, sessionmaker
 
+from fleet_server.api.auth_throttle import FailureWindow
 from fleet_server.api.errors import ApiError
+from fleet_server.api.route_match import template
 from fleet_server.config import Settings
+from fleet_server.db.models import ApiToken
 from fleet_server.domain.roles import Role, UndeclaredRouteError, required_role
 from fleet_server.errors import TooLargeError
 from fleet_server.services import tokens
@@ -46,7 +49,6 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-_CONVERTER = re.compile(r"\{(\w+):\w+\}")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -67,8 +69,7 @@ def authorize(request: Request, session: Annotated[Session, Depends(get_session)
     Public routes get ``None``; an undeclared route is refused (closed by default).
     """
     route = request.scope.get("route")
-    path = route.path if isinstance(route, APIRoute) else request.url.path
-    path = _CONVERTER.sub(r"{\1}", path)  # "/tuf/targets/{path:path}" as OpenAPI names it
+    path = template(route.path if isinstance(route, APIRoute) else request.url.path)
     try:
         needed = required_role(request.method, path)
     except UndeclaredRouteError as exc:
@@ -79,10 +80,7 @@ def authorize(request: Request, session: Annotated[Session, Depends(get_session)
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret:
         raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer efk_...)")
-    now = context(request).clock()
-    token = tokens.authenticate(session, secret.strip(), now)
-    if token is None:
-        raise ApiError(401, "unauthorized", "unknown or revoked token")
+    token = _check_throttled(request, session, secret.strip())
     role = Role(token.role)
     if not role.allows(needed):
         raise ApiError(
@@ -93,6 +91,31 @@ def authorize(request: Request, session: Annotated[Session, Depends(get_session)
     actor = Actor(token.name, role.value, token.id)
     request.state.actor = actor
     return actor
+
+
+def _check_throttled(request: Request, session: Session, secret: str) -> ApiToken:
+    """The live token for ``secret``; a source with too many recent failures gets 429
+    (with ``Retry-After``) before its token is even looked up, and every failure counts."""
+    now = context(request).clock()
+    throttle: FailureWindow = request.app.state.auth_throttle
+    source = request.client.host if request.client else "unknown"
+    wait = throttle.retry_after(source, now)
+    if wait is not None:
+        raise ApiError(
+            429,
+            "too_many_auth_failures",
+            f"too many failed tokens from {source}; retry in {wait} s",
+            {"retry_after_s": wait},
+            headers={"Retry-After": str(wait)},
+        )
+    check = tokens.check_token(session, secret, now)
+    if check.token is not None:
+        return check.token
+    throttle.record_failure(source, now)
+    request.app.state.auth_failures.labels(reason=check.refusal or "unknown").inc()
+    if check.refusal == "expired":
+        raise ApiError(401, "token_expired", "this token has expired; ask an admin for a new one")
+    raise ApiError(401, "unauthorized", "unknown or revoked token")
 
 
 def current_actor(actor: Annotated[Actor | None, Depends(authorize)]) -> Actor:

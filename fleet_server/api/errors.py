@@ -35,12 +35,20 @@ class ApiError(Exception):
     ``status`` with the standard error body. Services raise the
     :class:`~fleet_server.errors.FleetError` family instead."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.headers = headers
 
 
 _HTTP_CODES = {
@@ -53,12 +61,13 @@ _HTTP_CODES = {
     413: "too_large",
     415: "unsupported_media_type",
     422: "validation_error",
+    429: "too_many_requests",
 }
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": code.replace("_", " ")}
     for status, code in _HTTP_CODES.items()
-    if status in (400, 401, 403, 404, 409, 422)
+    if status in (400, 401, 403, 404, 409, 413, 422, 429)
 }
 """Declared on every router so the OpenAPI schema documents the error body."""
 
@@ -76,8 +85,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_r: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        headers.update(exc.headers or {})
+        return error_response(exc.status, exc.code, exc.message, exc.details, headers or None)
 
     @app.exception_handler(FleetError)
     async def _fleet_error(_r: Request, exc: FleetError) -> JSONResponse:

@@ -276,6 +276,9 @@ class TokenIn(BaseModel):
 
     name: str = Field(min_length=1, max_length=128)
     role: Role
+    ttl_days: float | None = Field(
+        default=None, gt=0, le=3650, description="days until it expires (default: never)"
+    )
 
 
 class TokenOut(BaseModel):
@@ -289,6 +292,7 @@ class TokenOut(BaseModel):
     created_by: str | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    expires_at: datetime | None = None
 
 
 class TokenCreated(TokenOut):

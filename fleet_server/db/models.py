@@ -243,6 +243,8 @@ class ApiToken(Base):
     created_by: Mapped[str | None] = mapped_column(String(128))
     revoked_at: Mapped[float | None] = mapped_column(Float)
     last_used_at: Mapped[float | None] = mapped_column(Float)
+    expires_at: Mapped[float | None] = mapped_column(Float)
+    """Refused from this time on; None = until revoked."""
 
 
 class AuditEntry(Base):

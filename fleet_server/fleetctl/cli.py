@@ -293,7 +293,16 @@ def tokens_list(
 ) -> None:
     """List API tokens (never their secrets)."""
     items = common.client().paginate("/api/v1/tokens", {"include_revoked": include_revoked}, None)
-    cols = ["id", "name", "role", "prefix", "created_at", "last_used_at", "revoked_at"]
+    cols = [
+        "id",
+        "name",
+        "role",
+        "prefix",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+        "expires_at",
+    ]
     common.emit(items, as_json, lambda d: common.table(d, cols))
 
 
@@ -302,9 +311,15 @@ def tokens_create(
     name: Annotated[str, typer.Option(help="who or what uses it")],
     role: Annotated[str, typer.Option(help="viewer, technician, operator or admin")],
     as_json: JsonOpt = False,
+    ttl_days: Annotated[
+        float | None, typer.Option("--ttl-days", help="expire after this many days")
+    ] = None,
 ) -> None:
     """Create a token; its secret is printed once."""
-    token = common.client().request("POST", "/api/v1/tokens", json={"name": name, "role": role})
+    body: dict[str, object] = {"name": name, "role": role}
+    if ttl_days is not None:
+        body["ttl_days"] = ttl_days
+    token = common.client().request("POST", "/api/v1/tokens", json=body)
     common.emit(
         token,
         as_json,

@@ -25,7 +25,8 @@ EXIT_CONFLICT = 5
 EXIT_FORBIDDEN = 6
 """No token, an unknown token, or a role without the right (401, 403)."""
 EXIT_UNAVAILABLE = 7
-"""The API cannot be reached or a dependency is down (503); retry later."""
+"""The API cannot be reached, a dependency is down (503) or this address is blocked
+after failed tokens (429); retry later."""
 EXIT_SERVER = 8
 """The server failed (500 or another unexpected status)."""
 
@@ -38,6 +39,7 @@ _EXIT_BY_STATUS = {
     410: EXIT_NOT_FOUND,
     413: EXIT_INVALID,
     422: EXIT_INVALID,
+    429: EXIT_UNAVAILABLE,
     502: EXIT_UNAVAILABLE,
     503: EXIT_UNAVAILABLE,
     504: EXIT_UNAVAILABLE,

@@ -228,6 +228,24 @@ def expire_commands(session: Session, *, now: float) -> int:
     return int(result.rowcount or 0)
 
 
+def check_upload_token(session: Session, secret: str, now: float) -> DiagnosticBundle:
+    """The pending diagnostics bundle of the one-time upload token ``secret``; the route
+    calls it before reading the body, so a bad token costs no memory.
+
+    Raises NotFoundError ``not_found`` (unknown token) or GoneError ``already_used`` /
+    ``expired``."""
+    bundle = session.execute(
+        select(DiagnosticBundle).where(DiagnosticBundle.token_hash == hash_secret(secret))
+    ).scalar_one_or_none()
+    if bundle is None:
+        raise NotFoundError("not_found", "unknown upload token")
+    if bundle.uploaded_at is not None:
+        raise GoneError("already_used", "this upload token was already used")
+    if bundle.expires_at <= now:
+        raise GoneError("expired", "this upload token has expired")
+    return bundle
+
+
 def store_upload(
     session: Session,
     secret: str,
@@ -245,15 +263,7 @@ def store_upload(
     GoneError ``already_used`` / ``expired``."""
     if len(body) > max_bytes:
         raise TooLargeError("too_large", f"bundle is {len(body)} bytes; the limit is {max_bytes}")
-    bundle = session.execute(
-        select(DiagnosticBundle).where(DiagnosticBundle.token_hash == hash_secret(secret))
-    ).scalar_one_or_none()
-    if bundle is None:
-        raise NotFoundError("not_found", "unknown upload token")
-    if bundle.uploaded_at is not None:
-        raise GoneError("already_used", "this upload token was already used")
-    if bundle.expires_at <= now:
-        raise GoneError("expired", "this upload token has expired")
+    bundle = check_upload_token(session, secret, now)
     bundle.uploaded_at = now
     bundle.size = len(body)
     bundle.sha256 = hashlib.sha256(body).hexdigest()

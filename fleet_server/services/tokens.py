@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -11,12 +12,14 @@ from sqlalchemy.orm import Session
 
 from fleet_server.db.models import ApiToken
 from fleet_server.domain.roles import Role
-from fleet_server.errors import ConflictError, NotFoundError
+from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
 from fleet_server.services.paging import Page, PageParams, fetch_page
 
 TOKEN_PREFIX = "efk_"
+MAX_TTL_DAYS = 3650
+DAY_S = 86400.0
 
 
 def hash_secret(secret: str) -> str:
@@ -35,6 +38,7 @@ def token_view(token: ApiToken) -> dict[str, Any]:
         "created_by": token.created_by,
         "revoked_at": token.revoked_at,
         "last_used_at": token.last_used_at,
+        "expires_at": token.expires_at,
     }
 
 
@@ -46,8 +50,13 @@ def create_token(
     actor: Actor,
     now: float,
     request_id: str | None = None,
+    ttl_days: float | None = None,
 ) -> tuple[ApiToken, str]:
-    """Create a token; return the row and the secret (shown once, never stored)."""
+    """Create a token; return the row and the secret (shown once, never stored). With
+    ``ttl_days`` it stops working that many days from ``now``; without, it lives until
+    revoked."""
+    if ttl_days is not None and not 0 < ttl_days <= MAX_TTL_DAYS:
+        raise InvalidInputError("validation_error", f"ttl_days must be in (0, {MAX_TTL_DAYS}]")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(
         name=name,
@@ -56,6 +65,7 @@ def create_token(
         prefix=secret[:10],
         created_at=now,
         created_by=actor.label,
+        expires_at=None if ttl_days is None else now + ttl_days * DAY_S,
     )
     session.add(token)
     session.flush()
@@ -72,20 +82,38 @@ def create_token(
     return token, secret
 
 
-def authenticate(session: Session, secret: str, now: float) -> ApiToken | None:
-    """The live token matching ``secret``, or None; records (and commits) when it was
-    last used, at most once a minute."""
+@dataclass(frozen=True)
+class TokenCheck:
+    """The outcome of presenting a secret: the live token, or why there is none
+    (``unknown``, ``revoked`` or ``expired``)."""
+
+    token: ApiToken | None
+    refusal: str | None = None
+
+
+def check_token(session: Session, secret: str, now: float) -> TokenCheck:
+    """Look ``secret`` up; a live token has its last use recorded (and committed) at
+    most once a minute. Expired tokens are refused from ``expires_at`` on."""
     if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
-        return None
+        return TokenCheck(None, "unknown")
     token = session.execute(
         select(ApiToken).where(ApiToken.token_hash == hash_secret(secret))
     ).scalar_one_or_none()
-    if token is None or token.revoked_at is not None:
-        return None
+    if token is None:
+        return TokenCheck(None, "unknown")
+    if token.revoked_at is not None:
+        return TokenCheck(None, "revoked")
+    if token.expires_at is not None and token.expires_at <= now:
+        return TokenCheck(None, "expired")
     if token.last_used_at is None or now - token.last_used_at > 60:
         token.last_used_at = now
         session.commit()
-    return token
+    return TokenCheck(token)
+
+
+def authenticate(session: Session, secret: str, now: float) -> ApiToken | None:
+    """The live token matching ``secret``, or None (see :func:`check_token`)."""
+    return check_token(session, secret, now).token
 
 
 def revoke_token(
@@ -132,9 +160,12 @@ def issue_token(
     actor: Actor,
     now: float,
     request_id: str | None = None,
+    ttl_days: float | None = None,
 ) -> tuple[ApiToken, str]:
     """Create a token and commit it; return the row and the secret (shown once)."""
-    token, secret = create_token(session, name, role, actor=actor, now=now, request_id=request_id)
+    token, secret = create_token(
+        session, name, role, actor=actor, now=now, request_id=request_id, ttl_days=ttl_days
+    )
     session.commit()
     return token, secret
 

@@ -84,6 +84,7 @@ def create_token(
         actor=actor,
         now=context(request).clock(),
         request_id=request_id(request),
+        ttl_days=body.ttl_days,
     )
     return {**tokens.token_view(token), "secret": secret}
 

@@ -13,7 +13,7 @@ from fleet_server.api.deps import context, get_session, read_body, request_id
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.schemas import Health, Readiness, UploadOut
 from fleet_server.security_mode import DEMO_HEALTH_WARNING
-from fleet_server.services.commands import store_upload, uploaded_bundle
+from fleet_server.services.commands import check_upload_token, store_upload, uploaded_bundle
 from fleet_server.services.health import database_answers
 from fleet_server.services.ingest_health import readiness
 
@@ -89,9 +89,11 @@ def metrics(request: Request) -> Response:
 async def upload(
     *, token: str, request: Request, session: Annotated[Session, Depends(get_session)]
 ) -> dict[str, Any]:
-    """The URL was sent in the ``collect_diagnostics`` command; it works once."""
+    """The URL was sent in the ``collect_diagnostics`` command; it works once. The token
+    is checked before the body is read."""
     ctx = context(request)
     limit = ctx.settings.diagnostics.max_bytes
+    check_upload_token(session, token, ctx.clock())
     body = await read_body(request, limit)
     bundle = store_upload(
         session,
@@ -112,10 +114,12 @@ async def upload(
     responses={200: {"content": {"application/octet-stream": {}}, "description": "the bundle"}},
 )
 def download(bundle_id: int, session: Annotated[Session, Depends(get_session)]) -> Response:
-    """The uploaded bytes, as the device sent them."""
+    """The uploaded bytes, as the device sent them, always as an
+    ``application/octet-stream`` attachment: the device chose the stored content type, so
+    serving it would let a device make a browser render HTML or script from this origin."""
     bundle = uploaded_bundle(session, bundle_id)
     return Response(
         bundle.content,
-        media_type=bundle.content_type or "application/octet-stream",
+        media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="diagnostics-{bundle_id}.bin"'},
     )

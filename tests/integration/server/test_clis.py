@@ -138,8 +138,11 @@ def test_fleetctl_day_to_day(live, tmp_path: Path) -> None:
             "ci",
             "--role",
             "viewer",
+            "--ttl-days",
+            "30",
             "--json",
         ],
         env,
     )
     assert json.loads(created.stdout)["secret"].startswith("efk_")
+    assert json.loads(created.stdout)["expires_at"] is not None
