@@ -144,8 +144,8 @@ def init(
     if demo:
         _write_demo_config(config)
     settings = _settings(config)
+    tuf = _init_tuf(settings, root_keys or [], quiet=json_out)  # refuses before the database
     _engine, sessions = _open(settings)
-    tuf = _init_tuf(settings, root_keys or [], quiet=json_out)
     now = system_clock()
     with sessions() as session:
         admins = tokens.live_admins(session)
@@ -177,12 +177,18 @@ def init(
 
 
 def _init_tuf(settings: Settings, root_keys: list[Path], *, quiet: bool) -> Any:
-    from fleet_server.updates.bootstrap import ensure_repository
+    from fleet_server.updates.bootstrap import DevRootRefusedError, ensure_repository
     from fleet_server.updates.cli_common import user_errors
 
     u = settings.updates
-    with user_errors():
-        setup = ensure_repository(u.repo_dir, u.keys_dir, root_keys)
+    production = settings.security.mode == "production"
+    try:
+        with user_errors():
+            setup = ensure_repository(
+                u.repo_dir, u.keys_dir, root_keys, allow_dev_root=not production
+            )
+    except DevRootRefusedError as exc:
+        _fail(str(exc), 2)
     if setup.outcome == "created-dev":
         typer.secho(
             "WARNING: no --root-keys given, so the TUF repository was created with a "

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fleet_server.adapters.mqtt_url import is_tls_url
 from fleet_server.config import Settings
 from fleet_server.identity import ca_store
+from fleet_server.updates.bootstrap import DEV_ROOT_DIR
 
 DEMO_WARNING = """\
 *****************************************************************************
@@ -25,6 +27,14 @@ DEMO_WARNING = """\
 *****************************************************************************"""
 
 DEMO_HEALTH_WARNING = "INSECURE DEMO MODE: no mutual TLS; not for production (see SECURITY.md)"
+
+ROOT_FIX = (
+    "create offline root keys (fleet-server keys create-root --out <offline dir> --count 3 "
+    "--threshold 2) and rotate to them (fleet-server keys rotate-root --root-keys <current> "
+    "--new-root-keys <offline dir>), or start over with fleet-server init --root-keys "
+    "<offline dir>"
+)
+"""What every TUF root problem tells the operator to do."""
 
 CRL_FILE = ca_store.CRL
 CHAIN_FILE = ca_store.CHAIN
@@ -50,15 +60,73 @@ def _need_file(
         problems.append(Problem(key, f"{value} does not exist ({what})"))
 
 
+def _read_root(path: Path) -> Any:
+    from tuf.api.metadata import Metadata, Root
+
+    return Metadata[Root].from_file(str(path)).signed
+
+
+def tuf_root_problems(
+    settings: Settings,
+    *,
+    exists: Callable[[Path], bool] = Path.exists,
+    read_root: Callable[[Path], Any] = _read_root,
+) -> list[Problem]:
+    """What makes the TUF root under ``updates.repo_dir`` unfit for production.
+
+    A production root is signed by at least ``security.min_root_threshold`` keys that
+    live offline: no repository (``init`` would make a development root), a lower
+    threshold, a root key stored next to the online keys (``updates.keys_dir`` or the
+    development root directory) or a root key that also signs an online role are refused.
+    """
+    updates = settings.updates
+    path = updates.repo_dir / "metadata" / "root.json"
+    key = "updates.repo_dir"
+    if not exists(path):
+        return [Problem(key, f"{path} does not exist: no TUF repository; {ROOT_FIX}")]
+    try:
+        root = read_root(path)
+    except Exception as exc:  # any unreadable root is a refusal, never a crash
+        return [Problem(key, f"{path} is not a valid TUF root ({exc}); {ROOT_FIX}")]
+    problems: list[Problem] = []
+    role = root.roles["root"]
+    minimum = settings.security.min_root_threshold
+    if role.threshold < minimum:
+        problems.append(
+            Problem(
+                key,
+                f"the TUF root needs {role.threshold} signature(s), production needs at least "
+                f"{minimum} (security.min_root_threshold): a development root; {ROOT_FIX}",
+            )
+        )
+    online_dirs = (updates.keys_dir, updates.keys_dir.parent / DEV_ROOT_DIR)
+    stored = sorted(kid for kid in role.keyids for d in online_dirs if exists(d / f"{kid}.pem"))
+    if stored:
+        problems.append(
+            Problem(key, f"root key {stored[0][:16]}... is stored online on the server; {ROOT_FIX}")
+        )
+    online = {kid for name, r in root.roles.items() if name != "root" for kid in r.keyids}
+    shared = sorted(set(role.keyids) & online)
+    if shared:
+        problems.append(
+            Problem(key, f"root key {shared[0][:16]}... also signs an online role; {ROOT_FIX}")
+        )
+    return problems
+
+
 def production_problems(
-    settings: Settings, *, exists: Callable[[Path], bool] = Path.exists
+    settings: Settings,
+    *,
+    exists: Callable[[Path], bool] = Path.exists,
+    read_root: Callable[[Path], Any] = _read_root,
 ) -> list[Problem]:
     """Every setting that makes ``settings`` insecure for production; empty in demo mode.
 
     Production needs: TLS on the API (certificate and key), an external broker reached over
     ``mqtts://`` with a client certificate (so the ingest and command publisher authenticate
     as their ``svc-`` service), no self-registration of devices, https URLs for what devices
-    fetch and upload, and the CA directory with its chain and CRL.
+    fetch and upload, the CA directory with its chain and CRL, and a TUF root kept
+    offline (:func:`tuf_root_problems`).
     """
     if settings.security.mode != "production":
         return []
@@ -104,4 +172,5 @@ def production_problems(
         for name in (CHAIN_FILE, CRL_FILE):
             if not exists(ca_dir / name):
                 problems.append(Problem("security.ca_dir", f"{ca_dir / name} is missing"))
+    problems.extend(tuf_root_problems(settings, exists=exists, read_root=read_root))
     return problems
