@@ -58,11 +58,20 @@ def _settings(config: Path | None) -> Settings:
 
 
 def _secure_start(settings: Settings) -> None:
-    """Refuse insecure production settings (exit 2, naming each key); warn loudly in demo."""
-    from fleet_server.security_mode import DEMO_WARNING, production_problems
+    """Refuse insecure production settings (exit 2, naming each key); in demo, refuse to
+    listen beyond loopback and warn loudly about what any local client can do."""
+    from fleet_server.security_mode import demo_problems, demo_warning, production_problems
 
     if settings.security.mode == "demo":
-        typer.secho(DEMO_WARNING, fg=typer.colors.YELLOW, err=True)
+        problems = demo_problems(settings)
+        if problems:
+            lines = "\n".join(f"  {p}" for p in problems)
+            _fail(
+                "refusing to start: demo mode has no authentication, so it binds to "
+                f"loopback only:\n{lines}",
+                2,
+            )
+        typer.secho(demo_warning(settings), fg=typer.colors.YELLOW, err=True)
         return
     problems = production_problems(settings)
     if problems:

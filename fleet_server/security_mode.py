@@ -2,15 +2,18 @@
 
 The check is a pure function of the settings (and a file-existence probe tests can swap),
 so ``fleet-server run|api|ingest|jobs`` and the tests share it. Demo mode starts with
-anything and says loudly that it is insecure, at start and on ``/healthz``.
+anything on loopback (:func:`demo_problems`) and says loudly that it is insecure and
+what any local client can do, at start (:func:`demo_warning`) and on ``/healthz``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fleet_server.adapters.mqtt_url import is_tls_url
 from fleet_server.config import Settings
@@ -25,6 +28,13 @@ DEMO_WARNING = """\
 *  read and inject fleet data. Never expose this server; set                *
 *  [security] mode = "production" and configure TLS (see SECURITY.md).      *
 *****************************************************************************"""
+
+LOCAL_CLIENTS = """\
+*  Any process on this machine can connect to the embedded MQTT broker at
+*  127.0.0.1:{port} without credentials and: publish as any device, read every
+*  device's telemetry and events, send commands to any device, and take over the
+*  ingest's session (client id {client_id}), which stops ingest until it reconnects.
+*  Demo mode therefore listens on loopback only."""
 
 DEMO_HEALTH_WARNING = "INSECURE DEMO MODE: no mutual TLS; not for production (see SECURITY.md)"
 
@@ -49,6 +59,44 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.key}: {self.message}"
+
+
+def demo_warning(settings: Settings) -> str:
+    """The banner printed when a demo server starts: what it lacks, and with the embedded
+    broker, what any local client can do to the fleet."""
+    if settings.mqtt.url:
+        return DEMO_WARNING
+    local = LOCAL_CLIENTS.format(
+        port=settings.mqtt.embedded_port, client_id=settings.ingest.client_id
+    )
+    return f"{DEMO_WARNING}\n{local}"
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None or host == "localhost":
+        return host is not None
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def demo_problems(settings: Settings) -> list[Problem]:
+    """Demo mode has no authentication, so it binds and connects on loopback only: a
+    non-loopback ``api.host`` or ``mqtt.url`` host is refused. Empty in production."""
+    if settings.security.mode != "demo":
+        return []
+    problems: list[Problem] = []
+    fix = "use 127.0.0.1, or production mode (TLS, tokens, mutual TLS) to serve other machines"
+    if not _is_loopback(settings.api.host):
+        problems.append(
+            Problem("api.host", f"{settings.api.host} is not a loopback address; {fix}")
+        )
+    if settings.mqtt.url and not _is_loopback(urlsplit(settings.mqtt.url).hostname):
+        problems.append(
+            Problem("mqtt.url", f"{settings.mqtt.url} is not on a loopback address; {fix}")
+        )
+    return problems
 
 
 def _need_file(

@@ -244,3 +244,47 @@ def test_run_refuses_a_development_root_and_init_will_not_make_one(tmp_path: Pat
     init = _run(["init", "--json", "--config", str(cfg), *keys], {}, tmp_path)
     assert init.returncode == 0, init.stderr
     assert '"tuf_setup": "created"' in init.stdout
+
+
+# --- demo mode binds to loopback and says what local clients can do (finding 6) --------
+
+
+def test_demo_mode_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:
+    env = {"FLEET_DATABASE_URL": f"sqlite:///{tmp_path}/f.db", "FLEET_API_HOST": "0.0.0.0"}
+    for command in ("run", "api"):
+        out = _run([command], env, tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert "api.host: 0.0.0.0 is not a loopback address" in out.stderr
+        assert "Traceback" not in out.stderr
+    env = {"FLEET_DATABASE_URL": f"sqlite:///{tmp_path}/f.db", "FLEET_MQTT_URL": "mqtt://10.1.2.3"}
+    out = _run(["ingest"], env, tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "mqtt.url: mqtt://10.1.2.3 is not on a loopback address" in out.stderr
+    assert not (tmp_path / "f.db").exists()
+
+
+def test_demo_start_says_what_any_local_client_can_do(tmp_path: Path) -> None:
+    from tests.conftest import free_port, wait_for
+
+    broker_port, api_port = free_port(), free_port()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    full.update(
+        FLEET_DATABASE_URL=f"sqlite:///{tmp_path}/f.db",
+        FLEET_API_PORT=str(api_port),
+        FLEET_MQTT_EMBEDDED_PORT=str(broker_port),
+    )
+    err = tmp_path / "run.err"
+    with err.open("w") as sink:
+        proc = subprocess.Popen(
+            [str(BIN / "fleet-server"), "run"], cwd=tmp_path, env=full, stderr=sink
+        )
+    try:
+        wait_for(lambda: "Demo mode therefore listens" in err.read_text(), timeout=90)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    text = " ".join(line.strip("* ") for line in err.read_text().splitlines())
+    assert f"embedded MQTT broker at 127.0.0.1:{broker_port} without credentials" in text
+    assert "publish as any device" in text
+    assert "send commands to any device" in text
+    assert "take over the ingest's session (client id fleet-ingest)" in text
