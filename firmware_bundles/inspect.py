@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import tarfile
-import zlib
 from pathlib import Path
 
 from firmware_bundles.errors import BundleError, Reason
 from firmware_bundles.files import sha256_file
 from firmware_bundles.manifest import Manifest, manifest_to_dict
-from firmware_bundles.verify import open_bundle_stream, read_manifest_member
+from firmware_bundles.tar_guard import Limits, open_guarded
+from firmware_bundles.verify import read_manifest_member
 
 _HEADER_LIMIT = 4 * 1024 * 1024
 
@@ -20,11 +19,10 @@ def read_manifest(path: Path) -> Manifest:
     Raises:
         BundleError: not a gzip tar, manifest not first, or manifest invalid.
     """
-    raw, stream = open_bundle_stream(Path(path), _HEADER_LIMIT)
     try:
-        with raw, tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
-            return read_manifest_member(tar, tar.next())
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        with open_guarded(Path(path), Limits(), _HEADER_LIMIT) as archive:
+            return read_manifest_member(archive.tar, archive.tar.next())
+    except OSError as exc:
         raise BundleError(Reason.NOT_A_BUNDLE, f"{path} is not a valid bundle: {exc}") from None
 
 

@@ -4,22 +4,21 @@ The archive is read as a stream, once. ``manifest.json`` must be its first membe
 later member must be a regular file (or a directory) under ``payload/`` that the manifest
 lists, with the declared size and sha256. Symlinks, hard links, devices, FIFOs, absolute
 paths, ``..``, duplicates and unlisted files are refused, as are archives whose
-decompressed size passes the limits (gzip bombs, endless data). Extraction writes files
+decompressed size passes the limits (gzip bombs, endless data) and, through
+:mod:`firmware_bundles.tar_guard`, archives whose tar metadata (PAX headers, GNU long
+names, sparse maps, declared sizes) passes them before it is read. Extraction writes files
 itself (never ``tarfile.extractall``), only inside the destination, and removes what it
 wrote when the bundle turns out to be bad.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
 import tarfile
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO
 
 from firmware_bundles.errors import BundleError, Reason
 from firmware_bundles.files import sha256_stream
@@ -33,35 +32,9 @@ from firmware_bundles.manifest import (
     check_payload_path,
     parse_manifest,
 )
+from firmware_bundles.tar_guard import Limits, open_guarded
 
 _CHUNK = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Upper bounds applied while reading a bundle (defaults suit Pi-class devices)."""
-
-    max_payload_bytes: int = 4 * 1024**3
-    max_members: int = 20_000
-    max_archive_overhead: int = 64 * 1024**2  # tar headers, PAX records, padding
-
-
-class _LimitedReader:
-    """File-like view of a stream that raises ``TOO_LARGE`` past ``limit`` bytes."""
-
-    def __init__(self, inner: IO[bytes], limit: int) -> None:
-        self._inner = inner
-        self._limit = limit
-        self.consumed = 0
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = self._limit - self.consumed + 1
-        data = self._inner.read(size)
-        self.consumed += len(data)
-        if self.consumed > self._limit:
-            raise BundleError(Reason.TOO_LARGE, f"bundle expands past the {self._limit}-byte limit")
-        return data
 
 
 def _member_path(member: tarfile.TarInfo) -> str:
@@ -91,15 +64,6 @@ def read_manifest_member(tar: tarfile.TarFile, member: tarfile.TarInfo | None) -
         return parse_manifest(fh.read())
     except ManifestError as exc:
         raise BundleError(Reason.BAD_MANIFEST, str(exc)) from None
-
-
-def open_bundle_stream(path: Path, limit: int) -> tuple[BinaryIO, _LimitedReader]:
-    """Open ``path`` as a gzip stream that refuses to expand past ``limit`` bytes."""
-    try:
-        raw = path.open("rb")
-    except OSError as exc:
-        raise BundleError(Reason.NOT_A_BUNDLE, f"cannot read {path}: {exc.strerror}") from None
-    return raw, _LimitedReader(gzip.GzipFile(fileobj=raw, mode="rb"), limit)
 
 
 def _check_member(
@@ -140,41 +104,39 @@ def _walk(
     open_sink: Callable[[PayloadFile, bool], IO[bytes] | None],
 ) -> Manifest:
     """Stream through the bundle, checking every member; hand each file's bytes to a sink."""
-    raw, stream = open_bundle_stream(path, limits.max_payload_bytes + limits.max_archive_overhead)
-    try:
-        with raw, tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
-            manifest = read_manifest_member(tar, tar.next())
-            if manifest.payload_size > limits.max_payload_bytes:
-                raise BundleError(
-                    Reason.TOO_LARGE,
-                    f"payload of {manifest.payload_size} bytes passes the "
-                    f"{limits.max_payload_bytes}-byte limit",
-                )
-            expected = {f.path: f for f in manifest.payload}
-            directories = {
-                "/".join(p.split("/")[:i]) for p in expected for i in range(1, p.count("/") + 1)
-            }
-            seen: set[str] = {MANIFEST_NAME}
-            count = 1
-            while (member := tar.next()) is not None:
-                count += 1
-                if count > limits.max_members:
-                    raise BundleError(Reason.TOO_LARGE, f"more than {limits.max_members} members")
-                _, entry = _check_member(member, expected, seen, directories)
-                if entry is None:
-                    continue
-                _copy_checked(tar, member, entry, open_sink(entry, bool(member.mode & 0o100)))
-            missing = sorted(set(expected) - {s[len(PAYLOAD_DIR) + 1 :] for s in seen})
-            if missing:
-                raise BundleError(Reason.MISSING_FILE, f"payload file {missing[0]!r} is missing")
-            # read to the end so gzip checks its CRC and length, and nothing hides after
-            # the archive's end
-            while chunk := stream.read(_CHUNK):
-                if chunk.strip(b"\0"):
-                    raise BundleError(Reason.NOT_A_BUNDLE, "data after the end of the archive")
-            return manifest
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise BundleError(Reason.NOT_A_BUNDLE, f"{path} is not a valid bundle: {exc}") from None
+    with open_guarded(path, limits) as archive:
+        tar, stream = archive.tar, archive.stream
+        manifest = read_manifest_member(tar, tar.next())
+        if manifest.payload_size > limits.max_payload_bytes:
+            raise BundleError(
+                Reason.TOO_LARGE,
+                f"payload of {manifest.payload_size} bytes passes the "
+                f"{limits.max_payload_bytes}-byte limit",
+            )
+        expected = {f.path: f for f in manifest.payload}
+        directories = {
+            "/".join(p.split("/")[:i]) for p in expected for i in range(1, p.count("/") + 1)
+        }
+        seen: set[str] = {MANIFEST_NAME}
+        count = 1
+        while (member := tar.next()) is not None:
+            tar.members.clear()  # a stream keeps every member it read; nothing here needs them
+            count += 1
+            if count > limits.max_members:
+                raise BundleError(Reason.TOO_LARGE, f"more than {limits.max_members} members")
+            _, entry = _check_member(member, expected, seen, directories)
+            if entry is None:
+                continue
+            _copy_checked(tar, member, entry, open_sink(entry, bool(member.mode & 0o100)))
+        missing = sorted(set(expected) - {s[len(PAYLOAD_DIR) + 1 :] for s in seen})
+        if missing:
+            raise BundleError(Reason.MISSING_FILE, f"payload file {missing[0]!r} is missing")
+        # read to the end so gzip checks its CRC and length, and nothing hides after
+        # the archive's end
+        while chunk := stream.read(_CHUNK):
+            if chunk.strip(b"\0"):
+                raise BundleError(Reason.NOT_A_BUNDLE, "data after the end of the archive")
+        return manifest
 
 
 def _copy_checked(

@@ -58,11 +58,20 @@ def _settings(config: Path | None) -> Settings:
 
 
 def _secure_start(settings: Settings) -> None:
-    """Refuse insecure production settings (exit 2, naming each key); warn loudly in demo."""
-    from fleet_server.security_mode import DEMO_WARNING, production_problems
+    """Refuse insecure production settings (exit 2, naming each key); in demo, refuse to
+    listen beyond loopback and warn loudly about what any local client can do."""
+    from fleet_server.security_mode import demo_problems, demo_warning, production_problems
 
     if settings.security.mode == "demo":
-        typer.secho(DEMO_WARNING, fg=typer.colors.YELLOW, err=True)
+        problems = demo_problems(settings)
+        if problems:
+            lines = "\n".join(f"  {p}" for p in problems)
+            _fail(
+                "refusing to start: demo mode has no authentication, so it binds to "
+                f"loopback only:\n{lines}",
+                2,
+            )
+        typer.secho(demo_warning(settings), fg=typer.colors.YELLOW, err=True)
         return
     problems = production_problems(settings)
     if problems:
@@ -144,8 +153,8 @@ def init(
     if demo:
         _write_demo_config(config)
     settings = _settings(config)
+    tuf = _init_tuf(settings, root_keys or [], quiet=json_out)  # refuses before the database
     _engine, sessions = _open(settings)
-    tuf = _init_tuf(settings, root_keys or [], quiet=json_out)
     now = system_clock()
     with sessions() as session:
         admins = tokens.live_admins(session)
@@ -177,12 +186,18 @@ def init(
 
 
 def _init_tuf(settings: Settings, root_keys: list[Path], *, quiet: bool) -> Any:
-    from fleet_server.updates.bootstrap import ensure_repository
+    from fleet_server.updates.bootstrap import DevRootRefusedError, ensure_repository
     from fleet_server.updates.cli_common import user_errors
 
     u = settings.updates
-    with user_errors():
-        setup = ensure_repository(u.repo_dir, u.keys_dir, root_keys)
+    production = settings.security.mode == "production"
+    try:
+        with user_errors():
+            setup = ensure_repository(
+                u.repo_dir, u.keys_dir, root_keys, allow_dev_root=not production
+            )
+    except DevRootRefusedError as exc:
+        _fail(str(exc), 2)
     if setup.outcome == "created-dev":
         typer.secho(
             "WARNING: no --root-keys given, so the TUF repository was created with a "

@@ -209,6 +209,8 @@ class SecuritySettings(_Section):
     """Broker URL written into device credentials bundles; defaults to ``mqtt.url``."""
     tuf_root: Path | None = None
     """The TUF ``root.json`` copied into credentials bundles (the device's trust anchor)."""
+    min_root_threshold: int = Field(default=2, ge=1, le=20)
+    """Root signatures a production TUF root must require (its keys kept offline)."""
 
     @field_validator("ca_dir", "device_mqtt_url", "tuf_root", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ class EmbeddedBroker:
     """An amqtt broker on ``127.0.0.1:port`` running in its own event-loop thread."""
 
     def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        assert host.startswith("127.") or host == "::1", f"anonymous broker on {host}"
         self.host = host
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None

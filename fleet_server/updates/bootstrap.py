@@ -22,14 +22,23 @@ class RepoSetup:
     dev_root_dir: Path | None = None
 
 
+class DevRootRefusedError(Exception):
+    """Production asked for a repository without offline root keys."""
+
+
 def ensure_repository(
-    repo_dir: Path, keys_dir: Path, root_key_dirs: list[Path] | None = None
+    repo_dir: Path,
+    keys_dir: Path,
+    root_key_dirs: list[Path] | None = None,
+    *,
+    allow_dev_root: bool = True,
 ) -> RepoSetup:
     """Leave an existing repository alone; else create one signed by the offline root keys
     in ``root_key_dirs`` (threshold from the first directory's ``root-keys.json``), or,
     without them, by a *development* root: one key, threshold 1, written next to the
     online keys (``<keys_dir>/../tuf-dev-root``). That root is not fit for production:
-    the key that can re-sign everything lives on the server.
+    the key that can re-sign everything lives on the server, so with ``allow_dev_root``
+    false (production) :class:`DevRootRefusedError` is raised instead and nothing is written.
 
     Raises the repository's and key store's errors (KeyFileError, SigningError, ...).
     """
@@ -43,6 +52,13 @@ def ensure_repository(
         threshold = load_root_keys(root_key_dirs[0]).threshold
         TufRepository.create(repo_dir, keys_dir, list(signers.values()), threshold)
         return RepoSetup("created", repo_dir)
+    if not allow_dev_root:
+        raise DevRootRefusedError(
+            f"no TUF repository in {repo_dir} and no --root-keys: production will not create "
+            "a development root (one key, stored online). Create offline root keys with "
+            "fleet-server keys create-root --out <offline dir> --count 3 --threshold 2, then "
+            "run fleet-server init --root-keys <offline dir>"
+        )
     dev_dir = keys_dir.parent / DEV_ROOT_DIR
     keyset = create_root_keys(dev_dir, count=1, threshold=1)
     TufRepository.create(repo_dir, keys_dir, list(keyset.signers.values()), 1)

@@ -13,12 +13,23 @@ from fastapi.testclient import TestClient
 from fleet_server.api import create_app
 from fleet_server.config import load_settings
 from fleet_server.security_mode import production_problems
+from fleet_server.updates.bootstrap import ensure_repository
+from fleet_server.updates.keys import create_root_keys
 
 BIN = Path(sys.executable).parent
 
 
-def _secure_toml(d: Path) -> str:
-    """A production configuration whose every file exists under ``d``."""
+def _offline_root_repository(d: Path, count: int = 3, threshold: int = 2) -> None:
+    """A TUF repository in ``d/tuf`` whose root keys live in ``d/offline-root``."""
+    create_root_keys(d / "offline-root", count, threshold)
+    ensure_repository(d / "tuf", d / "tuf-keys", [d / "offline-root"])
+
+
+def _secure_toml(d: Path, *, repository: bool = True) -> str:
+    """A production configuration whose every file exists under ``d``, with a TUF
+    repository signed by a 2-of-3 offline root (unless ``repository`` is false)."""
+    if repository:
+        _offline_root_repository(d)
     for name in (
         "api.crt",
         "api.key",
@@ -47,6 +58,9 @@ mqtt_cert = "{d}/ingest.crt"
 mqtt_key = "{d}/ingest.key"
 command_cert = "{d}/cmd.crt"
 command_key = "{d}/cmd.key"
+[updates]
+repo_dir = "{d}/tuf"
+keys_dir = "{d}/tuf-keys"
 """
 
 
@@ -152,3 +166,125 @@ def test_init_demo_makes_demo_mode_explicit(tmp_path: Path) -> None:
     again = _run(["init", "--demo"], {}, tmp_path)
     assert again.returncode == 2
     assert "exists" in again.stderr
+
+
+# --- the TUF root (issue 13, finding 5) ---------------------------------------------------
+
+
+def _root_problems(tmp_path: Path) -> list[str]:
+    cfg = tmp_path / "fleet-server.toml"
+    cfg.write_text(_secure_toml(tmp_path, repository=False))
+    return [str(p) for p in production_problems(load_settings(cfg, env={}))]
+
+
+def test_production_refuses_a_missing_or_development_tuf_root(tmp_path: Path) -> None:
+    missing = _root_problems(tmp_path)
+    assert len(missing) == 1
+    assert missing[0].startswith("updates.repo_dir:")
+    assert "fleet-server keys create-root" in missing[0]
+    ensure_repository(tmp_path / "tuf", tmp_path / "tuf-keys")  # what `init` made before
+    dev = _root_problems(tmp_path)
+    assert len(dev) == 2, dev
+    assert "needs 1 signature(s), production needs at least 2" in dev[0]
+    assert "stored online" in dev[1]
+    assert all("fleet-server keys rotate-root" in p for p in dev)
+
+
+def test_production_refuses_a_one_of_one_offline_root(tmp_path: Path) -> None:
+    _offline_root_repository(tmp_path, count=1, threshold=1)
+    problems = _root_problems(tmp_path)
+    assert len(problems) == 1, problems
+    assert "needs 1 signature(s)" in problems[0]
+
+
+def test_production_refuses_a_root_key_kept_with_the_online_keys(tmp_path: Path) -> None:
+    _offline_root_repository(tmp_path)
+    pem = next((tmp_path / "offline-root").glob("*.pem"))
+    (tmp_path / "tuf-keys" / pem.name).write_bytes(pem.read_bytes())
+    problems = _root_problems(tmp_path)
+    assert len(problems) == 1, problems
+    assert "stored online" in problems[0]
+
+
+def test_production_refuses_a_root_key_that_signs_an_online_role(tmp_path: Path) -> None:
+    from tuf.api.metadata import Metadata, Root
+
+    _offline_root_repository(tmp_path)
+    root = Metadata[Root].from_file(str(tmp_path / "tuf/metadata/root.json")).signed
+    root.roles["timestamp"].keyids.append(root.roles["root"].keyids[0])
+    cfg = tmp_path / "fleet-server.toml"
+    cfg.write_text(_secure_toml(tmp_path, repository=False))
+    problems = production_problems(load_settings(cfg, env={}), read_root=lambda _p: root)
+    assert [p.key for p in problems] == ["updates.repo_dir"]
+    assert "also signs an online role" in problems[0].message
+
+
+def test_run_refuses_a_development_root_and_init_will_not_make_one(tmp_path: Path) -> None:
+    cfg = tmp_path / "fleet-server.toml"
+    cfg.write_text(
+        _secure_toml(tmp_path, repository=False)
+        + f'[database]\nurl = "sqlite:///{tmp_path}/f.db"\n'
+    )
+    init = _run(["init", "--json", "--config", str(cfg)], {}, tmp_path)
+    assert init.returncode == 2, init.stderr
+    assert "fleet-server keys create-root" in init.stderr
+    assert not (tmp_path / "tuf").exists()
+    assert not (tmp_path / "f.db").exists()
+    ensure_repository(tmp_path / "tuf", tmp_path / "tuf-keys")  # a development root
+    run = _run(["run", "--config", str(cfg)], {}, tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert "updates.repo_dir" in run.stderr
+    assert "keys create-root" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "f.db").exists()
+    # with a 2-of-3 offline root, init creates the repository and its admin token
+    (tmp_path / "tuf").rename(tmp_path / "dev-tuf")
+    create_root_keys(tmp_path / "offline-root", 3, 2)
+    keys = ["--root-keys", str(tmp_path / "offline-root")]
+    init = _run(["init", "--json", "--config", str(cfg), *keys], {}, tmp_path)
+    assert init.returncode == 0, init.stderr
+    assert '"tuf_setup": "created"' in init.stdout
+
+
+# --- demo mode binds to loopback and says what local clients can do (finding 6) --------
+
+
+def test_demo_mode_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:
+    env = {"FLEET_DATABASE_URL": f"sqlite:///{tmp_path}/f.db", "FLEET_API_HOST": "0.0.0.0"}
+    for command in ("run", "api"):
+        out = _run([command], env, tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert "api.host: 0.0.0.0 is not a loopback address" in out.stderr
+        assert "Traceback" not in out.stderr
+    env = {"FLEET_DATABASE_URL": f"sqlite:///{tmp_path}/f.db", "FLEET_MQTT_URL": "mqtt://10.1.2.3"}
+    out = _run(["ingest"], env, tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "mqtt.url: mqtt://10.1.2.3 is not on a loopback address" in out.stderr
+    assert not (tmp_path / "f.db").exists()
+
+
+def test_demo_start_says_what_any_local_client_can_do(tmp_path: Path) -> None:
+    from tests.conftest import free_port, wait_for
+
+    broker_port, api_port = free_port(), free_port()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    full.update(
+        FLEET_DATABASE_URL=f"sqlite:///{tmp_path}/f.db",
+        FLEET_API_PORT=str(api_port),
+        FLEET_MQTT_EMBEDDED_PORT=str(broker_port),
+    )
+    err = tmp_path / "run.err"
+    with err.open("w") as sink:
+        proc = subprocess.Popen(
+            [str(BIN / "fleet-server"), "run"], cwd=tmp_path, env=full, stderr=sink
+        )
+    try:
+        wait_for(lambda: "Demo mode therefore listens" in err.read_text(), timeout=90)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    text = " ".join(line.strip("* ") for line in err.read_text().splitlines())
+    assert f"embedded MQTT broker at 127.0.0.1:{broker_port} without credentials" in text
+    assert "publish as any device" in text
+    assert "send commands to any device" in text
+    assert "take over the ingest's session (client id fleet-ingest)" in text

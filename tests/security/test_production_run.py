@@ -87,8 +87,25 @@ command_key = "{tmp_path}/commands/device.key"
 """
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    # production needs a TUF root of 2 of 3 keys kept offline (here: outside var/)
+    keys = subprocess.run(
+        [str(BIN / "fleet-server"), "keys", "create-root", "--out", str(tmp_path / "offline")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert keys.returncode == 0, keys.stderr
     init = subprocess.run(
-        [str(BIN / "fleet-server"), "init", "--json", "--config", str(cfg)],
+        [
+            str(BIN / "fleet-server"),
+            "init",
+            "--json",
+            "--config",
+            str(cfg),
+            "--root-keys",
+            str(tmp_path / "offline"),
+        ],
         env=env,
         cwd=tmp_path,
         capture_output=True,
