@@ -33,7 +33,10 @@ is scored against what was learned *before* it, then learned from):
 
 The score is the larger of the two (in the watched ``direction``: ``both``, ``up`` or
 ``down``). The rule raises when the score is at or above ``raise_threshold`` for
-``raise_samples`` consecutive samples spanning at least ``raise_after_s`` seconds, and
+``raise_samples`` consecutive samples spanning at least ``raise_after_s`` seconds (with the
+**surprise stage**, on unless ``surprise_threshold`` is 0 or None: when the score is at or
+above ``surprise_min_score`` and surprising for this signal, see
+:mod:`agent.core.adaptive_surprise`, for those samples), and
 clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` samples and
 ``clear_after_s`` seconds. After a clear it does not raise again for ``refractory_s``.
 
@@ -65,8 +68,9 @@ Not modelled: weekly or other non-daily cycles, and changes in variance alone (a
 enough variance increase still raises through repeated level excursions).
 
 ``FaultChange.threshold`` is the **bound in signal units** that the score crossed (for a
-raise) or must stay within (for a clear): ``m_f ± raise_threshold·sd_f`` for the level
-score, ``m_s ± raise_threshold·sd_d`` for the drift score (the daily profile added back for the
+raise) or must stay within (for a clear): ``m_f ± k·sd_f`` for the level
+score, ``m_s ± k·sd_d`` for the drift score, with ``k`` the raise threshold (with the
+surprise stage ``surprise_min_score``) or the clear threshold (the daily profile added back for the
 level score); ``value`` is the sample's value.
 """
 
@@ -394,7 +398,11 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
             sign = 1.0
         elif self.direction == "down":
             sign = -1.0
-        limit = self.raise_threshold if raised else self.clear_threshold
+        limit = self.clear_threshold
+        if raised and self.surprise_threshold is None:
+            limit = self.raise_threshold
+        elif raised:  # with the surprise stage a raise needs surprise_min_score SDs
+            limit = max(self.surprise_min_score, self.clear_threshold)
         bound = centre + sign * limit * sd
         where = "above" if current >= centre else "below"
         if not raised:
