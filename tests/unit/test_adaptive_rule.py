@@ -123,22 +123,29 @@ def test_step_hidden_inside_a_daily_swing_is_caught_once_the_profile_is_learned(
     assert plain.snapshot()["season_bins"] is None
 
 
-@pytest.mark.parametrize("sign", [1, -1])
-def test_step_change_is_raised_within_the_debounce_window(sign: int) -> None:
+def step_after_quiet_days(
+    rule: AdaptiveRule, sign: int
+) -> tuple[list[tuple[float, float]], list[FaultChange]]:
+    """Two quiet days (no change expected), then an 8-SD step: its points and changes."""
     rng = random.Random(7)
-    # The plain threshold on the robust score: the surprise stage would add its own latency.
-    rule = AdaptiveRule("v", raise_samples=3, surprise_threshold=0)
     before = noisy(rng, 2 * 288)
     assert feed(rule, before) == []
     step_ts = before[-1][0] + 5 * MIN
     after = [(step_ts + i * 5 * MIN, 50 + sign * 8 + rng.gauss(0, 1)) for i in range(288)]
     changes = feed(rule, after)
     assert changes
-    first = changes[0]
-    assert first.raised
-    assert first.ts == after[2][0]  # the third anomalous sample completes the debounce
+    assert changes[0].raised
+    assert ("above" if sign > 0 else "below") in changes[0].message
+    return after, changes
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_step_change_is_raised_within_the_debounce_window(sign: int) -> None:
+    # The plain threshold on the robust score: the surprise stage would add its own latency.
+    rule = AdaptiveRule("v", raise_samples=3, surprise_threshold=0)
+    after, changes = step_after_quiet_days(rule, sign)
+    assert changes[0].ts == after[2][0]  # the third anomalous sample completes the debounce
     assert rule.active
-    assert ("above" if sign > 0 else "below") in first.message
 
 
 def test_direction_limits_what_is_flagged() -> None:
@@ -470,18 +477,11 @@ def test_a_level_change_across_a_long_gap_is_judged_against_the_noise() -> None:
 
 @pytest.mark.parametrize("sign", [1, -1])
 def test_surprise_stage_raises_a_step_within_a_few_samples(sign: int) -> None:
-    rng = random.Random(7)
     rule = AdaptiveRule("v")  # defaults: surprise stage on, two samples of debounce
     assert rule.surprise_threshold is not None
-    before = noisy(rng, 2 * 288)
-    assert feed(rule, before) == []
-    step_ts = before[-1][0] + 5 * MIN
-    after = [(step_ts + i * 5 * MIN, 50 + sign * 8 + rng.gauss(0, 1)) for i in range(288)]
-    changes = feed(rule, after)
-    assert changes
-    assert changes[0].raised
+    after, changes = step_after_quiet_days(rule, sign)
     assert changes[0].ts <= after[5][0]
-    assert ("above" if sign > 0 else "below") in changes[0].message
+    assert rule.active
 
 
 def test_surprise_stage_does_not_cry_wolf_on_a_signal_that_often_spikes() -> None:
