@@ -35,7 +35,8 @@ The score is the larger of the two (in the watched ``direction``: ``both``, ``up
 ``down``). The rule raises when the score is at or above ``raise_threshold`` for
 ``raise_samples`` consecutive samples spanning at least ``raise_after_s`` seconds (with the
 **surprise stage**, on unless ``surprise_threshold`` is 0 or None: when the score is at or
-above ``surprise_min_score`` and surprising for this signal, see
+above ``surprise_min_score`` (``surprise_min_drift_score`` for the drift score) and
+surprising for this signal, see
 :mod:`agent.core.adaptive_surprise`, for those samples), and
 clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` samples and
 ``clear_after_s`` seconds. After a clear it does not raise again for ``refractory_s``.
@@ -69,9 +70,9 @@ enough variance increase still raises through repeated level excursions).
 
 ``FaultChange.threshold`` is the **bound in signal units** that the score crossed (for a
 raise) or must stay within (for a clear): ``m_f ± k·sd_f`` for the level
-score, ``m_s ± k·sd_d`` for the drift score, with ``k`` the raise threshold (with the
-surprise stage ``surprise_min_score``) or the clear threshold (the daily profile added back for the
-level score); ``value`` is the sample's value.
+score, ``m_s ± k·sd_d`` for the drift score (the daily profile added back for the level
+score), with ``k`` the raise threshold (with the surprise stage ``surprise_min_score`` or
+``surprise_min_drift_score``) or the clear threshold; ``value`` is the sample's value.
 """
 
 from __future__ import annotations
@@ -131,8 +132,9 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         seasonal_period_s: float | None = 86400.0,
         seasonal_bins: int = 24,
         seasonal_tau_s: float = 7 * 86400.0,
-        surprise_threshold: float | None = 2.0,
-        surprise_min_score: float = 4.0,
+        surprise_threshold: float | None = 1.8,
+        surprise_min_score: float = 3.0,
+        surprise_min_drift_score: float = 4.0,
         surprise_cap: float = 10.0,
         surprise_window_samples: float = 10.0,
         surprise_memory_samples: float = 2000.0,
@@ -184,8 +186,12 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
             raise ValueError("scale_leak must be between 0 and 1")
         if not (0 <= anomaly_learning_weight <= 1):
             raise ValueError("anomaly_learning_weight must be between 0 and 1")
-        if not (math.isfinite(surprise_min_score) and surprise_min_score >= 0):
-            raise ValueError("surprise_min_score must be a non-negative number")
+        for name, value in (
+            ("surprise_min_score", surprise_min_score),
+            ("surprise_min_drift_score", surprise_min_drift_score),
+        ):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative number, not {value!r}")
         check_surprise(
             surprise_threshold,
             surprise_cap,
@@ -225,6 +231,7 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         self.seasonal_tau_s = float(seasonal_tau_s)
         self.surprise_threshold = float(surprise_threshold) if surprise_threshold else None
         self.surprise_min_score = float(surprise_min_score)
+        self.surprise_min_drift_score = float(surprise_min_drift_score)
         self.surprise_cap = float(surprise_cap)
         self.surprise_window_samples = float(surprise_window_samples)
         self.surprise_memory_samples = float(surprise_memory_samples)
@@ -330,7 +337,8 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
             if not self._active and (
                 surprise is None
                 or surprise < self.surprise_threshold
-                or score < self.surprise_min_score
+                or score
+                < (self.surprise_min_drift_score if kind == "drift" else self.surprise_min_score)
             ):
                 trigger = 0.0  # not (yet) a departure worth raising
             elif not self._active:
@@ -401,8 +409,9 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         limit = self.clear_threshold
         if raised and self.surprise_threshold is None:
             limit = self.raise_threshold
-        elif raised:  # with the surprise stage a raise needs surprise_min_score SDs
-            limit = max(self.surprise_min_score, self.clear_threshold)
+        elif raised:  # with the surprise stage a raise needs surprise_min_(drift_)score SDs
+            least = self.surprise_min_drift_score if kind == "drift" else self.surprise_min_score
+            limit = max(least, self.clear_threshold)
         bound = centre + sign * limit * sd
         where = "above" if current >= centre else "below"
         if not raised:

@@ -357,6 +357,7 @@ def test_restore_ignores_corrupt_state(corrupt: object) -> None:
         {"surprise_threshold": -1.0},
         {"surprise_threshold": float("nan")},
         {"surprise_min_score": -1.0},
+        {"surprise_min_drift_score": float("inf")},
         {"surprise_cap": 0.0},
         {"surprise_window_samples": 0.5},
         {"surprise_memory_samples": 5.0},
