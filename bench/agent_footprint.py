@@ -9,7 +9,7 @@ warm-up, RSS is read from ``/proc/<pid>/status`` every few seconds and CPU time 
 Goals: agent RSS <= 40 MB and <= 1.3x the floor; CPU <= 0.5 % of one core.
 The last printed line is one JSON object.
 
-    .venv/bin/python bench/agent_footprint.py [--duration 150]
+    .venv/bin/python bench/agent_footprint.py [--duration 150] [--adaptive-all]
 """
 
 from __future__ import annotations
@@ -34,6 +34,20 @@ from paho.mqtt.enums import CallbackAPIVersion
 RSS_GOAL_MB = 40.0
 RATIO_GOAL = 1.3
 CPU_GOAL_PERCENT = 0.5
+ADAPTIVE_SIGNALS = (
+    "cpu_pct",
+    "load_1m",
+    "mem_pct",
+    "swap_pct",
+    "disk_pct",
+    "temp_c",
+    "fan_rpm",
+    "agent_rss_mb",
+    "net_rx_bytes",
+    "net_tx_bytes",
+    "wifi_signal_dbm",
+)
+"""The numeric sample fields that ``--adaptive-all`` watches with an adaptive rule."""
 FLOOR_CODE = (
     "import paho.mqtt.client, psutil, msgspec, sqlite3, time\n"
     "print('ready', flush=True)\n"
@@ -68,6 +82,11 @@ def main() -> int:
         "--duration", type=float, default=150.0, help="seconds to run (>= 120 for the goal)"
     )
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds ignored at the start")
+    parser.add_argument(
+        "--adaptive-all",
+        action="store_true",
+        help="an adaptive rule (default parameters) on every numeric sample field",
+    )
     args = parser.parse_args()
 
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -82,6 +101,8 @@ def main() -> int:
     (work / "agent.toml").write_text(
         f'device_id = "bench-pi"\nbroker = "mqtt://127.0.0.1:{port}"\nstate_dir = "{work}/state"\n'
         'sample_interval_s = 1\npublish_interval_s = 10\nlog_level = "warning"\n'
+        + ("".join(f'[[faults.adaptive]]\nsignal = "{s}"\n' for s in ADAPTIVE_SIGNALS))
+        * args.adaptive_all
     )
     broker = subprocess.Popen(
         [mosquitto, "-c", str(work / "mosquitto.conf")], stderr=subprocess.DEVNULL
@@ -166,6 +187,7 @@ def main() -> int:
                 "duration_s": round(args.duration, 1),
                 "sample_interval_s": 1,
                 "publish_interval_s": 10,
+                "adaptive_rules": len(ADAPTIVE_SIGNALS) if args.adaptive_all else 0,
                 "samples_delivered": received["samples"],
                 "exit_code": agent_rc,
                 "goals": {

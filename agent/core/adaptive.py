@@ -33,7 +33,11 @@ is scored against what was learned *before* it, then learned from):
 
 The score is the larger of the two (in the watched ``direction``: ``both``, ``up`` or
 ``down``). The rule raises when the score is at or above ``raise_threshold`` for
-``raise_samples`` consecutive samples spanning at least ``raise_after_s`` seconds, and
+``raise_samples`` consecutive samples spanning at least ``raise_after_s`` seconds (with the
+**surprise stage**, on unless ``surprise_threshold`` is 0 or None: when the score is at or
+above ``surprise_min_score`` (``surprise_min_drift_score`` for the drift score) and
+surprising for this signal, see
+:mod:`agent.core.adaptive_surprise`, for those samples), and
 clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` samples and
 ``clear_after_s`` seconds. After a clear it does not raise again for ``refractory_s``.
 
@@ -65,9 +69,10 @@ Not modelled: weekly or other non-daily cycles, and changes in variance alone (a
 enough variance increase still raises through repeated level excursions).
 
 ``FaultChange.threshold`` is the **bound in signal units** that the score crossed (for a
-raise) or must stay within (for a clear): ``m_f ± raise_threshold·sd_f`` for the level
-score, ``m_s ± raise_threshold·sd_d`` for the drift score (the daily profile added back for the
-level score); ``value`` is the sample's value.
+raise) or must stay within (for a clear): ``m_f ± k·sd_f`` for the level
+score, ``m_s ± k·sd_d`` for the drift score (the daily profile added back for the level
+score), with ``k`` the raise threshold (with the surprise stage ``surprise_min_score`` or
+``surprise_min_drift_score``) or the clear threshold; ``value`` is the sample's value.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ from typing import Any
 
 from agent.core.adaptive_baseline import DIRECTIONS, AdaptiveBaseline, Direction
 from agent.core.adaptive_snapshot import FLOAT_STATE, INT_STATE, SNAPSHOT_VERSION, parse_snapshot
+from agent.core.adaptive_surprise import SurpriseScore, check_surprise
 from agent.core.fault_types import FaultChange
 from protocol import Sample, Severity
 
@@ -85,7 +91,7 @@ _MAX_MAGNITUDE = 1e15
 """Larger values are not valid measurements (the protocol rejects them too)."""
 
 
-class AdaptiveRule(AdaptiveBaseline):
+class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
     """Fault rule that learns a signal's normal and raises on departures from it.
 
     See the module docstring for the model. ``signal`` names a :class:`protocol.Sample`
@@ -102,7 +108,7 @@ class AdaptiveRule(AdaptiveBaseline):
         direction: Direction = "both",
         raise_threshold: float = 5.0,
         clear_threshold: float = 3.0,
-        raise_samples: int = 3,
+        raise_samples: int = 2,
         raise_after_s: float = 0.0,
         clear_samples: int = 5,
         clear_after_s: float = 3600.0,
@@ -126,6 +132,12 @@ class AdaptiveRule(AdaptiveBaseline):
         seasonal_period_s: float | None = 86400.0,
         seasonal_bins: int = 24,
         seasonal_tau_s: float = 7 * 86400.0,
+        surprise_threshold: float | None = 1.8,
+        surprise_min_score: float = 3.0,
+        surprise_min_drift_score: float = 4.0,
+        surprise_cap: float = 10.0,
+        surprise_window_samples: float = 10.0,
+        surprise_memory_samples: float = 2000.0,
     ) -> None:
         if not isinstance(signal, str) or not signal:
             raise ValueError("signal must be a non-empty field name")
@@ -174,6 +186,18 @@ class AdaptiveRule(AdaptiveBaseline):
             raise ValueError("scale_leak must be between 0 and 1")
         if not (0 <= anomaly_learning_weight <= 1):
             raise ValueError("anomaly_learning_weight must be between 0 and 1")
+        for name, value in (
+            ("surprise_min_score", surprise_min_score),
+            ("surprise_min_drift_score", surprise_min_drift_score),
+        ):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative number, not {value!r}")
+        check_surprise(
+            surprise_threshold,
+            surprise_cap,
+            surprise_window_samples,
+            surprise_memory_samples,
+        )
 
         self.signal = signal
         self.code = code if code is not None else f"{signal}_anomaly"
@@ -205,6 +229,12 @@ class AdaptiveRule(AdaptiveBaseline):
         self.seasonal_period_s = None if seasonal_period_s is None else float(seasonal_period_s)
         self.seasonal_bins = int(seasonal_bins)
         self.seasonal_tau_s = float(seasonal_tau_s)
+        self.surprise_threshold = float(surprise_threshold) if surprise_threshold else None
+        self.surprise_min_score = float(surprise_min_score)
+        self.surprise_min_drift_score = float(surprise_min_drift_score)
+        self.surprise_cap = float(surprise_cap)
+        self.surprise_window_samples = float(surprise_window_samples)
+        self.surprise_memory_samples = float(surprise_memory_samples)
         self._active = False
         self._reset_all()
 
@@ -247,7 +277,7 @@ class AdaptiveRule(AdaptiveBaseline):
             self._accept_gap_change(ts)
             scored = self._score(y, ts)
             if scored is not None:
-                change = self._debounce(ts, x, season, *scored)
+                change = self._judge(ts, x, season, *scored)
             self._learn(y, dt, ts)
             self._learn_season(x, ts, dt)
         self._last_ts = ts
@@ -296,14 +326,39 @@ class AdaptiveRule(AdaptiveBaseline):
 
     # --- debounce ----------------------------------------------------------------------------
 
-    def _debounce(
+    def _judge(
         self, ts: float, x: float, season: float, score: float, kind: str
+    ) -> FaultChange | None:
+        """Debounce the sample's robust score; with ``surprise_threshold`` set, a raise
+        also needs the score to be surprising for this signal (clearing is unchanged)."""
+        trigger = score
+        if self.surprise_threshold is not None:
+            surprise = self._surprise(score)
+            if not self._active and (
+                surprise is None
+                or surprise < self.surprise_threshold
+                or score
+                < (self.surprise_min_drift_score if kind == "drift" else self.surprise_min_score)
+            ):
+                trigger = 0.0  # not (yet) a departure worth raising
+            elif not self._active:
+                trigger = max(score, self.raise_threshold)
+        return self._debounce(ts, x, season, score, kind, trigger)
+
+    def _debounce(
+        self,
+        ts: float,
+        x: float,
+        season: float,
+        score: float,
+        kind: str,
+        trigger: float,
     ) -> FaultChange | None:
         if not self._active:
             refractory = (
                 self._last_clear_ts is not None and ts - self._last_clear_ts < self.refractory_s
             )
-            if score < self.raise_threshold or refractory:
+            if trigger < self.raise_threshold or refractory:
                 self._pending_n = 0
                 self._pending_since = None
                 return None
@@ -320,7 +375,7 @@ class AdaptiveRule(AdaptiveBaseline):
             self._clear_n = 0
             self._clear_since = None
             return self._change(True, ts, x, season, score, kind)
-        if score >= self.clear_threshold:
+        if trigger >= self.clear_threshold:
             self._clear_n = 0
             self._clear_since = None
             return None
@@ -351,7 +406,12 @@ class AdaptiveRule(AdaptiveBaseline):
             sign = 1.0
         elif self.direction == "down":
             sign = -1.0
-        limit = self.raise_threshold if raised else self.clear_threshold
+        limit = self.clear_threshold
+        if raised and self.surprise_threshold is None:
+            limit = self.raise_threshold
+        elif raised:  # with the surprise stage a raise needs surprise_min_(drift_)score SDs
+            least = self.surprise_min_drift_score if kind == "drift" else self.surprise_min_score
+            limit = max(least, self.clear_threshold)
         bound = centre + sign * limit * sd
         where = "above" if current >= centre else "below"
         if not raised:

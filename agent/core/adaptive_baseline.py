@@ -74,6 +74,10 @@ class AdaptiveBaseline:
             self._season_bins = [0.0] * self.seasonal_bins
             self._season_visits = [0.0] * self.seasonal_bins
         self._reset_levels(None)
+        self._reset_surprise()
+
+    def _reset_surprise(self) -> None:
+        """Overridden by :class:`agent.core.adaptive_surprise.SurpriseScore`."""
 
     def _reset_levels(self, ts: float | None) -> None:
         self._reset_ts: float | None = ts

@@ -30,8 +30,13 @@ FLOAT_STATE: tuple[str, ...] = (
     "pending_since",
     "clear_since",
     "last_clear_ts",
+    "u_short",
+    "u_mean",
+    "u_var",
 )
-INT_STATE: tuple[str, ...] = ("n", "n_all", "pending_n", "clear_n")
+INT_STATE: tuple[str, ...] = ("n", "n_all", "pending_n", "clear_n", "u_n")
+OPTIONAL_STATE = frozenset({"u_short", "u_mean", "u_var", "u_n"})
+"""Added after version 1 snapshots were written: a snapshot without them starts them anew."""
 
 
 def _parse_floats(value: Any, length: int | None) -> list[float] | bool | None:
@@ -72,7 +77,7 @@ def parse_snapshot(state: Any, signal: str, season_bins: int | None) -> dict[str
             return None
         parsed[name] = float(value)
     for name in INT_STATE:
-        value = state.get(name)
+        value = state.get(name, 0 if name in OPTIONAL_STATE else None)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             return None
         parsed[name] = value
@@ -90,6 +95,13 @@ def parse_snapshot(state: Any, signal: str, season_bins: int | None) -> dict[str
     if (parsed["pending_n"] > 0) != (parsed["pending_since"] is not None):
         return None
     if (parsed["clear_n"] > 0) != (parsed["clear_since"] is not None):
+        return None
+    surprise = [parsed[name] for name in ("u_short", "u_mean", "u_var")]
+    if (parsed["u_n"] > 0) != all(v is not None for v in surprise) or (
+        parsed["u_n"] == 0 and any(v is not None for v in surprise)
+    ):
+        return None
+    if parsed["u_var"] is not None and parsed["u_var"] < 0:
         return None
     for name in ("season_bins", "season_visits"):
         values = _parse_floats(state.get(name), season_bins)

@@ -115,27 +115,37 @@ def test_step_hidden_inside_a_daily_swing_is_caught_once_the_profile_is_learned(
     assert changes
     assert changes[0].raised
     assert changes[0].ts - step_ts < 2 * HOUR
-    # Without the profile, the same step is lost in the swing.
-    plain = AdaptiveRule("v", seasonal_period_s=None)
+    # Without the profile, the same step is lost in the swing (for the plain threshold on
+    # the robust score; the surprise stage, on by default since the NAB tuning, may still
+    # notice it).
+    plain = AdaptiveRule("v", seasonal_period_s=None, surprise_threshold=0)
     assert feed(plain, before + after) == []
     assert plain.snapshot()["season_bins"] is None
 
 
-@pytest.mark.parametrize("sign", [1, -1])
-def test_step_change_is_raised_within_the_debounce_window(sign: int) -> None:
+def step_after_quiet_days(
+    rule: AdaptiveRule, sign: int
+) -> tuple[list[tuple[float, float]], list[FaultChange]]:
+    """Two quiet days (no change expected), then an 8-SD step: its points and changes."""
     rng = random.Random(7)
-    rule = AdaptiveRule("v", raise_samples=3)
     before = noisy(rng, 2 * 288)
     assert feed(rule, before) == []
     step_ts = before[-1][0] + 5 * MIN
     after = [(step_ts + i * 5 * MIN, 50 + sign * 8 + rng.gauss(0, 1)) for i in range(288)]
     changes = feed(rule, after)
     assert changes
-    first = changes[0]
-    assert first.raised
-    assert first.ts == after[2][0]  # the third anomalous sample completes the debounce
+    assert changes[0].raised
+    assert ("above" if sign > 0 else "below") in changes[0].message
+    return after, changes
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_step_change_is_raised_within_the_debounce_window(sign: int) -> None:
+    # The plain threshold on the robust score: the surprise stage would add its own latency.
+    rule = AdaptiveRule("v", raise_samples=3, surprise_threshold=0)
+    after, changes = step_after_quiet_days(rule, sign)
+    assert changes[0].ts == after[2][0]  # the third anomalous sample completes the debounce
     assert rule.active
-    assert ("above" if sign > 0 else "below") in first.message
 
 
 def test_direction_limits_what_is_flagged() -> None:
@@ -344,6 +354,13 @@ def test_restore_ignores_corrupt_state(corrupt: object) -> None:
         {"refractory_s": -1.0},
         {"anomaly_learning_weight": 2.0},
         {"slow_tau_s": float("inf")},
+        {"surprise_threshold": -1.0},
+        {"surprise_threshold": float("nan")},
+        {"surprise_min_score": -1.0},
+        {"surprise_min_drift_score": float("inf")},
+        {"surprise_cap": 0.0},
+        {"surprise_window_samples": 0.5},
+        {"surprise_memory_samples": 5.0},
     ],
 )
 def test_bad_configuration_is_rejected_with_a_clear_error(kwargs: dict[str, object]) -> None:
@@ -457,3 +474,56 @@ def test_a_level_change_across_a_long_gap_is_judged_against_the_noise() -> None:
     changes = feed(big, noisy(random.Random(54), 3 * 288) + jump)
     assert [c.raised for c in changes][:1] == [True]  # 10 noise SDs: raised after warm-up
     assert changes[0].ts - resume <= 4 * HOUR
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_surprise_stage_raises_a_step_within_a_few_samples(sign: int) -> None:
+    rule = AdaptiveRule("v")  # defaults: surprise stage on, two samples of debounce
+    assert rule.surprise_threshold is not None
+    after, changes = step_after_quiet_days(rule, sign)
+    assert changes[0].ts <= after[5][0]
+    assert rule.active
+
+
+def test_surprise_stage_does_not_cry_wolf_on_a_signal_that_often_spikes() -> None:
+    # A bursty count: pairs of 8-12 SD spikes about twice a day are its normal.
+    rng = random.Random(17)
+    points = []
+    spike_left = 0
+    for ts, value in noisy(rng, 14 * 288):
+        if spike_left == 0 and rng.random() < 0.007:
+            spike_left = 2
+        if spike_left:
+            spike_left -= 1
+            value += rng.uniform(8, 12)
+        points.append((ts, value))
+    plain = feed(AdaptiveRule("v", surprise_threshold=0), points)
+    surprised = feed(AdaptiveRule("v"), points)
+    raised_plain = sum(c.raised for c in plain)
+    raised_surprised = sum(c.raised for c in surprised)
+    assert raised_plain >= 3
+    assert raised_surprised <= raised_plain // 3
+
+
+def test_surprise_state_survives_a_restart_and_old_snapshots_still_load() -> None:
+    rng = random.Random(23)
+    points = noisy(rng, 3 * 288)
+    points += [(points[-1][0] + (i + 1) * 5 * MIN, 58 + rng.gauss(0, 1)) for i in range(50)]
+    half = 2 * 288
+    whole = AdaptiveRule("v")
+    expected = feed(whole, points)
+    first = AdaptiveRule("v")
+    feed(first, points[:half])
+    state = json.loads(json.dumps(first.snapshot()))
+    assert state["u_n"] > 0
+    assert state["u_mean"] is not None
+    resumed = AdaptiveRule("v")
+    resumed.restore(state)
+    assert feed(resumed, points[half:]) == expected
+    assert resumed.snapshot() == whole.snapshot()
+    # A snapshot written before the surprise stage existed is still restored.
+    old = {k: v for k, v in state.items() if not k.startswith("u_")}
+    legacy = AdaptiveRule("v")
+    legacy.restore(old)
+    assert legacy.snapshot()["n"] == state["n"]
+    assert legacy.snapshot()["u_n"] == 0

@@ -1,0 +1,75 @@
+"""How surprising a signal's recent anomaly scores are, given its own history (pure, O(1)).
+
+Recorded signals differ in how often they stray: a clean sensor's robust score is rarely
+above 3, a bursty count's often above 8. A fixed threshold on the score is then either
+deaf on the first or cries wolf on the second. Like the anomaly likelihood of Numenta's HTM
+detector, the *surprise* judges the recent scores against this signal's own long-run
+distribution of scores:
+
+* each score is bounded, ``u = min(score, surprise_cap) / surprise_cap`` (one huge outlier
+  counts as much as a merely large one);
+* ``u_short``: the mean of ``u`` over about ``surprise_window_samples`` recent samples (an
+  exponentially weighted mean): a lasting departure weighs more than a lone spike;
+* ``u_mean``, ``u_var``: the long-run mean and variance of ``u`` over about
+  ``surprise_memory_samples`` samples (plain averages while fewer have been seen);
+* ``surprise = (u_short - u_mean) / sd(u)``, in standard deviations of the signal's own
+  score. It is ``None`` for the first ``5 × surprise_window_samples`` scored samples.
+
+:class:`SurpriseScore` is a mixin of :class:`agent.core.adaptive.AdaptiveRule`; its four
+numbers are part of the rule's snapshot.
+"""
+
+from __future__ import annotations
+
+import math
+
+_MIN_SD = 1e-3
+"""Floor of sd(u): a perfectly regular score history must not make every wobble infinite."""
+_WARMUP_WINDOWS = 5
+
+
+def check_surprise(threshold: float | None, cap: float, window: float, memory: float) -> None:
+    """Raise ``ValueError`` naming the first invalid surprise parameter."""
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise ValueError("surprise_threshold must be a positive number, or 0 or None (off)")
+    if not (math.isfinite(cap) and cap > 0):
+        raise ValueError(f"surprise_cap must be a positive number, not {cap!r}")
+    if not (math.isfinite(window) and window >= 1):
+        raise ValueError(f"surprise_window_samples must be a number >= 1, not {window!r}")
+    if not (math.isfinite(memory) and memory >= window):
+        raise ValueError(
+            f"surprise_memory_samples must be a number >= surprise_window_samples, not {memory!r}"
+        )
+
+
+class SurpriseScore:
+    """The surprise state of one signal (see the module docstring)."""
+
+    surprise_cap: float
+    surprise_window_samples: float
+    surprise_memory_samples: float
+
+    def _reset_surprise(self) -> None:
+        self._u_short: float | None = None
+        self._u_mean: float | None = None
+        self._u_var: float | None = None
+        self._u_n = 0
+
+    def _surprise(self, score: float) -> float | None:
+        """Score the newest robust score against the history, then learn from it."""
+        u = min(score, self.surprise_cap) / self.surprise_cap
+        n = self._u_n + 1
+        if self._u_short is None or self._u_mean is None or self._u_var is None:
+            self._u_short, self._u_mean, self._u_var = u, u, 0.0
+        else:
+            self._u_short += (u - self._u_short) / min(n, self.surprise_window_samples)
+        surprise: float | None = None
+        if n > _WARMUP_WINDOWS * self.surprise_window_samples:
+            sd = max(math.sqrt(self._u_var), _MIN_SD)
+            surprise = (self._u_short - self._u_mean) / sd
+        a = 1.0 / min(n, self.surprise_memory_samples)
+        delta = u - self._u_mean
+        self._u_mean += a * delta
+        self._u_var = (1.0 - a) * (self._u_var + a * delta * delta)
+        self._u_n = min(n, 10**9)
+        return surprise
