@@ -45,6 +45,12 @@ class ReplayError(ValueError):
         tail = f"\n  ... and {more} more" if more > 0 else ""
         super().__init__(f"{source}: {len(self.errors)} problem(s):\n{shown}{tail}")
 
+    def one_line(self) -> str:
+        """The first problem on one line, naming the file (and how many more there are)."""
+        more = len(self.errors) - 1
+        tail = f" (and {more} more problem(s))" if more > 0 else ""
+        return f"{self.source}: {self.errors[0] if self.errors else 'unreadable'}{tail}"
+
 
 @dataclass(frozen=True, slots=True)
 class Row:
@@ -118,6 +124,27 @@ def parse_value(text: str, signal: str) -> float | None:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class TableRow:
+    """One usable input row with several value columns (None: a gap in that column)."""
+
+    line: int
+    time_text: str
+    ts: float
+    values: tuple[float | None, ...]
+
+
+@dataclass
+class Table:
+    """Several recorded signals read from one CSV file (one value column each)."""
+
+    signals: tuple[str, ...]
+    rows: list[TableRow]
+    time_format: str
+    skipped: list[str] = field(default_factory=list)
+    reordered: bool = False
+
+
 def read_signal_csv(
     path: str | Path,
     *,
@@ -127,16 +154,47 @@ def read_signal_csv(
     skip_bad: bool = False,
     delimiter: str | None = None,
 ) -> Signal:
-    """Read one signal from a CSV file with a header row.
+    """Read one signal from a CSV file with a header row (see :func:`read_table_csv`)."""
+    table = read_table_csv(
+        path,
+        time_col=time_col,
+        value_cols=[value_col],
+        signals=[signal or value_col],
+        skip_bad=skip_bad,
+        delimiter=delimiter,
+    )
+    rows = [Row(r.line, r.time_text, r.ts, r.values[0]) for r in table.rows]
+    return Signal(
+        table.signals[0],
+        rows,
+        table.time_format,
+        skipped=table.skipped,
+        reordered=table.reordered,
+    )
+
+
+def read_table_csv(
+    path: str | Path,
+    *,
+    time_col: str,
+    value_cols: Sequence[str],
+    signals: Sequence[str] | None = None,
+    skip_bad: bool = False,
+    delimiter: str | None = None,
+) -> Table:
+    """Read a time column and one or more value columns from a CSV file with a header row.
 
     Every bad cell is reported as ``line N, column C: problem``; with ``skip_bad`` the
-    bad rows are skipped (and listed in :attr:`Signal.skipped`) instead of failing.
+    bad rows are skipped (and listed in :attr:`Table.skipped`) instead of failing.
     Empty and NaN values are gaps (the rules see no observation). Rows out of time order
-    are sorted (stable), as the agent would have seen them.
+    are sorted (stable), as the agent would have seen them. ``signals`` names the
+    signal each value column feeds (default: the column names).
     """
     path = Path(path)
     source = str(path)
-    name = signal or value_col
+    names = tuple(signals or value_cols)
+    if len(names) != len(value_cols) or not value_cols:
+        raise ValueError("give one signal name per value column")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
@@ -153,7 +211,7 @@ def read_signal_csv(
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         raise ReplayError(["the file is empty: expected a header row"], source) from None
-    missing = [c for c in (time_col, value_col) if c not in header]
+    missing = [c for c in (time_col, *value_cols) if c not in header]
     if missing:
         raise ReplayError(
             [
@@ -162,14 +220,16 @@ def read_signal_csv(
             ],
             source,
         )
-    ti, vi = header.index(time_col), header.index(value_col)
-    rows: list[Row] = []
+    ti = header.index(time_col)
+    vis = [header.index(c) for c in value_cols]
+    width = max(ti, *vis)
+    rows: list[TableRow] = []
     errors: list[str] = []
     formats: set[str] = set()
     for line_no, cells in enumerate(reader, start=2):
         if not cells or all(not c.strip() for c in cells):
             continue
-        if len(cells) <= max(ti, vi):
+        if len(cells) <= width:
             errors.append(f"line {line_no}: {len(cells)} column(s), expected {len(header)}")
             continue
         try:
@@ -177,13 +237,16 @@ def read_signal_csv(
         except ValueError as exc:
             errors.append(f"line {line_no}, column {time_col}: {exc}")
             continue
-        try:
-            value = parse_value(cells[vi], name)
-        except ValueError as exc:
-            errors.append(f"line {line_no}, column {value_col}: {exc}")
-            continue
-        formats.add(fmt)
-        rows.append(Row(line_no, cells[ti].strip(), ts, value))
+        values: list[float | None] = []
+        for col, vi, name in zip(value_cols, vis, names, strict=True):
+            try:
+                values.append(parse_value(cells[vi], name))
+            except ValueError as exc:
+                errors.append(f"line {line_no}, column {col}: {exc}")
+                break
+        else:
+            formats.add(fmt)
+            rows.append(TableRow(line_no, cells[ti].strip(), ts, tuple(values)))
     if errors and not skip_bad:
         raise ReplayError(errors, source)
     if not rows:
@@ -192,7 +255,7 @@ def read_signal_csv(
     if reordered:
         rows.sort(key=lambda r: r.ts)
     fmt = "iso" if formats == {"iso"} else "unix" if formats == {"unix"} else "mixed"
-    return Signal(name, rows, fmt, skipped=errors, reordered=reordered)
+    return Table(names, rows, fmt, skipped=errors, reordered=reordered)
 
 
 def sample_for(signal: str, ts: float, value: float | None) -> Sample:
@@ -284,9 +347,12 @@ __all__ = [
     "ReplayError",
     "Row",
     "Signal",
+    "Table",
+    "TableRow",
     "parse_time",
     "parse_value",
     "read_signal_csv",
+    "read_table_csv",
     "replay_rules",
     "replay_samples",
     "sample_for",
