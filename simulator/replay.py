@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.adaptive import AdaptiveRule
+from agent.core.fault_types import FaultChange
 from agent.core.faults import SIGNALS, FaultEngine
 from agent.core.rules import build_rules
 from protocol import Sample
@@ -260,15 +261,25 @@ def read_table_csv(
 
 def sample_for(signal: str, ts: float, value: float | None) -> Sample:
     """A sample carrying only ``signal`` (a Sample field, else a ``custom`` key)."""
-    if value is None:
-        return Sample(ts=ts)
-    if signal in SIGNALS:
-        if signal in BOOL_SIGNALS:
-            return Sample(ts=ts, **{signal: bool(value)})
-        if signal in INT_SIGNALS:
-            return Sample(ts=ts, **{signal: int(value)})
-        return Sample(ts=ts, **{signal: value})
-    return Sample(ts=ts, custom={signal: value})
+    return sample_with(ts, {signal: value})
+
+
+def sample_with(ts: float, values: Mapping[str, float | None]) -> Sample:
+    """A sample carrying ``values`` (Sample fields by name, other names in ``custom``)."""
+    fields: dict[str, Any] = {}
+    custom: dict[str, float] = {}
+    for signal, value in values.items():
+        if value is None:
+            continue
+        if signal not in SIGNALS:
+            custom[signal] = value
+        elif signal in BOOL_SIGNALS:
+            fields[signal] = bool(value)
+        elif signal in INT_SIGNALS:
+            fields[signal] = int(value)
+        else:
+            fields[signal] = value
+    return Sample(ts=ts, custom=custom, **fields) if custom else Sample(ts=ts, **fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +296,8 @@ class Alarm:
     value: float | None
     threshold: float | None
     message: str
+    drivers: tuple[tuple[str, float], ...] = ()
+    """For a multivariate raise: the signals that drove it and their shares of T²."""
 
     @property
     def iso(self) -> str:
@@ -304,6 +317,7 @@ class Alarm:
             "value": self.value,
             "threshold": self.threshold,
             "message": self.message,
+            "drivers": [{"signal": name, "share": round(share, 4)} for name, share in self.drivers],
         }
 
 
@@ -325,21 +339,28 @@ def replay_samples(
     engine = engine or replay_rules(signal)
     alarms: list[Alarm] = []
     for row in rows:
-        for change in engine.update(sample_for(signal, row.ts, row.value)):
-            alarms.append(
-                Alarm(
-                    event="raised" if change.raised else "cleared",
-                    code=change.code,
-                    severity=change.severity.value,
-                    ts=change.ts,
-                    time_text=row.time_text,
-                    line=row.line,
-                    value=change.value,
-                    threshold=change.threshold,
-                    message=change.message,
-                )
-            )
+        sample = sample_for(signal, row.ts, row.value)
+        alarms.extend(alarms_of(engine.update(sample), row.time_text, row.line))
     return alarms
+
+
+def alarms_of(changes: Iterable[FaultChange], time_text: str, line: int) -> list[Alarm]:
+    """The engine's changes for one input row as :class:`Alarm` objects."""
+    return [
+        Alarm(
+            event="raised" if change.raised else "cleared",
+            code=change.code,
+            severity=change.severity.value,
+            ts=change.ts,
+            time_text=time_text,
+            line=line,
+            value=change.value,
+            threshold=change.threshold,
+            message=change.message,
+            drivers=change.drivers,
+        )
+        for change in changes
+    ]
 
 
 __all__ = [
@@ -349,6 +370,7 @@ __all__ = [
     "Signal",
     "Table",
     "TableRow",
+    "alarms_of",
     "parse_time",
     "parse_value",
     "read_signal_csv",
@@ -356,4 +378,5 @@ __all__ = [
     "replay_rules",
     "replay_samples",
     "sample_for",
+    "sample_with",
 ]

@@ -75,8 +75,8 @@ class MultivariateRule(DebouncedRule):
         *,
         code: str | None = None,
         severity: Severity = Severity.WARNING,
-        raise_threshold: float = 25.0,
-        clear_threshold: float = 14.0,
+        raise_threshold: float = 35.0,
+        clear_threshold: float = 20.0,
         raise_samples: int = 3,
         raise_after_s: float = 0.0,
         clear_samples: int = 5,
@@ -87,11 +87,12 @@ class MultivariateRule(DebouncedRule):
         cov_tau_s: float = 500.0,
         min_tau_samples: float = 2.0,
         warmup_samples: int = 50,
-        ridge: float = 0.1,
+        ridge: float = 0.01,
         min_scale: float = 0.0,
         min_rel_scale: float = 0.001,
         relearn_after_s: float = 3600.0,
         max_weight_intervals: float = 4.0,
+        suspect_learning_weight: float = 0.5,
     ) -> None:
         names = list(signals) if not isinstance(signals, str) else []
         if len(names) < 2 or len(names) > MAX_DIM:
@@ -122,6 +123,7 @@ class MultivariateRule(DebouncedRule):
             "ridge": ridge,
             "min_scale": min_scale,
             "min_rel_scale": min_rel_scale,
+            "suspect_learning_weight": suspect_learning_weight,
         }
         for name, value in (*positive.items(), *non_negative.items()):
             ok = not isinstance(value, bool) and isinstance(value, int | float)
@@ -150,6 +152,7 @@ class MultivariateRule(DebouncedRule):
         self.min_rel_scale = float(min_rel_scale)
         self.relearn_after_s = float(relearn_after_s)
         self.max_weight_intervals = float(max_weight_intervals)
+        self.suspect_learning_weight = float(suspect_learning_weight)
         self.state = MultivariateState.empty(len(names))
         self.last_score: float | None = None
         """T² of the latest scored sample (None in warm-up): for replay and diagnostics."""
@@ -291,6 +294,9 @@ class MultivariateRule(DebouncedRule):
         st.n_learned = min(st.n_learned + 1, _MAX_COUNT)
         a_m = self._alpha(self.mean_tau_s, dt, st.n_learned)
         a_c = self._alpha(self.cov_tau_s, dt, st.n_learned)
+        if self.last_score is not None and self.last_score >= self.clear_threshold:
+            a_m *= self.suspect_learning_weight  # suspicious: learn it only slowly
+            a_c *= self.suspect_learning_weight
         d = [si - mi for si, mi in zip(st.smooth, st.mean, strict=True)]
         mean = st.mean
         for i, di in enumerate(d):
