@@ -9,7 +9,7 @@ warm-up, RSS is read from ``/proc/<pid>/status`` every few seconds and CPU time 
 Goals: agent RSS <= 40 MB and <= 1.3x the floor; CPU <= 0.5 % of one core.
 The last printed line is one JSON object.
 
-    .venv/bin/python bench/agent_footprint.py [--duration 150]
+    .venv/bin/python bench/agent_footprint.py [--duration 150] [--extra-config rules.toml]
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ def main() -> int:
         "--duration", type=float, default=150.0, help="seconds to run (>= 120 for the goal)"
     )
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds ignored at the start")
+    parser.add_argument(
+        "--extra-config", type=Path, help="TOML appended to the agent's config (e.g. [faults])"
+    )
     args = parser.parse_args()
 
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -82,6 +85,7 @@ def main() -> int:
     (work / "agent.toml").write_text(
         f'device_id = "bench-pi"\nbroker = "mqtt://127.0.0.1:{port}"\nstate_dir = "{work}/state"\n'
         'sample_interval_s = 1\npublish_interval_s = 10\nlog_level = "warning"\n'
+        + (args.extra_config.read_text() if args.extra_config else "")
     )
     broker = subprocess.Popen(
         [mosquitto, "-c", str(work / "mosquitto.conf")], stderr=subprocess.DEVNULL

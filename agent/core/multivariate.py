@@ -29,8 +29,18 @@ The rule raises when ``T² ≥ raise_threshold`` for ``raise_samples`` consecuti
 spanning ``raise_after_s`` seconds, and clears when ``T² < clear_threshold`` (hysteresis)
 for ``clear_samples`` samples and ``clear_after_s`` seconds (the state machine of
 :class:`agent.core.faults.DebouncedRule`). After a clear it does not raise again for
-``refractory_s``. While a raise is pending or the fault is active nothing is learned, so
-an anomaly never teaches itself to be normal; it clears when the relation comes back.
+``refractory_s``.
+
+**Learning.** A sample whose T² is at or above the clear threshold teaches at
+``suspect_learning_weight`` of the normal rate; while a raise is pending nothing is
+learned; while the fault is active the rule learns at ``active_learning_weight`` (2 %) of
+the rate. So an anomaly does not teach itself to be normal during its raise, the fault
+clears when the relation comes back, and a lasting new normal (the machine after a
+repair) is accepted after about ``mean_tau_s / active_learning_weight`` (7 h with the
+defaults) instead of staying raised for ever.
+
+**Defaults** were chosen on SKAB's recorded test bed (one sample a second, faults lasting
+minutes): see ``bench/skab.py``. For slower processes scale the three time constants.
 
 **Warm-up and gaps.** No score before ``warmup_samples`` samples. A sample missing any
 signal of the group (``None``, NaN, non-numeric) is a gap and changes nothing. A gap
@@ -93,6 +103,7 @@ class MultivariateRule(DebouncedRule):
         relearn_after_s: float = 3600.0,
         max_weight_intervals: float = 4.0,
         suspect_learning_weight: float = 0.5,
+        active_learning_weight: float = 0.02,
     ) -> None:
         names = list(signals) if not isinstance(signals, str) else []
         if len(names) < 2 or len(names) > MAX_DIM:
@@ -124,6 +135,7 @@ class MultivariateRule(DebouncedRule):
             "min_scale": min_scale,
             "min_rel_scale": min_rel_scale,
             "suspect_learning_weight": suspect_learning_weight,
+            "active_learning_weight": active_learning_weight,
         }
         for name, value in (*positive.items(), *non_negative.items()):
             ok = not isinstance(value, bool) and isinstance(value, int | float)
@@ -153,6 +165,7 @@ class MultivariateRule(DebouncedRule):
         self.relearn_after_s = float(relearn_after_s)
         self.max_weight_intervals = float(max_weight_intervals)
         self.suspect_learning_weight = float(suspect_learning_weight)
+        self.active_learning_weight = float(active_learning_weight)
         self.state = MultivariateState.empty(len(names))
         self.last_score: float | None = None
         """T² of the latest scored sample (None in warm-up): for replay and diagnostics."""
@@ -196,7 +209,9 @@ class MultivariateRule(DebouncedRule):
         if change is not None:
             change = self._describe(change)
         if not self._active and self._streak == 0:
-            self._learn(dt)
+            self._learn(dt, 1.0)
+        elif self._active and self.active_learning_weight > 0:
+            self._learn(dt, self.active_learning_weight)
         return change
 
     def observe(self, sample: Sample) -> tuple[bool, bool, float | None] | None:
@@ -286,14 +301,16 @@ class MultivariateRule(DebouncedRule):
 
     # --- learning ------------------------------------------------------------------------
 
-    def _learn(self, dt: float) -> None:
-        """Move the mean and covariance towards the current smoothed vector."""
+    def _learn(self, dt: float, weight: float) -> None:
+        """Move the mean and covariance towards the current smoothed vector (at ``weight``
+        of the normal rate)."""
         st = self.state
         assert st.smooth is not None
         assert st.mean is not None
         st.n_learned = min(st.n_learned + 1, _MAX_COUNT)
         a_m = self._alpha(self.mean_tau_s, dt, st.n_learned)
         a_c = self._alpha(self.cov_tau_s, dt, st.n_learned)
+        a_m, a_c = a_m * weight, a_c * weight
         if self.last_score is not None and self.last_score >= self.clear_threshold:
             a_m *= self.suspect_learning_weight  # suspicious: learn it only slowly
             a_c *= self.suspect_learning_weight
