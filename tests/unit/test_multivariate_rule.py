@@ -202,3 +202,21 @@ def test_bad_configuration_stops_the_agent_config_with_one_clear_error() -> None
     data["faults"] = {"multivariate": [two, two]}
     with pytest.raises(ConfigError, match=r"multivariate\[1\]\.code: .* used twice"):
         parse_config(data)
+
+
+def test_the_agent_core_publishes_the_raise_with_its_drivers() -> None:
+    from agent.core.agent_core import AgentCore
+    from agent.core.outputs import Publish
+    from agent.core.sequence import SeqAllocator
+    from protocol import FaultRaised
+
+    faults = {"multivariate": [{"signals": list(SIGNALS), "code": "heat_relation", "ridge": 0.001}]}
+    core = AgentCore("pi-1", "b1", seq=SeqAllocator(0), rules=build_rules(faults))
+    rng = random.Random(1)
+    events = []
+    for i in range(2300):
+        for out in core.on_sample(related(i, rng, heat_offset=3.0 if i >= 2000 else 0.0)):
+            if isinstance(out, Publish) and isinstance(out.message, FaultRaised):
+                events.append(out.message)
+    assert [e.code for e in events] == ["heat_relation"]
+    assert "driven by heat" in events[0].message
