@@ -220,3 +220,18 @@ def test_the_agent_core_publishes_the_raise_with_its_drivers() -> None:
                 events.append(out.message)
     assert [e.code for e in events] == ["heat_relation"]
     assert "driven by heat" in events[0].message
+
+
+def test_simulated_devices_run_the_multivariate_rule_from_the_agent_faults_table() -> None:
+    from simulator.engine import agent_settings, build_devices
+    from simulator.scenario import ScenarioError
+    from tests.unit.test_sim_engine import scenario
+
+    group = {"signals": ["temp_c", "cpu_pct"], "code": "soc_heat_for_load"}
+    devices = build_devices(scenario(agent={"faults": {"multivariate": [group]}}))
+    rules = {rule.code: rule for rule in devices[0].core.faults.rules}
+    assert isinstance(rules["soc_heat_for_load"], MultivariateRule)
+    assert "over_temperature" in rules
+    bad = scenario(agent={"faults": {"multivariate": [{"signals": ["temp_c"]}]}})
+    with pytest.raises(ScenarioError, match=r"faults\.multivariate\[0\]: signals must list 2"):
+        agent_settings(bad)
