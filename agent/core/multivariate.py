@@ -196,6 +196,7 @@ class MultivariateRule(DebouncedRule):
             if st.mean is None:
                 st.mean = list(x)
             st.n_since_reset = 1
+            self.last_score = None
             return None
         a = self._alpha(self.smooth_tau_s, dt)
         s = st.smooth
@@ -243,7 +244,8 @@ class MultivariateRule(DebouncedRule):
             self.last_score = None
             return None
         scored = self._t2()
-        if scored is None:
+        if scored is None:  # numerically degenerate: no observation, learn as usual
+            self.last_score = None
             return None
         t2, self._terms = scored
         self.last_score = t2

@@ -235,3 +235,17 @@ def test_simulated_devices_run_the_multivariate_rule_from_the_agent_faults_table
     bad = scenario(agent={"faults": {"multivariate": [{"signals": ["temp_c"]}]}})
     with pytest.raises(ScenarioError, match=r"faults\.multivariate\[0\]: signals must list 2"):
         agent_settings(bad)
+
+
+def test_a_long_gap_restarts_the_warm_up_but_keeps_the_learned_normal() -> None:
+    rule = make(warmup_samples=20)
+    run(rule, 0, 1000, seed=1)
+    learned = rule.state.n_learned
+    rng = random.Random(9)
+    # two hours later (relearn_after_s is one hour): the first samples are not scored
+    for i in range(7200 + 1000, 7200 + 1019):
+        assert rule.update(related(i, rng)) is None
+        assert rule.last_score is None
+    assert rule.state.n_learned == learned + 19  # still learning on top of what it knew
+    rule.update(related(7200 + 1019, rng))
+    assert rule.last_score is not None
