@@ -246,6 +246,8 @@ def test_a_long_gap_restarts_the_warm_up_but_keeps_the_learned_normal() -> None:
     for i in range(7200 + 1000, 7200 + 1019):
         assert rule.update(related(i, rng)) is None
         assert rule.last_score is None
-    assert rule.state.n_learned == learned + 19  # still learning on top of what it knew
+    # the first sample after the gap restarts the smoothing; the others teach on top of the
+    # normal learned before the gap (nothing is forgotten)
+    assert rule.state.n_learned == learned + 18
     rule.update(related(7200 + 1019, rng))
     assert rule.last_score is not None
