@@ -96,7 +96,7 @@ class MultivariateRule(DebouncedRule):
         mean_tau_s: float = 500.0,
         cov_tau_s: float = 500.0,
         min_tau_samples: float = 2.0,
-        warmup_samples: int = 50,
+        warmup_samples: int = 300,
         ridge: float = 0.01,
         min_scale: float = 0.0,
         min_rel_scale: float = 0.001,
