@@ -10,6 +10,7 @@ Goals: agent RSS <= 40 MB and <= 1.3x the floor; CPU <= 0.5 % of one core.
 The last printed line is one JSON object.
 
     .venv/bin/python bench/agent_footprint.py [--duration 150] [--adaptive-all]
+        [--extra-config rules.toml]
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ def main() -> int:
         action="store_true",
         help="an adaptive rule (default parameters) on every numeric sample field",
     )
+    parser.add_argument(
+        "--extra-config", type=Path, help="TOML appended to the agent's config (e.g. [faults])"
+    )
     args = parser.parse_args()
 
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -103,6 +107,7 @@ def main() -> int:
         'sample_interval_s = 1\npublish_interval_s = 10\nlog_level = "warning"\n'
         + ("".join(f'[[faults.adaptive]]\nsignal = "{s}"\n' for s in ADAPTIVE_SIGNALS))
         * args.adaptive_all
+        + (args.extra_config.read_text() if args.extra_config else "")
     )
     broker = subprocess.Popen(
         [mosquitto, "-c", str(work / "mosquitto.conf")], stderr=subprocess.DEVNULL

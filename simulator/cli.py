@@ -25,6 +25,7 @@ from rich.table import Table
 
 from simulator import __version__
 from simulator.hardware_faults import FAULTS
+from simulator.replay_cli import replay_command
 
 app = typer.Typer(
     name="fleet-sim",
@@ -307,66 +308,7 @@ def _print_summary(summary: dict[str, object], as_json: bool, title: str) -> Non
 
 # --- replay ----------------------------------------------------------------------------
 
-
-@app.command()
-def replay(
-    csv_file: Annotated[Path, typer.Option("--csv", help="recorded signal (CSV with a header)")],
-    time_col: Annotated[str, typer.Option(help="column with the timestamps")],
-    value_col: Annotated[str, typer.Option(help="column with the values")],
-    signal: Annotated[
-        str | None,
-        typer.Option(help="sample field to map the values to (temp_c, fan_rpm...) or a name"),
-    ] = None,
-    skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="skip unreadable rows instead of failing")
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per alarm")] = False,
-) -> None:
-    """Run a recorded signal through the agent's fault engine, as a device would.
-
-    Every built-in rule plus an adaptive rule on the signal (default parameters). Prints
-    each raise and clear with the input's timestamp and ISO 8601 UTC. Timestamps: ISO
-    8601 (without an offset: UTC) or unix seconds. Empty or NaN values are gaps.
-    """
-    from simulator.replay import ReplayError, read_signal_csv, replay_samples
-
-    try:
-        sig = read_signal_csv(
-            csv_file, time_col=time_col, value_col=value_col, signal=signal, skip_bad=skip_bad
-        )
-    except ReplayError as exc:
-        raise _fail(str(exc)) from None
-    if sig.skipped:
-        err.print(f"skipped {len(sig.skipped)} bad row(s); first: {sig.skipped[0]}")
-    if sig.reordered:
-        err.print("rows were not in time order; replayed sorted by time")
-    try:
-        alarms = replay_samples(sig.rows, sig.name)
-    except ValueError as exc:
-        raise _fail(f"--signal {sig.name!r}: {exc}") from None
-    if as_json:
-        for alarm in alarms:
-            typer.echo(json.dumps(alarm.as_dict()))
-        return
-    table = Table(title=f"{csv_file.name}: {len(sig.rows)} samples of {sig.name}")
-    for col in ("time", "ISO 8601 (UTC)", "event", "code", "severity", "value"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("message")
-    for a in alarms:
-        table.add_row(
-            a.time_text,
-            a.iso.replace("+00:00", "Z"),
-            a.event,
-            a.code,
-            a.severity,
-            "" if a.value is None else f"{a.value:.6g}",
-            a.message,
-        )
-    out.print(table)
-    out.print(
-        f"{sum(a.event == 'raised' for a in alarms)} raised, "
-        f"{sum(a.event == 'cleared' for a in alarms)} cleared"
-    )
+app.command("replay")(replay_command)
 
 
 # --- diagnose --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.adaptive import AdaptiveRule
+from agent.core.fault_types import FaultChange
 from agent.core.faults import SIGNALS, FaultEngine
 from agent.core.rules import build_rules
 from protocol import Sample
@@ -44,6 +45,12 @@ class ReplayError(ValueError):
         more = len(self.errors) - MAX_ERRORS_SHOWN
         tail = f"\n  ... and {more} more" if more > 0 else ""
         super().__init__(f"{source}: {len(self.errors)} problem(s):\n{shown}{tail}")
+
+    def one_line(self) -> str:
+        """The first problem on one line, naming the file (and how many more there are)."""
+        more = len(self.errors) - 1
+        tail = f" (and {more} more problem(s))" if more > 0 else ""
+        return f"{self.source}: {self.errors[0] if self.errors else 'unreadable'}{tail}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +125,27 @@ def parse_value(text: str, signal: str) -> float | None:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class TableRow:
+    """One usable input row with several value columns (None: a gap in that column)."""
+
+    line: int
+    time_text: str
+    ts: float
+    values: tuple[float | None, ...]
+
+
+@dataclass
+class Table:
+    """Several recorded signals read from one CSV file (one value column each)."""
+
+    signals: tuple[str, ...]
+    rows: list[TableRow]
+    time_format: str
+    skipped: list[str] = field(default_factory=list)
+    reordered: bool = False
+
+
 def read_signal_csv(
     path: str | Path,
     *,
@@ -127,16 +155,47 @@ def read_signal_csv(
     skip_bad: bool = False,
     delimiter: str | None = None,
 ) -> Signal:
-    """Read one signal from a CSV file with a header row.
+    """Read one signal from a CSV file with a header row (see :func:`read_table_csv`)."""
+    table = read_table_csv(
+        path,
+        time_col=time_col,
+        value_cols=[value_col],
+        signals=[signal or value_col],
+        skip_bad=skip_bad,
+        delimiter=delimiter,
+    )
+    rows = [Row(r.line, r.time_text, r.ts, r.values[0]) for r in table.rows]
+    return Signal(
+        table.signals[0],
+        rows,
+        table.time_format,
+        skipped=table.skipped,
+        reordered=table.reordered,
+    )
+
+
+def read_table_csv(
+    path: str | Path,
+    *,
+    time_col: str,
+    value_cols: Sequence[str],
+    signals: Sequence[str] | None = None,
+    skip_bad: bool = False,
+    delimiter: str | None = None,
+) -> Table:
+    """Read a time column and one or more value columns from a CSV file with a header row.
 
     Every bad cell is reported as ``line N, column C: problem``; with ``skip_bad`` the
-    bad rows are skipped (and listed in :attr:`Signal.skipped`) instead of failing.
+    bad rows are skipped (and listed in :attr:`Table.skipped`) instead of failing.
     Empty and NaN values are gaps (the rules see no observation). Rows out of time order
-    are sorted (stable), as the agent would have seen them.
+    are sorted (stable), as the agent would have seen them. ``signals`` names the
+    signal each value column feeds (default: the column names).
     """
     path = Path(path)
     source = str(path)
-    name = signal or value_col
+    names = tuple(signals or value_cols)
+    if len(names) != len(value_cols) or not value_cols:
+        raise ValueError("give one signal name per value column")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
@@ -153,7 +212,7 @@ def read_signal_csv(
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         raise ReplayError(["the file is empty: expected a header row"], source) from None
-    missing = [c for c in (time_col, value_col) if c not in header]
+    missing = [c for c in (time_col, *value_cols) if c not in header]
     if missing:
         raise ReplayError(
             [
@@ -162,14 +221,16 @@ def read_signal_csv(
             ],
             source,
         )
-    ti, vi = header.index(time_col), header.index(value_col)
-    rows: list[Row] = []
+    ti = header.index(time_col)
+    vis = [header.index(c) for c in value_cols]
+    width = max(ti, *vis)
+    rows: list[TableRow] = []
     errors: list[str] = []
     formats: set[str] = set()
     for line_no, cells in enumerate(reader, start=2):
         if not cells or all(not c.strip() for c in cells):
             continue
-        if len(cells) <= max(ti, vi):
+        if len(cells) <= width:
             errors.append(f"line {line_no}: {len(cells)} column(s), expected {len(header)}")
             continue
         try:
@@ -177,13 +238,16 @@ def read_signal_csv(
         except ValueError as exc:
             errors.append(f"line {line_no}, column {time_col}: {exc}")
             continue
-        try:
-            value = parse_value(cells[vi], name)
-        except ValueError as exc:
-            errors.append(f"line {line_no}, column {value_col}: {exc}")
-            continue
-        formats.add(fmt)
-        rows.append(Row(line_no, cells[ti].strip(), ts, value))
+        values: list[float | None] = []
+        for col, vi, name in zip(value_cols, vis, names, strict=True):
+            try:
+                values.append(parse_value(cells[vi], name))
+            except ValueError as exc:
+                errors.append(f"line {line_no}, column {col}: {exc}")
+                break
+        else:
+            formats.add(fmt)
+            rows.append(TableRow(line_no, cells[ti].strip(), ts, tuple(values)))
     if errors and not skip_bad:
         raise ReplayError(errors, source)
     if not rows:
@@ -192,20 +256,30 @@ def read_signal_csv(
     if reordered:
         rows.sort(key=lambda r: r.ts)
     fmt = "iso" if formats == {"iso"} else "unix" if formats == {"unix"} else "mixed"
-    return Signal(name, rows, fmt, skipped=errors, reordered=reordered)
+    return Table(names, rows, fmt, skipped=errors, reordered=reordered)
 
 
 def sample_for(signal: str, ts: float, value: float | None) -> Sample:
     """A sample carrying only ``signal`` (a Sample field, else a ``custom`` key)."""
-    if value is None:
-        return Sample(ts=ts)
-    if signal in SIGNALS:
-        if signal in BOOL_SIGNALS:
-            return Sample(ts=ts, **{signal: bool(value)})
-        if signal in INT_SIGNALS:
-            return Sample(ts=ts, **{signal: int(value)})
-        return Sample(ts=ts, **{signal: value})
-    return Sample(ts=ts, custom={signal: value})
+    return sample_with(ts, {signal: value})
+
+
+def sample_with(ts: float, values: Mapping[str, float | None]) -> Sample:
+    """A sample carrying ``values`` (Sample fields by name, other names in ``custom``)."""
+    fields: dict[str, Any] = {}
+    custom: dict[str, float] = {}
+    for signal, value in values.items():
+        if value is None:
+            continue
+        if signal not in SIGNALS:
+            custom[signal] = value
+        elif signal in BOOL_SIGNALS:
+            fields[signal] = bool(value)
+        elif signal in INT_SIGNALS:
+            fields[signal] = int(value)
+        else:
+            fields[signal] = value
+    return Sample(ts=ts, custom=custom, **fields) if custom else Sample(ts=ts, **fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +296,8 @@ class Alarm:
     value: float | None
     threshold: float | None
     message: str
+    drivers: tuple[tuple[str, float], ...] = ()
+    """For a multivariate raise: the signals that drove it and their shares of T²."""
 
     @property
     def iso(self) -> str:
@@ -241,6 +317,7 @@ class Alarm:
             "value": self.value,
             "threshold": self.threshold,
             "message": self.message,
+            "drivers": [{"signal": name, "share": round(share, 4)} for name, share in self.drivers],
         }
 
 
@@ -262,21 +339,28 @@ def replay_samples(
     engine = engine or replay_rules(signal)
     alarms: list[Alarm] = []
     for row in rows:
-        for change in engine.update(sample_for(signal, row.ts, row.value)):
-            alarms.append(
-                Alarm(
-                    event="raised" if change.raised else "cleared",
-                    code=change.code,
-                    severity=change.severity.value,
-                    ts=change.ts,
-                    time_text=row.time_text,
-                    line=row.line,
-                    value=change.value,
-                    threshold=change.threshold,
-                    message=change.message,
-                )
-            )
+        sample = sample_for(signal, row.ts, row.value)
+        alarms.extend(alarms_of(engine.update(sample), row.time_text, row.line))
     return alarms
+
+
+def alarms_of(changes: Iterable[FaultChange], time_text: str, line: int) -> list[Alarm]:
+    """The engine's changes for one input row as :class:`Alarm` objects."""
+    return [
+        Alarm(
+            event="raised" if change.raised else "cleared",
+            code=change.code,
+            severity=change.severity.value,
+            ts=change.ts,
+            time_text=time_text,
+            line=line,
+            value=change.value,
+            threshold=change.threshold,
+            message=change.message,
+            drivers=change.drivers,
+        )
+        for change in changes
+    ]
 
 
 __all__ = [
@@ -284,10 +368,15 @@ __all__ = [
     "ReplayError",
     "Row",
     "Signal",
+    "Table",
+    "TableRow",
+    "alarms_of",
     "parse_time",
     "parse_value",
     "read_signal_csv",
+    "read_table_csv",
     "replay_rules",
     "replay_samples",
     "sample_for",
+    "sample_with",
 ]

@@ -24,6 +24,8 @@ class FaultChange:
     value: float | None = None
     threshold: float | None = None
     message: str = ""
+    drivers: tuple[tuple[str, float], ...] = ()
+    """For a raise by a multivariate rule: the signals that drove it and their shares."""
 
 
 class FaultRule(Protocol):

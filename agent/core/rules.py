@@ -18,7 +18,12 @@ built-in rule and add adaptive rules on chosen signals::
     [[faults.adaptive]]
     signal = "fan_rpm"
 
-Adaptive rules come from ``agent.core.adaptive`` (imported only when configured).
+    [[faults.multivariate]]
+    signals = ["temp_c", "cpu_pct", "fan_rpm"]
+    code = "cooling_relation"
+
+Adaptive rules come from ``agent.core.adaptive`` and multivariate rules from
+``agent.core.multivariate`` (each imported only when configured).
 """
 
 from __future__ import annotations
@@ -302,6 +307,36 @@ def build_adaptive(entry: Mapping[str, Any], index: int) -> FaultRule:
     return rule
 
 
+def build_multivariate(entry: Mapping[str, Any], index: int) -> FaultRule:
+    """A multivariate rule from one ``[[faults.multivariate]]`` entry (imported on demand)."""
+    import inspect
+
+    from agent.core.multivariate import MultivariateRule
+
+    where = f"faults.multivariate[{index}]"
+    params = dict(entry)
+    signals = params.pop("signals", None)
+    if not isinstance(signals, list) or not all(isinstance(s, str) and s for s in signals):
+        raise RuleConfigError(f'{where}.signals: required, a list of signal names like ["temp_c"]')
+    for signal in signals:
+        if signal not in SIGNALS and not signal.isidentifier():
+            raise RuleConfigError(f"{where}.signals: {signal!r} is not a sample field")
+    known = set(inspect.signature(MultivariateRule).parameters) - {"signals"}
+    for key in params:
+        if key not in known:
+            raise RuleConfigError(
+                f"{where}.{key}: unknown setting (known: signals, {', '.join(sorted(known))})"
+            )
+    if "severity" in params:
+        params["severity"] = _severity(f"multivariate[{index}]", params["severity"])
+    if "code" in params and not (isinstance(params["code"], str) and params["code"]):
+        raise RuleConfigError(f"{where}.code: expected a non-empty string")
+    try:
+        return MultivariateRule(signals, **params)
+    except (TypeError, ValueError) as exc:
+        raise RuleConfigError(f"{where}: {exc}") from None
+
+
 def build_rules(
     faults: Mapping[str, Any] | None = None, starts: Iterable[float] = ()
 ) -> list[FaultRule]:
@@ -309,6 +344,7 @@ def build_rules(
     rules. ``starts`` are the agent's recent start times, for the restart-loop rule."""
     faults = dict(faults or {})
     adaptive = faults.pop("adaptive", [])
+    multivariate = faults.pop("multivariate", [])
     for code in faults:
         if code not in BUILTINS:
             raise RuleConfigError(
@@ -331,6 +367,20 @@ def build_rules(
         rule = build_adaptive(entry, i)
         if rule.code in codes:
             raise RuleConfigError(f"faults.adaptive[{i}]: fault code {rule.code!r} is used twice")
+        codes.add(rule.code)
+        rules.append(rule)
+    if not isinstance(multivariate, list):
+        raise RuleConfigError(
+            "faults.multivariate: expected an array of tables ([[faults.multivariate]])"
+        )
+    for i, entry in enumerate(multivariate):
+        if not isinstance(entry, Mapping):
+            raise RuleConfigError(f"faults.multivariate[{i}]: expected a table")
+        rule = build_multivariate(entry, i)
+        if rule.code in codes:
+            raise RuleConfigError(
+                f"faults.multivariate[{i}].code: fault code {rule.code!r} is used twice"
+            )
         codes.add(rule.code)
         rules.append(rule)
     return rules
