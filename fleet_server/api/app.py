@@ -30,11 +30,13 @@ from fleet_server.api.routers import (
     credentials,
     deployments,
     devices,
+    groups,
     recalls,
     rma,
     rollouts,
     system,
     warranty,
+    webhooks,
 )
 from fleet_server.config import Settings
 from fleet_server.db import create_db_engine, make_session_factory
@@ -123,6 +125,8 @@ def create_app(
         app.include_router(module.router)
     app.include_router(deployments.router)
     app.include_router(rollouts.router)
+    app.include_router(webhooks.router)
+    app.include_router(groups.router)
     app.include_router(tuf_router(settings.updates.repo_dir))
     _document_security(app)
     return app
