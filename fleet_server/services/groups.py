@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from fleet_server.db.group_models import DeviceGroup, DeviceGroupMember
@@ -101,11 +101,10 @@ def _device_keys(session: Session, device_ids: Sequence[str]) -> list[int]:
     found: dict[str, int] = {}
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
-        found.update(
-            session.execute(select(Device.device_id, Device.id).where(Device.device_id.in_(chunk)))
-            .tuples()
-            .all()
+        rows = session.execute(
+            select(Device.device_id, Device.id).where(Device.device_id.in_(chunk))
         )
+        found.update((device_id, key) for device_id, key in rows)
     unknown = [d for d in wanted if d not in found]
     if unknown:
         raise InvalidInputError(
@@ -226,10 +225,7 @@ def delete_group(
     """Delete a group (its devices are untouched), audited and committed."""
     group = get_group(session, name)
     view = group_view(session, group)
-    for member in session.execute(
-        select(DeviceGroupMember).where(DeviceGroupMember.group_id == group.id)
-    ).scalars():
-        session.delete(member)
+    session.execute(delete(DeviceGroupMember).where(DeviceGroupMember.group_id == group.id))
     session.delete(group)
     audit.record(
         session, actor, "group.delete", "group", name, now=now, before=view, request_id=request_id

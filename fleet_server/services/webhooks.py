@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from fleet_server.db.models import Device
@@ -215,10 +215,9 @@ def delete_subscription(
     """Delete a subscription with its deliveries, audited and committed."""
     sub = get_subscription(session, webhook_id)
     view = subscription_view(sub)
-    for delivery in session.execute(
-        select(WebhookDelivery).where(WebhookDelivery.subscription_id == sub.id)
-    ).scalars():
-        session.delete(delivery)
+    deliveries = select(WebhookDelivery.id).where(WebhookDelivery.subscription_id == sub.id)
+    session.execute(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(deliveries)))
+    session.execute(delete(WebhookDelivery).where(WebhookDelivery.subscription_id == sub.id))
     session.delete(sub)
     audit.record(
         session,

@@ -175,3 +175,71 @@ def test_device_offline_longer_than_the_threshold_is_reported_once(sessions, rec
     data = json.loads(receiver.requests[0].body)["data"]
     assert data["device_id"] == "pi-off"
     assert data["offline_for_s"] == 130.0
+
+
+def test_webhook_api_shows_the_secret_once_and_sends_a_test_event(api, receiver) -> None:
+    client, tokens, clock = api
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    ops = {"Authorization": f"Bearer {tokens['operator']}"}
+    body = {"name": "pager", "url": receiver.url, "events": ["alarm.raised", "claim.filed"]}
+    assert client.post("/api/v1/webhooks", json=body, headers=ops).status_code == 403
+    created = client.post("/api/v1/webhooks", json=body, headers=admin)
+    assert created.status_code == 201, created.text
+    secret = created.json()["secret"]
+    hook_id = created.json()["id"]
+    shown = client.get(f"/api/v1/webhooks/{hook_id}", headers=ops).json()
+    assert "secret" not in shown
+    assert secret not in client.get("/api/v1/webhooks", headers=ops).text
+
+    bad = client.post(
+        "/api/v1/webhooks", json={**body, "name": "x", "url": "ftp://h/"}, headers=admin
+    )
+    assert bad.json()["error"]["code"] == "invalid_webhook"
+
+    tested = client.post(f"/api/v1/webhooks/{hook_id}/test", headers=ops)
+    assert tested.status_code == 200, tested.text
+    assert tested.json()["status"] == "delivered"
+    assert tested.json()["attempt_log"][0]["status_code"] == 200
+    got = receiver.requests[-1]
+    ts, sig = got.headers[rules.TIMESTAMP_HEADER], got.headers[rules.SIGNATURE_HEADER]
+    assert rules.verify(secret, ts, sig, got.body, now=clock.now)
+    assert json.loads(got.body)["type"] == "webhook.test"
+
+    log = client.get(f"/api/v1/webhooks/{hook_id}/deliveries", headers=ops).json()
+    assert log["total"] == 1
+    off = client.patch(f"/api/v1/webhooks/{hook_id}", json={"enabled": False}, headers=admin)
+    assert off.json()["enabled"] is False
+    assert client.delete(f"/api/v1/webhooks/{hook_id}", headers=admin).status_code == 200
+    assert client.get(f"/api/v1/webhooks/{hook_id}", headers=ops).status_code == 404
+
+
+def test_rollout_halt_and_rollback_are_notified(sessions, receiver) -> None:
+    from fleet_server.db.rollout_models import Rollout
+    from fleet_server.rollouts.lifecycle import RolloutEvent
+    from fleet_server.services import rollouts
+    from fleet_server.services.rollouts_history import move
+    from tests.support.sim_fleet import add_bundle, register_fleet
+
+    subscribe(sessions, receiver.url, ["rollout.halted", "rollout.rolled_back"])
+    register_fleet(sessions, 6, revisions={"rev-a": 1.0})
+    bundle = add_bundle(sessions, "2.0.0", revisions=["rev-a"])
+    add_bundle(sessions, "1.0.0", revisions=["rev-a"], release_counter=2)
+    with sessions() as s:
+        draft = rollouts.create_draft(
+            s, name="spring", bundle=bundle, selector={}, policy={}, actor=SYSTEM, now=T0
+        )
+        rollouts.start(s, draft["id"], actor=SYSTEM, now=T0)
+        rollout = s.get(Rollout, draft["id"])
+        assert rollout is not None
+        # What the engine's store does when a failure criterion trips.
+        rollout.halt_reason = "install failures 3/5 > 20%"
+        move(s, rollout, RolloutEvent.HALT, now=T0 + 60, actor="engine", message="3/5 failed")
+        s.commit()
+        rollouts.act(s, draft["id"], "rollback", actor=SYSTEM, now=T0 + 120, to_version="1.0.0")
+    assert deliver_due(sessions, T0 + 120, settings=FAST).delivered == 2
+    events = [json.loads(r.body) for r in receiver.requests]
+    assert [e["type"] for e in events] == ["rollout.halted", "rollout.rolled_back"]
+    assert events[0]["data"]["rollout_id"] == draft["id"]
+    assert events[0]["data"]["reason"] == "3/5 failed"
+    assert events[1]["data"]["from_state"] == "halted"
+    assert events[1]["data"]["version"] == "2.0.0"
