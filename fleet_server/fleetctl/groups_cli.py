@@ -156,28 +156,22 @@ def _bulk(
         raise typer.Exit(1)
 
 
-@bulk_app.command("tag")
-def tag(
-    tags: Annotated[list[str], typer.Argument(help="tags to add")],
-    group: GroupOpt = None,
-    where: WhereOpt = None,
-    yes: YesOpt = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Add tags to every device of a group or selector."""
-    _bulk("tag", group, where, yes, as_json, tags=tags)
+def _tagging(action: str, help_text: str) -> None:
+    def command(
+        tags: Annotated[list[str], typer.Argument(help="tags")],
+        group: GroupOpt = None,
+        where: WhereOpt = None,
+        yes: YesOpt = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        _bulk(action, group, where, yes, as_json, tags=tags)
+
+    command.__doc__ = help_text
+    bulk_app.command(action)(command)
 
 
-@bulk_app.command("untag")
-def untag(
-    tags: Annotated[list[str], typer.Argument(help="tags to remove")],
-    group: GroupOpt = None,
-    where: WhereOpt = None,
-    yes: YesOpt = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Remove tags from every device of a group or selector."""
-    _bulk("untag", group, where, yes, as_json, tags=tags)
+_tagging("tag", "Add tags to every device of a group or selector.")
+_tagging("untag", "Remove tags from every device of a group or selector.")
 
 
 @bulk_app.command("set")
