@@ -243,3 +243,24 @@ def test_rollout_halt_and_rollback_are_notified(sessions, receiver) -> None:
     assert events[0]["data"]["reason"] == "3/5 failed"
     assert events[1]["data"]["from_state"] == "halted"
     assert events[1]["data"]["version"] == "2.0.0"
+
+
+def test_the_readme_receiver_snippet_verifies_a_real_delivery(sessions, receiver) -> None:
+    import time
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    block = readme.split("<!-- webhook-verify -->", 1)[1].split("<!-- /webhook-verify -->")[0]
+    code = block.split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    verify = namespace["verify"]
+
+    _id, secret = subscribe(sessions, receiver.url, ["claim.filed"])
+    file_claim(sessions, "pi-readme")
+    now = time.time()
+    assert deliver_due(sessions, now + 1, settings=FAST).delivered == 1
+    got = receiver.requests[0]
+    assert verify(secret, got.headers, got.body)  # type: ignore[operator]
+    assert not verify(secret, got.headers, got.body.replace(b"pi-readme", b"pi-forged"))  # type: ignore[operator]
+    assert not verify("whsec_wrong", got.headers, got.body)  # type: ignore[operator]
