@@ -84,7 +84,7 @@ def _send(client: httpx.Client, out: _Outgoing, now: float) -> tuple[int | None,
     started = time.monotonic()
     try:
         response = client.post(out.url, content=body, headers=headers)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, OSError) as exc:
         return None, f"{type(exc).__name__}: {exc}"[:500], (time.monotonic() - started) * 1000
     elapsed = (time.monotonic() - started) * 1000
     error = None if rules.succeeded(response.status_code) else response.text[:200]

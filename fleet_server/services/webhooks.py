@@ -96,8 +96,12 @@ def delivery_view(
 def _validate(
     url: str, events: list[str], min_severity: str | None, offline_after_s: float | None
 ) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unbalanced IPv6 bracket
+        host = None
+    if not host or parts.scheme not in ("http", "https") or any(c.isspace() for c in url):
         raise InvalidInputError("invalid_webhook", "url: an http:// or https:// URL with a host")
     unknown = sorted(set(events) - set(SUBSCRIBABLE))
     if not events or unknown:

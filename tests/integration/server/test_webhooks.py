@@ -195,6 +195,11 @@ def test_webhook_api_shows_the_secret_once_and_sends_a_test_event(api, receiver)
         "/api/v1/webhooks", json={**body, "name": "x", "url": "ftp://h/"}, headers=admin
     )
     assert bad.json()["error"]["code"] == "invalid_webhook"
+    for url in ("http://[::1/x", "http:///nohost", "https://h/ space"):
+        refused = client.post(
+            "/api/v1/webhooks", json={**body, "name": "y", "url": url}, headers=admin
+        )
+        assert refused.status_code == 422, url
 
     tested = client.post(f"/api/v1/webhooks/{hook_id}/test", headers=ops)
     assert tested.status_code == 200, tested.text
