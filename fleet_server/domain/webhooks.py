@@ -19,6 +19,8 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
+from fleet_server.domain.lifecycles import StateMachine
+
 
 class EventType(StrEnum):
     """The events a subscription can ask for."""
@@ -93,6 +95,36 @@ class RetryPolicy:
         """Seconds to wait after the ``attempts``-th failed attempt."""
         ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** max(0, attempts - 1))
         return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+class DeliveryState(StrEnum):
+    """Where one delivery stands."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class DeliveryEvent(StrEnum):
+    """What an attempt ends in."""
+
+    ANSWERED_2XX = "answered_2xx"
+    RETRY = "retry"
+    GIVE_UP = "give_up"
+
+
+DELIVERY: StateMachine[DeliveryState, DeliveryEvent] = StateMachine(
+    "webhook delivery",
+    DeliveryState,
+    DeliveryEvent,
+    DeliveryState.PENDING,
+    {
+        (DeliveryState.PENDING, DeliveryEvent.ANSWERED_2XX): DeliveryState.DELIVERED,
+        (DeliveryState.PENDING, DeliveryEvent.RETRY): DeliveryState.PENDING,
+        (DeliveryState.PENDING, DeliveryEvent.GIVE_UP): DeliveryState.FAILED,
+    },
+)
+"""A delivery's lifecycle: pending until a 2xx (delivered) or the last attempt (failed)."""
 
 
 def succeeded(status_code: int | None) -> bool:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_server.config import Settings, WebhookSettings
 from fleet_server.db.webhook_models import WebhookAttempt, WebhookDelivery, WebhookSubscription
 from fleet_server.domain import webhooks as rules
-from fleet_server.domain.webhooks import EventType, RetryPolicy
+from fleet_server.domain.webhooks import DELIVERY, DeliveryEvent, EventType, RetryPolicy
 from fleet_server.services import audit
 from fleet_server.services.audit import SYSTEM, Actor
 from fleet_server.services.locks import advisory_lock
@@ -119,16 +119,16 @@ def _record(
         )
     )
     if rules.succeeded(status_code):
-        delivery.status = "delivered"
+        delivery.status = DELIVERY.apply(delivery.status, DeliveryEvent.ANSWERED_2XX).value
         delivery.delivered_at = now
         sub.consecutive_failures = 0
         return "delivered"
     sub.consecutive_failures += 1
     retry = out.event_type != EventType.TEST and delivery.attempts < policy.max_attempts
+    event = DeliveryEvent.RETRY if retry else DeliveryEvent.GIVE_UP
+    delivery.status = DELIVERY.apply(delivery.status, event).value
     if retry:
         delivery.next_attempt_at = now + policy.delay(delivery.attempts)
-    else:
-        delivery.status = "failed"
     if sub.enabled and sub.consecutive_failures >= policy.disable_after:
         _disable(session, sub, now=now)
         return "disabled"
