@@ -189,7 +189,7 @@ def execute(
     if req.action in COMMAND_ROLES:
         if commands.publisher is None:
             raise TransientError("broker_unavailable", "this server process has no MQTT publisher")
-        for device in devices:
+        for index, device in enumerate(devices):
             try:
                 send_command(
                     session,
@@ -207,6 +207,12 @@ def execute(
             except FleetError as exc:
                 session.rollback()
                 failed.append({"device_id": device.device_id, "error": exc.message})
+                if isinstance(exc, TransientError):  # the broker is down: stop trying
+                    failed += [
+                        {"device_id": d.device_id, "error": f"not sent: {exc.message}"}
+                        for d in devices[index + 1 :]
+                    ]
+                    break
     else:
         for device in devices:
             before = device_view(device)
