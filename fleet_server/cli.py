@@ -327,7 +327,8 @@ def jobs(
     json_out: JsonOpt = False,
 ) -> None:
     """Run only the background jobs (presence sweep, command expiry, retention, deployment
-    timeouts, TUF re-signing, recall remedy check and progress snapshots)."""
+    timeouts, TUF re-signing, recall remedy check and progress snapshots, webhook
+    deliveries)."""
     from fleet_server.services.clock import system_clock
     from fleet_server.services.jobs import (
         Scheduler,
@@ -338,6 +339,7 @@ def jobs(
         run_retention_job,
     )
     from fleet_server.services.update_jobs import TufResignTask, run_execution_expiry
+    from fleet_server.services.webhook_delivery import WebhookDeliveryJob
 
     _logging()
     settings = _settings(config)
@@ -351,6 +353,7 @@ def jobs(
         resigned = TufResignTask()(sessions, settings, now)
         remedied = run_recall_remedy_check(sessions, settings, now)
         snapshots = run_recall_snapshots(sessions, settings, now)
+        sent = WebhookDeliveryJob()(sessions, settings, now)
         out = {
             "marked_offline": offline,
             "commands_expired": expired,
@@ -363,6 +366,7 @@ def jobs(
             },
             "recall_devices_remedied": remedied,
             "recall_snapshots": snapshots,
+            "webhooks_delivered": sent.delivered if sent else 0,
         }
         typer.echo(json.dumps(out) if json_out else "\n".join(f"{k}: {v}" for k, v in out.items()))
         return

@@ -194,6 +194,23 @@ class RecallSettings(_Section):
     """How long a safe-mode command stays valid for a device that is offline."""
 
 
+class WebhookSettings(_Section):
+    """Outgoing webhooks: how often the delivery job runs, HTTP timeout, retries."""
+
+    interval_s: float = Field(default=5.0, gt=0)
+    """How often the delivery job sends what is due."""
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    """Per request (connect, read, write); a timeout is a failed attempt."""
+    base_delay_s: float = Field(default=10.0, gt=0)
+    """First retry after about this long; doubles per attempt, with jitter."""
+    max_delay_s: float = Field(default=3600.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    """A delivery is ``failed`` after this many attempts."""
+    disable_after: int = Field(default=20, ge=1)
+    """Consecutive failed attempts of one subscription that disable it (audited)."""
+    batch_size: int = Field(default=100, ge=1, le=10000)
+
+
 class SecuritySettings(_Section):
     """Demo or production mode, and where the fleet's certificate authority lives.
 
@@ -255,6 +272,7 @@ class Settings(_Section):
     updates: UpdatesSettings = UpdatesSettings()
     rollouts: RolloutSettings = RolloutSettings()
     recalls: RecallSettings = RecallSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     security: SecuritySettings = SecuritySettings()
     tls: TlsSettings = TlsSettings()
 

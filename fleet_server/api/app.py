@@ -34,11 +34,13 @@ from fleet_server.api.routers import (
     credentials,
     deployments,
     devices,
+    groups,
     recalls,
     rma,
     rollouts,
     system,
     warranty,
+    webhooks,
 )
 from fleet_server.api.slashes import TrailingSlash
 from fleet_server.config import Settings
@@ -138,6 +140,7 @@ def create_app(
 
     modules = (system, devices, alarms, admin, credentials, recalls, warranty, rma, analytics)
     routers = [m.router for m in modules] + [deployments.router, rollouts.router]
+    routers += [webhooks.router, groups.router]
     routers.append(tuf_router(settings.updates.repo_dir))
     for router in routers:
         app.include_router(router)

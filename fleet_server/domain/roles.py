@@ -134,6 +134,24 @@ PERMISSIONS: dict[tuple[str, str], Role | None] = {
     ("POST", f"{API}/devices/{{device_id}}/provision"): Role.OPERATOR,
     ("POST", f"{API}/devices/{{device_id}}/certificate"): Role.OPERATOR,
     ("POST", f"{API}/devices/{{device_id}}/revoke"): Role.ADMIN,
+    # Webhooks: URLs may embed a receiver's credentials, so operators read them; creating
+    # or removing an outgoing integration (and its signing secret) is an admin's call.
+    ("GET", f"{API}/webhooks"): Role.OPERATOR,
+    ("POST", f"{API}/webhooks"): Role.ADMIN,
+    ("GET", f"{API}/webhooks/{{webhook_id}}"): Role.OPERATOR,
+    ("PATCH", f"{API}/webhooks/{{webhook_id}}"): Role.ADMIN,
+    ("DELETE", f"{API}/webhooks/{{webhook_id}}"): Role.ADMIN,
+    ("GET", f"{API}/webhooks/{{webhook_id}}/deliveries"): Role.OPERATOR,
+    ("POST", f"{API}/webhooks/{{webhook_id}}/test"): Role.OPERATOR,
+    # Saved device groups and bulk actions (each bulk action is further limited by
+    # BULK_ROLES: technicians may only collect diagnostics).
+    ("GET", f"{API}/groups"): Role.VIEWER,
+    ("POST", f"{API}/groups"): Role.OPERATOR,
+    ("GET", f"{API}/groups/{{group_name}}"): Role.VIEWER,
+    ("PATCH", f"{API}/groups/{{group_name}}"): Role.OPERATOR,
+    ("DELETE", f"{API}/groups/{{group_name}}"): Role.OPERATOR,
+    ("GET", f"{API}/groups/{{group_name}}/devices"): Role.VIEWER,
+    ("POST", f"{API}/bulk"): Role.TECHNICIAN,
 }
 
 COMMAND_ROLES: dict[str, Role] = {
@@ -142,6 +160,14 @@ COMMAND_ROLES: dict[str, Role] = {
     "check_update": Role.OPERATOR,
 }
 """Lowest role allowed to send each command kind through the commands endpoint."""
+
+BULK_ROLES: dict[str, Role] = {
+    "tag": Role.OPERATOR,
+    "untag": Role.OPERATOR,
+    "set_fields": Role.OPERATOR,
+    **COMMAND_ROLES,
+}
+"""Lowest role allowed to run each bulk action (commands as for one device)."""
 
 
 class UndeclaredRouteError(LookupError):

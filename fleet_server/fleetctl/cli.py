@@ -20,8 +20,10 @@ from fleet_server.fleetctl.analytics_cli import analytics_app
 from fleet_server.fleetctl.client import CtlError
 from fleet_server.fleetctl.common import JsonOpt, LimitOpt
 from fleet_server.fleetctl.credentials_cli import register_credentials
+from fleet_server.fleetctl.groups_cli import bulk_app, groups_app
 from fleet_server.fleetctl.rollout_cli import rollout_app
 from fleet_server.fleetctl.updates_cli import bundle_app, device_update, executions_app
+from fleet_server.fleetctl.webhooks_cli import webhooks_app
 from protocol import SCHEMA_VERSION
 
 app = typer.Typer(
@@ -54,6 +56,9 @@ for _name, _sub in recalls_cli.SUBAPPS.items():
 
 register_credentials(devices_app, common.client)
 app.add_typer(analytics_app, name="analytics")
+app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(groups_app, name="groups")
+app.add_typer(bulk_app, name="bulk")
 
 
 @app.callback()

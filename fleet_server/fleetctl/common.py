@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fleet_server.fleetctl.client import ApiClient, load_config
+from fleet_server.fleetctl.client import ApiClient, CtlError, load_config
 
 console = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
@@ -79,6 +79,24 @@ def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         typer.echo(json.dumps(data, indent=2, default=str))
     else:
         render(data)
+
+
+def selector_args(items: list[str], option: str) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs given to ``option`` into a registry selector (``tags=a,b`` and
+    ``device_ids=a,b`` for lists, ``has_open_faults=true``, ``group=NAME`` for a saved
+    group)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CtlError(f"{option} {item!r}: expected FIELD=VALUE (e.g. hw_revision=rev-b)")
+        if key in ("tags", "device_ids"):
+            out[key] = [t for t in value.split(",") if t]
+        elif key == "has_open_faults":
+            out[key] = value.lower() in ("1", "true", "yes")
+        else:
+            out[key] = value
+    return out
 
 
 # The names the rollout sub-CLI reaches these by (it was written against the root module).

@@ -30,19 +30,8 @@ def _ctl() -> ModuleType:
 
 
 def _selector(items: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs (``tags=a,b`` for lists) into a registry filter."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CtlError(f"--target {item!r}: expected FIELD=VALUE (e.g. hw_revision=rev-b)")
-        if key == "tags":
-            out[key] = [t for t in value.split(",") if t]
-        elif key == "has_open_faults":
-            out[key] = value.lower() in ("1", "true", "yes")
-        else:
-            out[key] = value
-    return out
+    """``key=value`` pairs into a registry filter (see :func:`common.selector_args`)."""
+    return common.selector_args(items, "--target")
 
 
 def _policy(path: Path | None, overrides: list[str]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,8 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 import protocol as p
 from fleet_server.db.models import Alarm, Device
 from fleet_server.domain.alarms import AlarmState, more_severe
+from fleet_server.domain.webhooks import EventType
 from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
-from fleet_server.services import audit
+from fleet_server.services import audit, webhooks
 from fleet_server.services.audit import Actor
 from fleet_server.services.paging import Page, PageParams, fetch_page
 from fleet_server.services.presence import presence_counts
@@ -26,10 +28,13 @@ GROUPABLE = ("model", "hw_revision", "batch", "software_version", "region")
 
 
 def apply_fault_events(
-    session: Session, faults: list[tuple[int, str | None, p.FaultRaised | p.FaultCleared]]
+    session: Session,
+    faults: list[tuple[int, str | None, p.FaultRaised | p.FaultCleared]],
+    now: float | None = None,
 ) -> None:
     """Open, update or close alarms for ``(device_key, software_version, event)`` items,
-    in order, keeping the devices' ``open_faults`` counts in step.
+    in order, keeping the devices' ``open_faults`` counts in step. A new alarm queues the
+    ``alarm.raised`` webhook (at ``now``, the server's time; default: the clock).
 
     The batch's open alarms are read in one query, then kept in step as events apply."""
     if not faults:
@@ -71,6 +76,7 @@ def apply_fault_events(
             open_alarms[(device_key, msg.code)] = alarm
             session.flush()
             _bump_open(session, device_key, +1)
+            _notify_raised(session, alarm, time.time() if now is None else now)
         elif current is not None:
             current.state = AlarmState.CLEARED.value
             current.cleared_at = msg.ts
@@ -179,6 +185,13 @@ def throttled_devices(session: Session) -> list[str]:
             .where(Alarm.state == AlarmState.OPEN.value, Alarm.code == RATE_LIMITED)
         ).scalars()
     )
+
+
+def _notify_raised(session: Session, alarm: Alarm, now: float) -> None:
+    device_id = session.execute(
+        select(Device.device_id).where(Device.id == alarm.device_key)
+    ).scalar_one()
+    webhooks.notify(session, EventType.ALARM_RAISED, alarm_view(alarm, device_id), now=now)
 
 
 def _bump_open(session: Session, device_key: int, delta: int) -> None:

@@ -539,7 +539,7 @@ class BatchWriter:
         if rows:
             session.execute(DeviceEvent.__table__.insert(), rows)
         if faults:
-            apply_fault_events(session, faults)
+            apply_fault_events(session, faults, now=max(item.received_at for *_, item in events))
         return refused
 
     @staticmethod

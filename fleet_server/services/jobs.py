@@ -21,6 +21,8 @@ from fleet_server.services.presence import sweep_presence
 from fleet_server.services.recalls import mark_remedied_by_version, take_snapshots
 from fleet_server.services.retention import RetentionResult, run_retention
 from fleet_server.services.update_jobs import TufResignTask, run_execution_expiry
+from fleet_server.services.webhook_delivery import WebhookDeliveryJob
+from fleet_server.services.webhooks import notify_offline
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +30,17 @@ log = logging.getLogger(__name__)
 def run_presence_sweep(
     sessions: sessionmaker[Session], settings: Settings, now: float
 ) -> list[str]:
-    """Mark silent devices offline; returns their ids."""
+    """Mark silent devices offline and queue ``device.offline`` webhooks for devices
+    offline past a subscription's threshold; returns the ids marked offline."""
     with sessions() as session, session.begin():
-        return sweep_presence(
+        gone = sweep_presence(
             session,
             now=now,
             default_keepalive_s=settings.presence.default_keepalive_s,
             factor=settings.presence.timeout_factor,
         )
+        notify_offline(session, now=now)
+        return gone
 
 
 def run_retention_job(
@@ -95,6 +100,7 @@ class Scheduler:
                 "recall-remedy", settings.recalls.remedy_check_interval_s, run_recall_remedy_check
             ),
             _Job("recall-snapshots", settings.recalls.snapshot_interval_s, run_recall_snapshots),
+            _Job("webhook-delivery", settings.webhooks.interval_s, WebhookDeliveryJob()),
         ]
         self._thread: threading.Thread | None = None
 

@@ -23,8 +23,9 @@ from sqlalchemy.orm import Session
 from fleet_server.db.models import RecallCampaign, RecallDevice
 from fleet_server.domain.lifecycles import CAMPAIGN, RECALL_DEVICE, CampaignState, MemberState
 from fleet_server.domain.recall_scope import explain, parse_scope
+from fleet_server.domain.webhooks import EventType
 from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
-from fleet_server.services import audit
+from fleet_server.services import audit, webhooks
 from fleet_server.services.audit import Actor
 from fleet_server.services.paging import Page, PageParams, fetch_page
 from fleet_server.services.recall_holds import (
@@ -216,6 +217,7 @@ def open_campaign(
     campaign.state = CampaignState.OPEN.value
     campaign.opened_at = now
     after = {**campaign_view(campaign), "population": len(found)}
+    _notify_state(session, campaign, before["state"], now=now, population=len(found))
     audit.record(
         session,
         actor,
@@ -228,6 +230,25 @@ def open_campaign(
         request_id=request_id,
     )
     return len(found)
+
+
+def _notify_state(
+    session: Session, campaign: RecallCampaign, before: str, *, now: float, **extra: Any
+) -> None:
+    """Queue the ``recall.state_changed`` webhook in the transaction of the change."""
+    webhooks.notify(
+        session,
+        EventType.RECALL_STATE_CHANGED,
+        {
+            "campaign_id": campaign.id,
+            "title": campaign.title,
+            "from_state": before,
+            "to_state": campaign.state,
+            "safety_critical": campaign.safety_critical,
+            **extra,
+        },
+        now=now,
+    )
 
 
 def close_campaign(
@@ -244,6 +265,7 @@ def close_campaign(
     before = campaign_view(campaign)
     campaign.state = CAMPAIGN.move_to(campaign.state, wanted).value
     campaign.closed_at = now
+    _notify_state(session, campaign, before["state"], now=now)
     audit.record(
         session,
         actor,

@@ -112,6 +112,8 @@ class DeviceFilter:
     """Filters over every registry field; unset fields do not filter."""
 
     device_id: str | None = None
+    device_ids: list[str] | None = None
+    """Exactly these devices (a static group); ``[]`` matches none, None does not filter."""
     device_id_prefix: str | None = None
     serial: str | None = None
     model: str | None = None
@@ -155,6 +157,8 @@ class DeviceFilter:
             value = getattr(self, name)
             if value is not None:
                 out.append(getattr(Device, name) == value)
+        if self.device_ids is not None:
+            out.append(Device.device_id.in_(self.device_ids))
         if self.device_id_prefix:
             out.append(Device.device_id.startswith(self.device_id_prefix, autoescape=True))
         for tag in self.tags:

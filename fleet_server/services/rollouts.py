@@ -42,6 +42,7 @@ from fleet_server.services import audit
 from fleet_server.services import bundles as catalog
 from fleet_server.services.audit import Actor
 from fleet_server.services.deployments import OPEN_STATUSES, create_execution
+from fleet_server.services.groups import resolve_target
 from fleet_server.services.paging import Page, PageParams, fetch_page
 from fleet_server.services.rollouts_history import move, record_event
 from fleet_server.services.rollouts_selection import (
@@ -101,7 +102,7 @@ def create_rollout(
 ) -> Rollout:
     """A draft rollout (validated, audited, not committed)."""
     parsed = parse_policy(policy)
-    filt = parse_selector(selector)
+    filt = resolve_target(session, selector)  # a named group becomes its selector / devices
     blocked = _blocked_versions(session)
     if bundle.version in blocked:
         raise ConflictError(
@@ -464,7 +465,7 @@ def dry_run(
     starting this rollout now would produce. Nothing is stored."""
     row = bundle_named(session, bundle)
     parsed = parse_policy(policy)
-    plan = make_plan(session, row, parse_selector(selector), parsed, seed="dry-run")
+    plan = make_plan(session, row, resolve_target(session, selector), parsed, seed="dry-run")
     return {"bundle": row.name, "version": row.version, **plan.summary()}
 
 

@@ -50,12 +50,15 @@ def parse_selector(data: dict[str, Any] | None) -> DeviceFilter:
                 data[key] = date.fromisoformat(data[key])
             except ValueError:
                 raise InvalidInputError("invalid_selector", f"selector.{key}: not a date") from None
-    if "tags" in data and not (
-        isinstance(data["tags"], list) and all(isinstance(t, str) for t in data["tags"])
-    ):
-        raise InvalidInputError("invalid_selector", "selector.tags: a list of strings")
+    for key in ("tags", "device_ids"):
+        if key in data and not (
+            isinstance(data[key], list) and all(isinstance(t, str) for t in data[key])
+        ):
+            if key == "device_ids" and data[key] is None:
+                continue
+            raise InvalidInputError("invalid_selector", f"selector.{key}: a list of strings")
     for key, value in data.items():
-        if value is None or key in ("tags",) or isinstance(value, date):
+        if value is None or key in ("tags", "device_ids") or isinstance(value, date):
             continue
         if key == "has_open_faults":
             if not isinstance(value, bool):
@@ -73,8 +76,8 @@ def selector_to_dict(selector: DeviceFilter) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in DeviceFilter.__dataclass_fields__:
         value = getattr(selector, name)
-        if value is None or value == []:
-            continue
+        if value is None or (value == [] and name != "device_ids"):
+            continue  # an empty device list matches nothing: kept
         out[name] = value.isoformat() if isinstance(value, date) else value
     return out
 

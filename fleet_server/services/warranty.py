@@ -22,8 +22,9 @@ from fleet_server.db.models import (
 )
 from fleet_server.domain.lifecycles import CLAIM
 from fleet_server.domain.warranty_checks import Coverage, DeviceFacts, check_claim
+from fleet_server.domain.webhooks import EventType
 from fleet_server.errors import InvalidInputError, NotFoundError
-from fleet_server.services import audit
+from fleet_server.services import audit, webhooks
 from fleet_server.services.audit import Actor
 from fleet_server.services.paging import Page, PageParams, fetch_page
 
@@ -288,6 +289,8 @@ def create_claim(
     run_checks(session, c, now)
     session.flush()
     device_id = device.device_id if device else None
+    view = claim_view(c, device_id)
+    webhooks.notify(session, EventType.CLAIM_FILED, view, now=now)
     audit.record(
         session,
         actor,

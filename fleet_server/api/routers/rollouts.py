@@ -35,7 +35,8 @@ class RolloutIn(BaseModel):
     selector: dict[str, Any] = Field(
         default_factory=dict,
         description="registry filter: model, hw_revision, batch, region, channel, tags, "
-        "software_version, presence, has_open_faults, ... (unset fields do not filter)",
+        "software_version, presence, has_open_faults, device_ids, ... (unset fields do not "
+        "filter); `group: <name>` targets a saved device group (with any further filters)",
     )
     policy: dict[str, Any] = Field(
         default_factory=dict, description="rollout policy; omitted fields take safe defaults"

@@ -24,7 +24,12 @@ from tests.server_fixtures import LiveServer, make_tokens, serve, settings_for
 BIN = Path(sys.executable).parent
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None):
+def run(
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    stdin: str | None = None,
+):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
     full_env.update(env or {})
     return subprocess.run(
@@ -34,6 +39,7 @@ def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = No
         timeout=60,
         env=full_env,
         cwd=cwd,
+        input=stdin,
     )
 
 

@@ -50,6 +50,8 @@ PATH_VALUES = {
     "claim_id": "999999",
     "rma_id": "999999",
     "serial": "no-such-part",
+    "webhook_id": "999999",
+    "group_name": "no-such-group",
 }
 MUTATING = {"POST", "PATCH", "PUT", "DELETE"}
 READ_ONLY_POSTS = {("POST", "/api/v1/rollouts/dry-run")}
@@ -266,6 +268,14 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -
         path = cmd.upload_url.split("://", 1)[1].split("/", 1)[1]
         return client.post("/" + path, content=b"logs", headers={"X-Request-ID": "req-audit-1"})
 
+    def bulk_tag(client: TestClient) -> Any:
+        body = {"action": "tag", "group": "g1", "tags": ["trial"]}
+        dry = client.post("/api/v1/bulk", json={**body, "dry_run": True}, headers=admin)
+        token = dry.json()["confirmation_token"]
+        return client.post(
+            "/api/v1/bulk", json={**body, "confirmation_token": token}, headers=admin
+        )
+
     scenarios = {
         ("POST", "/api/v1/devices"): lambda c: c.post(
             "/api/v1/devices", json={"device_id": "pi-new"}, headers=admin
@@ -388,6 +398,32 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -
         ),
         ("POST", "/api/v1/devices/{device_id}/revoke"): lambda c: c.post(
             "/api/v1/devices/pi-new/revoke", json={"reason": "superseded"}, headers=admin
+        ),
+        ("POST", "/api/v1/webhooks"): lambda c: c.post(
+            "/api/v1/webhooks",
+            json={"name": "ops", "url": "http://127.0.0.1:9/hook", "events": ["claim.filed"]},
+            headers=admin,
+        ),
+        ("PATCH", "/api/v1/webhooks/{webhook_id}"): lambda c: c.patch(
+            "/api/v1/webhooks/1", json={"enabled": False}, headers=admin
+        ),
+        ("POST", "/api/v1/webhooks/{webhook_id}/test"): lambda c: c.post(
+            "/api/v1/webhooks/1/test", headers=admin
+        ),
+        ("DELETE", "/api/v1/webhooks/{webhook_id}"): lambda c: c.delete(
+            "/api/v1/webhooks/1", headers=admin
+        ),
+        ("POST", "/api/v1/groups"): lambda c: c.post(
+            "/api/v1/groups",
+            json={"name": "g1", "kind": "static", "device_ids": ["pi-m1"]},
+            headers=admin,
+        ),
+        ("PATCH", "/api/v1/groups/{group_name}"): lambda c: c.patch(
+            "/api/v1/groups/g1", json={"description": "field trial"}, headers=admin
+        ),
+        ("POST", "/api/v1/bulk"): bulk_tag,
+        ("DELETE", "/api/v1/groups/{group_name}"): lambda c: c.delete(
+            "/api/v1/groups/g1", headers=admin
         ),
     }
     try:
