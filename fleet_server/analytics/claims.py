@@ -270,9 +270,12 @@ def _pmf(mu: float, phi: float) -> tuple[np.ndarray, np.ndarray]:
     than ``_PMF_POINTS`` counts is binned, each bin at its conditional mean (the chain below
     interpolates between grid points anyway, and the mean drift is kept exactly).
     """
-    dist = stats.poisson(mu) if phi <= 1.0 + 1e-9 else stats.nbinom(mu / (phi - 1.0), 1.0 / phi)
+    poisson = phi <= 1.0 + 1e-9
+    dist = stats.poisson(mu) if poisson else stats.nbinom(mu / (phi - 1.0), 1.0 / phi)
     first = max(0, int(dist.ppf(1e-12)) - 1)
     top = int(dist.isf(1e-12)) + 2
+    if top - first > _PMF_DIRECT_LIMIT:
+        return _binned_pmf(mu, phi, first, top)
     counts = np.arange(first, top, dtype=float)
     probs = np.asarray(dist.pmf(counts), dtype=float)
     if counts.size > _PMF_POINTS:
@@ -283,6 +286,29 @@ def _pmf(mu: float, phi: float) -> tuple[np.ndarray, np.ndarray]:
         counts = moment[keep] / mass[keep]
         probs = mass[keep]
     return counts, probs
+
+
+_PMF_DIRECT_LIMIT = 200_000
+"""Widest support evaluated count by count; a wider one (extreme overdispersion: the tail
+of a negative binomial with a tiny shape runs to hundreds of millions) is binned from
+the CDF without ever listing its counts, so memory stays bounded whatever the data."""
+
+
+def _binned_pmf(mu: float, phi: float, first: int, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """The binned form of :func:`_pmf` computed from CDFs: ``_PMF_POINTS`` equal-width bins
+    over ``[first, top)``, each at its exact conditional mean. The partial mean uses
+    ``k pmf(k) = mean * pmf'(k - 1)``, where ``pmf'`` is the same Poisson, or the negative
+    binomial with shape ``n + 1``."""
+    edges = np.unique(np.linspace(first, top, _PMF_POINTS + 1).astype(np.int64))
+    if phi <= 1.0 + 1e-9:
+        dist, shifted = stats.poisson(mu), stats.poisson(mu)
+    else:
+        n, p = mu / (phi - 1.0), 1.0 / phi
+        dist, shifted = stats.nbinom(n, p), stats.nbinom(n + 1.0, p)
+    mass = np.diff(dist.cdf(edges - 1))
+    moment = mu * np.diff(shifted.cdf(edges - 2))
+    keep = mass > 0
+    return moment[keep] / mass[keep], mass[keep]
 
 
 _CHUNK_ELEMENTS = 2_000_000  # bound on the transition-table size built at once

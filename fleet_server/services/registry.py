@@ -13,10 +13,8 @@ from fleet_server.db.models import Device
 from fleet_server.domain.device_rows import RowError, parse_device_csv, validate_fields
 from fleet_server.errors import (
     ConflictError,
-    FleetError,
     InvalidInputError,
     NotFoundError,
-    TransientError,
 )
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
@@ -35,44 +33,6 @@ EDITABLE = (
     "channel",
     "tags",
 )
-
-
-class RegistryError(FleetError):
-    """Deprecated: the old coded refusal, for services not yet raising the family directly.
-
-    ``RegistryError(code, message)`` builds the family member its ``code`` used to be
-    answered with (``not_found`` -> :class:`NotFoundError`, ``conflict`` ->
-    :class:`ConflictError`, ``broker_unavailable`` -> :class:`TransientError`, any other
-    code -> :class:`InvalidInputError`), so the one HTTP mapping applies. New code raises
-    the family classes and catches :class:`FleetError`.
-    """
-
-    def __new__(cls, code: str, message: str, details: Any = None) -> RegistryError:
-        kind = cls if cls is not RegistryError else _LEGACY.get(code, _LegacyInvalidError)
-        return super().__new__(kind, code, message, details)
-
-
-class _LegacyInvalidError(RegistryError, InvalidInputError):
-    """A legacy registry refusal of this kind."""
-
-
-class _LegacyNotFoundError(RegistryError, NotFoundError):
-    """A legacy registry refusal of this kind."""
-
-
-class _LegacyConflictError(RegistryError, ConflictError):
-    """A legacy registry refusal of this kind."""
-
-
-class _LegacyTransientError(RegistryError, TransientError):
-    """A legacy registry refusal of this kind."""
-
-
-_LEGACY: dict[str, type[RegistryError]] = {
-    "not_found": _LegacyNotFoundError,
-    "conflict": _LegacyConflictError,
-    "broker_unavailable": _LegacyTransientError,
-}
 
 
 def device_view(d: Device) -> dict[str, Any]:

@@ -81,12 +81,7 @@ def _blocked_versions(session: Session) -> dict[str, str]:
 
 def bundle_named(session: Session, name: str) -> Bundle:
     """The published bundle called ``name``, or ``not_found``."""
-    try:
-        return catalog.get_bundle(session, name)
-    except catalog.CatalogError as exc:
-        if exc.code == "not_found":
-            raise NotFoundError("not_found", exc.message) from None
-        raise InvalidInputError(exc.code, exc.message) from None
+    return catalog.get_bundle(session, name)
 
 
 def create_rollout(

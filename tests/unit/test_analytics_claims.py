@@ -259,3 +259,15 @@ def test_any_valid_claims_table_gives_a_consistent_ranking(
     flagged_ranks = [g.rank for g in report.groups if g.flagged]
     assert flagged_ranks == list(range(1, len(flagged_ranks) + 1))
     json.dumps(report.to_dict(), allow_nan=False)
+
+
+def test_extreme_overdispersion_stays_bounded_in_memory() -> None:
+    """A batch whose counts vary wildly (dispersion ~7e7) once made the count distribution
+    list 5e8 support points (3.8 GiB) and took the process down; it is binned from the CDF
+    instead, with its mean kept."""
+    from fleet_server.analytics import claims
+
+    counts, probs = claims._pmf.__wrapped__(0.7079457843841379, 70794578.43841374)
+    assert counts.size <= claims._PMF_POINTS
+    assert probs.sum() == pytest.approx(1.0, abs=1e-9)
+    assert float((counts * probs).sum()) == pytest.approx(0.708, rel=0.01)

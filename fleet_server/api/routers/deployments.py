@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,7 +24,7 @@ from fleet_server.api.deps import (
     page_params,
     request_id,
 )
-from fleet_server.api.errors import ERROR_RESPONSES, ApiError
+from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.schemas import Page
 from fleet_server.errors import InvalidInputError, TooLargeError
 from fleet_server.services import bundle_uploads, deployments
@@ -35,7 +33,6 @@ from fleet_server.services.audit import Actor
 
 router = APIRouter(tags=["deployments"], responses=ERROR_RESPONSES)
 
-CATALOG_STATUS = {"invalid_bundle": 422, "invalid_channel": 422, "conflict": 409, "not_found": 404}
 _CHUNK = 1024 * 1024
 
 
@@ -115,16 +112,6 @@ class ExecutionOut(BaseModel):
     events: list[ExecutionEventOut] | None = None
 
 
-@contextmanager
-def _service_errors() -> Iterator[None]:
-    """Turn the catalogue's refusals into the API's error body."""
-    try:
-        yield
-    except catalog.CatalogError as exc:
-        details = {"reason": exc.reason} if exc.reason else None
-        raise ApiError(CATALOG_STATUS.get(exc.code, 400), exc.code, exc.message, details) from None
-
-
 async def _save_upload(request: Request, dest: Path, limit: int) -> str | None:
     """Write the uploaded bundle (multipart field ``file`` or the raw body) to ``dest``;
     returns the ``channel`` form field, if any."""
@@ -200,17 +187,16 @@ async def publish_bundle(
     try:
         path = tmp / "bundle.tar.gz"
         form_channel = await _save_upload(request, path, ctx.settings.updates.max_bundle_bytes)
-        with _service_errors():
-            return await run_in_threadpool(
-                bundle_uploads.publish_upload,
-                session,
-                repo,
-                path,
-                channel=channel or form_channel,
-                actor=actor,
-                now=ctx.clock(),
-                request_id=request_id(request),
-            )
+        return await run_in_threadpool(
+            bundle_uploads.publish_upload,
+            session,
+            repo,
+            path,
+            channel=channel or form_channel,
+            actor=actor,
+            now=ctx.clock(),
+            request_id=request_id(request),
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -233,8 +219,7 @@ def list_bundles(
 @router.get("/api/v1/bundles/{name}", response_model=BundleOut, summary="Show one bundle")
 def show_bundle(name: str, session: Annotated[Session, Depends(get_session)]) -> dict[str, Any]:
     """The bundle with its full manifest (payload, health check, SBOM)."""
-    with _service_errors():
-        return catalog.bundle_view(catalog.get_bundle(session, name), with_manifest=True)
+    return catalog.bundle_view(catalog.get_bundle(session, name), with_manifest=True)
 
 
 @router.post(
@@ -255,18 +240,17 @@ def update_device(
     ``GET /api/v1/executions/{id}``: it succeeds only when the device reports
     ``committed`` and fails on a reported failure or silence past a phase timeout."""
     ctx = context(request)
-    with _service_errors():
-        return deployments.request_update(
-            session,
-            ctx.publisher,
-            device_id,
-            body.bundle,
-            actor=actor,
-            now=ctx.clock(),
-            timeouts=body.timeouts,
-            default_timeouts=ctx.settings.updates.default_timeouts(),
-            request_id=request_id(request),
-        )
+    return deployments.request_update(
+        session,
+        ctx.publisher,
+        device_id,
+        body.bundle,
+        actor=actor,
+        now=ctx.clock(),
+        timeouts=body.timeouts,
+        default_timeouts=ctx.settings.updates.default_timeouts(),
+        request_id=request_id(request),
+    )
 
 
 @router.get("/api/v1/executions", response_model=Page[ExecutionOut], summary="List executions")
