@@ -311,3 +311,41 @@ def test_the_matrix_catches_a_backend_that_commits_before_the_health_check(
 
     with pytest.raises(AssertionError, match="untested"):
         power_cut_matrix(tmp_path, healthy=True, slots_class=Eager)
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def test_config_and_make_slots_build_tryboot_slots(tmp_path: Path) -> None:
+    from agent.config import ConfigError, parse_updates
+    from agent.updater import make_slots
+
+    pi = FakePi(tmp_path / "pi")
+    keys = {
+        "slots": "tryboot",
+        "tryboot_autoboot": str(pi.autoboot),
+        "tryboot_device_tree": str(tmp_path / "pi" / "dt"),
+        "tryboot_boot_devices": [str(pi.device("boot", "a")), str(pi.device("boot", "b"))],
+        "tryboot_root_devices": [str(pi.device("root", "a")), str(pi.device("root", "b"))],
+        "tryboot_arm": "vcmailbox",
+        "initial_version": "1",
+    }
+    settings = parse_updates(keys, tmp_path / "state")
+    assert settings.restart == "reboot"
+    assert settings.tryboot.boot_partitions == (2, 3)
+    (tmp_path / "state").mkdir()
+    slots = make_slots(settings, tmp_path / "state")
+    assert isinstance(slots, TrybootSlots)
+    assert slots.status().running_version == "1"
+    assert (tmp_path / "state" / "tryboot.json").is_file()
+
+    bad = [
+        ({"restart": "exit"}, 'restart = "reboot"'),
+        ({"tryboot_arm": "magic"}, "tryboot_arm: 'magic' is not one of vcio"),
+        ({"tryboot_boot_partitions": [2, 2]}, "must differ"),
+        ({"tryboot_boot_partitions": [1, 2]}, "partition 1 holds autoboot.txt"),
+        ({"tryboot_root_devices": ["/dev/sda5"]}, "list of two str"),
+    ]
+    for extra, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            parse_updates({**keys, **extra}, tmp_path / "state")
