@@ -1,0 +1,139 @@
+"""The agent's update driver over TrybootSlots and the fake Pi: a real bundle carrying a
+root filesystem and a boot partition image is unpacked, streamed into the inactive slot,
+booted as a trial through the fake bootloader, then committed or rolled back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from agent.adapters.bundles import BundleFiles
+from agent.adapters.tryboot import BOOT_IMAGE, ROOTFS_IMAGE, TrybootSlots
+from agent.adapters.tryboot_io import Autoboot, read_autoboot
+from agent.core.outputs import RunCommand
+from agent.core.update_flow import TargetInfo, UpdateRecord
+from agent.update_driver import UpdateDriver
+from agent.update_ports import FetchedTarget, MemoryUpdateStore, TargetListing, UpdatePolicy
+from firmware_bundles.build import build_bundle
+from firmware_bundles.examples import example_source
+from protocol import FailureClass, UpdateState
+from tests.support.fake_pi import FakePi, boot_image, root_image
+from tests.unit.test_update_driver import Host
+
+
+def image_bundle(out: Path, version: str) -> Path:
+    """A signed-manifest bundle whose payload is ``rootfs.img`` + ``boot.img``."""
+    src = out / f"src-{version}"
+    src.mkdir(parents=True)
+    manifest = json.loads((example_source("good-1.2.0") / "manifest.json").read_text())
+    manifest.update(version=version, release_counter=3)
+    manifest.pop("simulation", None)
+    (src / "manifest.json").write_text(json.dumps(manifest))
+    (src / "payload").mkdir()
+    (src / "payload" / ROOTFS_IMAGE).write_bytes(root_image(version))
+    (src / "payload" / BOOT_IMAGE).write_bytes(boot_image(version))
+    return build_bundle(src, out / f"out-{version}").path
+
+
+class OneBundle:
+    """A fetcher serving one bundle file from disk."""
+
+    def __init__(self, path: Path, version: str) -> None:
+        self.path, self.version = path, version
+
+    def _info(self) -> TargetInfo:
+        return TargetInfo(self.version, ("rev-a",), 3, "0", "gw-100")
+
+    def refresh(self) -> None:
+        return None
+
+    def target_info(self, name: str) -> FetchedTarget | None:
+        return FetchedTarget(name, self._info(), {"length": 1})
+
+    def download(self, target: FetchedTarget) -> Path:
+        return self.path
+
+    def verify(self, target: FetchedTarget, path: Path) -> None:
+        return None
+
+    def listing(self) -> TargetListing:
+        return TargetListing(1, [FetchedTarget("img", self._info())])
+
+
+class Verdict:
+    """The health check's answer."""
+
+    def __init__(self, healthy: bool) -> None:
+        self.healthy = healthy
+
+    def boot_crashes(self, work: dict[str, Any]) -> bool:
+        return False
+
+    def problem(
+        self, record: UpdateRecord, work: dict[str, Any]
+    ) -> tuple[FailureClass, str] | None:
+        return None if self.healthy else (FailureClass.HEALTH, "health check failed")
+
+
+def agent_start(
+    pi: FakePi, tmp: Path, fetcher: OneBundle, healthy: bool, host: Host, store: MemoryUpdateStore
+) -> UpdateDriver:
+    slots = TrybootSlots(pi.layout(), arm=pi.arm, initial_version="1")
+    return UpdateDriver(
+        policy=UpdatePolicy(
+            hardware_revision="rev-a", agent_version="1.0.0", model="gw-100", restart="reboot"
+        ),
+        store=store,
+        slots=slots,
+        fetcher=fetcher,
+        bundles=BundleFiles(extract=True),
+        trial=Verdict(healthy),
+        host=host,
+        clock=lambda: 1000.0,
+        scratch_dir=tmp / "scratch",
+    )
+
+
+def run(driver: UpdateDriver, wake: float | None) -> None:
+    for _ in range(100):
+        if wake is None:
+            return
+        wake = driver.step(wake)
+    raise AssertionError("the driver did not settle")
+
+
+def update(tmp: Path, healthy: bool) -> tuple[FakePi, UpdateDriver, Host]:
+    pi = FakePi(tmp / "pi")
+    fetcher = OneBundle(image_bundle(tmp, "2.0.0"), "2.0.0")
+    host, store = Host(), MemoryUpdateStore()
+    driver = agent_start(pi, tmp, fetcher, healthy, host, store)
+    params = {"target": "img", "version": "2.0.0", "execution_id": "ex-1"}
+    run(driver, driver.start(RunCommand("install", "cmd-1", params), 1000.0))
+    assert driver.record.state is UpdateState.REBOOTING
+    assert host.restarts == [True]  # the agent asks for a reboot with the flag set
+    assert pi.boot() == 3  # the fake bootloader takes the trial
+    driver = agent_start(pi, tmp, fetcher, healthy, host, store)
+    run(driver, driver.resume(1000.0))
+    return pi, driver, host
+
+
+def test_an_image_bundle_is_streamed_trialled_and_committed(tmp_path: Path) -> None:
+    pi, driver, host = update(tmp_path, healthy=True)
+    assert driver.record.state is UpdateState.COMMITTED
+    assert [ok for _id, ok, _ in host.acks] == [True]
+    assert read_autoboot(pi.autoboot) == Autoboot(3, 2)
+    assert pi.boot() == 3
+    assert pi.slot_content("b")[1] == root_image("2.0.0")
+    assert pi.slot_content("a")[1] == root_image("1")
+    shutil.rmtree(tmp_path / "scratch", ignore_errors=True)
+
+
+def test_a_failing_health_check_boots_the_old_slot_again(tmp_path: Path) -> None:
+    pi, driver, host = update(tmp_path, healthy=False)
+    assert driver.record.state is UpdateState.ROLLED_BACK
+    assert read_autoboot(pi.autoboot) == Autoboot(2, 3)  # FAT never written
+    assert not pi.flag()
+    assert pi.boot() == 2
+    assert host.rollbacks == 1
