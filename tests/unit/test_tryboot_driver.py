@@ -137,3 +137,32 @@ def test_a_failing_health_check_boots_the_old_slot_again(tmp_path: Path) -> None
     assert not pi.flag()
     assert pi.boot() == 2
     assert host.rollbacks == 1
+
+
+def tampered(bundle: Path, out: Path) -> Path:
+    """The bundle with one byte of its root filesystem image changed (manifest kept)."""
+    import io
+    import tarfile
+
+    with tarfile.open(bundle) as src, tarfile.open(out, "w:gz") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read() if member.isfile() else None  # type: ignore[union-attr]
+            if data is not None and member.name.endswith(ROOTFS_IMAGE):
+                data = data[:50] + bytes([data[50] ^ 1]) + data[51:]
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+    return out
+
+
+def test_an_image_whose_digest_does_not_match_touches_neither_slot(tmp_path: Path) -> None:
+    pi = FakePi(tmp_path / "pi")
+    before = (pi.slot_content("a"), pi.slot_content("b"), pi.autoboot.read_bytes())
+    bad = tampered(image_bundle(tmp_path, "2.0.0"), tmp_path / "bad.tar.gz")
+    host, store = Host(), MemoryUpdateStore()
+    driver = agent_start(pi, tmp_path, OneBundle(bad, "2.0.0"), True, host, store)
+    params = {"target": "img", "version": "2.0.0", "execution_id": "ex-1"}
+    run(driver, driver.start(RunCommand("install", "cmd-1", params), 1000.0))
+    assert driver.record.state is UpdateState.FAILED
+    assert "sha" in (driver.record.reason or "").lower() or "digest" in (driver.record.reason or "")
+    assert [ok for _id, ok, _ in host.acks] == [False]
+    assert (pi.slot_content("a"), pi.slot_content("b"), pi.autoboot.read_bytes()) == before
+    assert not pi.flag()
