@@ -227,20 +227,20 @@ def settle_after_cut(tmp: Path, bundle: Path, healthy: bool, cut: int) -> tuple[
     return pi, f"{status.running_version}/{status.committed_version}/{status.in_trial}"
 
 
+def bundle_and_writes(tmp: Path, healthy: bool) -> tuple[Path, list[str]]:
+    """The image bundle and the back-end's writes in an uninterrupted update."""
+    bundle = image_bundle(tmp, "2.0.0")
+    nominal: list[str] = []
+    pi = FakePi(tmp / "pi-nominal")
+    agent_until_settled(tmp / "nominal", pi, OneBundle(bundle, "2.0.0"), healthy, None, nominal)
+    return bundle, nominal
+
+
 @pytest.mark.parametrize("healthy", [True, False])
 def test_the_agent_converges_after_a_power_cut_at_every_write(
     tmp_path: Path, healthy: bool
 ) -> None:
-    bundle = image_bundle(tmp_path, "2.0.0")
-    nominal: list[str] = []
-    agent_until_settled(
-        tmp_path / "nominal",
-        FakePi(tmp_path / "pi-nominal"),
-        OneBundle(bundle, "2.0.0"),
-        healthy,
-        None,
-        nominal,
-    )
+    bundle, nominal = bundle_and_writes(tmp_path, healthy)
     assert len(nominal) >= 10
     want = "2.0.0/2.0.0/False" if healthy else "1/1/False"
     for cut, label in enumerate(nominal):
@@ -253,15 +253,6 @@ def test_the_agent_converges_after_a_power_cut_at_every_write(
 
 @pytest.mark.xfail(strict=True, reason="the driver reports a commit the power cut undid")
 def test_a_cut_between_the_driver_commit_and_the_slot_commit(tmp_path: Path) -> None:
-    bundle = image_bundle(tmp_path, "2.0.0")
-    nominal: list[str] = []
-    agent_until_settled(
-        tmp_path / "nominal",
-        FakePi(tmp_path / "pi-n"),
-        OneBundle(bundle, "2.0.0"),
-        True,
-        None,
-        nominal,
-    )
+    bundle, nominal = bundle_and_writes(tmp_path, True)
     _pi, outcome = settle_after_cut(tmp_path, bundle, True, nominal.index(DRIVER_GAP))
     assert outcome == "2.0.0/2.0.0/False"
