@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from agent.adapters.slots import SlotError
 from agent.state import fsync_dir
@@ -228,14 +228,16 @@ def _mailbox_ioctl_number() -> int:
     return (3 << 30) | (struct.calcsize("P") << 16) | (100 << 8)
 
 
-def vcio_arm(device: Path = Path("/dev/vcio")) -> Arm:
+def vcio_arm(device: Path = Path("/dev/vcio"), ioctl: Callable[..., Any] = fcntl.ioctl) -> Arm:
     """Set the flag with the property-mailbox ioctl on ``/dev/vcio`` (works on mainline
-    kernels too, where ``reboot "0 tryboot"`` is ignored)."""
+    kernels too, where ``reboot "0 tryboot"`` is ignored). The request is 7 words: size,
+    request code, tag, value size, tag request code, value, end tag; the firmware answers
+    0x80000000 in word 1."""
 
     def arm(on: bool) -> None:
         buffer = bytearray(struct.pack("<7I", 28, 0, SET_REBOOT_FLAGS, 4, 0, int(on), 0))
         with open(device, "r+b", buffering=0) as handle:
-            fcntl.ioctl(handle.fileno(), _mailbox_ioctl_number(), buffer, True)
+            ioctl(handle.fileno(), _mailbox_ioctl_number(), buffer, True)
         response = struct.unpack("<7I", buffer)[1]
         if response != 0x80000000:
             raise TrybootError(f"{device}: the firmware refused SET_REBOOT_FLAGS ({response:#x})")

@@ -349,3 +349,35 @@ def test_config_and_make_slots_build_tryboot_slots(tmp_path: Path) -> None:
     for extra, message in bad:
         with pytest.raises(ConfigError, match=message):
             parse_updates({**keys, **extra}, tmp_path / "state")
+
+
+def test_vcio_arming_sends_set_reboot_flags_and_checks_the_answer(tmp_path: Path) -> None:
+    from agent.adapters.tryboot_io import SET_REBOOT_FLAGS, vcio_arm
+
+    device = tmp_path / "vcio"
+    device.write_bytes(b"")
+    sent: list[tuple[int, ...]] = []
+
+    def firmware(fd: int, request: int, buffer: bytearray, mutate: bool) -> int:
+        assert request & 0xFFFF == 0x6400  # _IOWR(100, 0, char *)
+        sent.append(struct.unpack("<7I", buffer))
+        struct.pack_into("<I", buffer, 4, 0x80000000 if answer_ok else 0x80000001)
+        return 0
+
+    answer_ok = True
+    vcio_arm(device, firmware)(True)
+    vcio_arm(device, firmware)(False)
+    assert [words[2] for words in sent] == [SET_REBOOT_FLAGS] * 2
+    assert [words[5] for words in sent] == [1, 0]
+    answer_ok = False
+    with pytest.raises(TrybootError, match="refused SET_REBOOT_FLAGS"):
+        vcio_arm(device, firmware)(True)
+
+
+def test_command_arming_reports_a_failing_command() -> None:
+    from agent.adapters.tryboot_io import command_arm
+
+    command_arm(["true"], None)(True)
+    command_arm(["true"], None)(False)  # clearing without a command is a no-op
+    with pytest.raises(TrybootError, match="false failed"):
+        command_arm(["false"], None)(True)
