@@ -184,12 +184,13 @@ class TrybootSlots:
             self._write_autoboot(state.committed, "finish-commit")
             state.phase = "committed"
             self._save("committed")
-        elif state.phase == "trial_armed" and boot.tryboot and running == state.target:
-            state.phase = "trial_booted"
-            state.boot_id = self._current_boot_id()
-            self._save("trial-booted")
-            if self.watchdog is not None:
-                self.watchdog.arm()
+        elif state.phase in ("trial_armed", "trial_booted") and boot.tryboot:
+            if running == state.target and state.phase == "trial_armed":
+                state.phase = "trial_booted"
+                state.boot_id = self._current_boot_id()
+                self._save("trial-booted")
+            if running == state.target and self.watchdog is not None:
+                self.watchdog.arm()  # also when the agent restarts within the trial
         if read_autoboot(self.layout.autoboot) != self._choice(state.committed):
             self._write_autoboot(state.committed, "repair")
         if not self.layout.state_file.exists():

@@ -167,6 +167,10 @@ def test_watchdog_is_armed_during_the_trial_and_released_on_commit(tmp_path: Pat
     dog = Watchdog(device)
     trial = TrybootSlots(pi.layout(), arm=pi.arm, watchdog=dog, initial_version="1")
     assert dog.armed
+    again = Watchdog(device)  # the agent restarts within the trial: armed again
+    TrybootSlots(pi.layout(), arm=pi.arm, watchdog=again, initial_version="1")
+    assert again.armed
+    again.disarm()
     trial.status()
     trial.commit()
     assert not dog.armed
