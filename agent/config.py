@@ -61,8 +61,22 @@ class TlsConfig:
     the agent renews the certificate in place before it expires."""
 
 
-SLOT_BACKENDS = ("directory", "simulated")
+SLOT_BACKENDS = ("directory", "simulated", "tryboot")
+TRYBOOT_ARM_WAYS = ("vcio", "vcmailbox", "reboot")
 RESTART_MODES = ("exit", "reboot", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class TrybootConfig:
+    """``updates.tryboot_*``: where a Raspberry Pi's tryboot A/B layout lives."""
+
+    autoboot: Path = Path("/boot/firmware/autoboot.txt")
+    device_tree: Path = Path("/proc/device-tree")
+    boot_partitions: tuple[int, int] = (2, 3)
+    boot_devices: tuple[Path, Path] = (Path("/dev/mmcblk0p2"), Path("/dev/mmcblk0p3"))
+    root_devices: tuple[Path, Path] = (Path("/dev/mmcblk0p5"), Path("/dev/mmcblk0p6"))
+    arm: str = "vcio"
+    watchdog: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +100,7 @@ class UpdatesConfig:
     initial_version: str = "0.0.0"
     download_retries: int = 5
     retry_backoff_s: float = 2.0
+    tryboot: TrybootConfig = field(default_factory=TrybootConfig)
 
     def redacted(self) -> dict[str, Any]:
         """Plain data for diagnostics (nothing secret here)."""
@@ -222,6 +237,13 @@ _UPDATE_KEYS = {
     "initial_version",
     "download_retries",
     "retry_backoff_s",
+    "tryboot_autoboot",
+    "tryboot_device_tree",
+    "tryboot_boot_partitions",
+    "tryboot_boot_devices",
+    "tryboot_root_devices",
+    "tryboot_arm",
+    "tryboot_watchdog",
 }
 _SECTIONS = {
     "tls": {"ca", "cert", "key", "bundle"},
@@ -467,6 +489,50 @@ def _http_url(value: str, key: str) -> str:
     return value if value.endswith("/") else value + "/"
 
 
+def _pair(data: Mapping[str, Any], key: str, default: tuple[Any, Any], kind: type) -> Any:
+    value = data.get(key)
+    if value is None:
+        return default
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, kind) and not isinstance(v, bool) and v for v in value)
+    ):
+        raise ConfigError(
+            f"updates.{key}: expected a list of two {kind.__name__} values (slot a, slot b), "
+            f"got {value!r}"
+        )
+    if value[0] == value[1]:
+        raise ConfigError(f"updates.{key}: slot a and slot b must differ, got {value!r}")
+    return tuple(Path(v) for v in value) if kind is str else tuple(value)
+
+
+def _tryboot(data: Mapping[str, Any]) -> TrybootConfig:
+    """The ``tryboot_*`` keys (defaults: a Pi with the MBR layout of the README)."""
+    base = TrybootConfig()
+    arm = data.get("tryboot_arm", base.arm)
+    if arm not in TRYBOOT_ARM_WAYS:
+        raise ConfigError(
+            f"updates.tryboot_arm: {arm!r} is not one of {', '.join(TRYBOOT_ARM_WAYS)}"
+        )
+    partitions = _pair(data, "tryboot_boot_partitions", base.boot_partitions, int)
+    if not all(2 <= p <= 63 for p in partitions):
+        raise ConfigError(
+            f"updates.tryboot_boot_partitions: {list(partitions)} must be partition numbers "
+            "2 to 63 (partition 1 holds autoboot.txt)"
+        )
+    watchdog = _str(data, "tryboot_watchdog", "updates")
+    return TrybootConfig(
+        autoboot=Path(_str(data, "tryboot_autoboot", "updates") or base.autoboot),
+        device_tree=Path(_str(data, "tryboot_device_tree", "updates") or base.device_tree),
+        boot_partitions=partitions,
+        boot_devices=_pair(data, "tryboot_boot_devices", base.boot_devices, str),
+        root_devices=_pair(data, "tryboot_root_devices", base.root_devices, str),
+        arm=arm,
+        watchdog=Path(watchdog) if watchdog else None,
+    )
+
+
 def parse_updates(data: Mapping[str, Any], state_dir: Path) -> UpdatesConfig:
     """Validate the ``[updates]`` table (only checked in depth when ``enabled``)."""
     enabled = data.get("enabled", False)
@@ -475,7 +541,7 @@ def parse_updates(data: Mapping[str, Any], state_dir: Path) -> UpdatesConfig:
     slots = data.get("slots", "directory")
     if slots not in SLOT_BACKENDS:
         raise ConfigError(f"updates.slots: {slots!r} is not one of {', '.join(SLOT_BACKENDS)}")
-    restart = data.get("restart", "none" if slots == "simulated" else "exit")
+    restart = data.get("restart", {"simulated": "none", "tryboot": "reboot"}.get(slots, "exit"))
     if restart not in RESTART_MODES:
         raise ConfigError(f"updates.restart: {restart!r} is not one of {', '.join(RESTART_MODES)}")
     simulate = data.get("simulate_outcomes", slots == "simulated")
@@ -517,12 +583,17 @@ def parse_updates(data: Mapping[str, Any], state_dir: Path) -> UpdatesConfig:
         retry_backoff_s=float(
             _num(data, "retry_backoff_s", 2.0, low=0.01, high=3600, where="updates")
         ),
+        tryboot=_tryboot(data),
     )
     if config.payload_mount is not None and not config.payload_mount.startswith("/"):
         raise ConfigError(f"updates.payload_mount: {config.payload_mount!r} must be absolute")
     if slots == "simulated" and restart != "none":
         raise ConfigError(
             'updates.restart: simulated slots live in memory; use restart = "none" with them'
+        )
+    if slots == "tryboot" and restart != "reboot":
+        raise ConfigError(
+            'updates.restart: tryboot slots switch at a reboot; use restart = "reboot" with them'
         )
     if not enabled:
         return config

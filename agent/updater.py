@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.adapters.bundles import BundleFiles
 from agent.adapters.slots import DirectorySlots, SimulatedSlots, Slots
+from agent.adapters.tryboot import TrybootLayout, TrybootSlots
+from agent.adapters.tryboot_io import Watchdog, make_arm
 from agent.config import TlsConfig, UpdatesConfig
 from agent.core.commands import Decision
 from agent.core.outputs import RunCommand
@@ -84,10 +86,28 @@ class Interrupted(Exception):  # noqa: N818 (a control-flow signal, not an error
     tells the next start how to go on."""
 
 
-def make_slots(settings: UpdatesConfig) -> Slots:
-    """The slot back-end named by ``updates.slots``."""
+def make_slots(settings: UpdatesConfig, state_dir: Path | None = None) -> Slots:
+    """The slot back-end named by ``updates.slots`` (tryboot keeps its state file in
+    ``state_dir``, on the data partition)."""
     if settings.slots == "simulated":
         return SimulatedSlots(settings.initial_version)
+    if settings.slots == "tryboot":
+        tb = settings.tryboot
+        layout = TrybootLayout(
+            state_file=(state_dir or Path(".")) / "tryboot.json",
+            autoboot=tb.autoboot,
+            device_tree=tb.device_tree,
+            boot_partitions=tb.boot_partitions,
+            boot_devices=tb.boot_devices,
+            root_devices=tb.root_devices,
+        )
+        watchdog = Watchdog(tb.watchdog) if tb.watchdog else None
+        return TrybootSlots(
+            layout,
+            arm=make_arm(tb.arm),
+            watchdog=watchdog,
+            initial_version=settings.initial_version,
+        )
     assert settings.slots_dir is not None
     return DirectorySlots(settings.slots_dir, initial_version=settings.initial_version)
 
@@ -151,7 +171,7 @@ class Updater:
         self.clock = clock
         self.tuf_time = tuf_time
         """The time python-tuf checks expiry against (None: the system clock)."""
-        self.slots = slots or make_slots(settings)
+        self.slots = slots or make_slots(settings, self.state_dir)
         self.download_dir = Path(settings.download_dir or self.state_dir / "downloads")
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -171,7 +191,7 @@ class Updater:
             store=FileUpdateStore(self.state_dir / UPDATE_FILE),
             slots=self.slots,
             fetcher=fetcher or _LazyTuf(self._tuf),
-            bundles=BundleFiles(extract=isinstance(self.slots, DirectorySlots)),
+            bundles=BundleFiles(extract=isinstance(self.slots, (DirectorySlots, TrybootSlots))),
             trial=BundleHealthCheck(
                 settings,
                 self.slots,

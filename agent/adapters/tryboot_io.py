@@ -1,0 +1,315 @@
+"""Raspberry Pi ``tryboot`` plumbing: the device tree, ``autoboot.txt``, the one-shot
+reboot flag, raw slot writes and the hardware watchdog.
+
+Every path and every persistent write goes through something injectable, so the
+back-end (:mod:`agent.adapters.tryboot`) runs on a Pi and, in tests, against fake
+device-tree directories, partition images kept as regular files and a fault-injection
+hook that cuts the power after any single write (see ``Persist.after_write``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import struct
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from agent.adapters.slots import SlotError
+from agent.state import fsync_dir
+
+AUTOBOOT_MAX = 512
+"""The firmware reads at most 512 bytes of ``autoboot.txt``."""
+SET_REBOOT_FLAGS = 0x00038064
+"""Firmware mailbox tag that sets (1) or clears (0) the one-shot tryboot flag."""
+CHUNK = 1 << 20
+
+
+class TrybootError(SlotError):
+    """The tryboot back-end cannot go on (unsupported firmware, bad layout, bad write)."""
+
+
+# --- device tree ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BootInfo:
+    """How the bootloader started this boot (``/chosen/bootloader``)."""
+
+    partition: int
+    tryboot: bool
+
+
+def _read_u32(path: Path) -> int:
+    data = path.read_bytes()
+    if len(data) != 4:
+        raise TrybootError(f"{path}: expected a 4-byte big-endian integer, got {len(data)} bytes")
+    return int(struct.unpack(">I", data)[0])
+
+
+def read_boot_info(device_tree: Path) -> BootInfo:
+    """Read the booted partition and the tryboot flag from the device tree.
+
+    Partition 0 is what an EEPROM too old to report it gives (Pi 5 before 2024-05-13):
+    the back-end cannot tell its slots apart then, so it refuses to run."""
+    base = Path(device_tree) / "chosen" / "bootloader"
+    try:
+        partition = _read_u32(base / "partition")
+        tryboot = _read_u32(base / "tryboot")
+    except FileNotFoundError as exc:
+        raise TrybootError(
+            f"{exc.filename} is missing: this firmware does not report tryboot state "
+            "(needs a Raspberry Pi bootloader with tryboot_a_b support)"
+        ) from None
+    if partition == 0:
+        raise TrybootError(
+            f"{base / 'partition'} reads 0: the bootloader EEPROM is too old to report the "
+            "booted partition (Pi 5 needs 2024-05-13 or later, Pi 4 2023-05-11 or later); "
+            "update it with rpi-eeprom-update"
+        )
+    return BootInfo(partition=partition, tryboot=tryboot == 1)
+
+
+# --- autoboot.txt ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Autoboot:
+    """The A/B choice in ``autoboot.txt``: ``[all]`` (default) and ``[tryboot]`` (trial)."""
+
+    default: int
+    trial: int
+
+
+def render_autoboot(choice: Autoboot) -> bytes:
+    """The canonical file; both A/B variants have the same length (single-digit
+    partitions), so a commit never changes the file's size."""
+    return (
+        f"[all]\ntryboot_a_b=1\nboot_partition={choice.default}\n"
+        f"[tryboot]\nboot_partition={choice.trial}\n"
+    ).encode()
+
+
+def parse_autoboot(data: bytes | None) -> Autoboot | None:
+    """The choice in ``data`` with the firmware's rules, or None when the file is missing,
+    empty, torn, over 512 bytes or not an A/B file (``tryboot_a_b=1`` and both
+    partitions)."""
+    if not data or len(data) > AUTOBOOT_MAX:
+        return None
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    section = "all"
+    values: dict[tuple[str, str], str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip().lower()
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            return None
+        values[(section, key.strip())] = value.strip()
+    if values.get(("all", "tryboot_a_b")) != "1":
+        return None
+    try:
+        default = int(values[("all", "boot_partition")])
+        trial = int(values[("tryboot", "boot_partition")])
+    except (KeyError, ValueError):
+        return None
+    if not (1 <= default <= 63 and 1 <= trial <= 63) or default == trial:
+        return None
+    # A torn file may cut the last digit off and still parse: only a file ending in its
+    # newline is complete.
+    if not text.endswith("\n"):
+        return None
+    return Autoboot(default=default, trial=trial)
+
+
+def read_autoboot(path: Path) -> Autoboot | None:
+    """Parse ``path`` (None when missing or invalid)."""
+    try:
+        return parse_autoboot(Path(path).read_bytes()[: AUTOBOOT_MAX + 1])
+    except OSError:
+        return None
+
+
+# --- persistent writes (the fault-injection seam) ----------------------------------------
+
+
+class Persist:
+    """Every write the back-end persists, each followed by ``after_write(label)``.
+
+    On a device ``after_write`` does nothing; a test sets it to cut the power (raise)
+    after the n-th write, then boots its fake firmware on what is on disk."""
+
+    def __init__(self, after_write: Callable[[str], None] | None = None) -> None:
+        self.after_write = after_write or (lambda label: None)
+
+    def replace_file(self, path: Path, data: bytes, label: str) -> None:
+        """Write ``data`` to ``path`` as safely as the filesystem allows: a temporary file
+        in the same directory, fsync, rename over ``path``, fsync the directory, then
+        re-read and verify (FAT has no journal: this narrows the window, it cannot close
+        it; the back-end repairs a torn file from its own state at every start)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.new")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.after_write(f"{label}:tmp")
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        self.after_write(f"{label}:rename")
+        if path.read_bytes() != data:
+            raise TrybootError(f"{path}: read back differs from what was written")
+
+    def stream_raw(self, source: Path, device: Path, label: str, chunk: int = CHUNK) -> str:
+        """Copy ``source`` raw onto ``device`` (a partition, or a regular file in tests),
+        fsync, then read the written range back and compare digests. Returns the
+        SHA-256 hex digest. Never holds more than ``chunk`` bytes in memory."""
+        size = Path(source).stat().st_size
+        capacity = _capacity(device)
+        if capacity is not None and size > capacity:
+            raise TrybootError(f"{source.name} is {size} bytes; {device} holds only {capacity}")
+        digest = hashlib.sha256()
+        with open(source, "rb") as src, open(device, "r+b") as dst:
+            index = 0
+            while block := src.read(chunk):
+                digest.update(block)
+                dst.write(block)
+                dst.flush()
+                os.fsync(dst.fileno())
+                self.after_write(f"{label}:chunk{index}")
+                index += 1
+        expected = digest.hexdigest()
+        with open(device, "rb") as dev:
+            written = _digest_prefix(dev, size, chunk)
+        if written != expected:
+            raise TrybootError(f"{device}: read-back digest {written} != {expected}")
+        return expected
+
+
+def _capacity(device: Path) -> int | None:
+    """Size of a block device (None for a regular file, which grows)."""
+    if Path(device).is_file():
+        return None
+    with open(device, "rb") as handle:
+        return handle.seek(0, os.SEEK_END)
+
+
+def _digest_prefix(handle: BinaryIO, size: int, chunk: int) -> str:
+    digest = hashlib.sha256()
+    left = size
+    while left > 0:
+        block = handle.read(min(chunk, left))
+        if not block:
+            break
+        digest.update(block)
+        left -= len(block)
+    return digest.hexdigest()
+
+
+# --- arming the one-shot flag ----------------------------------------------------------
+
+Arm = Callable[[bool], None]
+"""Set (True) or clear (False) the firmware's one-shot tryboot flag."""
+
+
+def _mailbox_ioctl_number() -> int:
+    """``_IOWR(100, 0, char *)``: 0xC0086400 on 64-bit, 0xC0046400 on 32-bit kernels."""
+    return (3 << 30) | (struct.calcsize("P") << 16) | (100 << 8)
+
+
+def vcio_arm(device: Path = Path("/dev/vcio"), ioctl: Callable[..., Any] = fcntl.ioctl) -> Arm:
+    """Set the flag with the property-mailbox ioctl on ``/dev/vcio`` (works on mainline
+    kernels too, where ``reboot "0 tryboot"`` is ignored). The request is 7 words: size,
+    request code, tag, value size, tag request code, value, end tag; the firmware answers
+    0x80000000 in word 1."""
+
+    def arm(on: bool) -> None:
+        buffer = bytearray(struct.pack("<7I", 28, 0, SET_REBOOT_FLAGS, 4, 0, int(on), 0))
+        with open(device, "r+b", buffering=0) as handle:
+            ioctl(handle.fileno(), _mailbox_ioctl_number(), buffer, True)
+        response = struct.unpack("<7I", buffer)[1]
+        if response != 0x80000000:
+            raise TrybootError(f"{device}: the firmware refused SET_REBOOT_FLAGS ({response:#x})")
+
+    return arm
+
+
+def command_arm(argv_on: list[str], argv_off: list[str] | None) -> Arm:
+    """Set the flag by running a command (``vcmailbox 0x00038064 4 0 1``, or
+    ``reboot "0 tryboot"``, which also reboots); ``argv_off`` None: clearing is a no-op
+    (the flag dies with the next reset anyway)."""
+
+    def arm(on: bool) -> None:
+        argv = argv_on if on else argv_off
+        if argv is None:
+            return
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode != 0:
+            raise TrybootError(f"{argv[0]} failed ({done.returncode}): {done.stderr.strip()}")
+
+    return arm
+
+
+ARM_WAYS = ("vcio", "vcmailbox", "reboot")
+
+
+def make_arm(way: str) -> Arm:
+    """The arming way named in the config (``updates.tryboot_arm``)."""
+    if way == "vcio":
+        return vcio_arm()
+    if way == "vcmailbox":
+        tag = f"{SET_REBOOT_FLAGS:#010x}"
+        return command_arm(["vcmailbox", tag, "4", "0", "1"], ["vcmailbox", tag, "4", "0", "0"])
+    if way == "reboot":
+        return command_arm(["reboot", "0 tryboot"], None)
+    raise TrybootError(f"unknown arming way {way!r}; use one of {', '.join(ARM_WAYS)}")
+
+
+# --- hardware watchdog -----------------------------------------------------------------
+
+
+class Watchdog:
+    """The Linux watchdog device, held open during a trial boot.
+
+    Opening it starts the hardware timer; every :meth:`kick` restarts it; :meth:`disarm`
+    writes the magic ``V`` and closes, which stops it. If the agent hangs during the
+    health check, the board resets and, the tryboot flag being already cleared, boots the
+    known-good slot."""
+
+    def __init__(self, device: Path) -> None:
+        self.device = Path(device)
+        self._handle: BinaryIO | None = None
+
+    @property
+    def armed(self) -> bool:
+        """True while the device is held open."""
+        return self._handle is not None
+
+    def arm(self) -> None:
+        """Open the device (starts the timer)."""
+        if self._handle is None:
+            self._handle = open(self.device, "wb", buffering=0)  # noqa: SIM115 (held open)
+        self.kick()
+
+    def kick(self) -> None:
+        """Restart the timer (no-op when not armed)."""
+        if self._handle is not None:
+            self._handle.write(b"\0")
+
+    def disarm(self) -> None:
+        """Magic close: stop the timer."""
+        if self._handle is not None:
+            self._handle.write(b"V")
+            self._handle.close()
+            self._handle = None
