@@ -137,6 +137,7 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         surprise_min_drift_score: float = 4.0,
         surprise_cap: float = 10.0,
         surprise_window_samples: float = 10.0,
+        surprise_window_s: float = 7200.0,
         surprise_memory_samples: float = 2000.0,
     ) -> None:
         if not isinstance(signal, str) or not signal:
@@ -197,6 +198,7 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
             surprise_cap,
             surprise_window_samples,
             surprise_memory_samples,
+            surprise_window_s,
         )
 
         self.signal = signal
@@ -234,6 +236,7 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         self.surprise_min_drift_score = float(surprise_min_drift_score)
         self.surprise_cap = float(surprise_cap)
         self.surprise_window_samples = float(surprise_window_samples)
+        self.surprise_window_s = float(surprise_window_s)
         self.surprise_memory_samples = float(surprise_memory_samples)
         self._active = False
         self._reset_all()
