@@ -362,6 +362,7 @@ def test_restore_ignores_corrupt_state(corrupt: object) -> None:
         {"surprise_window_samples": 0.5},
         {"surprise_memory_samples": 5.0},
         {"surprise_window_s": 0.0},
+        {"drift_scale_leak": 2.0},
     ],
 )
 def test_bad_configuration_is_rejected_with_a_clear_error(kwargs: dict[str, object]) -> None:
