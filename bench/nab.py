@@ -52,7 +52,11 @@ from simulator.replay import (  # noqa: E402
 SIGNAL = "value"
 WEEK = 7 * 86400.0
 PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
-BASELINE_PARAMS: dict[str, Any] = {"surprise_threshold": None, "raise_samples": 3}
+BASELINE_PARAMS: dict[str, Any] = {
+    "surprise_threshold": None,
+    "raise_samples": 3,
+    "scale_leak": 0.02,
+}
 """The adaptive rule's parameters before NAB tuning (its defaults when this bench was added)."""
 
 

@@ -44,10 +44,14 @@ clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` s
 **Learning and adaptation.** Time constants are in seconds and decay by elapsed time, so
 irregular sampling is handled; each is stretched to at least ``min_tau_samples`` typical
 sampling intervals (a streaming median of the intervals) so sparse signals still average
-enough samples. Scales learn from winsorised deviations; a deviation beyond the raise
-threshold (noise scale) or the clear threshold (drift spread) teaches them only at
-``scale_leak`` of the normal rate: too little for an anomaly or a slow drift to become
-normal, enough for a scale learned too small to recover. While a raise is pending or the
+enough samples. Scales learn from winsorised deviations. A deviation beyond the clear
+threshold teaches the drift spread only at ``drift_scale_leak`` (0.02) of the normal rate:
+too little for a slow drift to become normal, enough for a spread learned too small to
+recover. A deviation beyond the raise threshold teaches the noise scale at ``scale_leak``
+of the rate (1: in full, winsorised at the raise threshold), so a signal whose normal has
+large regular swings (a daily square wave) learns a noise scale that makes them
+unremarkable, and a departure from that pattern stands out; a lone outlier still moves the
+scale by at most the winsorised amount. While a raise is pending or the
 fault is active the fast level learns at ``anomaly_learning_weight`` of its rate and the
 profile does not learn. The slow level keeps following, which is the documented
 **adaptation time**: a sustained new level is accepted as normal, and the fault clears,
@@ -128,7 +132,8 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         max_weight_intervals: float = 4.0,
         min_scale: float = 0.0,
         min_rel_scale: float = 0.002,
-        scale_leak: float = 0.02,
+        scale_leak: float = 1.0,
+        drift_scale_leak: float = 0.02,
         seasonal_period_s: float | None = 86400.0,
         seasonal_bins: int = 24,
         seasonal_tau_s: float = 7 * 86400.0,
@@ -137,6 +142,7 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         surprise_min_drift_score: float = 4.0,
         surprise_cap: float = 10.0,
         surprise_window_samples: float = 10.0,
+        surprise_window_s: float = 7200.0,
         surprise_memory_samples: float = 2000.0,
     ) -> None:
         if not isinstance(signal, str) or not signal:
@@ -184,6 +190,8 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
             raise ValueError("seasonal_tau_s must be a positive number")
         if not (0 <= scale_leak <= 1):
             raise ValueError("scale_leak must be between 0 and 1")
+        if not (0 <= drift_scale_leak <= 1):
+            raise ValueError("drift_scale_leak must be between 0 and 1")
         if not (0 <= anomaly_learning_weight <= 1):
             raise ValueError("anomaly_learning_weight must be between 0 and 1")
         for name, value in (
@@ -197,6 +205,7 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
             surprise_cap,
             surprise_window_samples,
             surprise_memory_samples,
+            surprise_window_s,
         )
 
         self.signal = signal
@@ -226,6 +235,7 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         self.min_scale = float(min_scale)
         self.min_rel_scale = float(min_rel_scale)
         self.scale_leak = float(scale_leak)
+        self.drift_scale_leak = float(drift_scale_leak)
         self.seasonal_period_s = None if seasonal_period_s is None else float(seasonal_period_s)
         self.seasonal_bins = int(seasonal_bins)
         self.seasonal_tau_s = float(seasonal_tau_s)
@@ -234,6 +244,7 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         self.surprise_min_drift_score = float(surprise_min_drift_score)
         self.surprise_cap = float(surprise_cap)
         self.surprise_window_samples = float(surprise_window_samples)
+        self.surprise_window_s = float(surprise_window_s)
         self.surprise_memory_samples = float(surprise_memory_samples)
         self._active = False
         self._reset_all()

@@ -51,6 +51,7 @@ class AdaptiveBaseline:
     min_scale: float
     min_rel_scale: float
     scale_leak: float
+    drift_scale_leak: float
     seasonal_period_s: float | None
     seasonal_bins: int
     seasonal_tau_s: float
@@ -193,6 +194,7 @@ class AdaptiveBaseline:
             sd_f,
             gate=self.raise_threshold,
             weight=self.anomaly_learning_weight if active else 1.0,
+            leak=self.scale_leak,
             tau=self.scale_tau_s,
             dt=dt,
             warm=warm,
@@ -216,6 +218,7 @@ class AdaptiveBaseline:
             self._sd_drift(self._sd_fast(), ts),
             gate=self.clear_threshold,
             weight=1.0,
+            leak=self.drift_scale_leak,
             tau=self.drift_scale_tau_s,
             dt=dt,
             warm=self._s_d is None or ts - self._start_ts < self.drift_warmup_s,
@@ -287,6 +290,7 @@ class AdaptiveBaseline:
         *,
         gate: float,
         weight: float,
+        leak: float,
         tau: float,
         dt: float,
         warm: bool,
@@ -295,8 +299,9 @@ class AdaptiveBaseline:
 
         In warm-up every deviation counts in full. After it, a deviation below ``gate`` SDs
         counts winsorised at ``huber_k`` SDs (times ``weight``); one beyond the gate counts
-        only at ``scale_leak`` (winsorised at the raise threshold): enough for a scale that
-        was learned too small to recover, too little for an anomaly to become normal.
+        at ``leak`` of the rate (winsorised at the raise threshold): ``scale_leak`` for the
+        noise scale, ``drift_scale_leak`` (small) for the drift spread, so that a slow
+        drift cannot teach itself to be normal.
         """
         old = current or 0.0
         a = self._alpha(tau, dt, self._n_all)
@@ -305,7 +310,7 @@ class AdaptiveBaseline:
                 a *= weight
                 deviation = min(deviation, self.huber_k * sd)
             else:
-                a *= self.scale_leak
+                a *= leak
                 deviation = min(deviation, self.raise_threshold * sd)
         return old + a * (deviation - old)
 

@@ -9,11 +9,15 @@ distribution of scores:
 * each score is bounded, ``u = min(score, surprise_cap) / surprise_cap`` (one huge outlier
   counts as much as a merely large one);
 * ``u_short``: the mean of ``u`` over about ``surprise_window_samples`` recent samples (an
-  exponentially weighted mean): a lasting departure weighs more than a lone spike;
+  exponentially weighted mean): a lasting departure weighs more than a lone spike. On a
+  sparse signal the window is shortened to cover about ``surprise_window_s`` seconds of
+  typical sampling intervals, but never fewer than ``_MIN_WINDOW`` samples: ten hourly
+  samples would make a departure wait half a day to be judged, while ten one-second samples
+  are still a short look;
 * ``u_mean``, ``u_var``: the long-run mean and variance of ``u`` over about
   ``surprise_memory_samples`` samples (plain averages while fewer have been seen);
 * ``surprise = (u_short - u_mean) / sd(u)``, in standard deviations of the signal's own
-  score. It is ``None`` for the first ``5 × surprise_window_samples`` scored samples.
+  score. It is ``None`` for the first five windows of scored samples.
 
 :class:`SurpriseScore` is a mixin of :class:`agent.core.adaptive.AdaptiveRule`; its four
 numbers are part of the rule's snapshot.
@@ -26,10 +30,16 @@ import math
 _MIN_SD = 1e-3
 """Floor of sd(u): a perfectly regular score history must not make every wobble infinite."""
 _WARMUP_WINDOWS = 5
+_MIN_WINDOW = 5.0
+"""Fewest samples the short window covers, however sparse the signal."""
 
 
-def check_surprise(threshold: float | None, cap: float, window: float, memory: float) -> None:
+def check_surprise(
+    threshold: float | None, cap: float, window: float, memory: float, window_s: float
+) -> None:
     """Raise ``ValueError`` naming the first invalid surprise parameter."""
+    if not (math.isfinite(window_s) and window_s > 0):
+        raise ValueError(f"surprise_window_s must be a positive number, not {window_s!r}")
     if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
         raise ValueError("surprise_threshold must be a positive number, or 0 or None (off)")
     if not (math.isfinite(cap) and cap > 0):
@@ -47,7 +57,9 @@ class SurpriseScore:
 
     surprise_cap: float
     surprise_window_samples: float
+    surprise_window_s: float
     surprise_memory_samples: float
+    _dt_typ: float | None
 
     def _reset_surprise(self) -> None:
         self._u_short: float | None = None
@@ -55,16 +67,25 @@ class SurpriseScore:
         self._u_var: float | None = None
         self._u_n = 0
 
+    def _surprise_window(self) -> float:
+        """The short window in samples: ``surprise_window_samples``, shortened on sparse
+        signals to about ``surprise_window_s`` seconds (at least ``_MIN_WINDOW`` samples)."""
+        window = self.surprise_window_samples
+        if self._dt_typ:
+            window = min(window, max(_MIN_WINDOW, self.surprise_window_s / self._dt_typ))
+        return window
+
     def _surprise(self, score: float) -> float | None:
         """Score the newest robust score against the history, then learn from it."""
         u = min(score, self.surprise_cap) / self.surprise_cap
         n = self._u_n + 1
+        window = self._surprise_window()
         if self._u_short is None or self._u_mean is None or self._u_var is None:
             self._u_short, self._u_mean, self._u_var = u, u, 0.0
         else:
-            self._u_short += (u - self._u_short) / min(n, self.surprise_window_samples)
+            self._u_short += (u - self._u_short) / min(n, window)
         surprise: float | None = None
-        if n > _WARMUP_WINDOWS * self.surprise_window_samples:
+        if n > _WARMUP_WINDOWS * window:
             sd = max(math.sqrt(self._u_var), _MIN_SD)
             surprise = (self._u_short - self._u_mean) / sd
         a = 1.0 / min(n, self.surprise_memory_samples)

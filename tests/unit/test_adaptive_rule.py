@@ -361,6 +361,8 @@ def test_restore_ignores_corrupt_state(corrupt: object) -> None:
         {"surprise_cap": 0.0},
         {"surprise_window_samples": 0.5},
         {"surprise_memory_samples": 5.0},
+        {"surprise_window_s": 0.0},
+        {"drift_scale_leak": 2.0},
     ],
 )
 def test_bad_configuration_is_rejected_with_a_clear_error(kwargs: dict[str, object]) -> None:
@@ -483,6 +485,26 @@ def test_surprise_stage_raises_a_step_within_a_few_samples(sign: int) -> None:
     after, changes = step_after_quiet_days(rule, sign)
     assert changes[0].ts <= after[5][0]
     assert rule.active
+
+
+def test_surprise_window_is_shortened_on_an_hourly_signal() -> None:
+    # Hourly samples: ten of them would make a step wait half a day before it is judged.
+    rng = random.Random(41)
+    before = noisy(rng, 10 * 24, step=HOUR)
+    after = [(before[-1][0] + (i + 1) * HOUR, 58 + rng.gauss(0, 1)) for i in range(24)]
+    sparse = AdaptiveRule("v")
+    assert feed(sparse, before) == []
+    changes = feed(sparse, after)
+    assert changes
+    assert changes[0].raised
+    slow = AdaptiveRule("v", surprise_window_s=1e9)  # window of ten samples whatever the rate
+    feed(slow, before)
+    late = feed(slow, after)
+    assert late
+    assert late[0].raised
+    assert changes[0].ts < late[0].ts
+    # A fast signal keeps its ten-sample window: the setting only shortens sparse ones.
+    assert AdaptiveRule("v")._surprise_window() == 10.0
 
 
 def test_surprise_stage_does_not_cry_wolf_on_a_signal_that_often_spikes() -> None:
