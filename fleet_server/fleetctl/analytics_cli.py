@@ -15,14 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fleet_server.analytics import csvio
-from fleet_server.analytics.claims import early_warning
-from fleet_server.analytics.errors import AnalyticsInputError
-from fleet_server.analytics.growth import crow_amsaa, release_trend
-from fleet_server.analytics.rates import rates_by_group
-from fleet_server.analytics.weibull import weibull_mle, weibull_rank_regression
+from fleet_server.fleetctl import common
 
-analytics_app = typer.Typer(
+analytics_app = common.new_app(
     name="analytics",
     help=(
         "Reliability analytics on CSV exports, offline: Weibull life fits, warranty early "
@@ -89,6 +84,11 @@ def weibull(
     (failed, status, censored...) and a count column (qty, count). Prints beta, eta, the
     B-life and their confidence intervals (likelihood ratio and Fisher/Wald).
     """
+    # Imported here: scipy/numpy cost seconds, and `fleetctl --help` must start fast.
+    from fleet_server.analytics import csvio
+    from fleet_server.analytics.errors import AnalyticsInputError
+    from fleet_server.analytics.weibull import weibull_mle, weibull_rank_regression
+
     try:
         data = csvio.read_life_data(
             csv, time_col=time_col, status_col=status_col, count_col=count_col
@@ -186,6 +186,11 @@ def claims(
     the same age; flags come from an exact Poisson exceedance test with Benjamini-Hochberg
     control and a Poisson CUSUM over the periods.
     """
+    # Imported here: scipy/numpy cost seconds, and `fleetctl --help` must start fast.
+    from fleet_server.analytics import csvio
+    from fleet_server.analytics.claims import early_warning
+    from fleet_server.analytics.errors import AnalyticsInputError
+
     try:
         data = csvio.read_counts(
             csv,
@@ -252,6 +257,11 @@ def rates(
     Groups by model, hardware revision, batch or software version (``--by``, repeatable);
     prints each group's rate and interval and a chi-square test that all rates are equal.
     """
+    # Imported here: scipy/numpy cost seconds, and `fleetctl --help` must start fast.
+    from fleet_server.analytics import csvio
+    from fleet_server.analytics.errors import AnalyticsInputError
+    from fleet_server.analytics.rates import rates_by_group
+
     try:
         data = csvio.read_counts(
             csv,
@@ -307,6 +317,11 @@ def growth(
     command fits the per-release trend; otherwise it reads cumulative failure times and
     fits the Crow-AMSAA power-law model.
     """
+    # Imported here: scipy/numpy cost seconds, and `fleetctl --help` must start fast.
+    from fleet_server.analytics import csvio
+    from fleet_server.analytics.errors import AnalyticsInputError
+    from fleet_server.analytics.growth import crow_amsaa, release_trend
+
     try:
         by_release = release_col is not None or csvio.has_column(csv, None, csvio.RELEASE_NAMES)
         if by_release:

@@ -15,16 +15,16 @@ import typer
 from fleet_server.fleetctl import common
 from fleet_server.fleetctl.client import ApiClient, CtlError
 
-recall_app = typer.Typer(
+recall_app = common.new_app(
     help="Recall campaigns: create from a JSON file, open (freeze), explain, add, progress, "
     "export.",
     no_args_is_help=True,
 )
-warranty_app = typer.Typer(
+warranty_app = common.new_app(
     help="Warranty coverage rules per model and region.", no_args_is_help=True
 )
-claim_app = typer.Typer(help="Warranty claims and their automatic checks.", no_args_is_help=True)
-rma_app = typer.Typer(
+claim_app = common.new_app(help="Warranty claims and their automatic checks.", no_args_is_help=True)
+rma_app = common.new_app(
     help="Returns: claimed -> approved -> returned -> inspected -> refurbished | scrapped.",
     no_args_is_help=True,
 )

@@ -14,7 +14,7 @@ from rich.table import Table
 from fleet_server.fleetctl import common
 from fleet_server.fleetctl.client import CtlError
 
-rollout_app = typer.Typer(
+rollout_app = common.new_app(
     help="Staged rollouts: waves, canaries, automatic halts, rollback, explain.",
     no_args_is_help=True,
 )

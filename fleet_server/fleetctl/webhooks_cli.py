@@ -9,7 +9,7 @@ import typer
 from fleet_server.fleetctl import common
 from fleet_server.fleetctl.common import JsonOpt, LimitOpt
 
-webhooks_app = typer.Typer(
+webhooks_app = common.new_app(
     help="Webhooks: signed HTTP notifications of rollout halts, alarms, offline devices, "
     "recall changes and claims.",
     no_args_is_help=True,
