@@ -132,8 +132,7 @@ def main() -> None:
             list_argv = [str(BIN / "fleetctl"), "devices", "list", "--json"]
             list_ms = median_ms(list_argv, args.runs, list_env)
             print(
-                f"fleetctl devices list --json  median {list_ms:7.1f} ms "
-                f"(goal {LIST_GOAL_MS:.0f})"
+                f"fleetctl devices list --json  median {list_ms:7.1f} ms (goal {LIST_GOAL_MS:.0f})"
             )
         finally:
             proc.terminate()

@@ -14,6 +14,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fleet_server.fleetctl import common
 
@@ -35,7 +36,9 @@ ConfOpt = Annotated[float, typer.Option("--confidence", help="Two-sided confiden
 
 
 def _fail(message: str) -> NoReturn:
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True, markup=False).print(
+        Text.assemble(("error:", "bold red"), f" {message}"), highlight=False
+    )
     raise typer.Exit(code=2)
 
 
@@ -113,7 +116,7 @@ def weibull(
     if as_json:
         _emit_json(fit.to_dict())
         return
-    console = Console()
+    console = common.console
     label = f"B{b:g}"
     title = (
         "Weibull, maximum likelihood"
@@ -209,7 +212,7 @@ def claims(
     if as_json:
         _emit_json(report.to_dict())
         return
-    console = Console()
+    console = common.console
     table = Table(
         title=f"Claims by {data.group_col}: {report.total_observed} claims, "
         f"{len(report.flagged)} of {len(report.groups)} groups flagged"
@@ -279,7 +282,7 @@ def rates(
     if as_json:
         _emit_json(result.to_dict())
         return
-    console = Console()
+    console = common.console
     table = Table(title=f"Rates by {data.group_col} (per {per:g} exposure)")
     for col in ("group", "exposure", "failures", "rate", f"{confidence:.0%} interval"):
         table.add_column(col, justify="left" if col == "group" else "right")
@@ -337,7 +340,7 @@ def growth(
             fit = crow_amsaa(times, end_time, confidence=confidence)
     except AnalyticsInputError as exc:
         _fail(str(exc))
-    console = Console()
+    console = common.console
     if by_release:
         if as_json:
             _emit_json(trend.to_dict())

@@ -19,7 +19,9 @@ from rich.table import Table
 
 from fleet_server.fleetctl.client import ApiClient, CtlError, load_config
 
-console = Console()
+# No markup: device ids like ``[gw-100]``, names and reasons are printed as written.
+# Styling goes through ``rich.text.Text`` instead of ``[bold]`` tags in strings.
+console = Console(markup=False, highlight=False)
 
 
 def new_app(**kwargs: Any) -> typer.Typer:
