@@ -4,55 +4,22 @@ The policy is validated by :func:`fleet_server.rollouts.policy.parse_policy` (ms
 error code ``invalid_policy`` naming the field) and the selector by
 :func:`fleet_server.services.rollouts_selection.parse_selector` (``invalid_selector``).
 Those stay the one place that validates; the models here document the same formats in
-OpenAPI (``Policy`` and its parts are generated from the msgspec structs, so they cannot
+OpenAPI (``Policy`` and its parts are generated from the msgspec structs and ``Selector``
+from the registry's ``DeviceFilter``, so they cannot
 drift). Rollout times are epoch seconds (floats), as this API has always returned them.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
 import msgspec
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
 
 from fleet_server.rollouts.policy import Policy
+from fleet_server.services.registry import DeviceFilter
 
 COMPONENTS = "#/components/schemas/{name}"
-
-
-class Selector(BaseModel):
-    """Which devices: a filter over the registry. Unset fields do not filter; ``group``
-    names a saved device group (combined with any further fields)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    group: str | None = Field(default=None, description="a saved device group's name")
-    device_id: str | None = None
-    device_ids: list[str] | None = Field(
-        default=None, description="exactly these devices; [] matches none"
-    )
-    device_id_prefix: str | None = None
-    serial: str | None = None
-    model: str | None = None
-    hw_revision: str | None = None
-    batch: str | None = None
-    region: str | None = None
-    timezone: str | None = None
-    owner: str | None = None
-    channel: str | None = None
-    status: str | None = None
-    software_version: str | None = None
-    slot: str | None = None
-    presence: str | None = None
-    tags: list[str] = Field(default_factory=list, description="carries every one of these")
-    has_open_faults: bool | None = None
-    produced_from: dt.date | None = None
-    produced_to: dt.date | None = None
-    activated_from: dt.date | None = None
-    activated_to: dt.date | None = None
-    seen_after: float | None = Field(default=None, description="epoch seconds")
-    seen_before: float | None = Field(default=None, description="epoch seconds")
 
 
 # Pydantic resolves every "$ref" it is given against its own models, so the fields carry a
@@ -67,8 +34,26 @@ PolicyJson = Annotated[dict[str, Any], WithJsonSchema({_MARK: "Policy"})]
 def rollout_components() -> dict[str, dict[str, Any]]:
     """The OpenAPI components ``Selector``, ``Policy`` and the policy's parts."""
     _, components = msgspec.json.schema_components([Policy], ref_template=COMPONENTS)
-    selector = Selector.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {"Selector": selector, **components}
+    return {"Selector": selector_schema(), **components}
+
+
+def selector_schema() -> dict[str, Any]:
+    """JSON schema of a selector: the registry's :class:`DeviceFilter` fields (generated,
+    so it follows the filter) plus ``group``, a saved device group's name. Unknown fields
+    are refused (``invalid_selector``)."""
+    schema = TypeAdapter(DeviceFilter).json_schema(ref_template="#/components/schemas/{model}")
+    schema["title"] = "Selector"
+    schema["description"] = (
+        "Which devices: a filter over the registry; unset fields do not filter. Times "
+        "(seen_after, seen_before) are epoch seconds, dates are YYYY-MM-DD."
+    )
+    schema["properties"]["group"] = {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "default": None,
+        "description": "a saved device group's name (combined with any further fields)",
+    }
+    schema["additionalProperties"] = False
+    return schema
 
 
 def add_rollout_components(doc: dict[str, Any]) -> dict[str, Any]:
