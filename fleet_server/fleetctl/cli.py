@@ -67,10 +67,22 @@ app.add_typer(bulk_app, name="bulk")
 def _root(
     url: Annotated[str | None, typer.Option("--url", help="fleet API base URL")] = None,
     token: Annotated[str | None, typer.Option("--token", help="API token (efk_...)")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="wide: every column of tables, at full width"),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option("--columns", help="comma-separated columns of tables (any row field)"),
+    ] = None,
 ) -> None:
     """Global options."""
+    if output not in (None, "wide"):
+        raise CtlError(f"-o {output!r}: the only output format is wide (and --json per command)")
     common.options.url = url
     common.options.token = token
+    common.options.output = output
+    common.options.columns = [c for c in (columns or "").split(",") if c] or None
 
 
 @app.command()
@@ -154,7 +166,7 @@ def devices_show(device_id: str, as_json: JsonOpt = False) -> None:
         table.add_column("field", no_wrap=True)
         table.add_column("value", overflow="fold")
         for key, value in d.items():
-            if key.endswith(("_at", "last_seen")):
+            if common.is_time_column(key):
                 value = common.when(value)
             table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
         common.console.print(table)

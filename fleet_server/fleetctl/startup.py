@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import typer
 
 # Root options that take a value (``--url X``): their value is not a command name.
-_VALUED_OPTIONS = ("--url", "--token")
+_VALUED_OPTIONS = ("--url", "--token", "--output", "-o", "--columns")
 
 
 def requested_group(argv: Sequence[str]) -> str | None:

@@ -49,7 +49,7 @@ def _fields(data: dict[str, Any], title: str) -> None:
     table.add_column("field", no_wrap=True)
     table.add_column("value", overflow="fold")
     for key, value in data.items():
-        if key.endswith("_at"):
+        if common.is_time_column(key):
             value = common.when(value)
         table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
     common.console.print(table)

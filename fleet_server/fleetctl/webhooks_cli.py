@@ -80,7 +80,7 @@ def show(webhook_id: int, as_json: JsonOpt = False) -> None:
 
     def render(d: dict[str, Any]) -> None:
         for key, value in d.items():
-            if key.endswith("_at"):
+            if common.is_time_column(key):
                 value = common.when(value)
             elif isinstance(value, list):
                 value = ", ".join(map(str, value))
