@@ -90,14 +90,19 @@ def _cell(col: str, value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+FOLD_WIDTH = 20
+"""A column wider than this is folded onto several lines rather than left out."""
+
+
 def fit_columns(cells: list[list[str]], columns: list[str], width: int) -> list[int]:
     """Indexes of the columns to show in ``width`` characters: the first (it names the
-    row) always, then the others in order while their natural width fits (a column costs
-    its widest cell plus 3 for padding and border)."""
+    row) always, then the others in order while they fit. A column costs its widest cell
+    (at most :data:`FOLD_WIDTH`: longer text is folded onto several lines, not dropped)
+    plus 3 for padding and border."""
     chosen: list[int] = []
     used = 1
     for index, col in enumerate(columns):
-        natural = max([len(col), *(len(row[index]) for row in cells)]) + 3
+        natural = min(max([len(col), *(len(row[index]) for row in cells)]), FOLD_WIDTH) + 3
         if index == 0 or used + natural <= width:
             chosen.append(index)
             used += natural

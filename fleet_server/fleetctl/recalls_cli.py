@@ -268,6 +268,20 @@ def claim_file(
             "part_serial": part_serial,
         },
     )
+    if not as_json:
+        typer.echo(f"claim {c['id']} filed for {c['device_id']} ({c['state']})")
+    _emit(c, as_json, ["name", "passed", "detail"], c["checks"])
+
+
+@claim_app.command("show")
+def claim_show(claim_id: int, as_json: JsonOpt = False) -> None:
+    """One claim: its state, decision and every automatic check with its detail."""
+    c = _client().request("GET", f"/api/v1/claims/{claim_id}")
+    if not as_json:
+        typer.echo(
+            f"claim {c['id']}: {c['device_id']} {c['failure_mode']} on {c['failure_date']}, "
+            f"{c['state']}"
+        )
     _emit(c, as_json, ["name", "passed", "detail"], c["checks"])
 
 
