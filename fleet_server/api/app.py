@@ -42,6 +42,7 @@ from fleet_server.api.routers import (
     warranty,
     webhooks,
 )
+from fleet_server.api.schemas_rollouts import add_rollout_components
 from fleet_server.api.slashes import TrailingSlash
 from fleet_server.config import Settings
 from fleet_server.db import create_db_engine, make_session_factory
@@ -107,8 +108,13 @@ def create_app(
             "Device registry, telemetry, presence, alarms, commands and audit. "
             "Authenticate with `Authorization: Bearer efk_...`; `/healthz` and `/metrics` "
             "need no token. Errors always have the body "
-            '`{"error": {"code", "message", "details"}}`.'
+            '`{"error": {"code", "message", "details"}}`. '
+            "Times: the typed registry views (devices, alarms, commands, audit, tokens, "
+            "executions, bundles, webhooks, groups) give ISO 8601 UTC strings (`format: "
+            "date-time`); rollouts, recalls, warranty, claims, RMAs and parts keep the epoch "
+            "seconds (numbers) they have always returned, as their schemas say."
         ),
+        servers=[{"url": "/", "description": "this server (set [api] base_url for links)"}],
         dependencies=[Depends(authorize)],
         redirect_slashes=False,  # slashes.TrailingSlash redirects without the Host header
     )
@@ -160,7 +166,7 @@ def _document_security(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = declare_security(generate())
+            app.openapi_schema = add_rollout_components(declare_security(generate()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

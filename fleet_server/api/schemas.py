@@ -233,7 +233,7 @@ class CommandOut(BaseModel):
     result: dict[str, Any] | None
 
 
-class BundleOut(BaseModel):
+class DiagnosticsBundleOut(BaseModel):
     """A diagnostics upload slot; ``uploaded_at`` is set once the device sent it."""
 
     id: int

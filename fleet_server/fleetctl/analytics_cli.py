@@ -14,15 +14,11 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from fleet_server.analytics import csvio
-from fleet_server.analytics.claims import early_warning
-from fleet_server.analytics.errors import AnalyticsInputError
-from fleet_server.analytics.growth import crow_amsaa, release_trend
-from fleet_server.analytics.rates import rates_by_group
-from fleet_server.analytics.weibull import weibull_mle, weibull_rank_regression
+from fleet_server.fleetctl import common
 
-analytics_app = typer.Typer(
+analytics_app = common.new_app(
     name="analytics",
     help=(
         "Reliability analytics on CSV exports, offline: Weibull life fits, warranty early "
@@ -40,7 +36,9 @@ ConfOpt = Annotated[float, typer.Option("--confidence", help="Two-sided confiden
 
 
 def _fail(message: str) -> NoReturn:
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True, markup=False).print(
+        Text.assemble(("error:", "bold red"), f" {message}"), highlight=False
+    )
     raise typer.Exit(code=2)
 
 
@@ -89,6 +87,11 @@ def weibull(
     (failed, status, censored...) and a count column (qty, count). Prints beta, eta, the
     B-life and their confidence intervals (likelihood ratio and Fisher/Wald).
     """
+    # Imported here: scipy/numpy cost seconds, and `fleetctl --help` must start fast.
+    from fleet_server.analytics import csvio
+    from fleet_server.analytics.errors import AnalyticsInputError
+    from fleet_server.analytics.weibull import weibull_mle, weibull_rank_regression
+
     try:
         data = csvio.read_life_data(
             csv, time_col=time_col, status_col=status_col, count_col=count_col
@@ -113,7 +116,7 @@ def weibull(
     if as_json:
         _emit_json(fit.to_dict())
         return
-    console = Console()
+    console = common.console
     label = f"B{b:g}"
     title = (
         "Weibull, maximum likelihood"
@@ -186,6 +189,11 @@ def claims(
     the same age; flags come from an exact Poisson exceedance test with Benjamini-Hochberg
     control and a Poisson CUSUM over the periods.
     """
+    # Imported here: scipy/numpy cost seconds, and `fleetctl --help` must start fast.
+    from fleet_server.analytics import csvio
+    from fleet_server.analytics.claims import early_warning
+    from fleet_server.analytics.errors import AnalyticsInputError
+
     try:
         data = csvio.read_counts(
             csv,
@@ -204,7 +212,7 @@ def claims(
     if as_json:
         _emit_json(report.to_dict())
         return
-    console = Console()
+    console = common.console
     table = Table(
         title=f"Claims by {data.group_col}: {report.total_observed} claims, "
         f"{len(report.flagged)} of {len(report.groups)} groups flagged"
@@ -252,6 +260,11 @@ def rates(
     Groups by model, hardware revision, batch or software version (``--by``, repeatable);
     prints each group's rate and interval and a chi-square test that all rates are equal.
     """
+    # Imported here: scipy/numpy cost seconds, and `fleetctl --help` must start fast.
+    from fleet_server.analytics import csvio
+    from fleet_server.analytics.errors import AnalyticsInputError
+    from fleet_server.analytics.rates import rates_by_group
+
     try:
         data = csvio.read_counts(
             csv,
@@ -269,7 +282,7 @@ def rates(
     if as_json:
         _emit_json(result.to_dict())
         return
-    console = Console()
+    console = common.console
     table = Table(title=f"Rates by {data.group_col} (per {per:g} exposure)")
     for col in ("group", "exposure", "failures", "rate", f"{confidence:.0%} interval"):
         table.add_column(col, justify="left" if col == "group" else "right")
@@ -307,6 +320,11 @@ def growth(
     command fits the per-release trend; otherwise it reads cumulative failure times and
     fits the Crow-AMSAA power-law model.
     """
+    # Imported here: scipy/numpy cost seconds, and `fleetctl --help` must start fast.
+    from fleet_server.analytics import csvio
+    from fleet_server.analytics.errors import AnalyticsInputError
+    from fleet_server.analytics.growth import crow_amsaa, release_trend
+
     try:
         by_release = release_col is not None or csvio.has_column(csv, None, csvio.RELEASE_NAMES)
         if by_release:
@@ -322,7 +340,7 @@ def growth(
             fit = crow_amsaa(times, end_time, confidence=confidence)
     except AnalyticsInputError as exc:
         _fail(str(exc))
-    console = Console()
+    console = common.console
     if by_release:
         if as_json:
             _emit_json(trend.to_dict())

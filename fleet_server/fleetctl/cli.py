@@ -22,11 +22,11 @@ from fleet_server.fleetctl.common import JsonOpt, LimitOpt
 from fleet_server.fleetctl.credentials_cli import register_credentials
 from fleet_server.fleetctl.groups_cli import bulk_app, groups_app
 from fleet_server.fleetctl.rollout_cli import rollout_app
+from fleet_server.fleetctl.startup import prune_groups
 from fleet_server.fleetctl.updates_cli import bundle_app, device_update, executions_app
 from fleet_server.fleetctl.webhooks_cli import webhooks_app
-from protocol import SCHEMA_VERSION
 
-app = typer.Typer(
+app = common.new_app(
     name="fleetctl",
     help=(
         "Operate an Edgefleet fleet: devices, alarms, audit, tokens. "
@@ -36,11 +36,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-devices_app = typer.Typer(help="The device registry: list, show, import, decommission, commands.")
-alarms_app = typer.Typer(help="Alarms raised by device faults.")
-audit_app = typer.Typer(help="The audit log of operator actions.")
-tokens_app = typer.Typer(help="API tokens (admin only).")
-fleet_app = typer.Typer(help="Fleet-wide views.")
+devices_app = common.new_app(
+    help="The device registry: list, show, import, decommission, commands."
+)
+alarms_app = common.new_app(help="Alarms raised by device faults.")
+audit_app = common.new_app(help="The audit log of operator actions.")
+tokens_app = common.new_app(help="API tokens (admin only).")
+fleet_app = common.new_app(help="Fleet-wide views.")
 app.add_typer(devices_app, name="devices")
 app.add_typer(devices_app, name="device", hidden=True)
 app.add_typer(alarms_app, name="alarms")
@@ -65,15 +67,29 @@ app.add_typer(bulk_app, name="bulk")
 def _root(
     url: Annotated[str | None, typer.Option("--url", help="fleet API base URL")] = None,
     token: Annotated[str | None, typer.Option("--token", help="API token (efk_...)")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="wide: every column of tables, at full width"),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option("--columns", help="comma-separated columns of tables (any row field)"),
+    ] = None,
 ) -> None:
     """Global options."""
+    if output not in (None, "wide"):
+        raise CtlError(f"-o {output!r}: the only output format is wide (and --json per command)")
     common.options.url = url
     common.options.token = token
+    common.options.output = output
+    common.options.columns = [c for c in (columns or "").split(",") if c] or None
 
 
 @app.command()
 def version() -> None:
     """Print the client and protocol versions."""
+    from protocol import SCHEMA_VERSION  # pydantic models: imported only when asked
+
     typer.echo(f"fleetctl {__version__} (protocol {SCHEMA_VERSION})")
 
 
@@ -150,7 +166,7 @@ def devices_show(device_id: str, as_json: JsonOpt = False) -> None:
         table.add_column("field", no_wrap=True)
         table.add_column("value", overflow="fold")
         for key, value in d.items():
-            if key.endswith(("_at", "last_seen")):
+            if common.is_time_column(key):
                 value = common.when(value)
             table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
         common.console.print(table)
@@ -341,6 +357,7 @@ def tokens_revoke(token_id: int, as_json: JsonOpt = False) -> None:
 
 def main() -> None:
     """Entry point of the ``fleetctl`` console script."""
+    prune_groups(app, sys.argv[1:])
     try:
         app()
     except CtlError as exc:

@@ -6,9 +6,10 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:  # httpx is imported where a request is made: `--help` stays fast.
+    import httpx
 
 CONFIG_PATH = Path("~/.config/edgefleet/fleetctl.toml")
 
@@ -127,6 +128,8 @@ class ApiClient:
         if config.token:
             headers["Authorization"] = f"Bearer {config.token}"
         self.config = config
+        import httpx
+
         self.http = httpx.Client(
             base_url=config.url, headers=headers, timeout=30.0, transport=transport
         )
@@ -138,6 +141,8 @@ class ApiClient:
                 'no API token: pass --token, set FLEET_TOKEN, or put token = "efk_..." in '
                 f"{CONFIG_PATH}"
             )
+        import httpx
+
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:

@@ -10,16 +10,27 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fleet_server.fleetctl.client import ApiClient, CtlError, load_config
 
-console = Console()
+# No markup: device ids like ``[gw-100]``, names and reasons are printed as written.
+# Styling goes through ``rich.text.Text`` instead of ``[bold]`` tags in strings.
+console = Console(markup=False, highlight=False)
+
+
+def new_app(**kwargs: Any) -> typer.Typer:
+    """A ``fleetctl`` (sub-)command group with plain help: typer's rich help pulls in a
+    Markdown parser that alone costs more than the 0.4 s start-up budget."""
+    return typer.Typer(rich_markup_mode=None, **kwargs)
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 LimitOpt = Annotated[
     int | None, typer.Option("--limit", "-n", help="at most this many rows (default: all)")
@@ -28,10 +39,13 @@ LimitOpt = Annotated[
 
 @dataclass
 class GlobalOptions:
-    """``--url`` and ``--token`` as given to the root command (None = not given)."""
+    """Root options as given (None = not given): ``--url``, ``--token``, ``-o wide``
+    (every column, no folding) and ``--columns a,b`` (exactly these columns)."""
 
     url: str | None = None
     token: str | None = None
+    output: str | None = None
+    columns: list[str] | None = None
 
 
 options = GlobalOptions()
@@ -42,35 +56,93 @@ def client() -> ApiClient:
     return ApiClient(load_config(options.url, options.token))
 
 
+TIME_FORMAT = "%Y-%m-%d %H:%M:%SZ"
+"""The one time format of every table: UTC, to the second (ISO 8601 with a space)."""
+
+
 def when(value: Any) -> str:
-    """A timestamp for people (``YYYY-mm-dd HH:MM:SS``), ``-`` when empty."""
-    if not value:
+    """A timestamp for people in :data:`TIME_FORMAT` (UTC), from an ISO 8601 string or
+    epoch seconds (the API gives both); ``-`` when empty."""
+    if value is None or value == "":
         return "-"
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).strftime(
-            "%Y-%m-%d %H:%M:%S"
-        )
-    except ValueError:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            moment = datetime.fromtimestamp(float(value), UTC)
+        else:
+            moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).strftime(TIME_FORMAT)
+    except (ValueError, OverflowError, OSError):
         return str(value)
 
 
-def table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
-    """Print ``rows`` as a table of ``columns`` (times and lists made readable)."""
-    out = Table(title=title, show_lines=False)
+def is_time_column(name: str) -> bool:
+    """Columns that hold a timestamp (shown in :data:`TIME_FORMAT`)."""
+    return name.endswith(("_at", "last_seen", "_ts")) or name in ("at", "ts", "since")
+
+
+def _cell(col: str, value: Any) -> str:
+    if is_time_column(col):
+        return when(value)
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "-" if value is None else str(value)
+
+
+FOLD_WIDTH = 20
+"""A column wider than this is folded onto several lines rather than left out."""
+
+
+def fit_columns(cells: list[list[str]], columns: list[str], width: int) -> list[int]:
+    """Indexes of the columns to show in ``width`` characters: the first (it names the
+    row) always, then the others in order while they fit. A column costs its widest cell
+    (at most :data:`FOLD_WIDTH`: longer text is folded onto several lines, not dropped)
+    plus 3 for padding and border."""
+    chosen: list[int] = []
+    used = 1
     for index, col in enumerate(columns):
+        natural = min(max([len(col), *(len(row[index]) for row in cells)]), FOLD_WIDTH) + 3
+        if index == 0 or used + natural <= width:
+            chosen.append(index)
+            used += natural
+    return chosen
+
+
+def table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
+    """Print ``rows`` as a table of ``columns`` that fits the terminal: the columns that
+    fit are shown, and a note names the others. ``-o wide`` shows every column at full
+    width; ``--columns a,b`` shows exactly those (any field of the rows)."""
+    if options.columns:
+        columns = options.columns
+    cells = [[_cell(col, row.get(col)) for col in columns] for row in rows]
+    wide = options.output == "wide" or bool(options.columns)
+    shown = list(range(len(columns)))
+    if not wide:
+        shown = fit_columns(cells, columns, console.width)
+    out = Table(title=title, show_lines=False)
+    for index in shown:
         # The first column identifies the row: never cut it; fold the others.
-        out.add_column(col, no_wrap=index == 0, overflow="fold")
-    for row in rows:
-        cells = []
-        for col in columns:
-            value = row.get(col)
-            if col.endswith(("_at", "last_seen")):
-                value = when(value)
-            elif isinstance(value, list):
-                value = ",".join(map(str, value))
-            cells.append("-" if value is None else str(value))
-        out.add_row(*cells)
-    console.print(out)
+        out.add_column(columns[index], no_wrap=index == 0 or wide, overflow="fold")
+    for row_cells in cells:
+        out.add_row(*(Text(row_cells[index]) for index in shown))
+    if wide:
+        needed = sum(max([len(c), *(len(r[i]) for r in cells)]) + 3 for i, c in enumerate(columns))
+        # Wider than the terminal on purpose: lines run on (pipe to `less -S`) uncut.
+        saved_width = console.width
+        console.width = max(saved_width, needed + 1)
+        try:
+            console.print(out)
+        finally:
+            console.width = saved_width
+    else:
+        console.print(out)
+    hidden = [columns[i] for i in range(len(columns)) if i not in shown]
+    if hidden:
+        console.print(
+            f"({len(hidden)} more column(s): {', '.join(hidden)}; use -o wide or --columns)",
+            style="dim",
+        )
 
 
 def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:

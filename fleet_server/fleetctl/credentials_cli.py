@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from cryptography import x509
 
 from fleet_server.fleetctl.client import ApiClient, CtlError
 
@@ -64,6 +63,8 @@ def register_credentials(group: typer.Typer, client: Callable[[], ApiClient]) ->
             raise CtlError("the server did not answer with a bundle archive")
         _extract_bundle(data, device_id, out)
         meta = json.loads((out / "bundle.json").read_text())
+        from cryptography import x509  # here, not at the top: keeps `fleetctl --help` fast
+
         cert = x509.load_pem_x509_certificate((out / "device.crt").read_bytes())
         result: dict[str, Any] = {
             "device_id": device_id,

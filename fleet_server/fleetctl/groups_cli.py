@@ -11,11 +11,11 @@ from fleet_server.fleetctl import common
 from fleet_server.fleetctl.client import CtlError
 from fleet_server.fleetctl.common import JsonOpt, LimitOpt
 
-groups_app = typer.Typer(
+groups_app = common.new_app(
     help="Saved device groups: static (a list) or dynamic (a selector matched when used).",
     no_args_is_help=True,
 )
-bulk_app = typer.Typer(
+bulk_app = common.new_app(
     help="Bulk actions over a group or selector: tag, untag, set fields, reboot, check "
     "update, collect diagnostics. Shows the count and asks before acting (or --yes).",
     no_args_is_help=True,

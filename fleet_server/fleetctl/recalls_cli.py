@@ -15,16 +15,16 @@ import typer
 from fleet_server.fleetctl import common
 from fleet_server.fleetctl.client import ApiClient, CtlError
 
-recall_app = typer.Typer(
+recall_app = common.new_app(
     help="Recall campaigns: create from a JSON file, open (freeze), explain, add, progress, "
     "export.",
     no_args_is_help=True,
 )
-warranty_app = typer.Typer(
+warranty_app = common.new_app(
     help="Warranty coverage rules per model and region.", no_args_is_help=True
 )
-claim_app = typer.Typer(help="Warranty claims and their automatic checks.", no_args_is_help=True)
-rma_app = typer.Typer(
+claim_app = common.new_app(help="Warranty claims and their automatic checks.", no_args_is_help=True)
+rma_app = common.new_app(
     help="Returns: claimed -> approved -> returned -> inspected -> refurbished | scrapped.",
     no_args_is_help=True,
 )
@@ -268,6 +268,20 @@ def claim_file(
             "part_serial": part_serial,
         },
     )
+    if not as_json:
+        typer.echo(f"claim {c['id']} filed for {c['device_id']} ({c['state']})")
+    _emit(c, as_json, ["name", "passed", "detail"], c["checks"])
+
+
+@claim_app.command("show")
+def claim_show(claim_id: int, as_json: JsonOpt = False) -> None:
+    """One claim: its state, decision and every automatic check with its detail."""
+    c = _client().request("GET", f"/api/v1/claims/{claim_id}")
+    if not as_json:
+        typer.echo(
+            f"claim {c['id']}: {c['device_id']} {c['failure_mode']} on {c['failure_date']}, "
+            f"{c['state']}"
+        )
     _emit(c, as_json, ["name", "passed", "detail"], c["checks"])
 
 

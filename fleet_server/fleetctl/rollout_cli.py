@@ -10,11 +10,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from fleet_server.fleetctl import common
 from fleet_server.fleetctl.client import CtlError
 
-rollout_app = typer.Typer(
+rollout_app = common.new_app(
     help="Staged rollouts: waves, canaries, automatic halts, rollback, explain.",
     no_args_is_help=True,
 )
@@ -88,11 +89,17 @@ def _print_plan(plan: dict[str, Any]) -> None:
 def _print_status(d: dict[str, Any]) -> None:
     ctl = _ctl()
     ctl.console.print(
-        f"[bold]{d['id']}[/bold] {d['name']}: {d['version']} on {d['channel']} - "
-        f"[bold]{d['state']}[/bold], wave {d['current_wave'] + 1} of {d['waves_total']}"
+        Text.assemble(
+            (str(d["id"]), "bold"),
+            f" {d['name']}: {d['version']} on {d['channel']} - ",
+            (str(d["state"]), "bold"),
+            f", wave {d['current_wave'] + 1} of {d['waves_total']}",
+        )
     )
     if d.get("halt_reason"):
-        ctl.console.print(f"[red]halted[/red] ({d.get('halt_stratum')}): {d['halt_reason']}")
+        ctl.console.print(
+            Text.assemble(("halted", "red"), f" ({d.get('halt_stratum')}): {d['halt_reason']}")
+        )
     buckets = ["pending", "sent", "in_progress", "committed", "failed", "timed_out", "cancelled"]
     waves = Table(title="per wave")
     waves.add_column("wave")
@@ -268,7 +275,10 @@ def explain(
 
     def show(d: dict[str, Any]) -> None:
         ctl.console.print(
-            f"[bold]{d['device_id']}[/bold]: {d['presence']}, runs {d['software_version']}"
+            Text.assemble(
+                (str(d["device_id"]), "bold"),
+                f": {d['presence']}, runs {d['software_version']}",
+            )
         )
         if not d["rollouts"]:
             ctl.console.print("no active rollout")

@@ -13,8 +13,8 @@ from rich.table import Table
 from fleet_server.fleetctl import common
 from fleet_server.fleetctl.client import CtlError
 
-bundle_app = typer.Typer(help="Firmware bundles: publish (verify + sign), list, show.")
-executions_app = typer.Typer(help="Deployments of a bundle to one device, and their history.")
+bundle_app = common.new_app(help="Firmware bundles: publish (verify + sign), list, show.")
+executions_app = common.new_app(help="Deployments of a bundle to one device, and their history.")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 LimitOpt = Annotated[
@@ -49,7 +49,7 @@ def _fields(data: dict[str, Any], title: str) -> None:
     table.add_column("field", no_wrap=True)
     table.add_column("value", overflow="fold")
     for key, value in data.items():
-        if key.endswith("_at"):
+        if common.is_time_column(key):
             value = common.when(value)
         table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
     common.console.print(table)

@@ -9,7 +9,7 @@ import typer
 from fleet_server.fleetctl import common
 from fleet_server.fleetctl.common import JsonOpt, LimitOpt
 
-webhooks_app = typer.Typer(
+webhooks_app = common.new_app(
     help="Webhooks: signed HTTP notifications of rollout halts, alarms, offline devices, "
     "recall changes and claims.",
     no_args_is_help=True,
@@ -80,7 +80,7 @@ def show(webhook_id: int, as_json: JsonOpt = False) -> None:
 
     def render(d: dict[str, Any]) -> None:
         for key, value in d.items():
-            if key.endswith("_at"):
+            if common.is_time_column(key):
                 value = common.when(value)
             elif isinstance(value, list):
                 value = ", ".join(map(str, value))

@@ -21,13 +21,13 @@ from fleet_server.api.deps import (
 from fleet_server.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from fleet_server.api.schemas import (
     AlarmOut,
-    BundleOut,
     CommandIn,
     CommandOut,
     DecommissionIn,
     DeviceIn,
     DeviceOut,
     DevicePatch,
+    DiagnosticsBundleOut,
     EventOut,
     ImportResult,
     Page,
@@ -294,7 +294,9 @@ def post_command(
 
 
 @router.get(
-    "/{device_id}/diagnostics", response_model=Page[BundleOut], summary="Diagnostics bundles"
+    "/{device_id}/diagnostics",
+    response_model=Page[DiagnosticsBundleOut],
+    summary="Diagnostics bundles",
 )
 def list_bundles(
     *,

@@ -18,29 +18,12 @@ from fleet_server.api.deps import (
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
+from fleet_server.api.schemas_rollouts import RolloutIn, RolloutOut, RolloutPage
 from fleet_server.services import rollouts as service
 from fleet_server.services import rollouts_explain
 from fleet_server.services.audit import Actor
 
 router = APIRouter(tags=["rollouts"], responses=ERROR_RESPONSES)
-
-
-class RolloutIn(BaseModel):
-    """A rollout: which bundle, to which devices (a registry filter), under which policy."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(default="", max_length=128)
-    bundle: str = Field(min_length=1, max_length=512, description="bundle (TUF target) name")
-    selector: dict[str, Any] = Field(
-        default_factory=dict,
-        description="registry filter: model, hw_revision, batch, region, channel, tags, "
-        "software_version, presence, has_open_faults, device_ids, ... (unset fields do not "
-        "filter); `group: <name>` targets a saved device group (with any further filters)",
-    )
-    policy: dict[str, Any] = Field(
-        default_factory=dict, description="rollout policy; omitted fields take safe defaults"
-    )
 
 
 class StartIn(BaseModel):
@@ -60,25 +43,6 @@ class ActionIn(BaseModel):
     to_version: str | None = Field(
         default=None, max_length=64, description="rollback only: the known-good version"
     )
-
-
-class RolloutOut(BaseModel):
-    """A rollout and its progress."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    name: str
-    bundle: str | None
-    version: str | None
-    state: str
-    channel: str
-    selector: dict[str, Any]
-    policy: dict[str, Any]
-    waves_total: int
-    current_wave: int
-    halt_reason: str | None
-    halt_stratum: str | None
 
 
 @router.post("/api/v1/rollouts/dry-run", summary="Preview who lands in which wave")
@@ -124,7 +88,7 @@ def create(
     )
 
 
-@router.get("/api/v1/rollouts", summary="List rollouts")
+@router.get("/api/v1/rollouts", response_model=RolloutPage, summary="List rollouts")
 def list_rollouts(
     session: Annotated[Session, Depends(get_session)],
     paging: Annotated[PageParams, Depends(page_params)],
@@ -134,7 +98,11 @@ def list_rollouts(
     return page_body(service.list_rollouts(session, paging, state=state))
 
 
-@router.get("/api/v1/rollouts/{rollout_id}", summary="Status per wave and stratum")
+@router.get(
+    "/api/v1/rollouts/{rollout_id}",
+    response_model=RolloutOut,
+    summary="Status per wave and stratum",
+)
 def status(rollout_id: str, session: Annotated[Session, Depends(get_session)]) -> dict[str, Any]:
     """The rollout with progress per wave and per stratum (pending, sent, in progress,
     committed, failed by class, timed out) and exclusions by reason."""
@@ -148,7 +116,11 @@ def events(rollout_id: str, session: Annotated[Session, Depends(get_session)]) -
     return {"items": items, "next_cursor": None, "total": len(items)}
 
 
-@router.post("/api/v1/rollouts/{rollout_id}/start", summary="Start a draft rollout")
+@router.post(
+    "/api/v1/rollouts/{rollout_id}/start",
+    response_model=RolloutOut,
+    summary="Start a draft rollout",
+)
 def start(
     rollout_id: str,
     request: Request,
@@ -213,6 +185,7 @@ def _action_route(action: str, summary: str, description: str) -> None:
         summary=summary,
         description=description,
         name=f"rollout_{action}",
+        response_model=RolloutOut,
         operation_id=f"rollout_{action}",
     )
 

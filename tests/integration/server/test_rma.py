@@ -178,6 +178,10 @@ def test_fleetctl_claim_and_rma_commands(sessions, db_url) -> None:
         claim = ok("claim", "file", "pi-k1", "fan_failure", "2026-09-01", "--part", "FAN-K")
         assert "device_active" in claim
         assert "never activated" in claim
+        claim_id = int(claim.split()[1])  # "claim <id> filed for pi-k1 (...)"
+        shown_claim = ok("claim", "show", str(claim_id))
+        assert f"claim {claim_id}: pi-k1 fan_failure" in shown_claim
+        assert "never activated" in shown_claim
         ok("rma", "part-add", "FAN-K", "fan")
         ok("rma", "part-install", "FAN-K", "pi-k1")
         opened = json.loads(ok("rma", "open", "--part", "FAN-K", "--json"))
