@@ -18,11 +18,16 @@ class ClockRow(Protocol):
     clock_offset_s: float | None
     new_clock_offset_s: float | None
     skewed: bool
+    vitals_ts: float | None
 
 
-def measure_clocks(fresh: Iterable[tuple[float, Any, ClockRow]], bound_s: float) -> None:
+def measure_clocks(
+    fresh: Iterable[tuple[float, Any, ClockRow]], bound_s: float, now: float
+) -> None:
     """Set each device's offset measured on this batch's ``(received_at, message, row)``
-    (see :mod:`fleet_server.domain.clock_skew`) and whether its clock is out of bound."""
+    (see :mod:`fleet_server.domain.clock_skew`) and whether its clock is out of bound.
+    Held vitals stamped in the server's future (by a clock that ran ahead) stop ordering:
+    the next sample replaces them."""
     pairs: dict[int, list[tuple[float, float]]] = {}
     rows: dict[int, ClockRow] = {}
     for received_at, msg, dev in fresh:
@@ -31,6 +36,8 @@ def measure_clocks(fresh: Iterable[tuple[float, Any, ClockRow]], bound_s: float)
     for key, dev in rows.items():
         dev.new_clock_offset_s = offset_estimate(pairs[key])
         dev.skewed = is_skewed(dev.new_clock_offset_s, bound_s)
+        if dev.vitals_ts is not None and dev.vitals_ts > now + bound_s:
+            dev.vitals_ts = None
 
 
 def skew_alarms(session: Session, devices: Iterable[ClockRow], now: float, bound_s: float) -> None:

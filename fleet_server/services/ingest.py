@@ -361,6 +361,7 @@ class BatchWriter:
                     if (d.key, m.boot_id, m.seq) in fresh
                 ],
                 self.max_clock_skew_s,
+                now,
             )
             samples: list[dict[str, Any]] = []
             events: list[tuple[_DeviceRow, Any, Inbound]] = []
