@@ -4,28 +4,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from agent.core.update_flow import UpdateRecord
 from agent.update_ports import FileUpdateStore
 from agent.updater import UPDATE_FILE
-from fleet_server.api import create_app
 from fleet_server.fleetctl.client import EXIT_NOT_FOUND
-from tests.integration.server.test_clis import run
-from tests.server_fixtures import LiveServer, make_tokens, serve, settings_for
+from tests.integration.server.test_clis import live, run  # noqa: F401  (fixture)
 
 
-@pytest.fixture
-def live(sessions, db_url) -> Iterator[tuple[LiveServer, dict[str, str]]]:
-    server = serve(create_app(settings_for(db_url), sessions=sessions))
-    yield server, make_tokens(sessions)
-    server.stop()
-
-
-def test_fleetctl_unquarantine_clears_the_servers_view_and_is_audited(live, tmp_path: Path) -> None:
+def test_fleetctl_unquarantine_clears_the_servers_view_and_is_audited(
+    live,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     server, tokens = live
     home = tmp_path / "home"
     (home / ".config/edgefleet").mkdir(parents=True)
