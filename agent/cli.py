@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
+from agent import __version__, quarantine_cli
 from agent.adapters.slots import SlotError
 from agent.config import DEFAULT_PATH, ConfigError, load_config
 from protocol import SCHEMA_VERSION
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(check)
 
     sub.add_parser("version", help="print the agent and protocol versions")
+    quarantine_cli.add_parser(sub, with_config)
     return parser
 
 
@@ -168,14 +169,21 @@ def _ago(ts: object) -> str:
     return f"{seconds // 3600}h ago"
 
 
+def _state_dir(args: argparse.Namespace) -> Path | int:
+    """``--state-dir``, else the config's; an exit code when the config is invalid."""
+    if args.state_dir is not None:
+        return Path(args.state_dir)
+    try:
+        return load_config(args.config).state_dir
+    except ConfigError as exc:
+        return _fail(f"config error: {exc} (or pass --state-dir)")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Print connection, queue depth, open faults and versions."""
-    state_dir = args.state_dir
-    if state_dir is None:
-        try:
-            state_dir = load_config(args.config).state_dir
-        except ConfigError as exc:
-            return _fail(f"config error: {exc} (or pass --state-dir)")
+    state_dir = _state_dir(args)
+    if isinstance(state_dir, int):
+        return state_dir
     if not state_dir.is_dir():
         return _fail(f"state dir {state_dir} does not exist: the agent has never run here")
     info = read_status(state_dir)
@@ -236,6 +244,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unquarantine(args: argparse.Namespace) -> int:
+    """Clear versions from the local quarantine list; refused while the agent runs."""
+    state_dir = _state_dir(args)
+    if isinstance(state_dir, int):
+        return state_dir
+    if read_status(state_dir)["running"]:
+        return _fail("the agent is running: stop it first (systemctl stop fleet-agent)")
+    cleared, kept = quarantine_cli.clear_quarantine(state_dir, list(args.versions))
+    still = ", ".join(kept) or "none"
+    print(f"cleared: {', '.join(cleared) or 'nothing'}; still quarantined: {still}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fleet-agent`` console script."""
     parser = build_parser()
@@ -248,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": cmd_status,
         "doctor": cmd_doctor,
         "check-config": cmd_check_config,
+        "unquarantine": cmd_unquarantine,
     }
     handler = handlers.get(args.command)
     if handler is None:

@@ -254,7 +254,12 @@ class AgentDaemon:
         self.delivery.reset()
         log.info("connected to %s", self.config.broker_url)
         self.apply(
-            self.core.presence(PresenceState.ONLINE, self.clock.time(), self.config.keepalive_s)
+            self.core.presence(
+                PresenceState.ONLINE,
+                self.clock.time(),
+                self.config.keepalive_s,
+                self.config.publish_interval_s,
+            )
         )
         self._write_status()
 
@@ -388,7 +393,12 @@ class AgentDaemon:
 
     def _connect(self) -> None:
         will = self.applier.last_will(
-            self.core.presence(PresenceState.OFFLINE, self.clock.time(), self.config.keepalive_s)
+            self.core.presence(
+                PresenceState.OFFLINE,
+                self.clock.time(),
+                self.config.keepalive_s,
+                self.config.publish_interval_s,
+            )
         )
         try:
             self.transport.connect(self.topics[Kind.PRESENCE], will)
@@ -487,7 +497,10 @@ class AgentDaemon:
             self.drain(SHUTDOWN_DRAIN_S)
             self.apply(
                 self.core.presence(
-                    PresenceState.OFFLINE, self.clock.time(), self.config.keepalive_s
+                    PresenceState.OFFLINE,
+                    self.clock.time(),
+                    self.config.keepalive_s,
+                    self.config.publish_interval_s,
                 )
             )
             self.drain(1.0)

@@ -115,11 +115,20 @@ class IngestSettings(_Section):
 
 
 class PresenceSettings(_Section):
-    """Heartbeat timeout sweep."""
+    """The backstop sweep (presence itself comes from the retained ``online`` and the last
+    will) and the clock-skew bound. The defaults match the agent's (keepalive 30 s,
+    publish interval 60 s): a device is timed out after ``timeout_factor`` x the longer of
+    its keepalive and its announced publish interval."""
 
     sweep_interval_s: float = Field(default=5.0, gt=0)
-    default_keepalive_s: int = Field(default=60, ge=1)
-    timeout_factor: float = Field(default=1.5, ge=1.0)
+    default_keepalive_s: int = Field(default=30, ge=1)
+    """Assumed for a device that announced no keepalive (the agent's default)."""
+    default_interval_s: float = Field(default=60.0, gt=0)
+    """Assumed for a device that announced no publish interval (the agent's default)."""
+    timeout_factor: float = Field(default=2.0, ge=1.0)
+    max_clock_skew_s: float = Field(default=120.0, gt=0)
+    """A device clock further than this from the server's raises ``clock_skew`` and its
+    timestamps no longer order its presence and latest vitals (server receipt does)."""
 
 
 class RetentionSettings(_Section):

@@ -80,7 +80,12 @@ def build_ingest(
 ) -> IngestWorker:
     """An ingest worker for the target broker (MQTT 3.1.1, unshared, on the embedded one)."""
     i = settings.ingest
-    writer = BatchWriter(sessions, metrics=metrics, auto_register=i.auto_register)
+    writer = BatchWriter(
+        sessions,
+        metrics=metrics,
+        auto_register=i.auto_register,
+        max_clock_skew_s=settings.presence.max_clock_skew_s,
+    )
     options = IngestOptions(
         host=target.host,
         port=target.port,

@@ -439,6 +439,8 @@ class Presence(Envelope, kw_only=True, frozen=True):
     state: PresenceState
     agent_version: Version = ""
     keepalive_s: Annotated[int, Meta(ge=1, le=65535)] | None = None
+    interval_s: Annotated[float, Meta(gt=0, le=86400)] | None = None
+    """The agent's publish interval: it sends something at least this often."""
 
 
 # --- commands (cloud -> device) -------------------------------------------------------
@@ -449,9 +451,18 @@ class Command(Envelope, kw_only=True, frozen=True, tag_field="kind"):
 
     id: Identifier
     expires_at: Timestamp
+    """Deadline in the device's clock (the server shifts it by the offset it measured);
+    agents without ``ttl_s`` support judge expiry by it."""
+    ttl_s: Annotated[float, Meta(ge=0, le=31_536_000)] | None = None
+    """Seconds the command stays valid from the moment the device receives it, counted
+    on the device's monotonic clock: a device whose wall clock is wrong can still judge
+    it. When present it replaces the ``expires_at`` check."""
 
-    def is_expired(self, now: float) -> bool:
-        """True when the command must be rejected instead of executed."""
+    def is_expired(self, now: float, held_s: float = 0.0) -> bool:
+        """True when the command must be rejected instead of executed; ``held_s`` is how
+        long the device has held it since receipt (monotonic)."""
+        if self.ttl_s is not None:
+            return held_s >= self.ttl_s
         return now >= self.expires_at
 
 

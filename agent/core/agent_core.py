@@ -116,15 +116,22 @@ class AgentCore:
         return out
 
     def presence(
-        self, state: PresenceState, now: float, keepalive_s: int | None = None
+        self,
+        state: PresenceState,
+        now: float,
+        keepalive_s: int | None = None,
+        interval_s: float | None = None,
     ) -> list[Output]:
-        """A retained presence message (``offline`` is also used as the last will)."""
+        """A retained presence message (``offline`` is also used as the last will). It
+        announces the MQTT keepalive and the publish interval: the server's backstop
+        sweep never times the device out before a multiple of the longer one."""
         out: list[Output] = []
         msg = Presence(
             **self._env(out, now),
             state=state,
             agent_version=self.agent_version,
             keepalive_s=keepalive_s,
+            interval_s=interval_s,
         )
         out.append(Publish(Kind.PRESENCE, msg, durable=False, retain=True))
         return out

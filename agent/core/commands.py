@@ -26,6 +26,7 @@ from protocol import (
     RejectReason,
     SetConfig,
 )
+from protocol.times import iso
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 """A command id that can be acknowledged (the protocol's ``Identifier``)."""
@@ -53,6 +54,16 @@ def reject(reason: RejectReason, detail: str) -> Decision:
 
 
 Handler = Callable[[Any], Decision]
+
+
+def expiry_detail(cmd: Command, now: float) -> str:
+    """Why an expired command is refused, with ISO dates (never raw epoch seconds)."""
+    if cmd.ttl_s is not None:
+        return f"expired: its time to live is {cmd.ttl_s:g} s from receipt"
+    return (
+        f"expired at {iso(cmd.expires_at)} by the device clock, which reads {iso(now)} "
+        f"({now - cmd.expires_at:.0f} s later)"
+    )
 
 
 def _reboot(cmd: Reboot) -> Decision:
@@ -146,10 +157,7 @@ class CommandIntake:
             return Intake(decoded.id, None)
         if decoded.is_expired(now):
             self.rejected_total += 1
-            return Intake(
-                decoded.id,
-                reject(RejectReason.EXPIRED, f"expired at {decoded.expires_at:.0f}, now {now:.0f}"),
-            )
+            return Intake(decoded.id, reject(RejectReason.EXPIRED, expiry_detail(decoded, now)))
         handler = self.handlers.get(type(decoded))
         if handler is None:
             self.rejected_total += 1

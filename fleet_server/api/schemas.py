@@ -84,6 +84,11 @@ class DeviceOut(BaseModel):
     presence_changed_at: datetime | None
     last_seen: datetime | None
     keepalive_s: int | None
+    interval_s: float | None = None
+    """The publish interval the device announced (presence timeout backstop)."""
+    clock_offset_s: float | None = None
+    """Device clock minus server time at the last batch (positive: the device is ahead)."""
+    quarantine_cleared_at: datetime | None = None
     open_faults: int
     vitals: dict[str, Any] | None
     dropped_total: int

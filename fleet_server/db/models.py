@@ -92,6 +92,12 @@ class Device(Base):
     presence_floor_seq: Mapped[int | None] = mapped_column(BigInteger)
     presence_changed_at: Mapped[float | None] = mapped_column(Float)
     keepalive_s: Mapped[int | None] = mapped_column(Integer)
+    interval_s: Mapped[float | None] = mapped_column(Float)
+    """The publish interval the device announces in its ``online`` presence."""
+    clock_offset_s: Mapped[float | None] = mapped_column(Float)
+    """Device clock minus server receipt time, measured on every batch (positive: ahead)."""
+    quarantine_cleared_at: Mapped[float | None] = mapped_column(Float)
+    """Failures finished before this no longer quarantine a version on this device."""
 
 
 class ReceivedMessage(Base):

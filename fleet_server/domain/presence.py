@@ -16,11 +16,16 @@ one received. The rule:
 * **Different boot**: the message wins when its ``ts`` is newer than the held one
   (a restart, or a device that lost its state and restarted its seq lower). An ``online``
   of a new boot also wins when its seq is higher (seq is persisted across reboots, so this
-  covers a device clock that went backwards).
-* **Timeout**: a device whose last message is older than ``timeout_factor`` times its
-  keepalive is marked offline by the sweep (reason ``timeout``); any later message from it
-  marks it online again (reason ``traffic``). A will-offline device only comes back online
-  with a presence ``online``.
+  covers a device clock that went backwards). The ingest passes ``ts`` corrected by the
+  device's measured clock offset when that clock is not trusted (server receipt order),
+  and a held ``ts`` in the server's future (stamped by a clock running ahead) never wins.
+* **Timeout** (a backstop, not the source of presence): presence comes from the
+  connection (the retained ``online``, the broker's last will). The sweep only covers a
+  lost will (broker restart without persistence): a device silent for longer than
+  ``timeout_factor`` times its *silence bound*, the longer of its MQTT keepalive and the
+  publish interval it announces, is marked offline (reason ``timeout``); any later
+  message from it marks it online again (reason ``traffic``). A will-offline device only
+  comes back online with a presence ``online``.
 """
 
 from __future__ import annotations
@@ -63,8 +68,13 @@ class PresenceMessage:
     ts: float
 
 
-def apply_presence(held: PresenceView, msg: PresenceMessage) -> PresenceView | None:
-    """The new presence after ``msg``, or None when ``msg`` is stale and must be ignored."""
+def apply_presence(
+    held: PresenceView, msg: PresenceMessage, *, now: float | None = None, max_skew_s: float = 0.0
+) -> PresenceView | None:
+    """The new presence after ``msg``, or None when ``msg`` is stale and must be ignored.
+
+    With ``now`` (server time), a held ``ts`` more than ``max_skew_s`` in the future was
+    stamped by a clock running ahead: a message of another boot replaces it."""
     if held.boot_id is None or held.seq is None or held.ts is None:
         return _accept(held, msg, same_boot=False)
     if msg.boot_id == held.boot_id:
@@ -74,7 +84,8 @@ def apply_presence(held: PresenceView, msg: PresenceMessage) -> PresenceView | N
         if msg.seq > floor and not (held.online is False and msg.seq <= held.seq):
             return _accept(held, msg, same_boot=True)
         return None
-    newer = msg.ts > held.ts or (msg.online and msg.seq > held.seq)
+    future = now is not None and held.ts > now + max_skew_s
+    newer = msg.ts > held.ts or future or (msg.online and msg.seq > held.seq)
     return _accept(held, msg, same_boot=False) if newer else None
 
 
@@ -89,11 +100,30 @@ def _accept(held: PresenceView, msg: PresenceMessage, *, same_boot: bool) -> Pre
     return PresenceView(msg.online, reason, msg.boot_id, msg.seq, msg.ts, floor)
 
 
-def is_timed_out(last_seen: float | None, keepalive_s: float, factor: float, now: float) -> bool:
-    """True when a device silent since ``last_seen`` is past its heartbeat deadline."""
+def silence_bound(keepalive_s: float | None, interval_s: float | None, defaults: Defaults) -> float:
+    """The longest a healthy connected device stays silent: the longer of its MQTT
+    keepalive and its announced publish interval (server defaults where not announced)."""
+    return max(
+        keepalive_s if keepalive_s is not None else defaults.keepalive_s,
+        interval_s if interval_s is not None else defaults.interval_s,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """What the server assumes for a device that announced no keepalive or interval (the
+    agent's own defaults: ``[presence]`` settings must agree with them)."""
+
+    keepalive_s: float
+    interval_s: float
+
+
+def is_timed_out(last_seen: float | None, bound_s: float, factor: float, now: float) -> bool:
+    """True when a device silent since ``last_seen`` is past ``factor`` x its silence
+    bound (see :func:`silence_bound`)."""
     if last_seen is None:
         return False
-    return now - last_seen > keepalive_s * factor
+    return now - last_seen > bound_s * factor
 
 
 def mark_timeout(held: PresenceView) -> PresenceView:

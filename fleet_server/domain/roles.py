@@ -50,6 +50,7 @@ PERMISSIONS: dict[tuple[str, str], Role | None] = {
     ("GET", f"{API}/devices/{{device_id}}"): Role.VIEWER,
     ("PATCH", f"{API}/devices/{{device_id}}"): Role.OPERATOR,
     ("POST", f"{API}/devices/{{device_id}}/decommission"): Role.OPERATOR,
+    ("POST", f"{API}/devices/{{device_id}}/unquarantine"): Role.OPERATOR,
     ("GET", f"{API}/devices/{{device_id}}/telemetry"): Role.VIEWER,
     ("GET", f"{API}/devices/{{device_id}}/events"): Role.VIEWER,
     ("GET", f"{API}/devices/{{device_id}}/alarms"): Role.VIEWER,

@@ -207,6 +207,14 @@ def devices_decommission(
     common.emit(device, as_json, lambda d: typer.echo(f"{d['device_id']} decommissioned"))
 
 
+@devices_app.command("unquarantine")
+def devices_unquarantine(device_id: str, as_json: JsonOpt = False) -> None:
+    """Forget the versions that failed on a device (the server's view: rollouts may select
+    it again); clear the agent's own list with ``fleet-agent unquarantine``."""
+    device = common.client().request("POST", f"/api/v1/devices/{device_id}/unquarantine")
+    common.emit(device, as_json, lambda d: typer.echo(f"{d['device_id']} unquarantined"))
+
+
 def _command(device_id: str, kind: str, reason: str, as_json: bool) -> None:
     result = common.client().request(
         "POST", f"/api/v1/devices/{device_id}/commands", json={"kind": kind, "reason": reason}

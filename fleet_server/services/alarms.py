@@ -113,22 +113,7 @@ def record_throttled(
         key = keys.get(device_id)
         if key is None:
             continue
-        alarm = open_alarms.get(key)
-        if alarm is None:
-            alarm = Alarm(
-                device_key=key,
-                code=RATE_LIMITED,
-                severity=p.Severity.WARNING.value,
-                state=AlarmState.OPEN.value,
-                raised_at=now,
-                raised_seq=0,
-                raised_boot_id="",
-                value=0.0,
-                occurrences=0,
-            )
-            session.add(alarm)
-            session.flush()
-            _bump_open(session, key, +1)
+        alarm = open_alarms.get(key) or _open_warning(session, key, RATE_LIMITED, now)
         alarm.occurrences += 1 if messages else 0
         alarm.value = (alarm.value or 0.0) + messages
         alarm.message = (
@@ -185,6 +170,57 @@ def throttled_devices(session: Session) -> list[str]:
             .where(Alarm.state == AlarmState.OPEN.value, Alarm.code == RATE_LIMITED)
         ).scalars()
     )
+
+
+def set_condition(
+    session: Session,
+    device_key: int,
+    code: str,
+    *,
+    active: bool,
+    now: float,
+    message: str,
+    value: float,
+) -> None:
+    """Open (or refresh) the server-raised warning alarm ``code`` of one device while the
+    condition is ``active``; clear it when it no longer is. The caller commits."""
+    alarm = session.execute(
+        select(Alarm).where(
+            Alarm.state == AlarmState.OPEN.value,
+            Alarm.code == code,
+            Alarm.device_key == device_key,
+        )
+    ).scalar_one_or_none()
+    if not active:
+        if alarm is not None:
+            alarm.state, alarm.cleared_at = AlarmState.CLEARED.value, now
+            session.flush()
+            _bump_open(session, device_key, -1)
+        return
+    if alarm is None:
+        alarm = _open_warning(session, device_key, code, now)
+        alarm.occurrences, alarm.value, alarm.message = 1, value, message
+        _notify_raised(session, alarm, now)
+    alarm.value, alarm.message = value, message
+
+
+def _open_warning(session: Session, device_key: int, code: str, now: float) -> Alarm:
+    """A new open warning alarm raised by the server (not by a device fault event)."""
+    alarm = Alarm(
+        device_key=device_key,
+        code=code,
+        severity=p.Severity.WARNING.value,
+        state=AlarmState.OPEN.value,
+        raised_at=now,
+        raised_seq=0,
+        raised_boot_id="",
+        value=0.0,
+        occurrences=0,
+    )
+    session.add(alarm)
+    session.flush()
+    _bump_open(session, device_key, +1)
+    return alarm
 
 
 def _notify_raised(session: Session, alarm: Alarm, now: float) -> None:

@@ -72,16 +72,26 @@ def command_view(c: CommandRecord, device_id: str) -> dict[str, Any]:
 
 
 def build_command(
-    kind: str, device_id: str, command_id: str, now: float, expires_at: float, **extra: Any
+    kind: str,
+    device_id: str,
+    command_id: str,
+    now: float,
+    expires_at: float,
+    *,
+    clock_offset_s: float | None = None,
+    **extra: Any,
 ) -> p.Command:
-    """The protocol message for ``kind``."""
+    """The protocol message for ``kind``. It carries ``ttl_s`` (the agent counts it on
+    its monotonic clock from receipt) and, for agents that only know ``expires_at``, the
+    deadline shifted into the device's clock by its measured offset."""
     common = {
         "device_id": device_id,
         "boot_id": SENDER.boot_id,
         "seq": SENDER.next_seq(),
         "ts": now,
         "id": command_id,
-        "expires_at": expires_at,
+        "expires_at": expires_at + (clock_offset_s or 0.0),
+        "ttl_s": max(0.0, expires_at - now),
     }
     if kind == "reboot":
         return p.Reboot(**common, reason=extra.get("reason", ""))
@@ -135,7 +145,15 @@ def send_command(
             )
         )
         extra["upload_url"] = f"{base_url}/api/v1/diagnostics/upload/{secret}"
-    message = build_command(kind, device.device_id, command_id, now, expires_at, **extra)
+    message = build_command(
+        kind,
+        device.device_id,
+        command_id,
+        now,
+        expires_at,
+        clock_offset_s=device.clock_offset_s,
+        **extra,
+    )
     payload = msgspec.to_builtins(message)
     if "upload_url" in payload:
         payload["upload_url"] = payload["upload_url"].rsplit("/", 1)[0] + "/<one-time token>"

@@ -45,6 +45,7 @@ from fleet_server.domain.presence import (
 from fleet_server.errors import FleetError
 from fleet_server.services.alarms import apply_fault_events
 from fleet_server.services.clock import Clock, system_clock
+from fleet_server.services.clock_offsets import measure_clocks, skew_alarms
 from fleet_server.services.deployments import (
     apply_install_rejection,
     apply_update_report,
@@ -107,6 +108,9 @@ class _DeviceRow:
     new_vitals_ts: float | None = None
     dropped_total: int | None = None
     boot: dict[str, Any] | None = None
+    clock_offset_s: float | None = None
+    new_clock_offset_s: float | None = None
+    skewed: bool = False
 
 
 _DEVICE_COLUMNS = (
@@ -121,6 +125,7 @@ _DEVICE_COLUMNS = (
     Device.presence_floor_seq,
     Device.vitals_ts,
     Device.software_version,
+    Device.clock_offset_s,
 )
 
 
@@ -199,8 +204,10 @@ class BatchWriter:
         metrics: IngestMetrics | None = None,
         auto_register: bool = False,
         clock: Clock = system_clock,
+        max_clock_skew_s: float = 120.0,
     ) -> None:
         self.sessions = sessions
+        self.max_clock_skew_s = max_clock_skew_s
         self.metrics = metrics or IngestMetrics()
         self.auto_register = auto_register
         self.clock = clock
@@ -297,6 +304,7 @@ class BatchWriter:
                 presence=_presence_view(r),
                 vitals_ts=r.vitals_ts,
                 software_version=r.software_version,
+                clock_offset_s=r.clock_offset_s,
             )
             for r in rows
         }
@@ -346,6 +354,15 @@ class BatchWriter:
                 returning=("device_key", "boot_id", "seq"),
             )
             fresh = {tuple(r) for r in inserted}
+            measure_clocks(
+                [
+                    (i.received_at, m, d)
+                    for i, m, d in candidates
+                    if (d.key, m.boot_id, m.seq) in fresh
+                ],
+                self.max_clock_skew_s,
+                now,
+            )
             samples: list[dict[str, Any]] = []
             events: list[tuple[_DeviceRow, Any, Inbound]] = []
             for item, msg, dev in candidates:
@@ -358,7 +375,7 @@ class BatchWriter:
                     self._telemetry(dev, msg, samples)
                 elif isinstance(msg, p.Presence):
                     result.accepted["presence"] += 1
-                    self._presence(dev, msg, now)
+                    self._presence(dev, msg, now, self.max_clock_skew_s)
                 else:
                     result.accepted["event"] += 1
                     events.append((dev, msg, item))
@@ -390,6 +407,7 @@ class BatchWriter:
                         )
                     )
             self._update_devices(session, devices.values())
+            skew_alarms(session, devices.values(), now, self.max_clock_skew_s)
         return result
 
     @staticmethod
@@ -450,16 +468,24 @@ class BatchWriter:
                 latest = sample
         assert latest is not None  # min_length=1 in the protocol
         newest_known = max(dev.vitals_ts or 0.0, dev.new_vitals_ts or 0.0)
-        if latest.ts >= newest_known:
+        if dev.skewed:
+            # The device clock is not trusted: the last received sample is the latest,
+            # stamped with its ts corrected by the measured offset.
+            dev.vitals = msgspec.to_builtins(latest)
+            dev.new_vitals_ts = latest.ts - (dev.new_clock_offset_s or 0.0)
+        elif latest.ts >= newest_known:
             dev.vitals = msgspec.to_builtins(latest)
             dev.new_vitals_ts = latest.ts
         dev.dropped_total = max(dev.dropped_total or 0, msg.dropped_total)
 
     @staticmethod
-    def _presence(dev: _DeviceRow, msg: p.Presence, now: float) -> None:
+    def _presence(dev: _DeviceRow, msg: p.Presence, now: float, max_skew_s: float) -> None:
+        ts = msg.ts - (dev.new_clock_offset_s or 0.0) if dev.skewed else msg.ts
         new = apply_presence(
             dev.presence,
-            PresenceMessage(msg.state is p.PresenceState.ONLINE, msg.boot_id, msg.seq, msg.ts),
+            PresenceMessage(msg.state is p.PresenceState.ONLINE, msg.boot_id, msg.seq, ts),
+            now=now,
+            max_skew_s=max_skew_s,
         )
         if new is None:
             return
@@ -469,6 +495,8 @@ class BatchWriter:
         dev.changed_presence = True
         if msg.keepalive_s is not None:
             dev.boot = {**(dev.boot or {}), "keepalive_s": msg.keepalive_s}
+        if msg.interval_s is not None:
+            dev.boot = {**(dev.boot or {}), "interval_s": msg.interval_s}
         if msg.agent_version:
             dev.boot = {**(dev.boot or {}), "agent_version": msg.agent_version}
 
@@ -558,10 +586,17 @@ class BatchWriter:
                         "vitals": dev.vitals,
                         "vitals_ts": dev.new_vitals_ts,
                         "dropped_total": dev.dropped_total or 0,
+                        "clock_offset_s": dev.new_clock_offset_s,
                     }
                 )
             else:
-                seen.append({"k": dev.key, "last_seen": dev.last_seen})
+                seen.append(
+                    {
+                        "k": dev.key,
+                        "last_seen": dev.last_seen,
+                        "clock_offset_s": dev.new_clock_offset_s,
+                    }
+                )
             if dev.changed_presence:
                 pv = dev.presence
                 presence.append(
@@ -589,12 +624,18 @@ class BatchWriter:
                     vitals=bindparam("vitals"),
                     vitals_ts=bindparam("vitals_ts"),
                     dropped_total=bindparam("dropped_total"),
+                    clock_offset_s=bindparam("clock_offset_s"),
                 ),
                 vitals,
             )
         if seen:
             session.connection().execute(
-                table.update().where(where).values(last_seen=bindparam("last_seen")), seen
+                table.update()
+                .where(where)
+                .values(
+                    last_seen=bindparam("last_seen"), clock_offset_s=bindparam("clock_offset_s")
+                ),
+                seen,
             )
         if presence:
             session.connection().execute(

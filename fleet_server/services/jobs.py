@@ -37,6 +37,7 @@ def run_presence_sweep(
             session,
             now=now,
             default_keepalive_s=settings.presence.default_keepalive_s,
+            default_interval_s=settings.presence.default_interval_s,
             factor=settings.presence.timeout_factor,
         )
         notify_offline(session, now=now)

@@ -61,6 +61,9 @@ def device_view(d: Device) -> dict[str, Any]:
         "presence_changed_at": d.presence_changed_at,
         "last_seen": d.last_seen,
         "keepalive_s": d.keepalive_s,
+        "interval_s": d.interval_s,
+        "clock_offset_s": d.clock_offset_s,
+        "quarantine_cleared_at": d.quarantine_cleared_at,
         "open_faults": d.open_faults,
         "vitals": d.vitals,
         "dropped_total": d.dropped_total,
@@ -367,4 +370,33 @@ def decommission_device(
         after=after,
         request_id=request_id,
     )
+    return device
+
+
+def unquarantine_device(
+    session: Session,
+    device_id: str,
+    *,
+    actor: Actor,
+    now: float,
+    request_id: str | None = None,
+) -> Device:
+    """Forget the versions that failed on this device so far (the server's view: rollouts
+    may select it again for them); audited, committed. The agent keeps its own list: see
+    ``fleet-agent unquarantine`` in the README."""
+    device = get_device(session, device_id)
+    before = {"quarantine_cleared_at": device.quarantine_cleared_at}
+    device.quarantine_cleared_at = now
+    audit.record(
+        session,
+        actor,
+        "device.unquarantine",
+        "device",
+        device_id,
+        now=now,
+        before=before,
+        after={"quarantine_cleared_at": now},
+        request_id=request_id,
+    )
+    session.commit()
     return device

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, object_session
 
 from fleet_server.db.models import Bundle, Device, Execution
 from fleet_server.db.rollout_models import Rollout, RolloutExclusion
+from fleet_server.domain.quarantine import quarantines
 from fleet_server.rollouts.lifecycle import ACTIVE
 from fleet_server.rollouts.planner import in_maintenance_window
 from fleet_server.rollouts.policy import parse_policy
@@ -169,9 +170,13 @@ def explain_device(
                 item["verdict"] = f"updated to {bundle.version}"
             elif execution.status == "failed":
                 quarantine = (
-                    ""
-                    if execution.failure_class == "timeout"
-                    else f"; quarantined for {bundle.version}"
+                    f"; quarantined for {bundle.version}"
+                    if quarantines(
+                        execution.failure_class,
+                        execution.finished_at,
+                        device.quarantine_cleared_at,
+                    )
+                    else ""
                 )
                 item["verdict"] = (
                     f"failed ({execution.failure_class}): {execution.reason}{quarantine}"

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleet_server.db.models import Alarm, Bundle, Device, Execution
+from fleet_server.domain.quarantine import QUARANTINING, quarantines
 from fleet_server.errors import InvalidInputError
 from fleet_server.rollouts.planner import Candidate, plan_waves
 from fleet_server.rollouts.policy import Policy
@@ -141,16 +142,19 @@ def select_devices(
             )
         )
     }
-    failed_before = set(
-        session.execute(
-            select(Execution.device_key).where(
+    cleared = {d.id: d.quarantine_cleared_at for d in devices}
+    failed_before = {
+        row.device_key
+        for row in session.execute(
+            select(Execution.device_key, Execution.failure_class, Execution.finished_at).where(
                 Execution.device_key.in_(keys),
                 Execution.bundle_id == bundle.id,
                 Execution.status == "failed",
-                Execution.failure_class != "timeout",
+                Execution.failure_class.in_(QUARANTINING),
             )
-        ).scalars()
-    )
+        )
+        if quarantines(row.failure_class, row.finished_at, cleared[row.device_key])
+    }
     holds = _recall_holds(session, rollout_id)
     result = Selection()
     for device in devices:

@@ -206,6 +206,29 @@ def decommission(
     return device_view(device)
 
 
+@router.post(
+    "/{device_id}/unquarantine",
+    response_model=DeviceOut,
+    summary="Forget the versions that failed on a device",
+)
+def unquarantine(
+    *,
+    device_id: str,
+    request: Request,
+    session: Annotated[Session, Depends(get_session)],
+    actor: Annotated[Actor, Depends(current_actor)],
+) -> dict[str, Any]:
+    """Failures finished before now no longer exclude the device from rollouts."""
+    device = registry.unquarantine_device(
+        session,
+        device_id,
+        actor=actor,
+        now=context(request).clock(),
+        request_id=request_id(request),
+    )
+    return device_view(device)
+
+
 @router.get("/{device_id}/telemetry", response_model=TelemetryPage, summary="Telemetry samples")
 def telemetry(
     *,

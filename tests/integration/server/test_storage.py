@@ -135,16 +135,35 @@ def test_late_last_will_does_not_override_newer_online(sessions) -> None:
 def test_sweep_marks_silent_devices_offline_and_traffic_brings_them_back(sessions, db_url) -> None:
     clock = FakeClock(T0)
     writer = BatchWriter(sessions, auto_register=True, clock=clock)
-    writer.write([presence("pi-4", "online", 1)])  # keepalive 30 s
+    writer.write([presence("pi-4", "online", 1)])  # keepalive 30 s, no interval announced
     settings = settings_for(db_url)
-    assert run_presence_sweep(sessions, settings, T0 + 44) == []  # within 1.5 x 30 s
-    assert run_presence_sweep(sessions, settings, T0 + 46) == ["pi-4"]
+    # 2 x the longer of keepalive 30 s and the default publish interval 60 s (the agent's)
+    assert run_presence_sweep(sessions, settings, T0 + 119) == []
+    assert run_presence_sweep(sessions, settings, T0 + 121) == ["pi-4"]
     with sessions() as s:
         row = s.execute(select(Device.presence, Device.presence_reason)).one()
         assert tuple(row) == ("offline", "timeout")
     writer.write([telemetry("pi-4", 2, ts=T0 + 60)])
     with sessions() as s:
         assert s.execute(select(Device.presence)).scalar_one() == "online"
+
+
+def test_the_sweep_waits_for_the_publish_interval_the_device_announced(sessions, db_url) -> None:
+    """A device publishing every 300 s is not timed out between two batches."""
+    writer = BatchWriter(sessions, auto_register=True, clock=FakeClock(T0))
+    msg = p.Presence(
+        device_id="pi-5",
+        boot_id="b",
+        seq=1,
+        ts=T0,
+        state=p.PresenceState.ONLINE,
+        keepalive_s=30,
+        interval_s=300.0,
+    )
+    writer.write([Inbound(p.topic("pi-5", p.Kind.PRESENCE), p.encode(msg), T0)])
+    settings = settings_for(db_url)
+    assert run_presence_sweep(sessions, settings, T0 + 599) == []
+    assert run_presence_sweep(sessions, settings, T0 + 601) == ["pi-5"]
 
 
 def test_retention_downsamples_to_hourly_and_deletes_raw(sessions, db_url) -> None:
