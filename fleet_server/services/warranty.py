@@ -6,6 +6,7 @@ The functions the API calls (:func:`set_rule`, :func:`create_claim`, :func:`deci
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -153,9 +154,23 @@ def claim_view(c: WarrantyClaim, device_id: str | None) -> dict[str, Any]:
     }
 
 
-def run_checks(session: Session, c: WarrantyClaim, now: float) -> None:
+def evidence_codes(failure_mode: str, alarm_map: Mapping[str, Sequence[str]] | None) -> list[str]:
+    """The alarm codes that are evidence for ``failure_mode``: the mode's own code and
+    those the mapping (``[warranty] failure_mode_alarms``) lists for it, in order."""
+    codes = [failure_mode, *((alarm_map or {}).get(failure_mode, ()))]
+    return list(dict.fromkeys(codes))
+
+
+def run_checks(
+    session: Session,
+    c: WarrantyClaim,
+    now: float,
+    alarm_map: Mapping[str, Sequence[str]] | None = None,
+) -> None:
     """(Re)compute the claim's checks and evidence links from the registry, the coverage
-    rules and the device's alarms around the failure date."""
+    rules and the device's alarms around the failure date (alarms whose code
+    :func:`evidence_codes` maps to the claim's failure mode)."""
+    codes = evidence_codes(c.failure_mode, alarm_map)
     device = session.get(Device, c.device_key) if c.device_key is not None else None
     facts = rule = None
     alarm_ids: list[int] = []
@@ -178,7 +193,7 @@ def run_checks(session: Session, c: WarrantyClaim, now: float) -> None:
                 select(Alarm.id)
                 .where(
                     Alarm.device_key == device.id,
-                    Alarm.code == c.failure_mode,
+                    Alarm.code.in_(codes),
                     Alarm.raised_at >= window_from,
                     Alarm.raised_at < window_to,
                 )
@@ -201,6 +216,7 @@ def run_checks(session: Session, c: WarrantyClaim, now: float) -> None:
         "window_from": window_from,
         "window_to": window_to,
         "alarm_ids": alarm_ids,
+        "alarm_codes": codes,
         "alarms_url": (
             f"/api/v1/devices/{device.device_id}/alarms" if device is not None else None
         ),
@@ -265,9 +281,10 @@ def create_claim(
     part_serial: str | None = None,
     description: str = "",
     request_id: str | None = None,
+    alarm_map: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """File a claim (committed); it is accepted even when checks fail (the reviewer
-    decides)."""
+    decides). ``alarm_map``: failure mode -> alarm codes counted as evidence."""
     if not device_ref or not failure_mode:
         raise InvalidInputError("invalid_request", "device and failure_mode must not be empty")
     device = find_device(session, device_ref)
@@ -286,7 +303,7 @@ def create_claim(
         evidence={},
     )
     session.add(c)
-    run_checks(session, c, now)
+    run_checks(session, c, now, alarm_map)
     session.flush()
     device_id = device.device_id if device else None
     view = claim_view(c, device_id)
@@ -346,7 +363,13 @@ def decide_claim(
 
 
 def recheck_claim(
-    session: Session, actor: Actor, claim_id: int, *, now: float, request_id: str | None = None
+    session: Session,
+    actor: Actor,
+    claim_id: int,
+    *,
+    now: float,
+    request_id: str | None = None,
+    alarm_map: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Run the checks again (alarms buffered on an offline device may arrive after the
     claim was filed; a device may have been registered since). Allowed in any state: the
@@ -356,7 +379,7 @@ def recheck_claim(
         found = find_device(session, c.device_ref)
         c.device_key = found.id if found else None
     before = {"checks": list(c.checks), "evidence": dict(c.evidence)}
-    run_checks(session, c, now)
+    run_checks(session, c, now, alarm_map)
     c, device_id = get_claim(session, claim_id)
     audit.record(
         session,

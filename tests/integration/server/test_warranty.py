@@ -199,3 +199,37 @@ def test_claim_checks_evidence_and_decision(api, sessions) -> None:
     assert entry.action == "claim.create"
     assert entry.after["checks_passed"] is True
     assert {"warranty.rule", "claim.create", "claim.recheck", "claim.reject"} <= actions
+
+
+def test_claim_finds_evidence_through_the_failure_mode_mapping(api, sessions) -> None:
+    """A claim for ``fan_failure`` finds the ``fan_stopped`` alarm the agent really raises
+    (``[warranty] failure_mode_alarms``; the default maps one to the other)."""
+    client, tokens, clock = api
+    op = _h(tokens["operator"])
+    clock.now = _ts("2026-06-01T00:00:00")
+    body = {"device_id": "pi-m1", "serial": "S-pi-m1", "model": "thermo-1", "region": "eu"}
+    body["activation_date"] = "2025-06-15"
+    assert client.post("/api/v1/devices", json=body, headers=op).status_code == 201
+    fault_ts = _ts("2026-05-20T10:00:00")
+    fault = p.FaultRaised(
+        device_id="pi-m1",
+        boot_id="b",
+        seq=1,
+        ts=fault_ts,
+        code="fan_stopped",
+        severity=p.Severity.MAJOR,
+    )
+    BatchWriter(sessions, auto_register=False).write(
+        [Inbound(p.topic("pi-m1", p.Kind.EVENT), p.encode(fault), fault_ts)]
+    )
+    filed = client.post(
+        "/api/v1/claims",
+        json={"device": "pi-m1", "failure_mode": "fan_failure", "failure_date": "2026-05-25"},
+        headers=op,
+    )
+    assert filed.status_code == 201, filed.text
+    detail = client.get(f"/api/v1/claims/{filed.json()['id']}", headers=op).json()
+    assert len(detail["evidence"]["alarm_ids"]) == 1
+    assert detail["evidence"]["alarm_codes"] == ["fan_failure", "fan_stopped"]
+    evidence = next(c for c in detail["checks"] if c["name"] == "telemetry_evidence")
+    assert evidence["passed"], detail["checks"]
