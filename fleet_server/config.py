@@ -194,6 +194,14 @@ class RecallSettings(_Section):
     """How long a safe-mode command stays valid for a device that is offline."""
 
 
+class RegistrySettings(_Section):
+    """The device registry."""
+
+    activate_on_first_contact: bool = True
+    """A device without an activation date gets the UTC day of its first message
+    (warranty coverage and reliability analytics count from it); a registry value is kept."""
+
+
 DEFAULT_FAILURE_MODE_ALARMS: dict[str, list[str]] = {
     "fan_failure": ["fan_stopped"],
     "overheating": ["overheating", "fan_stopped"],
@@ -293,6 +301,7 @@ class Settings(_Section):
     recalls: RecallSettings = RecallSettings()
     webhooks: WebhookSettings = WebhookSettings()
     warranty: WarrantySettings = WarrantySettings()
+    registry: RegistrySettings = RegistrySettings()
     security: SecuritySettings = SecuritySettings()
     tls: TlsSettings = TlsSettings()
 

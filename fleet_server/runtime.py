@@ -80,7 +80,12 @@ def build_ingest(
 ) -> IngestWorker:
     """An ingest worker for the target broker (MQTT 3.1.1, unshared, on the embedded one)."""
     i = settings.ingest
-    writer = BatchWriter(sessions, metrics=metrics, auto_register=i.auto_register)
+    writer = BatchWriter(
+        sessions,
+        metrics=metrics,
+        auto_register=i.auto_register,
+        activate_on_first_contact=settings.registry.activate_on_first_contact,
+    )
     options = IngestOptions(
         host=target.host,
         port=target.port,

@@ -43,6 +43,7 @@ from fleet_server.domain.presence import (
     mark_traffic,
 )
 from fleet_server.errors import FleetError
+from fleet_server.services import registry
 from fleet_server.services.alarms import apply_fault_events
 from fleet_server.services.clock import Clock, system_clock
 from fleet_server.services.deployments import (
@@ -199,10 +200,13 @@ class BatchWriter:
         metrics: IngestMetrics | None = None,
         auto_register: bool = False,
         clock: Clock = system_clock,
+        activate_on_first_contact: bool = False,
     ) -> None:
         self.sessions = sessions
         self.metrics = metrics or IngestMetrics()
         self.auto_register = auto_register
+        self.activate_on_first_contact = activate_on_first_contact
+        """Set a registry activation date on a device's first contact when it has none."""
         self.clock = clock
 
     # -- public --------------------------------------------------------------------
@@ -390,6 +394,11 @@ class BatchWriter:
                         )
                     )
             self._update_devices(session, devices.values())
+            if self.activate_on_first_contact:
+                registry.activate_on_first_contact(
+                    session,
+                    {d.key: d.last_seen for d in devices.values() if d.last_seen is not None},
+                )
         return result
 
     @staticmethod

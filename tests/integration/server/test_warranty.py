@@ -233,3 +233,30 @@ def test_claim_finds_evidence_through_the_failure_mode_mapping(api, sessions) ->
     assert detail["evidence"]["alarm_codes"] == ["fan_failure", "fan_stopped"]
     evidence = next(c for c in detail["checks"] if c["name"] == "telemetry_evidence")
     assert evidence["passed"], detail["checks"]
+
+
+def test_activation_date_set_on_first_contact_when_the_registry_has_none(api, sessions) -> None:
+    """``[registry] activate_on_first_contact``: the first message sets the activation day;
+    a registry value is kept; with the setting off nothing changes."""
+    client, tokens, _clock = api
+    op = _h(tokens["operator"])
+    for dev, act in (("pi-a1", None), ("pi-a2", "2025-01-02"), ("pi-a3", None)):
+        body = {"device_id": dev, "serial": f"S-{dev}", "model": "thermo-1"}
+        if act:
+            body["activation_date"] = act
+        assert client.post("/api/v1/devices", json=body, headers=op).status_code == 201
+    ts = _ts("2026-03-04T23:30:00")
+
+    def hello(dev: str) -> Inbound:
+        msg = p.Telemetry(device_id=dev, boot_id="b", seq=1, ts=ts, samples=[p.Sample(ts=ts)])
+        return Inbound(p.topic(dev, p.Kind.TELEMETRY), p.encode(msg), ts)
+
+    BatchWriter(sessions, activate_on_first_contact=True).write([hello("pi-a1"), hello("pi-a2")])
+    BatchWriter(sessions).write([hello("pi-a3")])
+
+    def activation(dev: str) -> str | None:
+        return client.get(f"/api/v1/devices/{dev}", headers=op).json()["activation_date"]
+
+    assert activation("pi-a1") == "2026-03-04"
+    assert activation("pi-a2") == "2025-01-02"
+    assert activation("pi-a3") is None
