@@ -214,9 +214,13 @@ def remedy_targets(*, campaign_id: str, session: Sess) -> dict[str, Any]:
 
 
 @router.get("/{campaign_id}/progress", summary="Completion over time")
-def progress(*, campaign_id: str, session: Sess) -> dict[str, Any]:
-    """Current completion and the snapshot series, raw and adjusted rates labelled."""
-    return svc.progress(session, campaign_id)
+def progress(*, campaign_id: str, request: Request, session: Sess) -> dict[str, Any]:
+    """Current completion computed now (members gone silent count as unreachable at
+    once) and the snapshot series, raw and adjusted rates labelled."""
+    ctx = context(request)
+    return svc.progress(
+        session, campaign_id, now=ctx.clock(), offline_days=ctx.settings.recalls.offline_days
+    )
 
 
 def _csv(body: str, filename: str) -> Response:

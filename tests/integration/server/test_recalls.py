@@ -431,3 +431,40 @@ def test_safe_mode_is_signed_sent_and_acked(mosquitto, sessions, db_url, tmp_pat
         dev.loop_stop()
         dev.disconnect()
         publisher.close()
+
+
+def test_progress_is_computed_on_demand_and_exports_say_where_devices_are(api, sessions) -> None:
+    """A member gone silent counts as unreachable in ``/progress`` at once (no snapshot
+    job ran); the affected list has owner, region and location columns."""
+    client, tokens, clock = api
+    op, viewer = _h(tokens["operator"]), _h(tokens["viewer"])
+    for dev, serial in (("pi-d1", "SN1"), ("pi-d2", "SN2")):
+        _device(
+            client,
+            tokens["operator"],
+            dev,
+            serial,
+            "lot-9",
+            owner="ACME Ltd",
+            region="eu",
+            tags=["location:Plant 4, bay 2"],
+        )
+    _report(sessions, "pi-d1", presence="online", last_seen=clock.now)
+    _report(sessions, "pi-d2", presence="offline", last_seen=clock.now - 40 * 86400)
+    body = {
+        "id": "RC-D",
+        "title": "Fan bearing",
+        "scope": {"batches": ["lot-9"]},
+        "physical_action": "replace",
+    }
+    assert client.post("/api/v1/recalls", json=body, headers=op).status_code == 201
+    assert client.post("/api/v1/recalls/RC-D/open", headers=op).status_code == 200
+    current = client.get("/api/v1/recalls/RC-D/progress", headers=viewer).json()["current"]
+    assert current["unreachable"] == 1
+    assert current["computed_at"] == clock.now
+    assert current["adjusted_rate"] == 0.0
+    text = client.get("/api/v1/recalls/RC-D/export/affected.csv", headers=viewer).text
+    rows = {r["device_id"]: r for r in csv.DictReader(io.StringIO(text))}
+    assert rows["pi-d1"]["owner"] == "ACME Ltd"
+    assert rows["pi-d1"]["region"] == "eu"
+    assert rows["pi-d1"]["location"] == "Plant 4, bay 2"
