@@ -16,13 +16,21 @@ from sqlalchemy.orm import Session
 from fleet_server.db.models import (
     Alarm,
     Device,
+    Part,
+    PartInstallation,
     TelemetryHourly,
     TelemetrySample,
     WarrantyClaim,
     WarrantyRule,
 )
 from fleet_server.domain.lifecycles import CLAIM
-from fleet_server.domain.warranty_checks import Coverage, DeviceFacts, check_claim
+from fleet_server.domain.warranty_checks import (
+    Coverage,
+    DeviceFacts,
+    PartFacts,
+    check_claim,
+    check_part,
+)
 from fleet_server.domain.webhooks import EventType
 from fleet_server.errors import InvalidInputError, NotFoundError
 from fleet_server.services import audit, webhooks
@@ -161,6 +169,20 @@ def evidence_codes(failure_mode: str, alarm_map: Mapping[str, Sequence[str]] | N
     return list(dict.fromkeys(codes))
 
 
+def part_facts(session: Session, serial: str) -> PartFacts | None:
+    """The parts registry's facts on ``serial`` (kind, devices it was installed on)."""
+    part = session.execute(select(Part).where(Part.serial == serial)).scalar_one_or_none()
+    if part is None:
+        return None
+    devices = session.execute(
+        select(Device.device_id)
+        .join(PartInstallation, PartInstallation.device_key == Device.id)
+        .where(PartInstallation.part_id == part.id)
+        .order_by(PartInstallation.installed_at)
+    ).scalars()
+    return PartFacts(part.serial, part.kind, tuple(dict.fromkeys(devices)))
+
+
 def run_checks(
     session: Session,
     c: WarrantyClaim,
@@ -211,6 +233,15 @@ def run_checks(
         evidence_days=EVIDENCE_DAYS,
         today=_day(now),
     )
+    if c.part_serial:
+        results.append(
+            check_part(
+                c.part_serial,
+                c.part_kind,
+                part_facts(session, c.part_serial),
+                device.device_id if device is not None else None,
+            )
+        )
     c.checks = [r.to_json() for r in results]
     c.evidence = {
         "window_from": window_from,

@@ -72,6 +72,11 @@ def test_claim_checks_evidence_and_decision(api, sessions) -> None:
         ),
     ]
     BatchWriter(sessions, auto_register=False).write(batch)
+    # the claimed part is in the parts registry, installed on the device
+    part = {"serial": "FAN-1", "kind": "fan"}
+    assert client.post("/api/v1/parts", json=part, headers=op).status_code == 201
+    install = {"device_id": "pi-w1"}
+    assert client.post("/api/v1/parts/FAN-1/install", json=install, headers=op).status_code < 300
 
     good = client.post(
         "/api/v1/claims",
@@ -94,6 +99,7 @@ def test_claim_checks_evidence_and_decision(api, sessions) -> None:
         "in_coverage",
         "failure_covered",
         "telemetry_evidence",
+        "part_registered",
     }
     detail = client.get(f"/api/v1/claims/{claim['id']}", headers=viewer).json()
     assert len(detail["evidence"]["alarm_ids"]) == 1
@@ -260,3 +266,39 @@ def test_activation_date_set_on_first_contact_when_the_registry_has_none(api, se
     assert activation("pi-a1") == "2026-03-04"
     assert activation("pi-a2") == "2025-01-02"
     assert activation("pi-a3") is None
+
+
+def test_claimed_part_is_checked_against_the_parts_registry(api, sessions) -> None:
+    """Unknown part, wrong kind, or a part that was never in the claimed device: the
+    ``part_registered`` check fails with the reason (the claim is still filed)."""
+    client, tokens, clock = api
+    op = _h(tokens["operator"])
+    clock.now = _ts("2026-06-01T00:00:00")
+    for dev in ("pi-p1", "pi-p2"):
+        body = {"device_id": dev, "serial": f"S-{dev}", "model": "thermo-1"}
+        assert client.post("/api/v1/devices", json=body, headers=op).status_code == 201
+    part = {"serial": "FAN-9", "kind": "fan"}
+    assert client.post("/api/v1/parts", json=part, headers=op).status_code == 201
+    install = {"device_id": "pi-p2"}
+    assert client.post("/api/v1/parts/FAN-9/install", json=install, headers=op).status_code < 300
+
+    def part_check(device: str, serial: str, kind: str) -> dict[str, object]:
+        claim = {
+            "device": device,
+            "failure_mode": "fan_failure",
+            "failure_date": "2026-05-25",
+            "part_kind": kind,
+            "part_serial": serial,
+        }
+        filed = client.post("/api/v1/claims", json=claim, headers=op)
+        assert filed.status_code == 201, filed.text
+        return next(c for c in filed.json()["checks"] if c["name"] == "part_registered")
+
+    assert "not in the parts registry" in str(part_check("pi-p1", "FAN-404", "fan")["detail"])
+    wrong_kind = part_check("pi-p2", "FAN-9", "psu")
+    assert not wrong_kind["passed"]
+    assert "is a fan" in str(wrong_kind["detail"])
+    elsewhere = part_check("pi-p1", "FAN-9", "fan")
+    assert not elsewhere["passed"]
+    assert "pi-p2" in str(elsewhere["detail"])
+    assert part_check("pi-p2", "FAN-9", "fan")["passed"]
