@@ -468,3 +468,29 @@ def test_progress_is_computed_on_demand_and_exports_say_where_devices_are(api, s
     assert rows["pi-d1"]["owner"] == "ACME Ltd"
     assert rows["pi-d1"]["region"] == "eu"
     assert rows["pi-d1"]["location"] == "Plant 4, bay 2"
+
+
+def test_bulk_outcomes_from_a_field_service_csv(api, sessions) -> None:
+    """All rows or none; every bad row named by line and column."""
+    client, tokens, _clock = api
+    op = _h(tokens["operator"])
+    for dev, serial in (("pi-o1", "SO1"), ("pi-o2", "SO2"), ("pi-o3", "SO3")):
+        _device(client, tokens["operator"], dev, serial, "lot-5")
+    body = {"id": "RC-O", "title": "t", "scope": {"batches": ["lot-5"]}}
+    body["physical_action"] = "replace"
+    assert client.post("/api/v1/recalls", json=body, headers=op).status_code == 201
+    assert client.post("/api/v1/recalls/RC-O/open", headers=op).status_code == 200
+    csv_headers = {**op, "Content-Type": "text/csv"}
+    bad = "device_id,serial,state,note\npi-o1,,remedied,ok\n,,remedied,\npi-zz,,remedied,\n"
+    r = client.post("/api/v1/recalls/RC-O/outcomes", content=bad, headers=csv_headers)
+    assert r.status_code == 422, r.text
+    errors = r.json()["error"]["details"]["errors"]
+    assert {(e["line"], e["column"]) for e in errors} == {(3, "device_id"), (4, "device_id")}
+    progress = client.get("/api/v1/recalls/RC-O/progress", headers=op).json()["current"]
+    assert progress["remedied"] == 0  # nothing applied
+    good = "serial,state,note\nSO1,remedied,fan swapped\nSO2,not_needed,inspected\n"
+    r = client.post("/api/v1/recalls/RC-O/outcomes", content=good, headers=csv_headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["applied"] == 2
+    current = client.get("/api/v1/recalls/RC-O/progress", headers=op).json()["current"]
+    assert (current["remedied"], current["not_needed"]) == (1, 1)
