@@ -316,6 +316,17 @@ def test_fleetctl_recall_commands(sessions, db_url, tmp_path) -> None:
         again = runner.invoke(ctl, [*base, "recall", "open", "RC-C", "--yes"])
         assert again.exit_code != 0
         assert "allowed: closed" in str(again.exception) + again.output
+        # field-service outcomes: a bad row names its line and column, nothing applied
+        sheet = tmp_path / "outcomes.csv"
+        sheet.write_text("device_id,state\npi-c1,exploded\n")
+        bad = runner.invoke(ctl, [*base, "recall", "outcomes", "import", "RC-C", str(sheet)])
+        assert bad.exit_code != 0
+        assert "line 2, column state" in str(bad.exception) + bad.output
+        sheet.write_text("device_id,state,note\npi-c1,not_needed,inspected\n")
+        args = [*base, "recall", "outcomes", "import", "RC-C", str(sheet), "--json"]
+        good = runner.invoke(ctl, args)
+        assert good.exit_code == 0, good.output
+        assert _json.loads(good.output)["by_state"] == {"not_needed": 1}
     finally:
         live.stop()
 
