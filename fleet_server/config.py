@@ -203,6 +203,33 @@ class RecallSettings(_Section):
     """How long a safe-mode command stays valid for a device that is offline."""
 
 
+class RegistrySettings(_Section):
+    """The device registry."""
+
+    activate_on_first_contact: bool = True
+    """A device without an activation date gets the UTC day of its first message
+    (warranty coverage and reliability analytics count from it); a registry value is kept."""
+
+
+DEFAULT_FAILURE_MODE_ALARMS: dict[str, list[str]] = {
+    "fan_failure": ["fan_stopped"],
+    "overheating": ["overheating", "fan_stopped"],
+    "storage_failure": ["disk_full", "storage_errors"],
+    "power_failure": ["brownout", "power_loss"],
+}
+
+
+class WarrantySettings(_Section):
+    """Warranty claims: which alarm codes are evidence for which failure mode."""
+
+    failure_mode_alarms: dict[str, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_FAILURE_MODE_ALARMS.items()}
+    )
+    """``failure mode -> alarm codes`` counted as evidence for a claim (a claim for
+    ``fan_failure`` finds ``fan_stopped`` alarms). A mode not listed matches the alarm
+    code of the same name; the mode's own code always counts."""
+
+
 class WebhookSettings(_Section):
     """Outgoing webhooks: how often the delivery job runs, HTTP timeout, retries."""
 
@@ -282,6 +309,8 @@ class Settings(_Section):
     rollouts: RolloutSettings = RolloutSettings()
     recalls: RecallSettings = RecallSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    warranty: WarrantySettings = WarrantySettings()
+    registry: RegistrySettings = RegistrySettings()
     security: SecuritySettings = SecuritySettings()
     tls: TlsSettings = TlsSettings()
 

@@ -85,6 +85,7 @@ def build_ingest(
         metrics=metrics,
         auto_register=i.auto_register,
         max_clock_skew_s=settings.presence.max_clock_skew_s,
+        activate_on_first_contact=settings.registry.activate_on_first_contact,
     )
     options = IngestOptions(
         host=target.host,

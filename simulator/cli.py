@@ -10,8 +10,8 @@ exit status 2, never a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import json
+import secrets
 import sys
 import time
 import urllib.parse
@@ -128,9 +128,22 @@ def run(
     mqtt311: Annotated[
         bool,
         typer.Option(
-            "--mqtt311", help="live: speak MQTT 3.1.1 (the fleet server's embedded broker)"
+            "--mqtt311",
+            help="live: speak MQTT 3.1.1 only (by default MQTT 5, falling back to 3.1.1 "
+            "when the broker refuses it, as the server's embedded broker does)",
         ),
     ] = False,
+    updates_on: Annotated[
+        bool,
+        typer.Option(
+            "--updates/--no-updates",
+            help="live with --server: devices install updates from the server's TUF repository",
+        ),
+    ] = True,
+    tuf_root: Annotated[
+        Path | None,
+        typer.Option(help="live: the trusted TUF root.json (default: fetched from the server)"),
+    ] = None,
 ) -> None:
     """Run a scenario: offline (deterministic, as fast as possible) or live (--broker).
 
@@ -172,6 +185,8 @@ def run(
     live = broker is not None or (
         not offline and scenario.broker is not None and scenario.speed is not None
     )
+    if live:  # a live run is now: the devices' clocks are right and commands are current
+        scenario = replace(scenario, start=float(int(time.time())))
     fleet = build_fleet(scenario)
     timeline = Timeline(scenario, fleet)
     if factory_csv is not None:
@@ -189,7 +204,10 @@ def run(
         except ServerError as exc:
             raise _fail(f"registering the devices: {exc} (or run with --no-register)") from None
         err.print(f"registered {added} new device(s) with {server_url}")
-    devices = build_devices(scenario, settings, fleet=fleet, timeline=timeline)
+    # every live start is a new boot: a fresh nonce in the boot ids (identities stay the
+    # seed's), so a rerun is not deduplicated away by the server
+    nonce = secrets.token_hex(8) if live else ""
+    devices = build_devices(scenario, settings, fleet=fleet, timeline=timeline, boot_nonce=nonce)
     title = f"fleet-sim: {scenario.name} ({len(devices)} devices)"
 
     if not live:
@@ -224,6 +242,7 @@ def run(
         _print_summary(summary, as_json, title)
         return
 
+    from simulator import live_run
     from simulator.live import LiveEngine
 
     try:
@@ -237,6 +256,15 @@ def run(
     rate = speed or scenario.speed or 1.0
     import paho.mqtt.client as mqtt
 
+    workdir = live_run.updates_workdir()
+    updates = 0
+    if server_url and updates_on:
+        try:
+            root = tuf_root.read_bytes() if tuf_root else live_run.fetch_tuf_root(server_url)
+        except OSError as exc:
+            raise _fail(f"updates: {exc} (or run with --no-updates)") from None
+        updates = live_run.attach_updates(devices, server_url, root, Path(workdir.name))
+        err.print(f"{updates} device(s) take updates from {server_url}/tuf/")
     engine = LiveEngine(
         devices,
         host,
@@ -248,33 +276,22 @@ def run(
     )
     started = time.monotonic()
     end = scenario.start + scenario.duration_s
+    reporter = live_run.Reporter(
+        err, lambda snap, extra: _progress_table(snap, title, extra), quiet_table=as_json
+    )
     try:
-        with Live(console=err, transient=as_json, refresh_per_second=4) as display:
-            final = asyncio.run(
-                engine.run(
-                    end,
-                    progress=lambda snap, st: display.update(
-                        _progress_table(
-                            snap,
-                            title,
-                            {"connects / failures": f"{st.connects} / {st.connect_failures}"},
-                        )
-                    ),
-                )
-            )
+        final = live_run.run_engine(engine, end, reporter)
     except KeyboardInterrupt:
         raise _fail("interrupted") from None
+    finally:
+        workdir.cleanup()
     summary = {
         "scenario": scenario.name,
         "mode": "live",
         "broker": f"mqtt://{host}:{port}",
         "speed": rate,
         "wall_s": round(time.monotonic() - started, 2),
-        **final.as_dict(),
-        "connects": engine.stats.connects,
-        "connect_failures": engine.stats.connect_failures,
-        "commands": engine.stats.commands,
-        "device_errors": engine.stats.device_errors,
+        **live_run.live_summary(engine, final, updates),
         "hooks": [
             {
                 "at": scenario.start + ev.at,
@@ -286,6 +303,15 @@ def run(
         ],
     }
     _print_summary(summary, as_json, title)
+    status = live_run.exit_status(engine)
+    if status:
+        err.print(
+            f"[red]fleet-sim:[/red] no device ever connected to mqtt://{host}:{port}: "
+            f"{engine.stats.last_failure or 'no answer'}",
+            markup=True,
+            highlight=False,
+        )
+        raise typer.Exit(status)
 
 
 def _print_summary(summary: dict[str, object], as_json: bool, title: str) -> None:

@@ -116,9 +116,12 @@ class DeviceStats:
     open_faults: dict[str, float] = field(default_factory=dict)
 
 
-def boot_id_for(seed: int, device_id: str, boot_number: int) -> str:
-    """A deterministic boot id (UUID-shaped) from the seed, device and boot count."""
-    digest = hashlib.sha256(f"{seed}\x1f{device_id}\x1f{boot_number}".encode()).hexdigest()
+def boot_id_for(seed: int, device_id: str, boot_number: int, nonce: str = "") -> str:
+    """A boot id (UUID-shaped) from the seed, device and boot count, and the run's
+    ``nonce``: deterministic offline (no nonce); a live run passes a fresh nonce so a
+    rerun with the same seed starts new boots the server does not deduplicate away."""
+    key = f"{seed}\x1f{device_id}\x1f{boot_number}" + (f"\x1f{nonce}" if nonce else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
 
 
@@ -160,10 +163,13 @@ class SimDevice:
         tick_s: float = 10.0,
         environment: Callable[[DeviceSpec, float], Environment] | None = None,
         link_allowed: Callable[[str, float], bool] | None = None,
+        boot_nonce: str = "",
     ) -> None:
         """``environment(spec, t)`` gives the surroundings at true time ``t`` (default: the
         spec's region, always powered); ``link_allowed(device_id, t)`` is False during a
-        partition or broker outage (default: always allowed)."""
+        partition or broker outage (default: always allowed); ``boot_nonce`` is mixed
+        into every boot id (see :func:`boot_id_for`)."""
+        self.boot_nonce = boot_nonce
         self.spec = spec
         self.device_id = spec.device_id
         self.hw = hardware
@@ -238,7 +244,7 @@ class SimDevice:
 
     def _boot(self, reason: RebootReason, t: float) -> None:
         self._boot_number += 1
-        boot_id = boot_id_for(self.spec.seed, self.device_id, self._boot_number)
+        boot_id = boot_id_for(self.spec.seed, self.device_id, self._boot_number, self.boot_nonce)
         wall = self.device_time(t)
         recent = [s for s in self._starts if 0 <= wall - s <= 86400.0][-19:]
         self._starts = [*recent, wall]

@@ -62,8 +62,10 @@ def build_devices(
     *,
     fleet: Sequence[DeviceSpec] | None = None,
     timeline: Timeline | None = None,
+    boot_nonce: str = "",
 ) -> list[SimDevice]:
-    """One :class:`SimDevice` per device of the scenario, wired to its timeline."""
+    """One :class:`SimDevice` per device of the scenario, wired to its timeline
+    (``boot_nonce``: mixed into boot ids, fresh for each live run)."""
     fleet = list(fleet) if fleet is not None else build_fleet(scenario)
     timeline = timeline or Timeline(scenario, fleet)
     settings = settings or agent_settings(scenario)
@@ -80,6 +82,7 @@ def build_devices(
             tick_s=scenario.tick_s,
             environment=timeline.environment,
             link_allowed=link_allowed,
+            boot_nonce=boot_nonce,
         )
         for spec in fleet
     ]

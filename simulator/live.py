@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 INFLIGHT_WINDOW = 20
 """Outbox messages in flight per device (the daemon's window)."""
 
+_PROTOCOL_NAMES = {mqtt.MQTTv5: "MQTT 5", mqtt.MQTTv311: "MQTT 3.1.1", mqtt.MQTTv31: "MQTT 3.1"}
+
 
 @dataclass(slots=True)
 class _Conn:
@@ -58,6 +60,8 @@ class _Conn:
     boot: int = 0
     attempt: int = 0
     queued: bool = False
+    connecting_since: float | None = None
+    """Loop time the CONNECT went out, until its CONNACK (None otherwise)."""
 
 
 @dataclass
@@ -70,6 +74,12 @@ class LiveStats:
     aborted: int = 0
     commands: int = 0
     device_errors: int = 0
+    last_failure: str = ""
+    """Why the latest connection attempt failed (shown while nothing connects)."""
+    protocol: str = "MQTT 5"
+    """The MQTT version devices speak now (``MQTT 3.1.1`` after a fallback)."""
+    notices: list[str] = field(default_factory=list)
+    """Loud, one-off events of the run (a protocol fallback), in order."""
     late_s: float = 0.0
     """Largest delay (real seconds) between a device's due time and its handling since
     the last :meth:`LiveEngine.take_lateness` (how far the loop is behind)."""
@@ -102,9 +112,17 @@ class LiveEngine:
         password: str | None = None,
         seed: int = 0,
         mqtt_protocol: int = mqtt.MQTTv5,
+        fallback_311: bool = True,
+        connack_timeout_s: float = 5.0,
     ) -> None:
         """``mqtt_protocol``: ``mqtt.MQTTv5`` (default) or ``mqtt.MQTTv311`` for brokers
-        that speak only 3.1.1 (the fleet server's embedded broker)."""
+        that speak only 3.1.1 (the fleet server's embedded broker).
+
+        With MQTT 5 and ``fallback_311``, one device probes the broker first: if the
+        broker refuses MQTT 5 (a protocol refusal, or no CONNACK within
+        ``connack_timeout_s``, which is what amqtt does), the whole fleet falls back to
+        3.1.1 and says so in :attr:`LiveStats.notices`; nobody floods a broker with
+        CONNECTs it cannot parse."""
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self.devices = list(devices)
@@ -115,10 +133,13 @@ class LiveEngine:
         self.misc_interval_s = misc_interval_s
         self.username, self.password = username, password
         self.mqtt_protocol = mqtt_protocol
+        self.fallback_311 = fallback_311 and mqtt_protocol == mqtt.MQTTv5
+        self.connack_timeout_s = connack_timeout_s
+        self._probing = self.fallback_311
         self.conns = [_Conn() for _ in self.devices]
         for i, device in enumerate(self.devices):
             device.index = i
-        self.stats = LiveStats()
+        self.stats = LiveStats(protocol=_PROTOCOL_NAMES.get(mqtt_protocol, "MQTT"))
         self._rng = random.Random(seed)
         self._connect_queue: deque[int] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -212,6 +233,8 @@ class LiveEngine:
         client.will_set(device.topics[Kind.PRESENCE], device.will_payload(), qos=1, retain=True)
         conn.client = client
         conn.boot = device.boot_number
+        assert self._loop is not None
+        conn.connecting_since = self._loop.time()
         try:
             if self.mqtt_protocol == mqtt.MQTTv5:
                 client.connect(
@@ -221,10 +244,30 @@ class LiveEngine:
                 client.connect(self.host, self.port, keepalive=device.settings.keepalive_s)
         except (OSError, ValueError) as exc:
             log.debug("%s: cannot connect: %s", device.device_id, exc)
-            self.stats.connect_failures += 1
-            self._close_socket(client)
+            reason = getattr(exc, "strerror", None) or str(exc)
+            self._connect_failed(i, client, f"cannot reach {self.host}:{self.port}: {reason}")
+
+    def _connect_failed(
+        self, i: int, client: mqtt.Client, reason: str, *, protocol: bool = False
+    ) -> None:
+        """A connection attempt failed before its CONNACK: count it, keep the reason, back
+        off; a protocol-level failure while probing MQTT 5 switches the fleet to 3.1.1."""
+        conn = self.conns[i]
+        self.stats.connect_failures += 1
+        self.stats.last_failure = reason
+        self._close_socket(client)
+        if conn.client is client:
             conn.client = None
-            self._backoff(conn)
+        conn.connecting_since = None
+        if protocol and self._probing and self.mqtt_protocol == mqtt.MQTTv5:
+            self.mqtt_protocol = mqtt.MQTTv311
+            self.stats.protocol = _PROTOCOL_NAMES[mqtt.MQTTv311]
+            notice = f"broker refused MQTT 5 ({reason}); retrying with MQTT 3.1.1"
+            self.stats.notices.append(notice)
+            log.warning("%s", notice)
+            conn.reconnect_at = 0.0  # retry at once, in 3.1.1
+            return
+        self._backoff(conn)
 
     def _close_socket(self, client: mqtt.Client) -> None:
         sock = client.socket()
@@ -278,12 +321,16 @@ class LiveEngine:
             return
         if reason.is_failure:
             log.warning("%s: broker refused the connection: %s", device.device_id, reason)
-            self.stats.connect_failures += 1
-            self._close_socket(client)
-            conn.client = None
-            self._backoff(conn)
+            self._connect_failed(
+                i,
+                client,
+                f"broker refused the connection: {reason}",
+                protocol=_is_protocol_refusal(reason),
+            )
             return
         conn.connected = True
+        conn.connecting_since = None
+        self._probing = False
         conn.attempt = 0
         self.stats.connects += 1
         client.subscribe(device.topics[Kind.COMMAND], qos=1)
@@ -295,6 +342,11 @@ class LiveEngine:
     ) -> None:
         conn = self.conns[i]
         if client is not conn.client:
+            return
+        if not conn.connected and not self._stopping:  # closed before its CONNACK
+            self._connect_failed(
+                i, client, f"broker closed the connection before CONNACK ({reason})", protocol=True
+            )
             return
         conn.client = None
         was, conn.connected = conn.connected, False
@@ -330,17 +382,36 @@ class LiveEngine:
         """Open queued connections at ``connect_rate`` per second."""
         batch = max(1, int(self.connect_rate / 20))
         while True:
-            for _ in range(min(batch, len(self._connect_queue))):
-                self._connect(self._connect_queue.popleft())
+            if self._probing:  # one device finds out which MQTT version the broker speaks
+                if self._connect_queue and not any(c.client for c in self.conns):
+                    self._connect(self._connect_queue.popleft())
+            else:
+                for _ in range(min(batch, len(self._connect_queue))):
+                    self._connect(self._connect_queue.popleft())
             await asyncio.sleep(0.05)
 
     async def _misc(self) -> None:
         """Keepalive pings and timeouts for every client."""
         while True:
             await asyncio.sleep(self.misc_interval_s)
+            assert self._loop is not None
+            now = self._loop.time()
             for i, conn in enumerate(self.conns):
                 client = conn.client
                 if client is None:
+                    continue
+                since = conn.connecting_since
+                # a short wait while probing MQTT 5, the keepalive once the broker has answered
+                limit = (
+                    self.connack_timeout_s if self._probing else max(30.0, self.connack_timeout_s)
+                )
+                if since is not None and now - since > limit:
+                    self._connect_failed(
+                        i,
+                        client,
+                        f"no CONNACK within {limit:g} s",
+                        protocol=True,
+                    )
                     continue
                 rc = client.loop_misc()
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and conn.client is client:
@@ -443,6 +514,12 @@ class LiveEngine:
             if i % 500 == 499:
                 await asyncio.sleep(0)
         await asyncio.sleep(0.2)  # let the DISCONNECT packets go out
+
+
+def _is_protocol_refusal(reason: Any) -> bool:
+    """True for a CONNACK saying the broker does not speak this protocol version."""
+    text = str(reason).lower()
+    return "protocol" in text or "unsupported" in text
 
 
 __all__ = ["INFLIGHT_WINDOW", "LiveEngine", "LiveStats", "raise_fd_limit"]

@@ -21,6 +21,43 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+class _SnapshotDict(dict):  # type: ignore[type-arg]
+    """A dict whose iteration walks a snapshot of its keys / items.
+
+    amqtt 0.12 iterates its subscription table with ``await`` inside the loop (retained
+    messages for a new session, broadcasts); another client subscribing meanwhile changes
+    the table and the loop dies with "dictionary changed size during iteration" (200
+    tracebacks when 300 devices connect at once). Iterating a snapshot is what the code
+    means; a subscription added meanwhile is served by its own retained-message pass."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(dict.keys(self)))
+
+    def keys(self):  # type: ignore[no-untyped-def]
+        return list(dict.keys(self))
+
+    def items(self):  # type: ignore[no-untyped-def]
+        return list(dict.items(self))
+
+    def values(self):  # type: ignore[no-untyped-def]
+        return list(dict.values(self))
+
+
+def _retained_for_subscribers_only(broker: Any) -> None:
+    """amqtt 0.12 sends a (re)connecting client the retained messages of *every* topic
+    filter any client subscribed to, not only its own: with 300 devices each one received
+    the other 299 devices' retained commands, and the broker choked on the traffic.
+    Retained messages go only to sessions subscribed to the filter."""
+    publish = broker._publish_retained_messages_for_subscription
+
+    async def own_only(subscription: tuple[str, int], session: Any) -> None:
+        subscribers = dict.get(broker._subscriptions, subscription[0], [])
+        if any(s.client_id == session.client_id for s, _ in subscribers):
+            await publish(subscription, session)
+
+    broker._publish_retained_messages_for_subscription = own_only
+
+
 class EmbeddedBroker:
     """An amqtt broker on ``127.0.0.1:port`` running in its own event-loop thread."""
 
@@ -77,6 +114,8 @@ class EmbeddedBroker:
 
         async def boot() -> None:
             self._broker = Broker(self._config(), loop=loop)
+            self._broker._subscriptions = _SnapshotDict()  # see _SnapshotDict
+            _retained_for_subscribers_only(self._broker)
             await self._broker.start()
 
         try:

@@ -104,6 +104,7 @@ PERMISSIONS: dict[tuple[str, str], Role | None] = {
     ("POST", f"{API}/recalls/{{campaign_id}}/devices"): Role.OPERATOR,
     ("GET", f"{API}/recalls/{{campaign_id}}/devices/{{device_id}}"): Role.VIEWER,
     ("POST", f"{API}/recalls/{{campaign_id}}/devices/{{device_id}}/state"): Role.OPERATOR,
+    ("POST", f"{API}/recalls/{{campaign_id}}/outcomes"): Role.OPERATOR,
     ("PUT", f"{API}/recalls/{{campaign_id}}/remedy-rollout"): Role.OPERATOR,
     ("POST", f"{API}/recalls/{{campaign_id}}/safe-mode"): Role.ADMIN,
     ("GET", f"{API}/recalls/{{campaign_id}}/remedy-targets"): Role.VIEWER,

@@ -54,6 +54,43 @@ def add_months(start: date, months: int) -> date:
     return date(year, month, min(start.day, calendar.monthrange(year, month)[1]))
 
 
+@dataclass(frozen=True)
+class PartFacts:
+    """What the parts registry knows about a claimed part."""
+
+    serial: str
+    kind: str
+    device_ids: tuple[str, ...]
+    """Devices the part is or was installed on."""
+
+
+def check_part(
+    part_serial: str, part_kind: str | None, part: PartFacts | None, device_id: str | None
+) -> CheckResult:
+    """The claim's part against the parts registry: it must be registered, of the kind
+    the claim names (when named), and installed (now or before) on the claimed device."""
+    if part is None:
+        return CheckResult(
+            "part_registered", False, f"part {part_serial} is not in the parts registry"
+        )
+    if part_kind and part.kind != part_kind:
+        return CheckResult(
+            "part_registered",
+            False,
+            f"part {part_serial} is a {part.kind}, the claim says {part_kind}",
+        )
+    if device_id is not None and device_id not in part.device_ids:
+        where = ", ".join(part.device_ids) or "no device"
+        return CheckResult(
+            "part_registered",
+            False,
+            f"part {part_serial} was never installed on {device_id} (installed on: {where})",
+        )
+    return CheckResult(
+        "part_registered", True, f"part {part_serial} ({part.kind}) installed on {device_id}"
+    )
+
+
 def check_claim(
     *,
     device_ref: str,

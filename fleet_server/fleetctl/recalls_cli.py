@@ -172,6 +172,33 @@ def recall_set_state(
     _emit(body, as_json, ["device_id", "state", "remedied_via", "note"], [body])
 
 
+outcomes_app = typer.Typer(
+    help="Bulk member outcomes from a field-service CSV.", no_args_is_help=True
+)
+recall_app.add_typer(outcomes_app, name="outcomes")
+
+
+@outcomes_app.command("import")
+def recall_outcomes_import(
+    campaign_id: str,
+    csv_file: Annotated[Path, typer.Argument(help="CSV: device_id (or serial), state, note, via")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply every row or none; a bad row is reported with its line and column."""
+    try:
+        body = csv_file.read_bytes()
+    except OSError as exc:
+        raise CtlError(f"cannot read {csv_file}: {exc}") from None
+    result = _client().request(
+        "POST",
+        f"/api/v1/recalls/{campaign_id}/outcomes",
+        content=body,
+        headers={"Content-Type": "text/csv"},
+    )
+    rows = [{"state": k, "devices": v} for k, v in sorted(result["by_state"].items())]
+    _emit(result, as_json, ["state", "devices"], rows)
+
+
 @recall_app.command("progress")
 def recall_progress(campaign_id: str, as_json: JsonOpt = False) -> None:
     """Completion over time (snapshots), raw and adjusted rates."""

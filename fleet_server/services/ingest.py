@@ -43,6 +43,7 @@ from fleet_server.domain.presence import (
     mark_traffic,
 )
 from fleet_server.errors import FleetError
+from fleet_server.services import registry
 from fleet_server.services.alarms import apply_fault_events
 from fleet_server.services.clock import Clock, system_clock
 from fleet_server.services.clock_offsets import measure_clocks, skew_alarms
@@ -51,10 +52,14 @@ from fleet_server.services.deployments import (
     apply_update_report,
 )
 from fleet_server.services.metrics import IngestMetrics
+from fleet_server.services.telemetry_rows import (
+    TS_CONFLICT,
+    sample_row,
+    skip_reason,
+)
 
 log = logging.getLogger(__name__)
 
-VITALS = tuple(s.name for s in p.SIGNALS)
 """``protocol.Sample`` signals, each stored in its own telemetry column (declared once in
 ``protocol.messages.Sample``)."""
 
@@ -142,29 +147,6 @@ def _presence_view(row: Any) -> PresenceView:
     )
 
 
-def sample_row(device_key: int, sample: p.Sample) -> dict[str, Any]:
-    """The telemetry table row of one sample."""
-    row: dict[str, Any] = {"device_key": device_key, "ts": sample.ts}
-    for name in VITALS:
-        row[name] = getattr(sample, name)
-    row["custom"] = dict(sample.custom) if sample.custom else None
-    return row
-
-
-SAME_SAMPLE = "same_sample"
-TS_CONFLICT = "ts_conflict"
-
-
-def skip_reason(new: dict[str, Any], kept: Any) -> str:
-    """Why a sample was not stored when one with its ``(device, ts)`` is kept:
-    ``same_sample`` if every signal and the custom values are equal, else
-    ``ts_conflict``."""
-    for name in (*VITALS, "custom"):
-        if new[name] != getattr(kept, name):
-            return TS_CONFLICT
-    return SAME_SAMPLE
-
-
 def _apply_update(
     session: Session, dev: _DeviceRow, msg: p.UpdateStateChanged, item: Inbound
 ) -> bool:
@@ -205,11 +187,14 @@ class BatchWriter:
         auto_register: bool = False,
         clock: Clock = system_clock,
         max_clock_skew_s: float = 120.0,
+        activate_on_first_contact: bool = False,
     ) -> None:
         self.sessions = sessions
         self.max_clock_skew_s = max_clock_skew_s
         self.metrics = metrics or IngestMetrics()
         self.auto_register = auto_register
+        self.activate_on_first_contact = activate_on_first_contact
+        """Set a registry activation date on a device's first contact when it has none."""
         self.clock = clock
 
     # -- public --------------------------------------------------------------------
@@ -408,6 +393,11 @@ class BatchWriter:
                     )
             self._update_devices(session, devices.values())
             skew_alarms(session, devices.values(), now, self.max_clock_skew_s)
+            if self.activate_on_first_contact:
+                registry.activate_on_first_contact(
+                    session,
+                    {d.key: d.last_seen for d in devices.values() if d.last_seen is not None},
+                )
         return result
 
     @staticmethod

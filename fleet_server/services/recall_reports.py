@@ -41,6 +41,33 @@ def completion(session: Session, campaign_id: str) -> Completion:
     )
 
 
+def completion_now(
+    session: Session, campaign_id: str, *, now: float, offline_days: float
+) -> Completion:
+    """Completion computed on demand at ``now``: like :func:`completion`, but a notified
+    member whose device is gone or silent longer than ``offline_days`` counts as
+    unreachable now (and an unreachable one that reappeared does not), without waiting
+    for the hourly snapshot job to move it. Nothing is written."""
+    counts: dict[str, int] = {}
+    rows = session.execute(
+        select(RecallDevice.state, Device.status, Device.presence, Device.last_seen)
+        .join(Device, Device.id == RecallDevice.device_key)
+        .where(RecallDevice.campaign_id == campaign_id)
+    ).all()
+    for state, status, presence, last_seen in rows:
+        if state in (MemberState.NOTIFIED, MemberState.UNREACHABLE):
+            gone = is_unreachable(status, presence, last_seen, now, offline_days)
+            state = MemberState.UNREACHABLE if gone else MemberState.NOTIFIED
+        key = str(getattr(state, "value", state))
+        counts[key] = counts.get(key, 0) + 1
+    return Completion(
+        population=len(rows),
+        remedied=counts.get("remedied", 0),
+        not_needed=counts.get("not_needed", 0),
+        unreachable=counts.get("unreachable", 0),
+    )
+
+
 def completion_view(c: Completion) -> dict[str, Any]:
     """Completion with both rates, labelled."""
     return {
@@ -142,7 +169,22 @@ AFFECTED_COLUMNS = (
     "matched",
     "remedied_via",
     "note",
+    "owner",
+    "region",
+    "location",
 )
+
+
+def device_location(d: Device) -> str:
+    """Where the device is, for field service: its ``location:`` (or ``site:``) tag, else
+    its time zone (the registry has no address field)."""
+    for prefix in ("location:", "site:"):
+        for tag in d.tags or ():
+            if tag.startswith(prefix):
+                return tag[len(prefix) :]
+    return d.timezone or ""
+
+
 PROGRESS_COLUMNS = (
     "at",
     "population",
@@ -168,6 +210,7 @@ def affected_csv(session: Session, campaign_id: str) -> str:
     w.writerow(AFFECTED_COLUMNS)
     for rd, d in population(session, campaign_id):
         v = recall_device_view(rd, d)
+        v.update(owner=d.owner or "", region=d.region or "", location=device_location(d))
         w.writerow(
             [_cell(v[c] if c != "matched" else "; ".join(v["matched"])) for c in AFFECTED_COLUMNS]
         )

@@ -51,6 +51,7 @@ from fleet_server.services.recall_population import (
 from fleet_server.services.recall_reports import (
     affected_csv,
     completion,
+    completion_now,
     completion_view,
     progress_csv,
     snapshot_view,
@@ -539,12 +540,25 @@ def remedy_targets(session: Session, campaign_id: str) -> dict[str, Any]:
     }
 
 
-def progress(session: Session, campaign_id: str) -> dict[str, Any]:
-    """Current completion and the snapshot series."""
+def progress(
+    session: Session,
+    campaign_id: str,
+    *,
+    now: float | None = None,
+    offline_days: float | None = None,
+) -> dict[str, Any]:
+    """Current completion and the snapshot series. With ``now`` and ``offline_days`` the
+    current completion is computed on demand (unreachable members as of ``now``), not
+    as of the last snapshot job."""
     c = get_campaign(session, campaign_id)
+    if now is not None and offline_days is not None:
+        current = completion_view(completion_now(session, c.id, now=now, offline_days=offline_days))
+        current["computed_at"] = now
+    else:
+        current = completion_view(completion(session, c.id))
     return {
         "campaign_id": c.id,
-        "current": completion_view(completion(session, c.id)),
+        "current": current,
         "snapshots": [snapshot_view(s) for s in snapshots(session, c.id)],
     }
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import String, cast, select
+from sqlalchemy import String, cast, select, update
 from sqlalchemy.orm import Session
 
 from fleet_server.db.models import Device
@@ -400,3 +401,27 @@ def unquarantine_device(
     )
     session.commit()
     return device
+
+
+def activate_on_first_contact(session: Session, first_contact: Mapping[int, float]) -> int:
+    """Set ``activation_date`` (the UTC day of first contact) on devices that have none.
+
+    ``first_contact`` maps device keys to the receive time of the message that reached
+    them; devices with an activation date keep it (the registry's value wins). Warranty
+    coverage and reliability analytics count from this date, so a fleet imported without
+    activation dates still has one once its devices report (``[registry]
+    activate_on_first_contact``). Returns how many devices were activated."""
+    if not first_contact:
+        return 0
+    by_day: dict[date, list[int]] = {}
+    for key, ts in first_contact.items():
+        by_day.setdefault(datetime.fromtimestamp(ts, UTC).date(), []).append(key)
+    activated = 0
+    for day, keys in by_day.items():
+        result = session.execute(
+            update(Device)
+            .where(Device.id.in_(keys), Device.activation_date.is_(None))
+            .values(activation_date=day)
+        )
+        activated += int(getattr(result, "rowcount", 0) or 0)
+    return activated

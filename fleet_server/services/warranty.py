@@ -6,6 +6,7 @@ The functions the API calls (:func:`set_rule`, :func:`create_claim`, :func:`deci
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -15,13 +16,21 @@ from sqlalchemy.orm import Session
 from fleet_server.db.models import (
     Alarm,
     Device,
+    Part,
+    PartInstallation,
     TelemetryHourly,
     TelemetrySample,
     WarrantyClaim,
     WarrantyRule,
 )
 from fleet_server.domain.lifecycles import CLAIM
-from fleet_server.domain.warranty_checks import Coverage, DeviceFacts, check_claim
+from fleet_server.domain.warranty_checks import (
+    Coverage,
+    DeviceFacts,
+    PartFacts,
+    check_claim,
+    check_part,
+)
 from fleet_server.domain.webhooks import EventType
 from fleet_server.errors import InvalidInputError, NotFoundError
 from fleet_server.services import audit, webhooks
@@ -153,9 +162,37 @@ def claim_view(c: WarrantyClaim, device_id: str | None) -> dict[str, Any]:
     }
 
 
-def run_checks(session: Session, c: WarrantyClaim, now: float) -> None:
+def evidence_codes(failure_mode: str, alarm_map: Mapping[str, Sequence[str]] | None) -> list[str]:
+    """The alarm codes that are evidence for ``failure_mode``: the mode's own code and
+    those the mapping (``[warranty] failure_mode_alarms``) lists for it, in order."""
+    codes = [failure_mode, *((alarm_map or {}).get(failure_mode, ()))]
+    return list(dict.fromkeys(codes))
+
+
+def part_facts(session: Session, serial: str) -> PartFacts | None:
+    """The parts registry's facts on ``serial`` (kind, devices it was installed on)."""
+    part = session.execute(select(Part).where(Part.serial == serial)).scalar_one_or_none()
+    if part is None:
+        return None
+    devices = session.execute(
+        select(Device.device_id)
+        .join(PartInstallation, PartInstallation.device_key == Device.id)
+        .where(PartInstallation.part_id == part.id)
+        .order_by(PartInstallation.installed_at)
+    ).scalars()
+    return PartFacts(part.serial, part.kind, tuple(dict.fromkeys(devices)))
+
+
+def run_checks(
+    session: Session,
+    c: WarrantyClaim,
+    now: float,
+    alarm_map: Mapping[str, Sequence[str]] | None = None,
+) -> None:
     """(Re)compute the claim's checks and evidence links from the registry, the coverage
-    rules and the device's alarms around the failure date."""
+    rules and the device's alarms around the failure date (alarms whose code
+    :func:`evidence_codes` maps to the claim's failure mode)."""
+    codes = evidence_codes(c.failure_mode, alarm_map)
     device = session.get(Device, c.device_key) if c.device_key is not None else None
     facts = rule = None
     alarm_ids: list[int] = []
@@ -178,7 +215,7 @@ def run_checks(session: Session, c: WarrantyClaim, now: float) -> None:
                 select(Alarm.id)
                 .where(
                     Alarm.device_key == device.id,
-                    Alarm.code == c.failure_mode,
+                    Alarm.code.in_(codes),
                     Alarm.raised_at >= window_from,
                     Alarm.raised_at < window_to,
                 )
@@ -196,11 +233,21 @@ def run_checks(session: Session, c: WarrantyClaim, now: float) -> None:
         evidence_days=EVIDENCE_DAYS,
         today=_day(now),
     )
+    if c.part_serial:
+        results.append(
+            check_part(
+                c.part_serial,
+                c.part_kind,
+                part_facts(session, c.part_serial),
+                device.device_id if device is not None else None,
+            )
+        )
     c.checks = [r.to_json() for r in results]
     c.evidence = {
         "window_from": window_from,
         "window_to": window_to,
         "alarm_ids": alarm_ids,
+        "alarm_codes": codes,
         "alarms_url": (
             f"/api/v1/devices/{device.device_id}/alarms" if device is not None else None
         ),
@@ -265,9 +312,10 @@ def create_claim(
     part_serial: str | None = None,
     description: str = "",
     request_id: str | None = None,
+    alarm_map: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """File a claim (committed); it is accepted even when checks fail (the reviewer
-    decides)."""
+    decides). ``alarm_map``: failure mode -> alarm codes counted as evidence."""
     if not device_ref or not failure_mode:
         raise InvalidInputError("invalid_request", "device and failure_mode must not be empty")
     device = find_device(session, device_ref)
@@ -286,7 +334,7 @@ def create_claim(
         evidence={},
     )
     session.add(c)
-    run_checks(session, c, now)
+    run_checks(session, c, now, alarm_map)
     session.flush()
     device_id = device.device_id if device else None
     view = claim_view(c, device_id)
@@ -346,7 +394,13 @@ def decide_claim(
 
 
 def recheck_claim(
-    session: Session, actor: Actor, claim_id: int, *, now: float, request_id: str | None = None
+    session: Session,
+    actor: Actor,
+    claim_id: int,
+    *,
+    now: float,
+    request_id: str | None = None,
+    alarm_map: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Run the checks again (alarms buffered on an offline device may arrive after the
     claim was filed; a device may have been registered since). Allowed in any state: the
@@ -356,7 +410,7 @@ def recheck_claim(
         found = find_device(session, c.device_ref)
         c.device_key = found.id if found else None
     before = {"checks": list(c.checks), "evidence": dict(c.evidence)}
-    run_checks(session, c, now)
+    run_checks(session, c, now, alarm_map)
     c, device_id = get_claim(session, claim_id)
     audit.record(
         session,

@@ -12,7 +12,7 @@ from pathlib import Path
 from agent.doctor import SIGNALS_BY_NAME, render
 from fleet_server.api.schemas import TelemetryOut
 from fleet_server.db.models import SIGNAL_COLUMN_TYPES, TelemetrySample
-from fleet_server.services.ingest import VITALS, sample_row
+from fleet_server.services.telemetry_rows import VITALS, sample_row
 from protocol import SIGNALS, Sample
 from protocol.signals import BITS, format_value, markdown_table
 

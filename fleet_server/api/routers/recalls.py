@@ -15,11 +15,14 @@ from fleet_server.api.deps import (
     get_session,
     page_body,
     page_params,
+    read_body,
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
+from fleet_server.api.routers.devices import MAX_CSV_BYTES
+from fleet_server.errors import InvalidInputError
+from fleet_server.services import recall_outcomes, safe_mode
 from fleet_server.services import recalls as svc
-from fleet_server.services import safe_mode
 from fleet_server.services.audit import Actor
 
 router = APIRouter(prefix="/api/v1/recalls", tags=["recalls"], responses=ERROR_RESPONSES)
@@ -213,10 +216,45 @@ def remedy_targets(*, campaign_id: str, session: Sess) -> dict[str, Any]:
     return svc.remedy_targets(session, campaign_id)
 
 
+@router.post(
+    "/{campaign_id}/outcomes",
+    summary="Import member outcomes from a field-service CSV (all rows or none)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "description": "header row then one member per line; columns: device_id (or "
+            "serial), state, note, via",
+        }
+    },
+)
+async def import_outcomes(
+    *, campaign_id: str, request: Request, session: Sess, actor: Who
+) -> dict[str, Any]:
+    """Every row checked; any bad row rejects the file with its line and column."""
+    body = await read_body(request, MAX_CSV_BYTES)
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidInputError("invalid_csv", "the CSV is not UTF-8 text") from None
+    return recall_outcomes.import_outcomes(
+        session,
+        actor,
+        campaign_id,
+        text,
+        now=context(request).clock(),
+        request_id=request_id(request),
+    )
+
+
 @router.get("/{campaign_id}/progress", summary="Completion over time")
-def progress(*, campaign_id: str, session: Sess) -> dict[str, Any]:
-    """Current completion and the snapshot series, raw and adjusted rates labelled."""
-    return svc.progress(session, campaign_id)
+def progress(*, campaign_id: str, request: Request, session: Sess) -> dict[str, Any]:
+    """Current completion computed now (members gone silent count as unreachable at
+    once) and the snapshot series, raw and adjusted rates labelled."""
+    ctx = context(request)
+    return svc.progress(
+        session, campaign_id, now=ctx.clock(), offline_days=ctx.settings.recalls.offline_days
+    )
 
 
 def _csv(body: str, filename: str) -> Response:

@@ -105,6 +105,7 @@ def create_claim(*, body: ClaimIn, request: Request, session: Sess, actor: Who) 
         part_serial=body.part_serial,
         description=body.description,
         request_id=request_id(request),
+        alarm_map=context(request).settings.warranty.failure_mode_alarms,
     )
 
 
@@ -136,5 +137,10 @@ def recheck_claim(*, claim_id: int, request: Request, session: Sess, actor: Who)
     """Evidence uploaded late by a device that was offline is picked up; the decision, if
     any, stays."""
     return svc.recheck_claim(
-        session, actor, claim_id, now=context(request).clock(), request_id=request_id(request)
+        session,
+        actor,
+        claim_id,
+        now=context(request).clock(),
+        request_id=request_id(request),
+        alarm_map=context(request).settings.warranty.failure_mode_alarms,
     )

@@ -316,6 +316,17 @@ def test_fleetctl_recall_commands(sessions, db_url, tmp_path) -> None:
         again = runner.invoke(ctl, [*base, "recall", "open", "RC-C", "--yes"])
         assert again.exit_code != 0
         assert "allowed: closed" in str(again.exception) + again.output
+        # field-service outcomes: a bad row names its line and column, nothing applied
+        sheet = tmp_path / "outcomes.csv"
+        sheet.write_text("device_id,state\npi-c1,exploded\n")
+        bad = runner.invoke(ctl, [*base, "recall", "outcomes", "import", "RC-C", str(sheet)])
+        assert bad.exit_code != 0
+        assert "line 2, column state" in str(bad.exception) + bad.output
+        sheet.write_text("device_id,state,note\npi-c1,not_needed,inspected\n")
+        args = [*base, "recall", "outcomes", "import", "RC-C", str(sheet), "--json"]
+        good = runner.invoke(ctl, args)
+        assert good.exit_code == 0, good.output
+        assert _json.loads(good.output)["by_state"] == {"not_needed": 1}
     finally:
         live.stop()
 
@@ -431,3 +442,66 @@ def test_safe_mode_is_signed_sent_and_acked(mosquitto, sessions, db_url, tmp_pat
         dev.loop_stop()
         dev.disconnect()
         publisher.close()
+
+
+def test_progress_is_computed_on_demand_and_exports_say_where_devices_are(api, sessions) -> None:
+    """A member gone silent counts as unreachable in ``/progress`` at once (no snapshot
+    job ran); the affected list has owner, region and location columns."""
+    client, tokens, clock = api
+    op, viewer = _h(tokens["operator"]), _h(tokens["viewer"])
+    for dev, serial in (("pi-d1", "SN1"), ("pi-d2", "SN2")):
+        _device(
+            client,
+            tokens["operator"],
+            dev,
+            serial,
+            "lot-9",
+            owner="ACME Ltd",
+            region="eu",
+            tags=["location:Plant 4, bay 2"],
+        )
+    _report(sessions, "pi-d1", presence="online", last_seen=clock.now)
+    _report(sessions, "pi-d2", presence="offline", last_seen=clock.now - 40 * 86400)
+    body = {
+        "id": "RC-D",
+        "title": "Fan bearing",
+        "scope": {"batches": ["lot-9"]},
+        "physical_action": "replace",
+    }
+    assert client.post("/api/v1/recalls", json=body, headers=op).status_code == 201
+    assert client.post("/api/v1/recalls/RC-D/open", headers=op).status_code == 200
+    current = client.get("/api/v1/recalls/RC-D/progress", headers=viewer).json()["current"]
+    assert current["unreachable"] == 1
+    assert current["computed_at"] == clock.now
+    assert current["adjusted_rate"] == 0.0
+    text = client.get("/api/v1/recalls/RC-D/export/affected.csv", headers=viewer).text
+    rows = {r["device_id"]: r for r in csv.DictReader(io.StringIO(text))}
+    assert rows["pi-d1"]["owner"] == "ACME Ltd"
+    assert rows["pi-d1"]["region"] == "eu"
+    assert rows["pi-d1"]["location"] == "Plant 4, bay 2"
+
+
+def test_bulk_outcomes_from_a_field_service_csv(api, sessions) -> None:
+    """All rows or none; every bad row named by line and column."""
+    client, tokens, _clock = api
+    op = _h(tokens["operator"])
+    for dev, serial in (("pi-o1", "SO1"), ("pi-o2", "SO2"), ("pi-o3", "SO3")):
+        _device(client, tokens["operator"], dev, serial, "lot-5")
+    body = {"id": "RC-O", "title": "t", "scope": {"batches": ["lot-5"]}}
+    body["physical_action"] = "replace"
+    assert client.post("/api/v1/recalls", json=body, headers=op).status_code == 201
+    assert client.post("/api/v1/recalls/RC-O/open", headers=op).status_code == 200
+    csv_headers = {**op, "Content-Type": "text/csv"}
+    bad = "device_id,serial,state,note\npi-o1,,remedied,ok\n,,remedied,\npi-zz,,remedied,\n"
+    r = client.post("/api/v1/recalls/RC-O/outcomes", content=bad, headers=csv_headers)
+    assert r.status_code == 422, r.text
+    errors = r.json()["error"]["details"]["errors"]
+    assert {(e["line"], e["column"]) for e in errors} == {(3, "device_id"), (4, "device_id")}
+    progress = client.get("/api/v1/recalls/RC-O/progress", headers=op).json()["current"]
+    assert progress["remedied"] == 0  # nothing applied
+    good = "serial,state,note\nSO1,remedied,fan swapped\nSO2,not_needed,inspected\n"
+    r = client.post("/api/v1/recalls/RC-O/outcomes", content=good, headers=csv_headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["applied"] == 2
+    current = client.get("/api/v1/recalls/RC-O/progress", headers=op).json()["current"]
+    assert (current["remedied"], current["not_needed"]) == (1, 1)

@@ -72,6 +72,11 @@ def test_claim_checks_evidence_and_decision(api, sessions) -> None:
         ),
     ]
     BatchWriter(sessions, auto_register=False).write(batch)
+    # the claimed part is in the parts registry, installed on the device
+    part = {"serial": "FAN-1", "kind": "fan"}
+    assert client.post("/api/v1/parts", json=part, headers=op).status_code == 201
+    install = {"device_id": "pi-w1"}
+    assert client.post("/api/v1/parts/FAN-1/install", json=install, headers=op).status_code < 300
 
     good = client.post(
         "/api/v1/claims",
@@ -94,6 +99,7 @@ def test_claim_checks_evidence_and_decision(api, sessions) -> None:
         "in_coverage",
         "failure_covered",
         "telemetry_evidence",
+        "part_registered",
     }
     detail = client.get(f"/api/v1/claims/{claim['id']}", headers=viewer).json()
     assert len(detail["evidence"]["alarm_ids"]) == 1
@@ -199,3 +205,100 @@ def test_claim_checks_evidence_and_decision(api, sessions) -> None:
     assert entry.action == "claim.create"
     assert entry.after["checks_passed"] is True
     assert {"warranty.rule", "claim.create", "claim.recheck", "claim.reject"} <= actions
+
+
+def test_claim_finds_evidence_through_the_failure_mode_mapping(api, sessions) -> None:
+    """A claim for ``fan_failure`` finds the ``fan_stopped`` alarm the agent really raises
+    (``[warranty] failure_mode_alarms``; the default maps one to the other)."""
+    client, tokens, clock = api
+    op = _h(tokens["operator"])
+    clock.now = _ts("2026-06-01T00:00:00")
+    body = {"device_id": "pi-m1", "serial": "S-pi-m1", "model": "thermo-1", "region": "eu"}
+    body["activation_date"] = "2025-06-15"
+    assert client.post("/api/v1/devices", json=body, headers=op).status_code == 201
+    fault_ts = _ts("2026-05-20T10:00:00")
+    fault = p.FaultRaised(
+        device_id="pi-m1",
+        boot_id="b",
+        seq=1,
+        ts=fault_ts,
+        code="fan_stopped",
+        severity=p.Severity.MAJOR,
+    )
+    BatchWriter(sessions, auto_register=False).write(
+        [Inbound(p.topic("pi-m1", p.Kind.EVENT), p.encode(fault), fault_ts)]
+    )
+    filed = client.post(
+        "/api/v1/claims",
+        json={"device": "pi-m1", "failure_mode": "fan_failure", "failure_date": "2026-05-25"},
+        headers=op,
+    )
+    assert filed.status_code == 201, filed.text
+    detail = client.get(f"/api/v1/claims/{filed.json()['id']}", headers=op).json()
+    assert len(detail["evidence"]["alarm_ids"]) == 1
+    assert detail["evidence"]["alarm_codes"] == ["fan_failure", "fan_stopped"]
+    evidence = next(c for c in detail["checks"] if c["name"] == "telemetry_evidence")
+    assert evidence["passed"], detail["checks"]
+
+
+def test_activation_date_set_on_first_contact_when_the_registry_has_none(api, sessions) -> None:
+    """``[registry] activate_on_first_contact``: the first message sets the activation day;
+    a registry value is kept; with the setting off nothing changes."""
+    client, tokens, _clock = api
+    op = _h(tokens["operator"])
+    for dev, act in (("pi-a1", None), ("pi-a2", "2025-01-02"), ("pi-a3", None)):
+        body = {"device_id": dev, "serial": f"S-{dev}", "model": "thermo-1"}
+        if act:
+            body["activation_date"] = act
+        assert client.post("/api/v1/devices", json=body, headers=op).status_code == 201
+    ts = _ts("2026-03-04T23:30:00")
+
+    def hello(dev: str) -> Inbound:
+        msg = p.Telemetry(device_id=dev, boot_id="b", seq=1, ts=ts, samples=[p.Sample(ts=ts)])
+        return Inbound(p.topic(dev, p.Kind.TELEMETRY), p.encode(msg), ts)
+
+    BatchWriter(sessions, activate_on_first_contact=True).write([hello("pi-a1"), hello("pi-a2")])
+    BatchWriter(sessions).write([hello("pi-a3")])
+
+    def activation(dev: str) -> str | None:
+        return client.get(f"/api/v1/devices/{dev}", headers=op).json()["activation_date"]
+
+    assert activation("pi-a1") == "2026-03-04"
+    assert activation("pi-a2") == "2025-01-02"
+    assert activation("pi-a3") is None
+
+
+def test_claimed_part_is_checked_against_the_parts_registry(api, sessions) -> None:
+    """Unknown part, wrong kind, or a part that was never in the claimed device: the
+    ``part_registered`` check fails with the reason (the claim is still filed)."""
+    client, tokens, clock = api
+    op = _h(tokens["operator"])
+    clock.now = _ts("2026-06-01T00:00:00")
+    for dev in ("pi-p1", "pi-p2"):
+        body = {"device_id": dev, "serial": f"S-{dev}", "model": "thermo-1"}
+        assert client.post("/api/v1/devices", json=body, headers=op).status_code == 201
+    part = {"serial": "FAN-9", "kind": "fan"}
+    assert client.post("/api/v1/parts", json=part, headers=op).status_code == 201
+    install = {"device_id": "pi-p2"}
+    assert client.post("/api/v1/parts/FAN-9/install", json=install, headers=op).status_code < 300
+
+    def part_check(device: str, serial: str, kind: str) -> dict[str, object]:
+        claim = {
+            "device": device,
+            "failure_mode": "fan_failure",
+            "failure_date": "2026-05-25",
+            "part_kind": kind,
+            "part_serial": serial,
+        }
+        filed = client.post("/api/v1/claims", json=claim, headers=op)
+        assert filed.status_code == 201, filed.text
+        return next(c for c in filed.json()["checks"] if c["name"] == "part_registered")
+
+    assert "not in the parts registry" in str(part_check("pi-p1", "FAN-404", "fan")["detail"])
+    wrong_kind = part_check("pi-p2", "FAN-9", "psu")
+    assert not wrong_kind["passed"]
+    assert "is a fan" in str(wrong_kind["detail"])
+    elsewhere = part_check("pi-p1", "FAN-9", "fan")
+    assert not elsewhere["passed"]
+    assert "pi-p2" in str(elsewhere["detail"])
+    assert part_check("pi-p2", "FAN-9", "fan")["passed"]

@@ -351,6 +351,11 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -
         ("POST", "/api/v1/recalls/{campaign_id}/safe-mode"): lambda c: c.post(
             "/api/v1/recalls/RC-A/safe-mode", json={"reason": "audit"}, headers=admin
         ),
+        ("POST", "/api/v1/recalls/{campaign_id}/outcomes"): lambda c: c.post(
+            "/api/v1/recalls/RC-A/outcomes",
+            content="device_id,state\npi-m1,unreachable\n",
+            headers={**admin, "Content-Type": "text/csv"},
+        ),
         ("POST", "/api/v1/recalls/{campaign_id}/devices/{device_id}/state"): lambda c: c.post(
             "/api/v1/recalls/RC-A/devices/pi-m1/state", json={"state": "not_needed"}, headers=admin
         ),
