@@ -294,6 +294,9 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -
         ("POST", "/api/v1/devices/{device_id}/commands"): lambda c: c.post(
             "/api/v1/devices/pi-new/commands", json={"kind": "reboot"}, headers=admin
         ),
+        ("POST", "/api/v1/devices/{device_id}/unquarantine"): lambda c: c.post(
+            "/api/v1/devices/pi-new/unquarantine", headers=admin
+        ),
         ("POST", "/api/v1/alarms/{alarm_id}/ack"): lambda c: c.post(
             "/api/v1/alarms/1/ack", headers=admin
         ),
