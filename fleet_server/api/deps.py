@@ -162,3 +162,10 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise TooLargeError("too_large", f"body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+Db = Annotated[Session, Depends(get_session)]
+"""A route parameter holding the request's database session."""
+
+Who = Annotated[Actor, Depends(current_actor)]
+"""A route parameter holding the authenticated caller (audited as the actor)."""

@@ -5,16 +5,14 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Query, Request
 
-from fleet_server.api.deps import context, get_session
+from fleet_server.api.deps import Db, context
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.services import reliability
 
 router = APIRouter(prefix="/api/v1/analytics", tags=["analytics"], responses=ERROR_RESPONSES)
 
-Sess = Annotated[Session, Depends(get_session)]
 By = Annotated[str, Query(description=f"one of {', '.join(reliability.GROUPABLE)}")]
 
 
@@ -24,7 +22,7 @@ def _today(request: Request) -> date:
 
 @router.get("/weibull", summary="Weibull life fit of a failure mode")
 def weibull(
-    *, request: Request, failure_mode: str, model: str | None = None, session: Sess
+    *, request: Request, failure_mode: str, model: str | None = None, session: Db
 ) -> dict[str, Any]:
     """Days from activation to the first claim of ``failure_mode``, devices without one
     right-censored; MLE with likelihood-ratio intervals and the B10 life."""
@@ -38,7 +36,7 @@ def claims(
     by: By = "batch",
     failure_mode: str | None = None,
     model: str | None = None,
-    session: Sess,
+    session: Db,
 ) -> dict[str, Any]:
     """Groups whose claim rate exceeds the fleet's age-matched expectation (exact test
     with false-discovery control, monthly CUSUM)."""
@@ -53,7 +51,7 @@ def rates(
     failure_mode: str | None = None,
     model: str | None = None,
     per: Annotated[float, Query(gt=0, description="rates per this many unit-months")] = 1000.0,
-    session: Sess,
+    session: Db,
 ) -> dict[str, Any]:
     """Claims per unit-months in service with exact Poisson intervals and a homogeneity
     test."""
@@ -66,7 +64,7 @@ def growth(
     request: Request,
     failure_mode: str | None = None,
     model: str | None = None,
-    session: Sess,
+    session: Db,
 ) -> dict[str, Any]:
     """Claims against cumulative fleet operating time; beta < 1 = reliability growth."""
     return reliability.growth(session, _today(request), failure_mode, model)

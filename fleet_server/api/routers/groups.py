@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy.orm import Session
 
 from fleet_server.api.deps import (
+    Db,
     PageParams,
+    Who,
     context,
-    current_actor,
-    get_session,
     page_body,
     page_params,
     request_id,
@@ -20,13 +19,9 @@ from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.group_schemas import BulkIn, BulkOut, GroupIn, GroupOut, GroupPatch
 from fleet_server.api.schemas import DeviceOut, Page
 from fleet_server.services import bulk, groups
-from fleet_server.services.audit import Actor
 from fleet_server.services.registry import device_view
 
 router = APIRouter(prefix="/api/v1", tags=["groups"], responses=ERROR_RESPONSES)
-
-Db = Annotated[Session, Depends(get_session)]
-Who = Annotated[Actor, Depends(current_actor)]
 
 
 @router.get("/groups", response_model=Page[GroupOut], summary="List device groups")

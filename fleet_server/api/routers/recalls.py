@@ -6,13 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 from fleet_server.api.deps import (
+    Db,
     PageParams,
+    Who,
     context,
-    current_actor,
-    get_session,
     page_body,
     page_params,
     read_body,
@@ -23,12 +22,8 @@ from fleet_server.api.routers.devices import MAX_CSV_BYTES
 from fleet_server.errors import InvalidInputError
 from fleet_server.services import recall_outcomes, safe_mode
 from fleet_server.services import recalls as svc
-from fleet_server.services.audit import Actor
 
 router = APIRouter(prefix="/api/v1/recalls", tags=["recalls"], responses=ERROR_RESPONSES)
-
-Sess = Annotated[Session, Depends(get_session)]
-Who = Annotated[Actor, Depends(current_actor)]
 
 
 class RecallIn(BaseModel):
@@ -75,14 +70,14 @@ class SafeModeIn(BaseModel):
 
 @router.get("", summary="List recall campaigns")
 def list_recalls(
-    *, params: Annotated[PageParams, Depends(page_params)], state: str | None = None, session: Sess
+    *, params: Annotated[PageParams, Depends(page_params)], state: str | None = None, session: Db
 ) -> dict[str, Any]:
     """Campaigns, newest first, with their completion."""
     return page_body(svc.list_campaigns(session, params, state))
 
 
 @router.post("", status_code=201, summary="Draft a recall campaign")
-def create_recall(*, body: RecallIn, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
+def create_recall(*, body: RecallIn, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """Validate the scope and remedies and store a draft (nothing is frozen yet)."""
     return svc.draft_campaign(
         session,
@@ -101,26 +96,26 @@ def create_recall(*, body: RecallIn, request: Request, session: Sess, actor: Who
 
 
 @router.get("/blocked-versions", summary="Versions blocked by recalls")
-def get_blocked_versions(*, session: Sess) -> dict[str, Any]:
+def get_blocked_versions(*, session: Db) -> dict[str, Any]:
     """Version -> campaign; deployments and rollouts refuse to target these."""
     return {"blocked": svc.blocked_versions(session)}
 
 
 @router.get("/{campaign_id}", summary="One recall campaign")
-def get_recall(*, campaign_id: str, session: Sess) -> dict[str, Any]:
+def get_recall(*, campaign_id: str, session: Db) -> dict[str, Any]:
     """The campaign, its remedies and completion (raw and adjusted rates, labelled)."""
     return svc.show_campaign(session, campaign_id)
 
 
 @router.get("/{campaign_id}/preview", summary="Devices the scope matches now")
-def preview_recall(*, campaign_id: str, session: Sess) -> dict[str, Any]:
+def preview_recall(*, campaign_id: str, session: Db) -> dict[str, Any]:
     """For a draft: the population opening would freeze; for an open campaign: devices
     matching now that are not in the frozen population (candidates for ``add``)."""
     return svc.preview_recall(session, campaign_id)
 
 
 @router.post("/{campaign_id}/open", summary="Open: freeze the population")
-def open_recall(*, campaign_id: str, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
+def open_recall(*, campaign_id: str, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """Freeze every matching device with its reason; version blocks take effect."""
     return svc.open_recall(
         session, actor, campaign_id, now=context(request).clock(), request_id=request_id(request)
@@ -128,9 +123,7 @@ def open_recall(*, campaign_id: str, request: Request, session: Sess, actor: Who
 
 
 @router.post("/{campaign_id}/close", summary="Close an open campaign")
-def close_recall(
-    *, campaign_id: str, request: Request, session: Sess, actor: Who
-) -> dict[str, Any]:
+def close_recall(*, campaign_id: str, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """Close (open campaigns) or cancel (drafts); version blocks of a closed campaign stay."""
     return svc.close_recall(
         session, actor, campaign_id, now=context(request).clock(), request_id=request_id(request)
@@ -139,7 +132,7 @@ def close_recall(
 
 @router.post("/{campaign_id}/devices", summary="Add devices found after opening")
 def add_recall_devices(
-    *, campaign_id: str, body: AddDevicesIn, request: Request, session: Sess, actor: Who
+    *, campaign_id: str, body: AddDevicesIn, request: Request, session: Db, actor: Who
 ) -> dict[str, Any]:
     """All or nothing: each device must exist, be new and match the predicate now."""
     return svc.add_recall_devices(
@@ -158,14 +151,14 @@ def list_recall_devices(
     campaign_id: str,
     params: Annotated[PageParams, Depends(page_params)],
     state: str | None = None,
-    session: Sess,
+    session: Db,
 ) -> dict[str, Any]:
     """Members with their state and matching reason."""
     return page_body(svc.list_members(session, campaign_id, params, state))
 
 
 @router.get("/{campaign_id}/devices/{device_id}", summary="Explain one device")
-def explain_recall_device(*, campaign_id: str, device_id: str, session: Sess) -> dict[str, Any]:
+def explain_recall_device(*, campaign_id: str, device_id: str, session: Db) -> dict[str, Any]:
     """Why the device is (or is not) in the recall: frozen reason, state, and the
     predicate evaluated now clause by clause."""
     return svc.explain_member(session, campaign_id, device_id)
@@ -178,7 +171,7 @@ def set_recall_device_state(
     device_id: str,
     body: DeviceStateIn,
     request: Request,
-    session: Sess,
+    session: Db,
     actor: Who,
 ) -> dict[str, Any]:
     """Record a remedy, an inspection that found nothing, or an unreachable device."""
@@ -197,7 +190,7 @@ def set_recall_device_state(
 
 @router.put("/{campaign_id}/remedy-rollout", summary="Link the software remedy rollout")
 def link_remedy_rollout(
-    *, campaign_id: str, body: RolloutLinkIn, request: Request, session: Sess, actor: Who
+    *, campaign_id: str, body: RolloutLinkIn, request: Request, session: Db, actor: Who
 ) -> dict[str, Any]:
     """The rollout of the fixing bundle; it may target the campaign's held devices."""
     return svc.link_remedy_rollout(
@@ -211,7 +204,7 @@ def link_remedy_rollout(
 
 
 @router.get("/{campaign_id}/remedy-targets", summary="Devices still needing the software fix")
-def remedy_targets(*, campaign_id: str, session: Sess) -> dict[str, Any]:
+def remedy_targets(*, campaign_id: str, session: Db) -> dict[str, Any]:
     """What the remedy rollout should target (members not yet on the remedy version)."""
     return svc.remedy_targets(session, campaign_id)
 
@@ -229,7 +222,7 @@ def remedy_targets(*, campaign_id: str, session: Sess) -> dict[str, Any]:
     },
 )
 async def import_outcomes(
-    *, campaign_id: str, request: Request, session: Sess, actor: Who
+    *, campaign_id: str, request: Request, session: Db, actor: Who
 ) -> dict[str, Any]:
     """Every row checked; any bad row rejects the file with its line and column."""
     body = await read_body(request, MAX_CSV_BYTES)
@@ -248,7 +241,7 @@ async def import_outcomes(
 
 
 @router.get("/{campaign_id}/progress", summary="Completion over time")
-def progress(*, campaign_id: str, request: Request, session: Sess) -> dict[str, Any]:
+def progress(*, campaign_id: str, request: Request, session: Db) -> dict[str, Any]:
     """Current completion computed now (members gone silent count as unreachable at
     once) and the snapshot series, raw and adjusted rates labelled."""
     ctx = context(request)
@@ -266,20 +259,20 @@ def _csv(body: str, filename: str) -> Response:
 
 
 @router.get("/{campaign_id}/export/affected.csv", summary="Affected list as CSV")
-def export_affected(*, campaign_id: str, session: Sess) -> Response:
+def export_affected(*, campaign_id: str, session: Db) -> Response:
     """One row per population member with state and matching reason."""
     return _csv(svc.export_affected(session, campaign_id), f"{campaign_id}-affected.csv")
 
 
 @router.get("/{campaign_id}/export/progress.csv", summary="Progress report as CSV")
-def export_progress(*, campaign_id: str, session: Sess) -> Response:
+def export_progress(*, campaign_id: str, session: Db) -> Response:
     """The snapshot series with both rates, columns named with their definitions."""
     return _csv(svc.export_progress(session, campaign_id), f"{campaign_id}-progress.csv")
 
 
 @router.post("/{campaign_id}/safe-mode", summary="Send the signed safe-mode command")
 def send_safe_mode(
-    *, campaign_id: str, body: SafeModeIn, request: Request, session: Sess, actor: Who
+    *, campaign_id: str, body: SafeModeIn, request: Request, session: Db, actor: Who
 ) -> dict[str, Any]:
     """Admin only: every member still notified of an open safety-critical recall gets a
     safe-mode command signed with the server's safety key; acks show on the device's

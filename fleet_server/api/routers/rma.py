@@ -6,25 +6,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 from fleet_server.api.deps import (
+    Db,
     PageParams,
+    Who,
     context,
-    current_actor,
-    get_session,
     page_body,
     page_params,
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.services import rma as svc
-from fleet_server.services.audit import Actor
 
 router = APIRouter(prefix="/api/v1", tags=["rma"], responses=ERROR_RESPONSES)
-
-Sess = Annotated[Session, Depends(get_session)]
-Who = Annotated[Actor, Depends(current_actor)]
 
 
 class RmaIn(BaseModel):
@@ -59,14 +54,14 @@ class InstallIn(BaseModel):
 
 @router.get("/rmas", summary="List RMAs")
 def list_rmas(
-    *, params: Annotated[PageParams, Depends(page_params)], state: str | None = None, session: Sess
+    *, params: Annotated[PageParams, Depends(page_params)], state: str | None = None, session: Db
 ) -> dict[str, Any]:
     """RMAs, newest first."""
     return page_body(svc.list_rmas(session, params, state))
 
 
 @router.post("/rmas", status_code=201, summary="Open an RMA")
-def create_rma(*, body: RmaIn, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
+def create_rma(*, body: RmaIn, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """State ``claimed``; links the claim, the device and the part."""
     return svc.create_rma(
         session,
@@ -81,14 +76,14 @@ def create_rma(*, body: RmaIn, request: Request, session: Sess, actor: Who) -> d
 
 
 @router.get("/rmas/{rma_id}", summary="One RMA")
-def get_rma(*, rma_id: int, session: Sess) -> dict[str, Any]:
+def get_rma(*, rma_id: int, session: Db) -> dict[str, Any]:
     """The RMA with its history and the moves allowed next."""
     return svc.show_rma(session, rma_id)
 
 
 @router.post("/rmas/{rma_id}/transition", summary="Move an RMA")
 def transition_rma(
-    *, rma_id: int, body: TransitionIn, request: Request, session: Sess, actor: Who
+    *, rma_id: int, body: TransitionIn, request: Request, session: Db, actor: Who
 ) -> dict[str, Any]:
     """claimed -> approved -> returned -> inspected -> refurbished | scrapped; an illegal
     move is a 409 listing the allowed ones."""
@@ -110,14 +105,14 @@ def list_parts(
     params: Annotated[PageParams, Depends(page_params)],
     kind: str | None = None,
     stock_state: str | None = None,
-    session: Sess,
+    session: Db,
 ) -> dict[str, Any]:
     """Parts with their genealogy."""
     return page_body(svc.list_parts(session, params, context(request).clock(), kind, stock_state))
 
 
 @router.post("/parts", status_code=201, summary="Register a part in stock")
-def create_part(*, body: PartIn, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
+def create_part(*, body: PartIn, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """A serialised part, new or refurbished, in stock."""
     return svc.create_part(
         session,
@@ -131,14 +126,14 @@ def create_part(*, body: PartIn, request: Request, session: Sess, actor: Who) ->
 
 
 @router.get("/parts/{serial}", summary="One part and its genealogy")
-def get_part(*, serial: str, request: Request, session: Sess) -> dict[str, Any]:
+def get_part(*, serial: str, request: Request, session: Db) -> dict[str, Any]:
     """Installations (with condition at install), repairs, hours in service."""
     return svc.show_part(session, serial, context(request).clock())
 
 
 @router.post("/parts/{serial}/install", summary="Install a part from stock")
 def install_part(
-    *, serial: str, body: InstallIn, request: Request, session: Sess, actor: Who
+    *, serial: str, body: InstallIn, request: Request, session: Db, actor: Who
 ) -> dict[str, Any]:
     """Start a stint in a device; a refurbished part's stint counts as reuse."""
     return svc.install_part(
@@ -152,9 +147,7 @@ def install_part(
 
 
 @router.get("/analytics/parts-reliability", summary="Reused vs new parts")
-def parts_reliability(
-    *, request: Request, kind: str | None = None, session: Sess
-) -> dict[str, Any]:
+def parts_reliability(*, request: Request, kind: str | None = None, session: Db) -> dict[str, Any]:
     """Failures per 1000 hours in service of parts installed new vs refurbished, with
     exact Poisson 95 % intervals and the ratio refurbished / new."""
     return svc.parts_reliability(session, context(request).clock(), kind)

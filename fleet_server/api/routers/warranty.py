@@ -7,25 +7,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 from fleet_server.api.deps import (
+    Db,
     PageParams,
+    Who,
     context,
-    current_actor,
-    get_session,
     page_body,
     page_params,
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.services import warranty as svc
-from fleet_server.services.audit import Actor
 
 router = APIRouter(prefix="/api/v1", tags=["warranty"], responses=ERROR_RESPONSES)
-
-Sess = Annotated[Session, Depends(get_session)]
-Who = Annotated[Actor, Depends(current_actor)]
 
 
 class RuleIn(BaseModel):
@@ -58,13 +53,13 @@ class DecisionIn(BaseModel):
 
 
 @router.get("/warranty/rules", summary="Coverage rules")
-def list_rules(*, session: Sess) -> dict[str, Any]:
+def list_rules(*, session: Db) -> dict[str, Any]:
     """Every coverage rule."""
     return {"items": [svc.rule_view(r) for r in svc.rules(session)]}
 
 
 @router.put("/warranty/rules", summary="Create or replace a coverage rule")
-def put_rule(*, body: RuleIn, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
+def put_rule(*, body: RuleIn, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """Coverage for ``model`` in ``region``: months from activation and what is covered."""
     return svc.set_rule(
         session,
@@ -84,14 +79,14 @@ def list_claims(
     params: Annotated[PageParams, Depends(page_params)],
     state: str | None = None,
     failure_mode: str | None = None,
-    session: Sess,
+    session: Db,
 ) -> dict[str, Any]:
     """Claims, newest first, with their check results."""
     return page_body(svc.list_claims(session, params, state, failure_mode))
 
 
 @router.post("/claims", status_code=201, summary="File a warranty claim")
-def create_claim(*, body: ClaimIn, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
+def create_claim(*, body: ClaimIn, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """Stored with automatic check results (coverage, device active, alarm evidence);
     failing checks are shown to the reviewer, never a silent rejection."""
     return svc.create_claim(
@@ -110,7 +105,7 @@ def create_claim(*, body: ClaimIn, request: Request, session: Sess, actor: Who) 
 
 
 @router.get("/claims/{claim_id}", summary="One claim with its evidence")
-def get_claim(*, claim_id: int, session: Sess) -> dict[str, Any]:
+def get_claim(*, claim_id: int, session: Db) -> dict[str, Any]:
     """The claim, its checks, links to the device's alarms and a telemetry summary
     around the failure."""
     return svc.claim_detail(session, claim_id)
@@ -118,7 +113,7 @@ def get_claim(*, claim_id: int, session: Sess) -> dict[str, Any]:
 
 @router.post("/claims/{claim_id}/decision", summary="Approve or reject a claim")
 def decide_claim(
-    *, claim_id: int, body: DecisionIn, request: Request, session: Sess, actor: Who
+    *, claim_id: int, body: DecisionIn, request: Request, session: Db, actor: Who
 ) -> dict[str, Any]:
     """The reviewer's call, with a note; the automatic checks are kept alongside."""
     return svc.decide_claim(
@@ -133,7 +128,7 @@ def decide_claim(
 
 
 @router.post("/claims/{claim_id}/recheck", summary="Run a claim's checks again")
-def recheck_claim(*, claim_id: int, request: Request, session: Sess, actor: Who) -> dict[str, Any]:
+def recheck_claim(*, claim_id: int, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """Evidence uploaded late by a device that was offline is picked up; the decision, if
     any, stays."""
     return svc.recheck_claim(

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy.orm import Session
 
 from fleet_server.api.deps import (
+    Db,
     PageParams,
+    Who,
     context,
-    current_actor,
-    get_session,
     page_body,
     page_params,
     request_id,
@@ -26,12 +25,8 @@ from fleet_server.api.webhook_schemas import (
     WebhookPatch,
 )
 from fleet_server.services import webhook_delivery, webhooks
-from fleet_server.services.audit import Actor
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
-
-Db = Annotated[Session, Depends(get_session)]
-Who = Annotated[Actor, Depends(current_actor)]
 
 
 @router.get("", response_model=Page[WebhookOut], summary="List webhook subscriptions")
