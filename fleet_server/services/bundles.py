@@ -19,38 +19,23 @@ from firmware_bundles.errors import BundleError
 from firmware_bundles.manifest import manifest_to_dict
 from firmware_bundles.verify import verify_bundle
 from fleet_server.db.models import Bundle
-from fleet_server.errors import ConflictError, FleetError, InvalidInputError, NotFoundError
+from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
 from fleet_server.services.paging import Page, PageParams, fetch_page
 from fleet_server.updates.tuf_repository import PublishedTarget, PublishError
 
 
-class CatalogError(FleetError):
-    """A bundle was refused: :class:`BundleRefusedError` ``invalid_bundle`` (with the
-    verifier's ``reason`` in ``details``) or ``invalid_channel``,
-    :class:`BundleConflictError` ``conflict`` (name taken by other bytes),
-    :class:`BundleNotFoundError` ``not_found``.
-
-    Kept as the common base so routes that still catch it keep working; new code lets
-    the family's one HTTP mapping answer.
-    """
-
-    @property
-    def reason(self) -> str | None:
-        """The verifier's reason for ``invalid_bundle`` (None otherwise)."""
-        return self.details.get("reason") if isinstance(self.details, dict) else None
+class BundleRefusedError(InvalidInputError):
+    """The bundle (``invalid_bundle``, the verifier's reason in ``details``) or the channel
+    asked for (``invalid_channel``) is invalid (422)."""
 
 
-class BundleRefusedError(CatalogError, InvalidInputError):
-    """The bundle or the channel asked for is invalid (422)."""
-
-
-class BundleConflictError(CatalogError, ConflictError):
+class BundleConflictError(ConflictError):
     """Another bundle with different bytes already has this name (409)."""
 
 
-class BundleNotFoundError(CatalogError, NotFoundError):
+class BundleNotFoundError(NotFoundError):
     """No published bundle has this name (404)."""
 
 

@@ -79,11 +79,6 @@ def _blocked_versions(session: Session) -> dict[str, str]:
     return dict(blocked_versions(session))
 
 
-def bundle_named(session: Session, name: str) -> Bundle:
-    """The published bundle called ``name``, or ``not_found``."""
-    return catalog.get_bundle(session, name)
-
-
 def create_rollout(
     session: Session,
     *,
@@ -458,7 +453,7 @@ def dry_run(
 ) -> dict[str, Any]:
     """The waves (devices and their hardware revisions) and the exclusions with reasons that
     starting this rollout now would produce. Nothing is stored."""
-    row = bundle_named(session, bundle)
+    row = catalog.get_bundle(session, bundle)
     parsed = parse_policy(policy)
     plan = make_plan(session, row, resolve_target(session, selector), parsed, seed="dry-run")
     return {"bundle": row.name, "version": row.version, **plan.summary()}
@@ -479,7 +474,7 @@ def create_draft(
     rollout = create_rollout(
         session,
         name=name,
-        bundle=bundle_named(session, bundle),
+        bundle=catalog.get_bundle(session, bundle),
         selector=selector,
         policy=policy,
         actor=actor,
