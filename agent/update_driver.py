@@ -499,13 +499,58 @@ class UpdateDriver:
             self._announce(before.state.value)
         return action
 
+    def _boot_committed_again(self) -> bool:
+        """``committed``, but the device runs another version: the power went between
+        the driver's commit and the slots' own, and a one-shot trial (the Pi's
+        ``tryboot``) then boots the old slot again. The health check passed, so the new
+        slot is booted once more (its trial re-armed, or a plain reboot when the slots
+        had committed it already) and committed there; after ``max_attempts`` such boots
+        that still come back on the old slot the update ends ``rolled_back``. True when a
+        reboot was requested (the report waits for the next start)."""
+        record = self.record
+        status = self.slots.status()
+        if self.policy.restart != "reboot" or status.running_version == record.version:
+            return False
+        tries = int(self.work.get("recommit_attempts") or 0) + 1
+        if tries > self.policy.max_attempts:
+            self._move(
+                E.ROLLBACK,
+                failure_class=FailureClass.BOOT,
+                reason=f"committed {record.version} came back on {status.running_version} "
+                f"{tries - 1} times; giving up",
+            )
+            return False
+        self.work["recommit_attempts"] = tries
+        self.save()
+        log.warning(
+            "committed %s but running %s: booting the committed version again (%d/%d)",
+            record.version,
+            status.running_version,
+            tries,
+            self.policy.max_attempts,
+        )
+        if status.committed_version != record.version:
+            try:
+                self.slots.switch_for_trial()
+            except SlotError as exc:
+                self._move(
+                    E.ROLLBACK,
+                    failure_class=FailureClass.BOOT,
+                    reason=f"cannot boot committed {record.version} again: {exc}",
+                )
+                return False
+        self.host.request_restart(reboot=True)
+        return True
+
     def finish(self, now: float) -> float | None:
         """A terminal state: bring the slots in line, quarantine a failed version, clean
         up and report the outcome once (the ack is queued before ``reported`` is saved:
         a kill in between repeats it at the next start, never loses it)."""
-        record = self.record
-        if record.reported:
+        if self.record.reported:
             return None
+        if self.record.state is U.COMMITTED and self._boot_committed_again():
+            return None
+        record = self.record
         status = self.slots.status()
         left_trial = False
         if record.state is U.COMMITTED:

@@ -276,9 +276,14 @@ class TrybootSlots:
 
     def rollback(self) -> None:
         """Before a commit nothing on FAT changes: clear the flag; the next boot runs
-        the committed slot."""
+        the committed slot. After a commit of the other slot while this one still runs
+        (not a trial boot: a power cut before the reboot into it), rolling back keeps
+        what runs: it is committed again."""
         status = self.status()
         if not status.in_trial:
+            return
+        if not read_boot_info(self.layout.device_tree).tryboot:
+            self.commit()
             return
         self._state.phase = "rolled_back"
         self._state.boot_id = self._current_boot_id()

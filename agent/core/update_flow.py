@@ -61,6 +61,9 @@ TRANSITIONS: dict[tuple[UpdateState, UpdateEvent], UpdateState] = {
     (U.REBOOTING, E.ROLLBACK): U.ROLLED_BACK,
     (U.TRIAL, E.HEALTHY): U.COMMITTED,
     (U.TRIAL, E.ROLLBACK): U.ROLLED_BACK,
+    # Committed, but the device came back on the old slot before the slots committed
+    # (one-shot trial slots after a power cut) and the new one never booted again.
+    (U.COMMITTED, E.ROLLBACK): U.ROLLED_BACK,
     (U.COMMITTED, E.RESET): U.IDLE,
     (U.FAILED, E.RESET): U.IDLE,
     (U.ROLLED_BACK, E.RESET): U.IDLE,
