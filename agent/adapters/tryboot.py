@@ -35,10 +35,13 @@ from agent.adapters.slots import SLOT_NAMES, SlotStatus
 from agent.adapters.tryboot_io import (
     Arm,
     Autoboot,
+    AutobootFile,
     Persist,
+    Region,
     TrybootError,
     Watchdog,
-    read_autoboot,
+    autoboot_file,
+    parse_autoboot,
     read_boot_info,
     render_autoboot,
 )
@@ -54,11 +57,17 @@ class TrybootLayout:
     """Where everything is (all injectable; defaults are a Pi's paths)."""
 
     state_file: Path
-    autoboot: Path = Path("/boot/firmware/autoboot.txt")
+    autoboot: Path | AutobootFile = Path("/boot/firmware/autoboot.txt")
     device_tree: Path = Path("/proc/device-tree")
     boot_partitions: tuple[int, int] = (2, 3)
-    boot_devices: tuple[Path, Path] = (Path("/dev/mmcblk0p2"), Path("/dev/mmcblk0p3"))
-    root_devices: tuple[Path, Path] = (Path("/dev/mmcblk0p5"), Path("/dev/mmcblk0p6"))
+    boot_devices: tuple[Path | Region, Path | Region] = (
+        Path("/dev/mmcblk0p2"),
+        Path("/dev/mmcblk0p3"),
+    )
+    root_devices: tuple[Path | Region, Path | Region] = (
+        Path("/dev/mmcblk0p5"),
+        Path("/dev/mmcblk0p6"),
+    )
     boot_id: Path = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -119,6 +128,7 @@ class TrybootSlots:
         self.arm = arm
         self.watchdog = watchdog
         self.persist = persist or Persist()
+        self.autoboot = autoboot_file(layout.autoboot)
         if len(set(layout.boot_partitions)) != 2:
             raise TrybootError("tryboot needs two different boot partitions")
         self._state = self._load(initial_version)
@@ -155,7 +165,7 @@ class TrybootSlots:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TrybootError(f"{self.layout.state_file} is unreadable: {exc}") from None
         # First start: the committed slot is what autoboot.txt says, else what booted.
-        choice = read_autoboot(self.layout.autoboot)
+        choice = parse_autoboot(self.autoboot.read())
         booted = read_boot_info(self.layout.device_tree)
         committed = self._slot_of(choice.default if choice else booted.partition)
         state = _State(committed=committed, versions={committed: initial_version})
@@ -166,8 +176,8 @@ class TrybootSlots:
         self.persist.replace_file(self.layout.state_file, self._state.to_json(), f"state:{label}")
 
     def _write_autoboot(self, committed: str, label: str) -> None:
-        self.persist.replace_file(
-            self.layout.autoboot, render_autoboot(self._choice(committed)), f"autoboot:{label}"
+        self.autoboot.replace(
+            render_autoboot(self._choice(committed)), self.persist, f"autoboot:{label}"
         )
 
     # --- restart -----------------------------------------------------------------------
@@ -191,7 +201,7 @@ class TrybootSlots:
                 self._save("trial-booted")
             if running == state.target and self.watchdog is not None:
                 self.watchdog.arm()  # also when the agent restarts within the trial
-        if read_autoboot(self.layout.autoboot) != self._choice(state.committed):
+        if parse_autoboot(self.autoboot.read()) != self._choice(state.committed):
             self._write_autoboot(state.committed, "repair")
         if not self.layout.state_file.exists():
             self._save("init")
@@ -251,7 +261,7 @@ class TrybootSlots:
             raise TrybootError("already in a trial")
         if self._state.versions.get(status.inactive) is None:
             raise TrybootError(f"slot {status.inactive} holds no installed version")
-        if read_autoboot(self.layout.autoboot) != self._choice(self._state.committed):
+        if parse_autoboot(self.autoboot.read()) != self._choice(self._state.committed):
             self._write_autoboot(self._state.committed, "before-trial")
         self._state.phase, self._state.target = "trial_armed", status.inactive
         self._state.boot_id = self._current_boot_id()

@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from agent.adapters.slots import SlotError
 from agent.state import fsync_dir
@@ -135,10 +135,62 @@ def parse_autoboot(data: bytes | None) -> Autoboot | None:
 
 def read_autoboot(path: Path) -> Autoboot | None:
     """Parse ``path`` (None when missing or invalid)."""
-    try:
-        return parse_autoboot(Path(path).read_bytes()[: AUTOBOOT_MAX + 1])
-    except OSError:
-        return None
+    return parse_autoboot(MountedAutoboot(path).read())
+
+
+class AutobootFile(Protocol):
+    """Where ``autoboot.txt`` lives: partition 1 mounted on a device; in tests and the
+    bench, the FAT partition 1 of a disk image (read and written with a FAT library)."""
+
+    def read(self) -> bytes | None:
+        """The file's first 513 bytes (enough to see it is over the limit); None when
+        it is missing or unreadable."""
+        ...
+
+    def replace(self, data: bytes, persist: Persist, label: str) -> None:
+        """Replace the file as safely as the filesystem allows, calling
+        ``persist.after_write`` after each persistent write."""
+        ...
+
+
+class MountedAutoboot:
+    """``autoboot.txt`` on the mounted FAT partition 1 (``/boot/firmware`` on a Pi)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def read(self) -> bytes | None:
+        """See :meth:`AutobootFile.read`."""
+        try:
+            with open(self.path, "rb") as handle:
+                return handle.read(AUTOBOOT_MAX + 1)
+        except OSError:
+            return None
+
+    def replace(self, data: bytes, persist: Persist, label: str) -> None:
+        """Temp file, fsync, rename, fsync the directory, re-read (see
+        :meth:`Persist.replace_file`)."""
+        persist.replace_file(self.path, data, label)
+
+
+def autoboot_file(where: Path | AutobootFile) -> AutobootFile:
+    """A path is the mounted file; anything else already is an :class:`AutobootFile`."""
+    return MountedAutoboot(where) if isinstance(where, str | Path) else where
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A partition as a byte range: a whole device node (``offset`` 0, ``size`` None) or
+    a range of a disk image (tests and the bench: no loop devices needed)."""
+
+    path: Path
+    offset: int = 0
+    size: int | None = None
+
+    @classmethod
+    def of(cls, where: Path | Region) -> Region:
+        """A path is the whole device or file."""
+        return where if isinstance(where, Region) else cls(Path(where))
 
 
 # --- persistent writes (the fault-injection seam) ----------------------------------------
@@ -150,8 +202,12 @@ class Persist:
     On a device ``after_write`` does nothing; a test sets it to cut the power (raise)
     after the n-th write, then boots its fake firmware on what is on disk."""
 
-    def __init__(self, after_write: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, after_write: Callable[[str], None] | None = None, chunk: int = CHUNK
+    ) -> None:
         self.after_write = after_write or (lambda label: None)
+        self.chunk = chunk
+        """Bytes per raw write (each one fsynced and followed by ``after_write``)."""
 
     def replace_file(self, path: Path, data: bytes, label: str) -> None:
         """Write ``data`` to ``path`` as safely as the filesystem allows: a temporary file
@@ -171,18 +227,22 @@ class Persist:
         if path.read_bytes() != data:
             raise TrybootError(f"{path}: read back differs from what was written")
 
-    def stream_raw(self, source: Path, device: Path, label: str, chunk: int = CHUNK) -> str:
-        """Copy ``source`` raw onto ``device`` (a partition, or a regular file in tests),
+    def stream_raw(self, source: Path, device: Path | Region, label: str) -> str:
+        """Copy ``source`` raw onto ``device`` (a partition, or a range of a disk image),
         fsync, then read the written range back and compare digests. Returns the
         SHA-256 hex digest. Never holds more than ``chunk`` bytes in memory."""
+        region = Region.of(device)
         size = Path(source).stat().st_size
-        capacity = _capacity(device)
+        capacity = _capacity(region)
         if capacity is not None and size > capacity:
-            raise TrybootError(f"{source.name} is {size} bytes; {device} holds only {capacity}")
+            raise TrybootError(
+                f"{source.name} is {size} bytes; {region.path} holds only {capacity}"
+            )
         digest = hashlib.sha256()
-        with open(source, "rb") as src, open(device, "r+b") as dst:
+        with open(source, "rb") as src, open(region.path, "r+b") as dst:
+            dst.seek(region.offset)
             index = 0
-            while block := src.read(chunk):
+            while block := src.read(self.chunk):
                 digest.update(block)
                 dst.write(block)
                 dst.flush()
@@ -190,19 +250,22 @@ class Persist:
                 self.after_write(f"{label}:chunk{index}")
                 index += 1
         expected = digest.hexdigest()
-        with open(device, "rb") as dev:
-            written = _digest_prefix(dev, size, chunk)
+        with open(region.path, "rb") as dev:
+            dev.seek(region.offset)
+            written = _digest_prefix(dev, size, self.chunk)
         if written != expected:
-            raise TrybootError(f"{device}: read-back digest {written} != {expected}")
+            raise TrybootError(f"{region.path}: read-back digest {written} != {expected}")
         return expected
 
 
-def _capacity(device: Path) -> int | None:
-    """Size of a block device (None for a regular file, which grows)."""
-    if Path(device).is_file():
+def _capacity(region: Region) -> int | None:
+    """Bytes the partition holds (None for a whole regular file, which grows)."""
+    if region.size is not None:
+        return region.size
+    if Path(region.path).is_file():
         return None
-    with open(device, "rb") as handle:
-        return handle.seek(0, os.SEEK_END)
+    with open(region.path, "rb") as handle:
+        return handle.seek(0, os.SEEK_END) - region.offset
 
 
 def _digest_prefix(handle: BinaryIO, size: int, chunk: int) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from agent.adapters.bundles import BundleFiles
 from agent.adapters.tryboot import BOOT_IMAGE, ROOTFS_IMAGE, TrybootSlots
-from agent.adapters.tryboot_io import Autoboot, Persist, read_autoboot
+from agent.adapters.tryboot_io import Autoboot, Persist, parse_autoboot
 from agent.core.outputs import RunCommand
 from agent.core.update_flow import TargetInfo, UpdateRecord
 from agent.update_driver import UpdateDriver
@@ -21,7 +21,7 @@ from agent.update_ports import FetchedTarget, MemoryUpdateStore, TargetListing, 
 from firmware_bundles.build import build_bundle
 from firmware_bundles.examples import example_source
 from protocol import FailureClass, UpdateState
-from tests.support.fake_pi import FakePi, boot_image, root_image
+from simulator.fake_pi import FakePi, boot_image, root_image
 from tests.unit.test_update_driver import Host
 
 
@@ -88,7 +88,9 @@ def agent_start(
     store: MemoryUpdateStore,
     hook: Callable[[str], None] | None = None,
 ) -> UpdateDriver:
-    slots = TrybootSlots(pi.layout(), arm=pi.arm, persist=Persist(hook), initial_version="1")
+    slots = TrybootSlots(
+        pi.layout(), arm=pi.arm, persist=Persist(hook, 1 << 17), initial_version="1"
+    )
     return UpdateDriver(
         policy=UpdatePolicy(
             hardware_revision="rev-a", agent_version="1.0.0", model="gw-100", restart="reboot"
@@ -131,16 +133,16 @@ def test_an_image_bundle_is_streamed_trialled_and_committed(tmp_path: Path) -> N
     pi, driver, host = update(tmp_path, healthy=True)
     assert driver.record.state is UpdateState.COMMITTED
     assert [ok for _id, ok, _ in host.acks] == [True]
-    assert read_autoboot(pi.autoboot) == Autoboot(3, 2)
+    assert parse_autoboot(pi.read_autoboot()) == Autoboot(3, 2)
     assert pi.boot() == 3
-    assert pi.slot_content("b")[1] == root_image("2.0.0")
-    assert pi.slot_content("a")[1] == root_image("1")
+    assert pi.holds("b", "2.0.0")
+    assert pi.holds("a", "1")
 
 
 def test_a_failing_health_check_boots_the_old_slot_again(tmp_path: Path) -> None:
     pi, driver, host = update(tmp_path, healthy=False)
     assert driver.record.state is UpdateState.ROLLED_BACK
-    assert read_autoboot(pi.autoboot) == Autoboot(2, 3)  # FAT never written
+    assert parse_autoboot(pi.read_autoboot()) == Autoboot(2, 3)  # FAT never written
     assert not pi.flag()
     assert pi.boot() == 2
     assert host.rollbacks == 1
@@ -162,7 +164,7 @@ def tampered(bundle: Path, out: Path) -> Path:
 
 def test_an_image_whose_digest_does_not_match_touches_neither_slot(tmp_path: Path) -> None:
     pi = FakePi(tmp_path / "pi")
-    before = (pi.slot_content("a"), pi.slot_content("b"), pi.autoboot.read_bytes())
+    before = (pi.slot_content("a"), pi.slot_content("b"), pi.read_autoboot())
     bad = tampered(image_bundle(tmp_path, "2.0.0"), tmp_path / "bad.tar.gz")
     host, store = Host(), MemoryUpdateStore()
     driver = agent_start(pi, tmp_path, OneBundle(bad, "2.0.0"), True, host, store)
@@ -171,7 +173,7 @@ def test_an_image_whose_digest_does_not_match_touches_neither_slot(tmp_path: Pat
     assert driver.record.state is UpdateState.FAILED
     assert "sha" in (driver.record.reason or "").lower() or "digest" in (driver.record.reason or "")
     assert [ok for _id, ok, _ in host.acks] == [False]
-    assert (pi.slot_content("a"), pi.slot_content("b"), pi.autoboot.read_bytes()) == before
+    assert (pi.slot_content("a"), pi.slot_content("b"), pi.read_autoboot()) == before
     assert not pi.flag()
 
 
@@ -262,7 +264,7 @@ def test_a_cut_between_the_driver_commit_and_the_slot_commit(tmp_path: Path) -> 
     assert driver.record.state is UpdateState.COMMITTED
     assert driver.work["recommit_attempts"] == 1
     assert log.count("flag:set") == 2  # the trial, and the trial re-armed after the cut
-    assert read_autoboot(pi.autoboot) == Autoboot(3, 2)
+    assert parse_autoboot(pi.read_autoboot()) == Autoboot(3, 2)
     pi.boot()
     status = TrybootSlots(pi.layout(), arm=pi.arm, initial_version="1").status()
     assert (status.running_version, status.committed_version, status.in_trial) == (
@@ -291,7 +293,7 @@ def test_a_committed_version_that_never_boots_again_ends_rolled_back(tmp_path: P
     driver = agent_start(pi, tmp_path, fetcher, True, host, store, cut_once)
     with pytest.raises(PowerCut):
         run(driver, driver.resume(1000.0))
-    pi.device("boot", "b").write_bytes(b"broken")  # slot b no longer boots
+    pi.write_at("boot", "b", b"broken" * 100)  # slot b no longer boots
     for _ in range(10):
         assert pi.boot() == 2
         driver = agent_start(pi, tmp_path, fetcher, True, host, store)
@@ -301,5 +303,5 @@ def test_a_committed_version_that_never_boots_again_ends_rolled_back(tmp_path: P
     assert driver.record.state is UpdateState.ROLLED_BACK
     assert "giving up" in driver.record.reason
     assert [ok for _id, ok, _ in host.acks] == [False]
-    assert read_autoboot(pi.autoboot) == Autoboot(2, 3)
+    assert parse_autoboot(pi.read_autoboot()) == Autoboot(2, 3)
     assert pi.boot() == 2

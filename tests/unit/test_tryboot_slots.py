@@ -20,7 +20,7 @@ from agent.adapters.tryboot_io import (
     read_boot_info,
     render_autoboot,
 )
-from tests.support.fake_pi import FakePi, boot_image, root_image
+from simulator.fake_pi import FakePi, boot_image, root_image
 
 
 class PowerCut(Exception):  # noqa: N818 (a simulated event)
@@ -46,14 +46,16 @@ def bundle(tmp: Path, version: str) -> Path:
     return source
 
 
+CHUNK = 1 << 17
+"""Raw writes of 128 KiB: each slot image takes several, each one a cut position."""
+
+
 def slots_on(pi: FakePi, hook: Callable[[str], None] | None = None) -> TrybootSlots:
-    return TrybootSlots(pi.layout(), arm=pi.arm, persist=Persist(hook), initial_version="1")
+    return TrybootSlots(pi.layout(), arm=pi.arm, persist=Persist(hook, CHUNK), initial_version="1")
 
 
 def holds(pi: FakePi, slot: str, version: str) -> bool:
-    boot, root = pi.slot_content(slot)
-    want_boot, want_root = boot_image(version), root_image(version)
-    return boot[: len(want_boot)] == want_boot and root[: len(want_root)] == want_root
+    return pi.holds(slot, version)
 
 
 # --- device tree and autoboot.txt --------------------------------------------------------
@@ -111,7 +113,7 @@ def test_update_trial_commit(tmp_path: Path) -> None:
     assert status.running == "b"
     assert status.running_version == "2"
     trial.commit()
-    assert parse_autoboot(pi.autoboot.read_bytes()) == Autoboot(3, 2)
+    assert parse_autoboot(pi.read_autoboot()) == Autoboot(3, 2)
     assert pi.boot() == 3  # a plain reboot stays on the new slot
     after = slots_on(pi).status()
     assert (after.running, after.committed, after.in_trial) == ("b", "b", False)
@@ -123,10 +125,10 @@ def test_failed_trial_rolls_back_without_writing_fat(tmp_path: Path) -> None:
     slots.install(bundle(tmp_path, "2"), "2")
     slots.switch_for_trial()
     pi.boot()
-    before = pi.autoboot.read_bytes()
+    before = pi.read_autoboot()
     trial = slots_on(pi)
     trial.rollback()
-    assert pi.autoboot.read_bytes() == before
+    assert pi.read_autoboot() == before
     assert trial.status().running == "a"
     assert not trial.status().in_trial
     assert pi.boot() == 2
@@ -144,9 +146,7 @@ def test_read_back_mismatch_is_refused_and_leaves_the_slot_unclaimed(tmp_path: P
 
     def bad_card(label: str) -> None:
         if label.startswith("raw:root"):  # the card silently corrupts a byte
-            with open(pi.device("root", "b"), "r+b") as handle:
-                handle.seek(100)
-                handle.write(b"\xff")
+            pi.write_at("root", "b", b"\xff", 100)
 
     slots = slots_on(pi, bad_card)
     with pytest.raises(TrybootError, match="read-back digest"):
@@ -187,16 +187,17 @@ def test_torn_autoboot_is_repaired_from_state(tmp_path: Path, damage: str) -> No
     slots_on(pi).switch_for_trial()
     pi.boot()
     slots_on(pi).commit()  # committed: b
-    good = pi.autoboot.read_bytes()
+    good = pi.read_autoboot()
+    assert good is not None
     if damage == "missing":
-        pi.autoboot.unlink()
+        pi.autoboot.write_raw(None)
     elif damage == "empty":
-        pi.autoboot.write_bytes(b"")
+        pi.autoboot.write_raw(b"")
     else:
-        pi.autoboot.write_bytes(good[: len(good) // 2])
+        pi.autoboot.write_raw(good[: len(good) // 2])
     assert pi.boot() == 2  # PARTITION_WALK: the first bootable partition
     repaired = slots_on(pi)
-    assert pi.autoboot.read_bytes() == good
+    assert pi.read_autoboot() == good
     assert repaired.status().committed == "b"
     assert pi.boot() == 3
 
@@ -267,7 +268,9 @@ def power_cut_matrix(
     """Cut the power after every write in turn; returns how many writes an update makes."""
 
     def make(pi: FakePi, hook: Callable[[str], None] | None = None) -> TrybootSlots:
-        return slots_class(pi.layout(), arm=pi.arm, persist=Persist(hook), initial_version="1")
+        return slots_class(
+            pi.layout(), arm=pi.arm, persist=Persist(hook, CHUNK), initial_version="1"
+        )
 
     nominal: list[str] = []
     board = tmp / "nominal"
@@ -292,7 +295,7 @@ def power_cut_matrix(
         want = "2" if healthy else "1"
         assert (final.committed_version, final.running_version) == (want, want), nominal[limit]
         assert not final.in_trial
-        assert parse_autoboot(pi.autoboot.read_bytes()) is not None
+        assert parse_autoboot(pi.read_autoboot()) is not None
     return len(nominal)
 
 
@@ -324,13 +327,15 @@ def test_config_and_make_slots_build_tryboot_slots(tmp_path: Path) -> None:
     from agent.config import ConfigError, parse_updates
     from agent.updater import make_slots
 
-    pi = FakePi(tmp_path / "pi")
+    FakePi(tmp_path / "pi")
+    (tmp_path / "bootfs").mkdir()
+    devices = [str(tmp_path / name) for name in ("p2", "p3", "p5", "p6")]
     keys = {
         "slots": "tryboot",
-        "tryboot_autoboot": str(pi.autoboot),
+        "tryboot_autoboot": str(tmp_path / "bootfs" / "autoboot.txt"),
         "tryboot_device_tree": str(tmp_path / "pi" / "dt"),
-        "tryboot_boot_devices": [str(pi.device("boot", "a")), str(pi.device("boot", "b"))],
-        "tryboot_root_devices": [str(pi.device("root", "a")), str(pi.device("root", "b"))],
+        "tryboot_boot_devices": devices[:2],
+        "tryboot_root_devices": devices[2:],
         "tryboot_arm": "vcmailbox",
         "initial_version": "1",
     }
