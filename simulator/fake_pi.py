@@ -16,12 +16,13 @@ The firmware's parser here is written apart from the agent's, so the two check e
 
 from __future__ import annotations
 
+import json
 import struct
 import uuid
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from agent.adapters.tryboot import TrybootLayout
+from agent.adapters.tryboot import BOOT_IMAGE, ROOTFS_IMAGE, TrybootLayout
 from agent.adapters.tryboot_io import Region
 from simulator.pi_disk import (
     FatAutoboot,
@@ -33,7 +34,14 @@ from simulator.pi_disk import (
     root_image,
 )
 
-__all__ = ["MODELS", "FakePi", "boot_image", "firmware_choice", "root_image"]
+__all__ = [
+    "MODELS",
+    "FakePi",
+    "boot_image",
+    "build_image_bundle",
+    "firmware_choice",
+    "root_image",
+]
 
 MODELS = {
     "pi4": "Raspberry Pi 4 Model B Rev 1.5",
@@ -76,19 +84,24 @@ class FakePi:
         version: str = "1",
         model: str = "pi4",
         eeprom: int = EEPROM_2025_08_13,
+        flash: bool = True,
     ) -> None:
+        """A board under ``root``, its card freshly flashed with ``version`` in slot a and
+        powered on; ``flash=False`` attaches to a board already there (another process)."""
         self.root = root
         self.partition_walk = partition_walk
         self.model = model
         self.eeprom = eeprom
-        for sub in ("state", "dt/chosen/bootloader"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
         self.disk = root / "disk.img"
-        self.disk.write_bytes(pristine_disk(version))
         self.register = root / "reset-register"
-        self.register.write_bytes(b"0")
         self.autoboot = FatAutoboot(self.disk)
         self.booted: int | None = None
+        if not flash:
+            return
+        for sub in ("state", "dt/chosen/bootloader"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        self.disk.write_bytes(pristine_disk(version))
+        self.register.write_bytes(b"0")
         self.boot()
 
     # --- the card ----------------------------------------------------------------------
@@ -182,3 +195,23 @@ class FakePi:
         (self.root / "dt" / "model").write_bytes(MODELS[self.model].encode() + b"\0")
         (self.root / "boot_id").write_text(str(uuid.uuid4()))
         return self.booted
+
+
+def build_image_bundle(out: Path, version: str, **manifest: Any) -> Path:
+    """A bundle whose payload is ``rootfs.img`` + ``boot.img`` for ``version`` (the
+    example ``good-1.2.0``'s manifest otherwise, release counter 3, no simulated outcome
+    unless ``manifest`` sets one); returns the bundle file."""
+    from firmware_bundles.build import build_bundle
+    from firmware_bundles.examples import example_source
+
+    src = out / f"src-{version}"
+    (src / "payload").mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = json.loads((example_source("good-1.2.0") / "manifest.json").read_text())
+    fields.pop("simulation", None)
+    fields.update(version=version, release_counter=3, description="Raspberry Pi image")
+    fields.update(manifest)
+    (src / "manifest.json").write_text(json.dumps(fields))
+    (src / "payload" / ROOTFS_IMAGE).write_bytes(root_image(version))
+    (src / "payload" / BOOT_IMAGE).write_bytes(boot_image(version))
+    return build_bundle(src, out).path

@@ -233,12 +233,10 @@ class Fleet:
             )
             s.commit()
 
-    def start_agent(self, hardware_revision: str = "rev-a", pause_in: str | None = None) -> Systemd:
-        """Start ``fleet-agent run`` for ``DEVICE`` (really ``hardware_revision``) with
-        directory slots, trusting the repository's current root; wait for its Boot."""
+    def agent_config(self, **updates: Any) -> Path:
+        """``device/agent.toml`` for ``DEVICE`` trusting the repository's current root,
+        with these ``[updates]`` keys over the test defaults."""
         device = self.tmp / "device"
-        logs = device / "logs"
-        logs.mkdir(parents=True)
         root = device / "root.json"
         root.write_bytes(root_bytes(self.repo_dir))
         top = {
@@ -249,24 +247,35 @@ class Fleet:
             "publish_interval_s": 0.25,
             "keepalive": 5,
         }
-        updates = {
+        table = {
             "enabled": True,
             "server_url": self.live.url,
             "root_path": str(root),
-            "slots": "directory",
-            "slots_dir": str(self.slots_dir),
-            "hardware_revision": hardware_revision,
+            "hardware_revision": "rev-a",
             "model": "gw-100",
-            "restart": "exit",
-            "payload_mount": "/opt/demo",
             "initial_version": INITIAL_VERSION,
             "simulate_outcomes": True,
             "health_timeout_s": 20,
             "retry_backoff_s": 0.05,
             "download_retries": 2,
             "max_attempts": 2,
+            **updates,
         }
-        config = write_config(device / "agent.toml", top, updates)
+        return write_config(device / "agent.toml", top, table)
+
+    def start_agent(self, hardware_revision: str = "rev-a", pause_in: str | None = None) -> Systemd:
+        """Start ``fleet-agent run`` for ``DEVICE`` (really ``hardware_revision``) with
+        directory slots, trusting the repository's current root; wait for its Boot."""
+        device = self.tmp / "device"
+        logs = device / "logs"
+        logs.mkdir(parents=True)
+        config = self.agent_config(
+            slots="directory",
+            slots_dir=str(self.slots_dir),
+            hardware_revision=hardware_revision,
+            restart="exit",
+            payload_mount="/opt/demo",
+        )
         self.agent = Systemd(config, logs, device / "state", pause_in=pause_in)
         # The Boot event (after the command subscription) records the running version.
         try:

@@ -4,7 +4,6 @@ booted as a trial through the fake bootloader, then committed or rolled back."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,31 +11,20 @@ from typing import Any
 import pytest
 
 from agent.adapters.bundles import BundleFiles
-from agent.adapters.tryboot import BOOT_IMAGE, ROOTFS_IMAGE, TrybootSlots
+from agent.adapters.tryboot import ROOTFS_IMAGE, TrybootSlots
 from agent.adapters.tryboot_io import Autoboot, Persist, parse_autoboot
 from agent.core.outputs import RunCommand
 from agent.core.update_flow import TargetInfo, UpdateRecord
 from agent.update_driver import UpdateDriver
 from agent.update_ports import FetchedTarget, MemoryUpdateStore, TargetListing, UpdatePolicy
-from firmware_bundles.build import build_bundle
-from firmware_bundles.examples import example_source
 from protocol import FailureClass, UpdateState
-from simulator.fake_pi import FakePi, boot_image, root_image
+from simulator.fake_pi import FakePi, build_image_bundle
 from tests.unit.test_update_driver import Host
 
 
 def image_bundle(out: Path, version: str) -> Path:
     """A signed-manifest bundle whose payload is ``rootfs.img`` + ``boot.img``."""
-    src = out / f"src-{version}"
-    src.mkdir(parents=True)
-    manifest = json.loads((example_source("good-1.2.0") / "manifest.json").read_text())
-    manifest.update(version=version, release_counter=3)
-    manifest.pop("simulation", None)
-    (src / "manifest.json").write_text(json.dumps(manifest))
-    (src / "payload").mkdir()
-    (src / "payload" / ROOTFS_IMAGE).write_bytes(root_image(version))
-    (src / "payload" / BOOT_IMAGE).write_bytes(boot_image(version))
-    return build_bundle(src, out / f"out-{version}").path
+    return build_image_bundle(out / f"out-{version}", version)
 
 
 class OneBundle:
