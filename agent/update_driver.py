@@ -42,6 +42,7 @@ from agent.core.update_flow import (
     version_tuple,
 )
 from agent.update_ports import (
+    BoardCheck,
     BundleReader,
     BundleRefusedError,
     FetchedTarget,
@@ -433,6 +434,8 @@ class UpdateDriver:
                 f"{revision}",
                 "wrong_hardware",
             )
+        if contents.raspberry_pi is not None:
+            self._check_board(contents.raspberry_pi)
         self.work["health"] = contents.health
         self.work["simulation"] = contents.simulation
         self.save()
@@ -444,6 +447,17 @@ class UpdateDriver:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
         return self._next(E.INSTALLED, now)
+
+    def _check_board(self, needs: dict[str, Any]) -> None:
+        """A whole-image bundle names the boards it runs on: ask the slots (before any
+        write), and refuse it on slots that cannot tell (not a Raspberry Pi's)."""
+        check = self.slots.board_refusal if isinstance(self.slots, BoardCheck) else None
+        if check is None:
+            refusal = "these slots cannot flash a Raspberry Pi image (use tryboot slots)"
+        else:
+            refusal = check(needs)
+        if refusal is not None:
+            self._fail(FailureClass.VERIFICATION, f"incompatible board: {refusal}")
 
     def installed(self, now: float) -> float | None:
         """``installed``: the slot is written; go for the switch."""

@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from agent.core.update_flow import TargetInfo, UpdateRecord
 from agent.state import atomic_write
@@ -74,6 +74,18 @@ class BundleContents:
     hardware_revisions: tuple[str, ...]
     health: dict[str, Any] | None = None
     simulation: dict[str, Any] | None = None
+    raspberry_pi: dict[str, Any] | None = None
+    """The Pi models and minimum EEPROM date a whole-image bundle needs (None: any)."""
+
+
+@runtime_checkable
+class BoardCheck(Protocol):
+    """Slots that can tell whether this board takes a bundle's image (tryboot slots)."""
+
+    def board_refusal(self, needs: dict[str, Any]) -> str | None:
+        """Why this board cannot run an image made for ``needs`` (the manifest's
+        ``raspberry_pi`` block), None when it can."""
+        ...
 
 
 class TargetFetcher(Protocol):

@@ -12,6 +12,7 @@ This module is pure (msgspec and the standard library only) so the agent can imp
 from __future__ import annotations
 
 import re
+from datetime import date
 from typing import Annotated, Literal
 
 import msgspec
@@ -165,6 +166,39 @@ class Simulation(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     fault_rate_multiplier: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] = 1.0
 
 
+PI_MODELS = ("pi4", "pi400", "cm4", "pi5", "pi500", "cm5")
+"""Raspberry Pi boards with an EEPROM bootloader that does ``tryboot`` A/B."""
+
+
+class RaspberryPi(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where a whole-image bundle (``rootfs.img``, ``boot.img``) may be flashed: the Pi
+    models and the oldest bootloader EEPROM (its build date) the tryboot slots need."""
+
+    models: Annotated[list[str], msgspec.Meta(min_length=1)]
+    min_eeprom: str | None = None
+    """``YYYY-MM-DD``: the EEPROM's build date must be this day or later."""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.models if m not in PI_MODELS]
+        if unknown:
+            raise ManifestError(
+                f"raspberry_pi.models: {unknown[0]!r} is not one of {', '.join(PI_MODELS)}"
+            )
+        if len(set(self.models)) != len(self.models):
+            raise ManifestError("raspberry_pi.models lists a model twice")
+        if self.min_eeprom is not None:
+            try:
+                date.fromisoformat(self.min_eeprom)
+            except ValueError:
+                raise ManifestError(
+                    f"raspberry_pi.min_eeprom {self.min_eeprom!r} is not a date (YYYY-MM-DD)"
+                ) from None
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", self.min_eeprom):
+                raise ManifestError(
+                    f"raspberry_pi.min_eeprom {self.min_eeprom!r} is not a date (YYYY-MM-DD)"
+                )
+
+
 class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The manifest of one bundle (``manifest.json``)."""
 
@@ -180,6 +214,7 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     channel: Slug | None = None
     description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
     simulation: Simulation | None = None
+    raspberry_pi: RaspberryPi | None = None
     format: Literal[1] = 1
 
     def __post_init__(self) -> None:

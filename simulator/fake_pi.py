@@ -199,8 +199,9 @@ class FakePi:
 
 def build_image_bundle(out: Path, version: str, **manifest: Any) -> Path:
     """A bundle whose payload is ``rootfs.img`` + ``boot.img`` for ``version`` (the
-    example ``good-1.2.0``'s manifest otherwise, release counter 3, no simulated outcome
-    unless ``manifest`` sets one); returns the bundle file."""
+    example ``good-1.2.0``'s manifest otherwise, release counter 3, for Pi 4 / CM4 / Pi 5
+    with an EEPROM from 2023-05-11 on, no simulated outcome unless ``manifest`` sets one);
+    returns the bundle file."""
     from firmware_bundles.build import build_bundle
     from firmware_bundles.examples import example_source
 
@@ -210,6 +211,7 @@ def build_image_bundle(out: Path, version: str, **manifest: Any) -> Path:
     fields = json.loads((example_source("good-1.2.0") / "manifest.json").read_text())
     fields.pop("simulation", None)
     fields.update(version=version, release_counter=3, description="Raspberry Pi image")
+    fields["raspberry_pi"] = {"models": ["pi4", "cm4", "pi5"], "min_eeprom": "2023-05-11"}
     fields.update(manifest)
     (src / "manifest.json").write_text(json.dumps(fields))
     (src / "payload" / ROOTFS_IMAGE).write_bytes(root_image(version))

@@ -36,4 +36,7 @@ class BundleFiles:
             hardware_revisions=tuple(manifest.hardware_revisions),
             health=msgspec.to_builtins(manifest.health_check) if manifest.health_check else None,
             simulation=msgspec.to_builtins(manifest.simulation) if manifest.simulation else None,
+            raspberry_pi=(
+                msgspec.to_builtins(manifest.raspberry_pi) if manifest.raspberry_pi else None
+            ),
         )

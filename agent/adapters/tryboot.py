@@ -41,7 +41,9 @@ from agent.adapters.tryboot_io import (
     TrybootError,
     Watchdog,
     autoboot_file,
+    board_refusal,
     parse_autoboot,
+    read_board,
     read_boot_info,
     render_autoboot,
 )
@@ -225,6 +227,11 @@ class TrybootSlots:
             committed_version=state.versions.get(state.committed),
             inactive=_other(running),
         )
+
+    def board_refusal(self, needs: dict[str, Any]) -> str | None:
+        """Why this board must not be flashed with an image for ``needs`` (the bundle's
+        Pi models and minimum EEPROM date); None when it may."""
+        return board_refusal(read_board(self.layout.device_tree), needs)
 
     def install(self, source: Path | None, version: str) -> None:
         """Stream ``rootfs.img`` (and ``boot.img`` when present) from ``source`` raw into

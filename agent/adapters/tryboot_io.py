@@ -16,6 +16,7 @@ import struct
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -72,6 +73,65 @@ def read_boot_info(device_tree: Path) -> BootInfo:
             "update it with rpi-eeprom-update"
         )
     return BootInfo(partition=partition, tryboot=tryboot == 1)
+
+
+BOARD_NAMES = (
+    ("Raspberry Pi Compute Module 4", "cm4"),
+    ("Raspberry Pi Compute Module 5", "cm5"),
+    ("Raspberry Pi 400", "pi400"),
+    ("Raspberry Pi 500", "pi500"),
+    ("Raspberry Pi 4", "pi4"),
+    ("Raspberry Pi 5", "pi5"),
+)
+"""The device tree's ``model`` string prefix of each board name bundles use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Board:
+    """What this board is: its model (``pi4``...; None when not a known Pi), the
+    device tree's model string, and its bootloader EEPROM's build date (None: not told)."""
+
+    model: str | None
+    model_text: str
+    eeprom: date | None
+
+
+def read_board(device_tree: Path) -> Board:
+    """The board from ``model`` and ``chosen/bootloader/build_timestamp`` (seconds, UTC,
+    big-endian u32; reported by Pi 4 class bootloaders)."""
+    try:
+        text = (Path(device_tree) / "model").read_bytes().rstrip(b"\0").decode("ascii", "replace")
+    except OSError:
+        text = ""
+    model = next((name for prefix, name in BOARD_NAMES if text.startswith(prefix)), None)
+    try:
+        stamp = _read_u32(Path(device_tree) / "chosen" / "bootloader" / "build_timestamp")
+        eeprom: date | None = datetime.fromtimestamp(stamp, UTC).date() if stamp else None
+    except (OSError, TrybootError):
+        eeprom = None
+    return Board(model, text, eeprom)
+
+
+def board_refusal(board: Board, needs: dict[str, Any]) -> str | None:
+    """Why an image for ``needs`` (the manifest's ``raspberry_pi``: ``models``,
+    ``min_eeprom``) must not be flashed on ``board``; None when it may."""
+    models = [str(m) for m in needs.get("models") or []]
+    if models and board.model not in models:
+        seen = board.model_text or "no model in the device tree"
+        return f"the image is for {', '.join(models)}; this board is {board.model or seen!r}"
+    wanted = needs.get("min_eeprom")
+    if wanted:
+        if board.eeprom is None:
+            return (
+                f"the image needs a bootloader EEPROM from {wanted} or later and this board "
+                "does not report its build date (chosen/bootloader/build_timestamp)"
+            )
+        if board.eeprom < date.fromisoformat(str(wanted)):
+            return (
+                f"the image needs a bootloader EEPROM from {wanted} or later; this one is "
+                f"from {board.eeprom.isoformat()} (update it with rpi-eeprom-update)"
+            )
+    return None
 
 
 # --- autoboot.txt ---------------------------------------------------------------------

@@ -22,9 +22,9 @@ from simulator.fake_pi import FakePi, build_image_bundle
 from tests.unit.test_update_driver import Host
 
 
-def image_bundle(out: Path, version: str) -> Path:
+def image_bundle(out: Path, version: str, **manifest: Any) -> Path:
     """A signed-manifest bundle whose payload is ``rootfs.img`` + ``boot.img``."""
-    return build_image_bundle(out / f"out-{version}", version)
+    return build_image_bundle(out / f"out-{version}", version, **manifest)
 
 
 class OneBundle:
@@ -163,6 +163,62 @@ def test_an_image_whose_digest_does_not_match_touches_neither_slot(tmp_path: Pat
     assert [ok for _id, ok, _ in host.acks] == [False]
     assert (pi.slot_content("a"), pi.slot_content("b"), pi.read_autoboot()) == before
     assert not pi.flag()
+
+
+@pytest.mark.parametrize(
+    ("needs", "refusal"),
+    [
+        ({"models": ["pi5", "cm5"]}, "the image is for pi5, cm5; this board is 'pi4'"),
+        (
+            {"models": ["pi4"], "min_eeprom": "2026-01-20"},
+            "needs a bootloader EEPROM from 2026-01-20 or later; this one is from 2025-08-13",
+        ),
+    ],
+)
+def test_an_image_for_another_board_is_refused_before_any_write(
+    tmp_path: Path, needs: dict[str, Any], refusal: str
+) -> None:
+    pi = FakePi(tmp_path / "pi")
+    before = (pi.slot_content("a"), pi.slot_content("b"), pi.read_autoboot())
+    bundle = image_bundle(tmp_path, "2.0.0", raspberry_pi=needs)
+    host, store = Host(), MemoryUpdateStore()
+    driver = agent_start(pi, tmp_path, OneBundle(bundle, "2.0.0"), True, host, store)
+    params = {"target": "img", "version": "2.0.0", "execution_id": "ex-1"}
+    run(driver, driver.start(RunCommand("install", "cmd-1", params), 1000.0))
+    assert driver.record.state is UpdateState.FAILED
+    assert driver.record.failure_class is FailureClass.VERIFICATION
+    assert refusal in driver.record.reason
+    assert "2.0.0" not in driver.quarantine  # an EEPROM update may make it fit later
+    assert (pi.slot_content("a"), pi.slot_content("b"), pi.read_autoboot()) == before
+    assert not pi.flag()
+
+
+def test_the_board_check_reads_the_device_tree(tmp_path: Path) -> None:
+    from agent.adapters.tryboot_io import board_refusal, read_board
+
+    pi5 = FakePi(tmp_path / "pi5", model="pi5", eeprom=0)
+    board = read_board(pi5.root / "dt")
+    assert (board.model, board.eeprom) == ("pi5", None)
+    assert board_refusal(board, {"models": ["pi5"]}) is None
+    assert "does not report its build date" in str(
+        board_refusal(board, {"models": ["pi5"], "min_eeprom": "2024-05-13"})
+    )
+    assert "this board is 'no model" in str(
+        board_refusal(read_board(tmp_path), {"models": ["pi4"]})
+    )
+
+
+def test_the_manifest_checks_its_raspberry_pi_block() -> None:
+    from firmware_bundles.manifest import ManifestError, RaspberryPi
+
+    assert RaspberryPi(["pi4", "cm5"], "2024-05-13").models == ["pi4", "cm5"]
+    with pytest.raises(ManifestError, match="'pi3' is not one of pi4"):
+        RaspberryPi(["pi3"])
+    with pytest.raises(ManifestError, match="twice"):
+        RaspberryPi(["pi4", "pi4"])
+    for bad in ("2024-5-13", "13.05.2024", "2024-02-30"):
+        with pytest.raises(ManifestError, match="is not a date"):
+            RaspberryPi(["pi4"], bad)
 
 
 class PowerCut(Exception):  # noqa: N818 (a simulated event)
