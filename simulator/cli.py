@@ -499,6 +499,17 @@ def bench(
             help="with --device-dir: the agents also honour the bundle's simulation block",
         ),
     ] = False,
+    tryboot: Annotated[
+        bool,
+        typer.Option(
+            "--tryboot",
+            help="a whole-image bundle (rootfs.img, boot.img): install, a power cut after "
+            "every write, and rollback with the tryboot slots on a fake Raspberry Pi",
+        ),
+    ] = False,
+    pi_model: Annotated[
+        str, typer.Option(help="with --tryboot: the fake board (pi4, cm4, pi5)")
+    ] = "pi4",
 ) -> None:
     """QA bench: install BUNDLE with the real agent updater on simulated devices.
 
@@ -510,6 +521,10 @@ def bench(
     With --device-dir and --broker the same cases run on real `fleet-agent run`
     processes with DirectorySlots (one per case), restarted and killed like systemd and
     a power cut would.
+
+    With --tryboot a whole-image bundle goes through the Raspberry Pi tryboot slots on a
+    fake board (disk image, bootloader model): install, a power cut after every write of
+    the update, and a rollback (health check forced to fail) with the same cuts.
     """
     import logging
 
@@ -526,6 +541,10 @@ def bench(
 
     if (device_dir is None) != (broker is None):
         raise _fail("--device-dir and --broker go together")
+    if tryboot and device_dir is not None:
+        raise _fail("--tryboot runs on a fake Raspberry Pi; it does not take --device-dir")
+    if pi_model not in ("pi4", "cm4", "pi5"):
+        raise _fail(f"--pi-model {pi_model!r}: use pi4, cm4 or pi5")
     err.print(f"bench: {bundle.name}")
     try:
         if device_dir is not None and broker is not None:
@@ -541,7 +560,13 @@ def bench(
                 simulate_outcomes=simulate_outcomes,
             )
         else:
-            report = run_bench(bundle, hardware=hardware, seed=seed, progress=show)
+            report = run_bench(
+                bundle,
+                hardware=hardware,
+                seed=seed,
+                progress=show,
+                tryboot_model=pi_model if tryboot else None,
+            )
     except BenchError as exc:
         raise _fail(str(exc)) from None
     data = report.to_dict()

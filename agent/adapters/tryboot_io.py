@@ -263,11 +263,26 @@ class Persist:
     after the n-th write, then boots its fake firmware on what is on disk."""
 
     def __init__(
-        self, after_write: Callable[[str], None] | None = None, chunk: int = CHUNK
+        self,
+        after_write: Callable[[str], None] | None = None,
+        chunk: int = CHUNK,
+        *,
+        sync: bool = True,
     ) -> None:
         self.after_write = after_write or (lambda label: None)
         self.chunk = chunk
         """Bytes per raw write (each one fsynced and followed by ``after_write``)."""
+        self.sync = sync
+        """False only on a fake board (tests, the bench), whose power cuts fall between
+        whole writes anyway: fsync would only make them slow."""
+
+    def _fsync(self, fd: int) -> None:
+        if self.sync:
+            os.fsync(fd)
+
+    def _fsync_dir(self, path: Path) -> None:
+        if self.sync:
+            fsync_dir(path)
 
     def replace_file(self, path: Path, data: bytes, label: str) -> None:
         """Write ``data`` to ``path`` as safely as the filesystem allows: a temporary file
@@ -279,10 +294,10 @@ class Persist:
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            self._fsync(handle.fileno())
         self.after_write(f"{label}:tmp")
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        self._fsync_dir(path.parent)
         self.after_write(f"{label}:rename")
         if path.read_bytes() != data:
             raise TrybootError(f"{path}: read back differs from what was written")
@@ -306,7 +321,7 @@ class Persist:
                 digest.update(block)
                 dst.write(block)
                 dst.flush()
-                os.fsync(dst.fileno())
+                self._fsync(dst.fileno())
                 self.after_write(f"{label}:chunk{index}")
                 index += 1
         expected = digest.hexdigest()

@@ -77,7 +77,7 @@ def agent_start(
     hook: Callable[[str], None] | None = None,
 ) -> UpdateDriver:
     slots = TrybootSlots(
-        pi.layout(), arm=pi.arm, persist=Persist(hook, 1 << 17), initial_version="1"
+        pi.layout(), arm=pi.arm, persist=Persist(hook, 1 << 17, sync=False), initial_version="1"
     )
     return UpdateDriver(
         policy=UpdatePolicy(

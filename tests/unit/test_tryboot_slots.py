@@ -51,7 +51,9 @@ CHUNK = 1 << 17
 
 
 def slots_on(pi: FakePi, hook: Callable[[str], None] | None = None) -> TrybootSlots:
-    return TrybootSlots(pi.layout(), arm=pi.arm, persist=Persist(hook, CHUNK), initial_version="1")
+    return TrybootSlots(
+        pi.layout(), arm=pi.arm, persist=Persist(hook, CHUNK, sync=False), initial_version="1"
+    )
 
 
 def holds(pi: FakePi, slot: str, version: str) -> bool:
@@ -269,7 +271,7 @@ def power_cut_matrix(
 
     def make(pi: FakePi, hook: Callable[[str], None] | None = None) -> TrybootSlots:
         return slots_class(
-            pi.layout(), arm=pi.arm, persist=Persist(hook, CHUNK), initial_version="1"
+            pi.layout(), arm=pi.arm, persist=Persist(hook, CHUNK, sync=False), initial_version="1"
         )
 
     nominal: list[str] = []
