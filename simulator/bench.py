@@ -358,11 +358,8 @@ def run_bench(
     hardware: list[str] | None = None,
     seed: int = 1,
     progress: Callable[[CaseResult], None] | None = None,
-    tryboot_model: str | None = None,
 ) -> BenchReport:
-    """Run every case for every revision of the bench (default: those the bundle claims);
-    with ``tryboot_model`` the whole-image cases on a fake Raspberry Pi of that model
-    (:mod:`simulator.bench_tryboot`).
+    """Run every case for every revision of the bench (default: those the bundle claims).
 
     Raises:
         BenchError: the bundle cannot be read or verified.
@@ -371,12 +368,7 @@ def run_bench(
     with published_candidate(bundle) as candidate:
         manifest = candidate.manifest
         revisions = list(dict.fromkeys(hardware or manifest.hardware_revisions))
-        if tryboot_model is not None:
-            from simulator.bench_tryboot import run_tryboot_cases
-
-            cases = run_tryboot_cases(candidate, revisions, model=tryboot_model, progress=progress)
-        else:
-            cases = run_cases(candidate, revisions, _run_case, seed=seed, progress=progress)
+        cases = run_cases(candidate, revisions, _run_case, seed=seed, progress=progress)
     return BenchReport(
         bundle=Path(bundle).name,
         version=manifest.version,

@@ -40,7 +40,14 @@ from agent.core.update_flow import UpdateRecord
 from agent.update_driver import UpdateDriver
 from agent.update_ports import MemoryUpdateStore, UpdatePolicy
 from protocol import FailureClass, UpdateState
-from simulator.bench import INITIAL_VERSION, BenchError, Candidate, CaseResult
+from simulator.bench import (
+    INITIAL_VERSION,
+    BenchError,
+    BenchReport,
+    Candidate,
+    CaseResult,
+    published_candidate,
+)
 from simulator.fake_pi import FakePi
 
 CHUNK = 1 << 17
@@ -309,3 +316,32 @@ def run_tryboot_cases(
             if progress is not None:
                 progress(result)
     return cases
+
+
+def run_tryboot_bench(
+    bundle: Path,
+    *,
+    hardware: list[str] | None = None,
+    model: str = "pi4",
+    progress: Callable[[CaseResult], None] | None = None,
+) -> BenchReport:
+    """The tryboot cases for every revision of the bench (default: those the bundle
+    claims) on a fake ``model`` board.
+
+    Raises:
+        BenchError: the bundle cannot be read or verified, or carries no image.
+    """
+    started = time.monotonic()
+    with published_candidate(bundle) as candidate:
+        manifest = candidate.manifest
+        revisions = list(dict.fromkeys(hardware or manifest.hardware_revisions))
+        cases = run_tryboot_cases(candidate, revisions, model=model, progress=progress)
+    return BenchReport(
+        bundle=Path(bundle).name,
+        version=manifest.version,
+        claimed=list(manifest.hardware_revisions),
+        hardware=revisions,
+        seed=0,
+        cases=cases,
+        seconds=time.monotonic() - started,
+    )

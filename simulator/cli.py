@@ -547,7 +547,11 @@ def bench(
         raise _fail(f"--pi-model {pi_model!r}: use pi4, cm4 or pi5")
     err.print(f"bench: {bundle.name}")
     try:
-        if device_dir is not None and broker is not None:
+        if tryboot:
+            from simulator.bench_tryboot import run_tryboot_bench
+
+            report = run_tryboot_bench(bundle, hardware=hardware, model=pi_model, progress=show)
+        elif device_dir is not None and broker is not None:
             from simulator.bench_device import run_device_bench
 
             report = run_device_bench(
@@ -560,13 +564,7 @@ def bench(
                 simulate_outcomes=simulate_outcomes,
             )
         else:
-            report = run_bench(
-                bundle,
-                hardware=hardware,
-                seed=seed,
-                progress=show,
-                tryboot_model=pi_model if tryboot else None,
-            )
+            report = run_bench(bundle, hardware=hardware, seed=seed, progress=show)
     except BenchError as exc:
         raise _fail(str(exc)) from None
     data = report.to_dict()
