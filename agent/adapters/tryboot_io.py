@@ -304,8 +304,9 @@ class Persist:
 
     def stream_raw(self, source: Path, device: Path | Region, label: str) -> str:
         """Copy ``source`` raw onto ``device`` (a partition, or a range of a disk image),
-        fsync, then read the written range back and compare digests. Returns the
-        SHA-256 hex digest. Never holds more than ``chunk`` bytes in memory."""
+        fsync, then read the written range back and compare digests; a device that holds
+        the image already is not written. Returns the SHA-256 hex digest. Never holds more
+        than ``chunk`` bytes in memory."""
         region = Region.of(device)
         size = Path(source).stat().st_size
         capacity = _capacity(region)
@@ -313,6 +314,14 @@ class Persist:
             raise TrybootError(
                 f"{source.name} is {size} bytes; {region.path} holds only {capacity}"
             )
+        with open(source, "rb") as src:
+            wanted = _digest_prefix(src, size, self.chunk)
+        with open(region.path, "rb") as dev:
+            dev.seek(region.offset)
+            if _digest_prefix(dev, size, self.chunk) == wanted:
+                # Already there (a rollback after a commit: the old slot still holds the
+                # image): nothing is written, the trial boots it as it is.
+                return wanted
         digest = hashlib.sha256()
         with open(source, "rb") as src, open(region.path, "r+b") as dst:
             dst.seek(region.offset)

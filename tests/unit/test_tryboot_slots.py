@@ -136,6 +136,30 @@ def test_failed_trial_rolls_back_without_writing_fat(tmp_path: Path) -> None:
     assert pi.boot() == 2
 
 
+def test_a_rollback_after_a_commit_is_a_trial_of_the_old_slot(tmp_path: Path) -> None:
+    """After a commit of b, the fleet sends the old image back (re-released as 1.0.1):
+    slot a holds it already, so nothing is written; its trial boots and commits."""
+    pi = FakePi(tmp_path)
+    slots_on(pi).install(bundle(tmp_path, "2"), "2")
+    slots_on(pi).switch_for_trial()
+    pi.boot()
+    slots_on(pi).commit()
+    assert pi.boot() == 3
+    writes: list[str] = []
+    back = slots_on(pi, cut_after(None, writes))
+    back.install(bundle(tmp_path, "1"), "1.0.1")
+    assert not [w for w in writes if w.startswith("raw:")], writes
+    back.switch_for_trial()
+    assert pi.boot() == 2  # the trial of the old slot
+    trial = slots_on(pi)
+    assert trial.status().in_trial
+    assert trial.status().running_version == "1.0.1"
+    trial.commit()
+    assert pi.boot() == 2
+    assert parse_autoboot(pi.read_autoboot()) == Autoboot(2, 3)
+    assert holds(pi, "a", "1")
+
+
 def test_install_refuses_a_payload_without_an_image(tmp_path: Path) -> None:
     pi = FakePi(tmp_path)
     with pytest.raises(SlotError, match=ROOTFS_IMAGE):
