@@ -59,6 +59,9 @@ TRANSITIONS: dict[tuple[UpdateState, UpdateEvent], UpdateState] = {
     (U.INSTALLED, E.FAIL): U.FAILED,
     (U.REBOOTING, E.BOOTED): U.TRIAL,
     (U.REBOOTING, E.ROLLBACK): U.ROLLED_BACK,
+    # The trial boot was lost before its verdict (one-shot trial slots boot the old slot
+    # after a power cut): switch to the new slot again.
+    (U.TRIAL, E.REBOOT): U.REBOOTING,
     (U.TRIAL, E.HEALTHY): U.COMMITTED,
     (U.TRIAL, E.ROLLBACK): U.ROLLED_BACK,
     # Committed, but the device came back on the old slot before the slots committed
@@ -229,8 +232,15 @@ def on_restart(
     if state is U.REBOOTING and running_version is not None and running_version == record.version:
         return apply(record, E.BOOTED, now), RestartAction.CONTINUE_TRIAL
     if state is U.TRIAL and running_version is not None and running_version != record.version:
-        # The boot loader fell back to the old slot: the new version did not boot.
-        reason = f"device came back on {running_version} instead of {record.version}"
+        # The boot loader fell back to the old slot: the new version did not boot, or the
+        # power went during its trial (a one-shot trial cannot tell): try it again while
+        # attempts are left, then roll back.
+        if attempts[state.value] < max_attempts:
+            return apply(record, E.REBOOT, now), RestartAction.SWITCH
+        reason = (
+            f"device came back on {running_version} instead of {record.version} "
+            f"{attempts[state.value]} times"
+        )
         return (
             apply(record, E.ROLLBACK, now, failure_class=FailureClass.BOOT, reason=reason),
             RestartAction.REPORT,

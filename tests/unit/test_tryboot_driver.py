@@ -318,6 +318,47 @@ def test_a_cut_between_the_driver_commit_and_the_slot_commit(tmp_path: Path) -> 
     )
 
 
+class CutDuringCheck(Verdict):
+    """The power goes during the first health check (a false rollback without retries)."""
+
+    def __init__(self) -> None:
+        super().__init__(True)
+        self.checks = 0
+
+    def problem(
+        self, record: UpdateRecord, work: dict[str, Any]
+    ) -> tuple[FailureClass, str] | None:
+        self.checks += 1
+        if self.checks == 1:
+            raise PowerCut("during the health check")
+        return None
+
+
+def test_a_power_cut_during_the_trial_tries_the_new_slot_again(tmp_path: Path) -> None:
+    pi = FakePi(tmp_path / "pi")
+    fetcher = OneBundle(image_bundle(tmp_path, "2.0.0"), "2.0.0")
+    host, store, verdict = Host(), MemoryUpdateStore(), CutDuringCheck()
+    driver = agent_start(pi, tmp_path, fetcher, True, host, store)
+    params = {"target": "img", "version": "2.0.0", "execution_id": "ex-1"}
+    run(driver, driver.start(RunCommand("install", "cmd-1", params), 1000.0))
+    for _ in range(6):
+        pi.boot()
+        driver = agent_start(pi, tmp_path, fetcher, True, host, store)
+        driver.trial = verdict
+        try:
+            run(driver, driver.resume(1000.0))
+        except PowerCut:
+            continue
+        if driver.record.reported:
+            break
+    assert driver.record.state is UpdateState.COMMITTED
+    assert driver.record.attempts["trial"] == 1
+    assert verdict.checks == 2
+    states = [e["state"].value for e in host.events]
+    assert states.count("rebooting") == 2  # the trial, and the trial again after the cut
+    assert pi.boot() == 3
+
+
 def test_a_committed_version_that_never_boots_again_ends_rolled_back(tmp_path: Path) -> None:
     """The re-armed trials keep coming back on the old slot (the new one stopped booting):
     after ``max_attempts`` the update ends ``rolled_back`` on the old slot, which stays
