@@ -142,16 +142,29 @@ def fat_files(disk: Path, part: Partition) -> dict[str, bytes] | None:
     """The root directory of a FAT partition (None: not FAT, or unreadable)."""
     if not part.is_fat:
         return None
-    try:
-        fs = _fatfs(disk, part.offset, read_only=True)
-    except Exception:  # a torn or foreign filesystem is simply not FAT
-        return None
-    try:
-        return {name: fs.readbytes(f"/{name}") for name in fs.listdir("/")}
-    except Exception:  # torn directory entries: not readable FAT
-        return None
-    finally:
-        fs.close()
+    with open(disk, "rb") as handle:
+        handle.seek(part.offset)
+        raw = handle.read(part.size)
+    files = _fat_files(raw)
+    return None if files is None else dict(files)
+
+
+@lru_cache(maxsize=64)
+def _fat_files(raw: bytes) -> tuple[tuple[str, bytes], ...] | None:
+    # keyed by the partition's bytes: a partition nobody wrote is not parsed again
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "part.img"
+        path.write_bytes(raw)
+        try:
+            fs = _fatfs(path, 0, read_only=True)
+        except Exception:  # a torn or foreign filesystem is simply not FAT
+            return None
+        try:
+            return tuple((name, fs.readbytes(f"/{name}")) for name in fs.listdir("/"))
+        except Exception:  # torn directory entries: not readable FAT
+            return None
+        finally:
+            fs.close()
 
 
 class FatAutoboot:
