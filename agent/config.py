@@ -77,6 +77,8 @@ class TrybootConfig:
     root_devices: tuple[Path, Path] = (Path("/dev/mmcblk0p5"), Path("/dev/mmcblk0p6"))
     arm: str = "vcio"
     watchdog: Path | None = None
+    remount: bool = False
+    """Keep ``autoboot.txt``'s filesystem read-only, remounted read-write per write."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +246,7 @@ _UPDATE_KEYS = {
     "tryboot_root_devices",
     "tryboot_arm",
     "tryboot_watchdog",
+    "tryboot_remount",
 }
 _SECTIONS = {
     "tls": {"ca", "cert", "key", "bundle"},
@@ -522,6 +525,9 @@ def _tryboot(data: Mapping[str, Any]) -> TrybootConfig:
             "2 to 63 (partition 1 holds autoboot.txt)"
         )
     watchdog = _str(data, "tryboot_watchdog", "updates")
+    remount = data.get("tryboot_remount", base.remount)
+    if not isinstance(remount, bool):
+        raise ConfigError(f"updates.tryboot_remount: expected true or false, got {remount!r}")
     return TrybootConfig(
         autoboot=Path(_str(data, "tryboot_autoboot", "updates") or base.autoboot),
         device_tree=Path(_str(data, "tryboot_device_tree", "updates") or base.device_tree),
@@ -530,6 +536,7 @@ def _tryboot(data: Mapping[str, Any]) -> TrybootConfig:
         root_devices=_pair(data, "tryboot_root_devices", base.root_devices, str),
         arm=arm,
         watchdog=Path(watchdog) if watchdog else None,
+        remount=remount,
     )
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agent.adapters.bundles import BundleFiles
 from agent.adapters.slots import DirectorySlots, SimulatedSlots, Slots
 from agent.adapters.tryboot import TrybootLayout, TrybootSlots
-from agent.adapters.tryboot_io import Watchdog, make_arm
+from agent.adapters.tryboot_io import MountedAutoboot, Watchdog, command_remount, make_arm
 from agent.config import TlsConfig, UpdatesConfig
 from agent.core.commands import Decision
 from agent.core.outputs import RunCommand
@@ -93,9 +93,10 @@ def make_slots(settings: UpdatesConfig, state_dir: Path | None = None) -> Slots:
         return SimulatedSlots(settings.initial_version)
     if settings.slots == "tryboot":
         tb = settings.tryboot
+        remount = command_remount(tb.autoboot.parent) if tb.remount else None
         layout = TrybootLayout(
             state_file=(state_dir or Path(".")) / "tryboot.json",
-            autoboot=tb.autoboot,
+            autoboot=MountedAutoboot(tb.autoboot, remount),
             device_tree=tb.device_tree,
             boot_partitions=tb.boot_partitions,
             boot_devices=tb.boot_devices,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import struct
 import subprocess
@@ -28,6 +29,8 @@ AUTOBOOT_MAX = 512
 SET_REBOOT_FLAGS = 0x00038064
 """Firmware mailbox tag that sets (1) or clears (0) the one-shot tryboot flag."""
 CHUNK = 1 << 20
+
+log = logging.getLogger("agent.updater")
 
 
 class TrybootError(SlotError):
@@ -213,11 +216,32 @@ class AutobootFile(Protocol):
         ...
 
 
-class MountedAutoboot:
-    """``autoboot.txt`` on the mounted FAT partition 1 (``/boot/firmware`` on a Pi)."""
+Remount = Callable[[bool], None]
+"""Make a filesystem writable (True) or read-only again (False)."""
 
-    def __init__(self, path: Path) -> None:
+
+def command_remount(mountpoint: Path) -> Remount:
+    """``mount -o remount,rw|ro MOUNTPOINT``."""
+
+    def remount(writable: bool) -> None:
+        argv = ["mount", "-o", "remount,rw" if writable else "remount,ro", str(mountpoint)]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise TrybootError(f"{' '.join(argv)} failed: {exc}") from None
+        if done.returncode != 0:
+            raise TrybootError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr}")
+
+    return remount
+
+
+class MountedAutoboot:
+    """``autoboot.txt`` on the mounted FAT partition 1 (``/boot/firmware`` on a Pi); with
+    ``remount`` the partition stays read-only except while the file is replaced."""
+
+    def __init__(self, path: Path, remount: Remount | None = None) -> None:
         self.path = Path(path)
+        self.remount = remount
 
     def read(self) -> bytes | None:
         """See :meth:`AutobootFile.read`."""
@@ -229,8 +253,18 @@ class MountedAutoboot:
 
     def replace(self, data: bytes, persist: Persist, label: str) -> None:
         """Temp file, fsync, rename, fsync the directory, re-read (see
-        :meth:`Persist.replace_file`)."""
-        persist.replace_file(self.path, data, label)
+        :meth:`Persist.replace_file`), between a read-write and a read-only remount."""
+        if self.remount is None:
+            persist.replace_file(self.path, data, label)
+            return
+        self.remount(True)
+        try:
+            persist.replace_file(self.path, data, label)
+        finally:
+            try:
+                self.remount(False)
+            except TrybootError as exc:  # written and synced: a writable FAT is the lesser harm
+                log.error("autoboot.txt written, but %s", exc)
 
 
 def autoboot_file(where: Path | AutobootFile) -> AutobootFile:

@@ -366,6 +366,8 @@ def test_config_and_make_slots_build_tryboot_slots(tmp_path: Path) -> None:
         "initial_version": "1",
     }
     settings = parse_updates(keys, tmp_path / "state")
+    assert not settings.tryboot.remount
+    assert parse_updates({**keys, "tryboot_remount": True}, tmp_path / "state").tryboot.remount
     assert settings.restart == "reboot"
     assert settings.tryboot.boot_partitions == (2, 3)
     (tmp_path / "state").mkdir()
@@ -380,6 +382,7 @@ def test_config_and_make_slots_build_tryboot_slots(tmp_path: Path) -> None:
         ({"tryboot_boot_partitions": [2, 2]}, "must differ"),
         ({"tryboot_boot_partitions": [1, 2]}, "partition 1 holds autoboot.txt"),
         ({"tryboot_root_devices": ["/dev/sda5"]}, "list of two str"),
+        ({"tryboot_remount": "yes"}, "tryboot_remount: expected true or false"),
     ]
     for extra, message in bad:
         with pytest.raises(ConfigError, match=message):
@@ -416,3 +419,26 @@ def test_command_arming_reports_a_failing_command() -> None:
     command_arm(["true"], None)(False)  # clearing without a command is a no-op
     with pytest.raises(TrybootError, match="false failed"):
         command_arm(["false"], None)(True)
+
+
+def test_autoboot_is_written_between_a_read_write_and_a_read_only_remount(
+    tmp_path: Path,
+) -> None:
+    import dataclasses
+
+    from agent.adapters.tryboot_io import MountedAutoboot
+
+    pi = FakePi(tmp_path / "pi")
+    (tmp_path / "bootfs").mkdir()
+    calls: list[str] = []
+
+    def remount(writable: bool) -> None:
+        calls.append("rw" if writable else "ro")
+
+    autoboot = MountedAutoboot(tmp_path / "bootfs" / "autoboot.txt", remount)
+    layout = dataclasses.replace(pi.layout(), autoboot=autoboot)
+    TrybootSlots(layout, arm=pi.arm, initial_version="1")  # the missing file is repaired
+    assert calls == ["rw", "ro"]
+    assert parse_autoboot(autoboot.path.read_bytes()) == Autoboot(2, 3)
+    TrybootSlots(layout, arm=pi.arm, initial_version="1")  # nothing to write: no remount
+    assert calls == ["rw", "ro"]
