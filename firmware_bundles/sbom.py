@@ -32,6 +32,10 @@ SPDX_VERSIONS = ("SPDX-2.2", "SPDX-2.3")
 MAX_SBOM_BYTES = 16 * 1024 * 1024
 
 
+_ALGORITHMS = {f"SHA{n}": f"SHA-{n}" for n in (1, 224, 256, 384, 512)}
+"""SPDX checksum names in CycloneDX spelling, so hashes read alike from both formats."""
+
+
 class SbomError(ManifestError):
     """An SBOM document is malformed, of an unsupported version, or invalid; the message
     says which rule it breaks and where."""
@@ -206,7 +210,9 @@ def _parse_spdx(data: bytes, filename: str) -> SbomDocument:
                 licence = text
                 break
         supplier = getattr(pkg.supplier, "name", None) if pkg.supplier else None
-        hashes = {c.algorithm.name.replace("_", "-"): c.value for c in pkg.checksums}
+        hashes = {
+            _ALGORITHMS.get(c.algorithm.name, c.algorithm.name): c.value for c in pkg.checksums
+        }
         out.append(_component(filename, pkg.name, pkg.version, licence, purl, supplier, hashes))
     return SbomDocument("spdx", spec.removeprefix("SPDX-"), out)
 

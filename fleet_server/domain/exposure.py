@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fleet_server.domain.licence_policy import Evaluation
@@ -47,38 +47,49 @@ def index_advisories(advisories: Iterable[Advisory]) -> dict[tuple[str, str], li
     return index
 
 
+def match_component(
+    candidates: Sequence[Any], purl: str | None, vex: Sequence[VexStatement] = ()
+) -> list[Match]:
+    """The matches of one component against its candidate (advisory, affected entry)
+    pairs; a component without a purl version cannot be matched (advisories name
+    packages, not file names)."""
+    key = purl_key(purl) if purl else None
+    if key is None or not key[2]:
+        return []
+    version = key[2]
+    out = []
+    for adv, aff in candidates:
+        if (aff.purl_type, aff.name) != key[:2] or is_affected(aff, version) is not True:
+            continue
+        st = statement_for(list(vex), {adv.id, *adv.aliases}, purl)
+        out.append(
+            Match(
+                adv,
+                0,
+                str(purl),
+                version,
+                earliest_fix(aff, version),
+                st.status if st else "affected",
+                st.justification if st else None,
+            )
+        )
+    return out
+
+
 def match(
     purls: Sequence[str | None],
     index: dict[tuple[str, str], list[Any]],
     vex: Sequence[VexStatement] = (),
 ) -> list[Match]:
-    """Every (advisory, component) pair where the component's purl version is affected.
-
-    ``purls[i]`` is component i's purl; components without a purl or a version cannot be
-    matched (an advisory names packages, not file names).
-    """
+    """Every (advisory, component) pair where the component's purl version is affected;
+    ``purls[i]`` is component i's purl."""
     out: list[Match] = []
     for i, purl in enumerate(purls):
         key = purl_key(purl) if purl else None
-        if key is None or not key[2]:
+        if key is None:
             continue
-        ptype, name, version = key
-        assert version is not None
-        for adv, aff in index.get((ptype, name), ()):
-            if is_affected(aff, version) is not True:
-                continue
-            st = statement_for(list(vex), {adv.id, *adv.aliases}, purl)
-            out.append(
-                Match(
-                    adv,
-                    i,
-                    str(purl),
-                    version,
-                    earliest_fix(aff, version),
-                    st.status if st else "affected",
-                    st.justification if st else None,
-                )
-            )
+        for m in match_component(index.get(key[:2], ()), purl, vex):
+            out.append(replace(m, component_index=i))
     return out
 
 
