@@ -51,6 +51,20 @@ ECOSYSTEM_TO_PURL = {
 }
 """OSV ecosystem (before any ``:release`` suffix) -> purl type."""
 
+DISTRO_NAMESPACE = {
+    "Debian": "debian",
+    "Ubuntu": "ubuntu",
+    "Alpine": "alpine",
+    "Rocky Linux": "rocky",
+    "AlmaLinux": "almalinux",
+    "Red Hat": "redhat",
+    "openSUSE": "opensuse",
+    "SUSE": "suse",
+    "Arch Linux": "arch",
+}
+"""Distribution ecosystems: their packages' purls carry the distribution as namespace
+(``pkg:deb/debian/openssl``) where OSV names the bare package (``openssl``)."""
+
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 
 
@@ -204,6 +218,8 @@ def _affected(aff: dict[str, Any]) -> Affected:
         namespace, _, last = raw.rpartition("/") if ptype not in ("golang",) else ("", "", raw)
         if ptype == "maven" and ":" in raw:
             namespace, _, last = raw.partition(":")
+        if ecosystem in DISTRO_NAMESPACE:
+            namespace, last = DISTRO_NAMESPACE[ecosystem], raw
         ptype, name = package_key(ptype, namespace or None, last)
     ranges = []
     for r in aff.get("ranges") or []:

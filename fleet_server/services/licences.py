@@ -209,6 +209,8 @@ def record_review(
         session.add(row)
     else:
         row.state, row.evaluation = state, evaluation
+    if result is None:
+        return row  # no policy, nothing decided
     audit.record(
         session,
         actor,
