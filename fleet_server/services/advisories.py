@@ -42,7 +42,12 @@ _CHUNK = 2000
 
 
 def import_documents(
-    session: Session, docs: Iterable[tuple[str, Any]], *, actor: Actor, now: float
+    session: Session,
+    docs: Iterable[tuple[str, Any]],
+    *,
+    actor: Actor,
+    now: float,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """Store OSV documents ((file name, decoded JSON or the error reading it)); returns
     counts and the rejected files with their reason. Audited; commits."""
@@ -106,6 +111,7 @@ def import_documents(
         None,
         now=now,
         after={k: (len(v) if isinstance(v, list) else v) for k, v in result.items()},
+        request_id=request_id,
     )
     session.commit()
     return result
@@ -421,6 +427,7 @@ def add_vex(
     *,
     actor: Actor,
     now: float,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """Attach VEX statements to a bundle and re-match it at once; audited, commits."""
     for st in statements:
@@ -445,6 +452,7 @@ def add_vex(
         bundle.name,
         now=now,
         after={"statements": [(s.vulnerability, s.purl, s.status) for s in statements]},
+        request_id=request_id,
     )
     session.flush()
     result = match_pending(session, now=now)

@@ -108,7 +108,9 @@ def publish_bundle(
         session.add(row)
         session.flush()
         composition.store_components(session, row, manifest)
-        licences.record_review(session, row, evaluation, actor=actor, now=now)
+        licences.record_review(
+            session, row, evaluation, actor=actor, now=now, request_id=request_id
+        )
     else:
         row.channel = target.meta.channel
     audit.record(

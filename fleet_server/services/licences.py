@@ -74,7 +74,13 @@ def policy_for(session: Session, model: str) -> Policy | None:
 
 
 def set_policy(
-    session: Session, model: str, doc: dict[str, Any], *, actor: Actor, now: float
+    session: Session,
+    model: str,
+    doc: dict[str, Any],
+    *,
+    actor: Actor,
+    now: float,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """Replace the model's policy (validated), audited; returns it."""
     policy = policy_to_dict(parse_policy(doc))
@@ -86,7 +92,15 @@ def set_policy(
     else:
         row.policy, row.updated_at, row.updated_by = policy, now, actor.label
     audit.record(
-        session, actor, "licence.policy", "model", model, now=now, before=before, after=policy
+        session,
+        actor,
+        "licence.policy",
+        "model",
+        model,
+        now=now,
+        before=before,
+        after=policy,
+        request_id=request_id,
     )
     session.commit()
     return {"model": model, "policy": policy, "updated_at": now, "updated_by": actor.label}
@@ -113,7 +127,14 @@ def get_policy(session: Session, model: str) -> dict[str, Any]:
 
 
 def add_waiver(
-    session: Session, model: str, component: str, reason: str, *, actor: Actor, now: float
+    session: Session,
+    model: str,
+    component: str,
+    reason: str,
+    *,
+    actor: Actor,
+    now: float,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """An admin waives a denied component (``name@version`` or purl) for ``model``."""
     if actor.role not in ("admin", "system"):
@@ -136,6 +157,7 @@ def add_waiver(
         model,
         now=now,
         after={"component": row.component, "reason": row.reason},
+        request_id=request_id,
     )
     session.commit()
     return {"model": model, "component": row.component, "reason": row.reason}
@@ -195,7 +217,13 @@ def evaluation_to_dict(result: Evaluation) -> dict[str, Any]:
 
 
 def record_review(
-    session: Session, bundle: Bundle, result: Evaluation | None, *, actor: Actor, now: float
+    session: Session,
+    bundle: Bundle,
+    result: Evaluation | None,
+    *,
+    actor: Actor,
+    now: float,
+    request_id: str | None = None,
 ) -> LicenceReview:
     """Store the bundle's licence review state after publishing, audited."""
     if result is None:
@@ -219,6 +247,7 @@ def record_review(
         bundle.name,
         now=now,
         after={"state": state.value, **evaluation},
+        request_id=request_id,
     )
     return row
 
@@ -243,7 +272,14 @@ def get_review(session: Session, bundle: Bundle) -> dict[str, Any]:
 
 
 def decide_review(
-    session: Session, bundle: Bundle, decision: str, note: str, *, actor: Actor, now: float
+    session: Session,
+    bundle: Bundle,
+    decision: str,
+    note: str,
+    *,
+    actor: Actor,
+    now: float,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """Approve or reject a bundle's licence review (admin), audited."""
     if actor.role not in ("admin", "system"):
@@ -266,6 +302,7 @@ def decide_review(
         now=now,
         before={"state": before},
         after={"state": new.value, "note": note},
+        request_id=request_id,
     )
     session.commit()
     return review_view(bundle, row)

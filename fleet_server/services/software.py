@@ -31,11 +31,19 @@ def review_of(session: Session, name: str) -> dict[str, Any]:
 
 
 def decide(
-    session: Session, name: str, decision: str, note: str, *, actor: Actor, now: float
+    session: Session,
+    name: str,
+    decision: str,
+    note: str,
+    *,
+    actor: Actor,
+    now: float,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """Approve or reject the licence review of bundle ``name`` (admin; audited)."""
+    bundle = get_bundle(session, name)
     return licences.decide_review(
-        session, get_bundle(session, name), decision, note, actor=actor, now=now
+        session, bundle, decision, note, actor=actor, now=now, request_id=request_id
     )
 
 
@@ -46,19 +54,33 @@ def notices(session: Session, version: str, model: str | None, fmt: str) -> tupl
 
 
 def add_vex(
-    session: Session, name: str, data: bytes, *, actor: Actor, now: float
+    session: Session,
+    name: str,
+    data: bytes,
+    *,
+    actor: Actor,
+    now: float,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """Parse a CycloneDX VEX or OpenVEX document and attach it to bundle ``name``."""
     bundle = get_bundle(session, name)
-    return advisories.add_vex(session, bundle, parse_vex(data, "body"), actor=actor, now=now)
+    statements = parse_vex(data, "body")
+    return advisories.add_vex(
+        session, bundle, statements, actor=actor, now=now, request_id=request_id
+    )
 
 
 def import_advisories(
-    session: Session, filename: str, data: bytes, *, actor: Actor, now: float
+    session: Session,
+    filename: str,
+    data: bytes,
+    *,
+    actor: Actor,
+    now: float,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """Import OSV advisories from a zip (or one JSON document or list), then match."""
-    result = advisories.import_documents(
-        session, iter_documents(filename, data), actor=actor, now=now
-    )
+    docs = iter_documents(filename, data)
+    result = advisories.import_documents(session, docs, actor=actor, now=now, request_id=request_id)
     result["matching"] = advisories.match_pending(session, now=now)
     return result

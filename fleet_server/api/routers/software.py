@@ -81,7 +81,13 @@ def licence_review(*, name: str, session: Db) -> Any:
 def decide_review(*, name: str, body: ReviewIn, request: Request, session: Db, actor: Who) -> Any:
     """An admin's audited decision; production rollouts need ``approved``."""
     return software.decide(
-        session, name, body.decision, body.note, actor=actor, now=context(request).clock()
+        session,
+        name,
+        body.decision,
+        body.note,
+        actor=actor,
+        now=context(request).clock(),
+        request_id=request_id(request),
     )
 
 
@@ -89,7 +95,14 @@ def decide_review(*, name: str, body: ReviewIn, request: Request, session: Db, a
 async def add_vex(*, name: str, request: Request, session: Db, actor: Who) -> Any:
     """A CycloneDX VEX or OpenVEX document; the bundle is re-matched at once."""
     data = await read_body(request, MAX_VEX_BYTES)
-    return software.add_vex(session, name, data, actor=actor, now=context(request).clock())
+    return software.add_vex(
+        session,
+        name,
+        data,
+        actor=actor,
+        now=context(request).clock(),
+        request_id=request_id(request),
+    )
 
 
 @router.get("/releases/{version}/notices", summary="Attribution notice of a release")
@@ -122,14 +135,27 @@ def put_policy(
 ) -> Any:
     """Replace the policy (``allowed``, ``denied``, ``needs_review``, ``default``,
     ``locked_device``); audited."""
-    return licences.set_policy(session, model, body, actor=actor, now=context(request).clock())
+    return licences.set_policy(
+        session,
+        model,
+        body,
+        actor=actor,
+        now=context(request).clock(),
+        request_id=request_id(request),
+    )
 
 
 @router.post("/licence-policies/{model}/waivers", summary="Waive a denied component")
 def add_waiver(*, model: str, body: WaiverIn, request: Request, session: Db, actor: Who) -> Any:
     """An admin's waiver, with a reason (audited); later publishes accept the component."""
     return licences.add_waiver(
-        session, model, body.component, body.reason, actor=actor, now=context(request).clock()
+        session,
+        model,
+        body.component,
+        body.reason,
+        actor=actor,
+        now=context(request).clock(),
+        request_id=request_id(request),
     )
 
 
@@ -157,9 +183,9 @@ async def import_advisories(*, request: Request, session: Db, actor: Who) -> Any
     data = await read_body(request, MAX_ADVISORY_BYTES)
     kind = request.headers.get("content-type", "")
     name = "upload.zip" if "zip" in kind else "upload.json"
-    return software.import_advisories(
-        session, name, data, actor=actor, now=context(request).clock()
-    )
+    now = context(request).clock()
+    rid = request_id(request)
+    return software.import_advisories(session, name, data, actor=actor, now=now, request_id=rid)
 
 
 @router.get("/advisories", summary="List advisories")
