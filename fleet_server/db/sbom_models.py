@@ -8,7 +8,10 @@ from typing import Any
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from fleet_server.db.models import Base, BigId
+from fleet_server.db.models import Base, BigId, Device
+
+# "Devices running release X" (inventory, exposure) looks devices up by model and version.
+Index("ix_devices_model_software_version", Device.model, Device.software_version)
 
 
 class BundleComponent(Base):

@@ -116,6 +116,7 @@ def package_key(purl_type: str, namespace: str | None, name: str) -> tuple[str, 
     return purl_type, full.lower()
 
 
+@functools.lru_cache(maxsize=65536)
 def purl_key(purl: str) -> tuple[str, str, str | None] | None:
     """(purl type, name key, version) of a purl, or None when it is not one."""
     try:
@@ -242,8 +243,10 @@ def version_class(purl_type: str) -> Any:
     return scheme.version_class
 
 
+@functools.lru_cache(maxsize=65536)
 def _version(vclass: Any, raw: str) -> Any:
-    """``raw`` as a ``vclass`` version (a Go-style leading ``v`` is dropped for SemVer)."""
+    """``raw`` as a ``vclass`` version (a Go-style leading ``v`` is dropped for SemVer);
+    cached: a fleet's releases repeat the same versions over and over."""
     return vclass(raw.removeprefix("v") if vclass.__name__ == "SemverVersion" else raw)
 
 

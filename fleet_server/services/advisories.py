@@ -213,38 +213,106 @@ def match_pending(session: Session, *, now: float) -> dict[str, Any]:
     }
 
 
+def _releases(session: Session) -> set[int]:
+    """Ids of the bundles that are a release (highest counter of a model and version)."""
+    return set(session.execute(select(release_ids().subquery().c.id)).scalars())
+
+
+def exposed_by_advisory(
+    session: Session, advisory_ids: list[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Per advisory, the releases with an unsuppressed match (bundle, model, version,
+    release counter)."""
+    releases = _releases(session)
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for start in range(0, len(advisory_ids), _CHUNK):
+        rows = session.execute(
+            select(
+                AdvisoryMatch.advisory_id,
+                Bundle.id,
+                Bundle.name,
+                Bundle.model,
+                Bundle.version,
+                Bundle.release_counter,
+            )
+            .distinct()
+            .join(Bundle, Bundle.id == AdvisoryMatch.bundle_id)
+            .where(
+                AdvisoryMatch.advisory_id.in_(advisory_ids[start : start + _CHUNK]),
+                AdvisoryMatch.status.not_in(SUPPRESSING),
+            )
+            .order_by(AdvisoryMatch.advisory_id, Bundle.model, Bundle.release_counter)
+        ).all()
+        for adv, bundle_id, name, model, version, counter in rows:
+            if bundle_id in releases:
+                out[adv].append(
+                    {"bundle": name, "model": model, "version": version, "release_counter": counter}
+                )
+    return out
+
+
+def exposed_counts(session: Session, advisory_ids: list[str]) -> dict[str, int]:
+    """Active devices running an exposed release, per advisory: the releases per
+    advisory, then one grouped count of devices per (model, version)."""
+    by_advisory = exposed_by_advisory(session, advisory_ids)
+    pairs = {(r["model"], r["version"]) for rels in by_advisory.values() for r in rels}
+    if not pairs:
+        return {}
+    running: dict[tuple[str, str], int] = {}
+    listed = sorted(pairs)
+    for start in range(0, len(listed), _CHUNK):
+        for model, version, n in session.execute(
+            select(Device.model, Device.software_version, func.count())
+            .where(
+                Device.status == "active",
+                tuple_(Device.model, Device.software_version).in_(listed[start : start + _CHUNK]),
+            )
+            .group_by(Device.model, Device.software_version)
+        ).all():
+            running[(model, version)] = int(n)
+    return {
+        adv: sum(running.get((r["model"], r["version"]), 0) for r in rels)
+        for adv, rels in by_advisory.items()
+    }
+
+
 def _raise_events(session: Session, advisory_ids: set[str], now: float) -> int:
     """An exposure event (and an ``advisory.exposure`` webhook) for each critical
     advisory that reaches devices and has no open event yet (one per advisory)."""
-    critical = session.execute(
-        select(AdvisoryRow).where(
-            AdvisoryRow.id.in_(sorted(advisory_ids)), AdvisoryRow.severity == "critical"
-        )
-    ).scalars()
-    raised = 0
-    for adv in critical:
-        open_event = session.execute(
-            select(ExposureEvent.id).where(
-                ExposureEvent.advisory_id == adv.id, ExposureEvent.state == "open"
+    critical = list(
+        session.execute(
+            select(AdvisoryRow.id, AdvisoryRow.severity).where(
+                AdvisoryRow.id.in_(sorted(advisory_ids)),
+                AdvisoryRow.severity == "critical",
+                ~AdvisoryRow.id.in_(
+                    select(ExposureEvent.advisory_id).where(ExposureEvent.state == "open")
+                ),
             )
-        ).first()
-        count = exposed_count(session, adv.id)
-        if open_event or count == 0:
+        ).all()
+    )
+    ids = [c[0] for c in critical]
+    counts = exposed_counts(session, ids)
+    releases = exposed_by_advisory(session, ids)
+    raised = 0
+    for advisory_id, severity in critical:
+        count = counts.get(advisory_id, 0)
+        if count == 0:
             continue
-        bundles = [p["bundle"] for p in exposed_releases(session, adv.id)]
-        event = ExposureEvent(
-            advisory_id=adv.id,
-            severity=adv.severity,
-            exposed_devices=count,
-            bundles=bundles,
-            state="open",
-            raised_at=now,
+        bundles = [p["bundle"] for p in releases[advisory_id]]
+        session.add(
+            ExposureEvent(
+                advisory_id=advisory_id,
+                severity=severity,
+                exposed_devices=count,
+                bundles=bundles,
+                state="open",
+                raised_at=now,
+            )
         )
-        session.add(event)
         webhooks.notify(
             session,
             EventType.ADVISORY_EXPOSURE,
-            {"advisory": adv.id, "severity": adv.severity, "devices": count, "bundles": bundles},
+            {"advisory": advisory_id, "severity": severity, "devices": count, "bundles": bundles},
             now=now,
         )
         raised += 1
@@ -253,24 +321,7 @@ def _raise_events(session: Session, advisory_ids: set[str], now: float) -> int:
 
 def exposed_releases(session: Session, advisory_id: str) -> list[dict[str, Any]]:
     """The releases (bundle of a model and version) with an unsuppressed match."""
-    rel = release_ids().subquery()
-    rows = session.execute(
-        select(Bundle.name, Bundle.model, Bundle.version, Bundle.release_counter)
-        .join(rel, rel.c.id == Bundle.id)
-        .where(
-            Bundle.id.in_(
-                select(AdvisoryMatch.bundle_id).where(
-                    AdvisoryMatch.advisory_id == advisory_id,
-                    AdvisoryMatch.status.not_in(SUPPRESSING),
-                )
-            )
-        )
-        .order_by(Bundle.model, Bundle.release_counter)
-    ).all()
-    return [
-        {"bundle": r.name, "model": r.model, "version": r.version, "release_counter": r[3]}
-        for r in rows
-    ]
+    return exposed_by_advisory(session, [advisory_id]).get(advisory_id, [])
 
 
 def exposed_query(session: Session, advisory_id: str, model: str | None = None) -> Any:

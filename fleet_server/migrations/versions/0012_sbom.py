@@ -19,6 +19,9 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
+    op.create_index(
+        "ix_devices_model_software_version", "devices", ["model", "software_version"], unique=False
+    )
     op.create_table(
         "advisories",
         sa.Column("id", sa.String(length=128), nullable=False),
@@ -211,6 +214,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_devices_model_software_version", table_name="devices")
     op.drop_index("ix_advisory_matches_bundle", table_name="advisory_matches")
     op.drop_index("ix_advisory_matches_advisory", table_name="advisory_matches")
     op.drop_table("advisory_matches")
