@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from firmware_bundles.licences import LicenceError, licensing, parse_expression
+from fleet_server.domain.lifecycles import StateMachine
 from fleet_server.errors import InvalidInputError
 
 ALLOWED, NEEDS_REVIEW, DENIED = "allowed", "needs_review", "denied"
@@ -232,3 +234,37 @@ def evaluate(
             )
         )
     return out
+
+
+# --- a bundle's licence review ----------------------------------------------------------
+
+
+class ReviewState(StrEnum):
+    """States of a bundle's licence review."""
+
+    NO_POLICY = "no_policy"
+    NOT_REQUIRED = "not_required"
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class ReviewEvent(StrEnum):
+    """What moves a review."""
+
+    APPROVE = "approve"
+    REJECT = "reject"
+
+
+REVIEW = StateMachine(
+    "licence review",
+    ReviewState,
+    ReviewEvent,
+    ReviewState.PENDING,
+    {
+        (ReviewState.PENDING, ReviewEvent.APPROVE): ReviewState.APPROVED,
+        (ReviewState.PENDING, ReviewEvent.REJECT): ReviewState.REJECTED,
+        (ReviewState.REJECTED, ReviewEvent.APPROVE): ReviewState.APPROVED,
+        (ReviewState.APPROVED, ReviewEvent.REJECT): ReviewState.REJECTED,
+    },
+)

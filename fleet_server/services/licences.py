@@ -12,7 +12,6 @@ without a policy is not gated (``no_policy``). Every decision is audited.
 from __future__ import annotations
 
 import html
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select
@@ -23,47 +22,19 @@ from firmware_bundles.manifest import Manifest
 from fleet_server.db.models import Bundle
 from fleet_server.db.sbom_models import LicencePolicy, LicenceReview, LicenceWaiver
 from fleet_server.domain.licence_policy import (
+    REVIEW,
     Evaluation,
     Policy,
+    ReviewEvent,
+    ReviewState,
     evaluate,
     parse_policy,
     policy_to_dict,
 )
-from fleet_server.domain.lifecycles import StateMachine
 from fleet_server.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
 
-
-class ReviewState(StrEnum):
-    """States of a bundle's licence review."""
-
-    NO_POLICY = "no_policy"
-    NOT_REQUIRED = "not_required"
-    PENDING = "pending"
-    APPROVED = "approved"
-    REJECTED = "rejected"
-
-
-class ReviewEvent(StrEnum):
-    """What moves a review."""
-
-    APPROVE = "approve"
-    REJECT = "reject"
-
-
-REVIEW = StateMachine(
-    "licence review",
-    ReviewState,
-    ReviewEvent,
-    ReviewState.PENDING,
-    {
-        (ReviewState.PENDING, ReviewEvent.APPROVE): ReviewState.APPROVED,
-        (ReviewState.PENDING, ReviewEvent.REJECT): ReviewState.REJECTED,
-        (ReviewState.REJECTED, ReviewEvent.APPROVE): ReviewState.APPROVED,
-        (ReviewState.APPROVED, ReviewEvent.REJECT): ReviewState.REJECTED,
-    },
-)
 CLEARED = (ReviewState.NO_POLICY, ReviewState.NOT_REQUIRED, ReviewState.APPROVED)
 
 
