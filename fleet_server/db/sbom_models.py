@@ -10,8 +10,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from fleet_server.db.models import Base, BigId, Device
 
-# "Devices running release X" (inventory, exposure) looks devices up by model and version.
-Index("ix_devices_model_software_version", Device.model, Device.software_version)
+# "Devices running release X" (inventory, exposure) looks devices up by model and version;
+# with the status the count is answered from the index alone.
+Index("ix_devices_model_software_version", Device.model, Device.software_version, Device.status)
 
 
 class BundleComponent(Base):

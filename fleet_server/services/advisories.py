@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy import and_, delete, false, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from fleet_server.db.models import Bundle, Device
@@ -324,40 +324,50 @@ def exposed_releases(session: Session, advisory_id: str) -> list[dict[str, Any]]
     return exposed_by_advisory(session, [advisory_id]).get(advisory_id, [])
 
 
-def exposed_query(session: Session, advisory_id: str, model: str | None = None) -> Any:
-    """The active devices whose committed release is exposed (a SELECT of devices)."""
+def _exposed_where(session: Session, advisory_id: str, model: str | None) -> Any:
+    """The condition on devices: active and running an exposed (model, version)."""
     pairs = [
         (r["model"], r["version"])
         for r in exposed_releases(session, advisory_id)
         if model is None or r["model"] == model
     ]
-    where = tuple_(Device.model, Device.software_version).in_(pairs) if pairs else False
-    return select(Device).where(Device.status == "active", where).order_by(Device.device_id)
+    where = tuple_(Device.model, Device.software_version).in_(pairs) if pairs else false()
+    return and_(Device.status == "active", where)
+
+
+def exposed_query(session: Session, advisory_id: str, model: str | None = None) -> Any:
+    """The active devices whose committed release is exposed (a SELECT of devices)."""
+    where = _exposed_where(session, advisory_id, model)
+    return select(Device).where(where).order_by(Device.device_id)
 
 
 def exposed_count(session: Session, advisory_id: str) -> int:
     """How many active devices run an exposed release."""
-    query = exposed_query(session, advisory_id)
-    return int(
-        session.execute(
-            select(func.count()).select_from(query.order_by(None).subquery())
-        ).scalar_one()
-    )
+    return exposed_counts(session, [advisory_id]).get(advisory_id, 0)
 
 
 def exposed_devices(session: Session, advisory_id: str, params: PageParams) -> Page[dict[str, Any]]:
-    """One page of the devices exposed to an advisory."""
-    get_advisory_row(session, advisory_id)
-    return fetch_page(session, exposed_query(session, advisory_id), params, scalars=True).map(
-        lambda d: {
-            "device_id": d.device_id,
-            "model": d.model,
-            "hw_revision": d.hw_revision,
-            "region": d.region,
-            "channel": d.channel,
-            "software_version": d.software_version,
-        }
-    )
+    """One page of the devices exposed to an advisory, and their number (a count
+    answered from the (model, software_version, status) index, and one page by id)."""
+    if session.execute(select(AdvisoryRow.id).where(AdvisoryRow.id == advisory_id)).first() is None:
+        raise NotFoundError("not_found", f"no advisory {advisory_id!r}")
+    where = _exposed_where(session, advisory_id, None)
+    total = session.execute(select(func.count()).select_from(Device).where(where)).scalar_one()
+    rows = session.execute(
+        select(
+            Device.device_id,
+            Device.model,
+            Device.hw_revision,
+            Device.region,
+            Device.channel,
+            Device.software_version,
+        )
+        .where(where)
+        .order_by(Device.device_id)
+        .limit(params.limit)
+        .offset(params.offset)
+    ).all()
+    return Page([dict(r._mapping) for r in rows], int(total), params.offset)
 
 
 def earliest_fixes(session: Session, advisory_id: str) -> dict[str, dict[str, Any] | None]:

@@ -20,7 +20,10 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 def upgrade() -> None:
     op.create_index(
-        "ix_devices_model_software_version", "devices", ["model", "software_version"], unique=False
+        "ix_devices_model_software_version",
+        "devices",
+        ["model", "software_version", "status"],
+        unique=False,
     )
     op.create_table(
         "advisories",
