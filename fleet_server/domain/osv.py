@@ -169,8 +169,9 @@ def _label(score: float) -> str:
     return "low" if score > 0 else "none"
 
 
-def parse_advisory(doc: Any, where: str = "advisory") -> Advisory:
-    """Validate one OSV document.
+def parse_advisory(doc: Any, where: str = "advisory", *, rate: bool = True) -> Advisory:
+    """Validate one OSV document (``rate=False`` skips the CVSS scoring, for documents
+    already stored with their severity).
 
     Raises:
         InvalidInputError: ``invalid_advisory`` naming the document and the rule.
@@ -190,7 +191,7 @@ def parse_advisory(doc: Any, where: str = "advisory") -> Advisory:
     aliases = doc.get("aliases") or []
     if not isinstance(aliases, list):
         raise InvalidInputError("invalid_advisory", f"{where}: `aliases` must be a list")
-    label, score, vector = severity_of(doc)
+    label, score, vector = severity_of(doc) if rate else ("none", None, None)
     return Advisory(
         id=doc["id"],
         aliases=tuple(str(a) for a in aliases),

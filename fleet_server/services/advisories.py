@@ -174,7 +174,7 @@ def match_pending(session: Session, *, now: float) -> dict[str, Any]:
                 AdvisoryRow.id.in_(needed[start : start + _CHUNK])
             )
         ):
-            parsed[row.id] = parse_advisory(row.document, row.id)
+            parsed[row.id] = parse_advisory(row.document, row.id, rate=False)
     vex = _vex_by_bundle(session, {c[2] for c in candidates})
     rows = []
     for advisory_id, component_id, bundle_id, purl in candidates:
