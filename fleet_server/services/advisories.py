@@ -213,23 +213,18 @@ def match_pending(session: Session, *, now: float) -> dict[str, Any]:
     }
 
 
-def _releases(session: Session) -> set[int]:
-    """Ids of the bundles that are a release (highest counter of a model and version)."""
-    return set(session.execute(select(release_ids().subquery().c.id)).scalars())
-
-
 def exposed_by_advisory(
     session: Session, advisory_ids: list[str]
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per advisory, the releases with an unsuppressed match (bundle, model, version,
-    release counter)."""
-    releases = _releases(session)
+    """Per advisory, the releases (the highest release counter of a model and version)
+    with an unsuppressed match: bundle, model, version, release counter. One query per
+    chunk of advisories."""
+    rel = release_ids().subquery()
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for start in range(0, len(advisory_ids), _CHUNK):
         rows = session.execute(
             select(
                 AdvisoryMatch.advisory_id,
-                Bundle.id,
                 Bundle.name,
                 Bundle.model,
                 Bundle.version,
@@ -237,17 +232,17 @@ def exposed_by_advisory(
             )
             .distinct()
             .join(Bundle, Bundle.id == AdvisoryMatch.bundle_id)
+            .join(rel, rel.c.id == Bundle.id)
             .where(
                 AdvisoryMatch.advisory_id.in_(advisory_ids[start : start + _CHUNK]),
                 AdvisoryMatch.status.not_in(SUPPRESSING),
             )
             .order_by(AdvisoryMatch.advisory_id, Bundle.model, Bundle.release_counter)
         ).all()
-        for adv, bundle_id, name, model, version, counter in rows:
-            if bundle_id in releases:
-                out[adv].append(
-                    {"bundle": name, "model": model, "version": version, "release_counter": counter}
-                )
+        for adv, name, model, version, counter in rows:
+            out[adv].append(
+                {"bundle": name, "model": model, "version": version, "release_counter": counter}
+            )
     return out
 
 
@@ -325,20 +320,22 @@ def exposed_releases(session: Session, advisory_id: str) -> list[dict[str, Any]]
 
 
 def _exposed_where(session: Session, advisory_id: str, model: str | None) -> Any:
-    """The condition on devices: active and running an exposed (model, version)."""
+    """The condition on devices: active and running an exposed (model, version); None
+    when no release is exposed."""
     pairs = [
         (r["model"], r["version"])
         for r in exposed_releases(session, advisory_id)
         if model is None or r["model"] == model
     ]
-    where = tuple_(Device.model, Device.software_version).in_(pairs) if pairs else false()
-    return and_(Device.status == "active", where)
+    if not pairs:
+        return None
+    return and_(Device.status == "active", tuple_(Device.model, Device.software_version).in_(pairs))
 
 
 def exposed_query(session: Session, advisory_id: str, model: str | None = None) -> Any:
     """The active devices whose committed release is exposed (a SELECT of devices)."""
     where = _exposed_where(session, advisory_id, model)
-    return select(Device).where(where).order_by(Device.device_id)
+    return select(Device).where(false() if where is None else where).order_by(Device.device_id)
 
 
 def exposed_count(session: Session, advisory_id: str) -> int:
@@ -349,9 +346,11 @@ def exposed_count(session: Session, advisory_id: str) -> int:
 def exposed_devices(session: Session, advisory_id: str, params: PageParams) -> Page[dict[str, Any]]:
     """One page of the devices exposed to an advisory, and their number (a count
     answered from the (model, software_version, status) index, and one page by id)."""
-    if session.execute(select(AdvisoryRow.id).where(AdvisoryRow.id == advisory_id)).first() is None:
-        raise NotFoundError("not_found", f"no advisory {advisory_id!r}")
     where = _exposed_where(session, advisory_id, None)
+    if where is None:
+        if session.get(AdvisoryRow, advisory_id) is None:
+            raise NotFoundError("not_found", f"no advisory {advisory_id!r}")
+        return Page([], 0, params.offset)
     total = session.execute(select(func.count()).select_from(Device).where(where)).scalar_one()
     rows = session.execute(
         select(
