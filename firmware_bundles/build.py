@@ -2,7 +2,9 @@
 
 A source directory holds ``manifest.json`` and a ``payload/`` tree. The manifest may omit
 ``payload``: the build lists every file of ``payload/`` with its size and sha256. When the
-manifest does list ``payload``, the files on disk must match it exactly.
+manifest does list ``payload``, the files on disk must match it exactly. A standard SBOM
+document next to the manifest (:mod:`firmware_bundles.sbom`) is validated, stored as
+``sbom/<name>`` and fills the manifest's ``sbom`` list, which must then be omitted.
 
 The archive is a gzip-compressed tar whose first member is ``manifest.json``, followed by
 the payload files in sorted order, with mtime, uid and gid 0, empty owner names and fixed
@@ -13,6 +15,7 @@ byte-identical bundle on any machine with the same zlib.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -22,6 +25,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from firmware_bundles.errors import BundleError, Reason
 from firmware_bundles.files import sha256_file
 from firmware_bundles.manifest import (
@@ -29,9 +34,11 @@ from firmware_bundles.manifest import (
     PAYLOAD_DIR,
     Manifest,
     ManifestError,
+    SbomComponent,
     encode_manifest,
     parse_manifest,
 )
+from firmware_bundles.sbom import SbomError, convert_legacy, find_sbom, parse_sbom
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,12 @@ class BuiltBundle:
     manifest: Manifest
     sha256: str
     size: int
+
+
+@dataclass(frozen=True)
+class _SbomFile:
+    name: str
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -76,13 +89,50 @@ def _scan_payload(root: Path) -> list[_SourceFile]:
     return sorted(found, key=lambda f: f.path)
 
 
+def _load_sbom(src: Path, doc: dict[str, object], where: Path) -> _SbomFile | None:
+    """Validate the source's SBOM document (if any) and put its components in ``doc``;
+    without one, convert the manifest's own list (licences checked, generic purls)."""
+    try:
+        found = find_sbom(src)
+        if found is None:
+            listed = doc.get("sbom")
+            if isinstance(listed, list) and listed:
+                parsed = msgspec.convert(listed, list[SbomComponent])
+                doc["sbom"] = msgspec.to_builtins(convert_legacy(parsed))
+            return None
+        if "sbom" in doc:
+            raise SbomError(f"{where} lists `sbom` and {found.name} is present; keep only one")
+        data = found.read_bytes()
+        parsed_doc = parse_sbom(data, found.name)
+    except SbomError as exc:
+        raise BundleError(Reason.BAD_SBOM, str(exc)) from None
+    except msgspec.ValidationError as exc:
+        raise BundleError(Reason.BAD_MANIFEST, f"{where}: invalid manifest: {exc}") from None
+    if not parsed_doc.components:
+        raise BundleError(Reason.BAD_SBOM, f"{found.name} lists no components")
+    doc["sbom"] = msgspec.to_builtins(parsed_doc.components)
+    doc["sbom_document"] = {
+        "path": found.name,
+        "format": parsed_doc.format,
+        "spec_version": parsed_doc.spec_version,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+    }
+    return _SbomFile(found.name, data)
+
+
 def load_source(src: Path) -> tuple[Manifest, list[_SourceFile]]:
     """Read and validate a bundle source directory (manifest + payload files).
 
     Raises:
-        BundleError: missing manifest, invalid manifest, unsafe files, or listed payload
-            that does not match the files on disk.
+        BundleError: missing manifest, invalid manifest or SBOM, unsafe files, or listed
+            payload that does not match the files on disk.
     """
+    manifest, files, _sbom = _load_source(src)
+    return manifest, files
+
+
+def _load_source(src: Path) -> tuple[Manifest, list[_SourceFile], _SbomFile | None]:
     manifest_path = src / MANIFEST_NAME
     if not manifest_path.is_file():
         raise BundleError(Reason.BAD_SOURCE, f"{src} has no {MANIFEST_NAME}")
@@ -94,6 +144,9 @@ def load_source(src: Path) -> tuple[Manifest, list[_SourceFile]]:
         ) from None
     if not isinstance(doc, dict):
         raise BundleError(Reason.BAD_MANIFEST, f"{manifest_path} must hold a JSON object")
+    if doc.get("sbom_document") is not None:
+        raise BundleError(Reason.BAD_MANIFEST, f"{manifest_path}: the build sets sbom_document")
+    sbom_file = _load_sbom(src, doc, manifest_path)
     files = _scan_payload(src / PAYLOAD_DIR)
     computed = [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in files]
     listed = doc.get("payload")
@@ -112,7 +165,7 @@ def load_source(src: Path) -> tuple[Manifest, list[_SourceFile]]:
                 Reason.BAD_SOURCE,
                 f"{manifest_path} lists payload that differs from payload/ on disk: {diff[:5]}",
             )
-    return manifest, files
+    return manifest, files, sbom_file
 
 
 def _tarinfo(name: str, size: int, executable: bool) -> tarfile.TarInfo:
@@ -126,8 +179,11 @@ def _tarinfo(name: str, size: int, executable: bool) -> tarfile.TarInfo:
     return info
 
 
-def write_bundle(manifest: Manifest, files: list[_SourceFile], out_file: Path) -> None:
-    """Write the deterministic archive for ``manifest`` and ``files`` to ``out_file``."""
+def write_bundle(
+    manifest: Manifest, files: list[_SourceFile], out_file: Path, sbom: bytes | None = None
+) -> None:
+    """Write the deterministic archive for ``manifest``, its SBOM document (when it has
+    one, right after the manifest) and ``files`` to ``out_file``."""
     manifest_bytes = encode_manifest(manifest)
     with (
         out_file.open("wb") as raw,
@@ -135,6 +191,9 @@ def write_bundle(manifest: Manifest, files: list[_SourceFile], out_file: Path) -
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         tar.addfile(_tarinfo(MANIFEST_NAME, len(manifest_bytes), False), io.BytesIO(manifest_bytes))
+        if manifest.sbom_document is not None and sbom is not None:
+            member = manifest.sbom_document.member
+            tar.addfile(_tarinfo(member, len(sbom), False), io.BytesIO(sbom))
         for f in files:
             with f.disk.open("rb") as fh:
                 tar.addfile(_tarinfo(f"{PAYLOAD_DIR}/{f.path}", f.size, f.executable), fh)
@@ -150,14 +209,14 @@ def build_bundle(src: Path, out: Path) -> BuiltBundle:
     Raises:
         BundleError: the source is invalid (see ``load_source``).
     """
-    manifest, files = load_source(src)
+    manifest, files, sbom = _load_source(src)
     target = out / manifest.bundle_filename() if out.is_dir() else out
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".bundle-", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        write_bundle(manifest, files, tmp)
+        write_bundle(manifest, files, tmp, sbom.data if sbom else None)
         # a changed file between scan and write would make the bundle lie about itself
         for f in files:
             if sha256_file(f.disk) != (f.sha256, f.size):

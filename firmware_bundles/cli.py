@@ -102,9 +102,14 @@ def inspect(
         rows.append(("simulation", f"boot={m.simulation.boot} health={m.simulation.health}"))
     for key, value in rows:
         typer.echo(f"{key:<16} {value}")
-    typer.echo("sbom:")
+    doc = m.sbom_document
+    source = f"{doc.format} {doc.spec_version} ({doc.member})" if doc else "manifest list"
+    typer.echo(f"sbom: {len(m.sbom)} components from {source}")
     for comp in m.sbom:
-        typer.echo(f"  {comp.name} {comp.version} ({comp.licence})")
+        extra = [comp.purl or "", f"supplier {comp.supplier}" if comp.supplier else ""]
+        extra += [f"{alg} {value[:16]}" for alg, value in sorted(comp.hashes.items())[:1]]
+        details = "  ".join(e for e in extra if e)
+        typer.echo(f"  {comp.name} {comp.version} ({comp.licence or 'NOASSERTION'})  {details}")
     typer.echo("files:")
     for f in m.payload:
         typer.echo(f"  {f.size:>10}  {f.sha256[:16]}  {f.path}")

@@ -10,6 +10,7 @@ class Reason(StrEnum):
 
     NOT_A_BUNDLE = "not_a_bundle"
     BAD_MANIFEST = "bad_manifest"
+    BAD_SBOM = "bad_sbom"
     MANIFEST_NOT_FIRST = "manifest_not_first"
     UNSAFE_PATH = "unsafe_path"
     UNSUPPORTED_MEMBER = "unsupported_member"

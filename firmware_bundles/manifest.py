@@ -3,8 +3,9 @@
 A bundle's ``manifest.json`` says what the bundle is (product, model, semver version,
 release counter), where it may run (hardware revisions, minimum agent version), what it
 contains (payload files with size and sha256), how a device decides it is healthy after
-the update (health-check spec) and what it is made of (SBOM with SPDX licences). An
-optional ``simulation`` block is read only by simulated devices.
+the update (health-check spec) and what it is made of (its components with SPDX
+licences, and the standard SBOM document they come from, when there is one). An optional
+``simulation`` block is read only by simulated devices.
 
 This module is pure (msgspec and the standard library only) so the agent can import it.
 """
@@ -23,6 +24,9 @@ MANIFEST_NAME = "manifest.json"
 PAYLOAD_DIR = "payload"
 """Directory of a bundle (and of its source) that holds the payload files."""
 
+SBOM_DIR = "sbom"
+"""Directory of a bundle that holds its standard SBOM document (when it has one)."""
+
 # semver.org 2.0.0, the official regular expression.
 _SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -32,10 +36,6 @@ _SEMVER = re.compile(
 _SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _HARDWARE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _SHA256 = r"^[0-9a-f]{64}$"
-# SPDX licence expression tokens: ids (MIT, Apache-2.0, GPL-2.0-or-later, LicenseRef-x),
-# operators and parentheses. Ids are checked for syntax, not against the SPDX list.
-_SPDX_ID = re.compile(r"^(?:LicenseRef-|DocumentRef-[A-Za-z0-9.-]+:LicenseRef-)?[A-Za-z0-9.+-]+$")
-_SPDX_TOKEN = re.compile(r"\(|\)|[^\s()]+")
 
 Slug = Annotated[str, msgspec.Meta(pattern=_SLUG)]
 HardwareRevision = Annotated[str, msgspec.Meta(pattern=_HARDWARE)]
@@ -68,38 +68,6 @@ def semver_key(text: str) -> tuple[int, int, int, int, tuple[tuple[int, int | st
         return (int(major), int(minor), int(patch), 1, ())
     parts = tuple((0, int(p)) if p.isdigit() else (1, p) for p in pre.split("."))
     return (int(major), int(minor), int(patch), 0, parts)  # type: ignore[return-value]
-
-
-def check_spdx_expression(text: str) -> None:
-    """Check the syntax of an SPDX licence expression (``MIT``, ``Apache-2.0 OR MIT``...).
-
-    Raises:
-        ManifestError: empty, unbalanced parentheses, or a token that is not an SPDX id.
-    """
-    tokens = _SPDX_TOKEN.findall(text)
-    if not tokens:
-        raise ManifestError("licence is empty; use an SPDX id such as MIT or Apache-2.0")
-    depth = 0
-    expect_id = True
-    for token in tokens:
-        if token == "(":
-            depth += 1
-            continue
-        if token == ")":
-            depth -= 1
-            if depth < 0:
-                raise ManifestError(f"licence {text!r}: unbalanced parentheses")
-            continue
-        if token in ("AND", "OR", "WITH"):
-            if expect_id:
-                raise ManifestError(f"licence {text!r}: operator {token} without a left side")
-            expect_id = True
-            continue
-        if not expect_id or not _SPDX_ID.match(token):
-            raise ManifestError(f"licence {text!r}: {token!r} is not an SPDX licence id")
-        expect_id = False
-    if depth != 0 or expect_id:
-        raise ManifestError(f"licence {text!r} is incomplete")
 
 
 def check_payload_path(path: str) -> None:
@@ -147,14 +115,34 @@ class HealthCheck(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class SbomComponent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """One software component shipped in the bundle and its SPDX licence expression."""
+    """One software component shipped in the bundle: name, version, SPDX licence
+    expression (None when the SBOM asserts none), purl, supplier and hashes.
+
+    The licence is checked against the SPDX list by the build and by the server's
+    publish path (:mod:`firmware_bundles.licences`); a device does not judge licences.
+    """
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    version: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    licence: str
+    version: Annotated[str, msgspec.Meta(max_length=200)]
+    licence: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)] | None = None
+    purl: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    supplier: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    hashes: dict[str, str] = {}
 
-    def __post_init__(self) -> None:
-        check_spdx_expression(self.licence)
+
+class SbomDocumentRef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The standard SBOM document stored in the bundle as ``sbom/<path>``."""
+
+    path: Literal["sbom.cdx.json", "sbom.spdx.json", "sbom.spdx"]
+    format: Literal["cyclonedx", "spdx"]
+    spec_version: Annotated[str, msgspec.Meta(max_length=16)]
+    sha256: Sha256
+    size: Annotated[int, msgspec.Meta(ge=0)]
+
+    @property
+    def member(self) -> str:
+        """The archive member that holds the document."""
+        return f"{SBOM_DIR}/{self.path}"
 
 
 class Simulation(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -215,6 +203,7 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
     simulation: Simulation | None = None
     raspberry_pi: RaspberryPi | None = None
+    sbom_document: SbomDocumentRef | None = None
     format: Literal[1] = 1
 
     def __post_init__(self) -> None:
@@ -244,7 +233,7 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return f"{self.product}-{self.model}-{self.version}-r{self.release_counter}.tar.gz"
 
 
-MANIFEST_MAX_BYTES = 1024 * 1024
+MANIFEST_MAX_BYTES = 4 * 1024 * 1024
 
 
 def parse_manifest(data: bytes | str) -> Manifest:

@@ -13,6 +13,7 @@ wrote when the bundle turns out to be bad.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tarfile
@@ -26,9 +27,11 @@ from firmware_bundles.manifest import (
     MANIFEST_MAX_BYTES,
     MANIFEST_NAME,
     PAYLOAD_DIR,
+    SBOM_DIR,
     Manifest,
     ManifestError,
     PayloadFile,
+    SbomDocumentRef,
     check_payload_path,
     parse_manifest,
 )
@@ -119,15 +122,22 @@ def _walk(
         }
         seen: set[str] = {MANIFEST_NAME}
         count = 1
+        sbom = manifest.sbom_document
+        sbom_seen = sbom is None
         while (member := tar.next()) is not None:
             tar.members.clear()  # a stream keeps every member it read; nothing here needs them
             count += 1
             if count > limits.max_members:
                 raise BundleError(Reason.TOO_LARGE, f"more than {limits.max_members} members")
+            if sbom is not None and member.name in (sbom.member, SBOM_DIR, SBOM_DIR + "/"):
+                sbom_seen = _check_sbom_member(tar, member, sbom, sbom_seen)
+                continue
             _, entry = _check_member(member, expected, seen, directories)
             if entry is None:
                 continue
             _copy_checked(tar, member, entry, open_sink(entry, bool(member.mode & 0o100)))
+        if not sbom_seen:
+            raise BundleError(Reason.MISSING_FILE, "the SBOM document is missing")
         missing = sorted(set(expected) - {s[len(PAYLOAD_DIR) + 1 :] for s in seen})
         if missing:
             raise BundleError(Reason.MISSING_FILE, f"payload file {missing[0]!r} is missing")
@@ -137,6 +147,46 @@ def _walk(
             if chunk.strip(b"\0"):
                 raise BundleError(Reason.NOT_A_BUNDLE, "data after the end of the archive")
         return manifest
+
+
+def _check_sbom_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, sbom: SbomDocumentRef, seen: bool
+) -> bool:
+    """Check the SBOM document member against the manifest (the ``sbom`` directory entry
+    is allowed); returns whether the document has now been seen."""
+    if member.isdir():
+        return seen
+    if seen or not member.isreg():
+        raise BundleError(Reason.DUPLICATE_MEMBER, f"member {member.name!r} is unexpected")
+    fh = tar.extractfile(member)
+    assert fh is not None
+    digest, size = sha256_stream(fh, None)
+    if size != sbom.size or digest != sbom.sha256:
+        raise BundleError(Reason.HASH_MISMATCH, f"{sbom.member}: differs from the manifest")
+    return True
+
+
+def read_sbom_member(path: Path) -> bytes | None:
+    """The bytes of the bundle's SBOM document (checked against the manifest), or None
+    when the bundle has none.
+
+    Raises:
+        BundleError: the bundle is invalid or the document differs from the manifest.
+    """
+    with open_guarded(Path(path), Limits()) as archive:
+        manifest = read_manifest_member(archive.tar, archive.tar.next())
+        sbom = manifest.sbom_document
+        if sbom is None:
+            return None
+        while (member := archive.tar.next()) is not None:
+            if member.name == sbom.member and member.isreg() and member.size == sbom.size:
+                fh = archive.tar.extractfile(member)
+                assert fh is not None
+                data = fh.read(sbom.size + 1)
+                if hashlib.sha256(data).hexdigest() != sbom.sha256:
+                    break
+                return data
+    raise BundleError(Reason.MISSING_FILE, f"{path}: the SBOM document is missing or altered")
 
 
 def _copy_checked(

@@ -47,6 +47,8 @@ def body_cap(settings: Settings, method: str, route: str | None) -> int:
         return settings.diagnostics.max_bytes
     if key == ("POST", f"{API}/devices/import"):
         return MAX_CSV_BYTES
+    if key == ("POST", f"{API}/advisories/import"):
+        return 64 * 1024 * 1024
     return settings.api.max_json_bytes
 
 

@@ -17,6 +17,7 @@ EventName = Literal[
     "device.offline",
     "recall.state_changed",
     "claim.filed",
+    "advisory.exposure",
 ]
 assert set(EventName.__args__) == set(SUBSCRIBABLE)  # type: ignore[attr-defined]
 

@@ -32,6 +32,7 @@ class EventType(StrEnum):
     DEVICE_OFFLINE = "device.offline"
     RECALL_STATE_CHANGED = "recall.state_changed"
     CLAIM_FILED = "claim.filed"
+    ADVISORY_EXPOSURE = "advisory.exposure"
     TEST = "webhook.test"
     """Sent by ``POST /webhooks/{id}/test`` only; nobody subscribes to it."""
 

@@ -22,6 +22,7 @@ from fleet_server.fleetctl.common import JsonOpt, LimitOpt
 from fleet_server.fleetctl.credentials_cli import register_credentials
 from fleet_server.fleetctl.groups_cli import bulk_app, groups_app
 from fleet_server.fleetctl.rollout_cli import rollout_app
+from fleet_server.fleetctl.sbom_cli import advisories_app, licences_app, sbom_app
 from fleet_server.fleetctl.startup import prune_groups
 from fleet_server.fleetctl.updates_cli import bundle_app, device_update, executions_app
 from fleet_server.fleetctl.webhooks_cli import webhooks_app
@@ -61,6 +62,9 @@ app.add_typer(analytics_app, name="analytics")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(groups_app, name="groups")
 app.add_typer(bulk_app, name="bulk")
+app.add_typer(sbom_app, name="sbom")
+app.add_typer(advisories_app, name="advisories")
+app.add_typer(licences_app, name="licences")
 
 
 @app.callback()
@@ -160,6 +164,11 @@ def devices_list(
 def devices_show(device_id: str, as_json: JsonOpt = False) -> None:
     """Show everything known about one device."""
     device = common.client().request("GET", f"/api/v1/devices/{device_id}")
+    software = common.client().request("GET", f"/api/v1/devices/{device_id}/components")
+    device["components"] = [
+        f"{c['name']}@{c['version']} ({c['licence'] or 'NOASSERTION'})"
+        for c in software["components"]
+    ]
 
     def render(d: dict[str, Any]) -> None:
         table = Table(show_header=False, title=d["device_id"])

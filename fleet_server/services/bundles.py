@@ -20,7 +20,7 @@ from firmware_bundles.manifest import manifest_to_dict
 from firmware_bundles.verify import verify_bundle
 from fleet_server.db.models import Bundle
 from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
-from fleet_server.services import audit
+from fleet_server.services import audit, composition, licences
 from fleet_server.services.audit import Actor
 from fleet_server.services.paging import Page, PageParams, fetch_page
 from fleet_server.updates.tuf_repository import PublishedTarget, PublishError
@@ -66,14 +66,17 @@ def publish_bundle(
     now: float,
     request_id: str | None = None,
 ) -> tuple[Bundle, bool]:
-    """Verify ``path``, publish it (channel: given, else the manifest's, else
-    ``production``), upsert its catalogue row and audit; returns (row, created)."""
+    """Verify ``path``, evaluate its licences (a denied one refuses it before anything
+    is written), publish it (channel: given, else the manifest's, else ``production``),
+    upsert its catalogue row with its components and licence review, and audit; returns
+    (row, created)."""
     try:
         manifest = verify_bundle(path)
     except BundleError as exc:
         raise BundleRefusedError(
             "invalid_bundle", f"bundle refused: {exc}", {"reason": exc.reason.value}
         ) from None
+    evaluation = licences.evaluate_for_publish(session, manifest)  # before anything is written
     try:
         target = repo.publish(path, channel)
     except PublishError as exc:
@@ -103,6 +106,11 @@ def publish_bundle(
             published_by=actor.label,
         )
         session.add(row)
+        session.flush()
+        composition.store_components(session, row, manifest)
+        licences.record_review(
+            session, row, evaluation, actor=actor, now=now, request_id=request_id
+        )
     else:
         row.channel = target.meta.channel
     audit.record(

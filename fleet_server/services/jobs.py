@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server.config import Settings
+from fleet_server.services.advisories import match_pending
 from fleet_server.services.clock import Clock, system_clock
 from fleet_server.services.commands import expire_commands
 from fleet_server.services.presence import sweep_presence
@@ -72,6 +73,19 @@ def run_recall_remedy_check(sessions: sessionmaker[Session], settings: Settings,
         return mark_remedied_by_version(session, now)
 
 
+def run_advisory_matching(
+    sessions: sessionmaker[Session], settings: Settings, now: float
+) -> dict[str, int]:
+    """Match new advisories and new bundles; raise exposure events (critical ones)."""
+    del settings
+    with sessions() as session:
+        result = match_pending(session, now=now)
+        return result if any(result.values()) else {}
+
+
+ADVISORY_MATCH_INTERVAL_S = 60.0
+
+
 @dataclass
 class _Job:
     name: str
@@ -102,6 +116,7 @@ class Scheduler:
             ),
             _Job("recall-snapshots", settings.recalls.snapshot_interval_s, run_recall_snapshots),
             _Job("webhook-delivery", settings.webhooks.interval_s, WebhookDeliveryJob()),
+            _Job("advisory-matching", ADVISORY_MATCH_INTERVAL_S, run_advisory_matching),
         ]
         self._thread: threading.Thread | None = None
 

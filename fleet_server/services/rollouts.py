@@ -38,7 +38,7 @@ from fleet_server.rollouts.lifecycle import RolloutEvent as Event
 from fleet_server.rollouts.planner import Candidate, plan_waves
 from fleet_server.rollouts.policy import parse_policy, policy_to_dict
 from fleet_server.rollouts.view import rollback_id
-from fleet_server.services import audit
+from fleet_server.services import audit, licences
 from fleet_server.services import bundles as catalog
 from fleet_server.services.audit import Actor
 from fleet_server.services.deployments import OPEN_STATUSES, create_execution
@@ -192,6 +192,8 @@ def start_rollout(
         if actor.role not in ("admin", "system"):
             raise ForbiddenError("forbidden", "only an admin may force a production rollout")
         rollout.forced, rollout.force_reason = True, force_reason
+    if rollout.channel == "production":
+        licences.require_cleared(session, bundle)
     selection = select_devices(
         session, bundle, parse_selector(rollout.selector), rollout_id=rollout.id
     )

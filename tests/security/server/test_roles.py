@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
+from sqlalchemy import update as sql_update
 
 import protocol as p
 from agent.credentials import make_device_key_and_csr
@@ -20,7 +21,7 @@ from firmware_bundles.examples import build_examples
 from fleet_server.adapters.mqtt_publisher import PahoPublisher
 from fleet_server.api import create_app
 from fleet_server.api.app import route_table
-from fleet_server.db.models import AuditEntry
+from fleet_server.db.models import AuditEntry, Device
 from fleet_server.domain.roles import (
     PERMISSIONS,
     Role,
@@ -52,6 +53,9 @@ PATH_VALUES = {
     "serial": "no-such-part",
     "webhook_id": "999999",
     "group_name": "no-such-group",
+    "model": "no-such-model",
+    "advisory_id": "GHSA-none",
+    "version": "9.9.9",
 }
 MUTATING = {"POST", "PATCH", "PUT", "DELETE"}
 READ_ONLY_POSTS = {("POST", "/api/v1/rollouts/dry-run")}
@@ -227,6 +231,22 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -
 
     rollouts: list[str] = []
 
+    def remedy(client: TestClient) -> Any:
+        with sessions() as s:
+            create_device(
+                s,
+                {"device_id": "pi-exposed", "model": "gw-100", "hw_revision": "rev-a"},
+                actor=SYSTEM,
+                now=clock.now,
+            )
+            s.execute(
+                sql_update(Device)
+                .where(Device.device_id == "pi-exposed")
+                .values(software_version="1.1.0")
+            )
+            s.commit()
+        return client.post("/api/v1/advisories/GHSA-audit/remedy", json={}, headers=admin)
+
     def create_rollout(client: TestClient) -> Any:
         with sessions() as s:
             create_device(
@@ -307,11 +327,51 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -
             "/api/v1/tokens/1", headers=admin
         ),
         ("POST", "/api/v1/diagnostics/upload/{token}"): upload,
+        ("PUT", "/api/v1/licence-policies/{model}"): lambda c: c.put(
+            "/api/v1/licence-policies/gw-100",
+            json={"allowed": ["Apache-2.0", "Zlib"], "needs_review": ["GPL-2.0-only"]},
+            headers=admin,
+        ),
+        ("POST", "/api/v1/licence-policies/{model}/waivers"): lambda c: c.post(
+            "/api/v1/licence-policies/gw-100/waivers",
+            json={"component": "zlib@1.3.1", "reason": "audit"},
+            headers=admin,
+        ),
         ("POST", "/api/v1/bundles"): lambda c: c.post(
             "/api/v1/bundles",
             content=bundle.path.read_bytes(),
             headers={**admin, "Content-Type": "application/octet-stream"},
         ),
+        ("POST", "/api/v1/bundles/{name}/licence-review"): lambda c: c.post(
+            f"/api/v1/bundles/{bundle.path.name}/licence-review",
+            json={"decision": "approved", "note": "busybox source offer shipped"},
+            headers=admin,
+        ),
+        ("POST", "/api/v1/advisories/import"): lambda c: c.post(
+            "/api/v1/advisories/import",
+            json={
+                "id": "GHSA-audit",
+                "modified": "2026-01-01T00:00:00Z",
+                "affected": [
+                    {
+                        "package": {"purl": "pkg:generic/busybox"},
+                        "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}],
+                    }
+                ],
+            },
+            headers=admin,
+        ),
+        ("POST", "/api/v1/bundles/{name}/vex"): lambda c: c.post(
+            f"/api/v1/bundles/{bundle.path.name}/vex",
+            json={
+                "@context": "https://openvex.dev/ns/v0.2.0",
+                "statements": [
+                    {"vulnerability": {"name": "GHSA-audit"}, "status": "under_investigation"}
+                ],
+            },
+            headers=admin,
+        ),
+        ("POST", "/api/v1/advisories/{advisory_id}/remedy"): remedy,
         ("POST", "/api/v1/devices/{device_id}/update"): update,
         ("POST", "/api/v1/executions/{execution_id}/cancel"): lambda c: c.post(
             f"/api/v1/executions/{executions[-1]}/cancel", json={"reason": "x"}, headers=admin
