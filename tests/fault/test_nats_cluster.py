@@ -1,0 +1,199 @@
+"""Fault tests of the NATS back-end on a real 3-node cluster on loopback.
+
+Devices are the agent's own MQTT transport (3.1.1, the node list, persistent session);
+the ingest is the real :class:`NatsIngestWorker` on PostgreSQL. What must hold: every
+message a device got a PUBACK for is in the database exactly once, whatever dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet_server.adapters.nats_conn import NatsOptions
+from fleet_server.adapters.nats_ingest import NatsIngestWorker
+from fleet_server.db import create_db_engine, make_session_factory
+from fleet_server.migrations import upgrade_to_head
+from fleet_server.services.ingest import BatchWriter, Inbound
+from fleet_server.services.metrics import IngestMetrics
+from tests.conftest import need_service, wait_for
+from tests.support.nats_cluster import NatsCluster, nats_binary
+from tests.support.nats_fleet import (
+    PublishingDevice,
+    drop_consumer,
+    run_devices,
+    sample_count,
+    setup_consumer,
+    stored,
+    stream_leader,
+)
+
+DEVICES = 20
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    binary = nats_binary()
+    if binary is None:
+        need_service("nats-server is not installed (apt-get install nats-server)")
+    assert binary is not None
+    c = NatsCluster.create(binary, Path(tmp_path_factory.mktemp("nats")), size=3)
+    c.start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def sessions(postgres_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = create_db_engine(postgres_url)
+    upgrade_to_head(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def options(cluster: NatsCluster, request: pytest.FixtureRequest) -> Iterator[NatsOptions]:
+    opts = NatsOptions(
+        servers=cluster.nats_urls, durable=f"ingest-{request.node.name[5:25]}", ack_wait_s=2.0
+    )
+    yield opts
+    for node in cluster.nodes:
+        if not node.running:
+            node.proc = None
+            node.start()
+    with contextlib.suppress(Exception):
+        drop_consumer(opts)
+
+
+def _worker(sessions: sessionmaker[Session], options: NatsOptions, name: str) -> NatsIngestWorker:
+    writer = BatchWriter(sessions, metrics=IngestMetrics(), auto_register=True)
+    worker = NatsIngestWorker(writer, options, name=name, retry_backoff_s=0.1)
+    worker.connect(timeout=20)
+    assert worker.connected, "the ingest did not bind to its consumer"
+    return worker
+
+
+def _fleet(cluster: NatsCluster, prefix: str, count: int, **kw: float) -> list[PublishingDevice]:
+    return [
+        PublishingDevice(f"{prefix}-{i}", cluster.mqtt_urls, count=count, first_node=i % 3, **kw)
+        for i in range(DEVICES)
+    ]
+
+
+def _exactly_once(sessions: sessionmaker[Session], devices: list[PublishingDevice]) -> None:
+    want = {d.device_id: sorted(d.acked) for d in devices}
+    total = sum(len(v) for v in want.values())
+
+    def complete() -> bool:
+        got = stored(sessions)
+        return all(set(want[d]) <= set(got.get(d, [])) for d in want)
+
+    wait_for(complete, timeout=30, interval=0.2)
+    got = stored(sessions)
+    for device_id, seqs in want.items():
+        missing = sorted(set(seqs) - set(got.get(device_id, [])))
+        assert not missing, f"{device_id}: PUBACKed but not stored: {missing[:10]}"
+    # One dedupe key and one sample per message: nothing stored twice.
+    assert sample_count(sessions) == sum(len(v) for v in got.values())
+    assert sum(len(v) for v in got.values()) >= total
+
+
+def test_kill_the_stream_leader_while_devices_publish(cluster, sessions, options) -> None:
+    """kill -9 of the node leading the device-message stream, mid-publish: the devices
+    move to other nodes, the stream elects a new leader, nothing PUBACKed is lost."""
+    setup_consumer(options)
+    worker = _worker(sessions, options, "ingest-a")
+    leader = stream_leader(options)
+    victim = next(n for n in cluster.nodes if n.name == leader)
+    devices = _fleet(cluster, "kill", count=60, interval_s=0.03)
+    for d in devices:
+        d.start()
+    wait_for(lambda: sum(len(d.acked) for d in devices) > DEVICES * 15, timeout=15)
+    victim.kill()
+    run_devices(devices, timeout=45)
+    try:
+        _exactly_once(sessions, devices)
+    finally:
+        worker.stop()
+        worker.run()
+    moved = [d.device_id for d in devices if d.connects > 1]
+    assert moved, "no device was on the killed node"
+
+
+class _DiesAfterCommit(BaseException):
+    """The worker process dying between its commit and its acknowledgements."""
+
+
+class _CrashingWriter(BatchWriter):
+    def write(self, batch: list[Inbound]):  # type: ignore[no-untyped-def]
+        super().write(batch)
+        raise _DiesAfterCommit
+
+
+def test_ingest_worker_dies_mid_batch(cluster, sessions, options) -> None:
+    """A worker dies after committing a batch and before acknowledging it: the batch is
+    redelivered (after ack_wait) to the next worker and stored once."""
+    setup_consumer(options)
+    devices = _fleet(cluster, "crash", count=10, interval_s=0.0)
+    for d in devices:
+        d.start()
+    run_devices(devices)
+    doomed = NatsIngestWorker(
+        _CrashingWriter(sessions, metrics=IngestMetrics(), auto_register=True),
+        options,
+        name="doomed",
+    )
+    doomed.connect(timeout=20)
+    with pytest.raises(_DiesAfterCommit):
+        doomed.run()
+    committed_by_doomed = sum(len(v) for v in stored(sessions).values())
+    assert committed_by_doomed > 0
+    worker = _worker(sessions, options, "ingest-b")
+    try:
+        _exactly_once(sessions, devices)
+        wait_for(lambda: worker.writer.metrics.duplicates._value.get() > 0, timeout=10)
+    finally:
+        worker.stop()
+        worker.run()
+
+
+def test_publish_with_no_ingest_running_then_start_one(cluster, sessions, options) -> None:
+    """The consumer exists (installation step) but no worker runs while devices publish;
+    the first worker to start finds every message."""
+    setup_consumer(options)
+    devices = _fleet(cluster, "idle", count=20, interval_s=0.0)
+    for d in devices:
+        d.start()
+    run_devices(devices)
+    time.sleep(0)  # no worker has existed until here
+    worker = _worker(sessions, options, "ingest-c")
+    try:
+        _exactly_once(sessions, devices)
+    finally:
+        worker.stop()
+        worker.run()
+
+
+def test_two_workers_share_one_consumer(cluster, sessions, options) -> None:
+    """Two workers on the same durable split the stream; each message is stored once."""
+    options = dataclasses.replace(options, fetch_batch=50)
+    setup_consumer(options)
+    workers = [_worker(sessions, options, f"ingest-{i}") for i in range(2)]
+    devices = _fleet(cluster, "pair", count=30, interval_s=0.0)
+    for d in devices:
+        d.start()
+    run_devices(devices)
+    try:
+        _exactly_once(sessions, devices)
+        assert all(w.committed > 0 for w in workers), [w.committed for w in workers]
+    finally:
+        for w in workers:
+            w.stop()
+        for w in workers:
+            w.run()
