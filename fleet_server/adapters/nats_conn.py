@@ -92,9 +92,10 @@ def subject_for_topic(topic: str) -> str:
     """The NATS subject of an MQTT topic; refuses what the server's MQTT cannot carry."""
     if "." in topic or " " in topic:
         raise InvalidInputError(
+            "unmappable_device_id",
             f"topic {topic[:120]!r} contains '.' or a space, which the NATS MQTT listener "
             "refuses: a device whose id has a '.' cannot use the [nats] back-end "
-            "(rename it, or keep it on Mosquitto)"
+            "(rename it, or keep it on Mosquitto)",
         )
     return topic.replace("/", ".")
 
@@ -222,8 +223,13 @@ class LoopThread:
         self._thread.start()
 
     def call(self, coro: Coroutine[Any, Any, _T], timeout: float) -> _T:
-        """Run ``coro`` on the loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        """Run ``coro`` on the loop and wait for its result (cancelled on timeout)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()
+            raise
 
     def stop(self) -> None:
         """Stop the loop and let the thread end."""

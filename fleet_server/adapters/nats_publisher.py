@@ -23,8 +23,11 @@ class NatsPublisher:
     command, and raises ``OSError`` when it could not.
     """
 
-    def __init__(self, options: NatsOptions, *, name: str = "fleet-commands") -> None:
+    def __init__(
+        self, options: NatsOptions, *, name: str = "fleet-commands", connect_timeout_s: float = 5
+    ) -> None:
         self.options = options
+        self.connect_timeout_s = connect_timeout_s
         self.name = name
         self._loop = LoopThread("nats-publisher")
         self._nc: NatsClient | None = None
@@ -33,7 +36,10 @@ class NatsPublisher:
     async def _client(self) -> NatsClient:
         async with self._lock:
             if self._nc is None or self._nc.is_closed:
-                self._nc = await connect(self.options, self.name)
+                # Bounded: a caller waits for an answer, not for the cluster to come back.
+                self._nc = await asyncio.wait_for(
+                    connect(self.options, self.name), self.connect_timeout_s
+                )
             return self._nc
 
     def wait_connected(self, timeout: float) -> bool:
@@ -52,7 +58,7 @@ class NatsPublisher:
         commands are always QoS 1)."""
         try:
             self._loop.call(self._publish(topic, payload), timeout=15)
-        except (nats.errors.Error, TimeoutError, concurrent.futures.TimeoutError) as exc:
+        except (OSError, nats.errors.Error, TimeoutError, concurrent.futures.TimeoutError) as exc:
             raise OSError(f"NATS did not store the command: {exc!r}") from None
 
     def close(self) -> None:

@@ -1,0 +1,73 @@
+"""The NATS back-end's pure parts: subject mapping, ``[nats]`` settings, the agent's
+broker list and its move to the next node when one cannot be reached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError as AgentConfigError
+from agent.config import parse_config
+from agent.startup import mqtt_settings
+from agent.transport import MqttSettings, MqttTransport
+from fleet_server.adapters.nats_conn import subject_for_topic, topic_for_subject
+from fleet_server.config import ConfigError, load_settings
+from fleet_server.errors import InvalidInputError
+from tests.conftest import free_port
+
+
+def test_topics_map_to_subjects_and_back() -> None:
+    assert subject_for_topic("fleet/v1/pi-1/command") == "fleet.v1.pi-1.command"
+    assert topic_for_subject("$MQTT.msgs.fleet.v1.pi-1.telemetry") == "fleet/v1/pi-1/telemetry"
+    assert topic_for_subject("fleet.v1.pi//1.event") == "fleet/v1/pi.1/event"
+
+
+def test_a_device_id_with_a_dot_is_refused_clearly() -> None:
+    with pytest.raises(InvalidInputError, match=r"contains '\.'.*\[nats\] back-end"):
+        subject_for_topic("fleet/v1/pi.1/command")
+
+
+def test_nats_settings_from_file_and_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "fleet-server.toml"
+    cfg.write_text('[nats]\nservers = ["nats://n1:4222", "tls://n2:4222"]\nreplicas = 3\n')
+    s = load_settings(cfg, env={})
+    assert s.nats.enabled
+    assert s.nats.servers == ["nats://n1:4222", "tls://n2:4222"]
+    env = {"FLEET_NATS_SERVERS": "nats://a:4222, nats://b:4222"}
+    assert load_settings(None, env=env).nats.servers == ["nats://a:4222", "nats://b:4222"]
+    assert not load_settings(None, env={}).nats.enabled
+    with pytest.raises(ConfigError, match=r"nats\.servers"):
+        load_settings(None, env={"FLEET_NATS_SERVERS": "mqtt://a:1883"})
+
+
+def test_agent_broker_may_be_a_list_of_nodes() -> None:
+    base = {"device_id": "pi-1"}
+    config = parse_config({**base, "broker": ["mqtt://n1:1883", "mqtt://n2:1884", "mqtt://n3"]})
+    assert (config.broker_host, config.broker_port) == ("n1", 1883)
+    assert config.broker_alternates == (("n2", 1884), ("n3", 1883))
+    assert mqtt_settings(config).nodes == (("n1", 1883), ("n2", 1884), ("n3", 1883))
+    with pytest.raises(AgentConfigError, match="one scheme"):
+        parse_config({**base, "broker": ["mqtt://n1:1883", "mqtts://n2:8883"]})
+    with pytest.raises(AgentConfigError, match="broker"):
+        parse_config({**base, "broker": ["mqtt://n1:1883", 5]})
+
+
+def test_transport_moves_to_the_next_node_when_one_is_down() -> None:
+    down, other = free_port(), free_port()
+    settings = MqttSettings(
+        "127.0.0.1",
+        down,
+        "pi-1",
+        "fleet/v1/pi-1/command",
+        mqtt_version="3.1.1",
+        alternates=(("127.0.0.1", other),),
+    )
+    transport = MqttTransport(settings)
+    assert transport.node == ("127.0.0.1", down)
+    with pytest.raises(OSError, match="refused"):
+        transport.connect("fleet/v1/pi-1/presence", b"offline")
+    assert transport.node == ("127.0.0.1", other)
+    with pytest.raises(OSError, match="refused"):
+        transport.connect("fleet/v1/pi-1/presence", b"offline")
+    assert transport.node == ("127.0.0.1", down)
