@@ -188,6 +188,9 @@ class RetentionSettings(_Section):
 
     raw_days: float = Field(default=30.0, gt=0)
     interval_s: float = Field(default=3600.0, gt=0)
+    partition: Literal["day", "week"] = "day"
+    """PostgreSQL: the period of a telemetry partition created ahead by the jobs."""
+    partitions_ahead_days: float = Field(default=7.0, ge=1)
 
 
 class DiagnosticsSettings(_Section):
