@@ -45,7 +45,7 @@ def test_migration_keeps_data_then_partitions_are_created_ahead_and_dropped(
             .values(device_id="pi-1", status="active", created_at=NOW)
             .returning(Device.id)
         ).scalar_one()
-        old = _rows(key, [40, 39, 2, 1, 0]) + [{"device_key": key, "ts": 100.0, "cpu_pct": 1.0}]
+        old = [*_rows(key, [40, 39, 2, 1, 0]), {"device_key": key, "ts": 100.0, "cpu_pct": 1.0}]
         conn.execute(insert(telemetry_table), old)
     upgrade_to_head(engine)
     sessions = make_session_factory(engine)
