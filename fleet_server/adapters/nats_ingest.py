@@ -185,7 +185,10 @@ class NatsIngestWorker:
         finally:
             self._stop.set()
             self._connected.clear()
-            await nc.close()
+            try:
+                await nc.close()
+            except (nats.errors.Error, OSError) as exc:
+                log.info("ingest: closing the NATS connection: %r", exc)
 
     async def _handle(self, nc: NatsClient, js: JetStreamContext, msgs: list[Msg]) -> None:
         now = self.clock()
@@ -209,11 +212,16 @@ class NatsIngestWorker:
             return  # stopping: left unacknowledged, redelivered to another worker
         if self.renewer is not None and batch:
             await self._answer_renewals(js, self.renewer, batch)
-        for m in msgs:
-            await m.ack()
-        await nc.flush()
         self.committed += len(batch)
         self.status.settled(1, self.clock())
+        try:
+            for m in msgs:
+                await m.ack()
+            await nc.flush(timeout=5)
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            # Committed but maybe not acknowledged: redelivered later, and the dedupe key
+            # makes the second write a no-op.
+            log.warning("ingest: acknowledging a committed batch failed (%r)", exc)
 
     async def _store(self, batch: list[Inbound]) -> bool:
         loop = asyncio.get_running_loop()
