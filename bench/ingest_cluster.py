@@ -53,6 +53,7 @@ from fleet_server.db import create_db_engine, make_session_factory  # noqa: E402
 from fleet_server.migrations import upgrade_to_head  # noqa: E402
 from fleet_server.services.ingest import BatchWriter  # noqa: E402
 from tests.support.nats_cluster import NatsCluster, nats_binary  # noqa: E402
+from tests.support.nats_fleet import pending_messages  # noqa: E402
 
 T0 = 1_790_000_000.0
 
@@ -112,19 +113,10 @@ def publish(cluster: NatsCluster, count: int, devices: int, publishers: int) -> 
     return acked, time.perf_counter() - start
 
 
-async def _pending(options: NatsOptions) -> int:
-    nc = await connect(options, "bench-probe")
-    try:
-        info = await nc.jetstream().consumer_info(MQTT_STREAM, options.durable)
-        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-    finally:
-        await nc.close()
-
-
 def wait_drained(options: NatsOptions, timeout: float = 900) -> float:
     """Poll until the consumer has nothing pending; the time it happened."""
     deadline = time.monotonic() + timeout
-    while asyncio.run(_pending(options)) > 0:
+    while pending_messages(options) > 0:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{options.durable} did not drain")
         time.sleep(0.05)
@@ -255,8 +247,10 @@ def main() -> None:
 
             asyncio.run(setup())
             acked, pub_s = publish(cluster, args.messages, args.devices, args.publishers)
-            print(f"published {acked}/{args.messages} (PUBACKed) in {pub_s:.1f}s "
-                  f"= {acked / pub_s:.0f} msg/s")
+            print(
+                f"published {acked}/{args.messages} (PUBACKed) in {pub_s:.1f}s "
+                f"= {acked / pub_s:.0f} msg/s"
+            )
             raw, idle_raw = _idle(lambda: asyncio.run(_raw(opts["raw"], acked)))
             print(f"raw pull consumer: {raw:.0f} msg/s (CPU idle {idle_raw:.0f}%)")
             rates, lost = {}, 0

@@ -27,6 +27,7 @@ from tests.support.nats_cluster import NatsCluster, nats_binary
 from tests.support.nats_fleet import (
     PublishingDevice,
     drop_consumer,
+    pending_messages,
     run_devices,
     sample_count,
     setup_consumer,
@@ -178,6 +179,18 @@ def test_publish_with_no_ingest_running_then_start_one(cluster, sessions, option
     finally:
         worker.stop()
         worker.run()
+
+
+def test_the_window_before_the_consumer_exists_is_real(cluster, options) -> None:
+    """What NATS does not keep: QoS 1 publishes are stored in an interest stream, so a
+    message PUBACKed while no consumer matches it is dropped at once. The consumer is
+    therefore created at installation (the first ``fleet-server ingest`` start, before
+    devices are pointed at the cluster) and never deleted; README, Scaling out."""
+    devices = [PublishingDevice("early-0", cluster.mqtt_urls, count=5, interval_s=0.0)]
+    devices[0].start()
+    run_devices(devices)
+    setup_consumer(options)
+    assert pending_messages(options) == 0
 
 
 def test_two_workers_share_one_consumer(cluster, sessions, options) -> None:

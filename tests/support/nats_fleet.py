@@ -219,3 +219,17 @@ async def _leader(options: NatsOptions) -> str | None:
 def stream_leader(options: NatsOptions) -> str | None:
     """The server name of the device-message stream's leader."""
     return asyncio.run(_leader(options))
+
+
+async def _pending(options: NatsOptions) -> int:
+    nc = await connect(options, "fleet-probe")
+    try:
+        info = await nc.jetstream().consumer_info(MQTT_STREAM, options.durable)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    finally:
+        await nc.close()
+
+
+def pending_messages(options: NatsOptions) -> int:
+    """Messages the durable consumer still has to deliver or see acknowledged."""
+    return asyncio.run(_pending(options))
