@@ -71,3 +71,18 @@ def test_transport_moves_to_the_next_node_when_one_is_down() -> None:
     with pytest.raises(OSError, match="refused"):
         transport.connect("fleet/v1/pi-1/presence", b"offline")
     assert transport.node == ("127.0.0.1", down)
+
+
+def test_production_on_nats_needs_tls_to_every_node_and_a_service_certificate() -> None:
+    from fleet_server.config import Settings
+    from fleet_server.security_mode import production_problems
+
+    settings = Settings.model_validate(
+        {
+            "security": {"mode": "production"},
+            "nats": {"servers": ["tls://n1:4222", "nats://n2:4222"]},
+        }
+    )
+    keys = {p.key for p in production_problems(settings, exists=lambda _p: True)}
+    assert {"nats.servers", "nats.tls_ca", "nats.tls_cert", "nats.tls_key"} <= keys
+    assert not {k for k in keys if k.startswith(("mqtt.", "tls.mqtt", "tls.command"))}
