@@ -29,7 +29,7 @@ from agent.core.reboot import classify_start, recent_starts
 from agent.core.rules import build_rules
 from agent.core.schedule import Backoff, Schedule
 from agent.core.sequence import SeqAllocator
-from agent.delivery import Delivery
+from agent.delivery import ACK_TIMEOUT_S, Delivery
 from agent.logs import RingHandler
 from agent.output_applier import OutputApplier
 from agent.safe_mode import install as install_safe_mode
@@ -232,7 +232,7 @@ class AgentDaemon:
         else:
             transport.events = events
         self.transport = transport
-        self.delivery = Delivery(self.outbox, transport)
+        self.delivery = Delivery(self.outbox, transport, self.clock.monotonic)
         self.schedule = Schedule(
             config.sample_interval_s, config.publish_interval_s, self.clock.monotonic()
         )
@@ -437,6 +437,10 @@ class AgentDaemon:
             self.notifier.watchdog()
             self._watchdog_at = mono + self.notifier.watchdog_interval
         self.delivery.pump()
+        if self.transport.connected and self.delivery.stalled():
+            log.warning("no PUBACK for %gs on a live connection; reconnecting", ACK_TIMEOUT_S)
+            self.transport.disconnect()
+            self._on_disconnected("acknowledgements stalled")
         deadline = self.schedule.next_deadline()
         if not self.transport.busy:
             deadline = min(deadline, self._reconnect_at)

@@ -112,12 +112,12 @@ def test_kill_the_stream_leader_while_devices_publish(cluster, sessions, options
     worker = _worker(sessions, options, "ingest-a")
     leader = stream_leader(options)
     victim = next(n for n in cluster.nodes if n.name == leader)
-    devices = _fleet(cluster, "kill", count=60, interval_s=0.03)
+    devices = _fleet(cluster, "kill", count=60, interval_s=0.03, deadline_s=50)
     for d in devices:
         d.start()
     wait_for(lambda: sum(len(d.acked) for d in devices) > DEVICES * 15, timeout=15)
     victim.kill()
-    run_devices(devices, timeout=45)
+    run_devices(devices, timeout=55, min_acked=0.9)
     try:
         _exactly_once(sessions, devices)
     finally:
@@ -125,6 +125,10 @@ def test_kill_the_stream_leader_while_devices_publish(cluster, sessions, options
         worker.run()
     moved = [d.device_id for d in devices if d.connects > 1]
     assert moved, "no device was on the killed node"
+    # What the test found: some connections stay up while their PUBACKs never come. The
+    # devices (like the agent, delivery.ACK_TIMEOUT_S) reconnect and send again.
+    stalled = sum(d.stalls for d in devices)
+    print(f"connections with stalled PUBACKs, reconnected: {stalled}")
 
 
 class _DiesAfterCommit(BaseException):

@@ -30,6 +30,7 @@ from fleet_server.adapters.nats_conn import (
 from fleet_server.db.models import Device, ReceivedMessage, TelemetrySample
 
 T0 = 1_780_000_000.0
+STALL_S = 5.0
 
 
 def _nodes(mqtt_urls: Sequence[str]) -> list[tuple[str, int]]:
@@ -64,6 +65,8 @@ class PublishingDevice(threading.Thread):
         self.deadline_s = deadline_s
         self.acked: set[int] = set()
         self.connects = 0
+        self.stalls = 0
+        """Reconnects because PUBACKs stopped for ``STALL_S`` on a live connection."""
         self._mids: dict[int, int] = {}
         self._sent: set[int] = set()
         self._resend: list[int] = []
@@ -121,6 +124,7 @@ class PublishingDevice(threading.Thread):
         )
         end = time.monotonic() + self.deadline_s
         next_seq, next_at = 1, 0.0
+        last_progress, last_progress_at = -1, time.monotonic()
         while not self.done and time.monotonic() < end:
             if not t.busy:
                 try:
@@ -136,6 +140,15 @@ class PublishingDevice(threading.Thread):
             for seq in resend:
                 self._send(seq)
             now = time.monotonic()
+            progress = len(self.acked)
+            if progress != last_progress:
+                last_progress, last_progress_at = progress, now
+            elif now - last_progress_at > STALL_S:
+                # PUBACKs stopped on a live connection: start again on the next node.
+                self.stalls += 1
+                t.disconnect()
+                last_progress_at = now
+                continue
             if next_seq <= self.count and now >= next_at:
                 self._send(next_seq)
                 next_seq += 1
@@ -143,13 +156,18 @@ class PublishingDevice(threading.Thread):
         t.disconnect()
 
 
-def run_devices(devices: Sequence[PublishingDevice], timeout: float = 40.0) -> None:
-    """Wait for every device to finish (all its messages acknowledged)."""
+def run_devices(
+    devices: Sequence[PublishingDevice], timeout: float = 40.0, *, min_acked: float = 1.0
+) -> None:
+    """Wait for the devices to finish; at least ``min_acked`` of all their messages must
+    have been acknowledged (a message still unacknowledged when a device gives up is
+    simply not owed to the database: it is still in the device's outbox)."""
     deadline = time.monotonic() + timeout
     for d in devices:
         d.join(max(0.1, deadline - time.monotonic()))
+    acked = sum(len(d.acked) for d in devices)
     missing = {d.device_id: d.count - len(d.acked) for d in devices if not d.done}
-    assert not missing, f"devices without all PUBACKs: {missing}"
+    assert acked >= min_acked * sum(d.count for d in devices), f"not PUBACKed: {missing}"
 
 
 def stored(sessions: sessionmaker[Session]) -> dict[str, list[int]]:

@@ -86,3 +86,35 @@ def test_production_on_nats_needs_tls_to_every_node_and_a_service_certificate() 
     keys = {p.key for p in production_problems(settings, exists=lambda _p: True)}
     assert {"nats.servers", "nats.tls_ca", "nats.tls_cert", "nats.tls_key"} <= keys
     assert not {k for k in keys if k.startswith(("mqtt.", "tls.mqtt", "tls.command"))}
+
+
+class _StubTransport:
+    connected = True
+
+    def __init__(self) -> None:
+        self.mid = 0
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
+        self.mid += 1
+        return self.mid
+
+
+def test_delivery_notices_acknowledgements_that_stopped() -> None:
+    from agent.delivery import Delivery
+    from agent.store import MemoryOutbox
+
+    now = [100.0]
+    outbox = MemoryOutbox()
+    outbox.put(1, "fleet/v1/pi-1/telemetry", b"x", 100.0)
+    outbox.put(2, "fleet/v1/pi-1/telemetry", b"y", 100.0)
+    delivery = Delivery(outbox, _StubTransport(), clock=lambda: now[0])  # type: ignore[arg-type]
+    assert not delivery.stalled(60)
+    delivery.pump()
+    now[0] += 50
+    delivery.on_published(1, True)  # progress: the clock restarts
+    now[0] += 50
+    assert not delivery.stalled(60)
+    now[0] += 11
+    assert delivery.stalled(60)
+    delivery.reset()  # a new connection sends again
+    assert not delivery.stalled(60)
