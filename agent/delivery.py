@@ -17,7 +17,7 @@ WINDOW = 20
 ACK_TIMEOUT_S = 60.0
 """In flight this long with no PUBACK at all on a live connection: the connection is
 stalled and is dropped, so the messages are sent again on a new one. Seen on a NATS
-cluster whose stream leader died: the connection stays up, its pending PUBACKs never come
+cluster whose stream leader died: the connection stays up, its pending PUBACKs stop coming
 (README, Scaling out); MQTT itself re-sends only on a new connection."""
 
 

@@ -125,7 +125,7 @@ def test_kill_the_stream_leader_while_devices_publish(cluster, sessions, options
         worker.run()
     moved = [d.device_id for d in devices if d.connects > 1]
     assert moved, "no device was on the killed node"
-    # What the test found: some connections stay up while their PUBACKs never come. The
+    # What the test found: some connections stay up while their PUBACKs stop coming. The
     # devices (like the agent, delivery.ACK_TIMEOUT_S) reconnect and send again.
     stalled = sum(d.stalls for d in devices)
     print(f"connections with stalled PUBACKs, reconnected: {stalled}")
