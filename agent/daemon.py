@@ -252,7 +252,7 @@ class AgentDaemon:
         self.backoff.reset()
         self.connected_since = self.clock.time()
         self.delivery.reset()
-        log.info("connected to %s", self.config.broker_url)
+        log.info("connected to %s", self._node_url())
         self.apply(
             self.core.presence(
                 PresenceState.ONLINE,
@@ -265,11 +265,18 @@ class AgentDaemon:
 
     def _on_disconnected(self, reason: str) -> None:
         if self.connected_since is not None:
-            log.warning("connection to %s lost: %s", self.config.broker_url, reason)
+            log.warning("connection to %s lost: %s", self._node_url(), reason)
         self.connected_since = None
         self.delivery.reset()
         self._reconnect_at = self.clock.monotonic() + self.backoff.next_delay()
         self._write_status()
+
+    def _node_url(self) -> str:
+        """The node of a broker cluster in use (``broker = [...]``), else the broker."""
+        node = getattr(self.transport, "node", None)
+        if node is None or not self.config.broker_alternates:
+            return self.config.broker_url
+        return f"{'mqtts' if self.config.broker_tls else 'mqtt'}://{node[0]}:{node[1]}"
 
     def _on_published(self, mid: int, ok: bool) -> None:
         self.delivery.on_published(mid, ok)

@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server.adapters.nats_conn import NatsOptions
 from fleet_server.adapters.nats_ingest import NatsIngestWorker
 from fleet_server.db import create_db_engine, make_session_factory
+from fleet_server.db.models import Device, TelemetrySample
 from fleet_server.migrations import upgrade_to_head
 from fleet_server.services.ingest import BatchWriter, Inbound
 from fleet_server.services.metrics import IngestMetrics
-from tests.conftest import need_service, wait_for
+from tests.conftest import free_port, need_service, wait_for
+from tests.support.agent_process import fleet_agent
 from tests.support.nats_cluster import NatsCluster, nats_binary
 from tests.support.nats_fleet import (
     PublishingDevice,
@@ -101,26 +106,74 @@ def _exactly_once(sessions: sessionmaker[Session], devices: list[PublishingDevic
         missing = sorted(set(seqs) - set(got.get(device_id, [])))
         assert not missing, f"{device_id}: PUBACKed but not stored: {missing[:10]}"
     # One dedupe key and one sample per message: nothing stored twice.
-    assert sample_count(sessions) == sum(len(v) for v in got.values())
-    assert sum(len(v) for v in got.values()) >= total
+    assert sample_count(sessions, list(want)) == sum(len(got.get(d, [])) for d in want)
+    assert sum(len(got.get(d, [])) for d in want) >= total
 
 
-def test_kill_the_stream_leader_while_devices_publish(cluster, sessions, options) -> None:
+AGENT = "nats-agent-1"
+
+
+def _start_agent(tmp_path: Path, brokers: list[str]) -> subprocess.Popen[bytes]:
+    """``fleet-agent run`` (MQTT 3.1.1, short intervals) for the broker list."""
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'device_id = "{AGENT}"\n'
+        f"broker = {json.dumps(brokers)}\n"
+        'mqtt_version = "3.1.1"\n'
+        f'state_dir = "{tmp_path / "state"}"\n'
+        "sample_interval_s = 0.2\npublish_interval_s = 0.4\n"
+        "reconnect_min_s = 0.1\nreconnect_max_s = 1\nkeepalive = 5\n"
+    )
+    with (tmp_path / "agent.log").open("wb") as log:
+        return subprocess.Popen(
+            [fleet_agent(), "run", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def _agent_reported(sessions: sessionmaker[Session]) -> tuple[int, str | None]:
+    """(telemetry samples stored, presence) of the real agent."""
+    with sessions() as s:
+        device = s.execute(select(Device).where(Device.device_id == AGENT)).scalar()
+        if device is None:
+            return 0, None
+        n = s.execute(
+            select(func.count())
+            .select_from(TelemetrySample)
+            .where(TelemetrySample.device_key == device.id)
+        ).scalar_one()
+        return int(n), device.presence
+
+
+def test_kill_the_stream_leader_while_devices_publish(
+    cluster, sessions, options, tmp_path: Path
+) -> None:
     """kill -9 of the node leading the device-message stream, mid-publish: the devices
-    move to other nodes, the stream elects a new leader, nothing PUBACKed is lost."""
+    move to other nodes, the stream elects a new leader, nothing PUBACKed is lost. The
+    real ``fleet-agent`` is on that node too (``broker = [a dead address, the victim,
+    the others]``): it skips the dead address, then fails over and keeps reporting, its
+    presence ``online`` again."""
     setup_consumer(options)
     worker = _worker(sessions, options, "ingest-a")
     leader = stream_leader(options)
     victim = next(n for n in cluster.nodes if n.name == leader)
+    others = [n.mqtt_url for n in cluster.nodes if n is not victim]
+    agent = _start_agent(tmp_path, [f"mqtt://127.0.0.1:{free_port()}", victim.mqtt_url, *others])
     devices = _fleet(cluster, "kill", count=60, interval_s=0.03, deadline_s=50)
-    for d in devices:
-        d.start()
-    wait_for(lambda: sum(len(d.acked) for d in devices) > DEVICES * 15, timeout=15)
-    victim.kill()
-    run_devices(devices, timeout=55, min_acked=0.9)
     try:
+        wait_for(lambda: _agent_reported(sessions)[0] > 0, timeout=20, interval=0.1)
+        wait_for(lambda: _agent_reported(sessions)[1] == "online", timeout=10, interval=0.1)
+        for d in devices:
+            d.start()
+        wait_for(lambda: sum(len(d.acked) for d in devices) > DEVICES * 15, timeout=15)
+        before = _agent_reported(sessions)[0]
+        victim.kill()
+        run_devices(devices, timeout=55, min_acked=0.9)
         _exactly_once(sessions, devices)
+        wait_for(lambda: _agent_reported(sessions)[0] > before + 3, timeout=30, interval=0.2)
+        wait_for(lambda: _agent_reported(sessions)[1] == "online", timeout=10, interval=0.2)
     finally:
+        agent.terminate()
+        agent.wait(timeout=20)
         worker.stop()
         worker.run()
     moved = [d.device_id for d in devices if d.connects > 1]

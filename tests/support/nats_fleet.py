@@ -184,10 +184,17 @@ def stored(sessions: sessionmaker[Session]) -> dict[str, list[int]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
-def sample_count(sessions: sessionmaker[Session]) -> int:
-    """Telemetry rows stored."""
+def sample_count(sessions: sessionmaker[Session], device_ids: Sequence[str]) -> int:
+    """Telemetry rows stored for these devices."""
     with sessions() as s:
-        return int(s.execute(select(func.count()).select_from(TelemetrySample)).scalar_one())
+        return int(
+            s.execute(
+                select(func.count())
+                .select_from(TelemetrySample)
+                .join(Device, Device.id == TelemetrySample.device_key)
+                .where(Device.device_id.in_(list(device_ids)))
+            ).scalar_one()
+        )
 
 
 async def _setup(options: NatsOptions) -> None:
