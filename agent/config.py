@@ -7,7 +7,7 @@ Unknown keys are errors: a typo must not silently fall back to a default.
 Example (``/etc/edgefleet/agent.toml``)::
 
     device_id = "pi-0042"
-    broker = "mqtts://fleet.example.com:8883"
+    broker = "mqtts://fleet.example.com:8883"   # or a cluster's nodes: ["mqtts://n1:8883", ...]
     mqtt_version = "auto"        # or "5" / "3.1.1"; auto falls back to 3.1.1 if refused
     reconnect_min_s = 1          # reconnect backoff: exponential with jitter, reset on success
     reconnect_max_s = 60
@@ -133,6 +133,8 @@ class AgentConfig:
     broker_port: int
     broker_tls: bool
     tls: TlsConfig = field(default_factory=TlsConfig)
+    broker_alternates: tuple[tuple[str, int], ...] = ()
+    """Further nodes of a broker cluster (``broker = [url, ...]``), tried in turn."""
     username: str | None = None
     password_file: Path | None = None
     keepalive_s: int = 30
@@ -347,6 +349,16 @@ def parse_broker(url: object) -> tuple[str, int, bool]:
     return parts.hostname, port or (8883 if tls else 1883), tls
 
 
+def parse_brokers(value: object) -> tuple[str, int, bool, tuple[tuple[str, int], ...]]:
+    """``broker``: one URL, or a list of a cluster's nodes (one scheme for all)."""
+    urls = value if isinstance(value, list) and value else [value]
+    parsed = [parse_broker(u) for u in urls]
+    if len({tls for _h, _p, tls in parsed}) > 1:
+        raise ConfigError("broker: mix of mqtt:// and mqtts:// URLs; use one scheme for all")
+    host, port, tls = parsed[0]
+    return host, port, tls, tuple((h, p) for h, p, _t in parsed[1:])
+
+
 def _mqtt_version(value: object) -> str:
     """``mqtt_version``: "auto", "5" or "3.1.1" (a bare ``5`` is read as "5")."""
     if value == 5 and not isinstance(value, bool):
@@ -373,7 +385,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> AgentCo
         )
     if "broker" not in data:
         raise ConfigError('broker: required, e.g. broker = "mqtts://fleet.example.com:8883"')
-    host, port, use_tls = parse_broker(data["broker"])
+    host, port, use_tls, alternates = parse_brokers(data["broker"])
 
     tls_data = data.get("tls", {})
     tls = TlsConfig(
@@ -436,6 +448,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> AgentCo
         broker_host=host,
         broker_port=port,
         broker_tls=use_tls,
+        broker_alternates=alternates,
         tls=tls,
         username=username,
         password_file=password_file,

@@ -29,7 +29,7 @@ from agent.core.reboot import classify_start, recent_starts
 from agent.core.rules import build_rules
 from agent.core.schedule import Backoff, Schedule
 from agent.core.sequence import SeqAllocator
-from agent.delivery import Delivery
+from agent.delivery import ACK_TIMEOUT_S, Delivery
 from agent.logs import RingHandler
 from agent.output_applier import OutputApplier
 from agent.safe_mode import install as install_safe_mode
@@ -232,7 +232,7 @@ class AgentDaemon:
         else:
             transport.events = events
         self.transport = transport
-        self.delivery = Delivery(self.outbox, transport)
+        self.delivery = Delivery(self.outbox, transport, self.clock.monotonic)
         self.schedule = Schedule(
             config.sample_interval_s, config.publish_interval_s, self.clock.monotonic()
         )
@@ -252,7 +252,7 @@ class AgentDaemon:
         self.backoff.reset()
         self.connected_since = self.clock.time()
         self.delivery.reset()
-        log.info("connected to %s", self.config.broker_url)
+        log.info("connected to %s", self._node_url())
         self.apply(
             self.core.presence(
                 PresenceState.ONLINE,
@@ -265,11 +265,18 @@ class AgentDaemon:
 
     def _on_disconnected(self, reason: str) -> None:
         if self.connected_since is not None:
-            log.warning("connection to %s lost: %s", self.config.broker_url, reason)
+            log.warning("connection to %s lost: %s", self._node_url(), reason)
         self.connected_since = None
         self.delivery.reset()
         self._reconnect_at = self.clock.monotonic() + self.backoff.next_delay()
         self._write_status()
+
+    def _node_url(self) -> str:
+        """The node of a broker cluster in use (``broker = [...]``), else the broker."""
+        node = getattr(self.transport, "node", None)
+        if node is None or not self.config.broker_alternates:
+            return self.config.broker_url
+        return f"{'mqtts' if self.config.broker_tls else 'mqtt'}://{node[0]}:{node[1]}"
 
     def _on_published(self, mid: int, ok: bool) -> None:
         self.delivery.on_published(mid, ok)
@@ -437,6 +444,10 @@ class AgentDaemon:
             self.notifier.watchdog()
             self._watchdog_at = mono + self.notifier.watchdog_interval
         self.delivery.pump()
+        if self.transport.connected and self.delivery.stalled():
+            log.warning("no PUBACK for %gs on a live connection; reconnecting", ACK_TIMEOUT_S)
+            self.transport.disconnect()
+            self._on_disconnected("acknowledgements stalled")
         deadline = self.schedule.next_deadline()
         if not self.transport.busy:
             deadline = min(deadline, self._reconnect_at)

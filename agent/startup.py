@@ -72,6 +72,7 @@ def mqtt_settings(config: AgentConfig) -> MqttSettings:
     return MqttSettings(
         host=config.broker_host,
         port=config.broker_port,
+        alternates=config.broker_alternates,
         client_id=config.device_id,
         command_topic=topic(config.device_id, Kind.COMMAND),
         keepalive=config.keepalive_s,

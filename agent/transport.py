@@ -116,6 +116,15 @@ class MqttSettings:
     connect_timeout_s: float = 30.0
     """How long to wait for a CONNACK once the CONNECT is sent."""
     probe_timeout_s: float = PROBE_TIMEOUT_S
+    alternates: tuple[tuple[str, int], ...] = ()
+    """Other nodes of the broker's cluster: after a failed or lost connection the next
+    attempt goes to the next node (the session, will and retained presence are the
+    cluster's, so any node will do)."""
+
+    @property
+    def nodes(self) -> tuple[tuple[str, int], ...]:
+        """Every node to try, the configured first one first."""
+        return ((self.host, self.port), *self.alternates)
 
     @property
     def url(self) -> str:
@@ -184,6 +193,7 @@ class MqttTransport:
         self._will: tuple[str, bytes] = ("", b"")
         self._offline_since = clock()
         self._queue_logged_at = -math.inf
+        self._node = 0
 
     @property
     def connected(self) -> bool:
@@ -194,6 +204,17 @@ class MqttTransport:
     def busy(self) -> bool:
         """True while a client exists (connecting or connected)."""
         return self._client is not None
+
+    @property
+    def node(self) -> tuple[str, int]:
+        """The node the current (or next) connection goes to."""
+        nodes = self.settings.nodes
+        return nodes[self._node % len(nodes)]
+
+    def _next_node(self) -> None:
+        if self.settings.alternates:
+            self._node += 1
+            log.info("next connection attempt goes to %s:%d", *self.node)
 
     @property
     def protocol(self) -> str | None:
@@ -243,11 +264,13 @@ class MqttTransport:
             self._open(version)
         except OSError as exc:
             self._log_failure(version, str(exc))
+            self._next_node()
             raise
 
     def _open(self, version: str) -> None:
         """Send a CONNECT in ``version``; ``OSError`` (with the reason) if it cannot."""
         s = self.settings
+        host, port = self.node
         client = self._new_client(version)
         client.will_set(self._will[0], self._will[1], qos=1, retain=True)
         self._client = client
@@ -257,10 +280,10 @@ class MqttTransport:
                 props = Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = SESSION_EXPIRY_S
                 client.connect(
-                    s.host, s.port, keepalive=s.keepalive, clean_start=False, properties=props
+                    host, port, keepalive=s.keepalive, clean_start=False, properties=props
                 )
             else:
-                client.connect(s.host, s.port, keepalive=s.keepalive)
+                client.connect(host, port, keepalive=s.keepalive)
         except (OSError, ValueError) as exc:
             self._drop_client()
             raise OSError(describe_error(exc)) from exc
@@ -333,16 +356,20 @@ class MqttTransport:
 
     def _lost(self, reason: str) -> None:
         self._drop_client()
+        self._next_node()
         self._offline_since = self.clock()
         self.events.on_disconnected(reason)
 
     def _fail(self, version: str, reason: str) -> None:
         self._drop_client()
         self._log_failure(version, reason)
+        self._next_node()
         self.events.on_disconnected(f"connection failed: {reason}")
 
     def _log_failure(self, version: str, reason: str) -> None:
-        log.warning("cannot connect to %s (MQTT %s): %s", self.settings.url, version, reason)
+        host, port = self.node
+        url = f"{'mqtts' if self.settings.tls else 'mqtt'}://{host}:{port}"
+        log.warning("cannot connect to %s (MQTT %s): %s", url, version, reason)
         if self.queue_depth is None:
             return
         now = self.clock()
@@ -417,6 +444,7 @@ class MqttTransport:
         self._client = None
         self._connected = False
         self._offline_since = self.clock()
+        self._next_node()
         self.events.on_disconnected(str(reason))
 
     def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:

@@ -291,7 +291,8 @@ def ingest(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run only the MQTT ingest (starts the embedded broker when no [mqtt] url is set)."""
+    """Run only the ingest: MQTT (starts the embedded broker when no [mqtt] url is set), or a
+    JetStream pull consumer when [nats] servers are set (run as many as needed)."""
     from fleet_server.runtime import broker_target, build_ingest
     from fleet_server.services.metrics import IngestMetrics
 

@@ -66,6 +66,58 @@ class MqttSettings(_Section):
         return value
 
 
+class NatsSettings(_Section):
+    """The NATS JetStream back-end (instead of ``[mqtt]``): devices speak MQTT 3.1.1 to the
+    cluster's MQTT listeners; the server's ingest, commands and presence use NATS.
+
+    Setting ``servers`` selects it. Ingest workers share one durable pull consumer on the
+    stream that holds the devices' QoS 1 publishes (see README, Scaling out).
+    """
+
+    servers: list[str] = Field(default_factory=list)
+    """``nats://host:4222`` (or ``tls://``) URLs of any nodes; the client finds the rest."""
+    credentials: Path | None = None
+    """A ``.creds`` file (JWT + NKey) for the server's NATS user."""
+    user: str | None = None
+    password: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    durable: str = Field(default="fleet-ingest", min_length=1, max_length=64)
+    """The durable consumer every ``fleet-server ingest`` process pulls from."""
+    replicas: int = Field(default=0, ge=0, le=5)
+    """Replicas of the stream and consumer; 0 = 3 on a cluster of 3 or more nodes, else 1."""
+    fetch_batch: int = Field(default=500, ge=1, le=10000)
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    """A fetched message not acknowledged within this is redelivered (to any worker)."""
+    max_ack_pending: int = Field(default=20000, ge=1)
+
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("servers")
+    @classmethod
+    def _nats_scheme(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("nats://", "tls://")):
+                raise ValueError(f"{url!r} must look like nats://host:port or tls://host:port")
+        return value
+
+    @field_validator("credentials", "tls_ca", "tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def enabled(self) -> bool:
+        """True when the NATS back-end is selected."""
+        return bool(self.servers)
+
+
 class ApiSettings(_Section):
     """The HTTP API listener and the public base URL devices use to reach it."""
 
@@ -136,6 +188,9 @@ class RetentionSettings(_Section):
 
     raw_days: float = Field(default=30.0, gt=0)
     interval_s: float = Field(default=3600.0, gt=0)
+    partition: Literal["day", "week"] = "day"
+    """PostgreSQL: the period of a telemetry partition created ahead by the jobs."""
+    partitions_ahead_days: float = Field(default=7.0, ge=1)
 
 
 class DiagnosticsSettings(_Section):
@@ -299,6 +354,7 @@ class Settings(_Section):
 
     database: DatabaseSettings = DatabaseSettings()
     mqtt: MqttSettings = MqttSettings()
+    nats: NatsSettings = NatsSettings()
     api: ApiSettings = ApiSettings()
     ingest: IngestSettings = IngestSettings()
     presence: PresenceSettings = PresenceSettings()

@@ -12,6 +12,9 @@ from fleet_server.adapters.embedded_broker import EmbeddedBroker
 from fleet_server.adapters.mqtt_ingest import IngestOptions, IngestWorker
 from fleet_server.adapters.mqtt_publisher import PahoPublisher
 from fleet_server.adapters.mqtt_url import ClientTls, is_tls_url, parse_mqtt_url
+from fleet_server.adapters.nats_conn import NatsOptions
+from fleet_server.adapters.nats_ingest import NatsIngestWorker
+from fleet_server.adapters.nats_publisher import NatsPublisher
 from fleet_server.config import Settings
 from fleet_server.db import create_db_engine, make_session_factory
 from fleet_server.identity.ca_store import CertificateAuthority
@@ -35,6 +38,8 @@ class BrokerTarget:
     mqtt5: bool
     embedded: EmbeddedBroker | None = field(default=None)
     tls: ClientTls | None = None
+    nats: NatsOptions | None = None
+    """Set when the back-end is a NATS cluster (``[nats] servers``)."""
 
 
 def open_database(
@@ -49,6 +54,23 @@ def open_database(
 
 def broker_target(settings: Settings, *, start_embedded: bool) -> BrokerTarget:
     """The configured broker, or the embedded one on loopback (started if asked)."""
+    if settings.nats.enabled:
+        n = settings.nats
+        options = NatsOptions(
+            servers=list(n.servers),
+            credentials=n.credentials,
+            user=n.user,
+            password=n.password,
+            tls_ca=n.tls_ca,
+            tls_cert=n.tls_cert,
+            tls_key=n.tls_key,
+            durable=n.durable,
+            replicas=n.replicas,
+            fetch_batch=n.fetch_batch,
+            ack_wait_s=n.ack_wait_s,
+            max_ack_pending=n.max_ack_pending,
+        )
+        return BrokerTarget("", 0, mqtt5=False, nats=options)
     if settings.mqtt.url:
         host, port = parse_mqtt_url(settings.mqtt.url)
         return BrokerTarget(host, port, mqtt5=True, tls=client_tls(settings))
@@ -77,8 +99,9 @@ def build_ingest(
     sessions: sessionmaker[Session],
     target: BrokerTarget,
     metrics: IngestMetrics,
-) -> IngestWorker:
-    """An ingest worker for the target broker (MQTT 3.1.1, unshared, on the embedded one)."""
+) -> IngestWorker | NatsIngestWorker:
+    """An ingest worker for the target broker (MQTT 3.1.1, unshared, on the embedded one;
+    a pull consumer on a NATS cluster)."""
     i = settings.ingest
     writer = BatchWriter(
         sessions,
@@ -87,6 +110,16 @@ def build_ingest(
         max_clock_skew_s=settings.presence.max_clock_skew_s,
         activate_on_first_contact=settings.registry.activate_on_first_contact,
     )
+    budget = BudgetPolicy(
+        messages_per_s=i.device_messages_per_s,
+        message_burst=i.device_message_burst,
+        bytes_per_s=i.device_bytes_per_s,
+        byte_burst=i.device_byte_burst,
+    )
+    if target.nats is not None:
+        return NatsIngestWorker(
+            writer, target.nats, renewer=_renewer(settings, sessions), budget=budget
+        )
     options = IngestOptions(
         host=target.host,
         port=target.port,
@@ -98,12 +131,7 @@ def build_ingest(
         keepalive_s=settings.mqtt.keepalive_s,
         batch_size=i.batch_size,
         tls=target.tls,
-        budget=BudgetPolicy(
-            messages_per_s=i.device_messages_per_s,
-            message_burst=i.device_message_burst,
-            bytes_per_s=i.device_bytes_per_s,
-            byte_burst=i.device_byte_burst,
-        ),
+        budget=budget,
         readiness=ReadinessPolicy(sys_interval_s=i.broker_sys_interval_s, stable_s=i.stable_s),
     )
     return IngestWorker(writer, options, renewer=_renewer(settings, sessions))
@@ -119,8 +147,10 @@ def _renewer(settings: Settings, sessions: sessionmaker[Session]) -> Certificate
     )
 
 
-def build_publisher(settings: Settings, target: BrokerTarget) -> PahoPublisher:
+def build_publisher(settings: Settings, target: BrokerTarget) -> PahoPublisher | NatsPublisher:
     """The command publisher connected to the target broker."""
+    if target.nats is not None:
+        return NatsPublisher(target.nats)
     tls = target.tls
     t = settings.tls
     if tls is not None and t.command_cert is not None:

@@ -162,6 +162,19 @@ def tuf_root_problems(
     return problems
 
 
+def _nats_problems(
+    problems: list[Problem], settings: Settings, exists: Callable[[Path], bool]
+) -> None:
+    """The NATS back-end in production: TLS to every node and a service certificate."""
+    n = settings.nats
+    for url in n.servers:
+        if not url.startswith("tls://"):
+            problems.append(Problem("nats.servers", f"{url} is not tls:// (TLS to the node)"))
+    _need_file(problems, "nats.tls_ca", n.tls_ca, "CA chain the nodes' certs must match", exists)
+    _need_file(problems, "nats.tls_cert", n.tls_cert, "service client certificate", exists)
+    _need_file(problems, "nats.tls_key", n.tls_key, "service client key", exists)
+
+
 def production_problems(
     settings: Settings,
     *,
@@ -184,24 +197,31 @@ def production_problems(
     _need_file(problems, "tls.api_key", tls.api_key, "API TLS private key", exists)
     if tls.api_client_ca is not None and not exists(tls.api_client_ca):
         problems.append(Problem("tls.api_client_ca", f"{tls.api_client_ca} does not exist"))
-    url = settings.mqtt.url
-    if not url:
-        problems.append(
-            Problem("mqtt.url", "the embedded broker has no authentication; set an mqtts:// URL")
+    if settings.nats.enabled:
+        _nats_problems(problems, settings, exists)
+    else:
+        url = settings.mqtt.url
+        if not url:
+            problems.append(
+                Problem(
+                    "mqtt.url", "the embedded broker has no authentication; set an mqtts:// URL"
+                )
+            )
+        elif not is_tls_url(url):
+            problems.append(Problem("mqtt.url", f"{url} is not mqtts:// (TLS to the broker)"))
+        _need_file(
+            problems, "tls.mqtt_ca", tls.mqtt_ca, "CA chain the broker's cert must match", exists
         )
-    elif not is_tls_url(url):
-        problems.append(Problem("mqtt.url", f"{url} is not mqtts:// (TLS to the broker)"))
-    _need_file(
-        problems, "tls.mqtt_ca", tls.mqtt_ca, "CA chain the broker's cert must match", exists
-    )
-    _need_file(problems, "tls.mqtt_cert", tls.mqtt_cert, "service client certificate", exists)
-    _need_file(problems, "tls.mqtt_key", tls.mqtt_key, "service client key", exists)
-    _need_file(problems, "tls.command_cert", tls.command_cert, "publisher certificate", exists)
-    _need_file(problems, "tls.command_key", tls.command_key, "publisher key", exists)
-    if tls.command_cert is not None and tls.command_cert == tls.mqtt_cert:
-        problems.append(
-            Problem("tls.command_cert", "must differ from tls.mqtt_cert (one identity per client)")
-        )
+        _need_file(problems, "tls.mqtt_cert", tls.mqtt_cert, "service client certificate", exists)
+        _need_file(problems, "tls.mqtt_key", tls.mqtt_key, "service client key", exists)
+        _need_file(problems, "tls.command_cert", tls.command_cert, "publisher certificate", exists)
+        _need_file(problems, "tls.command_key", tls.command_key, "publisher key", exists)
+        if tls.command_cert is not None and tls.command_cert == tls.mqtt_cert:
+            problems.append(
+                Problem(
+                    "tls.command_cert", "must differ from tls.mqtt_cert (one identity per client)"
+                )
+            )
     if settings.ingest.auto_register:
         problems.append(
             Problem("ingest.auto_register", "devices must be registered, not self-register")

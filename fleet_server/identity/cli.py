@@ -9,6 +9,7 @@ Typical first run::
     fleet-server ca server-cert --out /etc/edgefleet/broker --host broker.example --host 127.0.0.1
     fleet-server ca service-cert svc-ingest --out /etc/edgefleet/ingest --mqtt-url ... --api-url ...
     fleet-server ca mosquitto-config --server-dir /etc/edgefleet/broker --out /etc/mosquitto/conf.d
+    fleet-server ca nats-config --out /etc/nats/fleet-auth.conf   # the [nats] back-end instead
     fleet-server ca provision pi-0001 --out ./pi-0001 --mqtt-url ... --api-url ...
 """
 
@@ -435,6 +436,29 @@ def mosquitto_config(
         write_broker_config(settings, out / "mosquitto.conf")
     typer.echo(f"wrote {out / 'mosquitto.conf'} and {out / 'fleet.acl'}")
     typer.echo(f"run: mosquitto -c {(out / 'mosquitto.conf').resolve()}")
+
+
+@ca_app.command("nats-config")
+def nats_config(
+    ca: CaDir,
+    out: Annotated[Path, typer.Option("--out", help="File for the NATS authorisation.")],
+) -> None:
+    """Write the NATS authorisation (one user per device and service certificate that is
+    valid now, each device confined to its own subjects); include it from every node's
+    configuration and reload the nodes after provisioning or revoking."""
+    from fleet_server.identity.nats_config import identities, render_authorization
+
+    with _user_errors():
+        authority = ca_store.CertificateAuthority.load(ca)
+        ids = identities(authority.records(), datetime.now(UTC))
+        write_public_file(out, render_authorization(ids).encode())
+    typer.echo(f"wrote {out}: {len(ids.devices)} devices, {len(ids.services)} services")
+    for device in ids.skipped:
+        typer.secho(
+            f"left out {device}: a '.' in the id cannot be a NATS subject",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
 
 
 if __name__ == "__main__":  # until the server CLI mounts it: python -m fleet_server.identity.cli

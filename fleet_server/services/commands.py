@@ -183,6 +183,12 @@ def send_command(
     session.commit()
     try:
         publisher.publish(p.topic(device.device_id, p.Kind.COMMAND), p.encode(message), 1)
+    except InvalidInputError as exc:
+        # The broker cannot carry it to this device at all (NATS: a '.' in its id).
+        record.status = "failed"
+        record.detail = exc.message
+        session.commit()
+        raise
     except (OSError, TimeoutError) as exc:
         record.status = "failed"
         record.detail = f"could not publish: {exc}"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server.config import Settings
+from fleet_server.db.partitions import DAY_S, WEEK_S, ensure_partitions
 from fleet_server.services.advisories import match_pending
 from fleet_server.services.clock import Clock, system_clock
 from fleet_server.services.commands import expire_commands
@@ -48,9 +49,13 @@ def run_presence_sweep(
 def run_retention_job(
     sessions: sessionmaker[Session], settings: Settings, now: float
 ) -> RetentionResult:
-    """Downsample and delete raw telemetry past the retention window."""
+    """Create the telemetry partitions ahead (PostgreSQL), then downsample and drop or
+    delete raw telemetry past the retention window."""
+    r = settings.retention
     with sessions() as session, session.begin():
-        return run_retention(session, now=now, raw_days=settings.retention.raw_days)
+        period = WEEK_S if r.partition == "week" else DAY_S
+        ensure_partitions(session, now, period_s=period, ahead_s=r.partitions_ahead_days * DAY_S)
+        return run_retention(session, now=now, raw_days=r.raw_days)
 
 
 def run_command_expiry(sessions: sessionmaker[Session], settings: Settings, now: float) -> int:

@@ -8,6 +8,7 @@ from sqlalchemy import Integer, cast, delete, func, select
 from sqlalchemy.orm import Session
 
 from fleet_server.db.models import ReceivedMessage, TelemetryHourly, TelemetrySample
+from fleet_server.db.partitions import drop_partitions_before, is_partitioned, retention_boundary
 
 _AGG = {"cpu": "cpu_pct", "mem": "mem_pct", "disk": "disk_pct", "temp": "temp_c"}
 
@@ -33,8 +34,15 @@ def run_retention(session: Session, *, now: float, raw_days: float) -> Retention
     The cutoff is aligned down to the hour so an hour is aggregated once, complete.
     Dedupe keys older than the cutoff go too: the agent's buffer is bounded in age,
     so a message that old is not re-sent.
+
+    On partitioned PostgreSQL the cutoff moves back to the last partition boundary and
+    the raw samples go by dropping whole partitions (what is left before the cutoff is
+    only in the default partition: a device clock far off).
     """
     cutoff = float(int((now - raw_days * 86400) // 3600) * 3600)
+    partitioned = is_partitioned(session)
+    if partitioned:
+        cutoff = retention_boundary(session, cutoff)
     t = TelemetrySample
     if session.get_bind().dialect.name == "sqlite":
         hour = cast(t.ts / 3600, Integer) * 3600
@@ -72,7 +80,8 @@ def run_retention(session: Session, *, now: float, raw_days: float) -> Retention
             setattr(existing, f"{short}_max", hi if cur_hi is None else max(cur_hi, hi))
             setattr(existing, f"{short}_avg", merged_avg)
         existing.samples = old_n + int(g.n)
-    deleted = session.execute(delete(t).where(t.ts < cutoff)).rowcount
+    dropped = drop_partitions_before(session, cutoff)[1] if partitioned else 0
+    deleted = dropped + (session.execute(delete(t).where(t.ts < cutoff)).rowcount or 0)
     keys = session.execute(
         delete(ReceivedMessage).where(ReceivedMessage.received_at < cutoff)
     ).rowcount

@@ -1,0 +1,269 @@
+"""Fault tests of the NATS back-end on a real 3-node cluster on loopback.
+
+Devices are the agent's own MQTT transport (3.1.1, the node list, persistent session);
+the ingest is the real :class:`NatsIngestWorker` on PostgreSQL. What must hold: every
+message a device got a PUBACK for is in the database exactly once, whatever dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleet_server.adapters.nats_conn import NatsOptions
+from fleet_server.adapters.nats_ingest import NatsIngestWorker
+from fleet_server.db import create_db_engine, make_session_factory
+from fleet_server.db.models import Device, TelemetrySample
+from fleet_server.migrations import upgrade_to_head
+from fleet_server.services.ingest import BatchWriter, Inbound
+from fleet_server.services.metrics import IngestMetrics
+from tests.conftest import free_port, need_service, wait_for
+from tests.support.agent_process import fleet_agent
+from tests.support.nats_cluster import NatsCluster, nats_binary
+from tests.support.nats_fleet import (
+    PublishingDevice,
+    drop_consumer,
+    pending_messages,
+    run_devices,
+    sample_count,
+    setup_consumer,
+    stored,
+    stream_leader,
+)
+
+DEVICES = 20
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    binary = nats_binary()
+    if binary is None:
+        need_service("nats-server is not installed (apt-get install nats-server)")
+    assert binary is not None
+    c = NatsCluster.create(binary, Path(tmp_path_factory.mktemp("nats")), size=3)
+    c.start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def sessions(postgres_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = create_db_engine(postgres_url)
+    upgrade_to_head(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def options(cluster: NatsCluster, request: pytest.FixtureRequest) -> Iterator[NatsOptions]:
+    opts = NatsOptions(
+        servers=cluster.nats_urls, durable=f"ingest-{request.node.name[5:25]}", ack_wait_s=2.0
+    )
+    yield opts
+    for node in cluster.nodes:
+        if not node.running:
+            node.proc = None
+            node.start()
+    with contextlib.suppress(Exception):
+        drop_consumer(opts)
+
+
+def _worker(sessions: sessionmaker[Session], options: NatsOptions, name: str) -> NatsIngestWorker:
+    writer = BatchWriter(sessions, metrics=IngestMetrics(), auto_register=True)
+    worker = NatsIngestWorker(writer, options, name=name, retry_backoff_s=0.1)
+    worker.connect(timeout=20)
+    assert worker.connected, "the ingest did not bind to its consumer"
+    return worker
+
+
+def _fleet(cluster: NatsCluster, prefix: str, count: int, **kw: float) -> list[PublishingDevice]:
+    return [
+        PublishingDevice(f"{prefix}-{i}", cluster.mqtt_urls, count=count, first_node=i % 3, **kw)
+        for i in range(DEVICES)
+    ]
+
+
+def _exactly_once(sessions: sessionmaker[Session], devices: list[PublishingDevice]) -> None:
+    want = {d.device_id: sorted(d.acked) for d in devices}
+    total = sum(len(v) for v in want.values())
+
+    def complete() -> bool:
+        got = stored(sessions)
+        return all(set(want[d]) <= set(got.get(d, [])) for d in want)
+
+    wait_for(complete, timeout=30, interval=0.2)
+    got = stored(sessions)
+    for device_id, seqs in want.items():
+        missing = sorted(set(seqs) - set(got.get(device_id, [])))
+        assert not missing, f"{device_id}: PUBACKed but not stored: {missing[:10]}"
+    # One dedupe key and one sample per message: nothing stored twice.
+    assert sample_count(sessions, list(want)) == sum(len(got.get(d, [])) for d in want)
+    assert sum(len(got.get(d, [])) for d in want) >= total
+
+
+AGENT = "nats-agent-1"
+
+
+def _start_agent(tmp_path: Path, brokers: list[str]) -> subprocess.Popen[bytes]:
+    """``fleet-agent run`` (MQTT 3.1.1, short intervals) for the broker list."""
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'device_id = "{AGENT}"\n'
+        f"broker = {json.dumps(brokers)}\n"
+        'mqtt_version = "3.1.1"\n'
+        f'state_dir = "{tmp_path / "state"}"\n'
+        "sample_interval_s = 0.2\npublish_interval_s = 0.4\n"
+        "reconnect_min_s = 0.1\nreconnect_max_s = 1\nkeepalive = 5\n"
+    )
+    with (tmp_path / "agent.log").open("wb") as log:
+        return subprocess.Popen(
+            [fleet_agent(), "run", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def _agent_reported(sessions: sessionmaker[Session]) -> tuple[int, str | None]:
+    """(telemetry samples stored, presence) of the real agent."""
+    with sessions() as s:
+        device = s.execute(select(Device).where(Device.device_id == AGENT)).scalar()
+        if device is None:
+            return 0, None
+        n = s.execute(
+            select(func.count())
+            .select_from(TelemetrySample)
+            .where(TelemetrySample.device_key == device.id)
+        ).scalar_one()
+        return int(n), device.presence
+
+
+def test_kill_the_stream_leader_while_devices_publish(
+    cluster, sessions, options, tmp_path: Path
+) -> None:
+    """kill -9 of the node leading the device-message stream, mid-publish: the devices
+    move to other nodes, the stream elects a new leader, nothing PUBACKed is lost. The
+    real ``fleet-agent`` is on that node too (``broker = [a dead address, the victim,
+    the others]``): it skips the dead address, then fails over and keeps reporting, its
+    presence ``online`` again."""
+    setup_consumer(options)
+    worker = _worker(sessions, options, "ingest-a")
+    leader = stream_leader(options)
+    victim = next(n for n in cluster.nodes if n.name == leader)
+    others = [n.mqtt_url for n in cluster.nodes if n is not victim]
+    agent = _start_agent(tmp_path, [f"mqtt://127.0.0.1:{free_port()}", victim.mqtt_url, *others])
+    devices = _fleet(cluster, "kill", count=60, interval_s=0.03, deadline_s=50)
+    try:
+        wait_for(lambda: _agent_reported(sessions)[0] > 0, timeout=20, interval=0.1)
+        wait_for(lambda: _agent_reported(sessions)[1] == "online", timeout=10, interval=0.1)
+        for d in devices:
+            d.start()
+        wait_for(lambda: sum(len(d.acked) for d in devices) > DEVICES * 15, timeout=15)
+        before = _agent_reported(sessions)[0]
+        victim.kill()
+        run_devices(devices, timeout=55, min_acked=0.9)
+        _exactly_once(sessions, devices)
+        wait_for(lambda: _agent_reported(sessions)[0] > before + 3, timeout=30, interval=0.2)
+        wait_for(lambda: _agent_reported(sessions)[1] == "online", timeout=10, interval=0.2)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=20)
+        worker.stop()
+        worker.run()
+    moved = [d.device_id for d in devices if d.connects > 1]
+    assert moved, "no device was on the killed node"
+    # What the test found: some connections stay up while their PUBACKs stop coming. The
+    # devices (like the agent, delivery.ACK_TIMEOUT_S) reconnect and send again.
+    stalled = sum(d.stalls for d in devices)
+    print(f"connections with stalled PUBACKs, reconnected: {stalled}")
+
+
+class _DiesAfterCommit(BaseException):
+    """The worker process dying between its commit and its acknowledgements."""
+
+
+class _CrashingWriter(BatchWriter):
+    def write(self, batch: list[Inbound]):  # type: ignore[no-untyped-def]
+        super().write(batch)
+        raise _DiesAfterCommit
+
+
+def test_ingest_worker_dies_mid_batch(cluster, sessions, options) -> None:
+    """A worker dies after committing a batch and before acknowledging it: the batch is
+    redelivered (after ack_wait) to the next worker and stored once."""
+    setup_consumer(options)
+    devices = _fleet(cluster, "crash", count=10, interval_s=0.0)
+    for d in devices:
+        d.start()
+    run_devices(devices)
+    doomed = NatsIngestWorker(
+        _CrashingWriter(sessions, metrics=IngestMetrics(), auto_register=True),
+        options,
+        name="doomed",
+    )
+    doomed.connect(timeout=20)
+    with pytest.raises(_DiesAfterCommit):
+        doomed.run()
+    committed_by_doomed = sum(len(v) for v in stored(sessions).values())
+    assert committed_by_doomed > 0
+    worker = _worker(sessions, options, "ingest-b")
+    try:
+        _exactly_once(sessions, devices)
+        wait_for(lambda: worker.writer.metrics.duplicates._value.get() > 0, timeout=10)
+    finally:
+        worker.stop()
+        worker.run()
+
+
+def test_publish_with_no_ingest_running_then_start_one(cluster, sessions, options) -> None:
+    """The consumer exists (installation step) but no worker runs while devices publish;
+    the first worker to start finds every message."""
+    setup_consumer(options)
+    devices = _fleet(cluster, "idle", count=20, interval_s=0.0)
+    for d in devices:
+        d.start()
+    run_devices(devices)
+    time.sleep(0)  # no worker has existed until here
+    worker = _worker(sessions, options, "ingest-c")
+    try:
+        _exactly_once(sessions, devices)
+    finally:
+        worker.stop()
+        worker.run()
+
+
+def test_the_window_before_the_consumer_exists_is_real(cluster, options) -> None:
+    """What NATS does not keep: QoS 1 publishes are stored in an interest stream, so a
+    message PUBACKed while no consumer matches it is dropped at once. The consumer is
+    therefore created at installation (the first ``fleet-server ingest`` start, before
+    devices are pointed at the cluster) and never deleted; README, Scaling out."""
+    devices = [PublishingDevice("early-0", cluster.mqtt_urls, count=5, interval_s=0.0)]
+    devices[0].start()
+    run_devices(devices)
+    setup_consumer(options)
+    assert pending_messages(options) == 0
+
+
+def test_two_workers_share_one_consumer(cluster, sessions, options) -> None:
+    """Two workers on the same durable split the stream; each message is stored once."""
+    options = dataclasses.replace(options, fetch_batch=50)
+    setup_consumer(options)
+    workers = [_worker(sessions, options, f"ingest-{i}") for i in range(2)]
+    devices = _fleet(cluster, "pair", count=30, interval_s=0.0)
+    for d in devices:
+        d.start()
+    run_devices(devices)
+    try:
+        _exactly_once(sessions, devices)
+        assert all(w.committed > 0 for w in workers), [w.committed for w in workers]
+    finally:
+        for w in workers:
+            w.stop()
+        for w in workers:
+            w.run()

@@ -1,0 +1,120 @@
+"""The NATS back-end's pure parts: subject mapping, ``[nats]`` settings, the agent's
+broker list and its move to the next node when one cannot be reached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError as AgentConfigError
+from agent.config import parse_config
+from agent.startup import mqtt_settings
+from agent.transport import MqttSettings, MqttTransport
+from fleet_server.adapters.nats_conn import subject_for_topic, topic_for_subject
+from fleet_server.config import ConfigError, load_settings
+from fleet_server.errors import InvalidInputError
+from tests.conftest import free_port
+
+
+def test_topics_map_to_subjects_and_back() -> None:
+    assert subject_for_topic("fleet/v1/pi-1/command") == "fleet.v1.pi-1.command"
+    assert topic_for_subject("$MQTT.msgs.fleet.v1.pi-1.telemetry") == "fleet/v1/pi-1/telemetry"
+    assert topic_for_subject("fleet.v1.pi//1.event") == "fleet/v1/pi.1/event"
+
+
+def test_a_device_id_with_a_dot_is_refused_clearly() -> None:
+    with pytest.raises(InvalidInputError, match=r"contains '\.'.*\[nats\] back-end"):
+        subject_for_topic("fleet/v1/pi.1/command")
+
+
+def test_nats_settings_from_file_and_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "fleet-server.toml"
+    cfg.write_text('[nats]\nservers = ["nats://n1:4222", "tls://n2:4222"]\nreplicas = 3\n')
+    s = load_settings(cfg, env={})
+    assert s.nats.enabled
+    assert s.nats.servers == ["nats://n1:4222", "tls://n2:4222"]
+    env = {"FLEET_NATS_SERVERS": "nats://a:4222, nats://b:4222"}
+    assert load_settings(None, env=env).nats.servers == ["nats://a:4222", "nats://b:4222"]
+    assert not load_settings(None, env={}).nats.enabled
+    with pytest.raises(ConfigError, match=r"nats\.servers"):
+        load_settings(None, env={"FLEET_NATS_SERVERS": "mqtt://a:1883"})
+
+
+def test_agent_broker_may_be_a_list_of_nodes() -> None:
+    base = {"device_id": "pi-1"}
+    config = parse_config({**base, "broker": ["mqtt://n1:1883", "mqtt://n2:1884", "mqtt://n3"]})
+    assert (config.broker_host, config.broker_port) == ("n1", 1883)
+    assert config.broker_alternates == (("n2", 1884), ("n3", 1883))
+    assert mqtt_settings(config).nodes == (("n1", 1883), ("n2", 1884), ("n3", 1883))
+    with pytest.raises(AgentConfigError, match="one scheme"):
+        parse_config({**base, "broker": ["mqtt://n1:1883", "mqtts://n2:8883"]})
+    with pytest.raises(AgentConfigError, match="broker"):
+        parse_config({**base, "broker": ["mqtt://n1:1883", 5]})
+
+
+def test_transport_moves_to_the_next_node_when_one_is_down() -> None:
+    down, other = free_port(), free_port()
+    settings = MqttSettings(
+        "127.0.0.1",
+        down,
+        "pi-1",
+        "fleet/v1/pi-1/command",
+        mqtt_version="3.1.1",
+        alternates=(("127.0.0.1", other),),
+    )
+    transport = MqttTransport(settings)
+    assert transport.node == ("127.0.0.1", down)
+    with pytest.raises(OSError, match="refused"):
+        transport.connect("fleet/v1/pi-1/presence", b"offline")
+    assert transport.node == ("127.0.0.1", other)
+    with pytest.raises(OSError, match="refused"):
+        transport.connect("fleet/v1/pi-1/presence", b"offline")
+    assert transport.node == ("127.0.0.1", down)
+
+
+def test_production_on_nats_needs_tls_to_every_node_and_a_service_certificate() -> None:
+    from fleet_server.config import Settings
+    from fleet_server.security_mode import production_problems
+
+    settings = Settings.model_validate(
+        {
+            "security": {"mode": "production"},
+            "nats": {"servers": ["tls://n1:4222", "nats://n2:4222"]},
+        }
+    )
+    keys = {p.key for p in production_problems(settings, exists=lambda _p: True)}
+    assert {"nats.servers", "nats.tls_ca", "nats.tls_cert", "nats.tls_key"} <= keys
+    assert not {k for k in keys if k.startswith(("mqtt.", "tls.mqtt", "tls.command"))}
+
+
+class _StubTransport:
+    connected = True
+
+    def __init__(self) -> None:
+        self.mid = 0
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
+        self.mid += 1
+        return self.mid
+
+
+def test_delivery_notices_acknowledgements_that_stopped() -> None:
+    from agent.delivery import Delivery
+    from agent.store import MemoryOutbox
+
+    now = [100.0]
+    outbox = MemoryOutbox()
+    outbox.put(1, "fleet/v1/pi-1/telemetry", b"x", 100.0)
+    outbox.put(2, "fleet/v1/pi-1/telemetry", b"y", 100.0)
+    delivery = Delivery(outbox, _StubTransport(), clock=lambda: now[0])  # type: ignore[arg-type]
+    assert not delivery.stalled(60)
+    delivery.pump()
+    now[0] += 50
+    delivery.on_published(1, True)  # progress: the clock restarts
+    now[0] += 50
+    assert not delivery.stalled(60)
+    now[0] += 11
+    assert delivery.stalled(60)
+    delivery.reset()  # a new connection sends again
+    assert not delivery.stalled(60)
