@@ -41,6 +41,15 @@ surprising for this signal, see
 clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` samples and
 ``clear_after_s`` seconds. After a clear it does not raise again for ``refractory_s``.
 
+**Record stage** (on unless ``record_threshold`` is 0 or None): a score at or above
+``record_threshold`` (10) that is also ``record_ratio`` (2.5) times the largest score of
+the signal's recent past (a peak decaying over ``record_tau_s``, a week) raises at once, on
+that one sample, even inside the refractory period: a departure this signal has not come
+near for a week (a crash to zero, a spike ten times its usual swing) is news, and waiting
+for the debounce would raise late or never (a lone spike). A signal whose spikes are
+routine keeps a high peak and is judged by the debounced surprise stage alone. See
+:mod:`agent.core.adaptive_surprise`.
+
 **Learning and adaptation.** Time constants are in seconds and decay by elapsed time, so
 irregular sampling is handled; each is stretched to at least ``min_tau_samples`` typical
 sampling intervals (a streaming median of the intervals) so sparse signals still average
@@ -145,7 +154,7 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         surprise_window_s: float = 7200.0,
         surprise_memory_samples: float = 2000.0,
         record_threshold: float | None = 10.0,
-        record_ratio: float = 1.5,
+        record_ratio: float = 2.5,
         record_tau_s: float = 7 * 86400.0,
     ) -> None:
         if not isinstance(signal, str) or not signal:
@@ -350,12 +359,12 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         """Debounce the sample's robust score; with ``surprise_threshold`` set, a raise
         also needs the score to be surprising for this signal (clearing is unchanged)."""
         assert self._start_ts is not None
+        surprise = self._surprise(score) if self.surprise_threshold is not None else None
         record = self._record(score, ts, ts - self._start_ts >= self.drift_warmup_s)
         if record and not self._active:
             return self._debounce(ts, x, season, score, kind, score, immediate=True)  # no debounce
         trigger = score
         if self.surprise_threshold is not None:
-            surprise = self._surprise(score)
             if not self._active and (
                 surprise is None
                 or surprise < self.surprise_threshold
