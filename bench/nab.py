@@ -56,6 +56,7 @@ BASELINE_PARAMS: dict[str, Any] = {
     "surprise_threshold": None,
     "raise_samples": 3,
     "scale_leak": 0.02,
+    "record_threshold": None,
 }
 """The adaptive rule's parameters before NAB tuning (its defaults when this bench was added)."""
 
@@ -72,11 +73,12 @@ class Run:
     seconds: float
 
 
-def default_data_dir() -> Path:
-    """``../shared/data`` next to the project (or next to an enclosing directory)."""
+def default_data_dir(benchmark: str = "nab") -> Path:
+    """``../shared/data`` next to the project (or next to an enclosing directory, as for a
+    git worktree) that holds ``benchmark``'s folder."""
     for base in (ROOT, *ROOT.parents):
         candidate = base.parent / "shared" / "data"
-        if (candidate / "nab").is_dir():
+        if (candidate / benchmark).is_dir():
             return candidate
     return ROOT.parent / "shared" / "data"
 

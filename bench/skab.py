@@ -32,11 +32,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.core.multivariate import MultivariateRule
+from bench.nab import default_data_dir
 from protocol import Sample
 from simulator.replay import ReplayError, read_table_csv
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data"
 TRAIN_ROWS = 400
 SENSORS = (
     "Accelerometer1RMS",
@@ -126,7 +125,9 @@ def _parse_sets(items: list[str]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its figures (last line: one JSON object)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="directory with skab/")
+    parser.add_argument(
+        "--data", type=Path, default=default_data_dir("skab"), help="directory with skab/"
+    )
     parser.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE", help="a rule parameter"
     )

@@ -41,6 +41,15 @@ surprising for this signal, see
 clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` samples and
 ``clear_after_s`` seconds. After a clear it does not raise again for ``refractory_s``.
 
+**Record stage** (on unless ``record_threshold`` is 0 or None): a score at or above
+``record_threshold`` (10) that is also ``record_ratio`` (2.5) times the largest score of
+the signal's recent past (a peak decaying over ``record_tau_s``, a week) raises at once, on
+that one sample, even inside the refractory period: a departure this signal has not come
+near for a week (a crash to zero, a spike ten times its usual swing) is news, and waiting
+for the debounce would raise late or never (a lone spike). A signal whose spikes are
+routine keeps a high peak and is judged by the debounced surprise stage alone. See
+:mod:`agent.core.adaptive_surprise`.
+
 **Learning and adaptation.** Time constants are in seconds and decay by elapsed time, so
 irregular sampling is handled; each is stretched to at least ``min_tau_samples`` typical
 sampling intervals (a streaming median of the intervals) so sparse signals still average
@@ -86,7 +95,7 @@ from typing import Any
 
 from agent.core.adaptive_baseline import DIRECTIONS, AdaptiveBaseline, Direction
 from agent.core.adaptive_snapshot import FLOAT_STATE, INT_STATE, SNAPSHOT_VERSION, parse_snapshot
-from agent.core.adaptive_surprise import SurpriseScore, check_surprise
+from agent.core.adaptive_surprise import SurpriseScore, check_record, check_surprise
 from agent.core.fault_types import FaultChange
 from protocol import Sample, Severity
 
@@ -144,6 +153,9 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         surprise_window_samples: float = 10.0,
         surprise_window_s: float = 7200.0,
         surprise_memory_samples: float = 2000.0,
+        record_threshold: float | None = 10.0,
+        record_ratio: float = 2.5,
+        record_tau_s: float = 7 * 86400.0,
     ) -> None:
         if not isinstance(signal, str) or not signal:
             raise ValueError("signal must be a non-empty field name")
@@ -207,6 +219,7 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
             surprise_memory_samples,
             surprise_window_s,
         )
+        check_record(record_threshold, record_ratio, record_tau_s)
 
         self.signal = signal
         self.code = code if code is not None else f"{signal}_anomaly"
@@ -246,6 +259,9 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         self.surprise_window_samples = float(surprise_window_samples)
         self.surprise_window_s = float(surprise_window_s)
         self.surprise_memory_samples = float(surprise_memory_samples)
+        self.record_threshold = float(record_threshold) if record_threshold else None
+        self.record_ratio = float(record_ratio)
+        self.record_tau_s = float(record_tau_s)
         self._active = False
         self._reset_all()
 
@@ -342,9 +358,13 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
     ) -> FaultChange | None:
         """Debounce the sample's robust score; with ``surprise_threshold`` set, a raise
         also needs the score to be surprising for this signal (clearing is unchanged)."""
+        assert self._start_ts is not None
+        surprise = self._surprise(score) if self.surprise_threshold is not None else None
+        record = self._record(score, ts, ts - self._start_ts >= self.drift_warmup_s)
+        if record and not self._active:
+            return self._debounce(ts, x, season, score, kind, score, immediate=True)  # no debounce
         trigger = score
         if self.surprise_threshold is not None:
-            surprise = self._surprise(score)
             if not self._active and (
                 surprise is None
                 or surprise < self.surprise_threshold
@@ -364,12 +384,14 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         score: float,
         kind: str,
         trigger: float,
+        *,
+        immediate: bool = False,
     ) -> FaultChange | None:
         if not self._active:
             refractory = (
                 self._last_clear_ts is not None and ts - self._last_clear_ts < self.refractory_s
             )
-            if trigger < self.raise_threshold or refractory:
+            if not immediate and (trigger < self.raise_threshold or refractory):
                 self._pending_n = 0
                 self._pending_since = None
                 return None
@@ -378,7 +400,9 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
             self._pending_n += 1
             assert self._pending_since is not None
             held = ts - self._pending_since
-            if self._pending_n < self.raise_samples or held < self.raise_after_s:
+            if not immediate and (
+                self._pending_n < self.raise_samples or held < self.raise_after_s
+            ):
                 return None
             self._active = True
             self._pending_n = 0

@@ -33,9 +33,11 @@ FLOAT_STATE: tuple[str, ...] = (
     "u_short",
     "u_mean",
     "u_var",
+    "peak",
+    "peak_ts",
 )
 INT_STATE: tuple[str, ...] = ("n", "n_all", "pending_n", "clear_n", "u_n")
-OPTIONAL_STATE = frozenset({"u_short", "u_mean", "u_var", "u_n"})
+OPTIONAL_STATE = frozenset({"u_short", "u_mean", "u_var", "u_n", "peak", "peak_ts"})
 """Added after version 1 snapshots were written: a snapshot without them starts them anew."""
 
 
@@ -102,6 +104,8 @@ def parse_snapshot(state: Any, signal: str, season_bins: int | None) -> dict[str
     ):
         return None
     if parsed["u_var"] is not None and parsed["u_var"] < 0:
+        return None
+    if (parsed["peak"] is None) != (parsed["peak_ts"] is None) or (parsed["peak"] or 0) < 0:
         return None
     for name in ("season_bins", "season_visits"):
         values = _parse_floats(state.get(name), season_bins)

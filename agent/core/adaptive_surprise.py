@@ -19,6 +19,14 @@ distribution of scores:
 * ``surprise = (u_short - u_mean) / sd(u)``, in standard deviations of the signal's own
   score. It is ``None`` for the first five windows of scored samples.
 
+The surprise judges lasting departures; a lone sample far outside anything this signal has
+done (a spike, a crash to zero) is judged by its **record** instead: ``peak`` is the largest
+robust score seen, decaying with time constant ``record_tau_s``. A score at or above
+``record_threshold`` that is also at least ``record_ratio`` × ``peak`` is a record: a
+departure this signal has not shown for weeks, which the rule raises at once (no debounce).
+A bursty signal whose spikes are routine keeps a high peak, so its routine spikes are not
+records. Records are judged only once the signal has been scored for ``drift_warmup_s``.
+
 :class:`SurpriseScore` is a mixin of :class:`agent.core.adaptive.AdaptiveRule`; its four
 numbers are part of the rule's snapshot.
 """
@@ -52,13 +60,26 @@ def check_surprise(
         )
 
 
+def check_record(threshold: float | None, ratio: float, tau_s: float) -> None:
+    """Raise ``ValueError`` naming the first invalid record parameter."""
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise ValueError("record_threshold must be a positive number, or 0 or None (off)")
+    if not (math.isfinite(ratio) and ratio >= 1):
+        raise ValueError(f"record_ratio must be a number >= 1, not {ratio!r}")
+    if not (math.isfinite(tau_s) and tau_s > 0):
+        raise ValueError(f"record_tau_s must be a positive number, not {tau_s!r}")
+
+
 class SurpriseScore:
-    """The surprise state of one signal (see the module docstring)."""
+    """The surprise and record state of one signal (see the module docstring)."""
 
     surprise_cap: float
     surprise_window_samples: float
     surprise_window_s: float
     surprise_memory_samples: float
+    record_threshold: float | None
+    record_ratio: float
+    record_tau_s: float
     _dt_typ: float | None
 
     def _reset_surprise(self) -> None:
@@ -66,6 +87,24 @@ class SurpriseScore:
         self._u_mean: float | None = None
         self._u_var: float | None = None
         self._u_n = 0
+        self._peak: float | None = None
+        self._peak_ts: float | None = None
+
+    def _record(self, score: float, ts: float, judged: bool) -> bool:
+        """Whether ``score`` is a record for this signal (see the module docstring); then
+        learn it into the decaying peak. ``judged`` is False while records are not judged."""
+        peak = 0.0
+        if self._peak is not None and self._peak_ts is not None:
+            peak = self._peak * math.exp(-max(ts - self._peak_ts, 0.0) / self.record_tau_s)
+        record = (
+            judged
+            and self.record_threshold is not None
+            and score >= self.record_threshold
+            and score >= self.record_ratio * peak
+        )
+        self._peak = max(score, peak)
+        self._peak_ts = ts
+        return record
 
     def _surprise_window(self) -> float:
         """The short window in samples: ``surprise_window_samples``, shortened on sparse

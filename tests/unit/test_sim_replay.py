@@ -50,12 +50,12 @@ def test_replay_raises_a_known_fault_at_the_expected_time(tmp_path: Path) -> Non
     alarms = replay_samples(sig.rows, sig.name)
     raised = [a for a in alarms if a.event == "raised"]
     assert [a.code for a in raised] == ["temp_c_anomaly"]  # the fixed 80 °C limit stays quiet
-    # two samples in a row (the adaptive rule's raise_samples default, 3 before the NAB
-    # tuning) surprisingly far above the learned normal: the second one after the step
-    assert raised[0].ts == STEP_AT + 60
-    assert raised[0].time_text == "2026-01-03 10:01:00"
-    assert raised[0].iso == "2026-01-03T10:01:00Z"
-    assert raised[0].line == 2 + (STEP_AT + 60 - T0) / 60
+    # the step is ~25 noise SDs, far beyond anything the signal showed before: a record,
+    # raised on the first sample after the step (no two-sample debounce)
+    assert raised[0].ts == STEP_AT
+    assert raised[0].time_text == "2026-01-03 10:00:00"
+    assert raised[0].iso == "2026-01-03T10:00:00Z"
+    assert raised[0].line == 2 + (STEP_AT - T0) / 60
 
 
 def test_replay_of_a_fixed_limit_fault_uses_the_agents_builtin_rule(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_replay_cli_prints_json_lines(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in result.output.splitlines()]
     assert lines[0]["event"] == "raised"
     assert lines[0]["code"] == "reading_anomaly"  # an unknown name is a custom signal
-    assert lines[0]["time_iso"] == "2026-01-03T10:01:00Z"  # the second sample after the step
+    assert lines[0]["time_iso"] == "2026-01-03T10:00:00Z"  # the first sample after the step
 
 
 def test_bad_rows_are_reported_by_line_and_column(tmp_path: Path) -> None:
