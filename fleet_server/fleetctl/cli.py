@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from fleet_server import __version__
 from fleet_server.fleetctl import common, recalls_cli
@@ -20,6 +19,7 @@ from fleet_server.fleetctl.analytics_cli import analytics_app
 from fleet_server.fleetctl.client import CtlError
 from fleet_server.fleetctl.common import JsonOpt, LimitOpt
 from fleet_server.fleetctl.credentials_cli import register_credentials
+from fleet_server.fleetctl.devices_views_cli import register_device_views
 from fleet_server.fleetctl.groups_cli import bulk_app, groups_app
 from fleet_server.fleetctl.rollout_cli import rollout_app
 from fleet_server.fleetctl.startup import prune_groups
@@ -37,7 +37,8 @@ app = common.new_app(
     add_completion=False,
 )
 devices_app = common.new_app(
-    help="The device registry: list, show, import, decommission, commands."
+    help="The device registry: list, show, edit, tag, import, decommission, telemetry, "
+    "events, commands."
 )
 alarms_app = common.new_app(help="Alarms raised by device faults.")
 audit_app = common.new_app(help="The audit log of operator actions.")
@@ -57,6 +58,7 @@ for _name, _sub in recalls_cli.SUBAPPS.items():
     app.add_typer(_sub, name=_name)
 
 register_credentials(devices_app, common.client)
+register_device_views(devices_app, fleet_app)
 app.add_typer(analytics_app, name="analytics")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(groups_app, name="groups")
@@ -152,13 +154,17 @@ def devices_list(
         "device_id_prefix": prefix,
         "has_open_faults": faulty,
     }
-    items = common.client().paginate("/api/v1/devices", params, limit)
-    common.emit(items, as_json, lambda d: common.table(d, DEVICE_COLUMNS, f"{len(d)} device(s)"))
+    body = common.client().page("/api/v1/devices", params, limit)
+    common.emit_page(
+        body, as_json, lambda d: common.table(d, DEVICE_COLUMNS, f"{len(d)} device(s)")
+    )
 
 
 @devices_app.command("show")
 def devices_show(device_id: str, as_json: JsonOpt = False) -> None:
     """Show everything known about one device."""
+    from rich.table import Table
+
     device = common.client().request("GET", f"/api/v1/devices/{device_id}")
 
     def render(d: dict[str, Any]) -> None:
@@ -245,9 +251,9 @@ def devices_diagnose(device_id: str, as_json: JsonOpt = False) -> None:
 @devices_app.command("commands")
 def devices_commands(device_id: str, limit: LimitOpt = 20, as_json: JsonOpt = False) -> None:
     """Commands sent to a device and their status."""
-    items = common.client().paginate(f"/api/v1/devices/{device_id}/commands", {}, limit)
+    body = common.client().page(f"/api/v1/devices/{device_id}/commands", {}, limit)
     cols = ["id", "kind", "status", "created_at", "created_by", "reason", "detail"]
-    common.emit(items, as_json, lambda d: common.table(d, cols))
+    common.emit_page(body, as_json, lambda d: common.table(d, cols))
 
 
 # --- alarms ----------------------------------------------------------------------------
@@ -264,9 +270,9 @@ def alarms_list(
 ) -> None:
     """List alarms (open ones by default)."""
     params = {"state": state, "severity": severity, "code": code, "device_id": device}
-    items = common.client().paginate("/api/v1/alarms", params, limit)
+    body = common.client().page("/api/v1/alarms", params, limit)
     cols = ["id", "device_id", "code", "severity", "state", "raised_at", "occurrences", "acked_by"]
-    common.emit(items, as_json, lambda d: common.table(d, cols, f"{len(d)} alarm(s)"))
+    common.emit_page(body, as_json, lambda d: common.table(d, cols, f"{len(d)} alarm(s)"))
 
 
 @alarms_app.command("ack")
@@ -308,11 +314,9 @@ def audit_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Recent audit entries, newest first."""
-    items = common.client().paginate(
-        "/api/v1/audit", {"action": action, "target_id": target}, limit
-    )
+    body = common.client().page("/api/v1/audit", {"action": action, "target_id": target}, limit)
     cols = ["id", "at", "actor", "actor_role", "action", "target_type", "target_id"]
-    common.emit(items, as_json, lambda d: common.table(d, cols))
+    common.emit_page(body, as_json, lambda d: common.table(d, cols))
 
 
 @tokens_app.command("list")
@@ -321,7 +325,7 @@ def tokens_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List API tokens (never their secrets)."""
-    items = common.client().paginate("/api/v1/tokens", {"include_revoked": include_revoked}, None)
+    body = common.client().page("/api/v1/tokens", {"include_revoked": include_revoked}, None)
     cols = [
         "id",
         "name",
@@ -332,7 +336,7 @@ def tokens_list(
         "revoked_at",
         "expires_at",
     ]
-    common.emit(items, as_json, lambda d: common.table(d, cols))
+    common.emit_page(body, as_json, lambda d: common.table(d, cols))
 
 
 @tokens_app.command("create")
