@@ -20,6 +20,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -95,7 +96,9 @@ def test_the_first_hour_as_written(tmp_path: Path) -> None:
             assert state not in ("halted", "cancelled", "rolled_back"), state
             return bool(state == "completed")
 
+        started = time.monotonic()
         wait_for(finished, timeout=180, interval=1)
+        print(f"commands run; the rollout completed {time.monotonic() - started:.0f} s later")
         devices = api.get("/api/v1/devices", params={"limit": 100}).json()["items"]
         assert {d["software_version"] for d in devices} == {"1.2.0"}, devices
         assert len(devices) == 12
