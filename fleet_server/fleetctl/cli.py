@@ -22,7 +22,7 @@ from fleet_server.fleetctl.credentials_cli import register_credentials
 from fleet_server.fleetctl.devices_views_cli import register_device_views
 from fleet_server.fleetctl.groups_cli import bulk_app, groups_app
 from fleet_server.fleetctl.rollout_cli import rollout_app
-from fleet_server.fleetctl.startup import prune_groups
+from fleet_server.fleetctl.startup import install_plain_coercion, prune_groups
 from fleet_server.fleetctl.updates_cli import bundle_app, device_update, executions_app
 from fleet_server.fleetctl.webhooks_cli import webhooks_app
 
@@ -370,6 +370,7 @@ def tokens_revoke(token_id: int, as_json: JsonOpt = False) -> None:
 def main() -> None:
     """Entry point of the ``fleetctl`` console script."""
     prune_groups(app, sys.argv[1:])
+    install_plain_coercion()
     try:
         app()
     except CtlError as exc:
