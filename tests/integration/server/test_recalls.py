@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -192,6 +193,7 @@ def test_recall_lifecycle_with_software_remedy_and_version_block(api, sessions, 
         )
     )
     assert report[0][5].startswith("raw_rate")
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r[0]) for r in report[1:])
     assert report[0][6].startswith("adjusted_rate")
     assert [r[5] for r in report[1:]] == ["0.6000", "0.8000"]
     assert report[-1][6] == "1.0000"
