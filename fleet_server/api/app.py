@@ -110,10 +110,8 @@ def create_app(
             "Authenticate with `Authorization: Bearer efk_...`; `/healthz` and `/metrics` "
             "need no token. Errors always have the body "
             '`{"error": {"code", "message", "details"}}`. '
-            "Times: the typed registry views (devices, alarms, commands, audit, tokens, "
-            "executions, bundles, webhooks, groups) give ISO 8601 UTC strings (`format: "
-            "date-time`); rollouts, recalls, warranty, claims, RMAs and parts keep the epoch "
-            "seconds (numbers) they have always returned, as their schemas say."
+            "Times: every answer gives ISO 8601 UTC strings (`format: date-time`); "
+            "request filters such as a selector's `seen_after` take epoch seconds."
         ),
         servers=[{"url": "/", "description": "this server (set [api] base_url for links)"}],
         dependencies=[Depends(authorize)],

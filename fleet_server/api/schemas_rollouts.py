@@ -6,7 +6,7 @@ error code ``invalid_policy`` naming the field) and the selector by
 Those stay the one place that validates; the models here document the same formats in
 OpenAPI (``Policy`` and its parts are generated from the msgspec structs and ``Selector``
 from the registry's ``DeviceFilter``, so they cannot
-drift). Rollout times are epoch seconds (floats), as this API has always returned them.
+drift). Rollout times are ISO 8601 UTC strings, as every answer of this API.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
 
+from fleet_server.api.schema_times import OpenModel, Timestamp
 from fleet_server.rollouts.policy import Policy
 from fleet_server.services.registry import DeviceFilter
 
@@ -101,8 +102,8 @@ class RolloutIn(BaseModel):
 
 
 class RolloutOut(BaseModel):
-    """A rollout and its progress (status answers add per-wave and per-stratum counts).
-    Times are epoch seconds."""
+    """A rollout and its progress (status answers add per-wave and per-stratum counts:
+    ``waves``, ``strata``, ``failures_by_class``, ``excluded_by_reason``, ``rollback``)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -118,9 +119,15 @@ class RolloutOut(BaseModel):
     current_wave: int
     halt_reason: str | None
     halt_stratum: str | None
-    created_at: float | None = Field(default=None, description="epoch seconds")
-    started_at: float | None = Field(default=None, description="epoch seconds")
-    finished_at: float | None = Field(default=None, description="epoch seconds")
+    halt_class: str | None = None
+    forced: bool = False
+    force_reason: str | None = None
+    created_by: str | None = None
+    created_at: Timestamp | None = None
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    wave_started_at: Timestamp | None = None
+    bake_started_at: Timestamp | None = None
 
 
 class RolloutPage(BaseModel):
@@ -129,3 +136,81 @@ class RolloutPage(BaseModel):
     items: list[RolloutOut]
     next_cursor: str | None
     total: int
+
+
+class RolloutEventOut(BaseModel):
+    """One entry of a rollout's history: a state change or an engine decision."""
+
+    at: Timestamp
+    kind: str
+    from_state: str | None
+    to_state: str | None
+    wave: int | None
+    message: str
+    actor: str
+
+
+class RolloutEventList(BaseModel):
+    """A rollout's history, oldest first (all of it: ``next_cursor`` is null)."""
+
+    items: list[RolloutEventOut]
+    next_cursor: str | None
+    total: int
+
+
+class DryRunWave(BaseModel):
+    """Who one wave would take, with the hardware revisions among them."""
+
+    wave: int
+    size: int
+    devices: list[str]
+    hardware_revisions: dict[str, int]
+
+
+class DryRunExclusion(BaseModel):
+    """A device the selector matches that the rollout would leave out, and why."""
+
+    device_id: str
+    reason: str
+    detail: str
+
+
+class DryRunOut(BaseModel):
+    """The waves and exclusions starting this rollout now would produce (nothing is
+    stored)."""
+
+    bundle: str
+    version: str
+    waves: list[DryRunWave]
+    targeted: int
+    excluded: list[DryRunExclusion]
+    excluded_by_reason: dict[str, int]
+
+
+class ExplainRollout(OpenModel):
+    """One rollout's verdict on the device, with the facts behind it (``excluded``,
+    ``wave``, ``wave_started``, ``execution``, ``rollback`` where they apply)."""
+
+    rollout_id: str
+    name: str
+    state: str
+    version: str
+    matches_selector: bool
+    verdict: str
+    maintenance_window_open: bool | None = None
+    wave: int | None = None
+    wave_started: bool | None = None
+    excluded: dict[str, str | None] | None = None
+    execution: dict[str, Any] | None = None
+    rollback: dict[str, Any] | None = None
+
+
+class ExplainOut(BaseModel):
+    """Why a device is (not) updating, per relevant rollout."""
+
+    device_id: str
+    presence: str
+    software_version: str | None
+    status: str
+    rollouts: list[ExplainRollout]
+    verdict: str | None = Field(default=None, description="set when no rollout is active")

@@ -12,9 +12,6 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from fleet_server.fleetctl import common
 
@@ -36,6 +33,9 @@ ConfOpt = Annotated[float, typer.Option("--confidence", help="Two-sided confiden
 
 
 def _fail(message: str) -> NoReturn:
+    from rich.console import Console
+    from rich.text import Text
+
     Console(stderr=True, soft_wrap=True, markup=False).print(
         Text.assemble(("error:", "bold red"), f" {message}"), highlight=False
     )
@@ -87,6 +87,8 @@ def weibull(
     (failed, status, censored...) and a count column (qty, count). Prints beta, eta, the
     B-life and their confidence intervals (likelihood ratio and Fisher/Wald).
     """
+    from rich.table import Table
+
     # Imported here: scipy/numpy cost seconds, and `fleetctl --help` must start fast.
     from fleet_server.analytics import csvio
     from fleet_server.analytics.errors import AnalyticsInputError
@@ -189,6 +191,8 @@ def claims(
     the same age; flags come from an exact Poisson exceedance test with Benjamini-Hochberg
     control and a Poisson CUSUM over the periods.
     """
+    from rich.table import Table
+
     # Imported here: scipy/numpy cost seconds, and `fleetctl --help` must start fast.
     from fleet_server.analytics import csvio
     from fleet_server.analytics.claims import early_warning
@@ -260,6 +264,8 @@ def rates(
     Groups by model, hardware revision, batch or software version (``--by``, repeatable);
     prints each group's rate and interval and a chi-square test that all rates are equal.
     """
+    from rich.table import Table
+
     # Imported here: scipy/numpy cost seconds, and `fleetctl --help` must start fast.
     from fleet_server.analytics import csvio
     from fleet_server.analytics.errors import AnalyticsInputError
@@ -320,6 +326,8 @@ def growth(
     command fits the per-release trend; otherwise it reads cumulative failure times and
     fits the Crow-AMSAA power-law model.
     """
+    from rich.table import Table
+
     # Imported here: scipy/numpy cost seconds, and `fleetctl --help` must start fast.
     from fleet_server.analytics import csvio
     from fleet_server.analytics.errors import AnalyticsInputError

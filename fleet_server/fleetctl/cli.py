@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from fleet_server import __version__
 from fleet_server.fleetctl import common, recalls_cli
@@ -20,10 +19,11 @@ from fleet_server.fleetctl.analytics_cli import analytics_app
 from fleet_server.fleetctl.client import CtlError
 from fleet_server.fleetctl.common import JsonOpt, LimitOpt
 from fleet_server.fleetctl.credentials_cli import register_credentials
+from fleet_server.fleetctl.devices_views_cli import register_device_views
 from fleet_server.fleetctl.groups_cli import bulk_app, groups_app
 from fleet_server.fleetctl.rollout_cli import rollout_app
 from fleet_server.fleetctl.sbom_cli import advisories_app, licences_app, sbom_app
-from fleet_server.fleetctl.startup import prune_groups
+from fleet_server.fleetctl.startup import install_plain_coercion, prune_groups
 from fleet_server.fleetctl.updates_cli import bundle_app, device_update, executions_app
 from fleet_server.fleetctl.webhooks_cli import webhooks_app
 
@@ -38,7 +38,8 @@ app = common.new_app(
     add_completion=False,
 )
 devices_app = common.new_app(
-    help="The device registry: list, show, import, decommission, commands."
+    help="The device registry: list, show, edit, tag, import, decommission, telemetry, "
+    "events, commands."
 )
 alarms_app = common.new_app(help="Alarms raised by device faults.")
 audit_app = common.new_app(help="The audit log of operator actions.")
@@ -58,6 +59,7 @@ for _name, _sub in recalls_cli.SUBAPPS.items():
     app.add_typer(_sub, name=_name)
 
 register_credentials(devices_app, common.client)
+register_device_views(devices_app, fleet_app)
 app.add_typer(analytics_app, name="analytics")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(groups_app, name="groups")
@@ -156,13 +158,17 @@ def devices_list(
         "device_id_prefix": prefix,
         "has_open_faults": faulty,
     }
-    items = common.client().paginate("/api/v1/devices", params, limit)
-    common.emit(items, as_json, lambda d: common.table(d, DEVICE_COLUMNS, f"{len(d)} device(s)"))
+    body = common.client().page("/api/v1/devices", params, limit)
+    common.emit_page(
+        body, as_json, lambda d: common.table(d, DEVICE_COLUMNS, f"{len(d)} device(s)")
+    )
 
 
 @devices_app.command("show")
 def devices_show(device_id: str, as_json: JsonOpt = False) -> None:
     """Show everything known about one device."""
+    from rich.table import Table
+
     device = common.client().request("GET", f"/api/v1/devices/{device_id}")
     software = common.client().request("GET", f"/api/v1/devices/{device_id}/components")
     device["components"] = [
@@ -254,9 +260,9 @@ def devices_diagnose(device_id: str, as_json: JsonOpt = False) -> None:
 @devices_app.command("commands")
 def devices_commands(device_id: str, limit: LimitOpt = 20, as_json: JsonOpt = False) -> None:
     """Commands sent to a device and their status."""
-    items = common.client().paginate(f"/api/v1/devices/{device_id}/commands", {}, limit)
+    body = common.client().page(f"/api/v1/devices/{device_id}/commands", {}, limit)
     cols = ["id", "kind", "status", "created_at", "created_by", "reason", "detail"]
-    common.emit(items, as_json, lambda d: common.table(d, cols))
+    common.emit_page(body, as_json, lambda d: common.table(d, cols))
 
 
 # --- alarms ----------------------------------------------------------------------------
@@ -273,9 +279,9 @@ def alarms_list(
 ) -> None:
     """List alarms (open ones by default)."""
     params = {"state": state, "severity": severity, "code": code, "device_id": device}
-    items = common.client().paginate("/api/v1/alarms", params, limit)
+    body = common.client().page("/api/v1/alarms", params, limit)
     cols = ["id", "device_id", "code", "severity", "state", "raised_at", "occurrences", "acked_by"]
-    common.emit(items, as_json, lambda d: common.table(d, cols, f"{len(d)} alarm(s)"))
+    common.emit_page(body, as_json, lambda d: common.table(d, cols, f"{len(d)} alarm(s)"))
 
 
 @alarms_app.command("ack")
@@ -317,11 +323,9 @@ def audit_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Recent audit entries, newest first."""
-    items = common.client().paginate(
-        "/api/v1/audit", {"action": action, "target_id": target}, limit
-    )
+    body = common.client().page("/api/v1/audit", {"action": action, "target_id": target}, limit)
     cols = ["id", "at", "actor", "actor_role", "action", "target_type", "target_id"]
-    common.emit(items, as_json, lambda d: common.table(d, cols))
+    common.emit_page(body, as_json, lambda d: common.table(d, cols))
 
 
 @tokens_app.command("list")
@@ -330,7 +334,7 @@ def tokens_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List API tokens (never their secrets)."""
-    items = common.client().paginate("/api/v1/tokens", {"include_revoked": include_revoked}, None)
+    body = common.client().page("/api/v1/tokens", {"include_revoked": include_revoked}, None)
     cols = [
         "id",
         "name",
@@ -341,7 +345,7 @@ def tokens_list(
         "revoked_at",
         "expires_at",
     ]
-    common.emit(items, as_json, lambda d: common.table(d, cols))
+    common.emit_page(body, as_json, lambda d: common.table(d, cols))
 
 
 @tokens_app.command("create")
@@ -375,6 +379,7 @@ def tokens_revoke(token_id: int, as_json: JsonOpt = False) -> None:
 def main() -> None:
     """Entry point of the ``fleetctl`` console script."""
     prune_groups(app, sys.argv[1:])
+    install_plain_coercion()
     try:
         app()
     except CtlError as exc:

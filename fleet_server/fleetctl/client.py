@@ -1,15 +1,18 @@
-"""HTTP client of ``fleetctl``: configuration, authentication and error translation."""
+"""HTTP client of ``fleetctl``: configuration, authentication and error translation.
+
+It speaks HTTP through the standard library's ``http.client``: one request at a time is
+all a command line needs, and a third-party client (with its own imports) would cost more
+start-up time than the request itself (see "Start-up" in the README).
+"""
 
 from __future__ import annotations
 
+import json
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # httpx is imported where a request is made: `--help` stays fast.
-    import httpx
+from typing import Any, Protocol
+from urllib.parse import urlencode, urlsplit
 
 CONFIG_PATH = Path("~/.config/edgefleet/fleetctl.toml")
 
@@ -74,7 +77,7 @@ class CtlError(Exception):
         return f"error [{self.code}]: {self.message}" if self.code else f"error: {self.message}"
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> CtlError:
+    def from_response(cls, response: HttpAnswer) -> CtlError:
         """The error an API answer carries (its ``code`` and message, with per-line or
         per-field details), or ``http_<status>`` when the body is not the API's."""
         try:
@@ -104,6 +107,8 @@ def load_config(url: str | None, token: str | None, path: Path | None = None) ->
     data: dict[str, Any] = {}
     file = (path or CONFIG_PATH).expanduser()
     if file.exists():
+        import tomllib  # only with a config file: keeps start-up short without one
+
         try:
             data = tomllib.loads(file.read_text())
         except (tomllib.TOMLDecodeError, OSError) as exc:
@@ -120,32 +125,118 @@ def load_config(url: str | None, token: str | None, path: Path | None = None) ->
     return CtlConfig(resolved_url.rstrip("/"), resolved_token)
 
 
+class HttpAnswer(Protocol):
+    """What :meth:`CtlError.from_response` reads of an HTTP answer."""
+
+    status_code: int
+
+    @property
+    def text(self) -> str:
+        """The body as text."""
+        ...
+
+    def json(self) -> Any:
+        """The body parsed as JSON (``ValueError`` when it is not)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer: status, headers (lower-case names) and body."""
+
+    status_code: int
+    headers: dict[str, str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        """The body as text (undecodable bytes replaced)."""
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.content)
+
+
+def _query(params: dict[str, Any] | None) -> str:
+    """``params`` as a query string: None left out, lists repeated, booleans as
+    ``true``/``false``."""
+    pairs: list[tuple[str, str]] = []
+    for key, value in (params or {}).items():
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if item is None:
+                continue
+            pairs.append((key, str(item).lower() if isinstance(item, bool) else str(item)))
+    return urlencode(pairs)
+
+
 class ApiClient:
-    """Thin wrapper over httpx that turns error bodies into :class:`CtlError`."""
+    """The fleet API over HTTP(S); error bodies become :class:`CtlError`."""
 
-    def __init__(self, config: CtlConfig, *, transport: httpx.BaseTransport | None = None) -> None:
-        headers = {"User-Agent": "fleetctl"}
-        if config.token:
-            headers["Authorization"] = f"Bearer {config.token}"
+    timeout_s = 30.0
+
+    def __init__(self, config: CtlConfig) -> None:
         self.config = config
-        import httpx
+        self.headers = {"User-Agent": "fleetctl", "Accept": "application/json"}
+        if config.token:
+            self.headers["Authorization"] = f"Bearer {config.token}"
+        self._url = urlsplit(config.url)
 
-        self.http = httpx.Client(
-            base_url=config.url, headers=headers, timeout=30.0, transport=transport
-        )
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        content: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Answer:
+        """One request on a new connection (``content``: bytes or a binary file)."""
+        import http.client
+
+        target = self._url.path.rstrip("/") + path
+        query = _query(params)
+        if query:
+            target += "?" + query
+        sent = {**self.headers, **(headers or {})}
+        body = content
+        if json is not None:
+            body = _json_bytes(json)
+            sent["Content-Type"] = "application/json"
+        if hasattr(body, "fileno"):
+            sent["Content-Length"] = str(os.fstat(body.fileno()).st_size - body.tell())
+        connection: http.client.HTTPConnection
+        if self._url.scheme == "https":
+            import ssl
+
+            connection = http.client.HTTPSConnection(
+                self._url.netloc, timeout=self.timeout_s, context=ssl.create_default_context()
+            )
+        else:
+            connection = http.client.HTTPConnection(self._url.netloc, timeout=self.timeout_s)
+        try:
+            connection.request(method, target, body=body, headers=sent)
+            response = connection.getresponse()
+            data = response.read()
+            found = {k.lower(): v for k, v in response.getheaders()}
+            return Answer(response.status, found, data)
+        finally:
+            connection.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Call the API; return the JSON body (or bytes for binary answers)."""
+        """Call the API; return the JSON body (or bytes for binary answers).
+        ``kwargs``: ``params``, ``json``, ``content``, ``headers``."""
         if not self.config.token:
             raise CtlError(
                 'no API token: pass --token, set FLEET_TOKEN, or put token = "efk_..." in '
                 f"{CONFIG_PATH}"
             )
-        import httpx
+        from http.client import HTTPException
 
         try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
+            response = self._send(method, path, **kwargs)
+        except (OSError, HTTPException) as exc:
             raise CtlError(
                 f"cannot reach the fleet API at {self.config.url}: {exc}", code="unreachable"
             ) from None
@@ -155,17 +246,32 @@ class ApiClient:
             return response.json()
         return response.content
 
-    def paginate(self, path: str, params: dict[str, Any], limit: int | None) -> list[Any]:
-        """Follow ``next_cursor`` until ``limit`` items (or all when None)."""
+    def page(self, path: str, params: dict[str, Any], limit: int | None) -> dict[str, Any]:
+        """The API's list envelope ``{"items", "next_cursor", "total"}`` over as many
+        pages as needed for ``limit`` items (all when None): ``items`` collected,
+        ``total`` as the API counted it, ``next_cursor`` where a further call would
+        continue (null once everything was read)."""
         items: list[Any] = []
         query = {k: v for k, v in params.items() if v is not None and v != []}
         query["limit"] = min(limit or 1000, 1000)
         while True:
             body = self.request("GET", path, params=query)
             items += body["items"]
-            if body.get("next_cursor") is None or (limit is not None and len(items) >= limit):
-                return items[:limit] if limit is not None else items
-            query["cursor"] = body["next_cursor"]
+            cursor = body.get("next_cursor")
+            if cursor is None or (limit is not None and len(items) >= limit):
+                envelope = {**body, "items": items[:limit] if limit is not None else items}
+                envelope["next_cursor"] = cursor
+                return envelope
+            query["cursor"] = cursor
+
+    def paginate(self, path: str, params: dict[str, Any], limit: int | None) -> list[Any]:
+        """The items of :meth:`page` (for commands that use the rows, not the envelope)."""
+        return list(self.page(path, params, limit)["items"])
+
+
+def _json_bytes(value: Any) -> bytes:
+    """A JSON request body."""
+    return json.dumps(value).encode()
 
 
 def _describe_details(details: Any) -> str:

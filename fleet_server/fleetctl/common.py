@@ -11,18 +11,34 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from fleet_server.fleetctl.client import ApiClient, CtlError, load_config
 
-# No markup: device ids like ``[gw-100]``, names and reasons are printed as written.
-# Styling goes through ``rich.text.Text`` instead of ``[bold]`` tags in strings.
-console = Console(markup=False, highlight=False)
+if TYPE_CHECKING:  # rich is imported when something is drawn: `--help` stays fast
+    from rich.console import Console
+
+
+def get_console() -> Console:
+    """The one output console, made on first use (importing rich costs start-up time
+    that ``--help`` and ``--json`` never need) and kept as ``common.console`` (which a
+    test may replace). No markup: device ids like ``[gw-100]``, names and reasons are
+    printed as written; styling goes through ``rich.text.Text``."""
+    made = globals().get("console")
+    if made is None:
+        from rich.console import Console
+
+        made = globals()["console"] = Console(markup=False, highlight=False)
+    return made  # type: ignore[no-any-return]
+
+
+def __getattr__(name: str) -> Any:
+    """``common.console`` for the sub-CLIs: :func:`get_console`, made on first use."""
+    if name == "console":
+        return get_console()
+    raise AttributeError(name)
 
 
 def new_app(**kwargs: Any) -> typer.Typer:
@@ -113,6 +129,10 @@ def table(rows: list[dict[str, Any]], columns: list[str], title: str | None = No
     """Print ``rows`` as a table of ``columns`` that fits the terminal: the columns that
     fit are shown, and a note names the others. ``-o wide`` shows every column at full
     width; ``--columns a,b`` shows exactly those (any field of the rows)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    console = get_console()
     if options.columns:
         columns = options.columns
     cells = [[_cell(col, row.get(col)) for col in columns] for row in rows]
@@ -151,6 +171,14 @@ def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         typer.echo(json.dumps(data, indent=2, default=str))
     else:
         render(data)
+
+
+def emit_page(
+    envelope: dict[str, Any], as_json: bool, render: Callable[[list[dict[str, Any]]], None]
+) -> None:
+    """Print a list answer: ``--json`` gives the API's own envelope (``items``,
+    ``next_cursor``, ``total``), people get ``render(items)``."""
+    emit(envelope, as_json, lambda body: render(body["items"]))
 
 
 def selector_args(items: list[str], option: str) -> dict[str, Any]:

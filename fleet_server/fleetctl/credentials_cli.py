@@ -10,7 +10,6 @@ import io
 import json
 import os
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,8 @@ def _extract_bundle(data: bytes, device_id: str, out: Path) -> None:
     """Unpack the ``<device_id>/`` archive into ``out`` (created, must not hold files)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CtlError(f"{out} already exists and is not an empty directory")
+    import tarfile  # here, not at the top: keeps `fleetctl --help` fast
+
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".provision-", dir=out.parent))
     try:

@@ -60,23 +60,24 @@ def create(
 @groups_app.command("list")
 def list_(limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
     """Groups with their current number of active devices."""
-    items = common.client().paginate("/api/v1/groups", {}, limit)
-    common.emit(items, as_json, lambda d: common.table(d, GROUP_COLUMNS, f"{len(d)} group(s)"))
+    body = common.client().page("/api/v1/groups", {}, limit)
+    common.emit_page(body, as_json, lambda d: common.table(d, GROUP_COLUMNS, f"{len(d)} group(s)"))
 
 
 @groups_app.command("show")
 def show(name: str, limit: LimitOpt = 50, as_json: JsonOpt = False) -> None:
-    """A group and its devices as of now."""
+    """A group and its devices as of now (``--json``: the group's answer with the
+    members' list answer under ``members``)."""
     api = common.client()
     group = api.request("GET", f"/api/v1/groups/{name}")
-    group["members"] = api.paginate(f"/api/v1/groups/{name}/devices", {}, limit)
+    group["members"] = api.page(f"/api/v1/groups/{name}/devices", {}, limit)
 
     def render(d: dict[str, Any]) -> None:
         typer.echo(f"{d['name']} ({d['kind']}): {d['devices']} device(s) {d['description']}")
         if d["selector"]:
             typer.echo(f"selector: {d['selector']}")
         cols = ["device_id", "model", "hw_revision", "region", "software_version", "presence"]
-        common.table(d["members"], cols)
+        common.table(d["members"]["items"], cols)
 
     common.emit(group, as_json, render)
 

@@ -76,8 +76,8 @@ CAMPAIGN_COLUMNS = [
 @recall_app.command("list")
 def recall_list(as_json: JsonOpt = False) -> None:
     """Campaigns with completion (raw = done/population, adjusted excludes unreachable)."""
-    items = _client().paginate("/api/v1/recalls", {}, None)
-    _emit(items, as_json, CAMPAIGN_COLUMNS, [_campaign_row(c) for c in items])
+    body = _client().page("/api/v1/recalls", {}, None)
+    _emit(body, as_json, CAMPAIGN_COLUMNS, [_campaign_row(c) for c in body["items"]])
 
 
 @recall_app.command("create")
@@ -236,8 +236,8 @@ def recall_export(
 @warranty_app.command("rules")
 def warranty_rules(as_json: JsonOpt = False) -> None:
     """Coverage rules."""
-    items = _client().request("GET", "/api/v1/warranty/rules")["items"]
-    _emit(items, as_json, ["model", "region", "months", "covers"], items)
+    body = _client().request("GET", "/api/v1/warranty/rules")
+    _emit(body, as_json, ["model", "region", "months", "covers"], body["items"])
 
 
 @warranty_app.command("set-rule")
@@ -272,8 +272,8 @@ def claim_list(
     state: Annotated[str | None, typer.Option("--state")] = None, as_json: JsonOpt = False
 ) -> None:
     """Claims with the checks that failed (for the reviewer)."""
-    items = _client().paginate("/api/v1/claims", {"state": state}, None)
-    _emit(items, as_json, CLAIM_COLUMNS, _claim_rows(items))
+    body = _client().page("/api/v1/claims", {"state": state}, None)
+    _emit(body, as_json, CLAIM_COLUMNS, _claim_rows(body["items"]))
 
 
 @claim_app.command("file")
@@ -341,8 +341,8 @@ def rma_list(
     state: Annotated[str | None, typer.Option("--state")] = None, as_json: JsonOpt = False
 ) -> None:
     """RMAs and the moves allowed next."""
-    items = _client().paginate("/api/v1/rmas", {"state": state}, None)
-    _emit(items, as_json, RMA_COLUMNS, items)
+    body = _client().page("/api/v1/rmas", {"state": state}, None)
+    _emit(body, as_json, RMA_COLUMNS, body["items"])
 
 
 @rma_app.command("open")

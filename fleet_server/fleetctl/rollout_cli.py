@@ -9,8 +9,6 @@ from types import ModuleType
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from fleet_server.fleetctl import common
 from fleet_server.fleetctl.client import CtlError
@@ -61,6 +59,8 @@ def _policy(path: Path | None, overrides: list[str]) -> dict[str, Any]:
 
 
 def _print_plan(plan: dict[str, Any]) -> None:
+    from rich.table import Table
+
     ctl = _ctl()
     table = Table(title=f"dry run: {plan['bundle']} ({plan['version']})")
     for column in ("wave", "devices", "hardware revisions", "first devices"):
@@ -87,6 +87,9 @@ def _print_plan(plan: dict[str, Any]) -> None:
 
 
 def _print_status(d: dict[str, Any]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     ctl = _ctl()
     ctl.console.print(
         Text.assemble(
@@ -243,17 +246,17 @@ def list_(
 ) -> None:
     """Rollouts, newest first."""
     ctl = _ctl()
-    items = ctl._client().paginate("/api/v1/rollouts", {"state": state}, None)
-    ctl._emit(items, as_json, lambda d: ctl._table(d, LIST_COLUMNS, f"{len(d)} rollout(s)"))
+    body = ctl._client().page("/api/v1/rollouts", {"state": state}, None)
+    ctl.emit_page(body, as_json, lambda d: ctl._table(d, LIST_COLUMNS, f"{len(d)} rollout(s)"))
 
 
 @rollout_app.command("history")
 def history(rollout_id: str, as_json: JsonOpt = False) -> None:
     """Every state change and engine decision, oldest first."""
     ctl = _ctl()
-    items = ctl._client().request("GET", f"/api/v1/rollouts/{rollout_id}/events")["items"]
-    ctl._emit(
-        items,
+    body = ctl._client().request("GET", f"/api/v1/rollouts/{rollout_id}/events")
+    ctl.emit_page(
+        body,
         as_json,
         lambda d: ctl._table(d, ["at", "kind", "to_state", "wave", "message", "actor"], "history"),
     )
@@ -269,6 +272,8 @@ def explain(
 ) -> None:
     """Why is this device (not) updating: eligibility, wave, window, exclusion, quarantine,
     current state."""
+    from rich.text import Text
+
     ctl = _ctl()
     params = {"rollout": rollout_id} if rollout_id else None
     report = ctl._client().request("GET", f"/api/v1/rollouts/explain/{device_id}", params=params)

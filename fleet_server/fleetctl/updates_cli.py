@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from fleet_server.fleetctl import common
 from fleet_server.fleetctl.client import CtlError
@@ -45,6 +44,8 @@ EXECUTION_COLUMNS = [
 
 
 def _fields(data: dict[str, Any], title: str) -> None:
+    from rich.table import Table
+
     table = Table(show_header=False, title=title)
     table.add_column("field", no_wrap=True)
     table.add_column("value", overflow="fold")
@@ -96,10 +97,12 @@ def bundle_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List published bundles, newest first."""
-    items = common.client().paginate(
+    body = common.client().page(
         "/api/v1/bundles", {"model": model, "version": version, "channel": channel}, limit
     )
-    common.emit(items, as_json, lambda d: common.table(d, BUNDLE_COLUMNS, f"{len(d)} bundle(s)"))
+    common.emit_page(
+        body, as_json, lambda d: common.table(d, BUNDLE_COLUMNS, f"{len(d)} bundle(s)")
+    )
 
 
 @bundle_app.command("show")
@@ -158,13 +161,13 @@ def executions_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List executions, newest first."""
-    items = common.client().paginate(
+    body = common.client().page(
         "/api/v1/executions",
         {"device": device, "bundle": bundle, "rollout": rollout, "status": status},
         limit,
     )
-    common.emit(
-        items, as_json, lambda d: common.table(d, EXECUTION_COLUMNS, f"{len(d)} execution(s)")
+    common.emit_page(
+        body, as_json, lambda d: common.table(d, EXECUTION_COLUMNS, f"{len(d)} execution(s)")
     )
 
 

@@ -69,8 +69,8 @@ def create(
 @webhooks_app.command("list")
 def list_(limit: LimitOpt = None, as_json: JsonOpt = False) -> None:
     """Subscriptions (never their secrets)."""
-    items = common.client().paginate("/api/v1/webhooks", {}, limit)
-    common.emit(items, as_json, lambda d: common.table(d, LIST_COLUMNS, f"{len(d)} webhook(s)"))
+    body = common.client().page("/api/v1/webhooks", {}, limit)
+    common.emit_page(body, as_json, lambda d: common.table(d, LIST_COLUMNS, f"{len(d)} webhook(s)"))
 
 
 @webhooks_app.command("show")
@@ -130,8 +130,8 @@ def deliveries(
     as_json: JsonOpt = False,
 ) -> None:
     """The delivery log, newest first: status codes, errors, attempts."""
-    items = common.client().paginate(_path(webhook_id, "/deliveries"), {"status": status}, limit)
-    common.emit(items, as_json, lambda d: common.table(d, DELIVERY_COLUMNS))
+    body = common.client().page(_path(webhook_id, "/deliveries"), {"status": status}, limit)
+    common.emit_page(body, as_json, lambda d: common.table(d, DELIVERY_COLUMNS))
 
 
 @webhooks_app.command("test")

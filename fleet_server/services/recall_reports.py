@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -186,7 +187,7 @@ def device_location(d: Device) -> str:
 
 
 PROGRESS_COLUMNS = (
-    "at",
+    "at",  # ISO 8601 UTC, like every time the API gives
     "population",
     "remedied",
     "not_needed",
@@ -225,7 +226,7 @@ def progress_csv(session: Session, campaign_id: str) -> str:
     for s in snapshots(session, campaign_id):
         w.writerow(
             [
-                f"{s.at:.0f}",
+                datetime.fromtimestamp(s.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 s.population,
                 s.remedied,
                 s.not_needed,

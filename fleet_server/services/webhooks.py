@@ -284,12 +284,23 @@ def list_deliveries(
 # --- the outbox ------------------------------------------------------------------------
 
 
+def _iso_times(value: Any) -> Any:
+    """``value`` with every ``*_at`` epoch-seconds field, at any depth, in ISO 8601 UTC."""
+    if isinstance(value, dict):
+        return {
+            k: iso(v)
+            if k.endswith("_at") and isinstance(v, int | float) and not isinstance(v, bool)
+            else _iso_times(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_iso_times(v) for v in value]
+    return value
+
+
 def _body(event_id: str, event_type: str, payload: dict[str, Any], now: float) -> str:
-    # Times in ISO 8601 UTC, like the API: ``*_at`` epoch seconds are converted.
-    data = {
-        k: iso(v) if k.endswith("_at") and isinstance(v, int | float) else v
-        for k, v in payload.items()
-    }
+    # Times in ISO 8601 UTC, like the API (nested ones too: a claim's evidence).
+    data = _iso_times(payload)
     envelope = {"id": event_id, "type": event_type, "occurred_at": iso(now), "data": data}
     return json.dumps(envelope, sort_keys=True, separators=(",", ":"), default=str)
 

@@ -3,7 +3,10 @@ certificate, client certificates optional (verified against the chain when offer
 
 from __future__ import annotations
 
+import os
 import ssl
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +17,7 @@ import uvicorn
 
 from fleet_server.api import create_app
 from fleet_server.cli import _ssl_options
+from fleet_server.fleetctl.client import EXIT_UNAVAILABLE
 from fleet_server.identity import ca_store
 from tests.conftest import free_port, wait_for
 from tests.server_fixtures import settings_for
@@ -67,6 +71,17 @@ def test_api_serves_https_and_accepts_optional_client_certificates(tmp_path: Pat
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
         with pytest.raises(httpx.ConnectError):
             httpx.get(url, verify=ssl.create_default_context(), timeout=5)
+        # fleetctl trusts the system store, or the bundle SSL_CERT_FILE names.
+        ctl = [str(Path(sys.executable).parent / "fleetctl"), "--url", url[: -len("/healthz")]]
+        ctl += ["--token", "efk_unknown", "whoami"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "SSL_CERT"))}
+        refused = subprocess.run(ctl, env=env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == EXIT_UNAVAILABLE, refused.stderr  # not trusted
+        env["SSL_CERT_FILE"] = str(ca.chain_path)
+        trusted = subprocess.run(ctl, env=env, capture_output=True, text=True, timeout=60)
+        # the API answered (this bare test app has no tables: any answer but unreachable)
+        assert trusted.returncode != EXIT_UNAVAILABLE, trusted.stderr
+        assert "unreachable" not in trusted.stderr
     finally:
         server.should_exit = True
         thread.join(timeout=10)

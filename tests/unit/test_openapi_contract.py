@@ -33,7 +33,7 @@ def test_component_names_do_not_leak_module_paths(doc: dict[str, Any]) -> None:
 
 def test_servers_and_time_format_are_declared(doc: dict[str, Any]) -> None:
     assert doc["servers"][0]["url"] == "/"
-    assert "ISO 8601 UTC" in doc["info"]["description"]
+    assert "every answer gives ISO 8601 UTC" in doc["info"]["description"]
     assert doc["components"]["schemas"]["DeviceOut"]["properties"]["created_at"]["format"] == (
         "date-time"
     )
@@ -59,3 +59,42 @@ def test_rollout_bodies_are_typed(doc: dict[str, Any]) -> None:
     }
     for (path, method), name in typed.items():
         assert _json_schema(paths[path][method], "200")["$ref"].endswith(f"/{name}")
+
+
+def test_recall_warranty_rma_parts_and_analytics_answers_are_typed(doc: dict[str, Any]) -> None:
+    """Every JSON answer of these areas names a component schema, and their times are
+    ``date-time`` like the registry's (one time format)."""
+    paths = doc["paths"]
+    prefixes = (
+        "/api/v1/recalls",
+        "/api/v1/warranty",
+        "/api/v1/claims",
+        "/api/v1/rmas",
+        "/api/v1/parts",
+        "/api/v1/analytics",
+        "/api/v1/rollouts",
+    )
+    untyped = []
+    for path, item in paths.items():
+        if not path.startswith(prefixes):
+            continue
+        for method, op in item.items():
+            ok = [c for c in op["responses"] if c.startswith("2")]
+            content = op["responses"][ok[0]].get("content", {})
+            if "application/json" in content and "$ref" not in _json_schema(op, ok[0]):
+                untyped.append(f"{method.upper()} {path}")
+    assert untyped == []
+    schemas = doc["components"]["schemas"]
+    for name, field in [
+        ("RecallOut", "created_at"),
+        ("RecallSnapshot", "at"),
+        ("ClaimOut", "created_at"),
+        ("RmaOut", "updated_at"),
+        ("HistoryEntry", "at"),
+        ("PartInstallation", "installed_at"),
+        ("RolloutOut", "started_at"),
+        ("RolloutEventOut", "at"),
+    ]:
+        prop = schemas[name]["properties"][field]
+        formats = [prop.get("format")] + [s.get("format") for s in prop.get("anyOf", [])]
+        assert "date-time" in formats, (name, field, prop)

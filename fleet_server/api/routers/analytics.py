@@ -9,6 +9,12 @@ from fastapi import APIRouter, Query, Request
 
 from fleet_server.api.deps import Db, context
 from fleet_server.api.errors import ERROR_RESPONSES
+from fleet_server.api.schemas_analytics import (
+    ClaimRates,
+    EarlyWarning,
+    GrowthReport,
+    WeibullReport,
+)
 from fleet_server.services import reliability
 
 router = APIRouter(prefix="/api/v1/analytics", tags=["analytics"], responses=ERROR_RESPONSES)
@@ -20,7 +26,7 @@ def _today(request: Request) -> date:
     return datetime.fromtimestamp(context(request).clock(), UTC).date()
 
 
-@router.get("/weibull", summary="Weibull life fit of a failure mode")
+@router.get("/weibull", response_model=WeibullReport, summary="Weibull life fit of a failure mode")
 def weibull(
     *, request: Request, failure_mode: str, model: str | None = None, session: Db
 ) -> dict[str, Any]:
@@ -29,7 +35,11 @@ def weibull(
     return reliability.weibull(session, _today(request), failure_mode, model)
 
 
-@router.get("/claims", summary="Claims early warning per batch or software version")
+@router.get(
+    "/claims",
+    response_model=EarlyWarning,
+    summary="Claims early warning per batch or software version",
+)
 def claims(
     *,
     request: Request,
@@ -43,7 +53,7 @@ def claims(
     return reliability.claims_early_warning(session, _today(request), by, failure_mode, model)
 
 
-@router.get("/rates", summary="Claim rates per group")
+@router.get("/rates", response_model=ClaimRates, summary="Claim rates per group")
 def rates(
     *,
     request: Request,
@@ -58,7 +68,7 @@ def rates(
     return reliability.claim_rates(session, _today(request), by, failure_mode, model, per)
 
 
-@router.get("/growth", summary="Reliability growth (Crow-AMSAA)")
+@router.get("/growth", response_model=GrowthReport, summary="Reliability growth (Crow-AMSAA)")
 def growth(
     *,
     request: Request,

@@ -19,6 +19,20 @@ from fleet_server.api.deps import (
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.routers.devices import MAX_CSV_BYTES
+from fleet_server.api.schemas_recalls import (
+    BlockedVersions,
+    OutcomesImported,
+    RecallAdded,
+    RecallExplain,
+    RecallMember,
+    RecallMemberPage,
+    RecallOut,
+    RecallPage,
+    RecallPreview,
+    RecallProgress,
+    RemedyTargets,
+    SafeModeResult,
+)
 from fleet_server.errors import InvalidInputError
 from fleet_server.services import recall_outcomes, safe_mode
 from fleet_server.services import recalls as svc
@@ -68,7 +82,7 @@ class SafeModeIn(BaseModel):
     reason: str = Field(min_length=1, max_length=200)
 
 
-@router.get("", summary="List recall campaigns")
+@router.get("", response_model=RecallPage, summary="List recall campaigns")
 def list_recalls(
     *, params: Annotated[PageParams, Depends(page_params)], state: str | None = None, session: Db
 ) -> dict[str, Any]:
@@ -76,7 +90,7 @@ def list_recalls(
     return page_body(svc.list_campaigns(session, params, state))
 
 
-@router.post("", status_code=201, summary="Draft a recall campaign")
+@router.post("", status_code=201, response_model=RecallOut, summary="Draft a recall campaign")
 def create_recall(*, body: RecallIn, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """Validate the scope and remedies and store a draft (nothing is frozen yet)."""
     return svc.draft_campaign(
@@ -95,26 +109,32 @@ def create_recall(*, body: RecallIn, request: Request, session: Db, actor: Who) 
     )
 
 
-@router.get("/blocked-versions", summary="Versions blocked by recalls")
+@router.get(
+    "/blocked-versions", response_model=BlockedVersions, summary="Versions blocked by recalls"
+)
 def get_blocked_versions(*, session: Db) -> dict[str, Any]:
     """Version -> campaign; deployments and rollouts refuse to target these."""
     return {"blocked": svc.blocked_versions(session)}
 
 
-@router.get("/{campaign_id}", summary="One recall campaign")
+@router.get("/{campaign_id}", response_model=RecallOut, summary="One recall campaign")
 def get_recall(*, campaign_id: str, session: Db) -> dict[str, Any]:
     """The campaign, its remedies and completion (raw and adjusted rates, labelled)."""
     return svc.show_campaign(session, campaign_id)
 
 
-@router.get("/{campaign_id}/preview", summary="Devices the scope matches now")
+@router.get(
+    "/{campaign_id}/preview",
+    response_model=RecallPreview,
+    summary="Devices the scope matches now",
+)
 def preview_recall(*, campaign_id: str, session: Db) -> dict[str, Any]:
     """For a draft: the population opening would freeze; for an open campaign: devices
     matching now that are not in the frozen population (candidates for ``add``)."""
     return svc.preview_recall(session, campaign_id)
 
 
-@router.post("/{campaign_id}/open", summary="Open: freeze the population")
+@router.post("/{campaign_id}/open", response_model=RecallOut, summary="Open: freeze the population")
 def open_recall(*, campaign_id: str, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """Freeze every matching device with its reason; version blocks take effect."""
     return svc.open_recall(
@@ -122,7 +142,7 @@ def open_recall(*, campaign_id: str, request: Request, session: Db, actor: Who) 
     )
 
 
-@router.post("/{campaign_id}/close", summary="Close an open campaign")
+@router.post("/{campaign_id}/close", response_model=RecallOut, summary="Close an open campaign")
 def close_recall(*, campaign_id: str, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """Close (open campaigns) or cancel (drafts); version blocks of a closed campaign stay."""
     return svc.close_recall(
@@ -130,7 +150,11 @@ def close_recall(*, campaign_id: str, request: Request, session: Db, actor: Who)
     )
 
 
-@router.post("/{campaign_id}/devices", summary="Add devices found after opening")
+@router.post(
+    "/{campaign_id}/devices",
+    response_model=RecallAdded,
+    summary="Add devices found after opening",
+)
 def add_recall_devices(
     *, campaign_id: str, body: AddDevicesIn, request: Request, session: Db, actor: Who
 ) -> dict[str, Any]:
@@ -145,7 +169,9 @@ def add_recall_devices(
     )
 
 
-@router.get("/{campaign_id}/devices", summary="The frozen population")
+@router.get(
+    "/{campaign_id}/devices", response_model=RecallMemberPage, summary="The frozen population"
+)
 def list_recall_devices(
     *,
     campaign_id: str,
@@ -157,14 +183,22 @@ def list_recall_devices(
     return page_body(svc.list_members(session, campaign_id, params, state))
 
 
-@router.get("/{campaign_id}/devices/{device_id}", summary="Explain one device")
+@router.get(
+    "/{campaign_id}/devices/{device_id}",
+    response_model=RecallExplain,
+    summary="Explain one device",
+)
 def explain_recall_device(*, campaign_id: str, device_id: str, session: Db) -> dict[str, Any]:
     """Why the device is (or is not) in the recall: frozen reason, state, and the
     predicate evaluated now clause by clause."""
     return svc.explain_member(session, campaign_id, device_id)
 
 
-@router.post("/{campaign_id}/devices/{device_id}/state", summary="Set a member's state")
+@router.post(
+    "/{campaign_id}/devices/{device_id}/state",
+    response_model=RecallMember,
+    summary="Set a member's state",
+)
 def set_recall_device_state(
     *,
     campaign_id: str,
@@ -188,7 +222,11 @@ def set_recall_device_state(
     )
 
 
-@router.put("/{campaign_id}/remedy-rollout", summary="Link the software remedy rollout")
+@router.put(
+    "/{campaign_id}/remedy-rollout",
+    response_model=RecallOut,
+    summary="Link the software remedy rollout",
+)
 def link_remedy_rollout(
     *, campaign_id: str, body: RolloutLinkIn, request: Request, session: Db, actor: Who
 ) -> dict[str, Any]:
@@ -203,7 +241,11 @@ def link_remedy_rollout(
     )
 
 
-@router.get("/{campaign_id}/remedy-targets", summary="Devices still needing the software fix")
+@router.get(
+    "/{campaign_id}/remedy-targets",
+    response_model=RemedyTargets,
+    summary="Devices still needing the software fix",
+)
 def remedy_targets(*, campaign_id: str, session: Db) -> dict[str, Any]:
     """What the remedy rollout should target (members not yet on the remedy version)."""
     return svc.remedy_targets(session, campaign_id)
@@ -211,6 +253,7 @@ def remedy_targets(*, campaign_id: str, session: Db) -> dict[str, Any]:
 
 @router.post(
     "/{campaign_id}/outcomes",
+    response_model=OutcomesImported,
     summary="Import member outcomes from a field-service CSV (all rows or none)",
     openapi_extra={
         "requestBody": {
@@ -240,7 +283,9 @@ async def import_outcomes(
     )
 
 
-@router.get("/{campaign_id}/progress", summary="Completion over time")
+@router.get(
+    "/{campaign_id}/progress", response_model=RecallProgress, summary="Completion over time"
+)
 def progress(*, campaign_id: str, request: Request, session: Db) -> dict[str, Any]:
     """Current completion computed now (members gone silent count as unreachable at
     once) and the snapshot series, raw and adjusted rates labelled."""
@@ -248,6 +293,14 @@ def progress(*, campaign_id: str, request: Request, session: Db) -> dict[str, An
     return svc.progress(
         session, campaign_id, now=ctx.clock(), offline_days=ctx.settings.recalls.offline_days
     )
+
+
+CSV_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "CSV with a header row",
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+    }
+}
 
 
 def _csv(body: str, filename: str) -> Response:
@@ -258,19 +311,33 @@ def _csv(body: str, filename: str) -> Response:
     )
 
 
-@router.get("/{campaign_id}/export/affected.csv", summary="Affected list as CSV")
+@router.get(
+    "/{campaign_id}/export/affected.csv",
+    response_class=Response,
+    responses=CSV_ANSWER,
+    summary="Affected list as CSV",
+)
 def export_affected(*, campaign_id: str, session: Db) -> Response:
     """One row per population member with state and matching reason."""
     return _csv(svc.export_affected(session, campaign_id), f"{campaign_id}-affected.csv")
 
 
-@router.get("/{campaign_id}/export/progress.csv", summary="Progress report as CSV")
+@router.get(
+    "/{campaign_id}/export/progress.csv",
+    response_class=Response,
+    responses=CSV_ANSWER,
+    summary="Progress report as CSV",
+)
 def export_progress(*, campaign_id: str, session: Db) -> Response:
     """The snapshot series with both rates, columns named with their definitions."""
     return _csv(svc.export_progress(session, campaign_id), f"{campaign_id}-progress.csv")
 
 
-@router.post("/{campaign_id}/safe-mode", summary="Send the signed safe-mode command")
+@router.post(
+    "/{campaign_id}/safe-mode",
+    response_model=SafeModeResult,
+    summary="Send the signed safe-mode command",
+)
 def send_safe_mode(
     *, campaign_id: str, body: SafeModeIn, request: Request, session: Db, actor: Who
 ) -> dict[str, Any]:

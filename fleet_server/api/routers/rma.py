@@ -17,6 +17,13 @@ from fleet_server.api.deps import (
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
+from fleet_server.api.schemas_warranty import (
+    PartOut,
+    PartPage,
+    PartsReliability,
+    RmaOut,
+    RmaPage,
+)
 from fleet_server.services import rma as svc
 
 router = APIRouter(prefix="/api/v1", tags=["rma"], responses=ERROR_RESPONSES)
@@ -52,7 +59,7 @@ class InstallIn(BaseModel):
     device_id: str = Field(min_length=1, max_length=64)
 
 
-@router.get("/rmas", summary="List RMAs")
+@router.get("/rmas", response_model=RmaPage, summary="List RMAs")
 def list_rmas(
     *, params: Annotated[PageParams, Depends(page_params)], state: str | None = None, session: Db
 ) -> dict[str, Any]:
@@ -60,7 +67,7 @@ def list_rmas(
     return page_body(svc.list_rmas(session, params, state))
 
 
-@router.post("/rmas", status_code=201, summary="Open an RMA")
+@router.post("/rmas", status_code=201, response_model=RmaOut, summary="Open an RMA")
 def create_rma(*, body: RmaIn, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """State ``claimed``; links the claim, the device and the part."""
     return svc.create_rma(
@@ -75,13 +82,13 @@ def create_rma(*, body: RmaIn, request: Request, session: Db, actor: Who) -> dic
     )
 
 
-@router.get("/rmas/{rma_id}", summary="One RMA")
+@router.get("/rmas/{rma_id}", response_model=RmaOut, summary="One RMA")
 def get_rma(*, rma_id: int, session: Db) -> dict[str, Any]:
     """The RMA with its history and the moves allowed next."""
     return svc.show_rma(session, rma_id)
 
 
-@router.post("/rmas/{rma_id}/transition", summary="Move an RMA")
+@router.post("/rmas/{rma_id}/transition", response_model=RmaOut, summary="Move an RMA")
 def transition_rma(
     *, rma_id: int, body: TransitionIn, request: Request, session: Db, actor: Who
 ) -> dict[str, Any]:
@@ -98,7 +105,7 @@ def transition_rma(
     )
 
 
-@router.get("/parts", summary="List parts")
+@router.get("/parts", response_model=PartPage, summary="List parts")
 def list_parts(
     *,
     request: Request,
@@ -111,7 +118,7 @@ def list_parts(
     return page_body(svc.list_parts(session, params, context(request).clock(), kind, stock_state))
 
 
-@router.post("/parts", status_code=201, summary="Register a part in stock")
+@router.post("/parts", status_code=201, response_model=PartOut, summary="Register a part in stock")
 def create_part(*, body: PartIn, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """A serialised part, new or refurbished, in stock."""
     return svc.create_part(
@@ -125,13 +132,13 @@ def create_part(*, body: PartIn, request: Request, session: Db, actor: Who) -> d
     )
 
 
-@router.get("/parts/{serial}", summary="One part and its genealogy")
+@router.get("/parts/{serial}", response_model=PartOut, summary="One part and its genealogy")
 def get_part(*, serial: str, request: Request, session: Db) -> dict[str, Any]:
     """Installations (with condition at install), repairs, hours in service."""
     return svc.show_part(session, serial, context(request).clock())
 
 
-@router.post("/parts/{serial}/install", summary="Install a part from stock")
+@router.post("/parts/{serial}/install", response_model=PartOut, summary="Install a part from stock")
 def install_part(
     *, serial: str, body: InstallIn, request: Request, session: Db, actor: Who
 ) -> dict[str, Any]:
@@ -146,7 +153,11 @@ def install_part(
     )
 
 
-@router.get("/analytics/parts-reliability", summary="Reused vs new parts")
+@router.get(
+    "/analytics/parts-reliability",
+    response_model=PartsReliability,
+    summary="Reused vs new parts",
+)
 def parts_reliability(*, request: Request, kind: str | None = None, session: Db) -> dict[str, Any]:
     """Failures per 1000 hours in service of parts installed new vs refurbished, with
     exact Poisson 95 % intervals and the ratio refurbished / new."""

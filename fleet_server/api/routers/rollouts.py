@@ -18,7 +18,14 @@ from fleet_server.api.deps import (
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
-from fleet_server.api.schemas_rollouts import RolloutIn, RolloutOut, RolloutPage
+from fleet_server.api.schemas_rollouts import (
+    DryRunOut,
+    ExplainOut,
+    RolloutEventList,
+    RolloutIn,
+    RolloutOut,
+    RolloutPage,
+)
 from fleet_server.services import rollouts as service
 from fleet_server.services import rollouts_explain
 from fleet_server.services.audit import Actor
@@ -45,14 +52,22 @@ class ActionIn(BaseModel):
     )
 
 
-@router.post("/api/v1/rollouts/dry-run", summary="Preview who lands in which wave")
+@router.post(
+    "/api/v1/rollouts/dry-run",
+    response_model=DryRunOut,
+    summary="Preview who lands in which wave",
+)
 def dry_run(body: RolloutIn, session: Annotated[Session, Depends(get_session)]) -> dict[str, Any]:
     """The waves (devices and their hardware revisions) and the exclusions with reasons that
     starting this rollout now would produce. Nothing is stored."""
     return service.dry_run(session, bundle=body.bundle, selector=body.selector, policy=body.policy)
 
 
-@router.get("/api/v1/rollouts/explain/{device_id}", summary="Why is a device (not) updating")
+@router.get(
+    "/api/v1/rollouts/explain/{device_id}",
+    response_model=ExplainOut,
+    summary="Why is a device (not) updating",
+)
 def explain(
     device_id: str,
     request: Request,
@@ -109,7 +124,11 @@ def status(rollout_id: str, session: Annotated[Session, Depends(get_session)]) -
     return service.status_of(session, rollout_id)
 
 
-@router.get("/api/v1/rollouts/{rollout_id}/events", summary="The rollout's history")
+@router.get(
+    "/api/v1/rollouts/{rollout_id}/events",
+    response_model=RolloutEventList,
+    summary="The rollout's history",
+)
 def events(rollout_id: str, session: Annotated[Session, Depends(get_session)]) -> dict[str, Any]:
     """Every state change and engine decision, oldest first."""
     items = service.history_of(session, rollout_id)

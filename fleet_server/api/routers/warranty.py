@@ -18,6 +18,7 @@ from fleet_server.api.deps import (
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
+from fleet_server.api.schemas_warranty import ClaimDetail, ClaimOut, ClaimPage, RuleList, RuleOut
 from fleet_server.services import warranty as svc
 
 router = APIRouter(prefix="/api/v1", tags=["warranty"], responses=ERROR_RESPONSES)
@@ -52,13 +53,13 @@ class DecisionIn(BaseModel):
     note: str = Field(min_length=1, max_length=2000, description="why (kept with the claim)")
 
 
-@router.get("/warranty/rules", summary="Coverage rules")
+@router.get("/warranty/rules", response_model=RuleList, summary="Coverage rules")
 def list_rules(*, session: Db) -> dict[str, Any]:
     """Every coverage rule."""
     return {"items": [svc.rule_view(r) for r in svc.rules(session)]}
 
 
-@router.put("/warranty/rules", summary="Create or replace a coverage rule")
+@router.put("/warranty/rules", response_model=RuleOut, summary="Create or replace a coverage rule")
 def put_rule(*, body: RuleIn, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """Coverage for ``model`` in ``region``: months from activation and what is covered."""
     return svc.set_rule(
@@ -73,7 +74,7 @@ def put_rule(*, body: RuleIn, request: Request, session: Db, actor: Who) -> dict
     )
 
 
-@router.get("/claims", summary="List claims")
+@router.get("/claims", response_model=ClaimPage, summary="List claims")
 def list_claims(
     *,
     params: Annotated[PageParams, Depends(page_params)],
@@ -85,7 +86,7 @@ def list_claims(
     return page_body(svc.list_claims(session, params, state, failure_mode))
 
 
-@router.post("/claims", status_code=201, summary="File a warranty claim")
+@router.post("/claims", status_code=201, response_model=ClaimOut, summary="File a warranty claim")
 def create_claim(*, body: ClaimIn, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """Stored with automatic check results (coverage, device active, alarm evidence);
     failing checks are shown to the reviewer, never a silent rejection."""
@@ -104,14 +105,16 @@ def create_claim(*, body: ClaimIn, request: Request, session: Db, actor: Who) ->
     )
 
 
-@router.get("/claims/{claim_id}", summary="One claim with its evidence")
+@router.get("/claims/{claim_id}", response_model=ClaimDetail, summary="One claim with its evidence")
 def get_claim(*, claim_id: int, session: Db) -> dict[str, Any]:
     """The claim, its checks, links to the device's alarms and a telemetry summary
     around the failure."""
     return svc.claim_detail(session, claim_id)
 
 
-@router.post("/claims/{claim_id}/decision", summary="Approve or reject a claim")
+@router.post(
+    "/claims/{claim_id}/decision", response_model=ClaimOut, summary="Approve or reject a claim"
+)
 def decide_claim(
     *, claim_id: int, body: DecisionIn, request: Request, session: Db, actor: Who
 ) -> dict[str, Any]:
@@ -127,7 +130,9 @@ def decide_claim(
     )
 
 
-@router.post("/claims/{claim_id}/recheck", summary="Run a claim's checks again")
+@router.post(
+    "/claims/{claim_id}/recheck", response_model=ClaimOut, summary="Run a claim's checks again"
+)
 def recheck_claim(*, claim_id: int, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """Evidence uploaded late by a device that was offline is picked up; the decision, if
     any, stays."""

@@ -105,7 +105,9 @@ def test_fleetctl_day_to_day(live, tmp_path: Path) -> None:
     assert imported.returncode == 0, imported.stderr
     assert "imported 2" in imported.stdout
     listed = run(["fleetctl", "devices", "list", "--model", "thermo-1", "--json"], env)
-    assert [d["device_id"] for d in json.loads(listed.stdout)] == ["pi-001"]
+    envelope = json.loads(listed.stdout)  # the API's own list answer
+    assert (envelope["total"], envelope["next_cursor"]) == (1, None)
+    assert [d["device_id"] for d in envelope["items"]] == ["pi-001"]
     table = run(["fleetctl", "devices", "list"], env)
     assert "pi-002" in table.stdout
     shown = run(["fleetctl", "devices", "show", "pi-002"], env)
@@ -113,7 +115,7 @@ def test_fleetctl_day_to_day(live, tmp_path: Path) -> None:
     gone = run(["fleetctl", "devices", "decommission", "pi-002", "--yes", "--reason", "rma"], env)
     assert gone.returncode == 0, gone.stderr
     audit = run(["fleetctl", "--token", tokens["technician"], "audit", "list", "--json"], env)
-    actions = [e["action"] for e in json.loads(audit.stdout)]
+    actions = [e["action"] for e in json.loads(audit.stdout)["items"]]
     assert actions[:2] == ["device.decommission", "device.import"]
     # errors are sentences, not tracebacks
     bad_csv = tmp_path / "bad.csv"

@@ -51,7 +51,7 @@ def test_fleetctl_webhooks(live, tmp_path: Path) -> None:  # noqa: F811
         ts = got.headers[rules.TIMESTAMP_HEADER]
         assert rules.verify(secret, ts, got.headers[rules.SIGNATURE_HEADER], got.body, now=int(ts))
         log = run(["fleetctl", "webhooks", "deliveries", str(hook["id"]), "--json"], admin)
-        assert json.loads(log.stdout)[0]["event_type"] == "webhook.test"
+        assert json.loads(log.stdout)["items"][0]["event_type"] == "webhook.test"
         shown = run(["fleetctl", "webhooks", "show", str(hook["id"])], admin)
         assert "delivered 1" in shown.stdout
         receiver.always = 500
@@ -77,7 +77,10 @@ def test_fleetctl_groups_and_bulk(live, tmp_path: Path) -> None:  # noqa: F811
     static = run(["fleetctl", "groups", "create", "lab", "-d", "pi-1", "-d", "pi-3"], ops)
     assert "group lab (static): 2 device(s)" in static.stdout
     shown = run(["fleetctl", "groups", "show", "lab", "--json"], ops)
-    assert [m["device_id"] for m in json.loads(shown.stdout)["members"]] == ["pi-1", "pi-3"]
+    assert [m["device_id"] for m in json.loads(shown.stdout)["members"]["items"]] == [
+        "pi-1",
+        "pi-3",
+    ]
     assert "eu" in run(["fleetctl", "groups", "list"], ops).stdout
 
     # Without --yes the count is shown and the answer asked for; "n" changes nothing.
@@ -90,6 +93,6 @@ def test_fleetctl_groups_and_bulk(live, tmp_path: Path) -> None:  # noqa: F811
     owner = run(["fleetctl", "bulk", "set", "owner=acme", "-w", "tags=trial", "--yes"], ops)
     assert owner.returncode == 0, owner.stderr
     listed = run(["fleetctl", "devices", "list", "--owner", "acme", "--json"], ops)
-    assert [d["device_id"] for d in json.loads(listed.stdout)] == ["pi-1", "pi-2"]
+    assert [d["device_id"] for d in json.loads(listed.stdout)["items"]] == ["pi-1", "pi-2"]
     audit = run(["fleetctl", "audit", "list", "--action", "bulk.", "--json"], ops)
-    assert len(json.loads(audit.stdout)) == 6  # 2 x (2 devices + 1 summary)
+    assert json.loads(audit.stdout)["total"] == 6  # 2 x (2 devices + 1 summary)

@@ -814,7 +814,7 @@ def test_fleetctl_publishes_updates_and_follows_executions(
         published = ctl("bundle", "publish", str(bundle.path), "--channel", "beta", "--json")
         assert published.returncode == 0, published.stderr
         name = json.loads(published.stdout)["name"]
-        listed = json.loads(ctl("bundle", "list", "--json").stdout)
+        listed = json.loads(ctl("bundle", "list", "--json").stdout)["items"]
         assert [(b["name"], b["channel"]) for b in listed] == [(name, "beta")]
         assert name in ctl("bundle", "show", name).stdout
         tampered = world.tmp / "tampered.tar.gz"
@@ -832,7 +832,7 @@ def test_fleetctl_publishes_updates_and_follows_executions(
         assert started.returncode == 0, started.stderr
         ex = json.loads(started.stdout)
         assert (ex["status"], ex["timeouts"]["download_s"]) == ("sent", 60)
-        rows = json.loads(ctl("executions", "list", "--device", "pi-ctl", "--json").stdout)
+        rows = json.loads(ctl("executions", "list", "--device", "pi-ctl", "--json").stdout)["items"]
         assert [r["id"] for r in rows] == [ex["id"]]
         shown = ctl("executions", "show", ex["id"])
         assert shown.returncode == 0

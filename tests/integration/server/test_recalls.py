@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -191,6 +193,7 @@ def test_recall_lifecycle_with_software_remedy_and_version_block(api, sessions, 
         )
     )
     assert report[0][5].startswith("raw_rate")
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r[0]) for r in report[1:])
     assert report[0][6].startswith("adjusted_rate")
     assert [r[5] for r in report[1:]] == ["0.6000", "0.8000"]
     assert report[-1][6] == "1.0000"
@@ -472,7 +475,9 @@ def test_progress_is_computed_on_demand_and_exports_say_where_devices_are(api, s
     assert client.post("/api/v1/recalls/RC-D/open", headers=op).status_code == 200
     current = client.get("/api/v1/recalls/RC-D/progress", headers=viewer).json()["current"]
     assert current["unreachable"] == 1
-    assert current["computed_at"] == clock.now
+    # One time format in answers: ISO 8601 UTC.
+    computed = datetime.fromisoformat(current["computed_at"].replace("Z", "+00:00"))
+    assert computed == datetime.fromtimestamp(clock.now, UTC)
     assert current["adjusted_rate"] == 0.0
     text = client.get("/api/v1/recalls/RC-D/export/affected.csv", headers=viewer).text
     rows = {r["device_id"]: r for r in csv.DictReader(io.StringIO(text))}

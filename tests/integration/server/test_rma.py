@@ -194,7 +194,7 @@ def test_fleetctl_claim_and_rma_commands(sessions, db_url) -> None:
         shown = json.loads(ok("rma", "part-show", "FAN-K", "--json"))
         assert shown["stock_state"] == "returned"
         assert shown["installations"][0]["failed"] is True
-        listed = json.loads(ok("claim", "list", "--json"))
+        listed = json.loads(ok("claim", "list", "--json"))["items"]
         assert listed[0]["failure_mode"] == "fan_failure"
     finally:
         live.stop()

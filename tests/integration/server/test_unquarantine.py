@@ -33,7 +33,7 @@ def test_fleetctl_unquarantine_clears_the_servers_view_and_is_audited(
     plain = run(["fleetctl", "devices", "unquarantine", "pi-q1"], env)
     assert plain.stdout.strip() == "pi-q1 unquarantined"
     audit = run(["fleetctl", "--token", tokens["technician"], "audit", "list", "--json"], env)
-    assert json.loads(audit.stdout)[0]["action"] == "device.unquarantine"
+    assert json.loads(audit.stdout)["items"][0]["action"] == "device.unquarantine"
     missing = run(["fleetctl", "devices", "unquarantine", "pi-nope"], env)
     assert missing.returncode == EXIT_NOT_FOUND
     assert "Traceback" not in missing.stderr

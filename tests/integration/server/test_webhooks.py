@@ -157,6 +157,10 @@ def test_the_outbox_is_transactional_and_survives_a_restart(db_url, engine, rece
         fresh.dispose()
     assert report.delivered == 1
     assert [json.loads(r.body)["type"] for r in receiver.requests] == ["claim.filed"]
+    claim = json.loads(receiver.requests[0].body)["data"]
+    # one time format, nested times included
+    assert claim["created_at"].endswith("Z")
+    assert claim["evidence"]["checked_at"].endswith("Z")
 
 
 def test_device_offline_longer_than_the_threshold_is_reported_once(sessions, receiver) -> None:
