@@ -17,6 +17,10 @@ EventName = Literal[
     "device.offline",
     "recall.state_changed",
     "claim.filed",
+    "ticket.created",
+    "ticket.sla_warning",
+    "ticket.sla_breached",
+    "slo.alert",
 ]
 assert set(EventName.__args__) == set(SUBSCRIBABLE)  # type: ignore[attr-defined]
 

@@ -23,6 +23,7 @@ from fleet_server.fleetctl.credentials_cli import register_credentials
 from fleet_server.fleetctl.groups_cli import bulk_app, groups_app
 from fleet_server.fleetctl.rollout_cli import rollout_app
 from fleet_server.fleetctl.startup import prune_groups
+from fleet_server.fleetctl.tickets_cli import analytics_sla, tickets_app
 from fleet_server.fleetctl.updates_cli import bundle_app, device_update, executions_app
 from fleet_server.fleetctl.webhooks_cli import webhooks_app
 
@@ -61,6 +62,8 @@ app.add_typer(analytics_app, name="analytics")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(groups_app, name="groups")
 app.add_typer(bulk_app, name="bulk")
+app.add_typer(tickets_app, name="tickets")
+analytics_app.command("sla")(analytics_sla)
 
 
 @app.callback()
