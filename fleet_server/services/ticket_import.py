@@ -129,12 +129,7 @@ def import_log(
         raise InvalidInputError(
             "invalid_import",
             str(exc),
-            {
-                "errors": [
-                    {"line": ln, "column": col, "message": msg} for ln, col, msg in exc.errors
-                ],
-                "total": exc.total,
-            },
+            [{"line": ln, "column": col, "message": msg} for ln, col, msg in exc.errors],
         ) from None
     if not incidents:
         raise InvalidInputError("invalid_import", "the log has no incidents")
