@@ -44,7 +44,9 @@ def receiver() -> Iterator[Receiver]:
 def test_ticket_lifecycle_comments_links_and_audit(api, sessions) -> None:
     client, tok, _clock = api
     op, tech, viewer = _h(tok["operator"]), _h(tok["technician"]), _h(tok["viewer"])
-    assert client.post("/api/v1/devices", json={"device_id": "pi-t1"}, headers=op).status_code == 201
+    assert (
+        client.post("/api/v1/devices", json={"device_id": "pi-t1"}, headers=op).status_code == 201
+    )
     body = {
         "title": "fan noise",
         "category": "device_hardware",
@@ -107,9 +109,7 @@ def test_ticket_lifecycle_comments_links_and_audit(api, sessions) -> None:
     assert client.delete(f"{link}/device/pi-t1", headers=tech).status_code == 200
     with sessions() as s:
         actions = set(
-            s.execute(
-                select(AuditEntry.action).where(AuditEntry.target_id == number)
-            ).scalars()
+            s.execute(select(AuditEntry.action).where(AuditEntry.target_id == number)).scalars()
         )
     assert {"ticket.created", "ticket.state", "ticket.response", "ticket.unlink"} <= actions
     patched = client.patch(f"/api/v1/tickets/{number}", json={"impact": 3}, headers=tech)
@@ -119,18 +119,25 @@ def test_ticket_lifecycle_comments_links_and_audit(api, sessions) -> None:
 def test_sla_tick_warns_breaches_and_sends_signed_webhooks(sessions, receiver) -> None:
     with sessions() as s:
         created = webhooks.create_subscription(
-            s, name="support", url=receiver.url,
+            s,
+            name="support",
+            url=receiver.url,
             events=["ticket.sla_warning", "ticket.sla_breached"],
-            min_severity=None, offline_after_s=None, actor=SYSTEM, now=T0,
+            min_severity=None,
+            offline_after_s=None,
+            actor=SYSTEM,
+            now=T0,
         )
     secret = created["secret"]
     settings = settings_for("sqlite://")
     support = settings.support
     with sessions() as s:
         t = tickets.create_ticket(
-            s, SYSTEM,
+            s,
+            SYSTEM,
             tickets.NewTicket("gateway down", "cloud_infrastructure", "ops", impact=1, urgency=1),
-            support, now=T0,
+            support,
+            now=T0,
         )
     number = t["number"]
     # p1: first response 30 min, next update 2 h, resolution 4 h (24x7).
@@ -210,14 +217,20 @@ def test_import_is_all_or_none_and_rebuilds_timelines(api, sessions) -> None:
     csv_headers = {**op, "Content-Type": "text/csv"}
     bad = (DATA / "servicenow_bad.csv").read_bytes()
     good = (DATA / "servicenow_good.csv").read_bytes()
-    assert client.post("/api/v1/tickets/import", content=good,
-                       headers={**tech, "Content-Type": "text/csv"}).status_code == 403
+    assert (
+        client.post(
+            "/api/v1/tickets/import", content=good, headers={**tech, "Content-Type": "text/csv"}
+        ).status_code
+        == 403
+    )
     r = client.post("/api/v1/tickets/import", content=bad, headers=csv_headers)
     assert r.status_code == 422
     err = r.json()["error"]
     assert err["code"] == "invalid_import"
     assert [(d["line"], d["column"]) for d in err["details"]] == [
-        (3, "made_sla"), (4, "sys_updated_at"), (4, "incident_state"),
+        (3, "made_sla"),
+        (4, "sys_updated_at"),
+        (4, "incident_state"),
     ]
     with sessions() as s:
         assert s.execute(select(Ticket)).first() is None
@@ -229,8 +242,13 @@ def test_import_is_all_or_none_and_rebuilds_timelines(api, sessions) -> None:
     t = client.get("/api/v1/tickets/INC0000047", headers=tech).json()
     states = [e["data"]["to"] for e in t["events"] if e["kind"] == "state"]
     assert states == [
-        "pending_third_party", "in_progress", "resolved", "reopened", "in_progress",
-        "resolved", "closed",
+        "pending_third_party",
+        "in_progress",
+        "resolved",
+        "reopened",
+        "in_progress",
+        "resolved",
+        "closed",
     ]
     assert (t["state"], t["priority"], t["made_sla"]) == ("closed", 1, False)
     pending = client.get("/api/v1/tickets/INC0000050", headers=tech).json()
