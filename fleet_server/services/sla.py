@@ -18,11 +18,12 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server.config import Settings, SupportSettings
 from fleet_server.db.ticket_models import Ticket, TicketEvent, TicketSla
+from fleet_server.db.webhook_models import WebhookSubscription
 from fleet_server.domain.sla_calendar import ALWAYS, Calendar, calendar_from_config
 from fleet_server.domain.sla_clock import (
     DEFAULT_PAUSE,
@@ -40,8 +41,7 @@ from fleet_server.domain.tickets import OPEN_STATES, TicketState
 from fleet_server.errors import InvalidInputError
 from fleet_server.services.audit import SYSTEM
 from fleet_server.services.paging import Page, PageParams, fetch_page
-from fleet_server.services.tickets import record_event
-from fleet_server.services.webhooks import notify
+from fleet_server.services.webhooks import enqueue
 
 H = 3600.0
 WARNING_EVENT = "ticket.sla_warning"
@@ -186,68 +186,140 @@ class TickReport:
         return bool(self.warnings or self.breaches)
 
 
-def _emit(
-    session: Session, t: Ticket, clock: Clock, policy: SlaPolicy, th: float, at: float, now: float
-) -> None:
-    kind = "sla.breach" if th >= 1.0 else "sla.warning"
-    data = {
+STALE_S = 86400.0
+"""Crossings older than this when first seen (an imported history, a server that was
+down for days) are recorded as reported without events or webhooks: news that old
+helps nobody and would flood the receivers."""
+
+
+@dataclass
+class _Emitter:
+    """Writes crossing events and queues their webhooks; the subscriptions are read once
+    per batch."""
+
+    session: Session
+    now: float
+    subs: list[WebhookSubscription]
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def emit(self, t: Ticket, clock: Clock, policy: SlaPolicy, th: float, at: float) -> None:
+        kind = "sla.breach" if th >= 1.0 else "sla.warning"
+        data = {
+            "target": clock.target.value,
+            "policy": policy.name,
+            "cycle": clock.cycle,
+            "threshold": th,
+            "crossed_at": at,
+            "due_at": clock.due_at if th < 1.0 else at,
+        }
+        self.events.append(
+            {"ticket_id": t.id, "at": self.now, "actor": SYSTEM.label, "kind": kind, "data": data}
+        )
+        t.updated_at = max(t.updated_at, self.now)
+        event_type = BREACH_EVENT if th >= 1.0 else WARNING_EVENT
+        payload = {
+            **data,
+            "number": t.number,
+            "title": t.title,
+            "priority": t.priority,
+            "category": t.category,
+        }
+        for sub in self.subs:
+            if event_type in sub.events:
+                enqueue(self.session, sub, event_type, payload, now=self.now)
+
+
+def _sla_row(
+    ticket_id: int, policy: SlaPolicy, clock: Clock, reported: float, now: float
+) -> dict[str, Any]:
+    return {
+        "ticket_id": ticket_id,
         "target": clock.target.value,
         "policy": policy.name,
         "cycle": clock.cycle,
-        "threshold": th,
-        "crossed_at": at,
-        "due_at": clock.due_at if th < 1.0 else at,
+        "state": clock.state,
+        "target_s": clock.target_s,
+        "elapsed_s": clock.elapsed_s,
+        "due_at": clock.due_at,
+        "breached": clock.breached,
+        "breached_at": clock.breached_at,
+        "reported": reported,
+        "evaluated_at": now,
     }
-    record_event(session, t, SYSTEM, kind, data, now=now, audited=False)
-    payload = {
-        **data,
-        "number": t.number,
-        "title": t.title,
-        "priority": t.priority,
-        "category": t.category,
-    }
-    notify(session, BREACH_EVENT if th >= 1.0 else WARNING_EVENT, payload, now=now)
 
 
 def tick_tickets(
     session: Session, settings: SupportSettings, now: float, ticket_ids: list[int]
 ) -> TickReport:
     """Evaluate the given tickets at ``now``: refresh ``ticket_sla`` and emit each new
-    crossing as a ticket event and a webhook (caller commits)."""
+    crossing (at most :data:`STALE_S` old) as a ticket event and a webhook, in bulk
+    (caller commits)."""
     cfg = support_config(settings)
     report = TickReport()
     tickets = session.execute(select(Ticket).where(Ticket.id.in_(ticket_ids))).scalars().all()
     hist = histories(session, ticket_ids)
-    known: dict[tuple[int, str], TicketSla] = {
-        (r.ticket_id, r.target): r
-        for r in session.execute(
-            select(TicketSla).where(TicketSla.ticket_id.in_(ticket_ids))
-        ).scalars()
+    known: dict[tuple[int, str], tuple[int, int, float]] = {
+        (tid, target): (rid, cycle, reported)
+        for rid, tid, target, cycle, reported in session.execute(
+            select(
+                TicketSla.id,
+                TicketSla.ticket_id,
+                TicketSla.target,
+                TicketSla.cycle,
+                TicketSla.reported,
+            ).where(TicketSla.ticket_id.in_(ticket_ids))
+        )
     }
+    wanted = (WARNING_EVENT, BREACH_EVENT)
+    subs = [
+        sub
+        for sub in session.execute(
+            select(WebhookSubscription).where(WebhookSubscription.enabled.is_(True))
+        ).scalars()
+        if set(wanted) & set(sub.events)
+    ]
+    out = _Emitter(session, now, subs)
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    renamed: dict[str, list[int]] = {}
     for t in tickets:
         policy, clocks = clocks_of(t, hist[t.id], cfg, now)
         report.evaluated += 1
         if policy is None:
             continue
-        t.policy = policy.name
+        if t.policy != policy.name:
+            renamed.setdefault(policy.name, []).append(t.id)
         for target, clock in clocks.items():
-            row = known.get((t.id, target.value))
-            fresh = new_crossings(clock, row.cycle if row else None, row.reported if row else 0.0)
+            rid, cycle, reported = known.get((t.id, target.value), (None, None, 0.0))
+            fresh = new_crossings(clock, cycle, reported)
             for th, at in fresh:
-                _emit(session, t, clock, policy, th, at, now)
+                if at < now - STALE_S:
+                    continue
+                out.emit(t, clock, policy, th, at)
                 if th >= 1.0:
                     report.breaches += 1
                 else:
                     report.warnings += 1
-            if row is None:
-                row = TicketSla(ticket_id=t.id, target=target.value, reported=0.0)
-                session.add(row)
-            reported = row.reported if row.cycle == clock.cycle else 0.0
-            row.reported = max([reported, *(th for th, _ in fresh)])
-            row.policy, row.cycle, row.state = policy.name, clock.cycle, clock.state
-            row.target_s, row.elapsed_s, row.due_at = clock.target_s, clock.elapsed_s, clock.due_at
-            row.breached, row.breached_at = clock.breached, clock.breached_at
-            row.evaluated_at = now
+            base = reported if cycle == clock.cycle else 0.0
+            row = _sla_row(t.id, policy, clock, max([base, *(th for th, _ in fresh)]), now)
+            if rid is None:
+                inserts.append(row)
+            else:
+                updates.append({"id": rid, **row})
+    with session.no_autoflush:
+        if out.events:
+            session.execute(insert(TicketEvent), out.events)
+        if inserts:
+            session.execute(insert(TicketSla), inserts)
+        if updates:
+            session.execute(update(TicketSla), updates)
+        for name, ids in renamed.items():
+            session.execute(
+                update(Ticket)
+                .where(Ticket.id.in_(ids))
+                .values(policy=name)
+                .execution_options(synchronize_session=False)
+            )
     return report
 
 

@@ -14,6 +14,7 @@ and ``update`` otherwise, so the SLA clock can replay imported tickets like nati
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -107,6 +108,20 @@ def _events(inc: Incident, ticket_id: int) -> Iterable[dict[str, Any]]:
             yield {**base, "kind": "update", "data": data}
 
 
+def _insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert event rows in the session's transaction: PostgreSQL's COPY (an order of
+    magnitude faster for a big history), a bulk INSERT elsewhere."""
+    conn = session.connection()
+    if conn.dialect.name != "postgresql":
+        session.execute(insert(TicketEvent), rows)
+        return
+    raw = conn.connection.driver_connection
+    cols = "ticket_id, at, actor, kind, data"
+    with raw.cursor() as cur, cur.copy(f"COPY ticket_events ({cols}) FROM STDIN") as copy:
+        for r in rows:
+            copy.write_row((r["ticket_id"], r["at"], r["actor"], r["kind"], json.dumps(r["data"])))
+
+
 def import_log(
     session: Session,
     actor: Actor,
@@ -159,7 +174,7 @@ def import_log(
             .all()
         )
         rows = [ev for inc, tid in zip(chunk, ids, strict=True) for ev in _events(inc, tid)]
-        session.execute(insert(TicketEvent), rows)
+        _insert_events(session, rows)
         events += len(rows)
     summary = {
         "format": fmt,
