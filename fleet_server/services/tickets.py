@@ -124,10 +124,15 @@ def _check_ref(session: Session, kind: LinkKind, ref: str) -> str:
         found = session.get(RecallCampaign, ref)
     else:
         model = {LinkKind.ALARM: Alarm, LinkKind.CLAIM: WarrantyClaim, LinkKind.RMA: Rma}[kind]
-        found = session.get(model, int(ref)) if ref.isdigit() else None
+        found = session.get(model, int(ref)) if ref.isdigit() and len(ref) < 16 else None
     if not found:
         raise NotFoundError("not_found", f"{kind.value} {ref!r} does not exist")
     return ref
+
+
+def require_device(session: Session, device_id: str) -> None:
+    """``not_found`` unless the device is registered."""
+    _check_ref(session, LinkKind.DEVICE, device_id)
 
 
 def _check_new(n: NewTicket) -> None:
@@ -235,6 +240,13 @@ def update_ticket(
     unknown = sorted(set(changes) - set(EDITABLE))
     if unknown:
         raise InvalidInputError("invalid_ticket", f"cannot change {', '.join(unknown)}")
+    required = [
+        k
+        for k in ("title", "description", "impact", "urgency", "category")
+        if k in changes and changes[k] is None
+    ]
+    if required:
+        raise InvalidInputError("invalid_ticket", f"{', '.join(required)}: cannot be empty")
     if "category" in changes:
         parse_category(str(changes["category"]))
     diff: dict[str, Any] = {}

@@ -288,7 +288,8 @@ def ticket_timeline(*, number: str, session: Db, params: Paging) -> dict[str, An
 def device_tickets(
     *, device_id: str, request: Request, params: Paging, session: Db
 ) -> dict[str, Any]:
-    """Tickets linked to the device, newest first."""
+    """Tickets linked to the device, newest first (404 for an unknown device)."""
+    svc.require_device(session, device_id)
     f = svc.TicketFilter(device_id=device_id)
     return page_body(svc.list_tickets(session, f, params, now=_now(request)))
 
