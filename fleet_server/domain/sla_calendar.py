@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fleet_server.errors import InvalidInputError
@@ -178,22 +179,33 @@ def _holiday_dates(
                 "invalid_calendar", f"holiday {text!r} is not a YYYY-MM-DD date"
             ) from None
     if country:
-        import holidays as holiday_tables  # the package's tables, not home-made ones
-
-        try:
-            table = holiday_tables.country_holidays(country, subdiv=subdivision, years=years)
-        except NotImplementedError:
-            raise InvalidInputError(
-                "invalid_calendar", f"no public holidays known for {country!r}/{subdivision!r}"
-            ) from None
-        out.update(table.keys())
+        out.update(_public_holidays(country, subdivision, years.start, years.stop))
     return frozenset(out)
+
+
+@lru_cache(maxsize=32)
+def _public_holidays(
+    country: str, subdivision: str | None, first: int, stop: int
+) -> frozenset[date]:
+    """A country's public holidays from the ``holidays`` package (not home-made tables);
+    cached, computing 30 years of them takes a moment."""
+    import holidays as holiday_tables
+
+    try:
+        table = holiday_tables.country_holidays(
+            country, subdiv=subdivision, years=range(first, stop)
+        )
+    except NotImplementedError:
+        raise InvalidInputError(
+            "invalid_calendar", f"no public holidays known for {country!r}/{subdivision!r}"
+        ) from None
+    return frozenset(table.keys())
 
 
 def calendar_from_config(name: str, spec: Mapping[str, object]) -> Calendar:
     """A calendar from its configuration: ``tz``, ``hours`` (``{"mon": "09:00-17:00", ...}``
     or ``"24x7"``), ``holidays`` (``["2026-12-25"]``), ``country`` / ``subdivision`` for
-    public holidays (years 2000-2040)."""
+    public holidays (years 2010-2040)."""
     hours_spec = spec.get("hours", "24x7")
     tz = str(spec.get("tz", "UTC"))
     if hours_spec == "24x7":
@@ -215,6 +227,6 @@ def calendar_from_config(name: str, spec: Mapping[str, object]) -> Calendar:
         [str(d) for d in listed],
         str(country) if country else None,
         str(sub) if sub else None,
-        range(2000, 2041),
+        range(2010, 2041),
     )
     return Calendar(name, tz=tz, hours=hours, holidays=days)

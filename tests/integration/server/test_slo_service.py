@@ -4,6 +4,7 @@ webhook, and the status page shows each component over 90 days."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from fleet_server.db.ticket_models import SloMinute, Ticket
@@ -13,6 +14,7 @@ from fleet_server.services.audit import SYSTEM
 from tests.server_fixtures import settings_for
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_requests_recorded_outage_ticket_and_status_page(api, sessions, db_url) -> None:
     client, tok, clock = api
     viewer = {"Authorization": f"Bearer {tok['viewer']}"}

@@ -41,6 +41,12 @@ def receiver() -> Iterator[Receiver]:
     r.stop()
 
 
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+"""Plain ORM work: PostgreSQL adds time, not coverage (the import's COPY, the tick's bulk
+writes and the webhook outbox run on both)."""
+
+
+@SQLITE_ONLY
 def test_ticket_lifecycle_comments_links_and_audit(api, sessions) -> None:
     client, tok, _clock = api
     op, tech, viewer = _h(tok["operator"]), _h(tok["technician"]), _h(tok["viewer"])
@@ -191,6 +197,7 @@ def test_sla_tick_warns_breaches_and_sends_signed_webhooks(sessions, receiver) -
     assert sla.tick(sessions, settings, T0 + 70 * MIN).evaluated == 0
 
 
+@SQLITE_ONLY
 def test_alarm_and_claim_rules_open_one_ticket_each(sessions) -> None:
     settings = settings_for(
         "sqlite://", support={"alarm_ticket_min_severity": "major", "claim_tickets": False}
