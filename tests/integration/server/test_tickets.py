@@ -268,3 +268,43 @@ def test_import_is_all_or_none_and_rebuilds_timelines(api, sessions) -> None:
     assert (res["state"], res["elapsed_s"]) == ("paused", 7200.0)  # 10:00 -> 12:00, then paused
     analytics = client.get("/api/v1/support/analytics", headers=tech).json()
     assert {"compliance", "backlog", "time_to_resolve", "forecast"} <= set(analytics)
+
+
+@SQLITE_ONLY
+def test_vendor_contract_report_and_sla_gauges(sessions) -> None:
+    settings = settings_for(
+        "sqlite://", support={"vendors": {"maps-co": {"target_h": 2, "calendar": "24x7"}}}
+    )
+    support = settings.support
+    with sessions() as s:
+        number = tickets.create_ticket(
+            s,
+            SYSTEM,
+            tickets.NewTicket("map tiles missing", "third_party_app", "acme", vendor="maps-co"),
+            support,
+            now=T0,
+        )["number"]
+        tickets.transition(s, SYSTEM, number, "pending_third_party", now=T0 + 10 * MIN)
+        tickets.transition(s, SYSTEM, number, "in_progress", now=T0 + 190 * MIN)
+    with sessions() as s:
+        [row] = sla.vendor_report(s, support, T0 + 200 * MIN)
+    assert row == {
+        "vendor": "maps-co",
+        "target_h": 2.0,
+        "tickets": 1,
+        "pending_h": 3.0,
+        "breached": 1,
+        "waiting_now": 0,
+    }
+    sla.tick(sessions, settings, T0 + 200 * MIN)
+    collector = sla.SlaCollector(sessions, lambda: T0 + 200 * MIN)
+    families = {f.name: f for f in collector.collect()}
+    [open_sample] = families["fleet_tickets_open"].samples
+    assert (open_sample.labels, open_sample.value) == (
+        {"category": "third_party_app", "priority": "5"},
+        1,
+    )
+    # Standard policy (priority 5): 20 min of its 8 h first response used (the wait on the
+    # vendor paused it), so nothing is due within 4 h.
+    soon = {s.labels["hours"]: s.value for s in families["fleet_sla_breaching_within"].samples}
+    assert soon == {"1": 0, "4": 0}
