@@ -41,6 +41,7 @@ from fleet_server.domain.tickets import OPEN_STATES, TicketState
 from fleet_server.errors import InvalidInputError
 from fleet_server.services.audit import SYSTEM
 from fleet_server.services.paging import Page, PageParams, fetch_page
+from fleet_server.services.tickets import get_ticket
 from fleet_server.services.webhooks import enqueue
 
 H = 3600.0
@@ -155,8 +156,6 @@ def ticket_sla(
 ) -> dict[str, Any]:
     """A ticket's policy, each target's clock (with the ``breaching in`` label) and, when
     it names a vendor with a contract, the vendor clock."""
-    from fleet_server.services.tickets import get_ticket
-
     t = get_ticket(session, number)
     cfg = support_config(settings)
     hist = histories(session, [t.id])[t.id]

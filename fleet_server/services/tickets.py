@@ -22,6 +22,7 @@ from fleet_server.config import SupportSettings
 from fleet_server.db.models import Alarm, Device, RecallCampaign, Rma, WarrantyClaim
 from fleet_server.db.rollout_models import Rollout
 from fleet_server.db.ticket_models import Ticket, TicketComment, TicketEvent, TicketLink, TicketSla
+from fleet_server.domain.sla_clock import breaching_label
 from fleet_server.domain.tickets import (
     OPEN_STATES,
     TICKET,
@@ -499,8 +500,6 @@ def list_tickets(
 ) -> Page[dict[str, Any]]:
     """One page of tickets, newest first, each with its soonest SLA deadline and the
     ``breaching in ...`` label."""
-    from fleet_server.domain.sla_clock import breaching_label
-
     page = fetch_page(session, tickets_query(f), params, scalars=True)
     due = next_due(session, [t.id for t in page.items])
 
