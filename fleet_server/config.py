@@ -302,6 +302,54 @@ class WebhookSettings(_Section):
     batch_size: int = Field(default=100, ge=1, le=10000)
 
 
+class SupportSettings(_Section):
+    """Support tickets, SLA policies and calendars, and service SLOs (README "Support")."""
+
+    priority_matrix: dict[str, int] = Field(
+        default_factory=lambda: {
+            f"{i}x{u}": min(5, i + u - 1) for i in (1, 2, 3) for u in (1, 2, 3)
+        }
+    )
+    """``"<impact>x<urgency>" -> priority`` (1 critical .. 5 planning), ITIL style."""
+    calendars: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """``name -> {tz, hours = {mon = "09:00-17:00", ...} | "24x7", holidays, country}``;
+    ``24x7`` always exists."""
+    policies: list[dict[str, Any]] = Field(
+        default_factory=lambda: [
+            {
+                "name": "p1",
+                "priorities": [1],
+                "first_response_h": 0.5,
+                "next_update_h": 2,
+                "resolution_h": 4,
+            },
+            {
+                "name": "p2",
+                "priorities": [2],
+                "first_response_h": 1,
+                "next_update_h": 4,
+                "resolution_h": 8,
+            },
+            {"name": "standard", "first_response_h": 8, "next_update_h": 24, "resolution_h": 72},
+        ]
+    )
+    """SLA policies, first match wins: selectors ``priorities``, ``categories``,
+    ``customers``; targets ``first_response_h``, ``next_update_h``, ``resolution_h``;
+    ``calendar``, ``pause_states``, ``reset_on_reopen``."""
+    vendors: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Underpinning contracts: ``vendor -> {target_h, calendar}`` for time in
+    ``pending_third_party``."""
+    alarm_ticket_min_severity: str | None = None
+    """Open a ticket for every open alarm at or above this severity (None = never)."""
+    claim_tickets: bool = False
+    """Open a ticket for every new warranty claim."""
+    tick_interval_s: float = Field(default=60.0, gt=0)
+    """How often the SLA tick, the ticket rules and the SLO evaluation run."""
+    slos: list[dict[str, Any]] = Field(default_factory=list)
+    """Service level objectives (empty = the built-in ones): ``component``, ``objective``
+    (0.999), ``window_days`` (30)."""
+
+
 class SecuritySettings(_Section):
     """Demo or production mode, and where the fleet's certificate authority lives.
 
@@ -366,6 +414,7 @@ class Settings(_Section):
     recalls: RecallSettings = RecallSettings()
     webhooks: WebhookSettings = WebhookSettings()
     warranty: WarrantySettings = WarrantySettings()
+    support: SupportSettings = SupportSettings()
     registry: RegistrySettings = RegistrySettings()
     security: SecuritySettings = SecuritySettings()
     tls: TlsSettings = TlsSettings()

@@ -40,11 +40,13 @@ from fleet_server.api.routers import (
     rollouts,
     software,
     system,
+    tickets,
     warranty,
     webhooks,
 )
 from fleet_server.api.schemas_rollouts import add_rollout_components
 from fleet_server.api.slashes import TrailingSlash
+from fleet_server.api.slo_recording import install_support
 from fleet_server.config import Settings
 from fleet_server.db import create_db_engine, make_session_factory
 from fleet_server.db.models import Alarm
@@ -133,6 +135,7 @@ def create_app(
         registry=registry,
     )
     install_error_handlers(app)
+    install_support(app, sessions, registry, clock)
 
     @app.middleware("http")
     async def _request_id(
@@ -145,8 +148,7 @@ def create_app(
 
     modules = (system, devices, alarms, admin, credentials, recalls, warranty, rma, analytics)
     routers = [m.router for m in modules] + [deployments.router, rollouts.router]
-    routers += [webhooks.router, groups.router]
-    routers.append(software.router)
+    routers += [webhooks.router, groups.router, software.router, tickets.router]
     routers.append(tuf_router(settings.updates.repo_dir))
     for router in routers:
         app.include_router(router)

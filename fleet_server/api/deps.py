@@ -125,15 +125,21 @@ def current_actor(actor: Annotated[Actor | None, Depends(authorize)]) -> Actor:
     return actor
 
 
+MAX_OFFSET = 10**15
+"""Larger offsets overflow the databases' integers (a 500 instead of an empty page)."""
+
+
 def page_params(
     limit: Annotated[int, Query(ge=1, le=1000, description="page size (max 1000)")] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
-    offset: Annotated[int | None, Query(ge=0, description="alternative to cursor")] = None,
+    offset: Annotated[
+        int | None, Query(ge=0, le=MAX_OFFSET, description="alternative to cursor")
+    ] = None,
 ) -> PageParams:
     """Parse pagination parameters; a bad cursor is a 422 naming it."""
     start = offset or 0
     if cursor:
-        if not cursor.startswith("o") or not cursor[1:].isdigit():
+        if not cursor.startswith("o") or not cursor[1:].isdigit() or len(cursor) > 16:
             raise ApiError(422, "validation_error", "cursor: not a cursor returned by this API")
         start = int(cursor[1:])
     return PageParams(limit, start)

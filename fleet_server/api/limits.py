@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fleet_server.api.errors import error_response
 from fleet_server.api.route_match import route_template
 from fleet_server.api.routers.devices import MAX_CSV_BYTES
+from fleet_server.api.routers.tickets import MAX_IMPORT_BYTES
 from fleet_server.config import Settings
 from fleet_server.domain.roles import API, PUBLIC, UndeclaredRouteError, required_role
 
@@ -49,6 +50,8 @@ def body_cap(settings: Settings, method: str, route: str | None) -> int:
         return MAX_CSV_BYTES
     if key == ("POST", f"{API}/advisories/import"):
         return 64 * 1024 * 1024
+    if key == ("POST", f"{API}/tickets/import"):
+        return MAX_IMPORT_BYTES
     return settings.api.max_json_bytes
 
 

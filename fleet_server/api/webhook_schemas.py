@@ -18,6 +18,10 @@ EventName = Literal[
     "recall.state_changed",
     "claim.filed",
     "advisory.exposure",
+    "ticket.created",
+    "ticket.sla_warning",
+    "ticket.sla_breached",
+    "slo.alert",
 ]
 assert set(EventName.__args__) == set(SUBSCRIBABLE)  # type: ignore[attr-defined]
 

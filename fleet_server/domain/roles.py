@@ -171,6 +171,24 @@ PERMISSIONS: dict[tuple[str, str], Role | None] = {
     ("DELETE", f"{API}/groups/{{group_name}}"): Role.OPERATOR,
     ("GET", f"{API}/groups/{{group_name}}/devices"): Role.VIEWER,
     ("POST", f"{API}/bulk"): Role.TECHNICIAN,
+    # Support: anyone reads tickets (viewers without internal comments); technicians work
+    # them; importing a helpdesk's history is an operator's call.
+    ("GET", f"{API}/tickets"): Role.VIEWER,
+    ("POST", f"{API}/tickets"): Role.TECHNICIAN,
+    ("GET", f"{API}/tickets/breaching"): Role.VIEWER,
+    ("POST", f"{API}/tickets/import"): Role.OPERATOR,
+    ("GET", f"{API}/tickets/{{number}}"): Role.VIEWER,
+    ("PATCH", f"{API}/tickets/{{number}}"): Role.TECHNICIAN,
+    ("POST", f"{API}/tickets/{{number}}/transition"): Role.TECHNICIAN,
+    ("POST", f"{API}/tickets/{{number}}/comments"): Role.TECHNICIAN,
+    ("POST", f"{API}/tickets/{{number}}/links"): Role.TECHNICIAN,
+    ("DELETE", f"{API}/tickets/{{number}}/links/{{kind}}/{{ref}}"): Role.TECHNICIAN,
+    ("GET", f"{API}/tickets/{{number}}/sla"): Role.VIEWER,
+    ("GET", f"{API}/tickets/{{number}}/timeline"): Role.VIEWER,
+    ("GET", f"{API}/devices/{{device_id}}/tickets"): Role.VIEWER,
+    ("GET", f"{API}/support/vendors"): Role.VIEWER,
+    ("GET", f"{API}/support/analytics"): Role.VIEWER,
+    ("GET", f"{API}/status"): Role.VIEWER,
 }
 
 COMMAND_ROLES: dict[str, Role] = {

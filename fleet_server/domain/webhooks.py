@@ -33,6 +33,12 @@ class EventType(StrEnum):
     RECALL_STATE_CHANGED = "recall.state_changed"
     CLAIM_FILED = "claim.filed"
     ADVISORY_EXPOSURE = "advisory.exposure"
+    TICKET_CREATED = "ticket.created"
+    TICKET_SLA_WARNING = "ticket.sla_warning"
+    """A ticket's SLA target passed 50 % or 75 % of its time."""
+    TICKET_SLA_BREACHED = "ticket.sla_breached"
+    SLO_ALERT = "slo.alert"
+    """A service SLO's burn-rate alert fired (page or ticket)."""
     TEST = "webhook.test"
     """Sent by ``POST /webhooks/{id}/test`` only; nobody subscribes to it."""
 

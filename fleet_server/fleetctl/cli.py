@@ -24,6 +24,7 @@ from fleet_server.fleetctl.groups_cli import bulk_app, groups_app
 from fleet_server.fleetctl.rollout_cli import rollout_app
 from fleet_server.fleetctl.sbom_cli import advisories_app, licences_app, sbom_app
 from fleet_server.fleetctl.startup import install_plain_coercion, prune_groups
+from fleet_server.fleetctl.tickets_cli import analytics_sla, tickets_app
 from fleet_server.fleetctl.updates_cli import bundle_app, device_update, executions_app
 from fleet_server.fleetctl.webhooks_cli import webhooks_app
 
@@ -67,6 +68,8 @@ app.add_typer(bulk_app, name="bulk")
 app.add_typer(sbom_app, name="sbom")
 app.add_typer(advisories_app, name="advisories")
 app.add_typer(licences_app, name="licences")
+app.add_typer(tickets_app, name="tickets")
+analytics_app.command("sla")(analytics_sla)
 
 
 @app.callback()

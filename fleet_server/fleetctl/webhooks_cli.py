@@ -17,7 +17,8 @@ webhooks_app = common.new_app(
 
 EVENTS = (
     "rollout.halted, rollout.completed, rollout.rolled_back, alarm.raised, device.offline, "
-    "recall.state_changed, claim.filed"
+    "recall.state_changed, claim.filed, ticket.created, ticket.sla_warning, "
+    "ticket.sla_breached, slo.alert"
 )
 LIST_COLUMNS = ["id", "name", "url", "events", "enabled", "consecutive_failures", "created_at"]
 DELIVERY_COLUMNS = [

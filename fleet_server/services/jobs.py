@@ -22,6 +22,9 @@ from fleet_server.services.commands import expire_commands
 from fleet_server.services.presence import sweep_presence
 from fleet_server.services.recalls import mark_remedied_by_version, take_snapshots
 from fleet_server.services.retention import RetentionResult, run_retention
+from fleet_server.services.sla import tick as sla_tick
+from fleet_server.services.slo import run_slo_job
+from fleet_server.services.ticket_rules import run_ticket_rules
 from fleet_server.services.update_jobs import TufResignTask, run_execution_expiry
 from fleet_server.services.webhook_delivery import WebhookDeliveryJob
 from fleet_server.services.webhooks import notify_offline
@@ -122,6 +125,9 @@ class Scheduler:
             _Job("recall-snapshots", settings.recalls.snapshot_interval_s, run_recall_snapshots),
             _Job("webhook-delivery", settings.webhooks.interval_s, WebhookDeliveryJob()),
             _Job("advisory-matching", ADVISORY_MATCH_INTERVAL_S, run_advisory_matching),
+            _Job("ticket-rules", settings.support.tick_interval_s, run_ticket_rules),
+            _Job("sla-tick", settings.support.tick_interval_s, sla_tick),
+            _Job("slo", settings.support.tick_interval_s, run_slo_job),
         ]
         self._thread: threading.Thread | None = None
 

@@ -56,6 +56,9 @@ PATH_VALUES = {
     "model": "no-such-model",
     "advisory_id": "GHSA-none",
     "version": "9.9.9",
+    "number": "TKT-none",
+    "kind": "device",
+    "ref": "no-such-device",
 }
 MUTATING = {"POST", "PATCH", "PUT", "DELETE"}
 READ_ONLY_POSTS = {("POST", "/api/v1/rollouts/dry-run")}
@@ -160,6 +163,39 @@ def test_command_kinds_have_their_own_roles(mosquitto, sessions, db_url) -> None
 
 
 @pytest.mark.mosquitto
+def ticket_scenarios(admin: dict[str, str]) -> dict[tuple[str, str], Any]:
+    """One audited call per support route (run in this order)."""
+    t = "/api/v1/tickets"
+    one = f"{t}/TKT-000001"
+    log = (
+        "number,incident_state,sys_updated_at,made_sla,priority\n"
+        "INC1,New,29-02-2016 01:16,true,3 - Moderate\n"
+    )
+    return {
+        ("POST", t): lambda c: c.post(
+            t,
+            json={"title": "noisy fan", "category": "device_hardware", "requester": "acme"},
+            headers=admin,
+        ),
+        ("PATCH", f"{t}/{{number}}"): lambda c: c.patch(one, json={"impact": 1}, headers=admin),
+        ("POST", f"{t}/{{number}}/transition"): lambda c: c.post(
+            f"{one}/transition", json={"state": "in_progress"}, headers=admin
+        ),
+        ("POST", f"{t}/{{number}}/comments"): lambda c: c.post(
+            f"{one}/comments", json={"body": "on it", "public": True}, headers=admin
+        ),
+        ("POST", f"{t}/{{number}}/links"): lambda c: c.post(
+            f"{one}/links", json={"kind": "device", "ref": "pi-new"}, headers=admin
+        ),
+        ("DELETE", f"{t}/{{number}}/links/{{kind}}/{{ref}}"): lambda c: c.delete(
+            f"{one}/links/device/pi-new", headers=admin
+        ),
+        ("POST", f"{t}/import"): lambda c: c.post(
+            f"{t}/import", content=log.encode(), headers={**admin, "Content-Type": "text/csv"}
+        ),
+    }
+
+
 def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -> None:
     """Runs one successful call per mutating route; a new mutating route without a
     scenario here fails the test."""
@@ -493,6 +529,7 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -
         ("DELETE", "/api/v1/groups/{group_name}"): lambda c: c.delete(
             "/api/v1/groups/g1", headers=admin
         ),
+        **ticket_scenarios(admin),
     }
     try:
         with TestClient(app) as client:
