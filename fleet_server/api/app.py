@@ -39,6 +39,7 @@ from fleet_server.api.routers import (
     rma,
     rollouts,
     system,
+    users,
     warranty,
     webhooks,
 )
@@ -147,6 +148,7 @@ def create_app(
     modules = (system, devices, alarms, admin, credentials, recalls, warranty, rma, analytics)
     routers = [m.router for m in modules] + [deployments.router, rollouts.router]
     routers += [webhooks.router, groups.router]
+    routers.append(users.router)
     routers.append(tuf_router(settings.updates.repo_dir))
     for router in routers:
         app.include_router(router)

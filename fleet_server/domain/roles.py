@@ -154,6 +154,11 @@ PERMISSIONS: dict[tuple[str, str], Role | None] = {
     ("DELETE", f"{API}/groups/{{group_name}}"): Role.OPERATOR,
     ("GET", f"{API}/groups/{{group_name}}/devices"): Role.VIEWER,
     ("POST", f"{API}/bulk"): Role.TECHNICIAN,
+    # Console users (people; tokens stay for scripts and devices)
+    ("GET", f"{API}/users"): Role.ADMIN,
+    ("POST", f"{API}/users"): Role.ADMIN,
+    ("PATCH", f"{API}/users/{{username}}"): Role.ADMIN,
+    ("POST", f"{API}/users/{{username}}/logout"): Role.ADMIN,
 }
 
 COMMAND_ROLES: dict[str, Role] = {

@@ -24,6 +24,7 @@ from fleet_server.fleetctl.groups_cli import bulk_app, groups_app
 from fleet_server.fleetctl.rollout_cli import rollout_app
 from fleet_server.fleetctl.startup import prune_groups
 from fleet_server.fleetctl.updates_cli import bundle_app, device_update, executions_app
+from fleet_server.fleetctl.users_cli import users_app
 from fleet_server.fleetctl.webhooks_cli import webhooks_app
 
 app = common.new_app(
@@ -61,6 +62,7 @@ app.add_typer(analytics_app, name="analytics")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(groups_app, name="groups")
 app.add_typer(bulk_app, name="bulk")
+app.add_typer(users_app, name="users")
 
 
 @app.callback()

@@ -52,6 +52,7 @@ PATH_VALUES = {
     "serial": "no-such-part",
     "webhook_id": "999999",
     "group_name": "no-such-group",
+    "username": "no-such-user",
 }
 MUTATING = {"POST", "PATCH", "PUT", "DELETE"}
 READ_ONLY_POSTS = {("POST", "/api/v1/rollouts/dry-run")}
@@ -432,6 +433,15 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -
         ("POST", "/api/v1/bulk"): bulk_tag,
         ("DELETE", "/api/v1/groups/{group_name}"): lambda c: c.delete(
             "/api/v1/groups/g1", headers=admin
+        ),
+        ("POST", "/api/v1/users"): lambda c: c.post(
+            "/api/v1/users", json={"username": "ops1", "role": "viewer"}, headers=admin
+        ),
+        ("PATCH", "/api/v1/users/{username}"): lambda c: c.patch(
+            "/api/v1/users/ops1", json={"role": "operator"}, headers=admin
+        ),
+        ("POST", "/api/v1/users/{username}/logout"): lambda c: c.post(
+            "/api/v1/users/ops1/logout", headers=admin
         ),
     }
     try:
