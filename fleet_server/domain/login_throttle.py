@@ -52,7 +52,7 @@ def refusal(
     account_failures: Sequence[float],
     address_failures: Sequence[float],
     now: float,
-    policy: ThrottlePolicy = ThrottlePolicy(),  # noqa: B008 - frozen, immutable default
+    policy: ThrottlePolicy = ThrottlePolicy(),
 ) -> ThrottleRefusal | None:
     """The refusal for a sign-in attempted at ``now``, or None when it may proceed.
 

@@ -80,6 +80,5 @@ def set_password(
 def logout(username: str, as_json: JsonOpt = False) -> None:
     """End every console session of a user (log out everywhere)."""
     ended = common.client().request("POST", _path(username, "/logout"))
-    common.emit(
-        ended, as_json, lambda d: typer.echo(f"{d['sessions_ended']} session(s) of {username} ended")
-    )
+    said = f"session(s) of {username} ended"
+    common.emit(ended, as_json, lambda d: typer.echo(f"{d['sessions_ended']} {said}"))

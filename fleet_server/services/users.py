@@ -125,8 +125,7 @@ def create_user(
     if not USERNAME.match(username):
         raise InvalidInputError(
             "validation_error",
-            "username: 1-64 letters, digits, '.', '_', '@' or '-', starting with a letter "
-            "or digit",
+            "username: 1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit",
         )
     if find_user(session, username) is not None:
         raise ConflictError("conflict", f"user {username!r} already exists")
