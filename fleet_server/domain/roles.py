@@ -154,6 +154,9 @@ PERMISSIONS: dict[tuple[str, str], Role | None] = {
     ("DELETE", f"{API}/groups/{{group_name}}"): Role.OPERATOR,
     ("GET", f"{API}/groups/{{group_name}}/devices"): Role.VIEWER,
     ("POST", f"{API}/bulk"): Role.TECHNICIAN,
+    # What the console draws, for scripts too
+    ("GET", f"{API}/fleet/overview"): Role.VIEWER,
+    ("GET", f"{API}/devices/{{device_id}}/series"): Role.VIEWER,
     # Console users (people; tokens stay for scripts and devices)
     ("GET", f"{API}/users"): Role.ADMIN,
     ("POST", f"{API}/users"): Role.ADMIN,
