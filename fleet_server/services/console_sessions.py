@@ -106,7 +106,7 @@ def login(
         session.commit()
         return LoginResult(refusal="invalid")
     if users.needs_rehash(user):
-        user.password_hash = users.HASHER.hash(password)
+        user.password_hash = users.hasher().hash(password)
     user.last_login_at = now
     secret = secrets.token_urlsafe(32)
     row = ConsoleSession(

@@ -23,15 +23,37 @@ from fleet_server.services import audit
 from fleet_server.services.audit import Actor
 from fleet_server.services.paging import Page, PageParams, fetch_page
 
-HASHER = PasswordHasher()
-"""argon2id with the library's recommended parameters (RFC 9106 low-memory profile)."""
-
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024
 
-_DUMMY_HASH = HASHER.hash(secrets.token_urlsafe(16))
-"""Verified against when the username is unknown, so both answers take as long."""
+
+class _Hashing:
+    """The password hasher in use: argon2id with the library's recommended parameters
+    (RFC 9106 low-memory profile). Tests swap in smaller costs with :func:`use_hasher`."""
+
+    hasher = PasswordHasher()
+    dummy: str | None = None
+
+
+def hasher() -> PasswordHasher:
+    """The argon2id hasher new hashes are made with."""
+    return _Hashing.hasher
+
+
+def use_hasher(new: PasswordHasher) -> None:
+    """Hash with ``new`` from now on (existing hashes verify with their own parameters
+    and are rehashed at the next sign-in)."""
+    _Hashing.hasher = new
+    _Hashing.dummy = None
+
+
+def _dummy_hash() -> str:
+    """A hash verified against when the username is unknown, so both answers take as
+    long (made on first use: hashing costs time no import should pay)."""
+    if _Hashing.dummy is None:
+        _Hashing.dummy = _Hashing.hasher.hash(secrets.token_urlsafe(16))
+    return _Hashing.dummy
 
 
 def hash_password(password: str) -> str:
@@ -41,21 +63,21 @@ def hash_password(password: str) -> str:
             "weak_password",
             f"a password needs {MIN_PASSWORD} to {MAX_PASSWORD} characters",
         )
-    return HASHER.hash(password)
+    return hasher().hash(password)
 
 
 def verify_password(user: ConsoleUser | None, password: str) -> bool:
     """True when ``password`` matches ``user``'s hash (constant work when ``user`` is None)."""
     try:
-        HASHER.verify(user.password_hash if user else _DUMMY_HASH, password[:MAX_PASSWORD])
+        hasher().verify(user.password_hash if user else _dummy_hash(), password[:MAX_PASSWORD])
     except (VerificationError, InvalidHashError):
         return False
     return user is not None
 
 
 def needs_rehash(user: ConsoleUser) -> bool:
-    """True when the stored hash uses older parameters than :data:`HASHER`."""
-    return HASHER.check_needs_rehash(user.password_hash)
+    """True when the stored hash uses other parameters than :func:`hasher`'s."""
+    return hasher().check_needs_rehash(user.password_hash)
 
 
 def new_password() -> str:
