@@ -15,7 +15,7 @@ from fleet_server.analytics.weibull_plot import weibull_plot
 from fleet_server.api.deps import Db, context
 from fleet_server.console.auth import Viewer
 from fleet_server.console.web import page_params, pager, query_value, render
-from fleet_server.errors import FleetError
+from fleet_server.errors import FleetError, InvalidInputError
 from fleet_server.services import bundles, fleet_views, recalls, reliability, rma, warranty
 from fleet_server.services.bundles import BundleFilter
 
@@ -99,32 +99,53 @@ def recall_export(campaign_id: str, session: Db, _who: Viewer) -> Response:
 
 @router.get("/warranty")
 def warranty_page(request: Request, session: Db, _who: Viewer) -> HTMLResponse:
-    """Claim rates by batch, early warning (flagged groups first), Weibull plots per
-    failure mode, claims, RMAs by state and parts reliability."""
-    today = datetime.fromtimestamp(context(request).clock(), UTC).date()
-    by = query_value(request, "by") or "batch"
-    rates, rates_error = attempt(lambda: reliability.claim_rates(session, today, by))
-    warning, warning_error = attempt(lambda: reliability.claims_early_warning(session, today, by))
-    if warning:
-        warning["groups"] = sorted(
-            warning.get("groups", []), key=lambda g: (not g.get("flagged"), g.get("rank", 0))
-        )
-    fits: list[dict[str, Any]] = []
-    for mode in fleet_views.failure_modes(session):
-        fit, error = attempt(lambda mode=mode: reliability.weibull(session, today, mode))
-        plot = weibull_plot(fit["fit"]) if fit else None
-        fits.append({"mode": mode, "fit": fit, "error": error, "plot": plot})
+    """Claims and RMAs at once; the analyses (early warning and claim rates, Weibull
+    plots, parts reliability) load into the page as they finish, since they read the
+    whole fleet's service history."""
     claims = warranty.list_claims(session, page_params(request, 20), query_value(request, "state"))
     return render(
         request,
         "warranty.html",
-        by=by,
-        rates=rates,
-        rates_error=rates_error,
-        warning=warning,
-        warning_error=warning_error,
-        fits=fits,
+        by=query_value(request, "by") or "batch",
         claims=claims,
         rmas=fleet_views.rmas_by_state(session),
-        parts=attempt(lambda: rma.parts_reliability(session, context(request).clock()))[0],
     )
+
+
+@router.get("/warranty/analysis")
+def warranty_analysis(request: Request, session: Db, _who: Viewer) -> HTMLResponse:
+    """One analysis of the warranty page (``part``: groups, weibull or parts)."""
+    today = datetime.fromtimestamp(context(request).clock(), UTC).date()
+    by = query_value(request, "by") or "batch"
+    part = query_value(request, "part")
+    if part == "groups":
+        rates, rates_error = attempt(lambda: reliability.claim_rates(session, today, by))
+        warning, warning_error = attempt(
+            lambda: reliability.claims_early_warning(session, today, by)
+        )
+        if warning:
+            warning["groups"] = sorted(
+                warning.get("groups", []), key=lambda g: (not g.get("flagged"), g.get("rank", 0))
+            )
+        return render(
+            request,
+            "_warranty_groups.html",
+            by=by,
+            rates=rates,
+            rates_error=rates_error,
+            warning=warning,
+            warning_error=warning_error,
+        )
+    if part == "weibull":
+        fits: list[dict[str, Any]] = []
+        for mode in fleet_views.failure_modes(session):
+            fit, error = attempt(lambda mode=mode: reliability.weibull(session, today, mode))
+            plot = weibull_plot(fit["fit"]) if fit else None
+            fits.append({"mode": mode, "fit": fit, "error": error, "plot": plot})
+        return render(request, "_warranty_weibull.html", fits=fits)
+    if part == "parts":
+        parts, parts_error = attempt(
+            lambda: rma.parts_reliability(session, context(request).clock())
+        )
+        return render(request, "_warranty_parts.html", parts=parts, parts_error=parts_error)
+    raise InvalidInputError("validation_error", "part: groups, weibull or parts")

@@ -220,6 +220,9 @@ def step_walk_every_page_and_follow_a_counter(tab: Tab, site: Site) -> None:
     for path in pages:
         assert tab.go(path).status == 200, path
         assert tab.page.locator("#error").count() == 0, path
+    # The warranty analyses arrive through htmx after the page.
+    tab.page.wait_for_function("!document.body.textContent.includes('computing…')")
+    assert tab.page.locator("#error").count() == 0
     assert tab.errors == [], tab.errors  # no CSP violation, no script error on any page
 
 
