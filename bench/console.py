@@ -26,7 +26,6 @@ import re
 import statistics
 import sys
 import time
-import uuid
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import text
 
+from bench.ingest import scratch_postgres
 from fleet_server.config import Settings
 from fleet_server.db import create_db_engine, make_session_factory
 from fleet_server.db.models import Bundle, RecallSnapshot, WarrantyClaim
@@ -48,23 +48,6 @@ NOW = 1_790_000_000.0
 DAY = 86400.0
 BATCHES = 50
 PASSWORD = "bench console password"
-
-
-def scratch_postgres(url: str) -> tuple[str, Any]:
-    """A new database on the server of ``url`` and a function that drops it."""
-    import psycopg
-
-    admin = "postgresql://" + url.split("://", 1)[1]
-    name = f"edgefleet_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = admin.rsplit("/", 1)[0]
-
-    def drop() -> None:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return f"postgresql+psycopg://{base.split('://', 1)[1]}/{name}", drop
 
 
 def populate(sessions: Any, devices: int, charted: int, raw_step: int) -> dict[str, Any]:
