@@ -7,6 +7,7 @@ from fastapi.responses import HTMLResponse
 
 from fleet_server.api.deps import Db, context
 from fleet_server.console.auth import Viewer
+from fleet_server.console.ingest_panel import ingest_health
 from fleet_server.console.web import page_params, pager, query_value, render
 from fleet_server.services import alarms, fleet_views
 
@@ -17,15 +18,19 @@ router = APIRouter()
 def overview(request: Request, session: Db, _who: Viewer) -> HTMLResponse:
     """Presence, problem counters (each a link to its list), versions per model, active
     rollouts and open alarms over 7 days; the counters refresh every few seconds."""
-    data = fleet_views.fleet_overview(session, context(request).clock())
-    return render(request, "overview.html", data=data)
+    ctx = context(request)
+    data = fleet_views.fleet_overview(session, ctx.clock())
+    ingest = ingest_health(ctx.metrics, ctx.clock())
+    return render(request, "overview.html", data=data, ingest=ingest)
 
 
 @router.get("/overview/live")
 def overview_live(request: Request, session: Db, _who: Viewer) -> HTMLResponse:
     """The overview's changing part, for htmx polling."""
-    data = fleet_views.fleet_overview(session, context(request).clock())
-    return render(request, "_overview_live.html", data=data)
+    ctx = context(request)
+    data = fleet_views.fleet_overview(session, ctx.clock())
+    ingest = ingest_health(ctx.metrics, ctx.clock())
+    return render(request, "_overview_live.html", data=data, ingest=ingest)
 
 
 @router.get("/alarms")
