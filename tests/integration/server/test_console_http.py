@@ -18,6 +18,7 @@ from fleet_server.db.models import AuditEntry
 from fleet_server.domain.roles import Role
 from fleet_server.services import audit, users
 from fleet_server.services.audit import SYSTEM
+from fleet_server.services.series import signals_series
 from tests.server_fixtures import FakeClock, make_tokens, settings_for
 from tests.support.console_world import (
     PASSWORD,
@@ -292,6 +293,16 @@ def test_series_are_downsampled_in_sql(backend: str, tmp_path: Path, request: An
         assert len(month["points"]) <= 1000
         small = series(now - 86400, max_points=100)
         assert len(small["points"]) <= 100
+        # The device page asks for several signals at once and gets what each gets alone.
+        with world.sessions() as s:
+            for since in (now - 3600, now - 86400, now - 30 * 86400):
+                many = signals_series(
+                    s, "pi-s", ["temp_c", "cpu_pct", "mem_pct"], since=since, until=now
+                )
+                assert many["temp_c"] == series(since)
+                assert many["mem_pct"]["points"] == []  # never reported
+                # cpu has raw samples for the last day, no hourly aggregates in this world
+                assert bool(many["cpu_pct"]["points"]) == (since > now - 2 * 86400)
         bad = api.get(
             "/api/v1/devices/pi-s/series",
             params={"signal": "undervoltage", "since": _iso(now - 60), "until": _iso(now)},
