@@ -90,6 +90,11 @@ def login(
     address = address[:64]
     since = now - policy.window_s
     session.execute(delete(LoginAttempt).where(LoginAttempt.at < now - 2 * policy.window_s))
+    session.execute(  # sessions that ended while nobody used them
+        delete(ConsoleSession).where(
+            (ConsoleSession.expires_at <= now) | (ConsoleSession.last_seen_at < now - IDLE_S)
+        )
+    )
     throttled = refusal(
         _failures(session, username=username, address=None, since=since),
         _failures(session, username=None, address=address, since=since),

@@ -262,6 +262,10 @@ def step_operator_starts_and_pauses_a_rollout(tab: Tab, site: Site) -> None:
     tab.page.click("#action-pause")
     tab.page.wait_for_selector("#action-resume")
     assert tab.page.inner_text("#rollout-state") == "paused"
+    tab.page.fill("#explain-form input[name=explain]", "sim-00003")
+    tab.page.click("#explain-form button")
+    tab.page.wait_for_selector("#explained")
+    assert "sim-00003" in tab.page.inner_text("#explained")
     history = tab.page.inner_text("#history")
     assert f"{user_name(Role.OPERATOR)} (operator)" in history
     # The actions are in the audit log under the person's name.
