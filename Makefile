@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 4
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint format test demo clean
+.PHONY: help install lint format test demo clean vendor
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -37,6 +37,9 @@ test: lint ## lint, then run the whole test suite
 
 demo: $(DEV_STAMP) ## the whole product on this machine: server, 200 live devices, rollouts, alarm, recall (~2 min)
 	$(BIN)/fleet-sim demo
+
+vendor: ## refresh the console's pinned htmx and uPlot (with their licences) from npm
+	bash fleet_server/console/vendor.sh
 
 clean: ## remove caches and build output (keeps .venv)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

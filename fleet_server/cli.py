@@ -167,6 +167,7 @@ def init(
             tokens.revoke_token(session, old, actor=SYSTEM, now=now)
         _token, secret = tokens.create_token(session, "admin", Role.ADMIN, actor=SYSTEM, now=now)
         session.commit()
+        console_password = _first_admin_user(session, now, force=force)
     if json_out:
         typer.echo(
             json.dumps(
@@ -176,6 +177,8 @@ def init(
                     "tuf_setup": tuf.outcome,
                     "tuf_dev_root": str(tuf.dev_root_dir) if tuf.dev_root_dir else None,
                     "admin_token": secret,
+                    "console_user": "admin" if console_password else None,
+                    "console_password": console_password,
                 }
             )
         )
@@ -183,6 +186,29 @@ def init(
     typer.echo(f"database ready: {settings.database.url}")
     typer.echo("admin token (shown once, store it now):")
     typer.echo(secret)
+    if console_password:
+        typer.echo("console user 'admin' password (shown once; sign in at /console):")
+        typer.echo(console_password)
+
+
+def _first_admin_user(session: Any, now: float, *, force: bool) -> str | None:
+    """Create the console's first user, ``admin``, with a random password (returned, shown
+    once) when no admin user exists; ``--force`` gives ``admin`` a new password. None when
+    an admin user is already there."""
+    from fleet_server.services import users
+    from fleet_server.services.audit import SYSTEM
+
+    existing = users.find_user(session, "admin")
+    if existing is not None:
+        if not force:
+            return None
+        password = users.new_password()
+        users.update_user(
+            session, "admin", actor=SYSTEM, now=now, password=password, disabled=False
+        )
+        return password
+    _view, password = users.create_user(session, "admin", Role.ADMIN, actor=SYSTEM, now=now)
+    return password
 
 
 def _init_tuf(settings: Settings, root_keys: list[Path], *, quiet: bool) -> Any:

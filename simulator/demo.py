@@ -152,6 +152,7 @@ class Demo:
             self.mqtt_port = free_port()
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.token = ""
+        self.console_password = ""
         self.log_path = self.tmp / "fleet-server.log"
         self.say = Narrator(console)
         self.explored = False
@@ -224,7 +225,8 @@ class Demo:
         if init.returncode != 0:
             raise DemoError(f"fleet-server init failed: {(init.stderr or init.stdout).strip()}")
         try:
-            self.token = json.loads(init.stdout.strip().splitlines()[-1])["admin_token"]
+            made = json.loads(init.stdout.strip().splitlines()[-1])
+            self.token, self.console_password = made["admin_token"], made["console_password"]
         except (ValueError, KeyError, IndexError):
             raise DemoError(f"fleet-server init said: {init.stdout.strip()}") from None
         say.ok("database and TUF repository created (a DEVELOPMENT root: demo only)")
@@ -243,6 +245,7 @@ class Demo:
 
         wait_until("the server's /healthz", healthy, 60, check=self._server_alive)
         say.ok(f"API on {self.url} (docs: {self.url}/docs), MQTT on 127.0.0.1:{self.mqtt_port}")
+        say.ok(f"web console {self.console_url}")
         self.api = api
 
     def start_fleet(self) -> None:
@@ -530,6 +533,11 @@ class Demo:
             f"(status {claim.get('status') or claim.get('state')})"
         )
 
+    @property
+    def console_url(self) -> str:
+        """Where the console is, with the demo user's sign-in (printed, demo only)."""
+        return f"{self.url}/console/ (user admin, password {self.console_password})"
+
     def explore(self) -> None:
         """Keep everything running until Ctrl-C (``--explore``)."""
         self.explored = True
@@ -538,7 +546,8 @@ class Demo:
             f"  export FLEET_URL={self.url} FLEET_TOKEN={self.token}\n"
             "  fleetctl rollout list\n"
             f"  fleetctl devices show {FAULTY_DEVICE}\n"
-            f"and open {self.url}/docs. Press Ctrl-C to stop everything.",
+            f"and open {self.console_url} (start on the overview's problem counters) "
+            f"or {self.url}/docs. Press Ctrl-C to stop everything.",
             highlight=False,
         )
         while True:
@@ -562,7 +571,8 @@ class Demo:
             "--mqtt311 --server $FLEET_URL\n"
             "  fleet-sim bench <bundle.tar.gz>                # QA a candidate bundle\n"
             f"During this run the API was {self.url} (docs {self.url}/docs), admin token "
-            f"{self.token}; `fleet-sim demo --explore` keeps it running to try them.",
+            f"{self.token}, console {self.console_url}; `fleet-sim demo --explore` keeps "
+            "it running to try them.",
             highlight=False,
         )
 

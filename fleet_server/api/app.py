@@ -31,6 +31,7 @@ from fleet_server.api.routers import (
     admin,
     alarms,
     analytics,
+    charts,
     credentials,
     deployments,
     devices,
@@ -41,6 +42,7 @@ from fleet_server.api.routers import (
     software,
     system,
     tickets,
+    users,
     warranty,
     webhooks,
 )
@@ -48,6 +50,7 @@ from fleet_server.api.schemas_rollouts import add_rollout_components
 from fleet_server.api.slashes import TrailingSlash
 from fleet_server.api.slo_recording import install_support
 from fleet_server.config import Settings
+from fleet_server.console.app import create_console
 from fleet_server.db import create_db_engine, make_session_factory
 from fleet_server.db.models import Alarm
 from fleet_server.services.clock import Clock, system_clock
@@ -149,9 +152,11 @@ def create_app(
     modules = (system, devices, alarms, admin, credentials, recalls, warranty, rma, analytics)
     routers = [m.router for m in modules] + [deployments.router, rollouts.router]
     routers += [webhooks.router, groups.router, software.router, tickets.router]
+    routers += [users.router, charts.router]
     routers.append(tuf_router(settings.updates.repo_dir))
     for router in routers:
         app.include_router(router)
+    app.mount("/console", create_console(app.state.ctx))
     _document_security(app)
     # The routes as declared (the middlewares match raw requests against them), added
     # last = outermost: headers on every answer, caps before any body is read.

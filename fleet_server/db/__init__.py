@@ -1,5 +1,6 @@
 """Storage: SQLAlchemy 2 models and the engine/session factory (SQLite WAL or PostgreSQL)."""
 
+from fleet_server.db import console_models as _console_models  # noqa: F401  (registers tables)
 from fleet_server.db import group_models as _group_models  # noqa: F401  (registers tables)
 from fleet_server.db import rollout_models as _rollout_models  # noqa: F401  (registers tables)
 from fleet_server.db import sbom_models as _sbom_models  # noqa: F401  (registers tables)

@@ -189,6 +189,14 @@ PERMISSIONS: dict[tuple[str, str], Role | None] = {
     ("GET", f"{API}/support/vendors"): Role.VIEWER,
     ("GET", f"{API}/support/analytics"): Role.VIEWER,
     ("GET", f"{API}/status"): Role.VIEWER,
+    # What the console draws, for scripts too
+    ("GET", f"{API}/fleet/overview"): Role.VIEWER,
+    ("GET", f"{API}/devices/{{device_id}}/series"): Role.VIEWER,
+    # Console users (people; tokens stay for scripts and devices)
+    ("GET", f"{API}/users"): Role.ADMIN,
+    ("POST", f"{API}/users"): Role.ADMIN,
+    ("PATCH", f"{API}/users/{{username}}"): Role.ADMIN,
+    ("POST", f"{API}/users/{{username}}/logout"): Role.ADMIN,
 }
 
 COMMAND_ROLES: dict[str, Role] = {

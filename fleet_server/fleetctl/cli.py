@@ -26,6 +26,7 @@ from fleet_server.fleetctl.sbom_cli import advisories_app, licences_app, sbom_ap
 from fleet_server.fleetctl.startup import install_plain_coercion, prune_groups
 from fleet_server.fleetctl.tickets_cli import analytics_sla, tickets_app
 from fleet_server.fleetctl.updates_cli import bundle_app, device_update, executions_app
+from fleet_server.fleetctl.users_cli import users_app
 from fleet_server.fleetctl.webhooks_cli import webhooks_app
 
 app = common.new_app(
@@ -70,6 +71,7 @@ app.add_typer(advisories_app, name="advisories")
 app.add_typer(licences_app, name="licences")
 app.add_typer(tickets_app, name="tickets")
 analytics_app.command("sla")(analytics_sla)
+app.add_typer(users_app, name="users")
 
 
 @app.callback()

@@ -381,6 +381,16 @@ def acknowledge(
     return after
 
 
+def open_alarms_by_severity(session: Session) -> dict[str, int]:
+    """Open alarms per severity."""
+    rows = session.execute(
+        select(Alarm.severity, func.count())
+        .where(Alarm.state == AlarmState.OPEN.value)
+        .group_by(Alarm.severity)
+    ).all()
+    return {severity: int(n) for severity, n in rows}
+
+
 def fleet_summary(session: Session) -> dict[str, Any]:
     """Head counts: active and decommissioned devices, devices per presence state, open
     alarms in total and per severity."""
@@ -389,13 +399,7 @@ def fleet_summary(session: Session) -> dict[str, Any]:
         query = select(func.count()).select_from(Device).where(where)
         return int(session.execute(query).scalar_one())
 
-    by_sev = dict(
-        session.execute(
-            select(Alarm.severity, func.count())
-            .where(Alarm.state == AlarmState.OPEN.value)
-            .group_by(Alarm.severity)
-        ).all()
-    )
+    by_sev = open_alarms_by_severity(session)
     return {
         "devices": devices(Device.status != "decommissioned"),
         "decommissioned": devices(Device.status == "decommissioned"),

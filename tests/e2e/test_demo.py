@@ -85,6 +85,7 @@ def test_make_demo_runs_the_whole_story_and_exits_zero() -> None:
     output = " ".join((result.stdout + result.stderr).split())  # undo rich's line wrapping
     assert result.returncode == 0, output[-4000:]
     assert "rollout completed" in output
+    assert "/console/ (user admin, password " in output
     # the one real fleet-agent process: registered, reporting, committing the good rollout
     assert "registered gw-real-01 through the API" in output
     assert "gw-real-01 connected over MQTT 3.1.1 and reports: cpu" in output

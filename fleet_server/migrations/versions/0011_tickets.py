@@ -1,7 +1,7 @@
 """support: tickets, ticket events / comments / links, SLA state per target, SLO minutes
 
 Revision ID: 0011_tickets
-Revises: 0013_telemetry_partitions
+Revises: 0010_console_users
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011_tickets"
-down_revision = "0013_telemetry_partitions"
+down_revision = "0010_console_users"
 branch_labels = None
 depends_on = None
 

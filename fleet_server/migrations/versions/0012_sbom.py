@@ -2,7 +2,7 @@
 OSV advisories and their matches, VEX statements, exposure events
 
 Revision ID: 0012_sbom
-Revises: 0009
+Revises: 0011_tickets
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012_sbom"
-down_revision = "0009"
+down_revision = "0011_tickets"
 branch_labels = None
 depends_on = None
 

@@ -48,12 +48,15 @@ def test_fleet_server_init_config_errors_and_tokens(tmp_path: Path) -> None:
     first = run(["fleet-server", "init", "--json"], {"FLEET_DATABASE_URL": db}, tmp_path)
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["admin_token"].startswith("efk_")
+    assert json.loads(first.stdout)["console_user"] == "admin"
+    assert len(json.loads(first.stdout)["console_password"]) >= 12
     again = run(["fleet-server", "init"], {"FLEET_DATABASE_URL": db}, tmp_path)
     assert again.returncode == 1
     assert "--force" in again.stderr
     assert "Traceback" not in again.stderr
     forced = run(["fleet-server", "init", "--force"], {"FLEET_DATABASE_URL": db}, tmp_path)
     assert forced.returncode == 0
+    assert "console user 'admin' password" in forced.stdout
     bad = run(
         ["fleet-server", "migrate"],
         {"FLEET_DATABASE_URL": db, "FLEET_PRESENCE_SWEEP_INTERVAL_S": "-1"},

@@ -59,6 +59,7 @@ PATH_VALUES = {
     "number": "TKT-none",
     "kind": "device",
     "ref": "no-such-device",
+    "username": "no-such-user",
 }
 MUTATING = {"POST", "PATCH", "PUT", "DELETE"}
 READ_ONLY_POSTS = {("POST", "/api/v1/rollouts/dry-run")}
@@ -530,6 +531,15 @@ def test_every_mutating_call_is_audited(mosquitto, sessions, db_url, tmp_path) -
             "/api/v1/groups/g1", headers=admin
         ),
         **ticket_scenarios(admin),
+        ("POST", "/api/v1/users"): lambda c: c.post(
+            "/api/v1/users", json={"username": "ops1", "role": "viewer"}, headers=admin
+        ),
+        ("PATCH", "/api/v1/users/{username}"): lambda c: c.patch(
+            "/api/v1/users/ops1", json={"role": "operator"}, headers=admin
+        ),
+        ("POST", "/api/v1/users/{username}/logout"): lambda c: c.post(
+            "/api/v1/users/ops1/logout", headers=admin
+        ),
     }
     try:
         with TestClient(app) as client:
