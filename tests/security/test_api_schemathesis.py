@@ -85,6 +85,10 @@ APP, TOKENS, WORKDIR = _build()
 # Explicit examples and random fuzzing; the exhaustive boundary ("coverage") phase is
 # left to a longer manual run: `schemathesis run` against a live server.
 CONFIG = SchemathesisConfig.from_dict({"phases": {"coverage": {"enabled": False}}})
+# OSV advisory archives go up as raw zip bytes: send whatever schemathesis generates as
+# the body, the way it sends application/octet-stream.
+schemathesis.serializer.alias("application/zip", "application/octet-stream")
+
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP, config=CONFIG)
 
 

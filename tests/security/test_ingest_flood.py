@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -166,6 +167,9 @@ class DeviceClient:
         self.client.max_queued_messages_set(0)
         self.acked = 0
         self.sent = 0
+        # Samples stamped from now, not from import time: a long suite would otherwise make
+        # them minutes old and the ingest would (rightly) raise a clock_skew alarm too.
+        self.t0 = time.time()
         self.client.on_publish = self._on_publish
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
@@ -182,7 +186,7 @@ class DeviceClient:
         self.sent += 1
 
     def telemetry(self, seq: int) -> bytes:
-        ts = NOW.timestamp() + seq
+        ts = self.t0 + seq
         samples = [p.Sample(ts=ts + i / 10, cpu_pct=12.5, temp_c=50.0) for i in range(6)]
         return p.encode(
             p.Telemetry(device_id=self.device_id, boot_id="b1", seq=seq, ts=ts, samples=samples)

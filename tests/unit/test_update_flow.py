@@ -84,8 +84,17 @@ def test_restart_after_switch_took_effect_continues_the_trial() -> None:
     assert action is RestartAction.CONTINUE_TRIAL
 
 
-def test_bootloader_fallback_during_trial_is_a_boot_failure() -> None:
+def test_bootloader_fallback_during_trial_switches_again_then_is_a_boot_failure() -> None:
+    # A one-shot trial cannot tell a crash from a power cut: the first fallbacks try the
+    # new slot again; the last attempt rolls back as a boot failure.
     record, action = on_restart(_run_to(U.TRIAL), 50.0, running_version="1.0.0")
+    assert record.state is U.REBOOTING
+    assert action is RestartAction.SWITCH
+    trial = _run_to(U.TRIAL)
+    for attempt in range(1, 4):
+        record, action = on_restart(trial, 50.0 + attempt, running_version="1.0.0")
+        if record.state is U.REBOOTING:
+            trial = apply(record, E.BOOTED, 60.0 + attempt)
     assert record.state is U.ROLLED_BACK
     assert record.failure_class is FailureClass.BOOT
     assert action is RestartAction.REPORT
