@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_server.db import create_db_engine, make_session_factory
 from fleet_server.db.models import Bundle, TelemetryHourly, telemetry_table
 from fleet_server.db.sbom_models import BundleComponent
-from fleet_server.domain.roles import Role
 from fleet_server.domain.osv import purl_key
+from fleet_server.domain.roles import Role
 from fleet_server.migrations import upgrade_to_head
 from fleet_server.services import advisories, users
 from fleet_server.services.audit import SYSTEM
