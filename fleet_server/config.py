@@ -343,6 +343,8 @@ class SupportSettings(_Section):
     """Open a ticket for every open alarm at or above this severity (None = never)."""
     claim_tickets: bool = False
     """Open a ticket for every new warranty claim."""
+    exposure_tickets: bool = True
+    """Open a security-incident ticket for every new critical exposure event."""
     tick_interval_s: float = Field(default=60.0, gt=0)
     """How often the SLA tick, the ticket rules and the SLO evaluation run."""
     slos: list[dict[str, Any]] = Field(default_factory=list)

@@ -24,6 +24,8 @@ from fleet_server.console import (
     pages_devices,
     pages_overview,
     pages_rollouts,
+    pages_software,
+    pages_support,
 )
 from fleet_server.console.auth import LoginRequiredError
 from fleet_server.console.web import HERE, PREFIX, render
@@ -70,6 +72,8 @@ def create_console(ctx: AppContext) -> FastAPI:
         pages_devices,
         pages_rollouts,
         pages_catalog,
+        pages_support,
+        pages_software,
         pages_admin,
     ):
         app.include_router(module.router)

@@ -15,7 +15,17 @@ from fleet_server.console.auth import Form, Signed, Viewer
 from fleet_server.console.web import PREFIX, page_params, pager, query_value, render
 from fleet_server.domain.roles import COMMAND_ROLES, Role
 from fleet_server.errors import ForbiddenError, InvalidInputError
-from fleet_server.services import alarms, commands, device_timeline, fleet_views, registry, series
+from fleet_server.services import (
+    alarms,
+    commands,
+    composition,
+    device_timeline,
+    fleet_views,
+    registry,
+    series,
+    software_views,
+    tickets,
+)
 from fleet_server.services.registry import DeviceFilter
 from protocol import SIGNALS
 
@@ -73,9 +83,14 @@ def device_query(request: Request) -> fleet_views.DeviceQuery:
 
 @router.get("/devices")
 def device_list(request: Request, session: Db, _who: Viewer) -> HTMLResponse:
-    """The registry, filtered, sorted and paged as the URL says."""
+    """The registry, filtered, sorted and paged as the URL says (``advisory``: only the
+    devices exposed to that advisory)."""
     query = device_query(request)
-    page = fleet_views.device_page(session, query, page_params(request))
+    advisory = query_value(request, "advisory")
+    if advisory:
+        page = software_views.exposed_device_page(session, query, advisory, page_params(request))
+    else:
+        page = fleet_views.device_page(session, query, page_params(request))
     return render(
         request,
         "devices.html",
@@ -84,6 +99,7 @@ def device_list(request: Request, session: Db, _who: Viewer) -> HTMLResponse:
         query=query,
         filters=TEXT_FILTERS,
         sortable=fleet_views.SORTABLE,
+        advisory=advisory,
     )
 
 
@@ -97,7 +113,8 @@ def _range(request: Request) -> tuple[str, float, float]:
 
 @router.get("/devices/{device_id}")
 def device_page(device_id: str, request: Request, session: Db, who: Viewer) -> HTMLResponse:
-    """Identity and registry data, live vitals, charts, timeline, alarms, commands."""
+    """Identity and registry data, live vitals, charts, timeline, alarms, tickets,
+    software components, commands."""
     device = registry.device_view(registry.get_device(session, device_id))
     name, since, until = _range(request)
     drawn = series.signals_series(session, device_id, list(CHARTED), since=since, until=until)
@@ -126,6 +143,13 @@ def device_page(device_id: str, request: Request, session: Db, who: Viewer) -> H
         timeline=device_timeline.timeline(session, device_id),
         alarms=open_alarms.items,
         commands=allowed,
+        tickets=tickets.list_tickets(
+            session,
+            tickets.TicketFilter(device_id=device_id),
+            page_params(request, 20),
+            now=context(request).clock(),
+        ),
+        software=composition.device_components(session, device_id),
     )
 
 

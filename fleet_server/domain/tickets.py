@@ -97,6 +97,7 @@ class LinkKind(StrEnum):
     RMA = "rma"
     RECALL = "recall"
     ROLLOUT = "rollout"
+    ADVISORY = "advisory"
 
 
 LEVELS = (1, 2, 3)

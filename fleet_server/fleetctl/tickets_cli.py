@@ -177,7 +177,9 @@ def comment(
 @tickets_app.command("link")
 def link(
     number: str,
-    kind: Annotated[str, typer.Argument(help="device, alarm, claim, rma, recall, rollout")],
+    kind: Annotated[
+        str, typer.Argument(help="device, alarm, claim, rma, recall, rollout or advisory")
+    ],
     ref: str,
     remove: Annotated[bool, typer.Option("--remove", help="unlink instead")] = False,
     as_json: JsonOpt = False,

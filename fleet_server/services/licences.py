@@ -34,6 +34,7 @@ from fleet_server.domain.licence_policy import (
 from fleet_server.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from fleet_server.services import audit
 from fleet_server.services.audit import Actor
+from fleet_server.services.paging import Page, PageParams, fetch_page
 
 CLEARED = (ReviewState.NO_POLICY, ReviewState.NOT_REQUIRED, ReviewState.APPROVED)
 
@@ -345,3 +346,15 @@ def release_bundle(session: Session, version: str, model: str | None) -> Bundle:
             "invalid_request", f"several models have version {version}; give the model"
         )
     return rows[0]
+
+
+def list_reviews(session: Session, state: str | None, params: PageParams) -> Page[dict[str, Any]]:
+    """Bundles' licence reviews (``state``: pending, approved, rejected...), newest
+    bundle first, with the components that need review."""
+    query = select(Bundle, LicenceReview).join(LicenceReview, LicenceReview.bundle_id == Bundle.id)
+    if state:
+        query = query.where(LicenceReview.state == state)
+    query = query.order_by(Bundle.published_at.desc(), Bundle.id.desc())
+    return fetch_page(session, query, params).map(
+        lambda row: {**review_view(*row), "model": row[0].model, "version": row[0].version}
+    )

@@ -1,5 +1,6 @@
-"""Tickets opened by rule: an open alarm at or above a configured severity, or a new
-warranty claim, opens one ticket linked to it (and to its device).
+"""Tickets opened by rule: an open alarm at or above a configured severity, a new
+warranty claim, or a new critical exposure event (an advisory newly reaching devices)
+opens one ticket linked to it (and to its device, or to the advisory).
 
 The rule runs as a job (:func:`run_ticket_rules`) rather than inside ingest or the claim
 service, so neither path slows down or fails because of support; an object that already
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server.config import Settings, SupportSettings
 from fleet_server.db.models import Alarm, Device, WarrantyClaim
+from fleet_server.db.sbom_models import AdvisoryRow, ExposureEvent
 from fleet_server.db.ticket_models import TicketLink
 from fleet_server.domain.alarms import severity_rank
 from fleet_server.domain.tickets import Category, LinkKind
@@ -111,10 +113,52 @@ def open_for_claims(session: Session, settings: SupportSettings, now: float) -> 
     return opened
 
 
+def open_for_exposures(session: Session, settings: SupportSettings, now: float) -> list[str]:
+    """One security-incident ticket per advisory with an open critical exposure event and
+    no ticket yet (when ``exposure_tickets`` is on), linked to the advisory."""
+    if not settings.exposure_tickets:
+        return []
+    rows = session.execute(
+        select(ExposureEvent, AdvisoryRow.summary)
+        .join(AdvisoryRow, AdvisoryRow.id == ExposureEvent.advisory_id)
+        .where(ExposureEvent.state == "open", ExposureEvent.raised_at >= now - LOOKBACK_S)
+        .order_by(ExposureEvent.id)
+    ).all()
+    seen = _linked(session, LinkKind.ADVISORY, [e.advisory_id for e, _ in rows])
+    opened = []
+    for event, summary in rows:
+        if event.advisory_id in seen:
+            continue
+        seen.add(event.advisory_id)
+        bundles = ", ".join(event.bundles or [])
+        t = open_ticket(
+            session,
+            SYSTEM,
+            NewTicket(
+                title=f"{event.severity} advisory {event.advisory_id} exposes "
+                f"{event.exposed_devices} devices",
+                category=Category.SECURITY_INCIDENT.value,
+                requester="fleet-server",
+                requester_kind="internal",
+                impact=1,
+                urgency=1,
+                description=f"{summary or ''}\naffected releases: {bundles}".strip(),
+                links=[(LinkKind.ADVISORY.value, event.advisory_id)],
+            ),
+            settings,
+            now=now,
+            source="rule",
+        )
+        opened.append(t.number)
+    return opened
+
+
 def run_ticket_rules(sessions: sessionmaker[Session], settings: Settings, now: float) -> list[str]:
-    """The rules job: open the tickets alarms and claims call for (one transaction);
-    returns the new ticket numbers."""
+    """The rules job: open the tickets alarms, claims and exposures call for (one
+    transaction); returns the new ticket numbers."""
     with sessions() as session, session.begin():
-        return open_for_alarms(session, settings.support, now) + open_for_claims(
-            session, settings.support, now
+        return (
+            open_for_alarms(session, settings.support, now)
+            + open_for_claims(session, settings.support, now)
+            + open_for_exposures(session, settings.support, now)
         )

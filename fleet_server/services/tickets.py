@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from fleet_server.config import SupportSettings
 from fleet_server.db.models import Alarm, Device, RecallCampaign, Rma, WarrantyClaim
 from fleet_server.db.rollout_models import Rollout
+from fleet_server.db.sbom_models import AdvisoryRow
 from fleet_server.db.ticket_models import Ticket, TicketComment, TicketEvent, TicketLink, TicketSla
 from fleet_server.domain.sla_clock import breaching_label
 from fleet_server.domain.tickets import (
@@ -123,6 +124,8 @@ def _check_ref(session: Session, kind: LinkKind, ref: str) -> str:
         found = session.execute(select(Rollout.id).where(Rollout.id == ref)).first()
     elif kind is LinkKind.RECALL:
         found = session.get(RecallCampaign, ref)
+    elif kind is LinkKind.ADVISORY:
+        found = session.get(AdvisoryRow, ref)
     else:
         model = {LinkKind.ALARM: Alarm, LinkKind.CLAIM: WarrantyClaim, LinkKind.RMA: Rma}[kind]
         found = session.get(model, int(ref)) if ref.isdigit() and len(ref) < 16 else None
@@ -530,3 +533,17 @@ def delete_links_to(session: Session, kind: str, ref: str) -> int:
     return session.execute(
         delete(TicketLink).where(TicketLink.kind == kind, TicketLink.ref == ref)
     ).rowcount
+
+
+def ticket_counts(session: Session) -> dict[str, dict[str, int]]:
+    """Tickets per state, and open tickets per priority (the list page's counters)."""
+    states = session.execute(select(Ticket.state, func.count()).group_by(Ticket.state)).all()
+    priorities = session.execute(
+        select(Ticket.priority, func.count())
+        .where(Ticket.state.in_([s.value for s in OPEN_STATES]))
+        .group_by(Ticket.priority)
+    ).all()
+    return {
+        "state": {str(s): int(n) for s, n in states},
+        "priority": {str(p): int(n) for p, n in sorted(priorities)},
+    }

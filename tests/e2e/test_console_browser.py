@@ -26,7 +26,7 @@ from sqlalchemy import select
 from fleet_server.api import create_app
 from fleet_server.db.models import Alarm, Device
 from fleet_server.domain.roles import Role
-from fleet_server.services import recalls
+from fleet_server.services import recalls, tickets
 from fleet_server.services import rollouts as rollout_service
 from fleet_server.services.audit import SYSTEM
 from tests.conftest import need_service
@@ -35,10 +35,12 @@ from tests.support.console_world import (
     PASSWORD,
     add_device,
     add_samples,
+    add_software,
     cheap_hashing,
     make_world,
     user_name,
 )
+from tests.support.sbom_docs import osv
 from tests.support.sim_fleet import add_bundle, register_fleet
 
 
@@ -118,6 +120,23 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             )
             recalls.open_campaign(s, SYSTEM, campaign, now=now)
             s.commit()
+            ticket = tickets.NewTicket(
+                title=SCRIPT,
+                category="device_hardware",
+                requester="c",
+                links=[("device", "pi-evil")],
+            )
+            t = tickets.open_ticket(s, SYSTEM, ticket, settings_for(world.url).support, now=now)
+            s.commit()
+            tickets.add_comment(s, SYSTEM, t.number, IMG, public=True, now=now)
+        openssl = ("openssl", "3.0.11-1", "Apache-2.0", "pkg:deb/debian/openssl@3.0.11-1")
+        fixed = [{"introduced": "0"}, {"fixed": "3.0.13-1"}]
+        add_software(
+            world,
+            {bundle: [openssl]},
+            [osv("DSA-9-1", {"ecosystem": "Debian:12", "name": "openssl"}, fixed)],
+            now,
+        )
         app = create_app(settings_for(world.url), sessions=world.sessions, clock=clock)
         server = serve(app)
         try:
@@ -323,6 +342,27 @@ def step_payloads_are_shown_as_text_and_never_run(tab: Tab, site: Site) -> None:
     assert SCRIPT in tab.page.inner_text("#devices")
     tab.go("/console/audit")
     assert tab.page.locator("img[src=x], svg[onload]").count() == 0
+    assert tab.alerts == []
+    assert tab.errors == [], tab.errors
+
+
+@step
+def step_support_and_software_pages_show_payloads_as_text(tab: Tab, _site: Site) -> None:
+    tab.sign_in(user_name(Role.ADMIN))
+    tab.page.wait_for_url(re.compile(r".*/console/$"))
+    tab.page.click("nav a[href$='/tickets']")
+    tab.page.click("#tickets a[href$='/tickets/TKT-000001']")
+    assert tab.page.inner_text("#ticket-title") == SCRIPT
+    assert IMG in tab.page.inner_text("#ticket-comments")
+    tab.page.click("#ticket-links a")  # the linked device, which lists the ticket back
+    assert "TKT-000001" in tab.page.inner_text("#device-tickets")
+    for path in ("/console/status", "/console/software?by=model", "/console/licences"):
+        assert tab.go(path).status == 200, path
+        assert tab.page.locator("#error").count() == 0, path
+    tab.go("/console/advisories")
+    tab.page.click("#advisories a[href$='/advisories/DSA-9-1']")
+    assert tab.page.inner_text("#advisory-id") == "DSA-9-1"
+    assert tab.page.locator("img[src=x], script:not([src]):not([type])").count() == 0
     assert tab.alerts == []
     assert tab.errors == [], tab.errors
 

@@ -10,14 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from argon2 import PasswordHasher
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_server.db import create_db_engine, make_session_factory
-from fleet_server.db.models import TelemetryHourly, telemetry_table
+from fleet_server.db.models import Bundle, TelemetryHourly, telemetry_table
+from fleet_server.db.sbom_models import BundleComponent
+from fleet_server.domain.osv import purl_key
 from fleet_server.domain.roles import Role
 from fleet_server.migrations import upgrade_to_head
-from fleet_server.services import users
+from fleet_server.services import advisories, users
 from fleet_server.services.audit import SYSTEM
 from fleet_server.services.registry import create_device, get_device
 
@@ -123,3 +125,36 @@ def sign_in(client: Any, username: str, password: str = PASSWORD) -> Any:
         data={"username": username, "password": password, "csrf_token": csrf_of(form.text)},
         follow_redirects=False,
     )
+
+
+def add_software(
+    world: World,
+    components: dict[str, list[tuple[str, str, str, str]]],
+    osv_docs: list[dict[str, Any]],
+    now: float,
+) -> dict[str, Any]:
+    """Components (name, version, licence, purl) of existing bundles by bundle name, then
+    OSV advisories imported and matched as the jobs process would; the matching result."""
+    with world.sessions() as s:
+        for name, comps in components.items():
+            bundle = s.execute(select(Bundle).where(Bundle.name == name)).scalar_one()
+            for comp, version, licence, purl in comps:
+                key = purl_key(purl)
+                assert key is not None, purl
+                s.add(
+                    BundleComponent(
+                        bundle_id=bundle.id,
+                        name=comp,
+                        version=version,
+                        purl=purl,
+                        purl_type=key[0],
+                        package=key[1],
+                        licence=licence,
+                        supplier=None,
+                        hashes={},
+                    )
+                )
+        s.commit()
+        docs = [(f"{d['id']}.json", d) for d in osv_docs]
+        advisories.import_documents(s, docs, actor=SYSTEM, now=now)
+        return advisories.match_pending(s, now=now)

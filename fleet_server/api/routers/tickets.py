@@ -34,7 +34,7 @@ Paging = Annotated[PageParams, Depends(page_params)]
 class LinkIn(BaseModel):
     """What a ticket points at."""
 
-    kind: str = Field(description="device, alarm, claim, rma, recall or rollout")
+    kind: str = Field(description="device, alarm, claim, rma, recall, rollout or advisory")
     ref: str = Field(min_length=1, max_length=128)
 
 
