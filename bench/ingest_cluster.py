@@ -184,8 +184,10 @@ def measure_ingest(options: NatsOptions, db_url: str, workers: int) -> tuple[flo
     start = time.perf_counter()
     for _ in procs[1:]:
         ready.acquire()
+    pids = [proc.pid for proc in procs if proc.pid is not None]
+    cpu0 = _cpu(pids)  # not counting the start-up (imports, connections)
     end = wait_drained(options)
-    cpu = _cpu([proc.pid for proc in procs if proc.pid is not None])
+    cpu = _cpu(pids) - cpu0
     stop.set()
     for proc in procs:
         proc.join(timeout=60)

@@ -179,8 +179,8 @@ class NatsIngestWorker:
             while not self._stop.is_set():
                 try:
                     msgs = await sub.fetch(self.options.fetch_batch, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    msgs = []
+                except (nats.errors.TimeoutError, TimeoutError):
+                    msgs = []  # nothing to fetch (the client raises either kind)
                 except (nats.errors.Error, OSError) as exc:
                     log.warning("ingest: fetch failed (%r); retrying", exc)
                     await asyncio.sleep(self.retry_backoff_s)
