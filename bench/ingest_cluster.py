@@ -53,7 +53,6 @@ from fleet_server.db import create_db_engine, make_session_factory  # noqa: E402
 from fleet_server.migrations import upgrade_to_head  # noqa: E402
 from fleet_server.services.ingest import BatchWriter  # noqa: E402
 from tests.support.nats_cluster import NatsCluster, nats_binary  # noqa: E402
-from tests.support.nats_fleet import pending_messages  # noqa: E402
 
 T0 = 1_790_000_000.0
 
@@ -113,14 +112,26 @@ def publish(cluster: NatsCluster, count: int, devices: int, publishers: int) -> 
     return acked, time.perf_counter() - start
 
 
+async def _drained_at(options: NatsOptions, timeout: float) -> float:
+    nc = await connect(options, "bench-probe")
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + timeout
+        while True:
+            info = await js.consumer_info(MQTT_STREAM, options.durable)
+            if not (info.num_pending or 0) + (info.num_ack_pending or 0):
+                return time.perf_counter()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{options.durable} did not drain")
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+
+
 def wait_drained(options: NatsOptions, timeout: float = 900) -> float:
-    """Poll until the consumer has nothing pending; the time it happened."""
-    deadline = time.monotonic() + timeout
-    while pending_messages(options) > 0:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{options.durable} did not drain")
-        time.sleep(0.05)
-    return time.perf_counter()
+    """Poll (one connection, every 0.1 s) until the consumer has nothing pending; the
+    time it happened."""
+    return asyncio.run(_drained_at(options, timeout))
 
 
 async def _raw(options: NatsOptions, total: int) -> float:
@@ -154,7 +165,8 @@ def _ingest_proc(options: NatsOptions, db_url: str, ready: Any, go: Any, stop: A
     worker.run()
 
 
-def measure_ingest(options: NatsOptions, db_url: str, workers: int) -> float:
+def measure_ingest(options: NatsOptions, db_url: str, workers: int) -> tuple[float, float]:
+    """(seconds to drain, CPU seconds the worker processes used)."""
     engine = create_db_engine(db_url)
     upgrade_to_head(engine)
     engine.dispose()
@@ -166,15 +178,20 @@ def measure_ingest(options: NatsOptions, db_url: str, workers: int) -> float:
     ]
     for proc in procs:
         proc.start()
-    start = time.perf_counter()
     go.set()
-    for _ in procs:
+    ready.acquire()
+    # From the first worker bound to its consumer, as the raw consumer is timed.
+    start = time.perf_counter()
+    for _ in procs[1:]:
         ready.acquire()
+    pids = [proc.pid for proc in procs if proc.pid is not None]
+    cpu0 = _cpu(pids)  # not counting the start-up (imports, connections)
     end = wait_drained(options)
+    cpu = _cpu(pids) - cpu0
     stop.set()
     for proc in procs:
         proc.join(timeout=60)
-    return -1.0 if end <= start else (end - start)
+    return (-1.0 if end <= start else (end - start)), cpu
 
 
 def stored(db_url: str) -> int:
@@ -201,6 +218,18 @@ def scratch_db(url: str) -> tuple[str, Any]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     return f"postgresql+psycopg://{base.split('://', 1)[1]}/{name}", drop
+
+
+def _cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by these processes."""
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
 
 
 def _idle(fn: Any, *args: Any) -> tuple[Any, float]:
@@ -251,16 +280,31 @@ def main() -> None:
                 f"published {acked}/{args.messages} (PUBACKed) in {pub_s:.1f}s "
                 f"= {acked / pub_s:.0f} msg/s"
             )
+            brokers = [n.proc.pid for n in cluster.nodes if n.proc is not None]
+            cpu0 = _cpu([os.getpid(), *brokers])
+            b0 = _cpu(brokers)
             raw, idle_raw = _idle(lambda: asyncio.run(_raw(opts["raw"], acked)))
-            print(f"raw pull consumer: {raw:.0f} msg/s (CPU idle {idle_raw:.0f}%)")
+            broker_ms = {"raw": (_cpu(brokers) - b0) * 1000 / acked}
+            raw_ms = (_cpu([os.getpid(), *brokers]) - cpu0) * 1000 / acked - broker_ms["raw"]
+            print(
+                f"raw pull consumer: {raw:.0f} msg/s (CPU idle {idle_raw:.0f}%; CPU per "
+                f"message: consumer {raw_ms:.3f} ms, brokers {broker_ms['raw']:.3f} ms)"
+            )
+            worker_ms: dict[str, float] = {}
             rates, lost = {}, 0
             for name, workers in (("ingest1", 1), ("ingest2", 2)):
                 url, drop = scratch_db(args.pg)
                 drops.append(drop)
-                secs, idle = _idle(measure_ingest, opts[name], url, workers)
+                b0 = _cpu(brokers)
+                (secs, cpu), idle = _idle(measure_ingest, opts[name], url, workers)
+                broker_ms[name] = (_cpu(brokers) - b0) * 1000 / acked
+                worker_ms[name] = cpu * 1000 / acked
                 rates[name] = acked / secs
                 lost += max(0, acked - stored(url))
-                print(f"{name}: {rates[name]:.0f} msg/s (CPU idle {idle:.0f}%)")
+                print(
+                    f"{name}: {rates[name]:.0f} msg/s (CPU idle {idle:.0f}%; CPU per message: "
+                    f"workers {worker_ms[name]:.3f} ms, brokers {broker_ms[name]:.3f} ms)"
+                )
         finally:
             cluster.stop()
             for drop in drops:
@@ -275,6 +319,11 @@ def main() -> None:
         "ratio_1_raw": round(rates["ingest1"] / raw, 3),
         "scale_2_1": round(rates["ingest2"] / rates["ingest1"], 3),
         "cpu_cores": psutil.cpu_count(),
+        "worker_cpu_ms_per_msg": round(worker_ms["ingest1"], 3),
+        "broker_cpu_ms_per_msg": round(broker_ms["ingest1"], 3),
+        # With the brokers and PostgreSQL on other machines a worker is bound by its own
+        # CPU: one core per worker gives this many msg/s each (an upper bound).
+        "worker_bound_msgs_per_s": round(1000 / worker_ms["ingest1"], 1),
         "lost": lost,
     }
     print(json.dumps(result))

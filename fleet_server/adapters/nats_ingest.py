@@ -171,18 +171,30 @@ class NatsIngestWorker:
         self.status.connected(self.clock(), persistent=True, session_present=True)
         self._connected.set()
         log.info("ingest: pulling from %s/%s", MQTT_STREAM, self.options.durable)
+        # One batch is being committed (then acknowledged) while the next is fetched:
+        # the database write and the round trips to NATS overlap instead of adding up.
+        # Batches still commit one after another, in the order fetched.
+        handling: asyncio.Task[None] | None = None
         try:
             while not self._stop.is_set():
                 try:
                     msgs = await sub.fetch(self.options.fetch_batch, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    continue
+                except (nats.errors.TimeoutError, TimeoutError):
+                    msgs = []  # nothing to fetch (the client raises either kind)
                 except (nats.errors.Error, OSError) as exc:
                     log.warning("ingest: fetch failed (%r); retrying", exc)
                     await asyncio.sleep(self.retry_backoff_s)
-                    continue
-                await self._handle(nc, js, msgs)
+                    msgs = []
+                if handling is not None and (msgs or handling.done()):
+                    await handling  # a worker that failed mid-batch stops here
+                    handling = None
+                if msgs:
+                    handling = asyncio.create_task(self._handle(nc, js, msgs))
+            if handling is not None:
+                await handling
         finally:
+            if handling is not None and not handling.done():
+                handling.cancel()
             self._stop.set()
             self._connected.clear()
             try:

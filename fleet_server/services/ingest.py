@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from sqlalchemy import bindparam, delete, select, tuple_, update
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 import protocol as p
-from fleet_server.db.dialect import bulk_insert_ignore, insert_ignore
+from fleet_server.db.dialect import bulk_insert_ignore, bulk_update, in_values, insert_ignore
 from fleet_server.db.models import (
     CommandRecord,
     Device,
@@ -259,7 +259,7 @@ class BatchWriter:
 
     def _devices(self, session: Session, device_ids: set[str], now: float) -> dict[str, _DeviceRow]:
         rows = session.execute(
-            select(*_DEVICE_COLUMNS).where(Device.device_id.in_(device_ids))
+            select(*_DEVICE_COLUMNS).where(in_values(session, Device.device_id, sorted(device_ids)))
         ).all()
         missing = device_ids - {r.device_id for r in rows}
         if missing and self.auto_register:
@@ -280,7 +280,9 @@ class BatchWriter:
                 ],
             )
             rows += session.execute(
-                select(*_DEVICE_COLUMNS).where(Device.device_id.in_(missing))
+                select(*_DEVICE_COLUMNS).where(
+                    in_values(session, Device.device_id, sorted(missing))
+                )
             ).all()
         return {
             r.device_id: _DeviceRow(
@@ -604,33 +606,5 @@ class BatchWriter:
             if dev.boot:
                 session.execute(update(Device).where(Device.id == dev.key).values(**dev.boot))
         table = Device.__table__
-        where = table.c.id == bindparam("k")
-        if vitals:
-            session.connection().execute(
-                table.update()
-                .where(where)
-                .values(
-                    last_seen=bindparam("last_seen"),
-                    vitals=bindparam("vitals"),
-                    vitals_ts=bindparam("vitals_ts"),
-                    dropped_total=bindparam("dropped_total"),
-                    clock_offset_s=bindparam("clock_offset_s"),
-                ),
-                vitals,
-            )
-        if seen:
-            session.connection().execute(
-                table.update()
-                .where(where)
-                .values(
-                    last_seen=bindparam("last_seen"), clock_offset_s=bindparam("clock_offset_s")
-                ),
-                seen,
-            )
-        if presence:
-            session.connection().execute(
-                table.update()
-                .where(where)
-                .values(**{k: bindparam(k) for k in presence[0] if k != "k"}),
-                presence,
-            )
+        for rows in (vitals, seen, presence):
+            bulk_update(session, table, "id", rows)

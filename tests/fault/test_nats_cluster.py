@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import signal
 import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,11 +29,12 @@ from fleet_server.db.models import Device, TelemetrySample
 from fleet_server.migrations import upgrade_to_head
 from fleet_server.services.ingest import BatchWriter, Inbound
 from fleet_server.services.metrics import IngestMetrics
-from tests.conftest import free_port, need_service, wait_for
+from tests.conftest import _RUN_ID, _with_database, free_port, need_service, wait_for
 from tests.support.agent_process import fleet_agent
 from tests.support.nats_cluster import NatsCluster, nats_binary
 from tests.support.nats_fleet import (
     PublishingDevice,
+    ack_pending,
     drop_consumer,
     pending_messages,
     run_devices,
@@ -55,10 +59,27 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     c.stop()
 
 
-@pytest.fixture
-def sessions(postgres_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = create_db_engine(postgres_url)
+@pytest.fixture(scope="module")
+def db_url(_postgres_admin: str) -> Iterator[str]:
+    """One migrated PostgreSQL database for the module (each test uses its own device
+    ids and durable consumer, so they do not see each other's messages)."""
+    import psycopg
+
+    name = f"edgefleet_test_{_RUN_ID}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(_postgres_admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = "postgresql+psycopg://" + _with_database(_postgres_admin, name)[len("postgresql://") :]
+    engine = create_db_engine(url)
     upgrade_to_head(engine)
+    engine.dispose()
+    yield url
+    with psycopg.connect(_postgres_admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = create_db_engine(db_url)
     yield make_session_factory(engine)
     engine.dispose()
 
@@ -210,13 +231,114 @@ def test_ingest_worker_dies_mid_batch(cluster, sessions, options) -> None:
     doomed.connect(timeout=20)
     with pytest.raises(_DiesAfterCommit):
         doomed.run()
-    committed_by_doomed = sum(len(v) for v in stored(sessions).values())
+    got = stored(sessions)
+    committed_by_doomed = sum(len(got.get(d.device_id, [])) for d in devices)
     assert committed_by_doomed > 0
     worker = _worker(sessions, options, "ingest-b")
     try:
         _exactly_once(sessions, devices)
         wait_for(lambda: worker.writer.metrics.duplicates._value.get() > 0, timeout=10)
     finally:
+        worker.stop()
+        worker.run()
+
+
+def _ingest_process(tmp_path: Path, db_url: str, options: NatsOptions) -> subprocess.Popen[bytes]:
+    """A real ``fleet-server ingest`` process on the cluster's durable consumer."""
+    config = tmp_path / "ingest.toml"
+    config.write_text(
+        '[security]\nmode = "demo"\n'
+        f'[database]\nurl = "{db_url}"\n'
+        "[ingest]\nauto_register = true\n"
+        f"[nats]\nservers = {json.dumps(options.servers)}\n"
+        f'durable = "{options.durable}"\n'
+        f"fetch_batch = {options.fetch_batch}\nack_wait_s = {options.ack_wait_s}\n"
+    )
+    script = Path(sys.executable).parent / "fleet-server"
+    with (tmp_path / "ingest.log").open("wb") as log:
+        return subprocess.Popen(
+            [str(script), "ingest", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def test_kill_9_of_an_ingest_process_mid_batch(
+    cluster, sessions, options, db_url: str, tmp_path: Path
+) -> None:
+    """``kill -9`` of a ``fleet-server ingest`` process holding a fetched batch inside its
+    open transaction (the test holds a lock on ``telemetry`` so the batch cannot commit):
+    nothing of that batch is stored by the dead process, and the next worker gets it
+    redelivered and stores every message once, next to what the process had committed."""
+    import psycopg
+
+    options = dataclasses.replace(options, fetch_batch=20)
+    setup_consumer(options)
+    before = _fleet(cluster, "k9a", count=3, interval_s=0.0)
+    for d in before:
+        d.start()
+    run_devices(before)
+    proc = _ingest_process(tmp_path, db_url, options)
+    try:
+        _exactly_once(sessions, before)  # committed by the process, then acknowledged
+        wait_for(lambda: pending_messages(options) == 0, timeout=15, interval=0.1)
+        libpq = "postgresql://" + db_url.split("://", 1)[1]
+        with psycopg.connect(libpq) as lock:
+            lock.execute("LOCK TABLE telemetry IN SHARE MODE")
+            during = _fleet(cluster, "k9b", count=3, interval_s=0.0)
+            for d in during:
+                d.start()
+            run_devices(during)
+            # The process fetched a batch and is inside its transaction: kill it there.
+            wait_for(lambda: ack_pending(options) > 0, timeout=15, interval=0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            assert not {d.device_id for d in during} & set(stored(sessions))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    worker = _worker(sessions, options, "ingest-after-kill")
+    try:
+        _exactly_once(sessions, before + during)
+        assert worker.committed >= sum(len(d.acked) for d in during)
+    finally:
+        worker.stop()
+        worker.run()
+
+
+def test_postgresql_down_while_devices_publish(cluster, sessions, options, db_url: str) -> None:
+    """PostgreSQL refuses connections while devices publish: the worker retries its batch
+    without acknowledging anything, the stream keeps the rest, and once the database is
+    back every PUBACKed message is stored once."""
+    import psycopg
+
+    setup_consumer(options)
+    worker = _worker(sessions, options, "ingest-pg-down")
+    libpq = "postgresql://" + db_url.split("://", 1)[1]
+    admin = libpq.rsplit("/", 1)[0] + "/postgres"
+    name = libpq.rsplit("/", 1)[1]
+
+    def allow(on: bool) -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(on).lower()}')
+            if not on:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                )
+
+    devices = _fleet(cluster, "pgdown", count=3, interval_s=0.0)
+    try:
+        allow(False)
+        for d in devices:
+            d.start()
+        run_devices(devices)  # PUBACKed by the cluster while the database is down
+        wait_for(lambda: worker.writer.metrics.db_errors._value.get() >= 2, timeout=20)
+        assert pending_messages(options) >= sum(len(d.acked) for d in devices)
+        allow(True)
+        _exactly_once(sessions, devices)
+    finally:
+        allow(True)
         worker.stop()
         worker.run()
 

@@ -258,3 +258,17 @@ async def _pending(options: NatsOptions) -> int:
 def pending_messages(options: NatsOptions) -> int:
     """Messages the durable consumer still has to deliver or see acknowledged."""
     return asyncio.run(_pending(options))
+
+
+async def _ack_pending(options: NatsOptions) -> int:
+    nc = await connect(options, "fleet-probe")
+    try:
+        info = await nc.jetstream().consumer_info(MQTT_STREAM, options.durable)
+        return int(info.num_ack_pending or 0)
+    finally:
+        await nc.close()
+
+
+def ack_pending(options: NatsOptions) -> int:
+    """Messages delivered to a worker and not yet acknowledged (a batch in hand)."""
+    return asyncio.run(_ack_pending(options))
