@@ -64,22 +64,31 @@ scale by at most the winsorised amount. While a raise is pending or the
 fault is active the fast level learns at ``anomaly_learning_weight`` of its rate and the
 profile does not learn. The slow level keeps following, which is the documented
 **adaptation time**: a sustained new level is accepted as normal, and the fault clears,
-after about 2 to 4 × ``slow_tau_s`` (7 to 13 days with the defaults, longer for larger
-steps); a level that keeps moving (an ongoing drift) stays flagged.
+after about 2 to 4 × ``slow_tau_s`` (7 to 13 days, longer for larger steps) with
+re-arming off, and once the level has settled for ``rearm_after_s`` (12 h) with it on;
+a level that keeps moving (an ongoing drift) stays flagged until it settles.
 
 **Warm-up and gaps.** No alarm before ``warmup_samples`` samples and ``warmup_s`` seconds;
 the drift score needs ``drift_warmup_s`` since the first sample too. A missing value
 (``None``, NaN, non-numeric) is a gap and changes nothing. A gap longer than
-``relearn_after_s`` (and ``relearn_after_samples`` typical intervals) relearns the fast
-level and restarts the warm-up instead of alarming on the first samples after it; the
-scales and the profile are kept. When that warm-up ends, a level change across the gap
+``relearn_after_s`` (and ``relearn_after_samples`` typical intervals) on a rule past its
+warm-ups (``keep_warm_after_gap``) keeps the fast level and scores the level at once,
+holding only the drift score for ``warmup_s``; on a rule still warming up it relearns the
+fast level and restarts the warm-up; the scales and the profile are kept. When that
+warm-up ends, a level change across the gap
 smaller than ``raise_threshold`` noise SDs is accepted as the new long-term normal; a
 larger one stays a departure from the old normal and is raised by the drift score.
 Shorter gaps keep the baseline; a sample after a gap does not weigh more than
 ``max_weight_intervals`` typical intervals' worth.
 
-Not modelled: weekly or other non-daily cycles, and changes in variance alone (a large
-enough variance increase still raises through repeated level excursions).
+**Variance score** (``variance_ratio``, ``variance_tau_s``): the short-term mean step
+between consecutive samples against its long-term mean, scaled so that ``variance_ratio``
+times the usual roughness scores the raise threshold (a third score beside level and
+drift). **Re-arm** (``rearm_after_s``): a raised fault whose samples have stayed within
+``clear_threshold`` of the fast level that long accepts the new level (see
+:meth:`AdaptiveBaseline._rearm`), so a later departure can raise again.
+
+Not modelled: weekly or other non-daily cycles.
 
 ``FaultChange.threshold`` is the **bound in signal units** that the score crossed (for a
 raise) or must stay within (for a clear): ``m_f ± k·sd_f`` for the level
