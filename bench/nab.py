@@ -57,6 +57,9 @@ BASELINE_PARAMS: dict[str, Any] = {
     "raise_samples": 3,
     "scale_leak": 0.02,
     "record_threshold": None,
+    "keep_warm_after_gap": False,
+    "rearm_after_s": None,
+    "variance_ratio": None,
 }
 """The adaptive rule's parameters before NAB tuning (its defaults when this bench was added)."""
 

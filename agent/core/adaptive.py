@@ -64,22 +64,31 @@ scale by at most the winsorised amount. While a raise is pending or the
 fault is active the fast level learns at ``anomaly_learning_weight`` of its rate and the
 profile does not learn. The slow level keeps following, which is the documented
 **adaptation time**: a sustained new level is accepted as normal, and the fault clears,
-after about 2 to 4 × ``slow_tau_s`` (7 to 13 days with the defaults, longer for larger
-steps); a level that keeps moving (an ongoing drift) stays flagged.
+after about 2 to 4 × ``slow_tau_s`` (7 to 13 days, longer for larger steps) with
+re-arming off, and once the level has settled for ``rearm_after_s`` (12 h) with it on;
+a level that keeps moving (an ongoing drift) stays flagged until it settles.
 
 **Warm-up and gaps.** No alarm before ``warmup_samples`` samples and ``warmup_s`` seconds;
 the drift score needs ``drift_warmup_s`` since the first sample too. A missing value
 (``None``, NaN, non-numeric) is a gap and changes nothing. A gap longer than
-``relearn_after_s`` (and ``relearn_after_samples`` typical intervals) relearns the fast
-level and restarts the warm-up instead of alarming on the first samples after it; the
-scales and the profile are kept. When that warm-up ends, a level change across the gap
+``relearn_after_s`` (and ``relearn_after_samples`` typical intervals) on a rule past its
+warm-ups (``keep_warm_after_gap``) keeps the fast level and scores the level at once,
+holding only the drift score for ``warmup_s``; on a rule still warming up it relearns the
+fast level and restarts the warm-up; the scales and the profile are kept. When that
+warm-up ends, a level change across the gap
 smaller than ``raise_threshold`` noise SDs is accepted as the new long-term normal; a
 larger one stays a departure from the old normal and is raised by the drift score.
 Shorter gaps keep the baseline; a sample after a gap does not weigh more than
 ``max_weight_intervals`` typical intervals' worth.
 
-Not modelled: weekly or other non-daily cycles, and changes in variance alone (a large
-enough variance increase still raises through repeated level excursions).
+**Variance score** (``variance_ratio``, ``variance_tau_s``): the short-term mean step
+between consecutive samples against its long-term mean, scaled so that ``variance_ratio``
+times the usual roughness scores the raise threshold (a third score beside level and
+drift). **Re-arm** (``rearm_after_s``): a raised fault whose samples have stayed within
+``clear_threshold`` of the fast level that long accepts the new level (see
+:meth:`AdaptiveBaseline._rearm`), so a later departure can raise again.
+
+Not modelled: weekly or other non-daily cycles.
 
 ``FaultChange.threshold`` is the **bound in signal units** that the score crossed (for a
 raise) or must stay within (for a clear): ``m_f ± k·sd_f`` for the level
@@ -138,6 +147,10 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         drift_warmup_s: float = 86400.0,
         relearn_after_s: float = 6 * 3600.0,
         relearn_after_samples: float = 20.0,
+        keep_warm_after_gap: bool = True,
+        rearm_after_s: float | None = 43200.0,
+        variance_ratio: float | None = 3.0,
+        variance_tau_s: float = 7200.0,
         max_weight_intervals: float = 4.0,
         min_scale: float = 0.0,
         min_rel_scale: float = 0.002,
@@ -220,6 +233,14 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
             surprise_window_s,
         )
         check_record(record_threshold, record_ratio, record_tau_s)
+        if variance_ratio and not (math.isfinite(variance_ratio) and variance_ratio > 1):
+            raise ValueError("variance_ratio must be a number > 1, or 0 or None (off)")
+        if not (math.isfinite(variance_tau_s) and variance_tau_s > 0):
+            raise ValueError(f"variance_tau_s must be a positive number, not {variance_tau_s!r}")
+        if rearm_after_s and not (math.isfinite(rearm_after_s) and rearm_after_s > 0):
+            raise ValueError("rearm_after_s must be a positive number, or 0 or None (off)")
+        if not isinstance(keep_warm_after_gap, bool | int):
+            raise ValueError("keep_warm_after_gap must be true or false")
 
         self.signal = signal
         self.code = code if code is not None else f"{signal}_anomaly"
@@ -244,6 +265,10 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         self.drift_warmup_s = float(drift_warmup_s)
         self.relearn_after_s = float(relearn_after_s)
         self.relearn_after_samples = float(relearn_after_samples)
+        self.keep_warm_after_gap = bool(keep_warm_after_gap)
+        self.rearm_after_s = float(rearm_after_s) if rearm_after_s else None
+        self.variance_ratio = float(variance_ratio) if variance_ratio else None
+        self.variance_tau_s = float(variance_tau_s)
         self.max_weight_intervals = float(max_weight_intervals)
         self.min_scale = float(min_scale)
         self.min_rel_scale = float(min_rel_scale)
@@ -291,6 +316,7 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
             self._relearn(ts)
             dt = 0.0
         self._learn_interval(dt)
+        self._step = 0.0 if self._last_x is None or dt <= 0 else abs(x - self._last_x)
         if self._last_x is not None and x != self._last_x:
             step = abs(x - self._last_x)
             self._resolution = step if self._resolution is None else min(self._resolution, step)
@@ -305,6 +331,7 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
             scored = self._score(y, ts)
             if scored is not None:
                 change = self._judge(ts, x, season, *scored)
+                self._rearm(ts)
             self._learn(y, dt, ts)
             self._learn_season(x, ts, dt)
         self._last_ts = ts
@@ -453,6 +480,12 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
             message = (
                 f"{self.signal} {_fmt(x)} is back within {_fmt(self.clear_threshold)} robust SDs "
                 f"of its learned normal {_fmt(self._m_f + season)}"
+            )
+        elif kind == "variance":
+            message = (
+                f"{self.signal} has become noisier: its recent sample-to-sample changes are "
+                f"{1 + score / self.raise_threshold * ((self.variance_ratio or 2) - 1):.1f}× "
+                f"their usual size (around {_fmt(centre)})"
             )
         elif kind == "drift":
             message = (

@@ -55,6 +55,10 @@ class AdaptiveBaseline:
     seasonal_period_s: float | None
     seasonal_bins: int
     seasonal_tau_s: float
+    keep_warm_after_gap: bool
+    rearm_after_s: float | None
+    variance_ratio: float | None
+    variance_tau_s: float
     _active: bool
 
     def _reset_all(self) -> None:
@@ -69,6 +73,12 @@ class AdaptiveBaseline:
         self._start_ts: float | None = None
         self._n_all = 0
         self._gap_check = False
+        self._gap_ts: float | None = None
+        self._stable_since: float | None = None
+        self._s_v: float | None = None
+        self._s_vl: float | None = None
+        self._step = 0.0
+        self._z_level = 0.0
         self._season_bins: list[float] | None = None
         self._season_visits: list[float] | None = None
         if self.seasonal_period_s is not None:
@@ -102,8 +112,52 @@ class AdaptiveBaseline:
         :meth:`_accept_gap_change` decides whether the level found after the gap is the
         new normal or a departure to flag.
         """
-        self._reset_levels(ts)
+        if self.keep_warm_after_gap and self._is_warm(ts):
+            # A warm model keeps its fast level and goes on scoring at once: only the
+            # drift score waits (see _accept_gap_change), so a signal with nightly gaps
+            # is watched every day instead of warming up again every morning.
+            self._gap_ts = ts
+            self._pending_n = 0
+            self._pending_since = None
+        else:
+            self._reset_levels(ts)
         self._gap_check = True
+
+    def _rearm(self, ts: float) -> None:
+        """While a fault is raised, accept its new level once the signal has settled there.
+
+        A raised fault otherwise stays raised for the adaptation time (days), and a second
+        departure in the meantime is never reported. When the samples have stayed within
+        ``clear_threshold`` noise SDs of the fast level for ``rearm_after_s``, the fast
+        level becomes the long-term normal: the drift score falls, the fault clears, and
+        the rule can raise again (after its refractory period, or at once on a record).
+        """
+        if self.rearm_after_s is None or not self._active:
+            self._stable_since = None
+            return
+        if self._z_level >= self.clear_threshold:
+            self._stable_since = None
+        elif self._stable_since is None:
+            self._stable_since = ts
+        elif ts - self._stable_since >= self.rearm_after_s:
+            self._m_s = self._m_f
+            self._stable_since = None
+
+    def _is_warm(self, ts: float) -> bool:
+        """Whether the fast level is past its warm-up and the drift score is judged."""
+        if self._m_f is None or self._reset_ts is None or self._start_ts is None:
+            return False
+        if self._n < self.warmup_samples or ts - self._reset_ts < self.warmup_s:
+            return False
+        return ts - self._start_ts >= self.drift_warmup_s
+
+    def _gap_settled(self, ts: float) -> bool:
+        """Whether the warm-up after a long gap is over (see :meth:`_relearn`)."""
+        assert self._reset_ts is not None
+        if self._gap_ts is not None:
+            spread = self.warmup_samples * (self._dt_typ or 0.0)
+            return ts - self._gap_ts >= max(self.warmup_s, spread)
+        return self._n >= self.warmup_samples and ts - self._reset_ts >= self.warmup_s
 
     def _accept_gap_change(self, ts: float) -> None:
         """At the end of the warm-up after a long gap, accept a modest level change.
@@ -116,9 +170,10 @@ class AdaptiveBaseline:
         assert self._reset_ts is not None
         if not self._gap_check or self._m_f is None or self._m_s is None:
             return
-        if self._n < self.warmup_samples or ts - self._reset_ts < self.warmup_s:
+        if not self._gap_settled(ts):
             return
         self._gap_check = False
+        self._gap_ts = None
         change = self._directional((self._m_f - self._m_s) / self._sd_fast())
         if change < self.raise_threshold:  # includes any change in an unwatched direction
             self._m_s = self._m_f
@@ -199,6 +254,7 @@ class AdaptiveBaseline:
             dt=dt,
             warm=warm,
         )
+        self._learn_roughness(dt, active)
         # Fast level: Huber-clipped (unclipped in warm-up), slowed while anomalous.
         a = self._alpha(self.fast_tau_s, dt, self._n)
         if self._n > self.warmup_samples:
@@ -223,6 +279,27 @@ class AdaptiveBaseline:
             dt=dt,
             warm=self._s_d is None or ts - self._start_ts < self.drift_warmup_s,
         )
+
+    def _learn_roughness(self, dt: float, active: bool) -> None:
+        """Learn the short- and long-term mean step between consecutive samples.
+
+        The variance score compares the two: steps, not deviations from the level, so a
+        level shift (one large step) does not read as more noise, and the long-term mean
+        is of the same statistic, so a smooth or autocorrelated signal is judged against
+        its own roughness. Steps are winsorised at ``raise_threshold`` long-term steps, so
+        a burst of spikes weighs by how many there are, not by how tall.
+        """
+        if self.variance_ratio is None or dt <= 0:
+            return
+        if self._s_vl is None or self._s_v is None:
+            self._s_vl = self._s_v = self._step
+            return
+        step = min(self._step, self.raise_threshold * max(self._s_vl, self._floor()))
+        self._s_v += self._alpha(self.variance_tau_s, dt, self._n_all) * (step - self._s_v)
+        a = self._alpha(self.scale_tau_s, dt, self._n_all)
+        if active:
+            a *= self.anomaly_learning_weight
+        self._s_vl += a * (step - self._s_vl)
 
     def _season_position(self, ts: float) -> tuple[int, int, float]:
         """The two profile bins around ``ts`` and the interpolation weight of the second."""
@@ -332,8 +409,22 @@ class AdaptiveBaseline:
         z_level = self._directional((x - self._m_f) / sd_f)
         z_drift = 0.0
         assert self._start_ts is not None
-        if ts - self._start_ts >= self.drift_warmup_s:
+        if ts - self._start_ts >= self.drift_warmup_s and self._gap_ts is None:
             z_drift = self._directional((self._m_f - self._m_s) / self._sd_drift(sd_f, ts))
+        self._z_level = z_level
+        z_var = 0.0
+        if (
+            self.variance_ratio is not None
+            and ts - self._start_ts >= self.drift_warmup_s
+            and self._s_v is not None
+            and self._s_vl is not None
+        ):
+            # Variance score: the short-term roughness against the long-term one, scaled
+            # so that ``variance_ratio`` times the usual roughness scores the raise threshold.
+            ratio = self._s_v / max(self._s_vl, self._floor())
+            z_var = self.raise_threshold * (ratio - 1.0) / (self.variance_ratio - 1.0)
+        if z_var > max(z_drift, z_level):
+            return z_var, "variance"
         if z_drift > z_level:
             return z_drift, "drift"
         return z_level, "level"

@@ -16,6 +16,17 @@ _MAX_STATE = 1e18
 """A restored number beyond this cannot come from valid samples: the state is corrupt."""
 
 # Learned state kept in snapshots: numbers (None until known) and counters.
+_LATER_STATE: tuple[str, ...] = (
+    "u_short",
+    "u_mean",
+    "u_var",
+    "peak",
+    "peak_ts",
+    "gap_ts",
+    "stable_since",
+    "s_v",
+    "s_vl",
+)
 FLOAT_STATE: tuple[str, ...] = (
     "last_ts",
     "last_x",
@@ -30,14 +41,10 @@ FLOAT_STATE: tuple[str, ...] = (
     "pending_since",
     "clear_since",
     "last_clear_ts",
-    "u_short",
-    "u_mean",
-    "u_var",
-    "peak",
-    "peak_ts",
+    *_LATER_STATE,
 )
 INT_STATE: tuple[str, ...] = ("n", "n_all", "pending_n", "clear_n", "u_n")
-OPTIONAL_STATE = frozenset({"u_short", "u_mean", "u_var", "u_n", "peak", "peak_ts"})
+OPTIONAL_STATE = frozenset({*_LATER_STATE, "u_n"})
 """Added after version 1 snapshots were written: a snapshot without them starts them anew."""
 
 
@@ -83,7 +90,7 @@ def parse_snapshot(state: Any, signal: str, season_bins: int | None) -> dict[str
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             return None
         parsed[name] = value
-    for name in ("dt_typ", "s_f", "s_d", "resolution"):
+    for name in ("dt_typ", "s_f", "s_d", "resolution", "s_v", "s_vl"):
         if parsed[name] is not None and parsed[name] < 0:
             return None
     if parsed["n"] > 0 and (parsed["m_f"] is None or parsed["reset_ts"] is None):

@@ -231,7 +231,7 @@ def test_slow_fan_drift_is_raised_long_before_a_fixed_limit() -> None:
 
 def test_sustained_new_level_is_accepted_after_the_adaptation_time() -> None:
     rng = random.Random(9)
-    rule = AdaptiveRule("v")
+    rule = AdaptiveRule("v", rearm_after_s=None)  # without re-arming: the slow level decides
     before = noisy(rng, 3 * 288)
     after = [(before[-1][0] + (i + 1) * 5 * MIN, 60 + rng.gauss(0, 1)) for i in range(20 * 288)]
     changes = feed(rule, before + after)
@@ -240,6 +240,27 @@ def test_sustained_new_level_is_accepted_after_the_adaptation_time() -> None:
     adaptation = changes[1].ts - after[0][0]
     assert 1.5 * rule.slow_tau_s < adaptation < 4 * rule.slow_tau_s
     assert not rule.active
+
+
+def test_a_settled_new_level_re_arms_the_rule_for_the_next_departure() -> None:
+    rng = random.Random(9)
+    rule = AdaptiveRule("v")  # rearm_after_s: 12 h
+    before = noisy(rng, 3 * 288)
+    t1 = before[-1][0] + 5 * MIN
+    after = [(t1 + i * 5 * MIN, 60 + rng.gauss(0, 1)) for i in range(3 * 288)]
+    t2 = after[-1][0] + 5 * MIN
+    second = [(t2 + i * 5 * MIN, 70 + rng.gauss(0, 1)) for i in range(36)]
+    changes = feed(rule, before + after + second)
+    assert [c.raised for c in changes] == [True, False, True]
+    # Accepted once the fast level settled and stayed quiet for rearm_after_s...
+    assert rule.rearm_after_s is not None
+    assert rule.rearm_after_s < changes[1].ts - t1 < 2 * DAY
+    # ...so the second step, three days after the first, is raised within hours (the
+    # noise scale learned during the first step still makes it look smaller).
+    assert changes[2].ts - t2 < 3 * HOUR
+    assert "above" in changes[2].message
+    stuck = AdaptiveRule("v", rearm_after_s=None)
+    assert [c.raised for c in feed(stuck, before + after + second)] == [True]
 
 
 def test_gaps_do_not_raise() -> None:
