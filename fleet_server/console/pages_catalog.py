@@ -140,7 +140,7 @@ def warranty_analysis(request: Request, session: Db, _who: Viewer) -> HTMLRespon
         fits: list[dict[str, Any]] = []
         for mode in fleet_views.failure_modes(session):
             fit, error = attempt(lambda mode=mode: reliability.weibull(session, today, mode))
-            plot = weibull_plot(fit["fit"]) if fit else None
+            plot = weibull_plot(fit["fit"], data=fit["points"]) if fit else None
             fits.append({"mode": mode, "fit": fit, "error": error, "plot": plot})
         return render(request, "_warranty_weibull.html", fits=fits)
     if part == "parts":

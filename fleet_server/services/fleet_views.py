@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from fleet_server.db.models import (
     Alarm,
@@ -26,6 +26,7 @@ from fleet_server.db.models import (
     WarrantyClaim,
 )
 from fleet_server.db.rollout_models import Rollout
+from fleet_server.domain.quarantine import QUARANTINING
 from fleet_server.errors import InvalidInputError
 from fleet_server.services import alarms
 from fleet_server.services.paging import Page, PageParams, fetch_page
@@ -63,6 +64,22 @@ def _last_update_failed() -> Any:
     )
 
 
+def _quarantined() -> Any:
+    """Device keys with a version quarantined on them (a subquery; the rule of
+    :func:`fleet_server.domain.quarantine.quarantines`: a failed install, boot or health
+    check finished after the operator last cleared the device's quarantine)."""
+    d = aliased(Device)
+    return (
+        select(Execution.device_key)
+        .join(d, d.id == Execution.device_key)
+        .where(
+            Execution.status == "failed",
+            Execution.failure_class.in_(QUARANTINING),
+            or_(d.quarantine_cleared_at.is_(None), Execution.finished_at > d.quarantine_cleared_at),
+        )
+    )
+
+
 def _in_open_recall() -> Any:
     """Device keys in the frozen population of an open recall (a subquery)."""
     return (
@@ -74,12 +91,13 @@ def _in_open_recall() -> Any:
 
 @dataclass
 class DeviceQuery:
-    """A device list as people ask for it: registry filters, two problem filters the
+    """A device list as people ask for it: registry filters, the problem filters the
     overview links to, and a sort column."""
 
     filt: DeviceFilter
     last_update_failed: bool = False
     in_open_recall: bool = False
+    quarantined: bool = False
     sort: str = "device_id"
     descending: bool = False
     include_decommissioned: bool = False
@@ -99,6 +117,8 @@ class DeviceQuery:
             query = query.where(Device.id.in_(_last_update_failed()))
         if self.in_open_recall:
             query = query.where(Device.id.in_(_in_open_recall()))
+        if self.quarantined:
+            query = query.where(Device.id.in_(_quarantined()))
         column = getattr(Device, self.sort)
         order = column.desc() if self.descending else column.asc()
         return query.order_by(order, Device.device_id)
@@ -228,6 +248,7 @@ def fleet_overview(session: Session, now: float) -> dict[str, Any]:
     active = Device.status != "decommissioned"
     failed = _count(session, select(Device.id).where(active, Device.id.in_(_last_update_failed())))
     recalled = _count(session, select(Device.id).where(active, Device.id.in_(_in_open_recall())))
+    quarantined = _count(session, select(Device.id).where(active, Device.id.in_(_quarantined())))
     claims = _count(
         session, select(WarrantyClaim.id).where(WarrantyClaim.created_at >= _month_start(now))
     )
@@ -244,6 +265,7 @@ def fleet_overview(session: Session, now: float) -> dict[str, Any]:
                 "query": "has_open_faults=true",
             },
             "failed_last_update": {"count": failed, "query": "last_update=failed"},
+            "in_quarantine": {"count": quarantined, "query": "quarantine=yes"},
             "under_open_recall": {"count": recalled, "query": "recall=open"},
         },
         "claims_this_month": claims,
