@@ -4,7 +4,7 @@ the operator clears the device; a timeout or a refusal never does."""
 
 from __future__ import annotations
 
-from fleet_server.db.models import Bundle, Device, Execution
+from fleet_server.db.models import Bundle, Device, Execution, RecallCampaign, RecallDevice
 from fleet_server.services import fleet_views
 from fleet_server.services.paging import PageParams
 from fleet_server.services.registry import DeviceFilter
@@ -12,7 +12,7 @@ from fleet_server.services.registry import DeviceFilter
 NOW = 1_790_000_000.0
 
 
-def test_in_quarantine_counts_and_lists_the_quarantined_devices(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_in_quarantine_and_open_recall_counters(sessions) -> None:  # type: ignore[no-untyped-def]
     with sessions() as s, s.begin():
         bundle = Bundle(
             name="b-2.0.0.tar.gz",
@@ -58,7 +58,40 @@ def test_in_quarantine_counts_and_lists_the_quarantined_devices(sessions) -> Non
                         created_by="t",
                     )
                 )
+        # The recall counter: active members of open campaigns, each once.
+        retired = Device(device_id="q-retired", model="m", created_at=0.0, status="decommissioned")
+        s.add(retired)
+        s.flush()
+        for cid, state in (("rc-1", "open"), ("rc-2", "open"), ("rc-3", "closed")):
+            s.add(
+                RecallCampaign(
+                    id=cid, title=cid, state=state, scope={}, created_at=NOW, created_by="t"
+                )
+            )
+        s.flush()
+        keys = {d.device_id: d.id for d in s.query(Device).all()}
+        for cid, device_id in (
+            ("rc-1", "q-install"),
+            ("rc-2", "q-install"),
+            ("rc-1", "q-none"),
+            ("rc-1", "q-retired"),
+            ("rc-3", "q-timeout"),
+        ):
+            s.add(
+                RecallDevice(
+                    campaign_id=cid,
+                    device_key=keys[device_id],
+                    state="notified",
+                    matched=[],
+                    added_at=NOW,
+                    added_how="scope",
+                    state_changed_at=NOW,
+                    note="",
+                )
+            )
     with sessions() as s:
+        recall = fleet_views.fleet_overview(s, NOW)["problems"]["under_open_recall"]
+        assert recall["count"] == 2
         problem = fleet_views.fleet_overview(s, NOW)["problems"]["in_quarantine"]
         assert problem == {"count": 2, "query": "quarantine=yes"}
         query = fleet_views.DeviceQuery(DeviceFilter(), quarantined=True)
