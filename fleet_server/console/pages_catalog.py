@@ -138,8 +138,11 @@ def warranty_analysis(request: Request, session: Db, _who: Viewer) -> HTMLRespon
         )
     if part == "weibull":
         fits: list[dict[str, Any]] = []
+        fleet = reliability.cohorts(session, today, None)
         for mode in fleet_views.failure_modes(session):
-            fit, error = attempt(lambda mode=mode: reliability.weibull(session, today, mode))
+            fit, error = attempt(
+                lambda mode=mode: reliability.weibull(session, today, mode, fleet=fleet)
+            )
             plot = weibull_plot(fit["fit"], data=fit["points"]) if fit else None
             fits.append({"mode": mode, "fit": fit, "error": error, "plot": plot})
         return render(request, "_warranty_weibull.html", fits=fits)

@@ -166,11 +166,18 @@ def plotting_positions(failures: list[float], censored: dict[float, int]) -> lis
 
 @_refuses_insufficient_data
 def weibull(
-    session: Session, today: date, failure_mode: str, model: str | None = None
+    session: Session,
+    today: date,
+    failure_mode: str,
+    model: str | None = None,
+    *,
+    fleet: list[Cohort] | None = None,
 ) -> dict[str, Any]:
     """Weibull fit of days from activation to the first claim of ``failure_mode``; units
     without such a claim are right-censored at their days in service. Returns the failure
-    times' plotting positions (``points``) for the probability plot as well."""
+    times' plotting positions (``points``) for the probability plot as well. ``fleet``:
+    the units' cohorts (``cohorts(session, today, None, model)``) when the caller fits
+    several failure modes in one request and reads them once."""
     first: dict[int, Claim] = {}
     for c in claims(session, today, None, failure_mode, model):
         first.setdefault(c.key, c)
@@ -180,7 +187,7 @@ def weibull(
         if c.start <= c.when:
             failures.append(max(float((c.when - c.start).days), 0.5))
             left[(c.start, c.end)] -= 1
-    for u in cohorts(session, today, None, model):
+    for u in cohorts(session, today, None, model) if fleet is None else fleet:
         left[(u.start, u.end)] += u.count
     censored: dict[float, int] = defaultdict(int)
     for (start, end), n in left.items():

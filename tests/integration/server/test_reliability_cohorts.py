@@ -134,6 +134,8 @@ def test_cohort_results_equal_the_per_unit_computation(sessions) -> None:  # typ
         for name in ("beta", "eta", "b_life", "log_likelihood"):
             assert got["fit"][name] == pytest.approx(fit[name], rel=1e-9), name
         assert len(got["points"]) == got["failures"]
+        shared = reliability.cohorts(s, TODAY, None, "m-1")
+        assert reliability.weibull(s, TODAY, "fan", "m-1", fleet=shared) == got
 
         fleet = _units(s)
         keys = {u[0] for u in fleet}
