@@ -6,12 +6,14 @@ last day, a rejected claim, repeated claims, a unit with no batch, another model
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
 from fleet_server.analytics import crow_amsaa, weibull_mle
+from fleet_server.analytics.weibull_plot import weibull_plot
 from fleet_server.db.models import Device, WarrantyClaim
 from fleet_server.services import reliability
 from fleet_server.services.reliability import DAYS_PER_MONTH, plotting_positions
@@ -168,3 +170,15 @@ def test_plotting_positions_are_median_ranks_with_censoring() -> None:
     r2 = r1 + (5 + 1 - r1) / (1 + 3)
     r3 = r2 + (5 + 1 - r2) / (1 + 1)
     assert [p["F"] for p in got] == pytest.approx([(r - 0.3) / 5.4 for r in (r1, r2, r3)])
+
+
+def test_weibull_plot_carries_the_failures_on_the_lines_x_axis() -> None:
+    fit = {"beta": 2.0, "eta": 100.0, "beta_ci": [1.5, 2.5], "eta_ci": [80.0, 120.0]}
+    plot = weibull_plot(fit, data=[{"days": 500.0, "F": 0.9}, {"days": 50.0, "F": 0.2}])
+    assert plot is not None
+    assert len(plot["x"]) == 42
+    assert plot["x"] == sorted(plot["x"])
+    i = plot["x"].index(math.log(50.0))
+    assert plot["data"][i] == pytest.approx(math.log(-math.log(0.8)))
+    assert plot["line"][i] == pytest.approx(2.0 * (math.log(50.0) - math.log(100.0)))
+    assert sum(v is not None for v in plot["data"]) == 2
