@@ -119,10 +119,15 @@ def warranty_analysis(request: Request, session: Db, _who: Viewer) -> HTMLRespon
     by = query_value(request, "by") or "batch"
     part = query_value(request, "part")
     if part == "groups":
-        rates, rates_error = attempt(lambda: reliability.claim_rates(session, today, by))
-        warning, warning_error = attempt(
-            lambda: reliability.claims_early_warning(session, today, by)
+        cells, cells_error = attempt(lambda: reliability.month_cells(session, today, by))
+        rates, rates_error = attempt(
+            lambda: reliability.claim_rates(session, today, by, cells=cells)
         )
+        warning, warning_error = attempt(
+            lambda: reliability.claims_early_warning(session, today, by, cells=cells)
+        )
+        rates_error = rates_error or cells_error
+        warning_error = warning_error or cells_error
         if warning:
             warning["groups"] = sorted(
                 warning.get("groups", []), key=lambda g: (not g.get("flagged"), g.get("rank", 0))

@@ -231,7 +231,8 @@ def month_cells(
 
     Days at risk are summed as whole days per cell over cohorts (devices sharing label
     and service window) and turned into unit-months once, so the result equals the
-    per-unit sum up to float rounding (tests/unit/test_reliability_cohorts.py)."""
+    per-unit sum up to float rounding (tests/integration/server/test_reliability_cohorts.py)."""
+    _check_by(by)
     days: dict[tuple[str, int, str], int] = defaultdict(int)
     counts: dict[tuple[str, int, str], int] = defaultdict(int)
     for u in cohorts(session, today, by, model):
@@ -258,11 +259,15 @@ def claims_early_warning(
     by: str,
     failure_mode: str | None = None,
     model: str | None = None,
+    *,
+    cells: dict[tuple[str, int, str], list[float]] | None = None,
 ) -> dict[str, Any]:
     """Early warning over batches or software versions from the fleet's own claims and
-    unit-months at risk, age-matched (months in service) with a monthly CUSUM."""
+    unit-months at risk, age-matched (months in service) with a monthly CUSUM. ``cells``:
+    :func:`month_cells` for the same arguments, when the caller already has them."""
     _check_by(by)
-    cells = month_cells(session, today, by, failure_mode, model)
+    if cells is None:
+        cells = month_cells(session, today, by, failure_mode, model)
     keys = sorted(cells)
     report = early_warning(
         [k[0] for k in keys],
@@ -287,13 +292,16 @@ def claim_rates(
     failure_mode: str | None = None,
     model: str | None = None,
     per: float = 1000.0,
+    *,
+    cells: dict[tuple[str, int, str], list[float]] | None = None,
 ) -> dict[str, Any]:
-    """Claims per ``per`` unit-months in service for each group, exact intervals."""
+    """Claims per ``per`` unit-months in service for each group, exact intervals.
+    ``cells``: :func:`month_cells` for the same arguments, when the caller has them."""
     _check_by(by)
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for (group, _age, _period), (exposure, n) in month_cells(
-        session, today, by, failure_mode, model
-    ).items():
+    if cells is None:
+        cells = month_cells(session, today, by, failure_mode, model)
+    for (group, _age, _period), (exposure, n) in cells.items():
         totals[group][0] += exposure
         totals[group][1] += n
     groups = sorted(totals)
