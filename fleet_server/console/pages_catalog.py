@@ -119,10 +119,15 @@ def warranty_analysis(request: Request, session: Db, _who: Viewer) -> HTMLRespon
     by = query_value(request, "by") or "batch"
     part = query_value(request, "part")
     if part == "groups":
-        rates, rates_error = attempt(lambda: reliability.claim_rates(session, today, by))
-        warning, warning_error = attempt(
-            lambda: reliability.claims_early_warning(session, today, by)
+        cells, cells_error = attempt(lambda: reliability.month_cells(session, today, by))
+        rates, rates_error = attempt(
+            lambda: reliability.claim_rates(session, today, by, cells=cells)
         )
+        warning, warning_error = attempt(
+            lambda: reliability.claims_early_warning(session, today, by, cells=cells)
+        )
+        rates_error = rates_error or cells_error
+        warning_error = warning_error or cells_error
         if warning:
             warning["groups"] = sorted(
                 warning.get("groups", []), key=lambda g: (not g.get("flagged"), g.get("rank", 0))
@@ -138,9 +143,12 @@ def warranty_analysis(request: Request, session: Db, _who: Viewer) -> HTMLRespon
         )
     if part == "weibull":
         fits: list[dict[str, Any]] = []
+        fleet = reliability.cohorts(session, today, None)
         for mode in fleet_views.failure_modes(session):
-            fit, error = attempt(lambda mode=mode: reliability.weibull(session, today, mode))
-            plot = weibull_plot(fit["fit"]) if fit else None
+            fit, error = attempt(
+                lambda mode=mode: reliability.weibull(session, today, mode, fleet=fleet)
+            )
+            plot = weibull_plot(fit["fit"], data=fit["points"]) if fit else None
             fits.append({"mode": mode, "fit": fit, "error": error, "plot": plot})
         return render(request, "_warranty_weibull.html", fits=fits)
     if part == "parts":

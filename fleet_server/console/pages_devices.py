@@ -75,6 +75,7 @@ def device_query(request: Request) -> fleet_views.DeviceQuery:
         filt,
         last_update_failed=query_value(request, "last_update") == "failed",
         in_open_recall=query_value(request, "recall") == "open",
+        quarantined=query_value(request, "quarantine") == "yes",
         sort=query_value(request, "sort") or "device_id",
         descending=query_value(request, "dir") == "desc",
         include_decommissioned=query_value(request, "include_decommissioned") == "true",

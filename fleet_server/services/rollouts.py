@@ -20,10 +20,10 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from fleet_server.db.models import Bundle, Execution
+from fleet_server.db.models import Bundle, Device, Execution
 from fleet_server.db.rollout_models import Rollout, RolloutEvent, RolloutExclusion
 from fleet_server.errors import (
     ConflictError,
@@ -46,6 +46,7 @@ from fleet_server.services.groups import resolve_target
 from fleet_server.services.paging import Page, PageParams, fetch_page
 from fleet_server.services.rollouts_history import move, record_event
 from fleet_server.services.rollouts_selection import (
+    STRATA_COLUMNS,
     Selection,
     make_plan,
     parse_selector,
@@ -370,39 +371,43 @@ def rollout_summary(rollout: Rollout, bundle: Bundle | None = None) -> dict[str,
     }
 
 
-def _bucket(execution: Execution) -> str:
-    if execution.status == "failed":
-        return "timed_out" if execution.failure_class == "timeout" else "failed"
-    return execution.status
+def _bucket(status: str, failure_class: str | None) -> str:
+    if status == "failed":
+        return "timed_out" if failure_class == "timeout" else "failed"
+    return status
 
 
 def rollout_status(session: Session, rollout: Rollout) -> dict[str, Any]:
     """Progress per wave and per stratum: pending, sent, in progress, committed, failed by
-    class, timed out, cancelled; plus exclusions by reason."""
+    class, timed out, cancelled; plus exclusions by reason. One grouped query counts the
+    executions per (wave, status, failure class, strata) so a rollout of 100,000 devices
+    loads a few dozen rows, not every execution."""
     bundle = session.get(Bundle, rollout.bundle_id)
-    executions = (
-        session.execute(select(Execution).where(Execution.rollout_id == rollout.id))
-        .unique()
-        .scalars()
-        .all()
-    )
     policy = parse_policy(rollout.policy)
+    names = [n for n in dict.fromkeys(policy.stratify_by) if n in STRATA_COLUMNS]
+    strata_cols = [getattr(Device, STRATA_COLUMNS[n]) for n in names]
+    group = [Execution.wave, Execution.status, Execution.failure_class, *strata_cols]
+    rows = session.execute(
+        select(*group, func.count())
+        .join(Device, Device.id == Execution.device_key)
+        .where(Execution.rollout_id == rollout.id)
+        .group_by(*group)
+    ).all()
     waves: dict[int, Counter[str]] = {}
     strata: dict[str, Counter[str]] = {}
     failures: Counter[str] = Counter()
-    for ex in executions:
-        bucket = _bucket(ex)
-        waves.setdefault(ex.wave or 0, Counter())[bucket] += 1
-        if ex.status == "failed":
-            failures[ex.failure_class or "unknown"] += 1
-        device_strata = strata_of(ex.device)
-        for name in policy.stratify_by:
-            value = device_strata.get(name)
+    for wave, status, failure_class, *rest in rows:
+        n = int(rest[-1])
+        bucket = _bucket(status, failure_class)
+        waves.setdefault(wave or 0, Counter())[bucket] += n
+        if status == "failed":
+            failures[failure_class or "unknown"] += n
+        for name, value in zip(names, rest[:-1], strict=True):
             if value is not None:
                 key = f"{name}={value}"
-                strata.setdefault(key, Counter())[bucket] += 1
-                if ex.status == "failed":
-                    strata[key][f"failed:{ex.failure_class or 'unknown'}"] += 1
+                strata.setdefault(key, Counter())[bucket] += n
+                if status == "failed":
+                    strata[key][f"failed:{failure_class or 'unknown'}"] += n
     exclusions = Counter(
         session.execute(
             select(RolloutExclusion.reason).where(RolloutExclusion.rollout_id == rollout.id)

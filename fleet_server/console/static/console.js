@@ -35,12 +35,22 @@
       height: 220,
       scales: { x: { time: time } },
       series: [{}].concat(
-        data.series.map((s, i) => ({
-          label: s.label,
-          stroke: COLOURS[i % COLOURS.length],
-          width: 1.5,
-          dash: i > 0 && !time ? [4, 4] : undefined,
-        }))
+        data.series.map((s, i) =>
+          s.points
+            ? {
+                // observations drawn as dots only (e.g. a Weibull plot's failures)
+                label: s.label,
+                stroke: COLOURS[i % COLOURS.length],
+                paths: () => null,
+                points: { show: true, size: 6, fill: COLOURS[i % COLOURS.length] },
+              }
+            : {
+                label: s.label,
+                stroke: COLOURS[i % COLOURS.length],
+                width: 1.5,
+                dash: i > 0 && !time ? [4, 4] : undefined,
+              }
+        )
       ),
     };
     new uPlot(opts, [data.x].concat(data.series.map((s) => s.values)), el);
