@@ -85,13 +85,15 @@ def device_query(request: Request) -> fleet_views.DeviceQuery:
 @router.get("/devices")
 def device_list(request: Request, session: Db, _who: Viewer) -> HTMLResponse:
     """The registry, filtered, sorted and paged as the URL says (``advisory``: only the
-    devices exposed to that advisory)."""
+    devices exposed to that advisory; ``group``: only the members of that saved group,
+    so a group is a saved view)."""
     query = device_query(request)
     advisory = query_value(request, "advisory")
+    group = query_value(request, "group")
     if advisory:
         page = software_views.exposed_device_page(session, query, advisory, page_params(request))
     else:
-        page = fleet_views.device_page(session, query, page_params(request))
+        page = fleet_views.device_page(session, query, page_params(request), group=group)
     return render(
         request,
         "devices.html",
@@ -101,6 +103,7 @@ def device_list(request: Request, session: Db, _who: Viewer) -> HTMLResponse:
         filters=TEXT_FILTERS,
         sortable=fleet_views.SORTABLE,
         advisory=advisory,
+        group=group or "",
     )
 
 

@@ -28,7 +28,7 @@ from fleet_server.db.models import (
 from fleet_server.db.rollout_models import Rollout
 from fleet_server.domain.quarantine import QUARANTINING
 from fleet_server.errors import InvalidInputError
-from fleet_server.services import alarms
+from fleet_server.services import alarms, groups
 from fleet_server.services.paging import Page, PageParams, fetch_page
 from fleet_server.services.registry import DeviceFilter
 
@@ -138,9 +138,15 @@ class DeviceQuery:
         return query.order_by(order, Device.device_id)
 
 
-def device_page(session: Session, query: DeviceQuery, params: PageParams) -> Page[Device]:
-    """One page of the devices of ``query`` and their total."""
-    return fetch_page(session, query.statement(), params, scalars=True)
+def device_page(
+    session: Session, query: DeviceQuery, params: PageParams, group: str | None = None
+) -> Page[Device]:
+    """One page of the devices of ``query`` (only members of the saved ``group`` when one
+    is named) and their total."""
+    statement = query.statement()
+    if group:
+        statement = groups.narrow_to_group(session, statement, group)
+    return fetch_page(session, statement, params, scalars=True)
 
 
 def _count(session: Session, query: Any) -> int:

@@ -245,6 +245,12 @@ def show_group(session: Session, name: str) -> dict[str, Any]:
     return group_view(session, get_group(session, name))
 
 
+def narrow_to_group(session: Session, statement: Any, name: str) -> Any:
+    """``statement`` (a device query) narrowed to the members of the group ``name``: a
+    saved group is a saved view of the registry (``not_found`` for an unknown group)."""
+    return statement.where(*member_clauses(get_group(session, name)))
+
+
 def group_devices(session: Session, name: str, params: PageParams) -> Page[Device]:
     """One page of the group's active members as of now, by device id."""
     group = get_group(session, name)
