@@ -62,7 +62,9 @@ def test_devices_deliver_everything_through_their_own_connections(
 ) -> None:
     sc = live_scenario()
     devices = build_devices(sc)
-    engine = LiveEngine(devices, mosquitto.host, mosquitto.port, start=sc.start, speed=900.0)
+    # 300x: the 10-minute partition lasts 2 s of real time, long enough to be seen on a
+    # loaded machine (at 900x it was 0.7 s and a slow connect could miss it).
+    engine = LiveEngine(devices, mosquitto.host, mosquitto.port, start=sc.start, speed=300.0)
     target = devices[1]
 
     async def main() -> None:
