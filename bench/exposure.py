@@ -23,30 +23,14 @@ import random
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RELEASES = 50
+from bench.ingest import scratch_postgres  # noqa: E402
+
 MODELS = ("gw-1", "gw-2")
-
-
-def _fresh_database(admin_url: str) -> tuple[str, str]:
-    import psycopg
-
-    name = f"edgefleet_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = admin_url.rsplit("/", 1)[0]
-    return name, "postgresql+psycopg://" + f"{base}/{name}".split("://", 1)[1]
-
-
-def _drop(admin_url: str, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _version(release: int, package: int) -> str:
@@ -179,7 +163,7 @@ def main() -> None:
     from fleet_server.services.audit import SYSTEM
     from fleet_server.services.paging import PageParams
 
-    name, url = _fresh_database(admin)
+    url, drop = scratch_postgres(admin)
     try:
         engine = create_db_engine(url)
         upgrade_to_head(engine)
@@ -245,7 +229,7 @@ def main() -> None:
             )
         )
     finally:
-        _drop(admin, name)
+        drop()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import protocol as p  # noqa: E402
+from bench.ingest import scratch_postgres  # noqa: E402
 from fleet_server.adapters.nats_conn import (  # noqa: E402
     MQTT_STREAM,
     NatsOptions,
@@ -204,22 +204,6 @@ def stored(db_url: str) -> int:
     return n
 
 
-def scratch_db(url: str) -> tuple[str, Any]:
-    import psycopg
-
-    admin = "postgresql://" + url.split("://", 1)[1]
-    name = f"edgefleet_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = admin.rsplit("/", 1)[0]
-
-    def drop() -> None:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return f"postgresql+psycopg://{base.split('://', 1)[1]}/{name}", drop
-
-
 def _cpu(pids: list[int]) -> float:
     """CPU seconds (user + system) used so far by these processes."""
     total = 0.0
@@ -293,7 +277,7 @@ def main() -> None:
             worker_ms: dict[str, float] = {}
             rates, lost = {}, 0
             for name, workers in (("ingest1", 1), ("ingest2", 2)):
-                url, drop = scratch_db(args.pg)
+                url, drop = scratch_postgres(args.pg)
                 drops.append(drop)
                 b0 = _cpu(brokers)
                 (secs, cpu), idle = _idle(measure_ingest, opts[name], url, workers)

@@ -26,7 +26,6 @@ import random
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from alembic import command  # noqa: E402
 
+from bench.ingest import scratch_postgres  # noqa: E402
 from fleet_server.db import create_db_engine  # noqa: E402
 from fleet_server.db.partitions import DAY_S, create_partition, period_start  # noqa: E402
 from fleet_server.migrations import alembic_config  # noqa: E402
@@ -145,21 +145,6 @@ def run_one(url: str, libpq: str, partitioned: bool, args: Any) -> dict[str, flo
     }
 
 
-def scratch(url: str) -> tuple[str, str, Any]:
-    admin = "postgresql://" + url.split("://", 1)[1]
-    name = f"edgefleet_scale_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = admin.rsplit("/", 1)[0]
-
-    def drop() -> None:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    libpq = f"{base}/{name}"
-    return "postgresql+psycopg://" + libpq.split("://", 1)[1], libpq, drop
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=20_000_000)
@@ -172,7 +157,8 @@ def main() -> None:
         sys.exit("PostgreSQL is needed: --pg URL or FLEET_TEST_DATABASE_URL")
     out: dict[str, Any] = {"bench": "telemetry_scale"}
     for label, partitioned in (("partitioned", True), ("single", False)):
-        url, libpq, drop = scratch(args.pg)
+        url, drop = scratch_postgres(args.pg)
+        libpq = url.replace("postgresql+psycopg://", "postgresql://", 1)
         try:
             started = time.perf_counter()
             out[label] = run_one(url, libpq, partitioned, args)
