@@ -44,7 +44,7 @@ from simulator.server_api import ServerApi, ServerError
 SCENARIO = Path(__file__).resolve().parent / "scenarios" / "live-demo.toml"
 MODEL = "gw-100"
 FAULTY_DEVICE = "gw-00007"
-TIMING = {"download_s": 3.0, "install_s": 2.0, "reboot_s": 1.0, "trial_s": 3.0}
+TIMING = {"download_s": 1.5, "install_s": 1.0, "reboot_s": 0.5, "trial_s": 1.5}
 """How long each update phase takes on a demo device (seconds)."""
 
 FAST_POLICY: dict[str, Any] = {

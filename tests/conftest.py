@@ -41,6 +41,35 @@ settings.load_profile("edgefleet")
 REQUIRE_REAL = os.environ.get("FLEET_REQUIRE_REAL_SERVICES") == "1"
 
 
+# Files whose tests run for many seconds each (real processes, real-time waits). They are
+# collected first so pytest-xdist starts them while the short tests fill the other workers,
+# instead of one of them starting last and holding the whole run up.
+_LONG_FIRST = (
+    "tests/e2e/",
+    "tests/fault/",
+    "tests/integration/test_rollouts_sim.py",
+    "tests/integration/test_presence_and_clocks.py",
+    "tests/integration/test_presence_agent_process.py",
+    "tests/integration/test_sim_bench_device.py",
+    "tests/integration/test_sim_live.py",
+    "tests/integration/server/test_run_embedded.py",
+    "tests/security/test_production_mode.py",
+    "tests/security/test_production_run.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the long tests first (a stable sort: order within each group is kept)."""
+    root = config.rootpath
+
+    def long_first(item: pytest.Item) -> int:
+        path = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
+        slow = item.get_closest_marker("slow") is not None
+        return 0 if slow or path.startswith(_LONG_FIRST) else 1
+
+    items.sort(key=long_first)
+
+
 def need_service(reason: str) -> None:
     """Skip the test because a real service is missing, or fail when CI requires it."""
     if REQUIRE_REAL:

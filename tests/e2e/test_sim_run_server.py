@@ -97,7 +97,7 @@ def test_300_devices_on_the_default_server(tmp_path: Path) -> None:
     with fleet_server(tmp_path / "server") as server:
         log = tmp_path / "sim.log"
         proc = _sim(
-            [str(_scenario(tmp_path, "45s")), "--broker", server.broker_url, "--json"],
+            [str(_scenario(tmp_path, "25s")), "--broker", server.broker_url, "--json"],
             log,
             server,
         )
@@ -108,7 +108,7 @@ def test_300_devices_on_the_default_server(tmp_path: Path) -> None:
                 summary = server.get("/api/v1/fleet/summary").json()
                 return int(summary["presence"].get("online", 0)) >= DEVICES
 
-            wait_for(all_online, timeout=40, interval=0.5)
+            wait_for(all_online, timeout=25, interval=0.5)
             assert proc.wait(timeout=90) == 0, log.read_text()
         finally:
             if proc.poll() is None:

@@ -369,7 +369,9 @@ def test_the_window_before_the_consumer_exists_is_real(cluster, options) -> None
     devices[0].start()
     run_devices(devices)
     setup_consumer(options)
-    assert pending_messages(options) == 0
+    # Usually all five are gone; one still being replicated when the consumer appears can
+    # survive (seen once in ~20 runs on a loaded box). Either way PUBACKed messages were lost.
+    assert pending_messages(options) < 5
 
 
 def test_two_workers_share_one_consumer(cluster, sessions, options) -> None:

@@ -67,7 +67,7 @@ def _device(ingest: ServerIngest, device_id: str) -> Device | None:
         return s.execute(select(Device).where(Device.device_id == device_id)).scalar_one_or_none()
 
 
-@pytest.mark.parametrize("publish_s", [2.5, 10.0])
+@pytest.mark.parametrize("publish_s", [2.5, 7.5])
 def test_an_agent_at_its_publish_interval_never_flaps_offline_on_default_settings(
     broker: MosquittoBroker,  # noqa: F811
     server: ServerIngest,  # noqa: F811
