@@ -269,12 +269,6 @@ def _registry_summary(session: Session) -> tuple[dict[str, Any], dict[str, list[
     return counts, _versions([(m, v, int(n)) for m, v, n, *_rest in rows if n])
 
 
-def device_counts(session: Session) -> dict[str, Any]:
-    """Devices active and decommissioned, active ones per presence state and with open
-    faults, from one scan of the registry."""
-    return _registry_summary(session)[0]
-
-
 def fleet_overview(session: Session, now: float) -> dict[str, Any]:
     """Presence, problem counters (each with the device-list query that lists them),
     software versions per model, active rollouts and open alarms over the last 7 days.
