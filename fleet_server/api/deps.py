@@ -18,7 +18,7 @@ from fleet_server.api.route_match import template
 from fleet_server.config import Settings
 from fleet_server.db.models import ApiToken
 from fleet_server.domain.roles import Role, UndeclaredRouteError, required_role
-from fleet_server.errors import TooLargeError
+from fleet_server.errors import InvalidInputError, TooLargeError
 from fleet_server.services import tokens
 from fleet_server.services.audit import Actor
 from fleet_server.services.clock import Clock
@@ -168,6 +168,16 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise TooLargeError("too_large", f"body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_text_body(request: Request, limit: int, code: str, what: str) -> str:
+    """The request body as UTF-8 text (a byte-order mark is dropped), within ``limit``;
+    anything else is refused as ``code`` ("the WHAT is not UTF-8 text")."""
+    body = await read_body(request, limit)
+    try:
+        return body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidInputError(code, f"the {what} is not UTF-8 text") from None
 
 
 Db = Annotated[Session, Depends(get_session)]

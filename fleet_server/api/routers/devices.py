@@ -15,7 +15,7 @@ from fleet_server.api.deps import (
     get_session,
     page_body,
     page_params,
-    read_body,
+    read_text_body,
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
@@ -34,7 +34,6 @@ from fleet_server.api.schemas import (
     TelemetryPage,
 )
 from fleet_server.domain.roles import COMMAND_ROLES, Role
-from fleet_server.errors import InvalidInputError
 from fleet_server.services import commands, device_history, registry
 from fleet_server.services.audit import Actor
 from fleet_server.services.decommission import decommission_and_revoke
@@ -143,11 +142,7 @@ async def import_devices(
     actor: Annotated[Actor, Depends(current_actor)],
 ) -> dict[str, Any]:
     """Validate every row first; any error rejects the whole file with per-row details."""
-    body = await read_body(request, MAX_CSV_BYTES)
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InvalidInputError("invalid_csv", "the CSV is not UTF-8 text") from None
+    text = await read_text_body(request, MAX_CSV_BYTES, "invalid_csv", "CSV")
     count = registry.import_csv(
         session, text, actor=actor, now=context(request).clock(), request_id=request_id(request)
     )

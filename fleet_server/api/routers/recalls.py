@@ -14,7 +14,7 @@ from fleet_server.api.deps import (
     context,
     page_body,
     page_params,
-    read_body,
+    read_text_body,
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
@@ -33,7 +33,6 @@ from fleet_server.api.schemas_recalls import (
     RemedyTargets,
     SafeModeResult,
 )
-from fleet_server.errors import InvalidInputError
 from fleet_server.services import recall_outcomes, safe_mode
 from fleet_server.services import recalls as svc
 
@@ -268,11 +267,7 @@ async def import_outcomes(
     *, campaign_id: str, request: Request, session: Db, actor: Who
 ) -> dict[str, Any]:
     """Every row checked; any bad row rejects the file with its line and column."""
-    body = await read_body(request, MAX_CSV_BYTES)
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InvalidInputError("invalid_csv", "the CSV is not UTF-8 text") from None
+    text = await read_text_body(request, MAX_CSV_BYTES, "invalid_csv", "CSV")
     return recall_outcomes.import_outcomes(
         session,
         actor,

@@ -15,12 +15,11 @@ from fleet_server.api.deps import (
     context,
     page_body,
     page_params,
-    read_body,
+    read_text_body,
     request_id,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.domain.roles import Role
-from fleet_server.errors import InvalidInputError
 from fleet_server.services import device_history, sla, slo, support_analytics, ticket_import
 from fleet_server.services import tickets as svc
 
@@ -160,11 +159,7 @@ async def import_tickets(
     category: str = "device_software",
 ) -> dict[str, Any]:
     """Every problem is reported by line and column and nothing is imported."""
-    raw = await read_body(request, MAX_IMPORT_BYTES)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InvalidInputError("invalid_import", "the log is not UTF-8 text") from None
+    text = await read_text_body(request, MAX_IMPORT_BYTES, "invalid_import", "log")
     return ticket_import.import_log(
         session,
         actor,
