@@ -35,7 +35,7 @@ test: lint ## lint, then run the whole test suite
 	@$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
-demo: $(DEV_STAMP) ## the whole product on this machine: server, 200 live devices, rollouts, alarm, recall (~2 min)
+demo: $(DEV_STAMP) ## the whole product on this machine: server, 200 live devices, rollouts, alarm, recall (~1 min)
 	$(BIN)/fleet-sim demo
 
 vendor: ## refresh the console's pinned htmx and uPlot (with their licences) from npm
