@@ -42,7 +42,7 @@ clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` s
 ``clear_after_s`` seconds. After a clear it does not raise again for ``refractory_s``.
 
 **Record stage** (on unless ``record_threshold`` is 0 or None): a score at or above
-``record_threshold`` (10) that is also ``record_ratio`` (2.2) times the largest score of
+``record_threshold`` (10) that is also ``record_ratio`` (2.5) times the largest score of
 the signal's recent past (a peak decaying over ``record_tau_s``, a week) raises at once, on
 that one sample, even inside the refractory period: a departure this signal has not come
 near for a week (a crash to zero, a spike ten times its usual swing) is news, and waiting
@@ -180,7 +180,7 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         surprise_window_s: float = 7200.0,
         surprise_memory_samples: float = 2000.0,
         record_threshold: float | None = 10.0,
-        record_ratio: float = 2.2,
+        record_ratio: float = 2.5,
         record_tau_s: float = 7 * 86400.0,
         recurrence_ratio: float | None = 1.2,
     ) -> None:
