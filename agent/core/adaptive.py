@@ -381,6 +381,8 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         parsed = parse_snapshot(state, self.signal, bins, self._rec_day1 is not None)
         if parsed is None:
             return
+        if "rec_day1" not in parsed:
+            self._reset_recurrence()  # a snapshot from before the memory: start it empty
         for name, value in parsed.items():
             setattr(self, "_" + name, value)
 

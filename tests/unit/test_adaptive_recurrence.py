@@ -105,6 +105,8 @@ def test_a_snapshot_without_the_memory_restores_and_bad_lists_are_rejected() -> 
     resumed.restore(old)  # written before the memory existed: the rest is kept
     assert resumed.snapshot()["m_f"] == state["m_f"]
     assert resumed.snapshot()["rec_day1"] == [0.0] * RECURRENCE_BINS
+    rule.restore(old)  # also into a rule that had learned a memory of its own
+    assert rule.snapshot()["rec_day1"] == [0.0] * RECURRENCE_BINS
     for bad in ([1.0] * 3, [-1.0] * RECURRENCE_BINS, "x"):
         fresh = AdaptiveRule("v")
         fresh.restore({**state, "rec_day2": bad})
