@@ -60,6 +60,7 @@ BASELINE_PARAMS: dict[str, Any] = {
     "keep_warm_after_gap": False,
     "rearm_after_s": None,
     "variance_ratio": None,
+    "recurrence_ratio": None,
 }
 """The adaptive rule's parameters before NAB tuning (its defaults when this bench was added)."""
 

@@ -50,6 +50,12 @@ for the debounce would raise late or never (a lone spike). A signal whose spikes
 routine keeps a high peak and is judged by the debounced surprise stage alone. See
 :mod:`agent.core.adaptive_surprise`.
 
+**Recurrence memory** (on unless ``recurrence_ratio`` is 0 or None, or the daily profile
+is off): a level departure below ``recurrence_ratio`` (1.2) × the largest level score of
+its hour of the day on *each* of the two previous days is not raised (a daily spike the
+hourly profile cannot follow is how the signal behaves); records are never excused. See
+:mod:`agent.core.adaptive_recurrence`.
+
 **Learning and adaptation.** Time constants are in seconds and decay by elapsed time, so
 irregular sampling is handled; each is stretched to at least ``min_tau_samples`` typical
 sampling intervals (a streaming median of the intervals) so sparse signals still average
@@ -103,7 +109,14 @@ import math
 from typing import Any
 
 from agent.core.adaptive_baseline import DIRECTIONS, AdaptiveBaseline, Direction
-from agent.core.adaptive_snapshot import FLOAT_STATE, INT_STATE, SNAPSHOT_VERSION, parse_snapshot
+from agent.core.adaptive_recurrence import RecurrenceMemory, check_recurrence
+from agent.core.adaptive_snapshot import (
+    FLOAT_STATE,
+    INT_STATE,
+    LIST_STATE,
+    SNAPSHOT_VERSION,
+    parse_snapshot,
+)
 from agent.core.adaptive_surprise import SurpriseScore, check_record, check_surprise
 from agent.core.fault_types import FaultChange
 from protocol import Sample, Severity
@@ -113,7 +126,7 @@ _MAX_MAGNITUDE = 1e15
 """Larger values are not valid measurements (the protocol rejects them too)."""
 
 
-class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
+class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
     """Fault rule that learns a signal's normal and raises on departures from it.
 
     See the module docstring for the model. ``signal`` names a :class:`protocol.Sample`
@@ -169,6 +182,7 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         record_threshold: float | None = 10.0,
         record_ratio: float = 2.5,
         record_tau_s: float = 7 * 86400.0,
+        recurrence_ratio: float | None = 1.2,
     ) -> None:
         if not isinstance(signal, str) or not signal:
             raise ValueError("signal must be a non-empty field name")
@@ -233,6 +247,7 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
             surprise_window_s,
         )
         check_record(record_threshold, record_ratio, record_tau_s)
+        check_recurrence(recurrence_ratio)
         if variance_ratio and not (math.isfinite(variance_ratio) and variance_ratio > 1):
             raise ValueError("variance_ratio must be a number > 1, or 0 or None (off)")
         if not (math.isfinite(variance_tau_s) and variance_tau_s > 0):
@@ -287,8 +302,10 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         self.record_threshold = float(record_threshold) if record_threshold else None
         self.record_ratio = float(record_ratio)
         self.record_tau_s = float(record_tau_s)
+        self.recurrence_ratio = float(recurrence_ratio) if recurrence_ratio else None
         self._active = False
         self._reset_all()
+        self._reset_recurrence()
 
     # --- public interface ---------------------------------------------------------------
 
@@ -322,6 +339,7 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
             self._resolution = step if self._resolution is None else min(self._resolution, step)
 
         change: FaultChange | None = None
+        self._excused = False
         season = self._season(ts)
         y = x - season  # the model works on the deseasonalised signal
         if self._m_f is None:
@@ -352,14 +370,19 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
             state[name] = getattr(self, "_" + name)
         state["season_bins"] = None if self._season_bins is None else list(self._season_bins)
         state["season_visits"] = None if self._season_visits is None else list(self._season_visits)
+        for name in LIST_STATE:
+            values = getattr(self, "_" + name)
+            state[name] = None if values is None else list(values)
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`snapshot`; state that is corrupt or not ours is ignored."""
         bins = self.seasonal_bins if self.seasonal_period_s is not None else None
-        parsed = parse_snapshot(state, self.signal, bins)
+        parsed = parse_snapshot(state, self.signal, bins, self._rec_day1 is not None)
         if parsed is None:
             return
+        if "rec_day1" not in parsed:
+            self._reset_recurrence()  # a snapshot from before the memory: start it empty
         for name, value in parsed.items():
             setattr(self, "_" + name, value)
 
@@ -388,10 +411,15 @@ class AdaptiveRule(SurpriseScore, AdaptiveBaseline):
         assert self._start_ts is not None
         surprise = self._surprise(score) if self.surprise_threshold is not None else None
         record = self._record(score, ts, ts - self._start_ts >= self.drift_warmup_s)
+        recurring = kind == "level" and self._recurring(score, ts)
+        self._excused = recurring and score >= self.clear_threshold
+        self._learn_recurrence(self._z_level, ts)
         if record and not self._active:
             return self._debounce(ts, x, season, score, kind, score, immediate=True)  # no debounce
         trigger = score
-        if self.surprise_threshold is not None:
+        if recurring and not self._active:
+            trigger = 0.0  # this time of day did as much on an earlier day: not news
+        elif self.surprise_threshold is not None:
             if not self._active and (
                 surprise is None
                 or surprise < self.surprise_threshold

@@ -79,6 +79,7 @@ class AdaptiveBaseline:
         self._s_vl: float | None = None
         self._step = 0.0
         self._z_level = 0.0
+        self._excused = False  # this sample departs as its time of day did before
         self._season_bins: list[float] | None = None
         self._season_visits: list[float] | None = None
         if self.seasonal_period_s is not None:
@@ -260,7 +261,7 @@ class AdaptiveBaseline:
         if self._n > self.warmup_samples:
             bound = self.huber_k * sd_f
             resid = max(-bound, min(bound, resid))
-        if active or self._pending_n > 0:
+        if active or self._pending_n > 0 or self._excused:
             a *= self.anomaly_learning_weight
         self._m_f += a * resid
         # Slow level follows the fast one: this is the adaptation to a new normal.

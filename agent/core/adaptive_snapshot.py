@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from agent.core.adaptive_recurrence import RECURRENCE_BINS
+
 SNAPSHOT_VERSION = 1
 _MAX_STATE = 1e18
 """A restored number beyond this cannot come from valid samples: the state is corrupt."""
@@ -44,6 +46,9 @@ FLOAT_STATE: tuple[str, ...] = (
     *_LATER_STATE,
 )
 INT_STATE: tuple[str, ...] = ("n", "n_all", "pending_n", "clear_n", "u_n")
+LIST_STATE: tuple[str, ...] = ("rec_day1", "rec_day2", "rec_cur", "rec_seen")
+"""The recurrence memory (:mod:`agent.core.adaptive_recurrence`): lists, or None when off;
+a snapshot without them (written before they existed) starts them anew."""
 OPTIONAL_STATE = frozenset({*_LATER_STATE, "u_n"})
 """Added after version 1 snapshots were written: a snapshot without them starts them anew."""
 
@@ -64,8 +69,13 @@ def _parse_floats(value: Any, length: int | None) -> list[float] | bool | None:
     return out
 
 
-def parse_snapshot(state: Any, signal: str, season_bins: int | None) -> dict[str, Any] | None:
-    """Validate a snapshot; None when anything is missing, mistyped or not finite."""
+def parse_snapshot(
+    state: Any, signal: str, season_bins: int | None, recurrence: bool = False
+) -> dict[str, Any] | None:
+    """Validate a snapshot; None when anything is missing, mistyped or not finite.
+
+    ``recurrence``: whether the rule keeps a recurrence memory (its lists are then parsed,
+    or left out of the result when the snapshot predates them)."""
     if not isinstance(state, dict) or state.get("v") != SNAPSHOT_VERSION:
         return None
     if state.get("signal") != signal:
@@ -120,5 +130,13 @@ def parse_snapshot(state: Any, signal: str, season_bins: int | None) -> dict[str
             return None
         parsed[name] = values
     if parsed["season_visits"] is not None and min(parsed["season_visits"]) < 0:
+        return None
+    if recurrence and all(state.get(name) is not None for name in LIST_STATE):
+        for name in LIST_STATE:
+            values = _parse_floats(state[name], RECURRENCE_BINS)
+            if not isinstance(values, list) or (name != "rec_seen" and min(values) < 0):
+                return None
+            parsed[name] = values
+    elif recurrence and any(state.get(name) is not None for name in LIST_STATE):
         return None
     return parsed

@@ -341,8 +341,10 @@ def test_snapshot_size_is_bounded_over_a_long_run() -> None:
             keys = keys or set(snap)
             assert set(snap) == keys
             sizes.append(len(json.dumps(snap)))
-    assert max(sizes) < 2048  # about 60 numbers, whatever the length of the run
-    assert max(sizes) - min(sizes) < 200  # only the digits of numbers vary
+    # About 60 numbers plus the recurrence memory's 4 × 24, whatever the length of the run.
+    assert max(sizes) < 4096
+    # Once every slot of the day has been visited only the digits of numbers vary.
+    assert max(sizes[3:]) - min(sizes[3:]) < 200
 
 
 @pytest.mark.parametrize(
