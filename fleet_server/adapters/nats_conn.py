@@ -31,11 +31,13 @@ import ssl
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -100,9 +102,10 @@ def subject_for_topic(topic: str) -> str:
     return topic.replace("/", ".")
 
 
+@lru_cache(maxsize=1 << 16)
 def topic_for_subject(subject: str) -> str:
     """The MQTT topic of a subject (``$MQTT.msgs.`` prefix dropped); ``//`` is a ``.``
-    (how newer servers encode it)."""
+    (how newer servers encode it). Remembered for the last 65,536 subjects."""
     if subject.startswith(MQTT_PREFIX):
         subject = subject[len(MQTT_PREFIX) :]
     return subject.replace("//", "\0").replace(".", "/").replace("\0", ".")
@@ -206,6 +209,16 @@ async def ensure_ingest_consumer(js: JetStreamContext, options: NatsOptions, rep
             f"consumer {options.durable} exists with filter {current.config.filter_subject!r}, "
             f"not {INGEST_FILTER!r}: delete it or choose another nats.durable"
         )
+
+
+async def acknowledge(nc: NatsClient, msgs: list[Msg]) -> None:
+    """Acknowledge ``msgs`` (an empty publish to each one's reply subject, which is what
+    ``Msg.ack`` sends) and flush them to the server in one write. The ingest workers
+    and the bench's raw consumer use this same path."""
+    publish = nc.publish
+    for m in msgs:
+        await publish(m.reply)
+    await nc.flush(timeout=5)
 
 
 async def publish_to_device(js: JetStreamContext, topic: str, payload: bytes) -> None:

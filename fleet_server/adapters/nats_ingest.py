@@ -28,6 +28,7 @@ from nats.js import JetStreamContext
 from fleet_server.adapters.nats_conn import (
     MQTT_STREAM,
     NatsOptions,
+    acknowledge,
     connect,
     ensure_ingest_consumer,
     publish_to_device,
@@ -205,19 +206,21 @@ class NatsIngestWorker:
     async def _handle(self, nc: NatsClient, js: JetStreamContext, msgs: list[Msg]) -> None:
         now = self.clock()
         batch: list[Inbound] = []
+        admit = self.budget.admit
         for m in msgs:
             topic = topic_for_subject(m.subject)
+            data = m.data
             try:
                 device_id, kind = parse_topic(topic)
             except ProtocolDecodeError:
-                batch.append(Inbound(topic, m.data, now))  # rejected and counted as bad_topic
+                batch.append(Inbound(topic, data, now))  # rejected and counted as bad_topic
                 continue
             if kind not in DEVICE_TO_CLOUD:
                 continue  # our own commands share the stream: acknowledged, not stored
-            if not self.budget.admit(device_id, len(m.data), now):
+            if not admit(device_id, len(data), now):
                 self.writer.metrics.rejected.labels(reason="rate_limited").inc()
                 continue
-            batch.append(Inbound(topic, m.data, now))
+            batch.append(Inbound(topic, data, now))
         self.status.received(now)
         if batch and not await self._store(batch):
             self.status.settled(1, self.clock(), committed=False)
@@ -227,9 +230,7 @@ class NatsIngestWorker:
         self.committed += len(batch)
         self.status.settled(1, self.clock())
         try:
-            for m in msgs:
-                await m.ack()
-            await nc.flush(timeout=5)
+            await acknowledge(nc, msgs)
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             # Committed but maybe not acknowledged: redelivered later, and the dedupe key
             # makes the second write a no-op.
