@@ -19,6 +19,7 @@ import logging
 from collections import Counter as Tally
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -100,12 +101,14 @@ class BatchResult:
         return sum(self.accepted.values()) + sum(self.rejected.values()) + self.duplicates
 
 
+_sample_ts = attrgetter("ts")
+
+
 @dataclass(slots=True)
 class _Samples:
-    """A batch's telemetry samples, with each one's device key and timestamp."""
+    """A batch's telemetry samples, with each one's device key."""
 
     keys: list[int] = field(default_factory=list)
-    ts: list[float] = field(default_factory=list)
     samples: list[p.Sample] = field(default_factory=list)
 
 
@@ -411,7 +414,8 @@ class BatchWriter:
         :func:`skip_reason` against the kept sample (one SELECT for all of them)."""
         first: dict[tuple[int, float], int] = {}
         held: list[int] = []
-        for n, key in enumerate(zip(samples.keys, samples.ts, strict=True)):
+        stamps = [s.ts for s in samples.samples]
+        for n, key in enumerate(zip(samples.keys, stamps, strict=True)):
             if key in first:
                 held.append(n)  # the same timestamp twice in this batch
             else:
@@ -422,8 +426,9 @@ class BatchWriter:
         else:
             kept_samples = [samples.samples[n] for n in order]
             keys = [samples.keys[n] for n in order]
+            stamps = [stamps[n] for n in order]
         skipped = insert_new_rows(
-            session, TelemetrySample.__table__, sample_columns(keys, kept_samples)
+            session, TelemetrySample.__table__, sample_columns(keys, stamps, kept_samples)
         )
         result.samples = len(order) - len(skipped)
         held += [order[n] for n in skipped]
@@ -453,13 +458,14 @@ class BatchWriter:
 
     @staticmethod
     def _telemetry(dev: _DeviceRow, msg: p.Telemetry, out: _Samples) -> None:
-        latest = msg.samples[0]  # min_length=1 in the protocol
-        for sample in msg.samples:
+        batch = msg.samples
+        out.samples += batch
+        if len(batch) == 1:
             out.keys.append(dev.key)
-            out.ts.append(sample.ts)
-            out.samples.append(sample)
-            if sample.ts > latest.ts:
-                latest = sample
+            latest = batch[0]
+        else:
+            out.keys += [dev.key] * len(batch)
+            latest = max(batch, key=_sample_ts)  # the first of the latest, like a loop
         newest_known = max(dev.vitals_ts or 0.0, dev.new_vitals_ts or 0.0)
         if dev.skewed:
             # The device clock is not trusted: the last received sample is the latest,
