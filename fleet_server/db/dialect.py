@@ -118,6 +118,10 @@ def _array_literal(values: list[Any], kind: str) -> str:
             return "{" + ",".join(map(str, values)) + "}"
         cells = ["NULL" if v is None else str(v) for v in values]
     elif kind == "text":
+        if None not in values:
+            joined = '","'.join(values)
+            if "\\" not in joined and joined.count('"') == 2 * (len(values) - 1):
+                return '{"' + joined + '"}'  # no value holds a quote or a backslash
         cells = ["NULL" if v is None else _quoted(v) for v in values]
     else:
         cells = ["NULL" if v is None else _quoted(json.dumps(v)) for v in values]
