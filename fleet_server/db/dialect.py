@@ -101,6 +101,8 @@ def _insert_new_sql(table: Table, names: tuple[str, ...], dialect: Any) -> tuple
         f"FROM u ON CONFLICT DO NOTHING RETURNING {returning}) "
         f'SELECT u."_n" FROM u LEFT JOIN i ON {join} WHERE i."{keys[0]}" IS NULL'
     )
+    if len(_SQL_CACHE) >= 1024:  # one entry per table and set of columns sent
+        _SQL_CACHE.clear()
     _SQL_CACHE[(table.name, names)] = (sql, kinds)
     return sql, kinds
 
