@@ -46,6 +46,24 @@ def select_in(
         return cur.fetchall()
 
 
+def lock_in_order(session: Session, key: Column[Any], values: Sequence[Any]) -> None:
+    """On PostgreSQL lock the rows whose ``key`` is in ``values`` for update, in ``key``
+    order (``SELECT ... ORDER BY key FOR NO KEY UPDATE``, the lock an ``UPDATE`` takes):
+    transactions that lock the rows they are about to update this way first cannot
+    deadlock on them, whatever order their updates' plans visit the rows in. SQLite
+    writes one transaction at a time: nothing to do."""
+    conn = session.connection()
+    if conn.dialect.name != "postgresql" or not values:
+        return
+    kind = key.type.compile(dialect=conn.dialect)
+    sql = (
+        f'SELECT 1 FROM "{key.table.name}" WHERE "{key.name}" = ANY(%s::{kind}[]) '
+        f'ORDER BY "{key.name}" FOR NO KEY UPDATE'
+    )
+    with conn.connection.driver_connection.cursor() as cur:
+        cur.execute(sql, (_array_literal(sorted(values), "plain"),))
+
+
 def insert_new_rows(session: Session, table: Table, columns: dict[str, list[Any]]) -> set[int]:
     """Insert the rows given column by column (``columns[name][i]`` is row ``i``'s
     value), skipping those whose primary key is already stored; return the indexes of

@@ -28,7 +28,13 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 import protocol as p
-from fleet_server.db.dialect import bulk_update, insert_ignore, insert_new_rows, select_in
+from fleet_server.db.dialect import (
+    bulk_update,
+    insert_ignore,
+    insert_new_rows,
+    lock_in_order,
+    select_in,
+)
 from fleet_server.db.models import (
     CommandRecord,
     Device,
@@ -376,6 +382,14 @@ class BatchWriter:
             if samples.keys:
                 names = {dev.key: device_id for device_id, dev in devices.items()}
                 self._store_samples(session, samples, result, names)
+            # Every device row this batch writes, locked in one order before the first
+            # write: two workers whose batches share devices then queue instead of
+            # deadlocking (seen with 1,000 devices and two workers).
+            lock_in_order(
+                session,
+                Device.__table__.c.id,
+                [d.key for d in devices.values() if d.last_seen is not None],
+            )
             if events:
                 refused = self._events(session, events)
                 if refused:
