@@ -104,7 +104,8 @@ def decode_payload(kind: Kind, device_id: str, payload: bytes | bytearray | memo
         raise ProtocolDecodeError(Reason.MALFORMED_JSON, _short(str(exc))) from None
 
     message_id = head.id if isinstance(head.id, str) and len(head.id) <= 128 else None
-    _check_version(head.v, message_id)
+    if not (type(head.v) is str and head.v in _GOOD_VERSIONS):
+        _check_version(head.v, message_id)
 
     try:
         message = _DECODERS[kind].decode(payload)
@@ -131,6 +132,10 @@ def decode_payload(kind: Kind, device_id: str, payload: bytes | bytearray | memo
     return message
 
 
+_GOOD_VERSIONS: set[str] = set()
+"""Version strings that passed :func:`_check_version` (a few at most)."""
+
+
 def _check_version(v: object, message_id: str | None) -> None:
     if not isinstance(v, str) or not (match := _VERSION_RE.match(v)):
         raise ProtocolDecodeError(
@@ -145,6 +150,8 @@ def _check_version(v: object, message_id: str | None) -> None:
             f"schema major version {major} is not supported (this build speaks {SCHEMA_MAJOR})",
             message_id=message_id,
         )
+    if len(_GOOD_VERSIONS) < 16:
+        _GOOD_VERSIONS.add(v)
 
 
 def _short(text: str, limit: int = 200) -> str:

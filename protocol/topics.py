@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from functools import lru_cache
 
 from protocol.errors import ProtocolDecodeError, Reason
 
@@ -49,11 +50,13 @@ def topic(device_id: str, kind: Kind | str) -> str:
     return f"{TOPIC_ROOT}/{device_id}/{Kind(kind).value}"
 
 
+@lru_cache(maxsize=1 << 16)
 def parse_topic(name: str) -> tuple[str, Kind]:
     """Split a concrete topic into ``(device_id, kind)``.
 
     Raises :class:`ProtocolDecodeError` with ``Reason.BAD_TOPIC`` for anything that is
-    not exactly ``fleet/v1/{valid device id}/{known kind}``.
+    not exactly ``fleet/v1/{valid device id}/{known kind}``. The answers for the last
+    65,536 valid topics are remembered (a server sees the same topics again and again).
     """
     parts = name.split("/")
     if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT:

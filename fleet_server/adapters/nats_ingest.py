@@ -18,6 +18,7 @@ import asyncio
 import logging
 import threading
 import time
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import nats.errors
@@ -28,23 +29,36 @@ from nats.js import JetStreamContext
 from fleet_server.adapters.nats_conn import (
     MQTT_STREAM,
     NatsOptions,
+    acknowledge,
     connect,
     ensure_ingest_consumer,
     publish_to_device,
     replicas_for,
+    settle_heap,
     topic_for_subject,
 )
 from fleet_server.services.clock import Clock, system_clock
 from fleet_server.services.ingest import BatchWriter, Inbound
 from fleet_server.services.ingest_budget import BudgetPolicy, DeviceBudget
 from fleet_server.services.ingest_health import IngestStatus, ReadinessPolicy
-from protocol import ProtocolDecodeError, parse_topic
+from protocol import Kind, ProtocolDecodeError, parse_topic
 from protocol.topics import DEVICE_TO_CLOUD
 
 if TYPE_CHECKING:
     from fleet_server.services.renewal import CertificateRenewer
 
 log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1 << 16)
+def _route(subject: str) -> tuple[str, str, Kind | None]:
+    """A subject's MQTT topic, device id and kind (kind ``None``: not a device topic)."""
+    topic = topic_for_subject(subject)
+    try:
+        device_id, kind = parse_topic(topic)
+    except ProtocolDecodeError:
+        return topic, "", None
+    return topic, device_id, kind
 
 
 class NatsIngestWorker:
@@ -168,6 +182,7 @@ class NatsIngestWorker:
         except asyncio.CancelledError:
             return
         sub = await js.pull_subscribe_bind(self.options.durable, MQTT_STREAM)
+        settle_heap()
         self.status.connected(self.clock(), persistent=True, session_present=True)
         self._connected.set()
         log.info("ingest: pulling from %s/%s", MQTT_STREAM, self.options.durable)
@@ -205,19 +220,19 @@ class NatsIngestWorker:
     async def _handle(self, nc: NatsClient, js: JetStreamContext, msgs: list[Msg]) -> None:
         now = self.clock()
         batch: list[Inbound] = []
+        admit = self.budget.admit
         for m in msgs:
-            topic = topic_for_subject(m.subject)
-            try:
-                device_id, kind = parse_topic(topic)
-            except ProtocolDecodeError:
-                batch.append(Inbound(topic, m.data, now))  # rejected and counted as bad_topic
+            topic, device_id, kind = _route(m.subject)
+            data = m.data
+            if kind is None:
+                batch.append(Inbound(topic, data, now))  # rejected and counted as bad_topic
                 continue
             if kind not in DEVICE_TO_CLOUD:
                 continue  # our own commands share the stream: acknowledged, not stored
-            if not self.budget.admit(device_id, len(m.data), now):
+            if not admit(device_id, len(data), now):
                 self.writer.metrics.rejected.labels(reason="rate_limited").inc()
                 continue
-            batch.append(Inbound(topic, m.data, now))
+            batch.append(Inbound(topic, data, now))
         self.status.received(now)
         if batch and not await self._store(batch):
             self.status.settled(1, self.clock(), committed=False)
@@ -227,9 +242,7 @@ class NatsIngestWorker:
         self.committed += len(batch)
         self.status.settled(1, self.clock())
         try:
-            for m in msgs:
-                await m.ack()
-            await nc.flush(timeout=5)
+            await acknowledge(nc, msgs)
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             # Committed but maybe not acknowledged: redelivered later, and the dedupe key
             # makes the second write a no-op.

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import operator
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Table, any_, bindparam
+from psycopg.rows import namedtuple_row
+from sqlalchemy import JSON, Column, ColumnElement, String, Table, any_, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -29,53 +29,123 @@ def in_values(session: Session, column: Any, values: Sequence[Any]) -> ColumnEle
     return column.in_(list(values))
 
 
-def bulk_insert_ignore(
-    session: Session,
-    table: Table,
-    rows: list[dict[str, Any]],
-    returning: Sequence[str] = (),
-) -> list[tuple[Any, ...]]:
-    """Insert many rows, skipping those that hit a unique key; return ``returning``
-    columns of the rows actually inserted.
+def select_in(
+    session: Session, columns: Sequence[Column[Any]], key: Column[Any], values: Sequence[Any]
+) -> list[Any]:
+    """``SELECT columns WHERE key IN values``: rows whose fields are named after the
+    columns. On PostgreSQL straight through the driver (``= ANY(%s)``, one parameter),
+    skipping the ORM's per-statement work on the ingest's per-batch device lookup."""
+    conn = session.connection()
+    if conn.dialect.name != "postgresql":
+        return list(session.execute(select(*columns).where(key.in_(list(values)))).all())
+    table = key.table.name
+    names = ", ".join(f'"{c.name}"' for c in columns)
+    sql = f'SELECT {names} FROM "{table}" WHERE "{key.name}" = ANY(%s)'
+    with conn.connection.driver_connection.cursor(row_factory=namedtuple_row) as cur:
+        cur.execute(sql, (list(values),))
+        return cur.fetchall()
 
-    SQLite: plain DB-API calls with tuples (``executemany``, or multi-row ``VALUES`` when
-    rows must be returned), skipping SQLAlchemy's per-row parameter processing.
-    PostgreSQL: one ``INSERT ... SELECT FROM unnest(<one array per column>) ON CONFLICT
-    DO NOTHING RETURNING ...``: every row in one statement and one round trip (a staging
-    table filled by ``COPY`` took four), which matters most on a busy database host.
+
+def lock_in_order(session: Session, key: Column[Any], values: Sequence[Any]) -> None:
+    """On PostgreSQL lock the rows whose ``key`` is in ``values`` for update, in ``key``
+    order (``SELECT ... ORDER BY key FOR NO KEY UPDATE``, the lock an ``UPDATE`` takes):
+    transactions that lock the rows they are about to update this way first cannot
+    deadlock on them, whatever order their updates' plans visit the rows in. SQLite
+    writes one transaction at a time: nothing to do."""
+    conn = session.connection()
+    if conn.dialect.name != "postgresql" or not values:
+        return
+    kind = key.type.compile(dialect=conn.dialect)
+    sql = (
+        f'SELECT 1 FROM "{key.table.name}" WHERE "{key.name}" = ANY(%s::{kind}[]) '
+        f'ORDER BY "{key.name}" FOR NO KEY UPDATE'
+    )
+    with conn.connection.driver_connection.cursor() as cur:
+        cur.execute(sql, (_array_literal(sorted(values), "plain"),))
+
+
+def insert_new_rows(session: Session, table: Table, columns: dict[str, list[Any]]) -> set[int]:
+    """Insert the rows given column by column (``columns[name][i]`` is row ``i``'s
+    value), skipping those whose primary key is already stored; return the indexes of
+    the rows skipped (usually none). The rows' primary keys must differ from each other.
+
+    PostgreSQL: one ``WITH u AS (SELECT FROM unnest(<one array per column>)) INSERT
+    ... ON CONFLICT DO NOTHING`` whose answer is only the skipped rows' indexes: every
+    row in one statement and one round trip. Each array is sent as one text literal
+    built with ``str.join`` (the driver's per-element array adaptation was most of the
+    ingest's CPU per message). SQLite: multi-row ``INSERT OR IGNORE ... RETURNING``.
     """
-    if not rows:
-        return []
+    if not columns:
+        return set()
     conn = session.connection()
     raw = conn.connection.driver_connection
     if conn.dialect.name != "postgresql":
-        return _sqlite_insert_ignore(raw, table, rows, returning)
-    columns = list(rows[0])
-    names = ", ".join(f'"{c}"' for c in columns)
-    arrays: list[str] = []
-    picks: list[str] = []
-    params: list[list[Any]] = []
-    for c in columns:
-        kind = table.c[c].type.compile(dialect=conn.dialect)
-        values = [row[c] for row in rows]
-        if isinstance(table.c[c].type, JSON):
-            # Sent as text and cast per row (psycopg has no array-of-json dumper).
-            arrays.append("%s::text[]")
-            picks.append(f'"{c}"::{kind}')
-            params.append([None if v is None else json.dumps(v) for v in values])
-        else:
-            arrays.append(f"%s::{kind}[]")
-            picks.append(f'"{c}"')
-            params.append(values)
-    sql = (
-        f'INSERT INTO "{table.name}" ({names}) SELECT {", ".join(picks)} '
-        f"FROM unnest({', '.join(arrays)}) AS u({names}) ON CONFLICT DO NOTHING"
-    )
-    if returning:
-        sql += " RETURNING " + ", ".join(f'"{c}"' for c in returning)
+        return _sqlite_insert_new(raw, table, columns)
+    names = list(columns)
+    sql, kinds = _insert_new_sql(table, tuple(names), conn.dialect)
+    params = [_array_literal(columns[c], kind) for c, kind in zip(names, kinds, strict=True)]
     with raw.cursor() as cur:
         cur.execute(sql, params)
-        return [tuple(r) for r in cur.fetchall()] if returning else []
+        return {int(r[0]) - 1 for r in cur.fetchall()}
+
+
+_SQL_CACHE: dict[tuple[str, tuple[str, ...]], tuple[str, list[str]]] = {}
+
+
+def _insert_new_sql(table: Table, names: tuple[str, ...], dialect: Any) -> tuple[str, list[str]]:
+    """The statement of :func:`insert_new_rows` and each column's literal kind
+    (``text``, ``json`` or ``plain``), built once per table and column list."""
+    cached = _SQL_CACHE.get((table.name, names))
+    if cached is not None:
+        return cached
+    kinds: list[str] = []
+    arrays: list[str] = []
+    for c in names:
+        kind = table.c[c].type
+        arrays.append(f"%s::{kind.compile(dialect=dialect)}[]")
+        if isinstance(kind, JSON):
+            kinds.append("json")
+        elif isinstance(kind, String):
+            kinds.append("text")
+        else:
+            kinds.append("plain")
+    cols = ", ".join(f'"{c}"' for c in names)
+    keys = [c.name for c in table.primary_key.columns]
+    returning = ", ".join(f'"{k}"' for k in keys)
+    join = " AND ".join(f'u."{k}" = i."{k}"' for k in keys)
+    sql = (
+        f"WITH u AS (SELECT * FROM unnest({', '.join(arrays)}) WITH ORDINALITY "
+        f'AS u({cols}, "_n")), i AS (INSERT INTO "{table.name}" ({cols}) SELECT {cols} '
+        f"FROM u ON CONFLICT DO NOTHING RETURNING {returning}) "
+        f'SELECT u."_n" FROM u LEFT JOIN i ON {join} WHERE i."{keys[0]}" IS NULL'
+    )
+    if len(_SQL_CACHE) >= 1024:  # one entry per table and set of columns sent
+        _SQL_CACHE.clear()
+    _SQL_CACHE[(table.name, names)] = (sql, kinds)
+    return sql, kinds
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _array_literal(values: list[Any], kind: str) -> str:
+    """A PostgreSQL array literal of ``values`` (``None`` is ``NULL``): numbers and
+    booleans as ``str`` gives them (exact for floats, accepted by the server's input
+    functions), text and JSON quoted and escaped."""
+    if kind == "plain":
+        if None not in values:
+            return "{" + ",".join(map(str, values)) + "}"
+        cells = ["NULL" if v is None else str(v) for v in values]
+    elif kind == "text":
+        if None not in values:
+            joined = '","'.join(values)
+            if "\\" not in joined and joined.count('"') == 2 * (len(values) - 1):
+                return '{"' + joined + '"}'  # no value holds a quote or a backslash
+        cells = ["NULL" if v is None else _quoted(v) for v in values]
+    else:
+        cells = ["NULL" if v is None else _quoted(json.dumps(v)) for v in values]
+    return "{" + ",".join(cells) + "}"
 
 
 _SQLITE_MAX_VARIABLES = 32766
@@ -85,42 +155,28 @@ def _cell(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, dict | list) else value
 
 
-def _tuples(rows: list[dict[str, Any]], columns: list[str]) -> list[tuple[Any, ...]]:
-    """The rows as tuples in ``columns`` order, JSON values encoded; the per-cell JSON
-    check is skipped when no row has a dict or list (telemetry, dedupe keys: the hot
-    path of the ingest)."""
-    pick = operator.itemgetter(*columns)
-    one = len(columns) == 1
-    tuples = [(pick(row),) if one else pick(row) for row in rows]
+def _sqlite_insert_new(raw: Any, table: Table, columns: dict[str, list[Any]]) -> set[int]:
+    names = list(columns)
+    keys = [c.name for c in table.primary_key.columns]
+    cols = ", ".join(f'"{c}"' for c in names)
+    head = f'INSERT OR IGNORE INTO "{table.name}" ({cols}) VALUES '
+    tail = " RETURNING " + ", ".join(f'"{k}"' for k in keys)
+    one = "(" + ", ".join("?" * len(names)) + ")"
+    tuples = list(zip(*columns.values(), strict=True))
     if any(isinstance(v, dict | list) for t in tuples for v in t):
-        return [tuple(_cell(v) for v in t) for t in tuples]
-    return tuples
-
-
-def _sqlite_insert_ignore(
-    raw: Any, table: Table, rows: list[dict[str, Any]], returning: Sequence[str]
-) -> list[tuple[Any, ...]]:
-    columns = list(rows[0])
-    names = ", ".join(f'"{c}"' for c in columns)
-    head = f'INSERT OR IGNORE INTO "{table.name}" ({names}) VALUES '
-    one = "(" + ", ".join("?" * len(columns)) + ")"
-    tuples = _tuples(rows, columns)
+        tuples = [tuple(_cell(v) for v in t) for t in tuples]
+    chunk = max(1, _SQLITE_MAX_VARIABLES // len(names))
+    stored: set[tuple[Any, ...]] = set()
     cur = raw.cursor()
     try:
-        if not returning:
-            cur.executemany(head + one, tuples)
-            return []
-        tail = " RETURNING " + ", ".join(f'"{c}"' for c in returning)
-        chunk = max(1, _SQLITE_MAX_VARIABLES // len(columns))
-        out: list[tuple[Any, ...]] = []
         for start in range(0, len(tuples), chunk):
             part = tuples[start : start + chunk]
-            sql = head + ", ".join([one] * len(part)) + tail
-            cur.execute(sql, [v for t in part for v in t])
-            out += [tuple(r) for r in cur.fetchall()]
-        return out
+            cur.execute(head + ", ".join([one] * len(part)) + tail, [v for t in part for v in t])
+            stored.update(tuple(r) for r in cur.fetchall())
     finally:
         cur.close()
+    at = [names.index(k) for k in keys]
+    return {i for i, t in enumerate(tuples) if tuple(t[j] for j in at) not in stored}
 
 
 def bulk_update(session: Session, table: Table, key: str, rows: list[dict[str, Any]]) -> None:

@@ -19,6 +19,7 @@ import logging
 from collections import Counter as Tally
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -27,7 +28,13 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 import protocol as p
-from fleet_server.db.dialect import bulk_insert_ignore, bulk_update, in_values, insert_ignore
+from fleet_server.db.dialect import (
+    bulk_update,
+    insert_ignore,
+    insert_new_rows,
+    lock_in_order,
+    select_in,
+)
 from fleet_server.db.models import (
     CommandRecord,
     Device,
@@ -54,6 +61,7 @@ from fleet_server.services.deployments import (
 from fleet_server.services.metrics import IngestMetrics
 from fleet_server.services.telemetry_rows import (
     TS_CONFLICT,
+    sample_columns,
     sample_row,
     skip_reason,
 )
@@ -99,6 +107,17 @@ class BatchResult:
         return sum(self.accepted.values()) + sum(self.rejected.values()) + self.duplicates
 
 
+_sample_ts = attrgetter("ts")
+
+
+@dataclass(slots=True)
+class _Samples:
+    """A batch's telemetry samples, with each one's device key."""
+
+    keys: list[int] = field(default_factory=list)
+    samples: list[p.Sample] = field(default_factory=list)
+
+
 @dataclass
 class _DeviceRow:
     key: int
@@ -109,7 +128,8 @@ class _DeviceRow:
     changed_presence: bool = False
     presence_changed_at: float | None = None
     last_seen: float | None = None
-    vitals: dict[str, Any] | None = None
+    vitals: p.Sample | None = None
+    """The latest sample of the batch (stored as the device's vitals)."""
     new_vitals_ts: float | None = None
     dropped_total: int | None = None
     boot: dict[str, Any] | None = None
@@ -118,20 +138,23 @@ class _DeviceRow:
     skewed: bool = False
 
 
-_DEVICE_COLUMNS = (
-    Device.id,
-    Device.device_id,
-    Device.status,
-    Device.presence,
-    Device.presence_reason,
-    Device.presence_boot_id,
-    Device.presence_seq,
-    Device.presence_ts,
-    Device.presence_floor_seq,
-    Device.vitals_ts,
-    Device.software_version,
-    Device.clock_offset_s,
-)
+_DEVICE_COLUMNS = [
+    Device.__table__.c[name]
+    for name in (
+        "id",
+        "device_id",
+        "status",
+        "presence",
+        "presence_reason",
+        "presence_boot_id",
+        "presence_seq",
+        "presence_ts",
+        "presence_floor_seq",
+        "vitals_ts",
+        "software_version",
+        "clock_offset_s",
+    )
+]
 
 
 def _presence_view(row: Any) -> PresenceView:
@@ -258,9 +281,8 @@ class BatchWriter:
         return decoded
 
     def _devices(self, session: Session, device_ids: set[str], now: float) -> dict[str, _DeviceRow]:
-        rows = session.execute(
-            select(*_DEVICE_COLUMNS).where(in_values(session, Device.device_id, sorted(device_ids)))
-        ).all()
+        key = Device.__table__.c.device_id
+        rows = select_in(session, _DEVICE_COLUMNS, key, sorted(device_ids))
         missing = device_ids - {r.device_id for r in rows}
         if missing and self.auto_register:
             session.execute(
@@ -279,11 +301,7 @@ class BatchWriter:
                     for d in sorted(missing)
                 ],
             )
-            rows += session.execute(
-                select(*_DEVICE_COLUMNS).where(
-                    in_values(session, Device.device_id, sorted(missing))
-                )
-            ).all()
+            rows += select_in(session, _DEVICE_COLUMNS, key, sorted(missing))
         return {
             r.device_id: _DeviceRow(
                 key=r.id,
@@ -325,37 +343,26 @@ class BatchWriter:
             result.duplicates += sum(repeats.values())
             if not candidates:
                 return result
-            # Dedupe against what is already stored; RETURNING gives the new ones.
-            inserted = bulk_insert_ignore(
+            # Dedupe against what is already stored: the rows skipped are the repeats.
+            repeated = insert_new_rows(
                 session,
                 ReceivedMessage.__table__,
-                [
-                    {
-                        "device_key": dev.key,
-                        "boot_id": msg.boot_id,
-                        "seq": msg.seq,
-                        "received_at": item.received_at,
-                    }
-                    for item, msg, dev in candidates
-                ],
-                returning=("device_key", "boot_id", "seq"),
+                {
+                    "device_key": [dev.key for _, _, dev in candidates],
+                    "boot_id": [msg.boot_id for _, msg, _ in candidates],
+                    "seq": [msg.seq for _, msg, _ in candidates],
+                    "received_at": [item.received_at for item, _, _ in candidates],
+                },
             )
-            fresh = {tuple(r) for r in inserted}
+            if repeated:
+                result.duplicates += len(repeated)
+                candidates = [c for n, c in enumerate(candidates) if n not in repeated]
             measure_clocks(
-                [
-                    (i.received_at, m, d)
-                    for i, m, d in candidates
-                    if (d.key, m.boot_id, m.seq) in fresh
-                ],
-                self.max_clock_skew_s,
-                now,
+                [(i.received_at, m, d) for i, m, d in candidates], self.max_clock_skew_s, now
             )
-            samples: list[dict[str, Any]] = []
+            samples = _Samples()
             events: list[tuple[_DeviceRow, Any, Inbound]] = []
             for item, msg, dev in candidates:
-                if (dev.key, msg.boot_id, msg.seq) not in fresh:
-                    result.duplicates += 1
-                    continue
                 dev.last_seen = max(dev.last_seen or 0.0, item.received_at)
                 if isinstance(msg, p.Telemetry):
                     result.accepted["telemetry"] += 1
@@ -372,9 +379,17 @@ class BatchWriter:
                         dev.presence = flipped
                         dev.changed_presence = True
                         dev.presence_changed_at = now
-            if samples:
+            if samples.keys:
                 names = {dev.key: device_id for device_id, dev in devices.items()}
                 self._store_samples(session, samples, result, names)
+            # Every device row this batch writes, locked in one order before the first
+            # write: two workers whose batches share devices then queue instead of
+            # deadlocking (seen with 1,000 devices and two workers).
+            lock_in_order(
+                session,
+                Device.__table__.c.id,
+                [d.key for d in devices.values() if d.last_seen is not None],
+            )
             if events:
                 refused = self._events(session, events)
                 if refused:
@@ -405,41 +420,45 @@ class BatchWriter:
     @staticmethod
     def _store_samples(
         session: Session,
-        rows: list[dict[str, Any]],
+        samples: _Samples,
         result: BatchResult,
         names: dict[int, str],
     ) -> None:
         """Insert the samples whose ``(device, ts)`` is new; count the others by
         :func:`skip_reason` against the kept sample (one SELECT for all of them)."""
-        first: dict[tuple[int, float], dict[str, Any]] = {}
-        held: list[dict[str, Any]] = []
-        for row in rows:
-            key = (row["device_key"], row["ts"])
+        first: dict[tuple[int, float], int] = {}
+        held: list[int] = []
+        stamps = [s.ts for s in samples.samples]
+        for n, key in enumerate(zip(samples.keys, stamps, strict=True)):
             if key in first:
-                held.append(row)  # the same timestamp twice in this batch
+                held.append(n)  # the same timestamp twice in this batch
             else:
-                first[key] = row
-        inserted = bulk_insert_ignore(
-            session,
-            TelemetrySample.__table__,
-            list(first.values()),
-            returning=("device_key", "ts"),
+                first[key] = n
+        order = list(first.values())
+        if len(order) == len(samples.keys):
+            kept_samples, keys = samples.samples, samples.keys
+        else:
+            kept_samples = [samples.samples[n] for n in order]
+            keys = [samples.keys[n] for n in order]
+            stamps = [stamps[n] for n in order]
+        skipped = insert_new_rows(
+            session, TelemetrySample.__table__, sample_columns(keys, stamps, kept_samples)
         )
-        result.samples = len(inserted)
-        fresh = {(k, ts) for k, ts in inserted}
-        held += [row for key, row in first.items() if key not in fresh]
+        result.samples = len(order) - len(skipped)
+        held += [order[n] for n in skipped]
         if not held:
             return
+        rows = [sample_row(samples.keys[n], samples.samples[n]) for n in held]
         table = TelemetrySample.__table__
-        keys = {(row["device_key"], row["ts"]) for row in held}
+        wanted = {(row["device_key"], row["ts"]) for row in rows}
         kept = {
             (r.device_key, r.ts): r
             for r in session.execute(
-                select(table).where(tuple_(table.c.device_key, table.c.ts).in_(list(keys)))
+                select(table).where(tuple_(table.c.device_key, table.c.ts).in_(list(wanted)))
             )
         }
         conflicts: Tally[int] = Tally()
-        for row in held:
+        for row in rows:
             reason = skip_reason(row, kept[(row["device_key"], row["ts"])])
             result.skipped_samples[reason] += 1
             if reason == TS_CONFLICT:
@@ -452,21 +471,23 @@ class BatchWriter:
             )
 
     @staticmethod
-    def _telemetry(dev: _DeviceRow, msg: p.Telemetry, out: list[dict[str, Any]]) -> None:
-        latest = None
-        for sample in msg.samples:
-            out.append(sample_row(dev.key, sample))
-            if latest is None or sample.ts > latest.ts:
-                latest = sample
-        assert latest is not None  # min_length=1 in the protocol
+    def _telemetry(dev: _DeviceRow, msg: p.Telemetry, out: _Samples) -> None:
+        batch = msg.samples
+        out.samples += batch
+        if len(batch) == 1:
+            out.keys.append(dev.key)
+            latest = batch[0]
+        else:
+            out.keys += [dev.key] * len(batch)
+            latest = max(batch, key=_sample_ts)  # the first of the latest, like a loop
         newest_known = max(dev.vitals_ts or 0.0, dev.new_vitals_ts or 0.0)
         if dev.skewed:
             # The device clock is not trusted: the last received sample is the latest,
             # stamped with its ts corrected by the measured offset.
-            dev.vitals = msgspec.to_builtins(latest)
+            dev.vitals = latest
             dev.new_vitals_ts = latest.ts - (dev.new_clock_offset_s or 0.0)
         elif latest.ts >= newest_known:
-            dev.vitals = msgspec.to_builtins(latest)
+            dev.vitals = latest
             dev.new_vitals_ts = latest.ts
         dev.dropped_total = max(dev.dropped_total or 0, msg.dropped_total)
 
@@ -575,7 +596,7 @@ class BatchWriter:
                     {
                         "k": dev.key,
                         "last_seen": dev.last_seen,
-                        "vitals": dev.vitals,
+                        "vitals": msgspec.to_builtins(dev.vitals),
                         "vitals_ts": dev.new_vitals_ts,
                         "dropped_total": dev.dropped_total or 0,
                         "clock_offset_s": dev.new_clock_offset_s,

@@ -4,6 +4,7 @@ was not stored was skipped. Pure: the columns follow the signal declarations
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 import protocol as p
@@ -19,6 +20,27 @@ def sample_row(device_key: int, sample: p.Sample) -> dict[str, Any]:
         row[name] = getattr(sample, name)
     row["custom"] = dict(sample.custom) if sample.custom else None
     return row
+
+
+_SIGNALS_OF = attrgetter(*VITALS)
+
+
+def sample_columns(
+    device_keys: list[int], stamps: list[float], samples: list[p.Sample]
+) -> dict[str, list[Any]]:
+    """The telemetry rows of ``samples`` (the i-th of ``device_keys``' device, stamped
+    ``stamps[i]``, its ``ts``) column by column, as :func:`sample_row` gives them row by
+    row (one pass in C per column). A column no sample has a value for is left out (it
+    is ``NULL`` in every row)."""
+    n = len(samples)
+    columns: dict[str, list[Any]] = {"device_key": device_keys, "ts": stamps}
+    for name, values in zip(VITALS, zip(*map(_SIGNALS_OF, samples), strict=True), strict=True):
+        if values.count(None) != n:
+            columns[name] = list(values)
+    custom = [dict(s.custom) if s.custom else None for s in samples]
+    if custom.count(None) != n:
+        columns["custom"] = custom
+    return columns
 
 
 SAME_SAMPLE = "same_sample"

@@ -12,7 +12,7 @@ from pathlib import Path
 from agent.doctor import SIGNALS_BY_NAME, render
 from fleet_server.api.schemas import TelemetryOut
 from fleet_server.db.models import SIGNAL_COLUMN_TYPES, TelemetrySample
-from fleet_server.services.telemetry_rows import VITALS, sample_row
+from fleet_server.services.telemetry_rows import VITALS, sample_columns, sample_row
 from protocol import SIGNALS, Sample
 from protocol.signals import BITS, format_value, markdown_table
 
@@ -110,3 +110,16 @@ def test_a_new_signal_keeps_the_wire_compatible_both_ways() -> None:
     new = Sample(ts=6.0, wifi_signal_dbm=-58.0)
     wire = encode(Telemetry(device_id="pi-1", boot_id="b", seq=3, ts=6.0, samples=[new]))
     assert decode(topic("pi-1", "telemetry"), wire).samples == [new]
+
+
+def test_sample_columns_are_the_rows_of_sample_row_column_by_column() -> None:
+    samples = [
+        Sample(ts=5.0, cpu_pct=12.5, undervoltage=True, custom={"fan": 0.5}),
+        Sample(ts=6.0, cpu_pct=13.0, mem_pct=40.0),
+    ]
+    columns = sample_columns([7, 8], [s.ts for s in samples], samples)
+    rows = [sample_row(k, s) for k, s in zip([7, 8], samples, strict=True)]
+    # A column no sample has a value for is left out: it is NULL in every row.
+    assert set(columns) == {"device_key", "ts", "cpu_pct", "mem_pct", "undervoltage", "custom"}
+    for name in {c.name for c in TelemetrySample.__table__.columns}:
+        assert columns.get(name, [None, None]) == [row[name] for row in rows], name

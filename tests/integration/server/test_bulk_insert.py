@@ -1,0 +1,113 @@
+"""``insert_new_rows``: the ingest's one-statement insert on both back-ends, with the
+values that need care in a PostgreSQL array literal (quotes, backslashes, braces, the
+word NULL, JSON, booleans, exact floats) and the indexes of the rows it skipped; and
+``lock_in_order``, which keeps two ingest workers sharing devices from deadlocking."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    MetaData,
+    String,
+    Table,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from fleet_server.db import create_db_engine
+from fleet_server.db.dialect import insert_new_rows, lock_in_order, select_in
+from tests.conftest import wait_for
+
+META = MetaData()
+ROWS = Table(
+    "bulk_insert_probe",
+    META,
+    Column("k", BigInteger, primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("x", Float),
+    Column("flag", Boolean),
+    Column("doc", JSON),
+)
+
+AWKWARD = ['a"b', "back\\slash", "{brace}", "NULL", "comma, space", "", "ünï"]
+
+
+def _columns(keys: list[int], names: list[str]) -> dict[str, list[Any]]:
+    n = len(keys)
+    return {
+        "k": keys,
+        "name": names,
+        "x": [0.1 + i / 3 if i % 3 else None for i in range(n)],
+        "flag": [bool(i % 2) if i % 4 else None for i in range(n)],
+        "doc": [{"q": 'say "hi" \\ {x}', "n": [i, None]} if i % 2 else None for i in range(n)],
+    }
+
+
+def test_rows_land_exactly_and_only_the_stored_keys_are_skipped(engine: Engine) -> None:
+    META.create_all(engine)
+    keys = list(range(len(AWKWARD)))
+    first = _columns(keys, AWKWARD)
+    with Session(engine) as session, session.begin():
+        assert insert_new_rows(session, ROWS, first) == set()
+    # Again with two stored keys among three new ones: the stored ones are skipped.
+    again = _columns([100, 1, 101, 4, 102], ["n1", AWKWARD[1], "n2", AWKWARD[4], "n3"])
+    with Session(engine) as session, session.begin():
+        assert insert_new_rows(session, ROWS, again) == {1, 3}
+    with Session(engine) as session:
+        stored = {(r.k, r.name): r for r in session.execute(select(ROWS))}
+        found = select_in(session, [ROWS.c.k, ROWS.c.name], ROWS.c.name, ["NULL", "n2"])
+    assert len(stored) == len(AWKWARD) + 3
+    for i, name in enumerate(AWKWARD):
+        row = stored[(i, name)]
+        assert (row.x, row.flag, row.doc) == (first["x"][i], first["flag"][i], first["doc"][i])
+    assert sorted((r.k, r.name) for r in found) == [(3, "NULL"), (101, "n2")]
+
+
+@pytest.mark.postgres
+def test_lock_in_order_takes_the_rows_in_key_order(postgres_url: str) -> None:
+    """A worker locking rows {2, 1} while another holds 1 waits for 1 before taking 2, so
+    two workers locking overlapping rows this way queue instead of deadlocking."""
+    engine = create_db_engine(postgres_url)
+    META.create_all(engine)
+    with Session(engine) as session, session.begin():
+        insert_new_rows(session, ROWS, _columns([2, 1], ["a", "a"]))  # stored 2 first
+    first, second, third = Session(engine), Session(engine), Session(engine)
+    try:
+        first.begin()
+        lock_in_order(first, ROWS.c.k, [1])
+        pid = second.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        waiter = threading.Thread(target=lambda: lock_in_order(second, ROWS.c.k, [2, 1]))
+        waiter.start()
+        # The second one is waiting for a row lock (the one on k = 1) ...
+        wait_for(
+            lambda: (
+                third.execute(
+                    text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :p"), {"p": pid}
+                ).scalar()
+                == "Lock"
+            )
+        )
+        third.rollback()
+        # ... and has not taken k = 2 meanwhile: a third one gets it at once.
+        third.begin()
+        third.execute(
+            select(ROWS.c.k).where(ROWS.c.k == 2).with_for_update(nowait=True, key_share=False)
+        ).all()
+        third.rollback()
+        first.commit()
+        waiter.join(timeout=30)
+        assert not waiter.is_alive()
+    finally:
+        for s in (first, second, third):
+            s.close()
+        engine.dispose()
