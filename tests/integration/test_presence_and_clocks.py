@@ -27,7 +27,15 @@ from fleet_server.db.models import Alarm, Device
 from fleet_server.domain.clock_skew import CLOCK_SKEW
 from fleet_server.services.commands import build_command
 from fleet_server.services.presence import sweep_presence
-from protocol import AckStatus, CommandAck, RejectReason, encode, topic
+from protocol import (
+    AckStatus,
+    CommandAck,
+    Presence,
+    PresenceState,
+    RejectReason,
+    encode,
+    topic,
+)
 from tests.conftest import MosquittoBroker, wait_for
 from tests.integration.agent_harness import (
     CountingCollector,
@@ -193,7 +201,10 @@ def test_a_server_command_reaches_an_agent_whose_clock_runs_ahead(
         clock=AheadClock(AHEAD_S),
     )
     try:
-        wait_for(lambda: agent.daemon.connected_since is not None)
+        # The agent subscribes to its commands before it says it is online, and a broker
+        # handles one client's packets in order: once its presence has come through, the
+        # agent's subscription (and the receiver's) is in place and no command is lost.
+        wait_for(lambda: any(p.state is PresenceState.ONLINE for p in receiver.of(Presence)))
         now = time.time()
         # What the server sends: ttl_s, judged by the agent from receipt.
         with_ttl = build_command("check_update", device_id, "cmd-ttl-1", now, now + 300)
