@@ -104,30 +104,29 @@ def test_outage_longer_than_the_bound_drops_oldest_and_reports_the_count(
         return max(receiver.dropped_totals(), default=0) >= 30
 
     wait_for(drops_reported, timeout=30)
-    # Let the backlog drain first, so the batch flushed at stop does not itself push the
-    # queue over its bound (drops it caused would only be reported by the next run).
-    wait_for(lambda: agent.daemon.outbox.size_bytes() <= limit // 2, timeout=30)
     agent.stop()
-    final_drops = agent.daemon.outbox.dropped_samples
+    first_run_drops = agent.daemon.outbox.dropped_samples
+
+    # The batch flushed at stop may itself push the queue over its bound; the count it
+    # adds is kept on disk and carried by the next run's first report.
+    again = RunningAgent(config, collector)
+    wait_for(lambda: max(receiver.dropped_totals()) >= first_run_drops, timeout=30)
+    again.stop()
+    final_drops = again.daemon.outbox.dropped_samples
     taken = list(collector.taken)
-
-    def everything_delivered() -> bool:
-        last = max(receiver.samples_in_order(), default=-1)
-        return last == taken[-1] and max(receiver.dropped_totals()) == final_drops
-
-    wait_for(everything_delivered, timeout=15)
+    wait_for(lambda: max(receiver.samples_in_order(), default=-1) == taken[-1], timeout=30)
     arrived = receiver.samples_in_order()
 
     # The dropped samples are missing, and they are the oldest of the outage. (A batch
-    # the broker took just before it stopped, without its PUBACK reaching the agent, is
-    # counted as dropped yet may still arrive: hence <=, within one inflight window.)
+    # the broker took without its PUBACK yet reaching the agent - before the outage, or
+    # under load at a stop - is counted as dropped yet may still arrive: hence <=.)
     missing = sorted(set(taken) - set(arrived))
     assert 0 < len(missing) <= final_drops
     assert len(missing) >= final_drops - 20 * 10
     assert missing == list(range(missing[0], missing[0] + len(missing))), "one contiguous gap"
     assert arrived == sorted(arrived)
     assert Counter(arrived).most_common(1)[0][1] == 1
-    assert max(receiver.dropped_totals()) == final_drops
+    assert first_run_drops <= max(receiver.dropped_totals()) <= final_drops
 
 
 def test_crash_keeps_unbatched_samples_and_is_reported_as_agent_crash(tmp_path: Path) -> None:
