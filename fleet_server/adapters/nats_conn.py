@@ -216,7 +216,12 @@ def settle_heap() -> None:
     """Put every object allocated so far (modules, table metadata, the connection) out of
     the cyclic garbage collector's reach. A consumer allocates several short-lived
     objects per message; without this every full collection also walks the whole
-    start-up heap again (about a tenth of a worker's CPU per message)."""
+    start-up heap again (about a tenth of a worker's CPU per message).
+
+    The freeze is process-wide: in the all-in-one ``fleet-server run`` it covers the API's
+    start-up heap too. That is safe: garbage is collected first, frozen objects are still
+    freed by reference counting when dropped, and only a reference cycle among them
+    (start-up state, which lives as long as the process anyway) would stay allocated."""
     gc.collect()
     gc.freeze()
 

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy import JSON, Column, ColumnElement, String, Table, any_, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+
+
+@contextmanager
+def _driver_errors(sql: str) -> Iterator[None]:
+    """Raise a driver error of a statement sent past SQLAlchemy as SQLAlchemy's own
+    (``IntegrityError``, ``DataError``, ``OperationalError``...), as if SQLAlchemy had
+    sent it: callers handle one error family whichever way a statement went."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, psycopg.Error) from exc
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
 
 
 def insert_ignore(session: Session, table: Any) -> Any:
@@ -41,7 +58,8 @@ def select_in(
     table = key.table.name
     names = ", ".join(f'"{c.name}"' for c in columns)
     sql = f'SELECT {names} FROM "{table}" WHERE "{key.name}" = ANY(%s)'
-    with conn.connection.driver_connection.cursor(row_factory=namedtuple_row) as cur:
+    driver = conn.connection.driver_connection
+    with driver.cursor(row_factory=namedtuple_row) as cur, _driver_errors(sql):
         cur.execute(sql, (list(values),))
         return cur.fetchall()
 
@@ -60,7 +78,7 @@ def lock_in_order(session: Session, key: Column[Any], values: Sequence[Any]) -> 
         f'SELECT 1 FROM "{key.table.name}" WHERE "{key.name}" = ANY(%s::{kind}[]) '
         f'ORDER BY "{key.name}" FOR NO KEY UPDATE'
     )
-    with conn.connection.driver_connection.cursor() as cur:
+    with conn.connection.driver_connection.cursor() as cur, _driver_errors(sql):
         cur.execute(sql, (_array_literal(sorted(values), "plain"),))
 
 
@@ -84,7 +102,7 @@ def insert_new_rows(session: Session, table: Table, columns: dict[str, list[Any]
     names = list(columns)
     sql, kinds = _insert_new_sql(table, tuple(names), conn.dialect)
     params = [_array_literal(columns[c], kind) for c, kind in zip(names, kinds, strict=True)]
-    with raw.cursor() as cur:
+    with raw.cursor() as cur, _driver_errors(sql):
         cur.execute(sql, params)
         return {int(r[0]) - 1 for r in cur.fetchall()}
 
@@ -139,10 +157,13 @@ def _array_literal(values: list[Any], kind: str) -> str:
         cells = ["NULL" if v is None else str(v) for v in values]
     elif kind == "text":
         if None not in values:
-            joined = '","'.join(values)
+            try:
+                joined = '","'.join(values)
+            except TypeError:  # a value that is not a str: quoted one by one below
+                joined = '"'
             if "\\" not in joined and joined.count('"') == 2 * (len(values) - 1):
                 return '{"' + joined + '"}'  # no value holds a quote or a backslash
-        cells = ["NULL" if v is None else _quoted(v) for v in values]
+        cells = ["NULL" if v is None else _quoted(str(v)) for v in values]
     else:
         cells = ["NULL" if v is None else _quoted(json.dumps(v)) for v in values]
     return "{" + ",".join(cells) + "}"
@@ -171,8 +192,10 @@ def _sqlite_insert_new(raw: Any, table: Table, columns: dict[str, list[Any]]) ->
     try:
         for start in range(0, len(tuples), chunk):
             part = tuples[start : start + chunk]
-            cur.execute(head + ", ".join([one] * len(part)) + tail, [v for t in part for v in t])
-            stored.update(tuple(r) for r in cur.fetchall())
+            sql = head + ", ".join([one] * len(part)) + tail
+            with _driver_errors(sql):
+                cur.execute(sql, [v for t in part for v in t])
+                stored.update(tuple(r) for r in cur.fetchall())
     finally:
         cur.close()
     at = [names.index(k) for k in keys]

@@ -344,6 +344,7 @@ class BatchWriter:
             if not candidates:
                 return result
             # Dedupe against what is already stored: the rows skipped are the repeats.
+            # (keys_seen made the candidates' keys distinct, as insert_new_rows needs.)
             repeated = insert_new_rows(
                 session,
                 ReceivedMessage.__table__,
@@ -441,6 +442,7 @@ class BatchWriter:
             kept_samples = [samples.samples[n] for n in order]
             keys = [samples.keys[n] for n in order]
             stamps = [stamps[n] for n in order]
+        # ``first`` made the (device, ts) keys distinct, as insert_new_rows needs.
         skipped = insert_new_rows(
             session, TelemetrySample.__table__, sample_columns(keys, stamps, kept_samples)
         )

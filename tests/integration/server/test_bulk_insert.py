@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import (
     JSON,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    exc,
     select,
     text,
 )
@@ -110,4 +112,37 @@ def test_lock_in_order_takes_the_rows_in_key_order(postgres_url: str) -> None:
     finally:
         for s in (first, second, third):
             s.close()
+        engine.dispose()
+
+
+def test_a_value_that_is_not_text_in_a_text_column_is_stored_as_its_text(engine: Engine) -> None:
+    META.create_all(engine)
+    with Session(engine) as session, session.begin():
+        insert_new_rows(session, ROWS, {"k": [7, 8], "name": ["plain", 42]})  # type: ignore[list-item]
+    with Session(engine) as session:
+        names = sorted(r.name for r in session.execute(select(ROWS.c.name)))
+    assert names == ["42", "plain"]
+
+
+@pytest.mark.postgres
+def test_errors_of_statements_sent_past_sqlalchemy_are_sqlalchemys(postgres_url: str) -> None:
+    """The ingest tells a bad message (``DataError``/``IntegrityError``: isolate it) from
+    a database outage (retry) by SQLAlchemy's error types, whichever way a statement
+    went: a row PostgreSQL refuses surfaces as ``sqlalchemy.exc.DataError``."""
+    engine = create_db_engine(postgres_url)
+    META.create_all(engine)
+    try:
+        with Session(engine) as session, session.begin():
+            with pytest.raises(exc.DataError) as refused:
+                insert_new_rows(
+                    session, ROWS, {"k": [1], "name": ["a"], "doc": [{"x": float("nan")}]}
+                )
+            assert isinstance(refused.value.orig, psycopg.errors.DataError)
+        with Session(engine) as session, session.begin():
+            with pytest.raises(exc.DBAPIError) as wrong:
+                select_in(session, [ROWS.c.k], ROWS.c.k, ["not a number"])
+            assert isinstance(wrong.value.orig, psycopg.Error)
+        with Session(engine) as session:
+            assert session.execute(select(ROWS)).all() == [], "nothing half-written"
+    finally:
         engine.dispose()
