@@ -131,7 +131,7 @@ def test_300_devices_on_the_default_server(tmp_path: Path) -> None:
             server,
         )
         assert rerun.wait(timeout=60) == 0, (tmp_path / "rerun.log").read_text()
-        wait_for(lambda: _boot_ids(server, "ev-00001") - first, timeout=20, interval=0.5)
+        wait_for(lambda: _boot_ids(server, "ev-00001") - first, timeout=60, interval=0.5)
         assert "Traceback" not in server.log(), server.log()[-4000:]
 
 

@@ -48,7 +48,7 @@ def test_run_with_embedded_broker_ingests_and_stops_cleanly(tmp_path: Path) -> N
             except httpx.HTTPError:
                 return False
 
-        wait_for(healthy, timeout=30)
+        wait_for(healthy, timeout=90)  # generous: a loaded CI machine starts slowly
         device = mqtt.Client(CallbackAPIVersion.VERSION2, "pi-e", protocol=mqtt.MQTTv311)
         device.connect("127.0.0.1", broker_port)
         device.loop_start()
@@ -70,7 +70,7 @@ def test_run_with_embedded_broker_ingests_and_stops_cleanly(tmp_path: Path) -> N
             r = httpx.get(f"{api}/api/v1/devices/pi-e/telemetry", headers=headers, timeout=5)
             return r.status_code == 200 and r.json()["total"] == 30
 
-        wait_for(stored, timeout=30)
+        wait_for(stored, timeout=60)
         metrics = httpx.get(f"{api}/metrics", timeout=5).text
         assert 'fleet_ingest_messages_total{kind="telemetry"} 30.0' in metrics
     finally:
