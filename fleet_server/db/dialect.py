@@ -8,9 +8,21 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg.rows import namedtuple_row
-from sqlalchemy import JSON, Column, ColumnElement, String, Table, any_, bindparam, select
+from sqlalchemy import (
+    JSON,
+    Column,
+    ColumnElement,
+    Float,
+    Integer,
+    String,
+    Table,
+    any_,
+    bindparam,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -112,7 +124,8 @@ _SQL_CACHE: dict[tuple[str, tuple[str, ...]], tuple[str, list[str]]] = {}
 
 def _insert_new_sql(table: Table, names: tuple[str, ...], dialect: Any) -> tuple[str, list[str]]:
     """The statement of :func:`insert_new_rows` and each column's literal kind
-    (``text``, ``json`` or ``plain``), built once per table and column list."""
+    (``number``, ``text``, ``json`` or ``plain``), built once per table and column
+    list."""
     cached = _SQL_CACHE.get((table.name, names))
     if cached is not None:
         return cached
@@ -121,7 +134,9 @@ def _insert_new_sql(table: Table, names: tuple[str, ...], dialect: Any) -> tuple
     for c in names:
         kind = table.c[c].type
         arrays.append(f"%s::{kind.compile(dialect=dialect)}[]")
-        if isinstance(kind, JSON):
+        if isinstance(kind, Integer | Float):
+            kinds.append("number")
+        elif isinstance(kind, JSON):
             kinds.append("json")
         elif isinstance(kind, String):
             kinds.append("text")
@@ -143,15 +158,28 @@ def _insert_new_sql(table: Table, names: tuple[str, ...], dialect: Any) -> tuple
     return sql, kinds
 
 
+_JSON = msgspec.json.Encoder()
+
+
 def _quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _array_literal(values: list[Any], kind: str) -> str:
-    """A PostgreSQL array literal of ``values`` (``None`` is ``NULL``): numbers and
-    booleans as ``str`` gives them (exact for floats, accepted by the server's input
-    functions), text and JSON quoted and escaped."""
-    if kind == "plain":
+    """A PostgreSQL array literal of ``values`` (``None`` is ``NULL``): numbers as JSON
+    gives them in one call (shortest exact form; ``null`` is ``NULL`` in an array
+    literal), or, with a NaN or an infinity among them (also ``null`` in JSON), as
+    ``str`` gives them; other plain values as ``str`` gives them (accepted by the
+    server's input functions), text and JSON quoted and escaped."""
+    if kind == "number":
+        try:
+            text: bytes | None = _JSON.encode(values)
+        except (TypeError, OverflowError):  # not plain numbers: formatted one by one
+            text = None
+        if text is not None and text.count(b"null") == values.count(None):
+            return "{" + text[1:-1].decode() + "}"
+        cells = ["NULL" if v is None else str(v) for v in values]
+    elif kind == "plain":
         if None not in values:
             return "{" + ",".join(map(str, values)) + "}"
         cells = ["NULL" if v is None else str(v) for v in values]
