@@ -125,6 +125,37 @@ def test_a_value_that_is_not_text_in_a_text_column_is_stored_as_its_text(engine:
 
 
 @pytest.mark.postgres
+def test_numbers_land_exactly_including_nan_infinities_and_nulls(postgres_url: str) -> None:
+    """PostgreSQL keeps every integer and float as sent in the array literals: the
+    shortest and the longest float forms, -0.0, NaN and both infinities (``null`` in
+    JSON, so not sent as JSON), integers past 32 bits, and NULL among numbers."""
+    engine = create_db_engine(postgres_url)
+    META.create_all(engine)
+    xs = [1796281207.1987965, 0.1, -0.0, 1e-7, 1e20, 5.0, float("nan"), float("inf")]
+    xs += [float("-inf"), None, 2.5]
+    keys = [2**40 + i for i in range(len(xs))]
+    sent = {"k": keys, "name": ["n"] * len(xs), "x": xs}
+    # Only numbers (no NULL, no NaN) in one statement too.
+    plain = {"k": [7, 2**62], "name": ["p", "p"], "x": [3.25, 1796281207.1987965]}
+    try:
+        with Session(engine) as session, session.begin():
+            assert insert_new_rows(session, ROWS, sent) == set()
+            assert insert_new_rows(session, ROWS, plain) == set()
+        with Session(engine) as session:
+            got = {r.k: r.x for r in session.execute(select(ROWS.c.k, ROWS.c.x))}
+    finally:
+        engine.dispose()
+    assert len(got) == len(xs) + 2
+    for k, x in [*zip(keys, xs, strict=True), *zip(plain["k"], plain["x"], strict=True)]:
+        if x is None:
+            assert got[k] is None, k
+        elif x != x:
+            assert got[k] != got[k], (k, got[k])  # NaN
+        else:
+            assert str(got[k]) == str(x), (k, got[k], x)  # -0.0 keeps its sign
+
+
+@pytest.mark.postgres
 def test_errors_of_statements_sent_past_sqlalchemy_are_sqlalchemys(postgres_url: str) -> None:
     """The ingest tells a bad message (``DataError``/``IntegrityError``: isolate it) from
     a database outage (retry) by SQLAlchemy's error types, whichever way a statement
