@@ -62,17 +62,19 @@ def select_in(
     session: Session, columns: Sequence[Column[Any]], key: Column[Any], values: Sequence[Any]
 ) -> list[Any]:
     """``SELECT columns WHERE key IN values``: rows whose fields are named after the
-    columns. On PostgreSQL straight through the driver (``= ANY(%s)``, one parameter),
-    skipping the ORM's per-statement work on the ingest's per-batch device lookup."""
+    columns. On PostgreSQL straight through the driver (``= ANY(%s)``, one parameter: an
+    array literal, see :func:`_array_literal`), skipping the ORM's and the driver's
+    per-value work on the ingest's per-batch device lookup."""
     conn = session.connection()
     if conn.dialect.name != "postgresql":
         return list(session.execute(select(*columns).where(key.in_(list(values)))).all())
     table = key.table.name
     names = ", ".join(f'"{c.name}"' for c in columns)
-    sql = f'SELECT {names} FROM "{table}" WHERE "{key.name}" = ANY(%s)'
+    kind = key.type.compile(dialect=conn.dialect)
+    sql = f'SELECT {names} FROM "{table}" WHERE "{key.name}" = ANY(%s::{kind}[])'
     driver = conn.connection.driver_connection
     with driver.cursor(row_factory=namedtuple_row) as cur, _driver_errors(sql):
-        cur.execute(sql, (list(values),))
+        cur.execute(sql, (_array_literal(list(values), _literal_kind(key.type)),))
         return cur.fetchall()
 
 
@@ -134,14 +136,7 @@ def _insert_new_sql(table: Table, names: tuple[str, ...], dialect: Any) -> tuple
     for c in names:
         kind = table.c[c].type
         arrays.append(f"%s::{kind.compile(dialect=dialect)}[]")
-        if isinstance(kind, Integer | Float):
-            kinds.append("number")
-        elif isinstance(kind, JSON):
-            kinds.append("json")
-        elif isinstance(kind, String):
-            kinds.append("text")
-        else:
-            kinds.append("plain")
+        kinds.append(_literal_kind(kind))
     cols = ", ".join(f'"{c}"' for c in names)
     keys = [c.name for c in table.primary_key.columns]
     returning = ", ".join(f'"{k}"' for k in keys)
@@ -159,6 +154,17 @@ def _insert_new_sql(table: Table, names: tuple[str, ...], dialect: Any) -> tuple
 
 
 _JSON = msgspec.json.Encoder()
+
+
+def _literal_kind(kind: Any) -> str:
+    """How :func:`_array_literal` writes the values of a column of type ``kind``."""
+    if isinstance(kind, Integer | Float):
+        return "number"
+    if isinstance(kind, JSON):
+        return "json"
+    if isinstance(kind, String):
+        return "text"
+    return "plain"
 
 
 def _quoted(text: str) -> str:
@@ -235,19 +241,23 @@ def bulk_update(session: Session, table: Table, key: str, rows: list[dict[str, A
     (every row has the same keys, one of them ``"k"``).
 
     PostgreSQL: one statement for all the rows, joined to the rows sent as one JSON
-    parameter (``jsonb_to_recordset``), instead of one UPDATE per row: the ingest
-    updates every device of a batch once per batch. Elsewhere (or when a value cannot be
-    sent as JSON, a NaN) ``executemany``.
+    parameter (``jsonb_to_recordset``; encoded by msgspec, or by ``json`` when a value is
+    ``null`` there, to tell a None from a NaN), instead of one UPDATE per row: the
+    ingest updates every device of a batch once per batch. Elsewhere (or when a value
+    cannot be sent as JSON, a NaN) ``executemany``.
     """
     if not rows:
         return
     conn = session.connection()
     columns = [c for c in rows[0] if c != "k"]
     if conn.dialect.name == "postgresql":
-        try:
-            doc = json.dumps(rows, allow_nan=False)
-        except ValueError:
-            doc = None
+        doc = _JSON.encode(rows).decode()
+        if "null" in doc:
+            # A None, or a NaN or an infinity (which JSON cannot carry: executemany).
+            try:
+                doc = json.dumps(rows, allow_nan=False)
+            except ValueError:
+                doc = None
         if doc is not None:
             kinds = [f'"{c}" {table.c[c].type.compile(dialect=conn.dialect)}' for c in columns]
             kinds.append(f'"k" {table.c[key].type.compile(dialect=conn.dialect)}')

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from fleet_server.db import create_db_engine
-from fleet_server.db.dialect import insert_new_rows, lock_in_order, select_in
+from fleet_server.db.dialect import bulk_update, insert_new_rows, lock_in_order, select_in
 from tests.conftest import wait_for
 
 META = MetaData()
@@ -38,6 +38,14 @@ ROWS = Table(
     Column("name", String(64), primary_key=True),
     Column("x", Float),
     Column("flag", Boolean),
+    Column("doc", JSON),
+)
+
+UPDATED = Table(
+    "bulk_update_probe",
+    META,
+    Column("id", BigInteger, primary_key=True),
+    Column("x", Float),
     Column("doc", JSON),
 )
 
@@ -113,6 +121,29 @@ def test_lock_in_order_takes_the_rows_in_key_order(postgres_url: str) -> None:
         for s in (first, second, third):
             s.close()
         engine.dispose()
+
+
+def test_bulk_update_sets_numbers_json_nulls_and_nan(engine: Engine) -> None:
+    """``bulk_update`` sets each row's values on its key: numbers and JSON documents,
+    a None (NULL), and a NaN, which JSON cannot carry."""
+    META.create_all(engine)
+    with Session(engine) as session, session.begin():
+        session.execute(UPDATED.insert(), [{"id": 1}, {"id": 2}, {"id": 3}])
+    doc = {"cpu_pct": 12.5, "ts": 1796281207.1987965, "n": [1, "ü"]}
+    with Session(engine) as session, session.begin():
+        bulk_update(
+            session, UPDATED, "id", [{"k": 1, "x": 0.1, "doc": doc}, {"k": 2, "x": 2.5, "doc": {}}]
+        )
+        bulk_update(session, UPDATED, "id", [{"k": 2, "x": None}, {"k": 3, "x": float("nan")}])
+    with Session(engine) as session:
+        got = {r.id: (r.x, r.doc) for r in session.execute(select(UPDATED))}
+    assert got[1] == (0.1, doc)
+    assert got[2] == (None, {})
+    if engine.dialect.name == "postgresql":
+        assert got[3][0] != got[3][0]  # NaN
+    else:
+        assert got[3][0] is None  # SQLite stores a NaN as NULL
+    assert got[3][1] is None
 
 
 def test_a_value_that_is_not_text_in_a_text_column_is_stored_as_its_text(engine: Engine) -> None:
