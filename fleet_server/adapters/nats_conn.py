@@ -212,18 +212,29 @@ async def ensure_ingest_consumer(js: JetStreamContext, options: NatsOptions, rep
         )
 
 
+YOUNG_GENERATION_THRESHOLD = 10_000
+"""Net allocations of tracked objects between two collections of the youngest
+generation once the heap is settled (CPython's default is 700)."""
+
+
 def settle_heap() -> None:
     """Put every object allocated so far (modules, table metadata, the connection) out of
-    the cyclic garbage collector's reach. A consumer allocates several short-lived
-    objects per message; without this every full collection also walks the whole
-    start-up heap again (about a tenth of a worker's CPU per message).
+    the cyclic garbage collector's reach, and collect the youngest generation every
+    10,000 net allocations instead of 700. A consumer allocates several short-lived
+    objects per message; without the freeze every full collection also walks the whole
+    start-up heap again (about a tenth of a worker's CPU per message), and with the
+    default threshold the objects of the batches in hand (two batches of 1,000 messages,
+    a few objects each) are traversed again by a collection every few hundred messages
+    (about 1.7 µs of a worker's CPU per message, measured with ``gc.callbacks``).
 
-    The freeze is process-wide: in the all-in-one ``fleet-server run`` it covers the API's
-    start-up heap too. That is safe: garbage is collected first, frozen objects are still
-    freed by reference counting when dropped, and only a reference cycle among them
-    (start-up state, which lives as long as the process anyway) would stay allocated."""
+    Both are process-wide: in the all-in-one ``fleet-server run`` they cover the API too.
+    That is safe: garbage is collected first, frozen objects are still freed by reference
+    counting when dropped, and only a reference cycle among them (start-up state, which
+    lives as long as the process anyway) would stay allocated; garbage in cycles made
+    later waits for at most 10,000 net allocations instead of 700."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, *gc.get_threshold()[1:])
 
 
 async def acknowledge(nc: NatsClient, msgs: list[Msg]) -> None:

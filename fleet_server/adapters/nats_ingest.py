@@ -220,19 +220,19 @@ class NatsIngestWorker:
     async def _handle(self, nc: NatsClient, js: JetStreamContext, msgs: list[Msg]) -> None:
         now = self.clock()
         batch: list[Inbound] = []
-        admit = self.budget.admit
+        admit, add = self.budget.admit, batch.append
         for m in msgs:
             topic, device_id, kind = _route(m.subject)
             data = m.data
             if kind is None:
-                batch.append(Inbound(topic, data, now))  # rejected and counted as bad_topic
+                add(Inbound(topic, data, now))  # rejected and counted as bad_topic
                 continue
             if kind not in DEVICE_TO_CLOUD:
                 continue  # our own commands share the stream: acknowledged, not stored
             if not admit(device_id, len(data), now):
                 self.writer.metrics.rejected.labels(reason="rate_limited").inc()
                 continue
-            batch.append(Inbound(topic, data, now))
+            add(Inbound(topic, data, now))
         self.status.received(now)
         if batch and not await self._store(batch):
             self.status.settled(1, self.clock(), committed=False)

@@ -8,9 +8,21 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg.rows import namedtuple_row
-from sqlalchemy import JSON, Column, ColumnElement, String, Table, any_, bindparam, select
+from sqlalchemy import (
+    JSON,
+    Column,
+    ColumnElement,
+    Float,
+    Integer,
+    String,
+    Table,
+    any_,
+    bindparam,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -50,17 +62,19 @@ def select_in(
     session: Session, columns: Sequence[Column[Any]], key: Column[Any], values: Sequence[Any]
 ) -> list[Any]:
     """``SELECT columns WHERE key IN values``: rows whose fields are named after the
-    columns. On PostgreSQL straight through the driver (``= ANY(%s)``, one parameter),
-    skipping the ORM's per-statement work on the ingest's per-batch device lookup."""
+    columns. On PostgreSQL straight through the driver (``= ANY(%s)``, one parameter: an
+    array literal, see :func:`_array_literal`), skipping the ORM's and the driver's
+    per-value work on the ingest's per-batch device lookup."""
     conn = session.connection()
     if conn.dialect.name != "postgresql":
         return list(session.execute(select(*columns).where(key.in_(list(values)))).all())
     table = key.table.name
     names = ", ".join(f'"{c.name}"' for c in columns)
-    sql = f'SELECT {names} FROM "{table}" WHERE "{key.name}" = ANY(%s)'
+    kind = key.type.compile(dialect=conn.dialect)
+    sql = f'SELECT {names} FROM "{table}" WHERE "{key.name}" = ANY(%s::{kind}[])'
     driver = conn.connection.driver_connection
     with driver.cursor(row_factory=namedtuple_row) as cur, _driver_errors(sql):
-        cur.execute(sql, (list(values),))
+        cur.execute(sql, (_array_literal(list(values), _literal_kind(key.type)),))
         return cur.fetchall()
 
 
@@ -112,7 +126,8 @@ _SQL_CACHE: dict[tuple[str, tuple[str, ...]], tuple[str, list[str]]] = {}
 
 def _insert_new_sql(table: Table, names: tuple[str, ...], dialect: Any) -> tuple[str, list[str]]:
     """The statement of :func:`insert_new_rows` and each column's literal kind
-    (``text``, ``json`` or ``plain``), built once per table and column list."""
+    (``number``, ``text``, ``json`` or ``plain``), built once per table and column
+    list."""
     cached = _SQL_CACHE.get((table.name, names))
     if cached is not None:
         return cached
@@ -121,12 +136,7 @@ def _insert_new_sql(table: Table, names: tuple[str, ...], dialect: Any) -> tuple
     for c in names:
         kind = table.c[c].type
         arrays.append(f"%s::{kind.compile(dialect=dialect)}[]")
-        if isinstance(kind, JSON):
-            kinds.append("json")
-        elif isinstance(kind, String):
-            kinds.append("text")
-        else:
-            kinds.append("plain")
+        kinds.append(_literal_kind(kind))
     cols = ", ".join(f'"{c}"' for c in names)
     keys = [c.name for c in table.primary_key.columns]
     returning = ", ".join(f'"{k}"' for k in keys)
@@ -143,15 +153,39 @@ def _insert_new_sql(table: Table, names: tuple[str, ...], dialect: Any) -> tuple
     return sql, kinds
 
 
+_JSON = msgspec.json.Encoder()
+
+
+def _literal_kind(kind: Any) -> str:
+    """How :func:`_array_literal` writes the values of a column of type ``kind``."""
+    if isinstance(kind, Integer | Float):
+        return "number"
+    if isinstance(kind, JSON):
+        return "json"
+    if isinstance(kind, String):
+        return "text"
+    return "plain"
+
+
 def _quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _array_literal(values: list[Any], kind: str) -> str:
-    """A PostgreSQL array literal of ``values`` (``None`` is ``NULL``): numbers and
-    booleans as ``str`` gives them (exact for floats, accepted by the server's input
-    functions), text and JSON quoted and escaped."""
-    if kind == "plain":
+    """A PostgreSQL array literal of ``values`` (``None`` is ``NULL``): numbers as JSON
+    gives them in one call (shortest exact form; ``null`` is ``NULL`` in an array
+    literal), or, with a NaN or an infinity among them (also ``null`` in JSON), as
+    ``str`` gives them; other plain values as ``str`` gives them (accepted by the
+    server's input functions), text and JSON quoted and escaped."""
+    if kind == "number":
+        try:
+            text: bytes | None = _JSON.encode(values)
+        except (TypeError, OverflowError):  # not plain numbers: formatted one by one
+            text = None
+        if text is not None and text.count(b"null") == values.count(None):
+            return "{" + text[1:-1].decode() + "}"
+        cells = ["NULL" if v is None else str(v) for v in values]
+    elif kind == "plain":
         if None not in values:
             return "{" + ",".join(map(str, values)) + "}"
         cells = ["NULL" if v is None else str(v) for v in values]
@@ -207,19 +241,23 @@ def bulk_update(session: Session, table: Table, key: str, rows: list[dict[str, A
     (every row has the same keys, one of them ``"k"``).
 
     PostgreSQL: one statement for all the rows, joined to the rows sent as one JSON
-    parameter (``jsonb_to_recordset``), instead of one UPDATE per row: the ingest
-    updates every device of a batch once per batch. Elsewhere (or when a value cannot be
-    sent as JSON, a NaN) ``executemany``.
+    parameter (``jsonb_to_recordset``; encoded by msgspec, or by ``json`` when a value is
+    ``null`` there, to tell a None from a NaN), instead of one UPDATE per row: the
+    ingest updates every device of a batch once per batch. Elsewhere (or when a value
+    cannot be sent as JSON, a NaN) ``executemany``.
     """
     if not rows:
         return
     conn = session.connection()
     columns = [c for c in rows[0] if c != "k"]
     if conn.dialect.name == "postgresql":
-        try:
-            doc = json.dumps(rows, allow_nan=False)
-        except ValueError:
-            doc = None
+        doc = _JSON.encode(rows).decode()
+        if "null" in doc:
+            # A None, or a NaN or an infinity (which JSON cannot carry: executemany).
+            try:
+                doc = json.dumps(rows, allow_nan=False)
+            except ValueError:
+                doc = None
         if doc is not None:
             kinds = [f'"{c}" {table.c[c].type.compile(dialect=conn.dialect)}' for c in columns]
             kinds.append(f'"k" {table.c[key].type.compile(dialect=conn.dialect)}')

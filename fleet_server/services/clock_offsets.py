@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from fleet_server.domain.clock_skew import CLOCK_SKEW, is_skewed, offset_estimate, skew_message
+from fleet_server.domain.clock_skew import CLOCK_SKEW, is_skewed, skew_message
 from fleet_server.services.alarms import set_condition
 
 
@@ -21,20 +21,36 @@ class ClockRow(Protocol):
     vitals_ts: float | None
 
 
+class Received(Protocol):
+    """What this module reads of a received message's record."""
+
+    @property
+    def received_at(self) -> float:
+        """When the server received the message."""
+        ...
+
+
 def measure_clocks(
-    fresh: Iterable[tuple[float, Any, ClockRow]], bound_s: float, now: float
+    fresh: Iterable[tuple[Received, Any, ClockRow]], bound_s: float, now: float
 ) -> None:
-    """Set each device's offset measured on this batch's ``(received_at, message, row)``
-    (see :mod:`fleet_server.domain.clock_skew`) and whether its clock is out of bound.
-    Held vitals stamped in the server's future (by a clock that ran ahead) stop ordering:
-    the next sample replaces them."""
-    pairs: dict[int, list[tuple[float, float]]] = {}
+    """Set each device's offset measured on this batch's ``(received, message, row)``
+    (:func:`~fleet_server.domain.clock_skew.offset_estimate` of its ``(message.ts,
+    received.received_at)`` pairs, kept as a running maximum instead of a list per
+    device) and whether its clock is out of bound. Held vitals stamped in the server's
+    future (by a clock that ran ahead) stop ordering: the next sample replaces them."""
+    offsets: dict[int, float] = {}
     rows: dict[int, ClockRow] = {}
-    for received_at, msg, dev in fresh:
-        pairs.setdefault(dev.key, []).append((msg.ts, received_at))
-        rows[dev.key] = dev
+    for received, msg, dev in fresh:
+        offset = msg.ts - received.received_at
+        key = dev.key
+        held = offsets.get(key)
+        if held is None:
+            offsets[key] = offset
+            rows[key] = dev
+        elif offset > held:  # max(): the first of equal offsets is kept
+            offsets[key] = offset
     for key, dev in rows.items():
-        dev.new_clock_offset_s = offset_estimate(pairs[key])
+        dev.new_clock_offset_s = offsets[key]
         dev.skewed = is_skewed(dev.new_clock_offset_s, bound_s)
         if dev.vitals_ts is not None and dev.vitals_ts > now + bound_s:
             dev.vitals_ts = None

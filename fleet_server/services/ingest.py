@@ -20,7 +20,7 @@ from collections import Counter as Tally
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from sqlalchemy import delete, select, tuple_, update
@@ -29,11 +29,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import protocol as p
 from fleet_server.db.dialect import (
-    bulk_update,
-    insert_ignore,
     insert_new_rows,
     lock_in_order,
-    select_in,
 )
 from fleet_server.db.models import (
     CommandRecord,
@@ -44,8 +41,6 @@ from fleet_server.db.models import (
 )
 from fleet_server.domain.presence import (
     PresenceMessage,
-    PresenceReason,
-    PresenceView,
     apply_presence,
     mark_traffic,
 )
@@ -58,6 +53,7 @@ from fleet_server.services.deployments import (
     apply_install_rejection,
     apply_update_report,
 )
+from fleet_server.services.ingest_devices import DeviceRow, read_devices, update_devices
 from fleet_server.services.metrics import IngestMetrics
 from fleet_server.services.telemetry_rows import (
     TS_CONFLICT,
@@ -72,9 +68,9 @@ log = logging.getLogger(__name__)
 ``protocol.messages.Sample``)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """A raw message as received from the broker."""
+class Inbound(NamedTuple):
+    """A raw message as received from the broker (immutable; a named tuple, the
+    cheapest immutable record to build once per message)."""
 
     topic: str
     payload: bytes
@@ -108,6 +104,7 @@ class BatchResult:
 
 
 _sample_ts = attrgetter("ts")
+_received_at = attrgetter("received_at")
 
 
 @dataclass(slots=True)
@@ -118,60 +115,8 @@ class _Samples:
     samples: list[p.Sample] = field(default_factory=list)
 
 
-@dataclass
-class _DeviceRow:
-    key: int
-    status: str
-    presence: PresenceView
-    vitals_ts: float | None
-    software_version: str | None
-    changed_presence: bool = False
-    presence_changed_at: float | None = None
-    last_seen: float | None = None
-    vitals: p.Sample | None = None
-    """The latest sample of the batch (stored as the device's vitals)."""
-    new_vitals_ts: float | None = None
-    dropped_total: int | None = None
-    boot: dict[str, Any] | None = None
-    clock_offset_s: float | None = None
-    new_clock_offset_s: float | None = None
-    skewed: bool = False
-
-
-_DEVICE_COLUMNS = [
-    Device.__table__.c[name]
-    for name in (
-        "id",
-        "device_id",
-        "status",
-        "presence",
-        "presence_reason",
-        "presence_boot_id",
-        "presence_seq",
-        "presence_ts",
-        "presence_floor_seq",
-        "vitals_ts",
-        "software_version",
-        "clock_offset_s",
-    )
-]
-
-
-def _presence_view(row: Any) -> PresenceView:
-    online = {"online": True, "offline": False}.get(row.presence)
-    reason = PresenceReason(row.presence_reason) if row.presence_reason else None
-    return PresenceView(
-        online,
-        reason,
-        row.presence_boot_id,
-        row.presence_seq,
-        row.presence_ts,
-        row.presence_floor_seq,
-    )
-
-
 def _apply_update(
-    session: Session, dev: _DeviceRow, msg: p.UpdateStateChanged, item: Inbound
+    session: Session, dev: DeviceRow, msg: p.UpdateStateChanged, item: Inbound
 ) -> bool:
     """Move the execution the report names; False when it names one that is not this
     device's (the report is then refused, never applied or stored; a savepoint undoes
@@ -268,7 +213,7 @@ class BatchWriter:
             m.samples_skipped.labels(reason=reason).inc(n)
         if batch:
             now = self.clock()
-            m.lag.set(max(0.0, now - min(b.received_at for b in batch)))
+            m.lag.set(max(0.0, now - min(map(_received_at, batch))))
             m.batch_size.observe(len(batch))
 
     def _decode(self, batch: Iterable[Inbound], result: BatchResult) -> list[tuple[Inbound, Any]]:
@@ -280,40 +225,6 @@ class BatchWriter:
                 result.rejected[exc.reason.value] += 1
         return decoded
 
-    def _devices(self, session: Session, device_ids: set[str], now: float) -> dict[str, _DeviceRow]:
-        key = Device.__table__.c.device_id
-        rows = select_in(session, _DEVICE_COLUMNS, key, sorted(device_ids))
-        missing = device_ids - {r.device_id for r in rows}
-        if missing and self.auto_register:
-            session.execute(
-                insert_ignore(session, Device),
-                [
-                    {
-                        "device_id": d,
-                        "created_at": now,
-                        "channel": "production",
-                        "tags": [],
-                        "status": "active",
-                        "presence": "unknown",
-                        "dropped_total": 0,
-                        "open_faults": 0,
-                    }
-                    for d in sorted(missing)
-                ],
-            )
-            rows += select_in(session, _DEVICE_COLUMNS, key, sorted(missing))
-        return {
-            r.device_id: _DeviceRow(
-                key=r.id,
-                status=r.status,
-                presence=_presence_view(r),
-                vitals_ts=r.vitals_ts,
-                software_version=r.software_version,
-                clock_offset_s=r.clock_offset_s,
-            )
-            for r in rows
-        }
-
     def _write_once(self, batch: list[Inbound]) -> BatchResult:
         result = BatchResult()
         decoded = self._decode(batch, result)
@@ -321,9 +232,11 @@ class BatchWriter:
             return result
         now = self.clock()
         with self.sessions() as session, session.begin():
-            devices = self._devices(session, {m.device_id for _, m in decoded}, now)
+            devices = read_devices(
+                session, {m.device_id for _, m in decoded}, now, self.auto_register
+            )
             # Resolve devices and drop in-batch duplicates.
-            candidates: list[tuple[Inbound, Any, _DeviceRow]] = []
+            candidates: list[tuple[Inbound, Any, DeviceRow]] = []
             keys_seen: set[tuple[int, str, int]] = set()
             repeats: Tally[tuple[int, str, int]] = Tally()
             for item, msg in decoded:
@@ -358,28 +271,9 @@ class BatchWriter:
             if repeated:
                 result.duplicates += len(repeated)
                 candidates = [c for n, c in enumerate(candidates) if n not in repeated]
-            measure_clocks(
-                [(i.received_at, m, d) for i, m, d in candidates], self.max_clock_skew_s, now
-            )
+            measure_clocks(candidates, self.max_clock_skew_s, now)
             samples = _Samples()
-            events: list[tuple[_DeviceRow, Any, Inbound]] = []
-            for item, msg, dev in candidates:
-                dev.last_seen = max(dev.last_seen or 0.0, item.received_at)
-                if isinstance(msg, p.Telemetry):
-                    result.accepted["telemetry"] += 1
-                    self._telemetry(dev, msg, samples)
-                elif isinstance(msg, p.Presence):
-                    result.accepted["presence"] += 1
-                    self._presence(dev, msg, now, self.max_clock_skew_s)
-                else:
-                    result.accepted["event"] += 1
-                    events.append((dev, msg, item))
-                if not isinstance(msg, p.Presence):
-                    flipped = mark_traffic(dev.presence)
-                    if flipped is not None:
-                        dev.presence = flipped
-                        dev.changed_presence = True
-                        dev.presence_changed_at = now
+            events = self._apply(candidates, samples, result, now)
             if samples.keys:
                 names = {dev.key: device_id for device_id, dev in devices.items()}
                 self._store_samples(session, samples, result, names)
@@ -409,7 +303,7 @@ class BatchWriter:
                             ).in_(refused)
                         )
                     )
-            self._update_devices(session, devices.values())
+            update_devices(session, devices.values())
             skew_alarms(session, devices.values(), now, self.max_clock_skew_s)
             if self.activate_on_first_contact:
                 registry.activate_on_first_contact(
@@ -417,6 +311,58 @@ class BatchWriter:
                     {d.key: d.last_seen for d in devices.values() if d.last_seen is not None},
                 )
         return result
+
+    def _apply(
+        self,
+        candidates: list[tuple[Inbound, Any, DeviceRow]],
+        samples: _Samples,
+        result: BatchResult,
+        now: float,
+    ) -> list[tuple[DeviceRow, Any, Inbound]]:
+        """Fold the new messages, in order, into their device rows and ``samples``;
+        return the events (stored and applied later). One pass; a telemetry message
+        of one sample (the usual one) is handled inline."""
+        events: list[tuple[DeviceRow, Any, Inbound]] = []
+        telemetry = presence = 0
+        keys, kept = samples.keys, samples.samples
+        for item, msg, dev in candidates:
+            received_at = item.received_at
+            last_seen = dev.last_seen or 0.0
+            dev.last_seen = received_at if received_at > last_seen else last_seen
+            if isinstance(msg, p.Telemetry):
+                telemetry += 1
+                batch = msg.samples
+                if len(batch) == 1 and not dev.skewed:
+                    # _telemetry's rule for one sample on a trusted clock
+                    latest = batch[0]
+                    keys.append(dev.key)
+                    kept.append(latest)
+                    known, new = dev.vitals_ts or 0.0, dev.new_vitals_ts or 0.0
+                    if latest.ts >= (new if new > known else known):
+                        dev.vitals = latest
+                        dev.new_vitals_ts = latest.ts
+                    held, dropped = dev.dropped_total or 0, msg.dropped_total
+                    dev.dropped_total = dropped if dropped > held else held
+                else:
+                    self._telemetry(dev, msg, samples)
+            elif isinstance(msg, p.Presence):
+                presence += 1
+                self._presence(dev, msg, now, self.max_clock_skew_s)
+                continue
+            else:
+                result.accepted["event"] += 1
+                events.append((dev, msg, item))
+            if dev.presence.online is False:
+                flipped = mark_traffic(dev.presence)
+                if flipped is not None:
+                    dev.presence = flipped
+                    dev.changed_presence = True
+                    dev.presence_changed_at = now
+        if telemetry:
+            result.accepted["telemetry"] += telemetry
+        if presence:
+            result.accepted["presence"] += presence
+        return events
 
     @staticmethod
     def _store_samples(
@@ -427,15 +373,18 @@ class BatchWriter:
     ) -> None:
         """Insert the samples whose ``(device, ts)`` is new; count the others by
         :func:`skip_reason` against the kept sample (one SELECT for all of them)."""
-        first: dict[tuple[int, float], int] = {}
         held: list[int] = []
-        stamps = [s.ts for s in samples.samples]
-        for n, key in enumerate(zip(samples.keys, stamps, strict=True)):
-            if key in first:
-                held.append(n)  # the same timestamp twice in this batch
-            else:
-                first[key] = n
-        order = list(first.values())
+        stamps = list(map(_sample_ts, samples.samples))
+        if len(set(zip(samples.keys, stamps, strict=True))) == len(stamps):
+            order: list[int] | range = range(len(stamps))  # no timestamp twice (usual)
+        else:
+            first: dict[tuple[int, float], int] = {}
+            for n, key in enumerate(zip(samples.keys, stamps, strict=True)):
+                if key in first:
+                    held.append(n)  # the same timestamp twice in this batch
+                else:
+                    first[key] = n
+            order = list(first.values())
         if len(order) == len(samples.keys):
             kept_samples, keys = samples.samples, samples.keys
         else:
@@ -473,7 +422,7 @@ class BatchWriter:
             )
 
     @staticmethod
-    def _telemetry(dev: _DeviceRow, msg: p.Telemetry, out: _Samples) -> None:
+    def _telemetry(dev: DeviceRow, msg: p.Telemetry, out: _Samples) -> None:
         batch = msg.samples
         out.samples += batch
         if len(batch) == 1:
@@ -494,7 +443,7 @@ class BatchWriter:
         dev.dropped_total = max(dev.dropped_total or 0, msg.dropped_total)
 
     @staticmethod
-    def _presence(dev: _DeviceRow, msg: p.Presence, now: float, max_skew_s: float) -> None:
+    def _presence(dev: DeviceRow, msg: p.Presence, now: float, max_skew_s: float) -> None:
         ts = msg.ts - (dev.new_clock_offset_s or 0.0) if dev.skewed else msg.ts
         new = apply_presence(
             dev.presence,
@@ -517,7 +466,7 @@ class BatchWriter:
 
     @staticmethod
     def _events(
-        session: Session, events: list[tuple[_DeviceRow, Any, Inbound]]
+        session: Session, events: list[tuple[DeviceRow, Any, Inbound]]
     ) -> list[tuple[int, str, int]]:
         """Store events and apply them; returns the ``(device_key, boot_id, seq)`` keys
         of those refused (update reports naming an execution that is not the device's)."""
@@ -584,50 +533,3 @@ class BatchWriter:
         if faults:
             apply_fault_events(session, faults, now=max(item.received_at for *_, item in events))
         return refused
-
-    @staticmethod
-    def _update_devices(session: Session, devices: Iterable[_DeviceRow]) -> None:
-        seen = []
-        vitals = []
-        presence = []
-        for dev in devices:
-            if dev.last_seen is None:
-                continue
-            if dev.vitals is not None:
-                vitals.append(
-                    {
-                        "k": dev.key,
-                        "last_seen": dev.last_seen,
-                        "vitals": msgspec.to_builtins(dev.vitals),
-                        "vitals_ts": dev.new_vitals_ts,
-                        "dropped_total": dev.dropped_total or 0,
-                        "clock_offset_s": dev.new_clock_offset_s,
-                    }
-                )
-            else:
-                seen.append(
-                    {
-                        "k": dev.key,
-                        "last_seen": dev.last_seen,
-                        "clock_offset_s": dev.new_clock_offset_s,
-                    }
-                )
-            if dev.changed_presence:
-                pv = dev.presence
-                presence.append(
-                    {
-                        "k": dev.key,
-                        "presence": "online" if pv.online else "offline",
-                        "presence_reason": pv.reason.value if pv.reason else None,
-                        "presence_boot_id": pv.boot_id,
-                        "presence_seq": pv.seq,
-                        "presence_ts": pv.ts,
-                        "presence_floor_seq": pv.floor_seq,
-                        "presence_changed_at": dev.presence_changed_at,
-                    }
-                )
-            if dev.boot:
-                session.execute(update(Device).where(Device.id == dev.key).values(**dev.boot))
-        table = Device.__table__
-        for rows in (vitals, seen, presence):
-            bulk_update(session, table, "id", rows)

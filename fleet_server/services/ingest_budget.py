@@ -69,7 +69,7 @@ class DeviceBudget:
                 self._sweep(now)
             b = _Buckets(float(p.message_burst), float(p.byte_burst), now)
             self._buckets[device_id] = b
-        else:
+        elif now != b.at:  # a batch's messages share one ``now``: refilled once
             self._refill(b, now)
         if b.messages >= 1.0 and b.bytes >= nbytes:
             b.messages -= 1.0

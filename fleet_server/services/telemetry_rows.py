@@ -4,8 +4,9 @@ was not stored was skipped. Pure: the columns follow the signal declarations
 
 from __future__ import annotations
 
-from operator import attrgetter
 from typing import Any
+
+from msgspec.structs import astuple
 
 import protocol as p
 
@@ -22,7 +23,9 @@ def sample_row(device_key: int, sample: p.Sample) -> dict[str, Any]:
     return row
 
 
-_SIGNALS_OF = attrgetter(*VITALS)
+_FIELDS = p.Sample.__struct_fields__
+_VITAL_AT = [(name, _FIELDS.index(name)) for name in VITALS]
+_CUSTOM_AT = _FIELDS.index("custom")
 
 
 def sample_columns(
@@ -30,16 +33,22 @@ def sample_columns(
 ) -> dict[str, list[Any]]:
     """The telemetry rows of ``samples`` (the i-th of ``device_keys``' device, stamped
     ``stamps[i]``, its ``ts``) column by column, as :func:`sample_row` gives them row by
-    row (one pass in C per column). A column no sample has a value for is left out (it
-    is ``NULL`` in every row)."""
+    row (each sample's fields read in one call, then transposed). A column no sample
+    has a value for is left out (it is ``NULL`` in every row)."""
     n = len(samples)
     columns: dict[str, list[Any]] = {"device_key": device_keys, "ts": stamps}
-    for name, values in zip(VITALS, zip(*map(_SIGNALS_OF, samples), strict=True), strict=True):
+    if not n:
+        return columns
+    fields = list(zip(*map(astuple, samples), strict=True))
+    for name, at in _VITAL_AT:
+        values = fields[at]
         if values.count(None) != n:
             columns[name] = list(values)
-    custom = [dict(s.custom) if s.custom else None for s in samples]
+    custom = fields[_CUSTOM_AT]
     if custom.count(None) != n:
-        columns["custom"] = custom
+        custom = [dict(c) if c else None for c in custom]
+        if custom.count(None) != n:
+            columns["custom"] = custom
     return columns
 
 

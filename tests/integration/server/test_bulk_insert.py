@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from fleet_server.db import create_db_engine
-from fleet_server.db.dialect import insert_new_rows, lock_in_order, select_in
+from fleet_server.db.dialect import bulk_update, insert_new_rows, lock_in_order, select_in
 from tests.conftest import wait_for
 
 META = MetaData()
@@ -38,6 +38,14 @@ ROWS = Table(
     Column("name", String(64), primary_key=True),
     Column("x", Float),
     Column("flag", Boolean),
+    Column("doc", JSON),
+)
+
+UPDATED = Table(
+    "bulk_update_probe",
+    META,
+    Column("id", BigInteger, primary_key=True),
+    Column("x", Float),
     Column("doc", JSON),
 )
 
@@ -115,6 +123,29 @@ def test_lock_in_order_takes_the_rows_in_key_order(postgres_url: str) -> None:
         engine.dispose()
 
 
+def test_bulk_update_sets_numbers_json_nulls_and_nan(engine: Engine) -> None:
+    """``bulk_update`` sets each row's values on its key: numbers and JSON documents,
+    a None (NULL), and a NaN, which JSON cannot carry."""
+    META.create_all(engine)
+    with Session(engine) as session, session.begin():
+        session.execute(UPDATED.insert(), [{"id": 1}, {"id": 2}, {"id": 3}])
+    doc = {"cpu_pct": 12.5, "ts": 1796281207.1987965, "n": [1, "ü"]}
+    with Session(engine) as session, session.begin():
+        bulk_update(
+            session, UPDATED, "id", [{"k": 1, "x": 0.1, "doc": doc}, {"k": 2, "x": 2.5, "doc": {}}]
+        )
+        bulk_update(session, UPDATED, "id", [{"k": 2, "x": None}, {"k": 3, "x": float("nan")}])
+    with Session(engine) as session:
+        got = {r.id: (r.x, r.doc) for r in session.execute(select(UPDATED))}
+    assert got[1] == (0.1, doc)
+    assert got[2] == (None, {})
+    if engine.dialect.name == "postgresql":
+        assert got[3][0] != got[3][0]  # NaN
+    else:
+        assert got[3][0] is None  # SQLite stores a NaN as NULL
+    assert got[3][1] is None
+
+
 def test_a_value_that_is_not_text_in_a_text_column_is_stored_as_its_text(engine: Engine) -> None:
     META.create_all(engine)
     with Session(engine) as session, session.begin():
@@ -122,6 +153,37 @@ def test_a_value_that_is_not_text_in_a_text_column_is_stored_as_its_text(engine:
     with Session(engine) as session:
         names = sorted(r.name for r in session.execute(select(ROWS.c.name)))
     assert names == ["42", "plain"]
+
+
+@pytest.mark.postgres
+def test_numbers_land_exactly_including_nan_infinities_and_nulls(postgres_url: str) -> None:
+    """PostgreSQL keeps every integer and float as sent in the array literals: the
+    shortest and the longest float forms, -0.0, NaN and both infinities (``null`` in
+    JSON, so not sent as JSON), integers past 32 bits, and NULL among numbers."""
+    engine = create_db_engine(postgres_url)
+    META.create_all(engine)
+    xs = [1796281207.1987965, 0.1, -0.0, 1e-7, 1e20, 5.0, float("nan"), float("inf")]
+    xs += [float("-inf"), None, 2.5]
+    keys = [2**40 + i for i in range(len(xs))]
+    sent = {"k": keys, "name": ["n"] * len(xs), "x": xs}
+    # Only numbers (no NULL, no NaN) in one statement too.
+    plain = {"k": [7, 2**62], "name": ["p", "p"], "x": [3.25, 1796281207.1987965]}
+    try:
+        with Session(engine) as session, session.begin():
+            assert insert_new_rows(session, ROWS, sent) == set()
+            assert insert_new_rows(session, ROWS, plain) == set()
+        with Session(engine) as session:
+            got = {r.k: r.x for r in session.execute(select(ROWS.c.k, ROWS.c.x))}
+    finally:
+        engine.dispose()
+    assert len(got) == len(xs) + 2
+    for k, x in [*zip(keys, xs, strict=True), *zip(plain["k"], plain["x"], strict=True)]:
+        if x is None:
+            assert got[k] is None, k
+        elif x != x:
+            assert got[k] != got[k], (k, got[k])  # NaN
+        else:
+            assert str(got[k]) == str(x), (k, got[k], x)  # -0.0 keeps its sign
 
 
 @pytest.mark.postgres
