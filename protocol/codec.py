@@ -16,7 +16,6 @@ import msgspec
 from protocol.errors import ProtocolDecodeError, Reason
 from protocol.messages import (
     SCHEMA_MAJOR,
-    SCHEMA_VERSION,
     DeviceCommand,
     DeviceEvent,
     Envelope,
@@ -95,23 +94,6 @@ def decode_payload(kind: Kind, device_id: str, payload: bytes | bytearray | memo
         raise ProtocolDecodeError(
             Reason.OVERSIZE, f"{kind.value} payload is {size} bytes; the limit is {limit}"
         )
-    # The usual message decodes in one pass: when the typed decode succeeds with a
-    # version already accepted (present in the payload: a missing ``v`` decodes to the
-    # default object itself) and the topic's device, every check below would pass too.
-    # Anything else takes the checks in order, so a failure is reported as before.
-    try:
-        message = _DECODERS[kind].decode(payload)
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-        pass
-    else:
-        v = message.v
-        if v is not SCHEMA_VERSION and v in _GOOD_VERSIONS and message.device_id == device_id:
-            return message
-    return _decode_checked(kind, device_id, payload)
-
-
-def _decode_checked(kind: Kind, device_id: str, payload: bytes | bytearray | memoryview) -> Any:
-    """:func:`decode_payload`'s checks one after another (size already checked)."""
     try:
         head = _HEAD_DECODER.decode(payload)
     except msgspec.ValidationError:
