@@ -262,14 +262,13 @@ def bulk_update(session: Session, table: Table, key: str, rows: list[dict[str, A
             kinds = [f'"{c}" {table.c[c].type.compile(dialect=conn.dialect)}' for c in columns]
             kinds.append(f'"k" {table.c[key].type.compile(dialect=conn.dialect)}')
             sets = ", ".join(f'"{c}" = v."{c}"' for c in columns)
-            raw = conn.connection.driver_connection
-            with raw.cursor() as cur:
-                cur.execute(
-                    f'UPDATE "{table.name}" AS t SET {sets} FROM '
-                    f"jsonb_to_recordset(%s::jsonb) AS v({', '.join(kinds)}) "
-                    f'WHERE t."{key}" = v."k"',
-                    (doc,),
-                )
+            sql = (
+                f'UPDATE "{table.name}" AS t SET {sets} FROM '
+                f"jsonb_to_recordset(%s::jsonb) AS v({', '.join(kinds)}) "
+                f'WHERE t."{key}" = v."k"'
+            )
+            with conn.connection.driver_connection.cursor() as cur, _driver_errors(sql):
+                cur.execute(sql, (doc,))
             return
     conn.execute(
         table.update()

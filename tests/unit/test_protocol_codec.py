@@ -110,6 +110,17 @@ def test_newer_minor_version_with_extra_fields_is_accepted() -> None:
     assert _decode_dict(Kind.PRESENCE, body).state is p.PresenceState.ONLINE
 
 
+@pytest.mark.parametrize("kind", [Kind.TELEMETRY, Kind.PRESENCE])
+def test_invalid_utf8_in_a_field_the_message_skips_is_still_malformed(kind: Kind) -> None:
+    """A payload that is not valid JSON text is refused even when the bad bytes sit in a
+    field the message type does not read (``id`` on telemetry), after a good message
+    of the same version was accepted."""
+    good = json.dumps(_valid(kind)).encode()
+    assert decode(topic("pi-7", kind), good).device_id == "pi-7"
+    bad = good[:-1] + b', "id": "' + bytes([0xFF]) + b'"}'
+    assert _reason(kind, bad) is Reason.MALFORMED_JSON
+
+
 def test_deeply_nested_json_is_rejected_not_crashing() -> None:
     payload = b'{"v":"1.0","x":' + b"[" * 20000 + b"]" * 20000 + b"}"
     assert _reason(Kind.EVENT, payload) in {Reason.MALFORMED_JSON, Reason.INVALID_FIELD}
