@@ -312,7 +312,7 @@ def test_broker_drops_show_as_a_gauge_and_an_error(
         wait_for(lambda: device.acked == 100, timeout=30)
     finally:
         device.close()
-    assert "being dropped" in stack.broker.log()
+    wait_for(lambda: "being dropped" in stack.broker.log(), timeout=10)
     metrics = IngestMetrics()
     with caplog.at_level(logging.ERROR), running_ingest(stack, metrics):
         wait_for(
