@@ -119,7 +119,7 @@ from agent.core.adaptive_snapshot import (
     SNAPSHOT_VERSION,
     parse_snapshot,
 )
-from agent.core.adaptive_surprise import SurpriseScore, check_record, check_surprise
+from agent.core.adaptive_surprise import SurpriseScore, check_record, check_surprise, tail_decay
 from agent.core.fault_types import FaultChange
 from protocol import Sample, Severity
 
@@ -310,6 +310,7 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         self.record_tau_s = float(record_tau_s)
         self.record_tail_quantile = float(record_tail_quantile) if record_tail_quantile else None
         self.record_tail_ratio = float(record_tail_ratio)
+        self._tail_decay = tail_decay(self.record_tail_quantile)
         self.recurrence_ratio = float(recurrence_ratio) if recurrence_ratio else None
         self._active = False
         self._reset_all()

@@ -54,6 +54,13 @@ _TAIL_STEP = 0.1
 _TAIL_START = 0.3
 """First log-space step of the tail; it shrinks as ``_TAIL_START / (1 + n (1 - q))`` after
 ``n`` samples down to ``_TAIL_STEP``, so a new signal's tail is learned in days, not weeks."""
+_TAIL_SETTLED = _TAIL_START / _TAIL_STEP - 1.0
+"""``n (1 - q)`` from which the step is ``_TAIL_STEP``."""
+
+
+def tail_decay(quantile: float | None) -> float:
+    """The tail's factor for a score below it once the step is ``_TAIL_STEP`` (1 when off)."""
+    return 1.0 if quantile is None else math.exp(-_TAIL_STEP * (1.0 - quantile))
 
 
 def check_surprise(
@@ -106,6 +113,7 @@ class SurpriseScore:
     record_tau_s: float
     record_tail_quantile: float | None
     record_tail_ratio: float
+    _tail_decay: float
     _dt_typ: float | None
     _active: bool
     _n_all: int
@@ -149,7 +157,11 @@ class SurpriseScore:
         if tail is None:
             self._tail = max(score, 1.0)
             return 0.0
-        step = max(_TAIL_STEP, _TAIL_START / (1.0 + self._n_all * (1.0 - q)))
+        settled = self._n_all * (1.0 - q) >= _TAIL_SETTLED
+        if settled and score <= tail:  # the common case, without an exp
+            self._tail = max(tail * self._tail_decay, 1.0)
+            return tail
+        step = _TAIL_STEP if settled else _TAIL_START / (1.0 + self._n_all * (1.0 - q))
         if score > tail:
             self._tail = min(tail * math.exp(step * q), score)
         else:
