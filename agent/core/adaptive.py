@@ -43,9 +43,7 @@ clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` s
 
 **Record stage** (on unless ``record_threshold`` is 0 or None): a score at or above
 ``record_threshold`` (10) that is also ``record_ratio`` (2.5) times the largest score of
-the signal's recent past (a peak decaying over ``record_tau_s``, two days) and
-``record_tail_ratio`` (3) times its learned ``record_tail_quantile`` (0.999) quantile of
-scores (the tail: so routine large scores days apart are not records) raises at once, on
+the signal's recent past (a peak decaying over ``record_tau_s``, a week) raises at once, on
 that one sample, even inside the refractory period: a departure this signal has not come
 near for a week (a crash to zero, a spike ten times its usual swing) is news, and waiting
 for the debounce would raise late or never (a lone spike). A signal whose spikes are
@@ -119,7 +117,7 @@ from agent.core.adaptive_snapshot import (
     SNAPSHOT_VERSION,
     parse_snapshot,
 )
-from agent.core.adaptive_surprise import SurpriseScore, check_record, check_surprise, tail_decay
+from agent.core.adaptive_surprise import SurpriseScore, check_record, check_surprise
 from agent.core.fault_types import FaultChange
 from protocol import Sample, Severity
 
@@ -183,9 +181,7 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         surprise_memory_samples: float = 2000.0,
         record_threshold: float | None = 10.0,
         record_ratio: float = 2.5,
-        record_tau_s: float = 2 * 86400.0,
-        record_tail_quantile: float | None = 0.999,
-        record_tail_ratio: float = 3.0,
+        record_tau_s: float = 7 * 86400.0,
         recurrence_ratio: float | None = 1.2,
     ) -> None:
         if not isinstance(signal, str) or not signal:
@@ -250,9 +246,7 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
             surprise_memory_samples,
             surprise_window_s,
         )
-        check_record(
-            record_threshold, record_ratio, record_tau_s, record_tail_quantile, record_tail_ratio
-        )
+        check_record(record_threshold, record_ratio, record_tau_s)
         check_recurrence(recurrence_ratio)
         if variance_ratio and not (math.isfinite(variance_ratio) and variance_ratio > 1):
             raise ValueError("variance_ratio must be a number > 1, or 0 or None (off)")
@@ -308,9 +302,6 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         self.record_threshold = float(record_threshold) if record_threshold else None
         self.record_ratio = float(record_ratio)
         self.record_tau_s = float(record_tau_s)
-        self.record_tail_quantile = float(record_tail_quantile) if record_tail_quantile else None
-        self.record_tail_ratio = float(record_tail_ratio)
-        self._tail_decay = tail_decay(self.record_tail_quantile)
         self.recurrence_ratio = float(recurrence_ratio) if recurrence_ratio else None
         self._active = False
         self._reset_all()

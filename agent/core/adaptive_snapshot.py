@@ -28,7 +28,6 @@ _LATER_STATE: tuple[str, ...] = (
     "stable_since",
     "s_v",
     "s_vl",
-    "tail",
 )
 FLOAT_STATE: tuple[str, ...] = (
     "last_ts",
@@ -101,7 +100,7 @@ def parse_snapshot(
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             return None
         parsed[name] = value
-    for name in ("dt_typ", "s_f", "s_d", "resolution", "s_v", "s_vl", "tail"):
+    for name in ("dt_typ", "s_f", "s_d", "resolution", "s_v", "s_vl"):
         if parsed[name] is not None and parsed[name] < 0:
             return None
     if parsed["n"] > 0 and (parsed["m_f"] is None or parsed["reset_ts"] is None):

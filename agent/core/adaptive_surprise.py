@@ -27,17 +27,8 @@ departure this signal has not shown for weeks, which the rule raises at once (no
 A bursty signal whose spikes are routine keeps a high peak, so its routine spikes are not
 records. Records are judged only once the signal has been scored for ``drift_warmup_s``.
 
-The peak forgets within days, so a signal whose large scores are routine but come days
-apart (heavy-tailed noise) would see each as a record. The **tail** guards against that:
-a streaming estimate of the ``record_tail_quantile`` (0.999) quantile of the signal's
-scores (stochastic approximation in log space: up by ``step × q`` when a score exceeds
-it, down by ``step × (1 - q)`` otherwise, never below 1 nor above the score that raised
-it; see ``_TAIL_STEP``), learned only while no fault is raised. A record must also be at least
-``record_tail_ratio`` × the tail: on a signal that shows such scores about once in a
-thousand samples, a score of that size is not news however long ago the last one was.
-
-:class:`SurpriseScore` is a mixin of :class:`agent.core.adaptive.AdaptiveRule`; its
-numbers (the tail included) are part of the rule's snapshot.
+:class:`SurpriseScore` is a mixin of :class:`agent.core.adaptive.AdaptiveRule`; its four
+numbers are part of the rule's snapshot.
 """
 
 from __future__ import annotations
@@ -49,18 +40,6 @@ _MIN_SD = 1e-3
 _WARMUP_WINDOWS = 5
 _MIN_WINDOW = 5.0
 """Fewest samples the short window covers, however sparse the signal."""
-_TAIL_STEP = 0.1
-"""Least log-space step of the streaming tail quantile (about ±10 % of jitter around it)."""
-_TAIL_START = 0.3
-"""First log-space step of the tail; it shrinks as ``_TAIL_START / (1 + n (1 - q))`` after
-``n`` samples down to ``_TAIL_STEP``, so a new signal's tail is learned in days, not weeks."""
-_TAIL_SETTLED = _TAIL_START / _TAIL_STEP - 1.0
-"""``n (1 - q)`` from which the step is ``_TAIL_STEP``."""
-
-
-def tail_decay(quantile: float | None) -> float:
-    """The tail's factor for a score below it once the step is ``_TAIL_STEP`` (1 when off)."""
-    return 1.0 if quantile is None else math.exp(-_TAIL_STEP * (1.0 - quantile))
 
 
 def check_surprise(
@@ -81,18 +60,8 @@ def check_surprise(
         )
 
 
-def check_record(
-    threshold: float | None,
-    ratio: float,
-    tau_s: float,
-    tail_quantile: float | None = None,
-    tail_ratio: float = 1.0,
-) -> None:
+def check_record(threshold: float | None, ratio: float, tau_s: float) -> None:
     """Raise ``ValueError`` naming the first invalid record parameter."""
-    if tail_quantile is not None and not (math.isfinite(tail_quantile) and 0 <= tail_quantile < 1):
-        raise ValueError("record_tail_quantile must be in [0, 1): 0 or None turns it off")
-    if not (math.isfinite(tail_ratio) and tail_ratio > 0):
-        raise ValueError(f"record_tail_ratio must be a positive number, not {tail_ratio!r}")
     if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
         raise ValueError("record_threshold must be a positive number, or 0 or None (off)")
     if not (math.isfinite(ratio) and ratio >= 1):
@@ -111,12 +80,7 @@ class SurpriseScore:
     record_threshold: float | None
     record_ratio: float
     record_tau_s: float
-    record_tail_quantile: float | None
-    record_tail_ratio: float
-    _tail_decay: float
     _dt_typ: float | None
-    _active: bool
-    _n_all: int
 
     def _reset_surprise(self) -> None:
         self._u_short: float | None = None
@@ -125,7 +89,6 @@ class SurpriseScore:
         self._u_n = 0
         self._peak: float | None = None
         self._peak_ts: float | None = None
-        self._tail: float | None = None
 
     def _record(self, score: float, ts: float, judged: bool) -> bool:
         """Whether ``score`` is a record for this signal (see the module docstring); then
@@ -133,40 +96,15 @@ class SurpriseScore:
         peak = 0.0
         if self._peak is not None and self._peak_ts is not None:
             peak = self._peak * math.exp(-max(ts - self._peak_ts, 0.0) / self.record_tau_s)
-        tail = self._learn_tail(score)
         record = (
             judged
             and self.record_threshold is not None
             and score >= self.record_threshold
             and score >= self.record_ratio * peak
-            and score >= self.record_tail_ratio * tail
         )
         self._peak = max(score, peak)
         self._peak_ts = ts
         return record
-
-    def _learn_tail(self, score: float) -> float:
-        """The tail (learned ``record_tail_quantile`` of the scores) before ``score``, 0 when
-        off or not yet learned; then learn ``score`` into it unless a fault is raised."""
-        q = self.record_tail_quantile
-        if q is None:
-            return 0.0
-        tail = self._tail
-        if self._active:
-            return tail or 0.0
-        if tail is None:
-            self._tail = max(score, 1.0)
-            return 0.0
-        settled = self._n_all * (1.0 - q) >= _TAIL_SETTLED
-        if settled and score <= tail:  # the common case, without an exp
-            self._tail = max(tail * self._tail_decay, 1.0)
-            return tail
-        step = _TAIL_STEP if settled else _TAIL_START / (1.0 + self._n_all * (1.0 - q))
-        if score > tail:
-            self._tail = min(tail * math.exp(step * q), score)
-        else:
-            self._tail = max(tail * math.exp(-step * (1.0 - q)), 1.0)
-        return tail
 
     def _surprise_window(self) -> float:
         """The short window in samples: ``surprise_window_samples``, shortened on sparse
