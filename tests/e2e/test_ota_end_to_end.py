@@ -368,7 +368,9 @@ def _good_update_commits(fleet: Fleet) -> None:
     assert ex["failure_class"] is None
     wait_for(lambda: fleet.device()["software_version"] == "1.2.0", timeout=15)
     assert running_version(fleet.slots_dir) == "1.2.0"
-    assert committed_version(fleet.slots_dir) == "1.2.0"
+    # The agent reports the commit, then points ``committed`` at the slot as it finishes
+    # (a kill in between finishes it at the next start): poll for it.
+    wait_for(lambda: committed_version(fleet.slots_dir) == "1.2.0", timeout=15)
     assert os.readlink(fleet.slots_dir / "current") == "slot-b"
     assert EXIT_RESTART in agent.exits, "the agent restarted into the new slot"
 
@@ -409,7 +411,7 @@ def test_health_fail_and_boot_crash_roll_back_and_are_quarantined(fleet: Fleet) 
     assert (ex["status"], ex["failure_class"], ex["phase"]) == ("failed", "health", "rolled_back")
     assert "health check failed" in ex["reason"]
     assert states(ex)[-2:] == ["trial", "rolled_back"]
-    assert running_version(fleet.slots_dir) == INITIAL_VERSION
+    wait_for(lambda: running_version(fleet.slots_dir) == INITIAL_VERSION, timeout=15)
     assert committed_version(fleet.slots_dir) == INITIAL_VERSION
     # the trial boot named 1.3.0; the rollback report puts the registry back
     wait_for(lambda: fleet.device()["software_version"] == INITIAL_VERSION, timeout=15)
@@ -421,7 +423,7 @@ def test_health_fail_and_boot_crash_roll_back_and_are_quarantined(fleet: Fleet) 
     assert (ex["status"], ex["failure_class"], ex["phase"]) == ("failed", "boot", "rolled_back")
     assert "while trial" in ex["reason"]
     assert agent.exits.count(EXIT_SIMULATED_CRASH) == 3, agent.exits
-    assert running_version(fleet.slots_dir) == INITIAL_VERSION
+    wait_for(lambda: running_version(fleet.slots_dir) == INITIAL_VERSION, timeout=15)
     assert committed_version(fleet.slots_dir) == INITIAL_VERSION
     wait_for(lambda: fleet.device()["software_version"] == INITIAL_VERSION, timeout=15)
 
