@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from fleet_server.domain.clock_skew import CLOCK_SKEW, is_skewed, skew_message
+from fleet_server.domain.clock_skew import CLOCK_SKEW, is_skewed, offset_estimate, skew_message
 from fleet_server.services.alarms import set_condition
 
 
@@ -34,23 +34,16 @@ def measure_clocks(
     fresh: Iterable[tuple[Received, Any, ClockRow]], bound_s: float, now: float
 ) -> None:
     """Set each device's offset measured on this batch's ``(received, message, row)``
-    (:func:`~fleet_server.domain.clock_skew.offset_estimate` of its ``(message.ts,
-    received.received_at)`` pairs, kept as a running maximum instead of a list per
-    device) and whether its clock is out of bound. Held vitals stamped in the server's
-    future (by a clock that ran ahead) stop ordering: the next sample replaces them."""
-    offsets: dict[int, float] = {}
+    (see :mod:`fleet_server.domain.clock_skew`) and whether its clock is out of bound.
+    Held vitals stamped in the server's future (by a clock that ran ahead) stop ordering:
+    the next sample replaces them."""
+    pairs: dict[int, list[tuple[float, float]]] = {}
     rows: dict[int, ClockRow] = {}
     for received, msg, dev in fresh:
-        offset = msg.ts - received.received_at
-        key = dev.key
-        held = offsets.get(key)
-        if held is None:
-            offsets[key] = offset
-            rows[key] = dev
-        elif offset > held:  # max(): the first of equal offsets is kept
-            offsets[key] = offset
+        pairs.setdefault(dev.key, []).append((msg.ts, received.received_at))
+        rows[dev.key] = dev
     for key, dev in rows.items():
-        dev.new_clock_offset_s = offsets[key]
+        dev.new_clock_offset_s = offset_estimate(pairs[key])
         dev.skewed = is_skewed(dev.new_clock_offset_s, bound_s)
         if dev.vitals_ts is not None and dev.vitals_ts > now + bound_s:
             dev.vitals_ts = None

@@ -320,31 +320,14 @@ class BatchWriter:
         now: float,
     ) -> list[tuple[DeviceRow, Any, Inbound]]:
         """Fold the new messages, in order, into their device rows and ``samples``;
-        return the events (stored and applied later). One pass; a telemetry message
-        of one sample (the usual one) is handled inline."""
+        return the events (stored and applied later)."""
         events: list[tuple[DeviceRow, Any, Inbound]] = []
         telemetry = presence = 0
-        keys, kept = samples.keys, samples.samples
         for item, msg, dev in candidates:
-            received_at = item.received_at
-            last_seen = dev.last_seen or 0.0
-            dev.last_seen = received_at if received_at > last_seen else last_seen
+            dev.last_seen = max(dev.last_seen or 0.0, item.received_at)
             if isinstance(msg, p.Telemetry):
                 telemetry += 1
-                batch = msg.samples
-                if len(batch) == 1 and not dev.skewed:
-                    # _telemetry's rule for one sample on a trusted clock
-                    latest = batch[0]
-                    keys.append(dev.key)
-                    kept.append(latest)
-                    known, new = dev.vitals_ts or 0.0, dev.new_vitals_ts or 0.0
-                    if latest.ts >= (new if new > known else known):
-                        dev.vitals = latest
-                        dev.new_vitals_ts = latest.ts
-                    held, dropped = dev.dropped_total or 0, msg.dropped_total
-                    dev.dropped_total = dropped if dropped > held else held
-                else:
-                    self._telemetry(dev, msg, samples)
+                self._telemetry(dev, msg, samples)
             elif isinstance(msg, p.Presence):
                 presence += 1
                 self._presence(dev, msg, now, self.max_clock_skew_s)
@@ -352,12 +335,11 @@ class BatchWriter:
             else:
                 result.accepted["event"] += 1
                 events.append((dev, msg, item))
-            if dev.presence.online is False:
-                flipped = mark_traffic(dev.presence)
-                if flipped is not None:
-                    dev.presence = flipped
-                    dev.changed_presence = True
-                    dev.presence_changed_at = now
+            flipped = mark_traffic(dev.presence)
+            if flipped is not None:
+                dev.presence = flipped
+                dev.changed_presence = True
+                dev.presence_changed_at = now
         if telemetry:
             result.accepted["telemetry"] += telemetry
         if presence:
@@ -391,7 +373,7 @@ class BatchWriter:
             kept_samples = [samples.samples[n] for n in order]
             keys = [samples.keys[n] for n in order]
             stamps = [stamps[n] for n in order]
-        # ``first`` made the (device, ts) keys distinct, as insert_new_rows needs.
+        # The (device, ts) keys are distinct here, as insert_new_rows needs.
         skipped = insert_new_rows(
             session, TelemetrySample.__table__, sample_columns(keys, stamps, kept_samples)
         )

@@ -44,11 +44,9 @@ def sample_columns(
         values = fields[at]
         if values.count(None) != n:
             columns[name] = list(values)
-    custom = fields[_CUSTOM_AT]
+    custom = [dict(c) if c else None for c in fields[_CUSTOM_AT]]
     if custom.count(None) != n:
-        custom = [dict(c) if c else None for c in custom]
-        if custom.count(None) != n:
-            columns["custom"] = custom
+        columns["custom"] = custom
     return columns
 
 
