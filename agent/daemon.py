@@ -187,7 +187,13 @@ class AgentDaemon:
             self.core.intake.register(CheckUpdate, self.updater.decide_check)
         core_state = data.get("core")
         if isinstance(core_state, dict):
-            self.core.restore(core_state)
+            refused = self.core.restore(core_state)
+            if refused:
+                log.warning(
+                    "saved learned state of fault rule(s) %s refused (corrupt, or saved under"
+                    " another configuration): they learn again from scratch",
+                    ", ".join(sorted(refused)),
+                )
         stashed = []
         for raw in self.outbox.stashed():
             try:

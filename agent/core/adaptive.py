@@ -375,16 +375,17 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
             state[name] = None if values is None else list(values)
         return state
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Resume from :meth:`snapshot`; state that is corrupt or not ours is ignored."""
+    def restore(self, state: dict[str, Any]) -> bool:
+        """Resume from :meth:`snapshot`; state that is corrupt or not ours is refused (False)."""
         bins = self.seasonal_bins if self.seasonal_period_s is not None else None
         parsed = parse_snapshot(state, self.signal, bins, self._rec_day1 is not None)
         if parsed is None:
-            return
+            return False
         if "rec_day1" not in parsed:
             self._reset_recurrence()  # a snapshot from before the memory: start it empty
         for name, value in parsed.items():
             setattr(self, "_" + name, value)
+        return True
 
     # --- reading --------------------------------------------------------------------------
 

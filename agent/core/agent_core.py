@@ -262,8 +262,7 @@ class AgentCore:
         """Fault state for the state file (seq and pending samples are saved elsewhere)."""
         return {"faults": self.faults.snapshot()}
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Resume fault state saved by :meth:`snapshot`."""
+    def restore(self, state: dict[str, Any]) -> list[str]:
+        """Resume the fault state of :meth:`snapshot`; return the rules whose state was refused."""
         faults = state.get("faults")
-        if isinstance(faults, dict):
-            self.faults.restore(faults)
+        return self.faults.restore(faults) if isinstance(faults, dict) else []

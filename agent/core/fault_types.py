@@ -48,6 +48,10 @@ class FaultRule(Protocol):
         """JSON-serialisable, bounded state, so a restart resumes without re-learning."""
         ...
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Resume from a :meth:`snapshot` (unknown or corrupt state is ignored)."""
+    def restore(self, state: dict[str, Any]) -> bool | None:
+        """Resume from a :meth:`snapshot`; unknown or corrupt state is ignored.
+
+        Return False when the state was refused (the rule starts fresh), so the agent can
+        say so; True or None when it was taken.
+        """
         ...

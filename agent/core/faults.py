@@ -114,15 +114,16 @@ class DebouncedRule:
         """The rule's state, so a restart neither re-raises nor forgets an open fault."""
         return {"active": self._active, "streak": self._streak, "since": self._streak_since}
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Resume from :meth:`snapshot`; anything malformed leaves the rule fresh."""
+    def restore(self, state: dict[str, Any]) -> bool:
+        """Resume from :meth:`snapshot`; anything malformed leaves the rule fresh (False)."""
         active, streak, since = state.get("active"), state.get("streak"), state.get("since")
         if not isinstance(active, bool) or not isinstance(streak, int) or streak < 0:
-            return
+            return False
         if since is not None and not isinstance(since, int | float):
-            return
+            return False
         self._active, self._streak = active, streak
         self._streak_since = float(since) if since is not None else None
+        return True
 
 
 class ThresholdRule(DebouncedRule):
@@ -255,12 +256,14 @@ class CounterIncreaseRule(DebouncedRule):
         """State plus the last counter reading."""
         return {**super().snapshot(), "last": self._last}
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any]) -> bool:
         """Resume, including the last reading (so errors during a restart still count)."""
-        super().restore(state)
+        if not super().restore(state):
+            return False
         last = state.get("last")
         if isinstance(last, int | float):
             self._last = float(last)
+        return True
 
 
 class RestartLoopRule:
@@ -323,10 +326,11 @@ class RestartLoopRule:
         """Only whether the fault is open; the start history lives in the agent state."""
         return {"active": self._active}
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any]) -> bool:
         """Keep an open restart-loop fault open across the next restart."""
         if state.get("active") is True:
             self._active = True
+        return True
 
 
 class FaultEngine:
@@ -383,13 +387,21 @@ class FaultEngine:
             },
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Resume rules and open faults; unknown codes and corrupt entries are ignored."""
+    def restore(self, state: dict[str, Any]) -> list[str]:
+        """Resume rules and open faults; unknown codes and corrupt entries are ignored.
+
+        Returns the codes of the configured rules whose saved state was refused (corrupt, or
+        saved under another configuration): those start fresh and learn again.
+        """
+        refused: list[str] = []
         rules = state.get("rules")
         if isinstance(rules, dict):
             for code, rule_state in rules.items():
-                if code in self._rules and isinstance(rule_state, dict):
-                    self._rules[code].restore(rule_state)
+                if code not in self._rules:
+                    continue
+                taken = isinstance(rule_state, dict) and self._rules[code].restore(rule_state)
+                if taken is False:
+                    refused.append(code)
         opened = state.get("open")
         if isinstance(opened, dict):
             for code, info in opened.items():
@@ -408,3 +420,4 @@ class FaultEngine:
                     )
                 except (TypeError, ValueError):
                     continue
+        return refused

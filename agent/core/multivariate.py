@@ -228,13 +228,13 @@ class MultivariateRule(DebouncedRule):
         """The learned state and the debounce state as a small JSON-serialisable dict."""
         return {**super().snapshot(), **self.state.as_dict(self.signals)}
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Resume from :meth:`snapshot`; state that is corrupt or not ours is ignored."""
+    def restore(self, state: dict[str, Any]) -> bool:
+        """Resume from :meth:`snapshot`; state that is corrupt or not ours is refused (False)."""
         parsed = parse_state(state, self.signals)
-        if parsed is None:
-            return
-        super().restore(state)
+        if parsed is None or not super().restore(state):
+            return False
         self.state = parsed
+        return True
 
     # --- scoring -------------------------------------------------------------------------
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from agent.daemon import AgentDaemon
 from agent.store import SqliteOutbox
@@ -64,6 +67,23 @@ def test_corrupt_state_and_outbox_are_set_aside_not_fatal(tmp_path: Path) -> Non
     daemon.shutdown()
     assert (state / "state.json.corrupt").exists()
     assert list(state.glob("outbox.db.corrupt-*"))
+
+
+def test_a_refused_rule_state_is_logged_by_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = offline_config(tmp_path)
+    AgentDaemon(config, collector=CountingCollector()).shutdown()
+    state_file = tmp_path / "state" / "state.json"
+    saved = json.loads(state_file.read_text())
+    saved["core"]["faults"]["rules"]["over_temperature"] = {"active": "yes", "streak": -1}
+    state_file.write_text(json.dumps(saved))
+    with caplog.at_level(logging.WARNING, logger="agent"):
+        AgentDaemon(config, collector=CountingCollector()).shutdown()
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1
+    assert "over_temperature" in refusals[0]
+    assert "learn again" in refusals[0]
 
 
 def test_restart_loop_is_raised_after_many_starts(tmp_path: Path) -> None:

@@ -118,6 +118,20 @@ def test_engine_keeps_open_faults_and_restores_them() -> None:
     assert again.update(Sample(ts=100, temp_c=91.0)) == []
 
 
+def test_engine_names_the_rules_whose_saved_state_it_refused() -> None:
+    engine = FaultEngine(build_rules({}))
+    for s in temps([90.0] * 3):
+        engine.update(s)
+    saved = engine.snapshot()
+    assert FaultEngine(build_rules({})).restore(saved) == []
+    saved["rules"]["over_temperature"] = {"active": "yes", "streak": -1}
+    saved["rules"]["fan_stopped"] = "not a dict"
+    saved["rules"]["no_such_rule"] = {"active": True}  # a rule no longer configured: not news
+    again = FaultEngine(build_rules({}))
+    assert sorted(again.restore(saved)) == ["fan_stopped", "over_temperature"]
+    assert "over_temperature" not in again.open  # refused: the rule starts fresh
+
+
 def test_engine_refuses_duplicate_codes() -> None:
     with pytest.raises(ValueError, match="over_temperature"):
         FaultEngine([over_temp(), over_temp()])
