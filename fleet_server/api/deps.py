@@ -6,7 +6,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 from fastapi import Depends, Query, Request
 from fastapi.routing import APIRoute
@@ -61,6 +61,19 @@ def request_id(request: Request) -> str:
     rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
     request.state.request_id = rid
     return rid
+
+
+class Stamp(TypedDict):
+    """When an audited operator action happens and which request did it."""
+
+    now: float
+    request_id: str
+
+
+def stamp(request: Request) -> Stamp:
+    """The time (the app's clock) and request id that every audited service call takes,
+    spread into it as ``**stamp(request)``."""
+    return {"now": context(request).clock(), "request_id": request_id(request)}
 
 
 def authorize(request: Request, session: Annotated[Session, Depends(get_session)]) -> Actor | None:

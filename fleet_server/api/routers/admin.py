@@ -10,12 +10,11 @@ from sqlalchemy.orm import Session
 
 from fleet_server.api.deps import (
     PageParams,
-    context,
     current_actor,
     get_session,
     page_body,
     page_params,
-    request_id,
+    stamp,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.schemas import AuditOut, Page, TokenCreated, TokenIn, TokenOut, WhoAmI
@@ -82,8 +81,7 @@ def create_token(
         body.name,
         Role(body.role),
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
         ttl_days=body.ttl_days,
     )
     return {**tokens.token_view(token), "secret": secret}
@@ -99,7 +97,5 @@ def revoke_token(
 ) -> dict[str, Any]:
     """Revoke a token at once; it stays listed with ``revoked_at``. The last live admin
     token cannot be revoked."""
-    token = tokens.revoke_by_id(
-        session, token_id, actor=actor, now=context(request).clock(), request_id=request_id(request)
-    )
+    token = tokens.revoke_by_id(session, token_id, actor=actor, **stamp(request))
     return tokens.token_view(token)

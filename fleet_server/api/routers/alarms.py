@@ -10,12 +10,11 @@ from sqlalchemy.orm import Session
 
 from fleet_server.api.deps import (
     PageParams,
-    context,
     current_actor,
     get_session,
     page_body,
     page_params,
-    request_id,
+    stamp,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.schemas import AlarmOut, FaultRates, FleetSummary, Page
@@ -51,9 +50,7 @@ def ack_alarm(
     actor: Annotated[Actor, Depends(current_actor)],
 ) -> dict[str, Any]:
     """Record who acknowledged the alarm (it stays open until the device clears it)."""
-    return alarms.acknowledge(
-        session, alarm_id, actor=actor, now=context(request).clock(), request_id=request_id(request)
-    )
+    return alarms.acknowledge(session, alarm_id, actor=actor, **stamp(request))
 
 
 @router.get("/fleet/fault-rates", response_model=FaultRates, summary="Fault rate per group")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from fleet_server.api.deps import context, current_actor, get_session, request_id
+from fleet_server.api.deps import context, current_actor, get_session, stamp
 from fleet_server.api.errors import ERROR_RESPONSES, ErrorBody
 from fleet_server.errors import InvalidInputError
 from fleet_server.identity.ca_store import REVOCATION_REASONS
@@ -75,8 +75,7 @@ def provision(
         ctx.settings,
         device_id,
         actor=actor,
-        now=ctx.clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
     return Response(
         data,
@@ -114,8 +113,7 @@ def certify(
         device_id,
         body.csr.encode(),
         actor=actor,
-        now=ctx.clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
     return {
         "device_id": device_id,
@@ -154,8 +152,7 @@ def revoke(
         ca,
         device_id,
         actor=actor,
-        now=ctx.clock(),
+        **stamp(request),
         reason=reason,
-        request_id=request_id(request),
     )
     return {"device_id": device_id, "revoked_serials": serials}

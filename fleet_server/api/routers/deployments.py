@@ -22,7 +22,7 @@ from fleet_server.api.deps import (
     get_session,
     page_body,
     page_params,
-    request_id,
+    stamp,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.schemas import Page
@@ -194,8 +194,7 @@ async def publish_bundle(
             path,
             channel=channel or form_channel,
             actor=actor,
-            now=ctx.clock(),
-            request_id=request_id(request),
+            **stamp(request),
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -246,10 +245,9 @@ def update_device(
         device_id,
         body.bundle,
         actor=actor,
-        now=ctx.clock(),
+        **stamp(request),
         timeouts=body.timeouts,
         default_timeouts=ctx.settings.updates.default_timeouts(),
-        request_id=request_id(request),
     )
 
 
@@ -304,7 +302,6 @@ def cancel_execution(
         session,
         execution_id,
         actor=actor,
-        now=context(request).clock(),
+        **stamp(request),
         reason=body.reason,
-        request_id=request_id(request),
     )

@@ -16,7 +16,7 @@ from fleet_server.api.deps import (
     page_body,
     page_params,
     read_text_body,
-    request_id,
+    stamp,
 )
 from fleet_server.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from fleet_server.api.schemas import (
@@ -115,8 +115,7 @@ def create_device(
         session,
         body.model_dump(exclude_none=True),
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
     return device_view(device)
 
@@ -143,9 +142,7 @@ async def import_devices(
 ) -> dict[str, Any]:
     """Validate every row first; any error rejects the whole file with per-row details."""
     text = await read_text_body(request, MAX_CSV_BYTES, "invalid_csv", "CSV")
-    count = registry.import_csv(
-        session, text, actor=actor, now=context(request).clock(), request_id=request_id(request)
-    )
+    count = registry.import_csv(session, text, actor=actor, **stamp(request))
     return {"imported": count}
 
 
@@ -170,8 +167,7 @@ def patch_device(
         device_id,
         body.model_dump(exclude_unset=True),
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
     return device_view(device)
 
@@ -194,9 +190,8 @@ def decommission(
         ctx.settings,
         device_id,
         actor=actor,
-        now=ctx.clock(),
+        **stamp(request),
         reason=body.reason,
-        request_id=request_id(request),
     )
     return device_view(device)
 
@@ -218,8 +213,7 @@ def unquarantine(
         session,
         device_id,
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
     return device_view(device)
 
@@ -302,12 +296,11 @@ def post_command(
         device_id,
         body.kind,
         actor=actor,
-        now=ctx.clock(),
+        **stamp(request),
         ttl_s=body.ttl_s or ctx.settings.commands.default_ttl_s,
         base_url=ctx.settings.public_base_url,
         diag_ttl_s=ctx.settings.diagnostics.token_ttl_s,
         reason=body.reason,
-        request_id=request_id(request),
     )
 
 

@@ -13,7 +13,7 @@ from fleet_server.api.deps import (
     context,
     page_body,
     page_params,
-    request_id,
+    stamp,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.group_schemas import BulkIn, BulkOut, GroupIn, GroupOut, GroupPatch
@@ -41,8 +41,7 @@ def create_group(*, body: GroupIn, request: Request, session: Db, actor: Who) ->
         selector=body.selector,
         device_ids=body.device_ids,
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -65,8 +64,7 @@ def patch_group(
         add_devices=body.add_devices,
         remove_devices=body.remove_devices,
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -77,8 +75,7 @@ def delete_group(*, group_name: str, request: Request, session: Db, actor: Who) 
         session,
         group_name,
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -110,12 +107,11 @@ def run_bulk(*, body: BulkIn, request: Request, session: Db, actor: Who) -> Any:
         preview=body.dry_run,
         confirmation=body.confirmation_token,
         actor=actor,
-        now=ctx.clock(),
         commands=bulk.CommandContext(
             ctx.publisher,
             ctx.settings.commands.default_ttl_s,
             ctx.settings.public_base_url,
             ctx.settings.diagnostics.token_ttl_s,
         ),
-        request_id=request_id(request),
+        **stamp(request),
     )

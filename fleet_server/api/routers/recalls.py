@@ -15,7 +15,7 @@ from fleet_server.api.deps import (
     page_body,
     page_params,
     read_text_body,
-    request_id,
+    stamp,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.routers.devices import MAX_CSV_BYTES
@@ -98,13 +98,12 @@ def create_recall(*, body: RecallIn, request: Request, session: Db, actor: Who) 
         campaign_id=body.id,
         title=body.title,
         scope=body.scope,
-        now=context(request).clock(),
+        **stamp(request),
         description=body.description,
         remedy_version=body.remedy_version,
         blocked_versions=body.blocked_versions,
         physical_action=body.physical_action,
         safety_critical=body.safety_critical,
-        request_id=request_id(request),
     )
 
 
@@ -136,17 +135,13 @@ def preview_recall(*, campaign_id: str, session: Db) -> dict[str, Any]:
 @router.post("/{campaign_id}/open", response_model=RecallOut, summary="Open: freeze the population")
 def open_recall(*, campaign_id: str, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """Freeze every matching device with its reason; version blocks take effect."""
-    return svc.open_recall(
-        session, actor, campaign_id, now=context(request).clock(), request_id=request_id(request)
-    )
+    return svc.open_recall(session, actor, campaign_id, **stamp(request))
 
 
 @router.post("/{campaign_id}/close", response_model=RecallOut, summary="Close an open campaign")
 def close_recall(*, campaign_id: str, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """Close (open campaigns) or cancel (drafts); version blocks of a closed campaign stay."""
-    return svc.close_recall(
-        session, actor, campaign_id, now=context(request).clock(), request_id=request_id(request)
-    )
+    return svc.close_recall(session, actor, campaign_id, **stamp(request))
 
 
 @router.post(
@@ -163,8 +158,7 @@ def add_recall_devices(
         actor,
         campaign_id,
         body.device_ids,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -214,10 +208,9 @@ def set_recall_device_state(
         campaign_id,
         device_id,
         body.state,
-        now=context(request).clock(),
+        **stamp(request),
         note=body.note,
         via=body.via,
-        request_id=request_id(request),
     )
 
 
@@ -235,8 +228,7 @@ def link_remedy_rollout(
         actor,
         campaign_id,
         body.rollout_id,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -273,8 +265,7 @@ async def import_outcomes(
         actor,
         campaign_id,
         text,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -347,7 +338,6 @@ def send_safe_mode(
         campaign_id,
         actor,
         reason=body.reason,
-        now=ctx.clock(),
+        **stamp(request),
         ttl_s=ctx.settings.recalls.safe_mode_ttl_s,
-        request_id=request_id(request),
     )

@@ -14,7 +14,7 @@ from fleet_server.api.deps import (
     context,
     page_body,
     page_params,
-    request_id,
+    stamp,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.schemas_warranty import (
@@ -73,12 +73,11 @@ def create_rma(*, body: RmaIn, request: Request, session: Db, actor: Who) -> dic
     return svc.create_rma(
         session,
         actor,
-        now=context(request).clock(),
+        **stamp(request),
         claim_id=body.claim_id,
         device_id=body.device_id,
         part_serial=body.part_serial,
         note=body.note,
-        request_id=request_id(request),
     )
 
 
@@ -99,9 +98,8 @@ def transition_rma(
         actor,
         rma_id,
         body.state,
-        now=context(request).clock(),
+        **stamp(request),
         note=body.note,
-        request_id=request_id(request),
     )
 
 
@@ -127,8 +125,7 @@ def create_part(*, body: PartIn, request: Request, session: Db, actor: Who) -> d
         serial=body.serial,
         kind=body.kind,
         condition=body.condition,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -148,8 +145,7 @@ def install_part(
         actor,
         serial,
         body.device_id,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 

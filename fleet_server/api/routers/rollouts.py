@@ -15,7 +15,7 @@ from fleet_server.api.deps import (
     get_session,
     page_body,
     page_params,
-    request_id,
+    stamp,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.schemas_rollouts import (
@@ -98,8 +98,7 @@ def create(
         selector=body.selector,
         policy=body.policy,
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -153,9 +152,8 @@ def start(
         session,
         rollout_id,
         actor=actor,
-        now=context(request).clock(),
+        **stamp(request),
         force_reason=body.force_reason if body else None,
-        request_id=request_id(request),
     )
 
 
@@ -191,10 +189,9 @@ def _action_route(action: str, summary: str, description: str) -> None:
             rollout_id,
             action,
             actor=actor,
-            now=context(request).clock(),
+            **stamp(request),
             reason=body.reason if body else "",
             to_version=body.to_version if body else None,
-            request_id=request_id(request),
         )
 
     router.add_api_route(

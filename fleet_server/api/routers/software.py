@@ -20,6 +20,7 @@ from fleet_server.api.deps import (
     page_params,
     read_body,
     request_id,
+    stamp,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.services import (
@@ -86,8 +87,7 @@ def decide_review(*, name: str, body: ReviewIn, request: Request, session: Db, a
         body.decision,
         body.note,
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -100,8 +100,7 @@ async def add_vex(*, name: str, request: Request, session: Db, actor: Who) -> An
         name,
         data,
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -140,8 +139,7 @@ def put_policy(
         model,
         body,
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -154,8 +152,7 @@ def add_waiver(*, model: str, body: WaiverIn, request: Request, session: Db, act
         body.component,
         body.reason,
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -233,6 +230,5 @@ def remedy(*, advisory_id: str, body: RemedyIn, request: Request, session: Db, a
         policy=body.policy,
         start=body.start,
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.orm import Session
 
 from fleet_server import __version__
-from fleet_server.api.deps import context, get_session, read_body, request_id
+from fleet_server.api.deps import context, get_session, read_body, stamp
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.schemas import Health, Readiness, UploadOut
 from fleet_server.security_mode import DEMO_HEALTH_WARNING
@@ -100,9 +100,8 @@ async def upload(
         token,
         body,
         content_type=request.headers.get("content-type"),
-        now=ctx.clock(),
+        **stamp(request),
         max_bytes=limit,
-        request_id=request_id(request),
     )
     return {"id": bundle.id, "size": bundle.size, "sha256": bundle.sha256}
 

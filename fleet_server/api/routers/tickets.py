@@ -16,7 +16,7 @@ from fleet_server.api.deps import (
     page_body,
     page_params,
     read_text_body,
-    request_id,
+    stamp,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.domain.roles import Role
@@ -120,9 +120,7 @@ def create_ticket(*, body: TicketIn, request: Request, session: Db, actor: Who) 
     """State ``new``; links are checked to exist."""
     data = body.model_dump(exclude={"links"})
     n = svc.NewTicket(**data, links=[(x.kind, x.ref) for x in body.links])
-    return svc.create_ticket(
-        session, actor, n, _support(request), now=_now(request), request_id=request_id(request)
-    )
+    return svc.create_ticket(session, actor, n, _support(request), **stamp(request))
 
 
 @router.get("/tickets/breaching", summary="Tickets breaching soon")
@@ -167,8 +165,7 @@ async def import_tickets(
         fmt=format,
         date_format=date_format,
         category=category,
-        now=_now(request),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -190,8 +187,7 @@ def patch_ticket(
         number,
         body.model_dump(exclude_unset=True),
         _support(request),
-        now=_now(request),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -205,9 +201,8 @@ def move_ticket(
         actor,
         number,
         body.state,
-        now=_now(request),
         note=body.note,
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -223,8 +218,7 @@ def comment(
         body.body,
         public=body.public,
         author_kind=body.author_kind,
-        now=_now(request),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -239,8 +233,7 @@ def add_link(
         number,
         body.kind,
         body.ref,
-        now=_now(request),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -255,9 +248,8 @@ def remove_link(
         number,
         kind,
         ref,
-        now=_now(request),
         remove=True,
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 

@@ -11,7 +11,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from fleet_server.api.deps import Db, PageParams, Who, context, page_body, page_params, request_id
+from fleet_server.api.deps import (
+    Db,
+    PageParams,
+    Who,
+    page_body,
+    page_params,
+    stamp,
+)
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.domain.roles import Role
 from fleet_server.services import users
@@ -83,9 +90,8 @@ def create_user(body: UserIn, request: Request, session: Db, actor: Who) -> dict
         body.username,
         body.role,
         actor=actor,
-        now=context(request).clock(),
+        **stamp(request),
         password=body.password,
-        request_id=request_id(request),
     )
     return {**view, "password": password}
 
@@ -99,11 +105,10 @@ def update_user(
         session,
         username,
         actor=actor,
-        now=context(request).clock(),
+        **stamp(request),
         role=body.role,
         disabled=body.disabled,
         password=body.password,
-        request_id=request_id(request),
     )
 
 
@@ -114,7 +119,5 @@ def update_user(
 )
 def logout_everywhere(username: str, request: Request, session: Db, actor: Who) -> dict[str, Any]:
     """Every browser of this user must sign in again."""
-    ended = users.logout_everywhere(
-        session, username, actor=actor, now=context(request).clock(), request_id=request_id(request)
-    )
+    ended = users.logout_everywhere(session, username, actor=actor, **stamp(request))
     return {"username": username, "sessions_ended": ended}

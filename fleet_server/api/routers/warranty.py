@@ -15,7 +15,7 @@ from fleet_server.api.deps import (
     context,
     page_body,
     page_params,
-    request_id,
+    stamp,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.schemas_warranty import ClaimDetail, ClaimOut, ClaimPage, RuleList, RuleOut
@@ -69,8 +69,7 @@ def put_rule(*, body: RuleIn, request: Request, session: Db, actor: Who) -> dict
         region=body.region,
         months=body.months,
         covers=body.covers,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -96,11 +95,10 @@ def create_claim(*, body: ClaimIn, request: Request, session: Db, actor: Who) ->
         device_ref=body.device,
         failure_mode=body.failure_mode,
         failure_date=body.failure_date,
-        now=context(request).clock(),
+        **stamp(request),
         part_kind=body.part_kind,
         part_serial=body.part_serial,
         description=body.description,
-        request_id=request_id(request),
         alarm_map=context(request).settings.warranty.failure_mode_alarms,
     )
 
@@ -125,8 +123,7 @@ def decide_claim(
         claim_id,
         body.decision,
         note=body.note,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -140,7 +137,6 @@ def recheck_claim(*, claim_id: int, request: Request, session: Db, actor: Who) -
         session,
         actor,
         claim_id,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
         alarm_map=context(request).settings.warranty.failure_mode_alarms,
     )

@@ -13,7 +13,7 @@ from fleet_server.api.deps import (
     context,
     page_body,
     page_params,
-    request_id,
+    stamp,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
 from fleet_server.api.schemas import Page
@@ -46,8 +46,7 @@ def create_webhook(*, body: WebhookIn, request: Request, session: Db, actor: Who
         min_severity=body.min_severity,
         offline_after_s=body.offline_after_s,
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -67,8 +66,7 @@ def patch_webhook(
         webhook_id,
         body.enabled,
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -79,8 +77,7 @@ def delete_webhook(*, webhook_id: int, request: Request, session: Db, actor: Who
         session,
         webhook_id,
         actor=actor,
-        now=context(request).clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
 
 
@@ -105,6 +102,5 @@ def test_webhook(*, webhook_id: int, request: Request, session: Db, actor: Who) 
         webhook_id,
         settings=ctx.settings.webhooks,
         actor=actor,
-        now=ctx.clock(),
-        request_id=request_id(request),
+        **stamp(request),
     )
