@@ -36,6 +36,7 @@ from tests.support.nats_fleet import (
     PublishingDevice,
     ack_pending,
     drop_consumer,
+    drop_ingest_consumers,
     pending_messages,
     run_devices,
     sample_count,
@@ -365,6 +366,9 @@ def test_the_window_before_the_consumer_exists_is_real(cluster, options) -> None
     message PUBACKed while no consumer matches it is dropped at once. The consumer is
     therefore created at installation (the first ``fleet-server ingest`` start, before
     devices are pointed at the cluster) and never deleted; README, Scaling out."""
+    # The cluster is shared by the module: a consumer another test left behind (its
+    # teardown can fail while a node restarts) would keep these messages for itself.
+    drop_ingest_consumers(options)
     devices = [PublishingDevice("early-0", cluster.mqtt_urls, count=5, interval_s=0.0)]
     devices[0].start()
     run_devices(devices)

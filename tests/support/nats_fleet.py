@@ -15,12 +15,14 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from nats.js.errors import NotFoundError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import protocol as p
 from agent.transport import MqttSettings, MqttTransport, TransportEvents
 from fleet_server.adapters.nats_conn import (
+    INGEST_FILTER,
     MQTT_STREAM,
     NatsOptions,
     connect,
@@ -230,6 +232,30 @@ async def _drop(options: NatsOptions) -> None:
 def drop_consumer(options: NatsOptions) -> None:
     """Delete the durable consumer (its interest in the stream goes with it)."""
     asyncio.run(_drop(options))
+
+
+async def _drop_ingest_consumers(options: NatsOptions) -> list[str]:
+    nc = await connect(options, "fleet-teardown")
+    try:
+        js = nc.jetstream()
+        dropped: list[str] = []
+        try:
+            consumers = await js.consumers_info(MQTT_STREAM)
+        except NotFoundError:  # no stream yet: nobody has an interest
+            return dropped
+        for info in consumers:
+            if info.config.filter_subject == INGEST_FILTER:
+                await js.delete_consumer(MQTT_STREAM, info.name)
+                dropped.append(info.name)
+        return dropped
+    finally:
+        await nc.close()
+
+
+def drop_ingest_consumers(options: NatsOptions) -> list[str]:
+    """Delete every consumer with the ingest's filter (any durable name): afterwards no
+    consumer has an interest in device messages. Returns the names deleted."""
+    return asyncio.run(_drop_ingest_consumers(options))
 
 
 async def _leader(options: NatsOptions) -> str | None:
