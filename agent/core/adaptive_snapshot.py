@@ -28,6 +28,8 @@ _LATER_STATE: tuple[str, ...] = (
     "stable_since",
     "s_v",
     "s_vl",
+    "tail",
+    "tail_ts",
 )
 FLOAT_STATE: tuple[str, ...] = (
     "last_ts",
@@ -123,6 +125,12 @@ def parse_snapshot(
     if parsed["u_var"] is not None and parsed["u_var"] < 0:
         return None
     if (parsed["peak"] is None) != (parsed["peak_ts"] is None) or (parsed["peak"] or 0) < 0:
+        return None
+    if parsed["tail"] is None:  # a snapshot from before the tail: it starts neutral
+        if parsed["tail_ts"] is not None:
+            return None
+        parsed["tail"] = 1.0
+    if parsed["tail"] < 1.0 or (parsed["tail_ts"] is None and parsed["tail"] != 1.0):
         return None
     for name in ("season_bins", "season_visits"):
         values = _parse_floats(state.get(name), season_bins)
