@@ -138,7 +138,7 @@ class SurpriseScore:
             and self.record_threshold is not None
             and score >= self.record_threshold
             and score >= self.record_ratio * peak
-            and self._below_tail(score, ts)
+            and self._beyond_tail(score, ts)
         )
         self._peak = max(score, peak)
         self._peak_ts = ts
@@ -153,7 +153,7 @@ class SurpriseScore:
         elapsed = max(ts - self._tail_ts, 0.0)
         return max(1.0 + (self._tail - 1.0) * math.exp(-elapsed / self.record_tail_tau_s), 1.0)
 
-    def _below_tail(self, score: float, ts: float) -> bool:
+    def _beyond_tail(self, score: float, ts: float) -> bool:
         """Whether ``score`` is at least ``record_tail_ratio`` × the tail (True when off)."""
         ratio = self.record_tail_ratio
         return ratio is None or score >= ratio * self._tail or score >= ratio * self._tail_at(ts)

@@ -162,3 +162,38 @@ def test_a_bad_tail_is_refused_whole(bad: dict[str, Any]) -> None:
 def test_bad_tail_configuration_is_rejected(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="record_tail"):
         AdaptiveRule("v", **kwargs)  # type: ignore[arg-type]
+
+
+def test_one_event_teaches_the_tail_about_once_however_many_samples_it_spans() -> None:
+    # A 5-minute spike of 30 SDs at 10 s sampling is 30 samples of one event: only the
+    # first counts in full (the next rises come seconds after it), so the tail moves about
+    # one half-step (x sqrt(3) at most), not 30 of them (learned per sample it would reach
+    # the spike's size).
+    rng = random.Random(31)
+    points = [(T0 + i * 10.0, 50 + rng.gauss(0, 1)) for i in range(int(6 * HOUR / 10))]
+    rule = AdaptiveRule("v")
+    feed(rule, points)
+    before = rule.snapshot()["tail"]
+    spike = [(T0 + 6 * HOUR + i * 10.0, 80 + rng.gauss(0, 1)) for i in range(30)]
+    feed(rule, spike)
+    assert rule.snapshot()["tail"] <= math.sqrt(3.0) * before * 1.1
+
+
+def test_the_tail_does_not_learn_while_a_fault_is_raised() -> None:
+    rng = random.Random(32)
+    points = noisy_minutes(rng, 2 * DAY)
+    rule = AdaptiveRule("v")
+    feed(rule, points)
+    before = rule.snapshot()["tail"]
+    shifted = [(T0 + 2 * DAY + i * MIN, 70 + rng.gauss(0, 1)) for i in range(6 * 60)]
+    changes = feed(rule, shifted)
+    assert changes
+    assert changes[0].raised
+    assert rule.active
+    # Only the samples before the raise may teach it: at most one half-step.
+    assert rule.snapshot()["tail"] <= math.sqrt(3.0) * before * 1.01
+
+
+def noisy_minutes(rng: random.Random, span_s: float) -> list[tuple[float, float]]:
+    """N(50, 1) every minute for ``span_s`` seconds."""
+    return [(T0 + i * MIN, 50 + rng.gauss(0, 1)) for i in range(int(span_s / MIN))]
