@@ -418,7 +418,8 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         also needs the score to be surprising for this signal (clearing is unchanged)."""
         assert self._start_ts is not None
         surprise = self._surprise(score) if self.surprise_threshold is not None else None
-        record = self._record(score, ts, ts - self._start_ts >= self.drift_warmup_s)
+        age = ts - self._start_ts
+        record = self._record(score, ts, age >= self.drift_warmup_s, age)
         recurring = kind == "level" and self._recurring(score, ts)
         self._excused = recurring and score >= self.clear_threshold
         self._learn_recurrence(self._z_level, ts)

@@ -31,6 +31,8 @@ _LATER_STATE: tuple[str, ...] = (
     "tail",
     "tail_ts",
 )
+_MAX_TAIL = 1e6
+"""A larger record tail would block records for years: not a state the rule reaches."""
 FLOAT_STATE: tuple[str, ...] = (
     "last_ts",
     "last_x",
@@ -130,7 +132,9 @@ def parse_snapshot(
         if parsed["tail_ts"] is not None:
             return None
         parsed["tail"] = 1.0
-    if parsed["tail"] < 1.0 or (parsed["tail_ts"] is None and parsed["tail"] != 1.0):
+    if not 1.0 <= parsed["tail"] <= _MAX_TAIL or (
+        parsed["tail_ts"] is None and parsed["tail"] != 1.0
+    ):
         return None
     for name in ("season_bins", "season_visits"):
         values = _parse_floats(state.get(name), season_bins)

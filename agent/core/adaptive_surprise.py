@@ -59,6 +59,9 @@ _MIN_WINDOW = 5.0
 _TAIL_STEP = 0.5
 """Share of the way (in log space) a score above the tail pulls it up, for a full rise."""
 _TAIL_HOLD_S = 3600.0
+_YOUNG_PEAK_TAU_S = 7 * 86400.0
+"""The record peak's time constant during a rule's first week, ``record_tau_s`` after it
+(the tail needs a few routine spikes before it can stand in for the peak)."""
 """Time since the previous rise of the tail for a rise to count in full."""
 
 
@@ -88,8 +91,10 @@ def check_record(
     tail_tau_s: float = 1.0,
 ) -> None:
     """Raise ``ValueError`` naming the first invalid record parameter."""
-    if tail_ratio is not None and not (math.isfinite(tail_ratio) and tail_ratio >= 0):
-        raise ValueError("record_tail_ratio must be a positive number, or 0 or None (off)")
+    if tail_ratio and not (math.isfinite(tail_ratio) and tail_ratio >= 1):
+        raise ValueError(
+            f"record_tail_ratio must be a number >= 1, or 0 or None (off), not {tail_ratio!r}"
+        )
     if not (math.isfinite(tail_tau_s) and tail_tau_s > 0):
         raise ValueError(f"record_tail_tau_s must be a positive number, not {tail_tau_s!r}")
     if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
@@ -125,14 +130,18 @@ class SurpriseScore:
         self._tail = 1.0
         self._tail_ts: float | None = None
 
-    def _record(self, score: float, ts: float, judged: bool) -> bool:
+    def _record(self, score: float, ts: float, judged: bool, age_s: float) -> bool:
         """Whether ``score`` is a record for this signal (see the module docstring); then
-        learn it into the decaying peak. ``judged`` is False while records are not judged."""
+        learn it into the decaying peak. ``judged`` is False while records are not judged;
+        ``age_s`` is the time since the rule started learning: on a young signal, whose
+        tail has not yet learned its routine spikes, the peak forgets over a week (as it
+        did before the tail) until the rule is a week old."""
         peak = 0.0
         if self._peak is not None and self._peak_ts is not None:
             peak = self._peak
             if judged:  # held undecayed until records are judged
-                peak *= math.exp(-max(ts - self._peak_ts, 0.0) / self.record_tau_s)
+                tau = _YOUNG_PEAK_TAU_S if age_s < _YOUNG_PEAK_TAU_S else self.record_tau_s
+                peak *= math.exp(-max(ts - self._peak_ts, 0.0) / tau)
         record = (
             judged
             and self.record_threshold is not None
