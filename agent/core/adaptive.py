@@ -43,9 +43,11 @@ clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` s
 
 **Record stage** (on unless ``record_threshold`` is 0 or None): a score at or above
 ``record_threshold`` (10) that is also ``record_ratio`` (2.5) times the largest score of
-the signal's recent past (a peak decaying over ``record_tau_s``, a week) raises at once, on
+the signal's recent past (a peak decaying over ``record_tau_s``, two days) and
+``record_tail_ratio`` (3) times its learned tail (the size of its routine large scores,
+learned per unit of time over ``record_tail_tau_s``, 30 days) raises at once, on
 that one sample, even inside the refractory period: a departure this signal has not come
-near for a week (a crash to zero, a spike ten times its usual swing) is news, and waiting
+near for days (a crash to zero, a spike ten times its usual swing) is news, and waiting
 for the debounce would raise late or never (a lone spike). A signal whose spikes are
 routine keeps a high peak and is judged by the debounced surprise stage alone. See
 :mod:`agent.core.adaptive_surprise`.
@@ -181,7 +183,9 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         surprise_memory_samples: float = 2000.0,
         record_threshold: float | None = 10.0,
         record_ratio: float = 2.5,
-        record_tau_s: float = 7 * 86400.0,
+        record_tau_s: float = 2 * 86400.0,
+        record_tail_ratio: float | None = 3.0,
+        record_tail_tau_s: float = 30 * 86400.0,
         recurrence_ratio: float | None = 1.2,
     ) -> None:
         if not isinstance(signal, str) or not signal:
@@ -246,7 +250,9 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
             surprise_memory_samples,
             surprise_window_s,
         )
-        check_record(record_threshold, record_ratio, record_tau_s)
+        check_record(
+            record_threshold, record_ratio, record_tau_s, record_tail_ratio, record_tail_tau_s
+        )
         check_recurrence(recurrence_ratio)
         if variance_ratio and not (math.isfinite(variance_ratio) and variance_ratio > 1):
             raise ValueError("variance_ratio must be a number > 1, or 0 or None (off)")
@@ -302,6 +308,8 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         self.record_threshold = float(record_threshold) if record_threshold else None
         self.record_ratio = float(record_ratio)
         self.record_tau_s = float(record_tau_s)
+        self.record_tail_ratio = float(record_tail_ratio) if record_tail_ratio else None
+        self.record_tail_tau_s = float(record_tail_tau_s)
         self.recurrence_ratio = float(recurrence_ratio) if recurrence_ratio else None
         self._active = False
         self._reset_all()
@@ -411,7 +419,8 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         also needs the score to be surprising for this signal (clearing is unchanged)."""
         assert self._start_ts is not None
         surprise = self._surprise(score) if self.surprise_threshold is not None else None
-        record = self._record(score, ts, ts - self._start_ts >= self.drift_warmup_s)
+        age = ts - self._start_ts
+        record = self._record(score, ts, age >= self.drift_warmup_s, age)
         recurring = kind == "level" and self._recurring(score, ts)
         self._excused = recurring and score >= self.clear_threshold
         self._learn_recurrence(self._z_level, ts)

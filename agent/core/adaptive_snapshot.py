@@ -28,7 +28,11 @@ _LATER_STATE: tuple[str, ...] = (
     "stable_since",
     "s_v",
     "s_vl",
+    "tail",
+    "tail_ts",
 )
+_MAX_TAIL = 1e6
+"""A larger record tail would block records for years: not a state the rule reaches."""
 FLOAT_STATE: tuple[str, ...] = (
     "last_ts",
     "last_x",
@@ -123,6 +127,14 @@ def parse_snapshot(
     if parsed["u_var"] is not None and parsed["u_var"] < 0:
         return None
     if (parsed["peak"] is None) != (parsed["peak_ts"] is None) or (parsed["peak"] or 0) < 0:
+        return None
+    if parsed["tail"] is None:  # a snapshot from before the tail: it starts neutral
+        if parsed["tail_ts"] is not None:
+            return None
+        parsed["tail"] = 1.0
+    if not 1.0 <= parsed["tail"] <= _MAX_TAIL or (
+        parsed["tail_ts"] is None and parsed["tail"] != 1.0
+    ):
         return None
     for name in ("season_bins", "season_visits"):
         values = _parse_floats(state.get(name), season_bins)

@@ -21,14 +21,30 @@ distribution of scores:
 
 The surprise judges lasting departures; a lone sample far outside anything this signal has
 done (a spike, a crash to zero) is judged by its **record** instead: ``peak`` is the largest
-robust score seen, decaying with time constant ``record_tau_s``. A score at or above
-``record_threshold`` that is also at least ``record_ratio`` × ``peak`` is a record: a
-departure this signal has not shown for weeks, which the rule raises at once (no debounce).
+robust score seen, decaying with time constant ``record_tau_s`` (held undecayed until
+records are judged, so a spike of the first day is not forgotten before judging starts).
+A score at or above ``record_threshold`` that is also at least ``record_ratio`` × ``peak``
+(and ``record_tail_ratio`` × the tail, below) is a record: a departure this signal has not
+shown for days, which the rule raises at once (no debounce).
 A bursty signal whose spikes are routine keeps a high peak, so its routine spikes are not
 records. Records are judged only once the signal has been scored for ``drift_warmup_s``.
 
-:class:`SurpriseScore` is a mixin of :class:`agent.core.adaptive.AdaptiveRule`; its four
-numbers are part of the rule's snapshot.
+The peak forgets within days, so a signal whose large scores are routine but come days
+apart would see each as a record. The **tail** guards against that: a level the signal's
+scores reach about as often as its routine large events, learned *per unit of time*, not
+per sample, so it means the same at 1 s, 10 s, 5 min or 1 h sampling. It starts at 1
+(neutral), decays towards 1 with time constant ``record_tail_tau_s`` (30 days), and a
+score above it pulls it up by ``_TAIL_STEP`` of the way in log space, the score winsorised
+at ``record_tail_ratio`` × the tail (so a record teaches at most that much, and a first
+score cannot block records for weeks). A rise counts in full only ``_TAIL_HOLD_S`` (1 h)
+after the previous one, and in proportion to the time since before that: the many samples
+of one event at a fast sampling interval count as about one event, as the single sample
+of it does at an hourly interval. It does not learn while a fault is raised. A record
+must also be at least ``record_tail_ratio`` (3) × the tail. The decay is evaluated from the
+time of the last rise, with an exp only when a score comes near the tail.
+
+:class:`SurpriseScore` is a mixin of :class:`agent.core.adaptive.AdaptiveRule`; its
+numbers (the tail and the time of its last rise included) are part of the snapshot.
 """
 
 from __future__ import annotations
@@ -40,6 +56,13 @@ _MIN_SD = 1e-3
 _WARMUP_WINDOWS = 5
 _MIN_WINDOW = 5.0
 """Fewest samples the short window covers, however sparse the signal."""
+_TAIL_STEP = 0.5
+"""Share of the way (in log space) a score above the tail pulls it up, for a full rise."""
+_TAIL_HOLD_S = 3600.0
+_YOUNG_PEAK_TAU_S = 7 * 86400.0
+"""The record peak's time constant during a rule's first week, ``record_tau_s`` after it
+(the tail needs a few routine spikes before it can stand in for the peak)."""
+"""Time since the previous rise of the tail for a rise to count in full."""
 
 
 def check_surprise(
@@ -60,8 +83,20 @@ def check_surprise(
         )
 
 
-def check_record(threshold: float | None, ratio: float, tau_s: float) -> None:
+def check_record(
+    threshold: float | None,
+    ratio: float,
+    tau_s: float,
+    tail_ratio: float | None = None,
+    tail_tau_s: float = 1.0,
+) -> None:
     """Raise ``ValueError`` naming the first invalid record parameter."""
+    if tail_ratio and not (math.isfinite(tail_ratio) and tail_ratio >= 1):
+        raise ValueError(
+            f"record_tail_ratio must be a number >= 1, or 0 or None (off), not {tail_ratio!r}"
+        )
+    if not (math.isfinite(tail_tau_s) and tail_tau_s > 0):
+        raise ValueError(f"record_tail_tau_s must be a positive number, not {tail_tau_s!r}")
     if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
         raise ValueError("record_threshold must be a positive number, or 0 or None (off)")
     if not (math.isfinite(ratio) and ratio >= 1):
@@ -80,7 +115,10 @@ class SurpriseScore:
     record_threshold: float | None
     record_ratio: float
     record_tau_s: float
+    record_tail_ratio: float | None
+    record_tail_tau_s: float
     _dt_typ: float | None
+    _active: bool
 
     def _reset_surprise(self) -> None:
         self._u_short: float | None = None
@@ -89,22 +127,64 @@ class SurpriseScore:
         self._u_n = 0
         self._peak: float | None = None
         self._peak_ts: float | None = None
+        self._tail = 1.0
+        self._tail_ts: float | None = None
 
-    def _record(self, score: float, ts: float, judged: bool) -> bool:
+    def _record(self, score: float, ts: float, judged: bool, age_s: float) -> bool:
         """Whether ``score`` is a record for this signal (see the module docstring); then
-        learn it into the decaying peak. ``judged`` is False while records are not judged."""
+        learn it into the decaying peak. ``judged`` is False while records are not judged;
+        ``age_s`` is the time since the rule started learning: on a young signal, whose
+        tail has not yet learned its routine spikes, the peak forgets over a week (as it
+        did before the tail) until the rule is a week old."""
         peak = 0.0
         if self._peak is not None and self._peak_ts is not None:
-            peak = self._peak * math.exp(-max(ts - self._peak_ts, 0.0) / self.record_tau_s)
+            peak = self._peak
+            if judged:  # held undecayed until records are judged
+                tau = _YOUNG_PEAK_TAU_S if age_s < _YOUNG_PEAK_TAU_S else self.record_tau_s
+                peak *= math.exp(-max(ts - self._peak_ts, 0.0) / tau)
         record = (
             judged
             and self.record_threshold is not None
             and score >= self.record_threshold
             and score >= self.record_ratio * peak
+            and self._beyond_tail(score, ts)
         )
         self._peak = max(score, peak)
         self._peak_ts = ts
+        if self.record_tail_ratio is not None and not self._active:
+            self._learn_tail(score, ts)
         return record
+
+    def _tail_at(self, ts: float) -> float:
+        """The tail at ``ts``: decayed towards 1 since its last rise."""
+        if self._tail_ts is None:
+            return self._tail
+        elapsed = max(ts - self._tail_ts, 0.0)
+        return max(1.0 + (self._tail - 1.0) * math.exp(-elapsed / self.record_tail_tau_s), 1.0)
+
+    def _beyond_tail(self, score: float, ts: float) -> bool:
+        """Whether ``score`` is at least ``record_tail_ratio`` × the tail (True when off)."""
+        ratio = self.record_tail_ratio
+        return ratio is None or score >= ratio * self._tail or score >= ratio * self._tail_at(ts)
+
+    def _learn_tail(self, score: float, ts: float) -> None:
+        """Pull the tail towards ``score`` (winsorised) if it is above it (see the module
+        docstring); a score below the decayed tail, the common case, needs no exp."""
+        if score <= 1.0:
+            return
+        if self._tail_ts is not None:
+            x = max(ts - self._tail_ts, 0.0) / self.record_tail_tau_s
+            if score <= 1.0 + (self._tail - 1.0) * (1.0 - x):
+                return  # below the decayed tail, as e^-x >= 1 - x: no exp needed
+        tail = self._tail_at(ts)
+        if score <= tail:
+            return
+        assert self.record_tail_ratio is not None
+        since = _TAIL_HOLD_S if self._tail_ts is None else max(ts - self._tail_ts, 0.0)
+        weight = _TAIL_STEP * min(since / _TAIL_HOLD_S, 1.0)
+        winsorised = min(score, max(self.record_tail_ratio, 1.0) * tail)
+        self._tail = tail * (winsorised / tail) ** weight
+        self._tail_ts = ts
 
     def _surprise_window(self) -> float:
         """The short window in samples: ``surprise_window_samples``, shortened on sparse
