@@ -33,11 +33,11 @@ from rich.console import Console
 from simulator.demo_agent import DEVICE_ID as REAL_DEVICE
 from simulator.demo_agent import RealAgent, agent_config
 from simulator.demo_server import (
-    free_port,
     held_interrupts,
     server_command,
     server_config,
     start_process,
+    two_free_ports,
 )
 from simulator.server_api import ServerApi, ServerError
 
@@ -69,6 +69,9 @@ FAST_POLICY: dict[str, Any] = {
     },
 }
 """A rollout policy for a demo: small sample, seconds of bake (production: minutes)."""
+
+
+_PORT_ATTEMPTS = 3  # server starts tried when a chosen port is taken before it binds it
 
 
 class DemoError(Exception):
@@ -146,10 +149,7 @@ class Demo:
         self.engine_thread: threading.Thread | None = None
         self.engine_error: BaseException | None = None
         self.real: RealAgent | None = None
-        self.api_port = free_port()
-        self.mqtt_port = free_port()
-        while self.mqtt_port == self.api_port:
-            self.mqtt_port = free_port()
+        self.api_port, self.mqtt_port = two_free_ports()
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.token = ""
         self.console_password = ""
@@ -230,23 +230,28 @@ class Demo:
         except (ValueError, KeyError, IndexError):
             raise DemoError(f"fleet-server init said: {init.stdout.strip()}") from None
         say.ok("database and TUF repository created (a DEVELOPMENT root: demo only)")
-        with held_interrupts():
-            self.server = start_process(
-                server_command("run", "--config", str(config)), self.log_path, env=env
-            )
-        api = Api(self.url, self.token, timeout=30)
 
-        def healthy() -> bool:
+        for attempt in range(_PORT_ATTEMPTS):
+            with held_interrupts():
+                self.server = start_process(
+                    server_command("run", "--config", str(config)), self.log_path, env=env
+                )
+            self.api = Api(self.url, self.token, timeout=30)
             try:
-                api.get("/healthz")
-                return True
-            except ServerError:
-                return False
-
-        wait_until("the server's /healthz", healthy, 60, check=self._server_alive)
+                wait_until("/healthz", lambda: self.api.healthy(), 60, check=self._server_alive)
+                break
+            except DemoError:  # a port taken between choosing it and the server binding it?
+                if (
+                    "Address already in use" not in self._log_tail()
+                    or attempt + 1 == _PORT_ATTEMPTS
+                ):
+                    raise
+            say.say("a port was taken by another program meanwhile: trying two others")
+            self.api_port, self.mqtt_port = two_free_ports()
+            self.url = f"http://127.0.0.1:{self.api_port}"
+            config.write_text(server_config(self.tmp, self.api_port, self.mqtt_port))
         say.ok(f"API on {self.url} (docs: {self.url}/docs), MQTT on 127.0.0.1:{self.mqtt_port}")
         say.ok(f"web console {self.console_url}")
-        self.api = api
 
     def start_fleet(self) -> None:
         """Register the fleet (factory CSV import) and run it live."""

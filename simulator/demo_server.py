@@ -23,6 +23,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def two_free_ports() -> tuple[int, int]:
+    """Two distinct free loopback ports (the demo's API and embedded broker)."""
+    first, second = free_port(), free_port()
+    while second == first:
+        second = free_port()
+    return first, second
+
+
 def server_config(tmp: Path, api_port: int, mqtt_port: int) -> str:
     """The demo server's TOML: SQLite, embedded broker, short timeouts and job intervals."""
     return f"""# fleet-server configuration written by fleet-sim demo
@@ -88,4 +96,11 @@ def start_process(argv: list[str], log_path: Path, **popen: Any) -> subprocess.P
         )
 
 
-__all__ = ["free_port", "held_interrupts", "server_command", "server_config", "start_process"]
+__all__ = [
+    "free_port",
+    "held_interrupts",
+    "server_command",
+    "server_config",
+    "start_process",
+    "two_free_ports",
+]

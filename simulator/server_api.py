@@ -81,6 +81,14 @@ class ServerApi:
         self.token = token
         self.timeout = timeout
 
+    def healthy(self) -> bool:
+        """Whether the server answers ``/healthz`` (False while it starts or once it is gone)."""
+        try:
+            self._request("GET", "/healthz", None)
+            return True
+        except ServerError:
+            return False
+
     def _request(
         self,
         method: str,

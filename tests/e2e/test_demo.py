@@ -123,3 +123,38 @@ def test_demo_stops_everything_on_ctrl_c() -> None:
     wait_for(lambda: not _alive(server), timeout=30)
     wait_for(lambda: not _alive(agent), timeout=30)
     assert not _own_dirs_left(out.decode(errors="replace"))
+
+
+def test_demo_server_starts_on_other_ports_when_one_is_taken_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between choosing a free port and the server binding it, another program may take
+    it (a full test run saw the embedded broker's port go): the demo tries two others."""
+    import socket
+
+    from rich.console import Console
+
+    from simulator import demo as demo_mod
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        real = demo_mod.two_free_ports
+        first = [True]
+
+        def ports() -> tuple[int, int]:
+            if first.pop() if first else False:
+                return real()[0], taken  # the broker's port is already someone else's
+            return real()
+
+        monkeypatch.setattr(demo_mod, "two_free_ports", ports)
+        demo = demo_mod.Demo(Console(quiet=True), devices=1, keep=None)
+        try:
+            assert demo.mqtt_port == taken
+            demo.start_server()
+            assert demo.mqtt_port != taken
+            assert demo.api.healthy()
+            assert "Address already in use" not in demo._log_tail()
+        finally:
+            demo.close()
