@@ -71,9 +71,6 @@ FAST_POLICY: dict[str, Any] = {
 """A rollout policy for a demo: small sample, seconds of bake (production: minutes)."""
 
 
-_PORT_ATTEMPTS = 3  # server starts tried when a chosen port is taken before it binds it
-
-
 class DemoError(Exception):
     """A step of the demo failed; the message says which and why."""
 
@@ -168,6 +165,14 @@ class Demo:
             self.engine.request_stop()
         if self.engine_thread is not None:
             self.engine_thread.join(timeout=30)
+        self._stop_server()
+        if self.keep is not None:
+            with contextlib.suppress(OSError):
+                shutil.copy(self.log_path, self.keep / "fleet-server.log")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _stop_server(self) -> None:
+        """SIGTERM the server process if it runs (SIGKILL after 20 s)."""
         if self.server is not None and self.server.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.server.send_signal(signal.SIGTERM)
@@ -176,10 +181,6 @@ class Demo:
             except subprocess.TimeoutExpired:
                 self.server.kill()
                 self.server.wait(timeout=10)
-        if self.keep is not None:
-            with contextlib.suppress(OSError):
-                shutil.copy(self.log_path, self.keep / "fleet-server.log")
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _server_alive(self) -> None:
         if self.server is not None and self.server.poll() is not None:
@@ -231,7 +232,7 @@ class Demo:
             raise DemoError(f"fleet-server init said: {init.stdout.strip()}") from None
         say.ok("database and TUF repository created (a DEVELOPMENT root: demo only)")
 
-        for attempt in range(_PORT_ATTEMPTS):
+        for attempt in range(3):  # a chosen port may be taken before the server binds it
             with held_interrupts():
                 self.server = start_process(
                     server_command("run", "--config", str(config)), self.log_path, env=env
@@ -240,12 +241,10 @@ class Demo:
             try:
                 wait_until("/healthz", lambda: self.api.healthy(), 60, check=self._server_alive)
                 break
-            except DemoError:  # a port taken between choosing it and the server binding it?
-                if (
-                    "Address already in use" not in self._log_tail()
-                    or attempt + 1 == _PORT_ATTEMPTS
-                ):
+            except DemoError:
+                if "Address already in use" not in self._log_tail() or attempt == 2:
                     raise
+            self._stop_server()
             say.say("a port was taken by another program meanwhile: trying two others")
             self.api_port, self.mqtt_port = two_free_ports()
             self.url = f"http://127.0.0.1:{self.api_port}"

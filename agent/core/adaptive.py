@@ -43,7 +43,8 @@ clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` s
 
 **Record stage** (on unless ``record_threshold`` is 0 or None): a score at or above
 ``record_threshold`` (10) that is also ``record_ratio`` (2.5) times the largest score of
-the signal's recent past (a peak decaying over ``record_tau_s``, two days) and
+the signal's recent past (a peak decaying over ``record_tau_s``, two days; a week in the
+rule's first week while the tail is on) and
 ``record_tail_ratio`` (3) times its learned tail (the size of its routine large scores,
 learned per unit of time over ``record_tail_tau_s``, 30 days) raises at once, on
 that one sample, even inside the refractory period: a departure this signal has not come

@@ -22,7 +22,8 @@ distribution of scores:
 The surprise judges lasting departures; a lone sample far outside anything this signal has
 done (a spike, a crash to zero) is judged by its **record** instead: ``peak`` is the largest
 robust score seen, decaying with time constant ``record_tau_s`` (held undecayed until
-records are judged, so a spike of the first day is not forgotten before judging starts).
+records are judged, so a spike of the first day is not forgotten before judging starts;
+over at least a week during the rule's first week while the tail is on).
 A score at or above ``record_threshold`` that is also at least ``record_ratio`` × ``peak``
 (and ``record_tail_ratio`` × the tail, below) is a record: a departure this signal has not
 shown for days, which the rule raises at once (no debounce).
@@ -59,10 +60,10 @@ _MIN_WINDOW = 5.0
 _TAIL_STEP = 0.5
 """Share of the way (in log space) a score above the tail pulls it up, for a full rise."""
 _TAIL_HOLD_S = 3600.0
-_YOUNG_PEAK_TAU_S = 7 * 86400.0
-"""The record peak's time constant during a rule's first week, ``record_tau_s`` after it
-(the tail needs a few routine spikes before it can stand in for the peak)."""
 """Time since the previous rise of the tail for a rise to count in full."""
+_YOUNG_PEAK_TAU_S = 7 * 86400.0
+"""The record peak's shortest time constant during a rule's first week, while the tail is
+on (the tail needs a few routine spikes before it can stand in for the peak)."""
 
 
 def check_surprise(
@@ -140,7 +141,9 @@ class SurpriseScore:
         if self._peak is not None and self._peak_ts is not None:
             peak = self._peak
             if judged:  # held undecayed until records are judged
-                tau = _YOUNG_PEAK_TAU_S if age_s < _YOUNG_PEAK_TAU_S else self.record_tau_s
+                tau = self.record_tau_s
+                if age_s < _YOUNG_PEAK_TAU_S and self.record_tail_ratio is not None:
+                    tau = max(tau, _YOUNG_PEAK_TAU_S)
                 peak *= math.exp(-max(ts - self._peak_ts, 0.0) / tau)
         record = (
             judged

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+import nats.errors
 from nats.js.errors import NotFoundError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +31,7 @@ from fleet_server.adapters.nats_conn import (
     replicas_for,
 )
 from fleet_server.db.models import Device, ReceivedMessage, TelemetrySample
+from tests.conftest import wait_for
 
 T0 = 1_780_000_000.0
 STALL_S = 5.0
@@ -234,28 +236,34 @@ def drop_consumer(options: NatsOptions) -> None:
     asyncio.run(_drop(options))
 
 
-async def _drop_ingest_consumers(options: NatsOptions) -> list[str]:
+async def _drop_ingest_consumers(options: NatsOptions) -> int:
     nc = await connect(options, "fleet-teardown")
     try:
         js = nc.jetstream()
-        dropped: list[str] = []
         try:
             consumers = await js.consumers_info(MQTT_STREAM)
         except NotFoundError:  # no stream yet: nobody has an interest
-            return dropped
-        for info in consumers:
-            if info.config.filter_subject == INGEST_FILTER:
-                await js.delete_consumer(MQTT_STREAM, info.name)
-                dropped.append(info.name)
-        return dropped
+            return 0
+        ingest = [c.name for c in consumers if c.config.filter_subject == INGEST_FILTER]
+        for name in ingest:
+            await js.delete_consumer(MQTT_STREAM, name)
+        return len(ingest)
     finally:
         await nc.close()
 
 
-def drop_ingest_consumers(options: NatsOptions) -> list[str]:
-    """Delete every consumer with the ingest's filter (any durable name): afterwards no
-    consumer has an interest in device messages. Returns the names deleted."""
-    return asyncio.run(_drop_ingest_consumers(options))
+def drop_ingest_consumers(options: NatsOptions, timeout: float = 60.0) -> None:
+    """Delete every consumer with the ingest's filter (any durable name) until none is
+    left: afterwards no consumer has an interest in device messages. JetStream's API can
+    time out for a while after a node restarts (a leader election), so this retries."""
+
+    def none_left() -> bool:
+        try:
+            return asyncio.run(_drop_ingest_consumers(options)) == 0
+        except (nats.errors.Error, TimeoutError):
+            return False
+
+    wait_for(none_left, timeout=timeout, interval=0.5)
 
 
 async def _leader(options: NatsOptions) -> str | None:
