@@ -185,7 +185,7 @@ class SurpriseScore:
         assert self.record_tail_ratio is not None
         since = _TAIL_HOLD_S if self._tail_ts is None else max(ts - self._tail_ts, 0.0)
         weight = _TAIL_STEP * min(since / _TAIL_HOLD_S, 1.0)
-        winsorised = min(score, max(self.record_tail_ratio, 1.0) * tail)
+        winsorised = min(score, self.record_tail_ratio * tail)  # the ratio is >= 1
         self._tail = tail * (winsorised / tail) ** weight
         self._tail_ts = ts
 

@@ -7,7 +7,6 @@ message a device got a PUBACK for is in the database exactly once, whatever dies
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import signal
@@ -35,7 +34,6 @@ from tests.support.nats_cluster import NatsCluster, nats_binary
 from tests.support.nats_fleet import (
     PublishingDevice,
     ack_pending,
-    drop_consumer,
     drop_ingest_consumers,
     pending_messages,
     run_devices,
@@ -95,8 +93,7 @@ def options(cluster: NatsCluster, request: pytest.FixtureRequest) -> Iterator[Na
         if not node.running:
             node.proc = None
             node.start()
-    with contextlib.suppress(Exception):
-        drop_consumer(opts)
+    drop_ingest_consumers(opts)  # retried: a leftover consumer would keep others' messages
 
 
 def _worker(sessions: sessionmaker[Session], options: NatsOptions, name: str) -> NatsIngestWorker:
@@ -366,9 +363,6 @@ def test_the_window_before_the_consumer_exists_is_real(cluster, options) -> None
     message PUBACKed while no consumer matches it is dropped at once. The consumer is
     therefore created at installation (the first ``fleet-server ingest`` start, before
     devices are pointed at the cluster) and never deleted; README, Scaling out."""
-    # The cluster is shared by the module: a consumer another test left behind (its
-    # teardown can fail while a node restarts) would keep these messages for itself.
-    drop_ingest_consumers(options)
     devices = [PublishingDevice("early-0", cluster.mqtt_urls, count=5, interval_s=0.0)]
     devices[0].start()
     run_devices(devices)

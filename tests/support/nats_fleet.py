@@ -223,19 +223,6 @@ def setup_consumer(options: NatsOptions) -> None:
     asyncio.run(_setup(options))
 
 
-async def _drop(options: NatsOptions) -> None:
-    nc = await connect(options, "fleet-teardown")
-    try:
-        await nc.jetstream().delete_consumer(MQTT_STREAM, options.durable)
-    finally:
-        await nc.close()
-
-
-def drop_consumer(options: NatsOptions) -> None:
-    """Delete the durable consumer (its interest in the stream goes with it)."""
-    asyncio.run(_drop(options))
-
-
 async def _drop_ingest_consumers(options: NatsOptions) -> int:
     nc = await connect(options, "fleet-teardown")
     try:
