@@ -147,7 +147,6 @@ class Demo:
         self.engine_error: BaseException | None = None
         self.real: RealAgent | None = None
         self.api_port, self.mqtt_port = two_free_ports()
-        self.url = f"http://127.0.0.1:{self.api_port}"
         self.token = ""
         self.console_password = ""
         self.log_path = self.tmp / "fleet-server.log"
@@ -170,6 +169,11 @@ class Demo:
             with contextlib.suppress(OSError):
                 shutil.copy(self.log_path, self.keep / "fleet-server.log")
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @property
+    def url(self) -> str:
+        """The API's base URL (follows the port, which a retry may change)."""
+        return f"http://127.0.0.1:{self.api_port}"
 
     def _stop_server(self) -> None:
         """SIGTERM the server process if it runs (SIGKILL after 20 s)."""
@@ -239,7 +243,7 @@ class Demo:
                 )
             self.api = Api(self.url, self.token, timeout=30)
             try:
-                wait_until("/healthz", lambda: self.api.healthy(), 60, check=self._server_alive)
+                wait_until("the server's /healthz", self.api.healthy, 60, check=self._server_alive)
                 break
             except DemoError:
                 if "Address already in use" not in self._log_tail() or attempt == 2:
@@ -247,7 +251,6 @@ class Demo:
             self._stop_server()
             say.say("a port was taken by another program meanwhile: trying two others")
             self.api_port, self.mqtt_port = two_free_ports()
-            self.url = f"http://127.0.0.1:{self.api_port}"
             config.write_text(server_config(self.tmp, self.api_port, self.mqtt_port))
         say.ok(f"API on {self.url} (docs: {self.url}/docs), MQTT on 127.0.0.1:{self.mqtt_port}")
         say.ok(f"web console {self.console_url}")
