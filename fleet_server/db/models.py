@@ -101,13 +101,15 @@ class Device(Base):
 
 
 class ReceivedMessage(Base):
-    """Every accepted device message's identity: the dedupe key across restarts."""
+    """Every accepted device message's identity: the dedupe key across restarts.
+
+    ``device_key`` is a ``devices.id`` with no foreign key, as in ``telemetry``: the
+    ingest writes a row here for every message, and reads or creates the batch's devices
+    in the same transaction (migration ``0014_ingest_tables_no_fk``)."""
 
     __tablename__ = "received_messages"
 
-    device_key: Mapped[int] = mapped_column(
-        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
-    )
+    device_key: Mapped[int] = mapped_column(Integer, primary_key=True)
     boot_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     received_at: Mapped[float] = mapped_column(Float, index=True)
@@ -131,12 +133,7 @@ def signal_column(signal: Signal) -> Column[Any]:
 telemetry_table = Table(
     "telemetry",
     Base.metadata,
-    Column(
-        "device_key",
-        Integer,
-        ForeignKey("devices.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    Column("device_key", Integer, primary_key=True),  # a devices.id, no foreign key (0014)
     Column("ts", Float, primary_key=True),
     *(signal_column(s) for s in SIGNALS),
     Column("custom", JSON(none_as_null=True), nullable=True),

@@ -3,17 +3,28 @@ presence sweep, retention. Time is a hand-driven clock; no broker needed here.""
 
 from __future__ import annotations
 
-from sqlalchemy import func, inspect, select, text
+import pytest
+from alembic import command
+from sqlalchemy import func, insert, inspect, select, text
+from sqlalchemy.exc import IntegrityError
 
 import protocol as p
+from fleet_server.db.engine import create_db_engine, is_sqlite
 from fleet_server.db.models import (
     SIGNAL_COLUMN_TYPES,
     Alarm,
     Device,
+    ReceivedMessage,
     TelemetryHourly,
     TelemetrySample,
+    telemetry_table,
 )
-from fleet_server.migrations import current_revision, head_revision, upgrade_to_head
+from fleet_server.migrations import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    upgrade_to_head,
+)
 from fleet_server.services.ingest import BatchWriter, Inbound
 from fleet_server.services.jobs import run_presence_sweep, run_retention_job
 from tests.server_fixtures import FakeClock, settings_for
@@ -48,6 +59,58 @@ def test_migrations_run_from_empty_to_head_and_are_idempotent(engine) -> None:
     upgrade_to_head(engine)  # a second run is a no-op
     tables = set(inspect(engine).get_table_names())
     assert {"devices", "telemetry", "received_messages", "alarms", "audit_log"} <= tables
+
+
+def test_the_ingest_tables_lose_their_foreign_keys_and_keep_their_rows(db_url: str) -> None:
+    """Migration 0014: ``received_messages`` and ``telemetry`` (the two rows the ingest
+    writes per message) no longer reference ``devices`` (a per-row check and lock on
+    PostgreSQL); their rows, primary keys and SQLite's WITHOUT ROWID layout are kept, and
+    a downgrade puts the constraint back."""
+    engine = create_db_engine(db_url)
+    config = alembic_config(engine)
+    command.upgrade(config, "0013_telemetry_partitions")
+    with engine.begin() as conn:
+        key = conn.execute(
+            insert(Device)
+            .values(device_id="pi-1", status="active", created_at=T0)
+            .returning(Device.id)
+        ).scalar_one()
+        conn.execute(
+            insert(ReceivedMessage),
+            [{"device_key": key, "boot_id": "b", "seq": 1, "received_at": T0}],
+        )
+        conn.execute(insert(telemetry_table), [{"device_key": key, "ts": T0, "cpu_pct": 1.0}])
+
+    def foreign_keys() -> dict[str, int]:
+        engine.dispose()  # SQLite: a pooled connection may hold the schema before the change
+        seen = inspect(engine)
+        return {t: len(seen.get_foreign_keys(t)) for t in ("received_messages", "telemetry")}
+
+    assert foreign_keys() == {"received_messages": 1, "telemetry": 1}
+    upgrade_to_head(engine)
+    assert foreign_keys() == {"received_messages": 0, "telemetry": 0}
+    with engine.connect() as conn:
+        for table in ("received_messages", "telemetry"):
+            assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 1
+        if is_sqlite(engine):
+            for table in ("received_messages", "telemetry"):
+                sql = conn.execute(
+                    text("SELECT sql FROM sqlite_master WHERE name = :t"), {"t": table}
+                ).scalar_one()
+                assert "WITHOUT ROWID" in sql, sql
+            index = inspect(engine).get_indexes("received_messages")
+            assert [i["column_names"] for i in index] == [["received_at"]]
+    # The primary key still dedupes.
+    with engine.begin() as conn, pytest.raises(IntegrityError):
+        conn.execute(
+            insert(ReceivedMessage),
+            [{"device_key": key, "boot_id": "b", "seq": 1, "received_at": T0}],
+        )
+    command.downgrade(config, "0013_telemetry_partitions")
+    assert foreign_keys() == {"received_messages": 1, "telemetry": 1}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM telemetry")).scalar() == 1
+    engine.dispose()
 
 
 def test_migrated_telemetry_table_has_a_column_per_declared_signal(engine) -> None:
