@@ -3,14 +3,17 @@
 One run, on a private 3-node nats-server cluster on loopback (routes, JetStream, MQTT on
 every node; replicas 3):
 
-1. three durable consumers are created on the device-message stream (so each sees every
-   message), then ``--publishers`` processes publish ``--messages`` telemetry messages
-   over MQTT 3.1.1 with QoS 1, spread over the three nodes (``--devices`` device ids);
-2. (a) ``raw``: a process with a JetStream pull consumer that fetches and acknowledges,
-   nothing else, through the worker's own fetch and ``acknowledge()`` path;
-   (b) ``ingest_1``: one ``NatsIngestWorker`` process on PostgreSQL drains its copy;
-   (c) ``ingest_2``: two worker processes on one durable drain theirs.
-   Each rate is messages / seconds from the consumer bound to it having nothing pending.
+1. a durable consumer per drain is created on the device-message stream (so each sees
+   every message), then ``--publishers`` processes publish ``--messages`` telemetry
+   messages over MQTT 3.1.1 with QoS 1, spread over the three nodes (``--devices`` ids);
+2. ``--rounds`` times (3), one after the other: (a) ``raw``: a process with a JetStream
+   pull consumer that fetches and acknowledges, nothing else, through the worker's own
+   fetch and ``acknowledge()`` path; (b) ``ingest_1``: one ``NatsIngestWorker`` process
+   on a fresh PostgreSQL database drains its copy. Then (c) ``ingest_2``: two worker
+   processes on one durable drain theirs. Each rate is messages / seconds from the
+   consumer bound to it having nothing pending. The one-worker ratios are taken per round
+   (a raw drain and the worker's next to each other) and their median is reported: on a
+   shared machine the raw consumer alone moved by 1.4x between runs.
 
 The drains run one after another while no device publishes, so the brokers and the
 database share the 2 cores only with the consumer being measured. Goals: ``ingest_1 /
@@ -26,7 +29,7 @@ on other machines, where each consumer process is bound by its own CPU: ``raw CP
 two workers on one durable (1 core each), and ``1000 / worker CPU/msg`` msg/s per core.
 
 Usage: ``python bench/ingest_cluster.py [--messages N] [--devices D] [--publishers P]
-[--pg URL]``. The last line printed is one JSON object.
+[--fetch-batch B] [--rounds R] [--pg URL]``. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -308,13 +312,22 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=100)
     ap.add_argument("--publishers", type=int, default=3)
     ap.add_argument("--fetch-batch", type=int, default=NatsOptions.fetch_batch)
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="raw / one-worker drains, alternated (the figures are their medians)",
+    )
     ap.add_argument("--pg", default=os.environ.get("FLEET_TEST_DATABASE_URL"))
     args = ap.parse_args()
     if not args.pg:
         sys.exit("PostgreSQL is needed: --pg URL or FLEET_TEST_DATABASE_URL")
+    if args.rounds < 1:
+        sys.exit("--rounds must be at least 1")
     binary = nats_binary()
     if binary is None:
         sys.exit("nats-server is not installed")
+    rounds = [(f"raw{r}", f"ingest1-{r}") for r in range(1, args.rounds + 1)]
     with tempfile.TemporaryDirectory() as tmp:
         cluster = NatsCluster.create(binary, Path(tmp), size=3)
         cluster.start()
@@ -324,11 +337,11 @@ def main() -> None:
                 name: NatsOptions(
                     servers=cluster.nats_urls, durable=name, fetch_batch=args.fetch_batch
                 )
-                for name in ("raw", "ingest1", "ingest2")
+                for name in [*(n for pair in rounds for n in pair), "ingest2"]
             }
 
             async def setup() -> None:
-                nc = await connect(opts["raw"], "bench-setup")
+                nc = await connect(opts["raw1"], "bench-setup")
                 for o in opts.values():
                     for _ in range(100):
                         try:
@@ -345,68 +358,97 @@ def main() -> None:
                 f"= {acked / pub_s:.0f} msg/s"
             )
             brokers = [n.proc.pid for n in cluster.nodes if n.proc is not None]
-            meter = Meter(brokers, acked)
-            raw, raw_cpu = measure_raw(opts["raw"], acked, meter)
-            acct = meter.figures
-            own = {"raw": raw_cpu * 1000 / acked}
-            drains = {"raw": acct}
-            print(
-                f"raw pull consumer: {raw:.0f} msg/s (CPU idle {acct['idle_pct']:.0f}%; CPU "
-                f"per message: consumer {own['raw']:.4f} ms, brokers {acct['broker_ms']:.4f} "
-                f"ms, PostgreSQL {acct['pg_ms']:.4f} ms)"
-            )
-            rates, lost = {}, 0
-            for name, workers in (("ingest1", 1), ("ingest2", 2)):
+            rates: dict[str, float] = {}
+            own: dict[str, float] = {}
+            drains: dict[str, dict[str, float]] = {}
+            lost = 0
+
+            def ingest(name: str, workers: int) -> None:
+                nonlocal lost
                 url, drop = scratch_postgres(args.pg)
                 drops.append(drop)
                 meter = Meter(brokers, acked)
                 secs, cpu = measure_ingest(opts[name], url, workers, meter)
-                acct = meter.figures
-                drains[name] = acct
-                own[name] = cpu * 1000 / acked
-                rates[name] = acked / secs
+                drains[name], own[name], rates[name] = (
+                    meter.figures,
+                    cpu * 1000 / acked,
+                    acked / secs,
+                )
                 lost += max(0, acked - stored(url))
+                acct = drains[name]
                 print(
-                    f"{name}: {rates[name]:.0f} msg/s (CPU idle {acct['idle_pct']:.0f}%; CPU "
-                    f"per message: workers {own[name]:.4f} ms, brokers "
+                    f"{name}: {rates[name]:.0f} msg/s (CPU idle {acct['idle_pct']:.0f}%; "
+                    f"CPU per message: workers {own[name]:.4f} ms, brokers "
                     f"{acct['broker_ms']:.4f} ms, PostgreSQL {acct['pg_ms']:.4f} ms)"
                 )
+
+            for raw_name, ingest_name in rounds:
+                meter = Meter(brokers, acked)
+                rates[raw_name], raw_cpu = measure_raw(opts[raw_name], acked, meter)
+                drains[raw_name], own[raw_name] = meter.figures, raw_cpu * 1000 / acked
+                print(
+                    f"{raw_name} pull consumer: {rates[raw_name]:.0f} msg/s (CPU idle "
+                    f"{drains[raw_name]['idle_pct']:.0f}%; CPU per message: consumer "
+                    f"{own[raw_name]:.4f} ms, brokers {drains[raw_name]['broker_ms']:.4f} ms)"
+                )
+                ingest(ingest_name, 1)
+            ingest("ingest2", 2)
         finally:
             cluster.stop()
             for drop in drops:
                 drop()
+    # Each round's raw drain and one-worker drain ran next to each other, so the ratios are
+    # taken per round and their median reported (the machine's load drifts between rounds).
+    ratio_1 = statistics.median([rates[i] / rates[r] for r, i in rounds])
+    bound_1 = statistics.median([own[r] / own[i] for r, i in rounds])
+    raw = statistics.median([rates[r] for r, _ in rounds])
+    one = statistics.median([rates[i] for _, i in rounds])
+    own_raw, own_one = (
+        statistics.median([own[r] for r, _ in rounds]),
+        statistics.median([own[i] for _, i in rounds]),
+    )
     # With the brokers and PostgreSQL on other machines, each consumer process is bound by
     # its own CPU: one core gives 1 / (its CPU per message) msg/s. Two workers on one
     # durable scale by 2 x (one worker's CPU per message / the pair's per message).
-    bound_1 = own["raw"] / own["ingest1"]
-    bound_2 = 2 * own["ingest1"] / own["ingest2"]
+    bound_2 = 2 * own_one / own["ingest2"]
+    spread = ", ".join(f"{rates[i] / rates[r]:.2f}/{own[r] / own[i]:.2f}" for r, i in rounds)
     print(
-        f"ratio ingest_1 / raw: {rates['ingest1'] / raw:.2f} on this box, {bound_1:.2f} "
-        f"worker-bound (goal 0.8); ingest_2 / ingest_1: "
-        f"{rates['ingest2'] / rates['ingest1']:.2f} on this box, {bound_2:.2f} worker-bound "
-        f"(goal 1.6); one worker core: {1000 / own['ingest1']:.0f} msg/s"
+        f"ratio ingest_1 / raw (median of {len(rounds)} alternated rounds; per round, on this "
+        f"box / worker-bound: {spread}): {ratio_1:.2f} on this box, {bound_1:.2f} worker-bound "
+        f"(goal 0.8); ingest_2 / ingest_1: {rates['ingest2'] / one:.2f} on this box, "
+        f"{bound_2:.2f} worker-bound (goal 1.6); one worker core: {1000 / own_one:.0f} msg/s"
     )
+
+    def per_round(figures: dict[str, float], names: list[str]) -> list[float]:
+        return [round(figures[n], 4) for n in names]
+
+    raws, ones = [r for r, _ in rounds], [i for _, i in rounds]
     result = {
         "bench": "ingest_cluster",
         "messages": acked,
         "fetch_batch": args.fetch_batch,
+        "rounds": len(rounds),
         "publish_msgs_per_s": round(acked / pub_s, 1),
         "raw_msgs_per_s": round(raw, 1),
-        "ingest1_msgs_per_s": round(rates["ingest1"], 1),
+        "ingest1_msgs_per_s": round(one, 1),
         "ingest2_msgs_per_s": round(rates["ingest2"], 1),
-        "ratio_1_raw": round(rates["ingest1"] / raw, 3),
-        "scale_2_1": round(rates["ingest2"] / rates["ingest1"], 3),
+        "ratio_1_raw": round(ratio_1, 3),
+        "scale_2_1": round(rates["ingest2"] / one, 3),
         "cpu_cores": psutil.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
-        "raw_cpu_ms_per_msg": round(own["raw"], 4),
-        "worker_cpu_ms_per_msg": round(own["ingest1"], 4),
+        "raw_cpu_ms_per_msg": round(own_raw, 4),
+        "worker_cpu_ms_per_msg": round(own_one, 4),
         "workers2_cpu_ms_per_msg": round(own["ingest2"], 4),
         "broker_cpu_ms_per_msg": {k: v["broker_ms"] for k, v in drains.items()},
         "pg_cpu_ms_per_msg": {k: v["pg_ms"] for k, v in drains.items()},
         "idle_pct": {k: v["idle_pct"] for k, v in drains.items()},
+        "rounds_raw_msgs_per_s": per_round(rates, raws),
+        "rounds_ingest1_msgs_per_s": per_round(rates, ones),
+        "rounds_raw_cpu_ms_per_msg": per_round(own, raws),
+        "rounds_worker_cpu_ms_per_msg": per_round(own, ones),
         "worker_bound_ratio_1_raw": round(bound_1, 3),
         "worker_bound_scale_2_1": round(bound_2, 3),
-        "worker_bound_msgs_per_s": round(1000 / own["ingest1"], 1),
+        "worker_bound_msgs_per_s": round(1000 / own_one, 1),
         "lost": lost,
     }
     print(json.dumps(result))
