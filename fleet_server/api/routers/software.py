@@ -15,11 +15,9 @@ from fleet_server.api.deps import (
     Db,
     PageParams,
     Who,
-    context,
     page_body,
     page_params,
     read_body,
-    request_id,
     stamp,
 )
 from fleet_server.api.errors import ERROR_RESPONSES
@@ -180,9 +178,7 @@ async def import_advisories(*, request: Request, session: Db, actor: Who) -> Any
     data = await read_body(request, MAX_ADVISORY_BYTES)
     kind = request.headers.get("content-type", "")
     name = "upload.zip" if "zip" in kind else "upload.json"
-    now = context(request).clock()
-    rid = request_id(request)
-    return software.import_advisories(session, name, data, actor=actor, now=now, request_id=rid)
+    return software.import_advisories(session, name, data, actor=actor, **stamp(request))
 
 
 @router.get("/advisories", summary="List advisories")
