@@ -257,12 +257,14 @@ class CounterIncreaseRule(DebouncedRule):
         return {**super().snapshot(), "last": self._last}
 
     def restore(self, state: dict[str, Any]) -> bool:
-        """Resume, including the last reading (so errors during a restart still count)."""
+        """Resume, including the last reading (so errors during a restart still count);
+        a malformed reading refuses the whole state, as a malformed debounce part does."""
+        last = state.get("last")
+        if last is not None and (isinstance(last, bool) or not isinstance(last, int | float)):
+            return False
         if not super().restore(state):
             return False
-        last = state.get("last")
-        if isinstance(last, int | float):
-            self._last = float(last)
+        self._last = float(last) if last is not None else None
         return True
 
 

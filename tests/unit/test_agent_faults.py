@@ -132,6 +132,20 @@ def test_engine_names_the_rules_whose_saved_state_it_refused() -> None:
     assert "over_temperature" not in again.open  # refused: the rule starts fresh
 
 
+def test_a_counter_rules_malformed_last_reading_refuses_its_whole_state() -> None:
+    """README: a rule's saved state is taken or refused whole; the counter rule's last
+    reading is part of it (it was silently dropped while the debounce part was taken)."""
+    engine = FaultEngine(build_rules({}))
+    code = next(r.code for r in engine.rules if "last" in r.snapshot())
+    saved = engine.snapshot()
+    saved["rules"][code] = {"active": True, "streak": 0, "since": None, "last": "12"}
+    again = FaultEngine(build_rules({}))
+    assert again.restore(saved) == [code]
+    assert not next(r for r in again.rules if r.code == code).active
+    saved["rules"][code]["last"] = None  # no reading yet: taken
+    assert FaultEngine(build_rules({})).restore(saved) == []
+
+
 def test_engine_refuses_duplicate_codes() -> None:
     with pytest.raises(ValueError, match="over_temperature"):
         FaultEngine([over_temp(), over_temp()])
