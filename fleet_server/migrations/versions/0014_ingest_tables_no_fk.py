@@ -45,6 +45,12 @@ def upgrade() -> None:
 def downgrade() -> None:
     conn = op.get_bind()
     for table in _TABLES:
+        # Rows whose device is gone (possible without the key: a device row deleted by
+        # hand) are what ON DELETE CASCADE would have removed; the constraint refuses them.
+        op.execute(
+            f'DELETE FROM "{table}" WHERE NOT EXISTS '
+            f'(SELECT 1 FROM devices WHERE devices.id = "{table}".device_key)'
+        )
         if conn.dialect.name == "postgresql":
             op.execute(
                 f'ALTER TABLE "{table}" ADD CONSTRAINT "{_fk(table)}" FOREIGN KEY (device_key) '

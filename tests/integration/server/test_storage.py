@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from alembic import command
-from sqlalchemy import func, insert, inspect, select, text
+from sqlalchemy import Connection, func, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 import protocol as p
@@ -100,17 +100,44 @@ def test_the_ingest_tables_lose_their_foreign_keys_and_keep_their_rows(db_url: s
                 assert "WITHOUT ROWID" in sql, sql
             index = inspect(engine).get_indexes("received_messages")
             assert [i["column_names"] for i in index] == [["received_at"]]
+        if not is_sqlite(engine):  # no partition of telemetry keeps an inherited copy
+            assert partition_foreign_keys(conn) == 0
     # The primary key still dedupes.
     with engine.begin() as conn, pytest.raises(IntegrityError):
         conn.execute(
             insert(ReceivedMessage),
             [{"device_key": key, "boot_id": "b", "seq": 1, "received_at": T0}],
         )
+    # A row whose device is gone (a device row deleted by hand) does not stop a downgrade:
+    # it is what ON DELETE CASCADE would have removed.
+    with engine.begin() as conn:
+        gone = key + 1000
+        conn.execute(
+            insert(ReceivedMessage),
+            [{"device_key": gone, "boot_id": "b", "seq": 1, "received_at": T0}],
+        )
+        conn.execute(insert(telemetry_table), [{"device_key": gone, "ts": T0}])
     command.downgrade(config, "0013_telemetry_partitions")
     assert foreign_keys() == {"received_messages": 1, "telemetry": 1}
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM telemetry")).scalar() == 1
+        for table in ("received_messages", "telemetry"):
+            assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 1
+        if not is_sqlite(engine):
+            assert partition_foreign_keys(conn) > 0
     engine.dispose()
+
+
+def partition_foreign_keys(conn: Connection) -> int:
+    """PostgreSQL: the foreign keys on ``telemetry``'s partitions (inherited copies)."""
+    return int(
+        conn.execute(
+            text(
+                "SELECT count(*) FROM pg_constraint c JOIN pg_inherits i "
+                "ON i.inhrelid = c.conrelid WHERE c.contype = 'f' "
+                "AND i.inhparent = to_regclass('telemetry')"
+            )
+        ).scalar_one()
+    )
 
 
 def test_migrated_telemetry_table_has_a_column_per_declared_signal(engine) -> None:
