@@ -6,14 +6,18 @@ every node; replicas 3):
 1. a durable consumer per drain is created on the device-message stream (so each sees
    every message), then ``--publishers`` processes publish ``--messages`` telemetry
    messages over MQTT 3.1.1 with QoS 1, spread over the three nodes (``--devices`` ids);
-2. ``--rounds`` times (3), one after the other: (a) ``raw``: a process with a JetStream
+2. alternately, ``--rounds`` + 1 times (a) and ``--rounds`` times (b), one after the
+   other (raw, ingest_1, raw, ..., ingest_1, raw): (a) ``raw``: a process with a JetStream
    pull consumer that fetches and acknowledges, nothing else, through the worker's own
    fetch and ``acknowledge()`` path; (b) ``ingest_1``: one ``NatsIngestWorker`` process
    on a fresh PostgreSQL database drains its copy. Then (c) ``ingest_2``: two worker
    processes on one durable drain theirs. Each rate is messages / seconds from the
-   consumer bound to it having nothing pending. The one-worker ratios are taken per round
-   (a raw drain and the worker's next to each other) and their median is reported: on a
-   shared machine the raw consumer alone moved by 1.4x between runs.
+   consumer bound to it having nothing pending. Each one-worker drain is compared with
+   the mean of the raw drains before and after it, and the median of those per-round
+   ratios is reported (``ratio_1_raw``; the JSON's ``raw_msgs_per_s`` and
+   ``ingest1_msgs_per_s`` are the medians of the drains, so their quotient may differ):
+   on a shared machine the raw consumer alone moved by 1.5x within one run, and every
+   consumer's CPU per message grew from a run's first drain to its last.
 
 The drains run one after another while no device publishes, so the brokers and the
 database share the 2 cores only with the consumer being measured. Goals: ``ingest_1 /
@@ -327,7 +331,10 @@ def main() -> None:
     binary = nats_binary()
     if binary is None:
         sys.exit("nats-server is not installed")
-    rounds = [(f"raw{r}", f"ingest1-{r}") for r in range(1, args.rounds + 1)]
+    # raw-1, ingest1-1, raw-2, ingest1-2, ..., raw-(R+1): every one-worker drain sits
+    # between two raw drains, so a load that drifts through the run biases neither side.
+    raws = [f"raw-{r}" for r in range(1, args.rounds + 2)]
+    ones = [f"ingest1-{r}" for r in range(1, args.rounds + 1)]
     with tempfile.TemporaryDirectory() as tmp:
         cluster = NatsCluster.create(binary, Path(tmp), size=3)
         cluster.start()
@@ -337,11 +344,11 @@ def main() -> None:
                 name: NatsOptions(
                     servers=cluster.nats_urls, durable=name, fetch_batch=args.fetch_batch
                 )
-                for name in [*(n for pair in rounds for n in pair), "ingest2"]
+                for name in [*raws, *ones, "ingest2"]
             }
 
             async def setup() -> None:
-                nc = await connect(opts["raw1"], "bench-setup")
+                nc = await connect(opts[raws[0]], "bench-setup")
                 for o in opts.values():
                     for _ in range(100):
                         try:
@@ -382,7 +389,7 @@ def main() -> None:
                     f"{acct['broker_ms']:.4f} ms, PostgreSQL {acct['pg_ms']:.4f} ms)"
                 )
 
-            for raw_name, ingest_name in rounds:
+            for n, raw_name in enumerate(raws):
                 meter = Meter(brokers, acked)
                 rates[raw_name], raw_cpu = measure_raw(opts[raw_name], acked, meter)
                 drains[raw_name], own[raw_name] = meter.figures, raw_cpu * 1000 / acked
@@ -391,29 +398,33 @@ def main() -> None:
                     f"{drains[raw_name]['idle_pct']:.0f}%; CPU per message: consumer "
                     f"{own[raw_name]:.4f} ms, brokers {drains[raw_name]['broker_ms']:.4f} ms)"
                 )
-                ingest(ingest_name, 1)
+                if n < len(ones):
+                    ingest(ones[n], 1)
             ingest("ingest2", 2)
         finally:
             cluster.stop()
             for drop in drops:
                 drop()
-    # Each round's raw drain and one-worker drain ran next to each other, so the ratios are
-    # taken per round and their median reported (the machine's load drifts between rounds).
-    ratio_1 = statistics.median([rates[i] / rates[r] for r, i in rounds])
-    bound_1 = statistics.median([own[r] / own[i] for r, i in rounds])
-    raw = statistics.median([rates[r] for r, _ in rounds])
-    one = statistics.median([rates[i] for _, i in rounds])
-    own_raw, own_one = (
-        statistics.median([own[r] for r, _ in rounds]),
-        statistics.median([own[i] for _, i in rounds]),
-    )
+
+    # Each one-worker drain is compared with the mean of the raw drains just before and after
+    # it (a steady drift of the machine's load cancels), and the rounds' median is reported.
+    def around(figures: dict[str, float], n: int) -> float:
+        return (figures[raws[n]] + figures[raws[n + 1]]) / 2
+
+    per_ratio = [rates[name] / around(rates, n) for n, name in enumerate(ones)]
+    per_bound = [around(own, n) / own[name] for n, name in enumerate(ones)]
+    ratio_1, bound_1 = statistics.median(per_ratio), statistics.median(per_bound)
+    raw = statistics.median([rates[r] for r in raws])
+    one = statistics.median([rates[i] for i in ones])
+    own_raw = statistics.median([own[r] for r in raws])
+    own_one = statistics.median([own[i] for i in ones])
     # With the brokers and PostgreSQL on other machines, each consumer process is bound by
     # its own CPU: one core gives 1 / (its CPU per message) msg/s. Two workers on one
     # durable scale by 2 x (one worker's CPU per message / the pair's per message).
     bound_2 = 2 * own_one / own["ingest2"]
-    spread = ", ".join(f"{rates[i] / rates[r]:.2f}/{own[r] / own[i]:.2f}" for r, i in rounds)
+    spread = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(per_ratio, per_bound, strict=True))
     print(
-        f"ratio ingest_1 / raw (median of {len(rounds)} alternated rounds; per round, on this "
+        f"ratio ingest_1 / raw (median of {len(ones)} alternated rounds; per round, on this "
         f"box / worker-bound: {spread}): {ratio_1:.2f} on this box, {bound_1:.2f} worker-bound "
         f"(goal 0.8); ingest_2 / ingest_1: {rates['ingest2'] / one:.2f} on this box, "
         f"{bound_2:.2f} worker-bound (goal 1.6); one worker core: {1000 / own_one:.0f} msg/s"
@@ -422,12 +433,11 @@ def main() -> None:
     def per_round(figures: dict[str, float], names: list[str]) -> list[float]:
         return [round(figures[n], 4) for n in names]
 
-    raws, ones = [r for r, _ in rounds], [i for _, i in rounds]
     result = {
         "bench": "ingest_cluster",
         "messages": acked,
         "fetch_batch": args.fetch_batch,
-        "rounds": len(rounds),
+        "rounds": len(ones),
         "publish_msgs_per_s": round(acked / pub_s, 1),
         "raw_msgs_per_s": round(raw, 1),
         "ingest1_msgs_per_s": round(one, 1),
@@ -446,6 +456,8 @@ def main() -> None:
         "rounds_ingest1_msgs_per_s": per_round(rates, ones),
         "rounds_raw_cpu_ms_per_msg": per_round(own, raws),
         "rounds_worker_cpu_ms_per_msg": per_round(own, ones),
+        "rounds_ratio_1_raw": [round(r, 3) for r in per_ratio],
+        "rounds_worker_bound_ratio_1_raw": [round(r, 3) for r in per_bound],
         "worker_bound_ratio_1_raw": round(bound_1, 3),
         "worker_bound_scale_2_1": round(bound_2, 3),
         "worker_bound_msgs_per_s": round(1000 / own_one, 1),
