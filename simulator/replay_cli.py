@@ -55,16 +55,46 @@ def replay_command(
         bool, typer.Option("--skip-bad", help="skip unreadable rows instead of failing")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per alarm")] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="agent configuration (TOML) whose faults table the replay runs, as on the "
+            "device: built-in overrides, faults.adaptive and faults.multivariate rules",
+        ),
+    ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="name=value: a parameter of the adaptive or multivariate rule the replay adds "
+            "(e.g. --set raise_threshold=6 --set severity=minor; repeat for several)",
+        ),
+    ] = None,
 ) -> None:
     """Run recorded signals through the agent's fault engine, as a device would.
 
     Every built-in rule, plus an adaptive rule on each signal and/or a multivariate rule
     over all of them (--rule). Prints each raise and clear with the input's timestamp and
     ISO 8601 UTC, its score and the signals that drove it. Timestamps: ISO 8601 (without
-    an offset: UTC) or unix seconds. Empty or NaN values are gaps.
+    an offset: UTC) or unix seconds. Empty or NaN values are gaps. With --config the
+    device's own fault rules run (the replay adds a rule only where they have none);
+    --set tunes the rules the replay adds.
     """
     from simulator.replay import ReplayError, read_table_csv
-    from simulator.replay_rules import default_rule, replay_table, table_engine
+    from simulator.replay_rules import (
+        default_rule,
+        parse_settings,
+        read_faults,
+        replay_table,
+        table_engine,
+    )
+
+    try:
+        tuned = parse_settings(settings or [])
+        faults = read_faults(config) if config is not None else None
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
     names = list(signal or value_col)
     if len(names) != len(value_col):
@@ -87,7 +117,7 @@ def replay_command(
     if table.reordered:
         err.print("rows were not in time order; replayed sorted by time")
     try:
-        engine = table_engine(table.signals, rule or default_rule(table.signals))
+        engine = table_engine(table.signals, rule or default_rule(table.signals), faults, tuned)
         alarms = replay_table(table, engine)
     except ValueError as exc:
         raise _fail(str(exc)) from None
