@@ -56,13 +56,19 @@ routine keeps a high peak and is judged by the debounced surprise stage alone. S
 **Recurrence memory** (on unless ``recurrence_ratio`` is 0 or None, or the daily profile
 is off): a level departure below ``recurrence_ratio`` (1.2) × the largest level score of
 its hour of the day on *each* of the two previous days is not raised (a daily spike the
-hourly profile cannot follow is how the signal behaves); records are never excused. See
-:mod:`agent.core.adaptive_recurrence`.
+hourly profile cannot follow is how the signal behaves); records are never excused. Such
+an excused score does not teach the record tail (a nightly spike would otherwise hide a
+first spike at a new hour), and a level record must also be ``record_ratio`` × the larger
+of its hour's peaks on the two previous days. See :mod:`agent.core.adaptive_recurrence`.
 
 **Learning and adaptation.** Time constants are in seconds and decay by elapsed time, so
 irregular sampling is handled; each is stretched to at least ``min_tau_samples`` typical
 sampling intervals (a streaming median of the intervals) so sparse signals still average
-enough samples. Scales learn from winsorised deviations. A deviation beyond the clear
+enough samples; the noise scale and the long-term roughness (time constant
+``scale_tau_s``, a day) to at least ``scale_min_samples`` (100; 0 turns it off) intervals,
+as a mean absolute deviation over a day of hourly samples (24) swings enough to make
+ordinary samples look like departures (signals sampled every 14 min or faster are
+unaffected). Scales learn from winsorised deviations. A deviation beyond the clear
 threshold teaches the drift spread only at ``drift_scale_leak`` (0.02) of the normal rate:
 too little for a slow drift to become normal, enough for a spread learned too small to
 recover. A deviation beyond the raise threshold teaches the noise scale at ``scale_leak``
@@ -156,6 +162,7 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         slow_tau_s: float = 3 * 86400.0,
         drift_scale_tau_s: float = 7 * 86400.0,
         min_tau_samples: float = 10.0,
+        scale_min_samples: float = 100.0,
         huber_k: float = 2.5,
         anomaly_learning_weight: float = 0.1,
         warmup_samples: int = 30,
@@ -215,6 +222,7 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
             "clear_after_s": clear_after_s,
             "refractory_s": refractory_s,
             "min_tau_samples": min_tau_samples,
+            "scale_min_samples": scale_min_samples,
             "warmup_s": warmup_s,
             "drift_warmup_s": drift_warmup_s,
             "relearn_after_samples": relearn_after_samples,
@@ -280,6 +288,7 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         self.slow_tau_s = float(slow_tau_s)
         self.drift_scale_tau_s = float(drift_scale_tau_s)
         self.min_tau_samples = float(min_tau_samples)
+        self.scale_min_samples = float(scale_min_samples)
         self.huber_k = float(huber_k)
         self.anomaly_learning_weight = float(anomaly_learning_weight)
         self.warmup_samples = int(warmup_samples)
@@ -421,8 +430,13 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         assert self._start_ts is not None
         surprise = self._surprise(score) if self.surprise_threshold is not None else None
         age = ts - self._start_ts
-        record = self._record(score, ts, age >= self.drift_warmup_s, age)
         recurring = kind == "level" and self._recurring(score, ts)
+        # A departure its time of day explains does not teach the record tail, and a
+        # level record must also stand out from what its time of day did on the last
+        # two days (the daily spikes the tail no longer learns).
+        record = self._record(
+            score, ts, age >= self.drift_warmup_s, age, learn_tail=not recurring
+        ) and (kind != "level" or self._beyond_slot(score, ts, self.record_ratio))
         self._excused = recurring and score >= self.clear_threshold
         self._learn_recurrence(self._z_level, ts)
         if record and not self._active:

@@ -40,6 +40,7 @@ class AdaptiveBaseline:
     slow_tau_s: float
     drift_scale_tau_s: float
     min_tau_samples: float
+    scale_min_samples: float
     huber_k: float
     anomaly_learning_weight: float
     warmup_samples: int
@@ -202,6 +203,16 @@ class AdaptiveBaseline:
         if self._s_f is None:
             self._s_f = 0.0
 
+    def _scale_tau(self) -> float:
+        """Time constant of the noise scale and the long-term roughness: ``scale_tau_s``,
+        but at least ``scale_min_samples`` typical intervals. A mean absolute deviation
+        over a day of hourly samples (24) is a noisy estimate whose low swings turn
+        ordinary samples into departures; faster signals are unaffected (a day at 5 min
+        is 288 samples)."""
+        if self._dt_typ is None:
+            return self.scale_tau_s
+        return max(self.scale_tau_s, self.scale_min_samples * self._dt_typ)
+
     def _tau(self, tau: float) -> float:
         if self._dt_typ is None:
             return tau
@@ -251,7 +262,7 @@ class AdaptiveBaseline:
             gate=self.raise_threshold,
             weight=self.anomaly_learning_weight if active else 1.0,
             leak=self.scale_leak,
-            tau=self.scale_tau_s,
+            tau=self._scale_tau(),
             dt=dt,
             warm=warm,
         )
@@ -297,7 +308,7 @@ class AdaptiveBaseline:
             return
         step = min(self._step, self.raise_threshold * max(self._s_vl, self._floor()))
         self._s_v += self._alpha(self.variance_tau_s, dt, self._n_all) * (step - self._s_v)
-        a = self._alpha(self.scale_tau_s, dt, self._n_all)
+        a = self._alpha(self._scale_tau(), dt, self._n_all)
         if active:
             a *= self.anomaly_learning_weight
         self._s_vl += a * (step - self._s_vl)

@@ -15,7 +15,11 @@ behaves, not a fault. While a departure is excused that way the fast level learn
 at ``anomaly_learning_weight`` only, as from a pending raise, so a daily spike does not
 drag the level (and then raise the drift score). A departure at a new time of day, one
 clearly larger than on both previous days, or one seen on one day only (a fault that
-began yesterday at this time) is judged as before; records are never excused. The
+began yesterday at this time) is judged as before; records are never excused. An
+excused departure does not teach the record tail (:mod:`agent.core.adaptive_surprise`),
+and a level record must be ``record_ratio`` × the larger of its slot's two previous-day
+peaks (:meth:`RecurrenceMemory._beyond_slot`): on NAB a server's nightly spikes of about
+45 SDs had taught the tail to ignore a first spike of 75 SDs at a new hour. The
 memory learns from the current day's scores only (a slot's scores become "yesterday" when
 the slot is next visited at least half a period later), so a departure never excuses
 itself; a slot not visited for over two and a half periods forgets.
@@ -86,6 +90,14 @@ class RecurrenceMemory:
             return False
         peak = min(self._rec_days(self._rec_slot(ts), ts))
         return score < self.recurrence_ratio * peak
+
+    def _beyond_slot(self, score: float, ts: float, ratio: float) -> bool:
+        """Whether a level ``score`` at ``ts`` is at least ``ratio`` × the larger of its
+        slot's peaks on the two previous days (True when the memory is off). The record
+        stage asks this, as the record tail does not learn excused departures."""
+        if self._rec_day1 is None or self.recurrence_ratio is None:
+            return True
+        return score >= ratio * max(self._rec_days(self._rec_slot(ts), ts))
 
     def _learn_recurrence(self, score: float, ts: float) -> None:
         """Learn a level score into its slot (rolling the slot over on a new day)."""

@@ -40,7 +40,12 @@ at ``record_tail_ratio`` × the tail (so a record teaches at most that much, and
 score cannot block records for weeks). A rise counts in full only ``_TAIL_HOLD_S`` (1 h)
 after the previous one, and in proportion to the time since before that: the many samples
 of one event at a fast sampling interval count as about one event, as the single sample
-of it does at an hourly interval. It does not learn while a fault is raised. A record
+of it does at an hourly interval. It does not learn while a fault is raised, nor from a
+departure the recurrence memory excuses (:mod:`agent.core.adaptive_recurrence`: its time
+of day did as much on each of the two previous days), so a nightly batch job's spike does
+not teach the tail to ignore a first spike at a new hour; the rule then also requires a
+level record to be ``record_ratio`` × the larger of its hour's two previous-day peaks, so
+that a daily spike which grows a little is still not a record. A record
 must also be at least ``record_tail_ratio`` (3) × the tail. The decay is evaluated from the
 time of the last rise, with an exp only when a score comes near the tail.
 
@@ -131,12 +136,15 @@ class SurpriseScore:
         self._tail = 1.0
         self._tail_ts: float | None = None
 
-    def _record(self, score: float, ts: float, judged: bool, age_s: float) -> bool:
+    def _record(
+        self, score: float, ts: float, judged: bool, age_s: float, *, learn_tail: bool = True
+    ) -> bool:
         """Whether ``score`` is a record for this signal (see the module docstring); then
         learn it into the decaying peak. ``judged`` is False while records are not judged;
         ``age_s`` is the time since the rule started learning: on a young signal, whose
         tail has not yet learned its routine spikes, the peak forgets over a week (as it
-        did before the tail) until the rule is a week old."""
+        did before the tail) until the rule is a week old. ``learn_tail`` False: the score
+        does not teach the tail (its time of day explains it, see the module docstring)."""
         peak = 0.0
         if self._peak is not None and self._peak_ts is not None:
             peak = self._peak
@@ -154,7 +162,7 @@ class SurpriseScore:
         )
         self._peak = max(score, peak)
         self._peak_ts = ts
-        if self.record_tail_ratio is not None and not self._active:
+        if self.record_tail_ratio is not None and not self._active and learn_tail:
             self._learn_tail(score, ts)
         return record
 
