@@ -59,7 +59,9 @@ its hour of the day on *each* of the two previous days is not raised (a daily sp
 hourly profile cannot follow is how the signal behaves); records are never excused. Such
 an excused score does not teach the record tail (a nightly spike would otherwise hide a
 first spike at a new hour), and a level record must also be ``record_ratio`` × the larger
-of its hour's peaks on the two previous days. See :mod:`agent.core.adaptive_recurrence`.
+of its hour's peaks on the last two days it was watched (kept over a gap, so a device
+back after a weekend off does not raise its nightly spike as a record). See
+:mod:`agent.core.adaptive_recurrence`.
 
 **Learning and adaptation.** Time constants are in seconds and decay by elapsed time, so
 irregular sampling is handled; each is stretched to at least ``min_tau_samples`` typical

@@ -17,8 +17,9 @@ drag the level (and then raise the drift score). A departure at a new time of da
 clearly larger than on both previous days, or one seen on one day only (a fault that
 began yesterday at this time) is judged as before; records are never excused. An
 excused departure does not teach the record tail (:mod:`agent.core.adaptive_surprise`),
-and a level record must be ``record_ratio`` × the larger of its slot's two previous-day
-peaks (:meth:`RecurrenceMemory._beyond_slot`): on NAB a server's nightly spikes of about
+and a level record must be ``record_ratio`` × the larger of its slot's peaks on the last
+two days it was watched (:meth:`RecurrenceMemory._beyond_slot`; these are not forgotten
+over a gap, as the tail never learned them): on NAB a server's nightly spikes of about
 45 SDs had taught the tail to ignore a first spike of 75 SDs at a new hour. The
 memory learns from the current day's scores only (a slot's scores become "yesterday" when
 the slot is next visited at least half a period later), so a departure never excuses
@@ -65,8 +66,10 @@ class RecurrenceMemory:
         phase = (ts % self.seasonal_period_s) / self.seasonal_period_s
         return min(int(phase * RECURRENCE_BINS), RECURRENCE_BINS - 1)
 
-    def _rec_days(self, slot: int, ts: float) -> tuple[float, float]:
-        """The peak scores of ``slot`` on the two previous days, as seen from ``ts``."""
+    def _rec_days(self, slot: int, ts: float, *, forget: bool = True) -> tuple[float, float]:
+        """The peak scores of ``slot`` on the two previous days, as seen from ``ts`` (a day
+        without samples counts as 0); with ``forget`` False, on the last two days the slot
+        was watched, however long ago."""
         day1, day2, cur, seen = self._rec_day1, self._rec_day2, self._rec_cur, self._rec_seen
         assert day1 is not None
         assert day2 is not None
@@ -77,7 +80,7 @@ class RecurrenceMemory:
         period = self.seasonal_period_s
         if elapsed < period / 2:
             return day1[slot], day2[slot]  # visited today already: cur is today's
-        if elapsed < 1.5 * period:
+        if elapsed < 1.5 * period or not forget:
             return cur[slot], day1[slot]  # last visited yesterday
         if elapsed < 2.5 * period:
             return 0.0, cur[slot]  # skipped a day
@@ -93,11 +96,14 @@ class RecurrenceMemory:
 
     def _beyond_slot(self, score: float, ts: float, ratio: float) -> bool:
         """Whether a level ``score`` at ``ts`` is at least ``ratio`` × the larger of its
-        slot's peaks on the two previous days (True when the memory is off). The record
-        stage asks this, as the record tail does not learn excused departures."""
+        slot's peaks on the last two days the slot was watched (True when the memory is
+        off). The record stage asks this, as the record tail does not learn excused
+        departures. Unlike the excuse, this does not forget over a gap: after a device was
+        off for days, the record tail has still not learned its nightly spike, so the first
+        one back would otherwise be a record."""
         if self._rec_day1 is None or self.recurrence_ratio is None:
             return True
-        return score >= ratio * max(self._rec_days(self._rec_slot(ts), ts))
+        return score >= ratio * max(self._rec_days(self._rec_slot(ts), ts, forget=False))
 
     def _learn_recurrence(self, score: float, ts: float) -> None:
         """Learn a level score into its slot (rolling the slot over on a new day)."""
@@ -105,7 +111,13 @@ class RecurrenceMemory:
         if day1 is None or day2 is None or cur is None or seen is None:
             return
         slot = self._rec_slot(ts)
-        if ts - seen[slot] >= (self.seasonal_period_s or 0.0) / 2:
+        period = self.seasonal_period_s or 0.0
+        if ts - seen[slot] >= 2.5 * period:
+            # Back after days unwatched: nothing to excuse (yesterday is 0), but the last
+            # day watched still guards records (see _beyond_slot) until the next day.
+            day1[slot], day2[slot] = 0.0, max(cur[slot], day1[slot])
+            cur[slot] = 0.0
+        elif ts - seen[slot] >= period / 2:
             day1[slot], day2[slot] = self._rec_days(slot, ts)
             cur[slot] = 0.0
         cur[slot] = max(cur[slot], score)

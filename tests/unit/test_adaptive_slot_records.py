@@ -90,3 +90,20 @@ def test_the_scale_memory_leaves_signals_sampled_every_5_min_alone() -> None:
 def test_scale_min_samples_is_validated() -> None:
     with pytest.raises(ValueError, match="scale_min_samples"):
         AdaptiveRule("v", scale_min_samples=-1)
+
+
+@pytest.mark.parametrize("step", [5 * MIN, HOUR])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_nightly_spike_is_not_a_record_after_a_weekend_off(seed: int, step: float) -> None:
+    # The nightly spike was excused for weeks, so the record tail never learned it; a
+    # device off for two days (three nights between spikes: the recurrence memory forgets)
+    # must not raise its first nightly spike back as a record.
+    rng = random.Random(seed)
+    points = []
+    for i in range(int(30 * DAY / step)):
+        ts = T0 + i * step
+        if 20 * DAY <= ts - T0 < 22 * DAY:
+            continue  # the device is off
+        spike = 40.0 if round((ts % DAY) / step) == round(3 * HOUR / step) else 0.0
+        points.append((ts, 50 + rng.gauss(0, 1) + spike))
+    assert not _raised_after(feed(AdaptiveRule("v"), points), T0 + 19 * DAY)
