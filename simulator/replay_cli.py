@@ -67,8 +67,9 @@ def replay_command(
         list[str] | None,
         typer.Option(
             "--set",
-            help="name=value: a parameter of the adaptive or multivariate rule the replay adds "
-            "(e.g. --set raise_threshold=6 --set severity=minor; repeat for several)",
+            help="name=value: a parameter of the adaptive or multivariate rule the replay adds, "
+            "not of configured ones (e.g. --set raise_threshold=6 --set severity=minor; "
+            "repeat for several)",
         ),
     ] = None,
 ) -> None:
@@ -117,10 +118,13 @@ def replay_command(
     if table.reordered:
         err.print("rows were not in time order; replayed sorted by time")
     try:
-        engine = table_engine(table.signals, rule or default_rule(table.signals), faults, tuned)
-        alarms = replay_table(table, engine)
+        rules = table_engine(table.signals, rule or default_rule(table.signals), faults, tuned)
+        alarms = replay_table(table, rules.engine)
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    if config is not None or tuned:
+        for note in rules.notes:  # which rules ran: the device's, or the replay's own
+            err.print(note, highlight=False, markup=False, soft_wrap=True)
     if as_json:
         for alarm in alarms:
             typer.echo(json.dumps(alarm.as_dict()))

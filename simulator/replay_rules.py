@@ -17,9 +17,11 @@ rules the replay adds, routed by name to the rule that has such a parameter.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import tomllib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,31 +45,39 @@ def _parameters(rule: type) -> set[str]:
 
 ADAPTIVE_SETTINGS = _parameters(AdaptiveRule)
 MULTIVARIATE_SETTINGS = _parameters(MultivariateRule)
+TEXT_SETTINGS = {"code", "severity", "direction"}
+"""Settings whose value is text: taken as written (``--set code=123`` is the code "123")."""
 
 
 def parse_settings(items: Sequence[str]) -> dict[str, Any]:
-    """``--set name=value`` items as a mapping; a value is read as a TOML value (``12``,
-    ``0.5``, ``true``, ``"text"``), or taken as text when it is not one (``minor``).
+    """``--set name=value`` items as a mapping. ``code``, ``severity`` and ``direction``
+    take their value as written; every other value is read as a TOML value (``12``,
+    ``0.5``, ``true``).
 
-    Raises ``ValueError`` naming the item when it has no ``=`` or names no parameter of
-    either rule."""
+    Raises ``ValueError`` naming the item when it has no ``=``, names no parameter of
+    either rule (with the closest names), or its value is not a TOML value."""
     settings: dict[str, Any] = {}
     for item in items:
         name, sep, text = item.partition("=")
-        name = name.strip()
+        name, text = name.strip(), text.strip()
         if not sep or not name:
             raise ValueError(f"--set {item!r}: expected name=value")
-        if name not in ADAPTIVE_SETTINGS | MULTIVARIATE_SETTINGS:
-            adaptive = ", ".join(sorted(ADAPTIVE_SETTINGS))
-            multivariate = ", ".join(sorted(MULTIVARIATE_SETTINGS))
+        known = ADAPTIVE_SETTINGS | MULTIVARIATE_SETTINGS
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f"did you mean {' or '.join(close)}?" if close else "see --help"
             raise ValueError(
-                f"--set {name}: not a setting of the adaptive rule ({adaptive}) "
-                f"or of the multivariate rule ({multivariate})"
+                f"--set {name}: not a setting of the adaptive or the multivariate rule ({hint})"
             )
+        if name in TEXT_SETTINGS:
+            settings[name] = text
+            continue
         try:
-            settings[name] = tomllib.loads(f"v = {text.strip()}")["v"]
+            settings[name] = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
-            settings[name] = text.strip()
+            raise ValueError(
+                f"--set {name}: {text!r} is not a value (a number, true or false)"
+            ) from None
     return settings
 
 
@@ -87,17 +97,30 @@ def read_faults(path: Path) -> dict[str, Any]:
     return dict(faults)
 
 
+@dataclass
+class ReplayRules:
+    """The engine a replay runs, and what to tell the user about its rules."""
+
+    engine: FaultEngine
+    notes: list[str] = field(default_factory=list)
+    """One line each: which configured or added rules watch the replayed signals, and
+    configured rules that watch a signal the recording lacks (they never score)."""
+
+
 def table_engine(
     signals: Sequence[str],
     rule: str,
     faults: Mapping[str, Any] | None = None,
     settings: Mapping[str, Any] | None = None,
-) -> FaultEngine:
+) -> ReplayRules:
     """The agent's rules (built-ins, tuned and extended by ``faults``) plus the chosen
     rule(s) on ``signals`` where ``faults`` does not already have them, with ``settings``.
 
-    Raises ``ValueError`` with a message for the user when the choice cannot work (the
-    multivariate rule needs at least two signals, a setting is refused by the rule).
+    A configured adaptive rule on a replayed signal replaces the replay's own on it; a
+    configured multivariate rule over exactly the replayed signals replaces the replay's
+    own. Raises ``ValueError`` with a message for the user when the choice cannot work:
+    the multivariate rule needs at least two signals, a setting is refused by the rule,
+    would reach no rule the replay adds, or ``code`` would name several rules.
     """
     if rule not in RULE_CHOICES:
         raise ValueError(f"--rule {rule!r} is not one of {', '.join(RULE_CHOICES)}")
@@ -108,20 +131,56 @@ def table_engine(
         rules = build_rules(dict(faults or {}))
     except RuleConfigError as exc:
         raise ValueError(f"--config: {exc}") from None
-    engine = FaultEngine(rules)
-    watched = {r.signal for r in rules if isinstance(r, AdaptiveRule)}
-    grouped = [set(r.signals) for r in rules if isinstance(r, MultivariateRule)]
+    result = ReplayRules(FaultEngine(rules))
+    configured = [r for r in rules if isinstance(r, AdaptiveRule | MultivariateRule)]
+    for r in configured:
+        watches = [r.signal] if isinstance(r, AdaptiveRule) else list(r.signals)
+        missing = [s for s in watches if s not in signals]
+        if missing:
+            result.notes.append(
+                f"configured rule {r.code} watches {', '.join(missing)}, which the recording "
+                "lacks: it never scores here"
+            )
+        else:
+            result.notes.append(f"configured rule {r.code} watches {', '.join(watches)}")
+    watched = {r.signal for r in configured if isinstance(r, AdaptiveRule)}
+    grouped = [set(r.signals) for r in configured if isinstance(r, MultivariateRule)]
+    entries: list[tuple[str, dict[str, Any]]] = []
     if rule in ("adaptive", "all"):
-        own = {k: v for k, v in settings.items() if k in ADAPTIVE_SETTINGS}
-        for signal in signals:
-            if signal not in watched:
-                engine.add(_built(build_adaptive, {"signal": signal, **own}, "adaptive"))
-    covered = any(set(signals) <= group for group in grouped)
-    if rule in ("multivariate", "all") and len(signals) >= 2 and not covered:
-        own = {k: v for k, v in settings.items() if k in MULTIVARIATE_SETTINGS}
-        entry = {"signals": list(signals), **own}
-        engine.add(_built(build_multivariate, entry, "multivariate"))
-    return engine
+        entries += [("adaptive", {"signal": s}) for s in signals if s not in watched]
+    if rule in ("multivariate", "all") and len(signals) >= 2 and set(signals) not in grouped:
+        entries.append(("multivariate", {"signals": list(signals)}))
+    _check_settings(settings, [kind for kind, _ in entries], rule)
+    for kind, entry in entries:
+        known = ADAPTIVE_SETTINGS if kind == "adaptive" else MULTIVARIATE_SETTINGS
+        entry.update((k, v) for k, v in settings.items() if k in known)
+        built = _built(build_adaptive if kind == "adaptive" else build_multivariate, entry, kind)
+        result.engine.add(built)
+        result.notes.append(f"added {kind} rule {built.code}")
+    return result
+
+
+def _check_settings(settings: Mapping[str, Any], kinds: list[str], rule: str) -> None:
+    """Refuse a ``--set`` that no added rule takes, and a ``code`` for several rules."""
+    if "code" in settings and len(kinds) > 1:
+        raise ValueError(
+            f"--set code: the replay adds {len(kinds)} rules here and a code names one "
+            "(replay one column, or leave the codes to the rules)"
+        )
+    for name in settings:
+        takers = [
+            k
+            for k in kinds
+            if name in (ADAPTIVE_SETTINGS if k == "adaptive" else MULTIVARIATE_SETTINGS)
+        ]
+        if takers:
+            continue
+        if not kinds:
+            why = "the configuration already watches every column (edit it instead)"
+        else:
+            owner = "adaptive" if name in ADAPTIVE_SETTINGS else "multivariate"
+            why = f"only the {owner} rule takes it and --rule {rule} adds none here"
+        raise ValueError(f"--set {name}: it would change nothing: {why}")
 
 
 def _built(build: Any, entry: dict[str, Any], kind: str) -> Any:

@@ -294,6 +294,8 @@ def build_adaptive(entry: Mapping[str, Any], index: int) -> FaultRule:
         raise RuleConfigError(f"{where}.signal: {signal!r} is not a sample field")
     if "severity" in params:
         params["severity"] = _severity(f"adaptive[{index}]", params["severity"])
+    if "code" in params and not (isinstance(params["code"], str) and params["code"]):
+        raise RuleConfigError(f"{where}.code: expected a non-empty string")
     try:
         from agent.core.adaptive import AdaptiveRule  # type: ignore[import-not-found]
     except ImportError:

@@ -258,6 +258,14 @@ def test_config_overrides_thresholds_and_disables_rules() -> None:
         ({"under_voltage": {"raise_at": 1}}, "has no thresholds"),
         ({"adaptive": [{"code": "x"}]}, "faults.adaptive[0].signal: required"),
         ({"adaptive": {"signal": "fan_rpm"}}, "expected an array of tables"),
+        (
+            {"adaptive": [{"signal": "fan_rpm", "code": 123}]},
+            "faults.adaptive[0].code: expected a non-empty string",
+        ),
+        (
+            {"adaptive": [{"signal": "fan_rpm", "code": ""}]},
+            "faults.adaptive[0].code: expected a non-empty string",
+        ),
     ],
 )
 def test_bad_fault_config_names_the_key(faults: dict[str, object], message: str) -> None:

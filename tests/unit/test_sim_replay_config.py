@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from simulator.cli import app
 from simulator.replay_rules import parse_settings
-from tests.unit.test_sim_replay_columns import BREAK_AT, T0, replay, write_pump
+from tests.unit.test_sim_replay_columns import BREAK_AT, T0, write_pump
 
 PUMP = ["--time-col", "datetime", "--delimiter", ";"]
 ALL_COLUMNS = ["--value-col", "flow", "--value-col", "current", "--value-col", "pressure"]
@@ -22,19 +24,32 @@ def pump(tmp_path: Path) -> Path:
     return path
 
 
+def replay(*args: str) -> tuple[int, str]:
+    """Exit code and what the user reads: the alarms (stdout) after the notes (stderr)."""
+    result = CliRunner().invoke(app, ["replay", *args])
+    return result.exit_code, result.stdout + result.stderr
+
+
+def replay_json(*args: str) -> tuple[list[dict[str, object]], list[str]]:
+    """The raises (``--json`` on stdout) and the notes (stderr) of a replay that works."""
+    result = CliRunner().invoke(app, ["replay", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return raised(result.stdout), result.stderr.splitlines()
+
+
 def raised(output: str) -> list[dict[str, object]]:
     alarms = [json.loads(line) for line in output.splitlines()]
     return [a for a in alarms if a["event"] == "raised"]
 
 
 def test_set_tunes_the_rule_the_replay_adds(pump: Path) -> None:
-    code, output = replay(
-        "--csv", str(pump), *PUMP, *ALL_COLUMNS, "--json",
+    alarms, notes = replay_json(
+        "--csv", str(pump), *PUMP, *ALL_COLUMNS,
         "--set", "code=pump_bed", "--set", "severity=minor",
     )  # fmt: skip
-    assert code == 0, output
-    [alarm] = raised(output)
+    [alarm] = alarms
     assert (alarm["code"], alarm["severity"]) == ("pump_bed", "minor")
+    assert notes == ["added multivariate rule pump_bed"]
     assert T0 + BREAK_AT <= alarm["ts"] <= T0 + BREAK_AT + 60
 
 
@@ -45,13 +60,11 @@ def test_set_routes_a_setting_to_the_rule_that_has_it(tmp_path: Path) -> None:
     adaptive rule's warm-up.)"""
     pump = tmp_path / "pump.csv"
     write_pump(pump, step_s=10)
-    args = ["--csv", str(pump), *PUMP, *ALL_COLUMNS, "--rule", "all", "--json"]
-    code, output = replay(*args)
-    assert code == 0, output
-    assert {"current_anomaly", "multivariate_anomaly"} <= {a["code"] for a in raised(output)}
-    code, output = replay(*args, "--set", "direction=down")
-    assert code == 0, output
-    codes = {a["code"] for a in raised(output)}
+    args = ["--csv", str(pump), *PUMP, *ALL_COLUMNS, "--rule", "all"]
+    alarms, _ = replay_json(*args)
+    assert {"current_anomaly", "multivariate_anomaly"} <= {a["code"] for a in alarms}
+    alarms, _ = replay_json(*args, "--set", "direction=down")
+    codes = {a["code"] for a in alarms}
     assert "multivariate_anomaly" in codes
     assert "current_anomaly" not in codes
 
@@ -67,35 +80,81 @@ def test_config_runs_the_devices_own_rules_instead_of_adding_one(
         '[[faults.adaptive]]\nsignal = "current"\ncode = "current_level"\n'
         "raise_threshold = 1000.0\nclear_threshold = 1.0\n"
     )
-    code, output = replay(
-        "--csv", str(pump), *PUMP, *ALL_COLUMNS, "--rule", "all", "--json",
-        "--config", str(agent),
-    )  # fmt: skip
-    assert code == 0, output
-    codes = [a["code"] for a in raised(output)]
-    # The configured multivariate rule replaces the replay's own (one raise, its code and
-    # severity); the configured adaptive rule on current (never raising) replaces the
-    # replay's default one on that signal.
-    assert "bed_relation" in codes
-    assert "multivariate_anomaly" not in codes
-    assert "current_level" not in codes
-    assert "current_anomaly" not in codes
-    assert {a["severity"] for a in raised(output) if a["code"] == "bed_relation"} == {"critical"}
+    alarms, notes = replay_json(
+        "--csv", str(pump), *PUMP, *ALL_COLUMNS, "--rule", "all", "--config", str(agent)
+    )
+    # The configured multivariate rule replaces the replay's own (its code and severity);
+    # the configured adaptive rule on current (never raising) replaces the replay's
+    # default one on that signal; flow and pressure get the replay's own.
+    assert [(a["code"], a["severity"]) for a in alarms] == [("bed_relation", "critical")]
+    assert notes == [
+        "configured rule current_level watches current",
+        "configured rule bed_relation watches flow, current, pressure",
+        "added adaptive rule flow_anomaly",
+        "added adaptive rule pressure_anomaly",
+    ]
+
+
+def test_a_configured_rule_on_a_signal_the_recording_lacks_is_named(
+    pump: Path, tmp_path: Path
+) -> None:
+    """It can never score here, so it does not stand in for the replay's own rule."""
+    agent = tmp_path / "agent.toml"
+    agent.write_text(
+        '[[faults.multivariate]]\nsignals = ["flow", "current", "pressure", "temp_c"]\n'
+        'code = "bed_and_room"\n'
+    )
+    alarms, notes = replay_json("--csv", str(pump), *PUMP, *ALL_COLUMNS, "--config", str(agent))
+    assert [a["code"] for a in alarms] == ["multivariate_anomaly"]
+    assert notes == [
+        "configured rule bed_and_room watches temp_c, which the recording lacks: it never "
+        "scores here",
+        "added multivariate rule multivariate_anomaly",
+    ]
 
 
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--set", "raise_treshold=6"], "--set raise_treshold: not a setting of the adaptive"),
+        (
+            ["--set", "raise_treshold=6"],
+            "--set raise_treshold: not a setting of the adaptive or the multivariate rule "
+            "(did you mean raise_threshold",
+        ),
         (["--set", "raise_threshold"], "--set 'raise_threshold': expected name=value"),
+        (["--set", "raise_threshold=6,5"], "--set raise_threshold: '6,5' is not a value"),
         (["--set", "raise_threshold=-1"], "--set (multivariate rule): "),
+        (
+            ["--set", "direction=down"],
+            "--set direction: it would change nothing: only the adaptive rule takes it and "
+            "--rule multivariate adds none here",
+        ),
+        (
+            ["--rule", "all", "--set", "code=bed"],
+            "--set code: the replay adds 4 rules here and a code names one",
+        ),
         (["--config", "missing.toml"], "missing.toml: cannot read"),
     ],
 )
 def test_bad_settings_stop_with_one_clear_line(pump: Path, args: list[str], expected: str) -> None:
     code, output = replay("--csv", str(pump), *PUMP, *ALL_COLUMNS, *args)
     assert code == 2, output
-    assert expected in " ".join(output.split()), output
+    assert output.startswith("fleet-sim: "), output
+    assert expected in output, output
+    assert output.strip().count("\n") == 0, output
+
+
+def test_a_setting_for_columns_the_configuration_already_watches_is_refused(
+    pump: Path, tmp_path: Path
+) -> None:
+    agent = tmp_path / "agent.toml"
+    agent.write_text('[[faults.multivariate]]\nsignals = ["flow", "current", "pressure"]\n')
+    code, output = replay(
+        "--csv", str(pump), *PUMP, *ALL_COLUMNS, "--config", str(agent),
+        "--set", "raise_threshold=4",
+    )  # fmt: skip
+    assert code == 2, output
+    assert "the configuration already watches every column (edit it instead)" in output
 
 
 @pytest.mark.parametrize(
@@ -114,16 +173,18 @@ def test_a_bad_config_file_stops_with_one_clear_line(
     agent.write_text(text)
     code, output = replay("--csv", str(pump), *PUMP, *ALL_COLUMNS, "--config", str(agent))
     assert code == 2, output
-    assert expected in " ".join(output.split()), output
+    assert expected in output, output
+    assert output.strip().count("\n") == 0, output
 
 
-def test_set_values_are_read_as_toml_values_or_text() -> None:
+def test_set_values_are_toml_values_and_text_settings_are_taken_as_written() -> None:
     assert parse_settings(["raise_samples=3", "raise_threshold=6.5", "direction=up"]) == {
         "raise_samples": 3,
         "raise_threshold": 6.5,
         "direction": "up",
     }
-    assert parse_settings(['code="a b"', "keep_warm_after_gap=false"]) == {
-        "code": "a b",
+    assert parse_settings(["code=123", "severity=minor", "keep_warm_after_gap=false"]) == {
+        "code": "123",
+        "severity": "minor",
         "keep_warm_after_gap": False,
     }
