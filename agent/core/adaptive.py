@@ -69,8 +69,8 @@ sampling intervals (a streaming median of the intervals) so sparse signals still
 enough samples; the noise scale and the long-term roughness (time constant
 ``scale_tau_s``, a day) to at least ``scale_min_samples`` (100; 0 turns it off) intervals,
 as a mean absolute deviation over a day of hourly samples (24) swings enough to make
-ordinary samples look like departures (signals sampled every 14 min or faster are
-unaffected). Scales learn from winsorised deviations. A deviation beyond the clear
+ordinary samples look like departures (with the defaults, signals sampled at least every
+14.4 min are unaffected). Scales learn from winsorised deviations. A deviation beyond the clear
 threshold teaches the drift spread only at ``drift_scale_leak`` (0.02) of the normal rate:
 too little for a slow drift to become normal, enough for a spread learned too small to
 recover. A deviation beyond the raise threshold teaches the noise scale at ``scale_leak``
