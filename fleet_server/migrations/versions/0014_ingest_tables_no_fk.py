@@ -6,7 +6,8 @@ key made PostgreSQL check every one of those rows against ``devices`` (a lookup 
 CPU per message on the cluster bench). The ingest itself guarantees the reference: it
 reads (or creates) every device of a batch in the same transaction and locks the rows
 it writes; devices are never deleted (decommissioning keeps the row). The constraints
-are dropped on both back-ends so that the schema is the same; the data is kept.
+are dropped on both back-ends so that the schema is the same; the data is kept. On SQLite
+the two tables are rebuilt, which takes time and disk space about their size, once.
 
 Revision ID: 0014_ingest_tables_no_fk
 Revises: 0013_telemetry_partitions
