@@ -24,7 +24,7 @@ is scored against what was learned *before* it, then learned from):
   each sample is unremarkable: a fan losing 1 %/day. Because ``sd_d`` is learned, a signal
   with a large normal daily swing needs a proportionally larger drift to be flagged.
 
-* **Daily profile** (``seasonal_period_s``, default one day; ``None`` turns it off): a
+* **Daily profile** (``seasonal_period_s``, default one day; ``None`` or 0 turns it off): a
   ``seasonal_bins``-bin profile of the signal's departure from its long-term level,
   learned over ``seasonal_tau_s``, kept at zero mean (so it never absorbs a drift), and
   subtracted before the scores are computed. It is applied only where it is clearly larger
@@ -205,6 +205,16 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
             raise ValueError(f"direction must be one of {allowed}, not {direction!r}")
         if not (0 < clear_threshold <= raise_threshold):
             raise ValueError("thresholds must satisfy 0 < clear_threshold <= raise_threshold")
+        counts = {
+            "raise_samples": raise_samples,
+            "clear_samples": clear_samples,
+            "warmup_samples": warmup_samples,
+            "seasonal_bins": seasonal_bins,
+        }
+        for name, value in counts.items():
+            # A count of 2.5 was cut to 2 silently; say so instead (2.0 is fine).
+            if isinstance(value, bool) or not float(value).is_integer():
+                raise ValueError(f"{name} must be a whole number, not {value!r}")
         if raise_samples < 1 or clear_samples < 1 or warmup_samples < 1:
             raise ValueError("raise_samples, clear_samples and warmup_samples must be >= 1")
         positive = {
@@ -235,9 +245,9 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number, not {value!r}")
         if seasonal_period_s is not None and not (
-            math.isfinite(seasonal_period_s) and seasonal_period_s > 0
+            math.isfinite(seasonal_period_s) and seasonal_period_s >= 0
         ):
-            raise ValueError("seasonal_period_s must be a positive number or None")
+            raise ValueError("seasonal_period_s must be a positive number, or 0 or None (off)")
         if not (2 <= seasonal_bins <= 1024):
             raise ValueError("seasonal_bins must be between 2 and 1024")
         if not (math.isfinite(seasonal_tau_s) and seasonal_tau_s > 0):
@@ -307,7 +317,8 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         self.min_rel_scale = float(min_rel_scale)
         self.scale_leak = float(scale_leak)
         self.drift_scale_leak = float(drift_scale_leak)
-        self.seasonal_period_s = None if seasonal_period_s is None else float(seasonal_period_s)
+        # 0 turns the daily profile off as None does (a TOML configuration cannot say None).
+        self.seasonal_period_s = float(seasonal_period_s) if seasonal_period_s else None
         self.seasonal_bins = int(seasonal_bins)
         self.seasonal_tau_s = float(seasonal_tau_s)
         self.surprise_threshold = float(surprise_threshold) if surprise_threshold else None

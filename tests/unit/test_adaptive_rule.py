@@ -403,6 +403,10 @@ def test_restore_ignores_corrupt_state(corrupt: object) -> None:
         {"surprise_memory_samples": 5.0},
         {"surprise_window_s": 0.0},
         {"drift_scale_leak": 2.0},
+        {"raise_samples": 2.5},
+        {"clear_samples": True},
+        {"seasonal_bins": 24.5},
+        {"seasonal_period_s": -1.0},
     ],
 )
 def test_bad_configuration_is_rejected_with_a_clear_error(kwargs: dict[str, object]) -> None:
@@ -410,6 +414,14 @@ def test_bad_configuration_is_rejected_with_a_clear_error(kwargs: dict[str, obje
         AdaptiveRule("v", **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="signal"):
         AdaptiveRule("")
+
+
+def test_whole_counts_given_as_floats_and_a_zero_period_are_accepted() -> None:
+    """``2.0`` is a count (benches and TOML floats pass them so); ``seasonal_period_s``
+    0 turns the daily profile off as None does, the only way a TOML file can say it."""
+    rule = AdaptiveRule("v", raise_samples=2.0, seasonal_period_s=0)
+    assert rule.raise_samples == 2
+    assert rule.seasonal_period_s is None
 
 
 def test_out_of_order_and_non_finite_samples_are_ignored() -> None:
