@@ -87,7 +87,9 @@ class NatsSettings(_Section):
     """The durable consumer every ``fleet-server ingest`` process pulls from."""
     replicas: int = Field(default=0, ge=0, le=5)
     """Replicas of the stream and consumer; 0 = 3 on a cluster of 3 or more nodes, else 1."""
-    fetch_batch: int = Field(default=1000, ge=1, le=10000)
+    fetch_batch: int = Field(default=2000, ge=1, le=10000)
+    """Messages a worker fetches (and commits in one transaction) at most; a fetch returns
+    what is there at once, so a large batch costs no latency at low rates."""
     ack_wait_s: float = Field(default=30.0, gt=0)
     """A fetched message not acknowledged within this is redelivered (to any worker)."""
     max_ack_pending: int = Field(default=20000, ge=1)

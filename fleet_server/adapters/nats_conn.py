@@ -74,7 +74,7 @@ class NatsOptions:
     tls_key: Path | None = None
     durable: str = "fleet-ingest"
     replicas: int = 0
-    fetch_batch: int = 1000
+    fetch_batch: int = 2000
     ack_wait_s: float = 30.0
     max_ack_pending: int = 20000
 
