@@ -52,11 +52,11 @@ TEXT_SETTINGS = {"code", "severity", "direction"}
 
 def parse_settings(items: Sequence[str]) -> dict[str, Any]:
     """``--set name=value`` items as a mapping. ``code``, ``severity`` and ``direction``
-    take their value as written; every other value is read as a TOML value (``12``,
-    ``0.5``, ``true``).
+    take their value as written; every other value must be a TOML number or boolean
+    (``12``, ``0.5``, ``true``).
 
     Raises ``ValueError`` naming the item when it has no ``=``, names no parameter of
-    either rule (with the closest names), or its value is not a TOML value."""
+    either rule (with the closest names), or its value is not a number or boolean."""
     settings: dict[str, Any] = {}
     for item in items:
         name, sep, text = item.partition("=")
@@ -74,11 +74,14 @@ def parse_settings(items: Sequence[str]) -> dict[str, Any]:
             settings[name] = text
             continue
         try:
-            settings[name] = tomllib.loads(f"v = {text}")["v"]
+            value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
-            raise ValueError(
-                f"--set {name}: {text!r} is not a value (a number, true or false)"
-            ) from None
+            value = None
+        # A quoted string, a list or a date reached the rule and failed there with
+        # "'<=' not supported between instances of 'float' and 'str'".
+        if not isinstance(value, int | float):  # bool is an int
+            raise ValueError(f"--set {name}: {text!r} is not a value (a number, true or false)")
+        settings[name] = value
     return settings
 
 

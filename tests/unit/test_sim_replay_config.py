@@ -140,6 +140,8 @@ def test_an_added_rule_whose_default_code_a_configured_rule_has_gets_another(
         ),
         (["--set", "raise_threshold"], "--set 'raise_threshold': expected name=value"),
         (["--set", "raise_threshold=6,5"], "--set raise_threshold: '6,5' is not a value"),
+        (["--set", 'raise_threshold="6"'], "--set raise_threshold: '\"6\"' is not a value"),
+        (["--set", "warmup_samples=[30]"], "--set warmup_samples: '[30]' is not a value"),
         (["--set", "raise_threshold=-1"], "--set (multivariate rule): "),
         (
             ["--set", "direction=down"],
