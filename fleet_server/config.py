@@ -93,6 +93,10 @@ class NatsSettings(_Section):
     ack_wait_s: float = Field(default=30.0, gt=0)
     """A fetched message not acknowledged within this is redelivered (to any worker)."""
     max_ack_pending: int = Field(default=20000, ge=1)
+    """Fetched, unacknowledged messages over all workers. A worker holds up to two batches
+    (2 x ``fetch_batch``), so past ``max_ack_pending / (2 x fetch_batch)`` workers (5 with
+    the defaults) they wait on each other: raise it with the workers. An existing consumer
+    keeps the value it was created with."""
 
     @field_validator("servers", mode="before")
     @classmethod

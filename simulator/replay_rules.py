@@ -11,7 +11,8 @@ A technician replays with the rules a device runs: ``faults`` is the ``[faults]`
 an agent configuration (built-in overrides, ``[[faults.adaptive]]`` and
 ``[[faults.multivariate]]`` entries); the replay then adds its own adaptive rule only on a
 signal that table does not already watch, and its own multivariate rule only when no
-configured one covers every replayed signal. ``settings`` (``--set name=value``) tune the
+configured one watches exactly the replayed signals (an added rule whose default code a
+configured rule has gets a ``_replay`` suffix). ``settings`` (``--set name=value``) tune the
 rules the replay adds, routed by name to the rule that has such a parameter.
 """
 
@@ -51,11 +52,11 @@ TEXT_SETTINGS = {"code", "severity", "direction"}
 
 def parse_settings(items: Sequence[str]) -> dict[str, Any]:
     """``--set name=value`` items as a mapping. ``code``, ``severity`` and ``direction``
-    take their value as written; every other value is read as a TOML value (``12``,
-    ``0.5``, ``true``).
+    take their value as written; every other value must be a TOML number or boolean
+    (``12``, ``0.5``, ``true``).
 
     Raises ``ValueError`` naming the item when it has no ``=``, names no parameter of
-    either rule (with the closest names), or its value is not a TOML value."""
+    either rule (with the closest names), or its value is not a number or boolean."""
     settings: dict[str, Any] = {}
     for item in items:
         name, sep, text = item.partition("=")
@@ -73,11 +74,14 @@ def parse_settings(items: Sequence[str]) -> dict[str, Any]:
             settings[name] = text
             continue
         try:
-            settings[name] = tomllib.loads(f"v = {text}")["v"]
+            value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
-            raise ValueError(
-                f"--set {name}: {text!r} is not a value (a number, true or false)"
-            ) from None
+            value = None
+        # A quoted string, a list or a date reached the rule and failed there with
+        # "'<=' not supported between instances of 'float' and 'str'".
+        if not isinstance(value, int | float):  # bool is an int
+            raise ValueError(f"--set {name}: {text!r} is not a value (a number, true or false)")
+        settings[name] = value
     return settings
 
 
@@ -151,13 +155,32 @@ def table_engine(
     if rule in ("multivariate", "all") and len(signals) >= 2 and set(signals) not in grouped:
         entries.append(("multivariate", {"signals": list(signals)}))
     _check_settings(settings, [kind for kind, _ in entries], rule)
+    taken = {r.code for r in rules}
+    if settings.get("code") in taken:
+        raise ValueError(f"--set code: the configuration already has a rule {settings['code']}")
     for kind, entry in entries:
         known = ADAPTIVE_SETTINGS if kind == "adaptive" else MULTIVARIATE_SETTINGS
         entry.update((k, v) for k, v in settings.items() if k in known)
-        built = _built(build_adaptive if kind == "adaptive" else build_multivariate, entry, kind)
+        build = build_adaptive if kind == "adaptive" else build_multivariate
+        built = _built(build, entry, kind)
+        if built.code in taken:
+            # The default code is a configured rule's (a multivariate rule without a code
+            # over other signals): the replay's own gets another instead of stopping.
+            entry["code"] = _free_code(built.code, taken)
+            built = _built(build, entry, kind)
+        taken.add(built.code)
         result.engine.add(built)
         result.notes.append(f"added {kind} rule {built.code}")
     return result
+
+
+def _free_code(code: str, taken: set[str]) -> str:
+    """``code`` with a ``_replay`` suffix (and a number if need be) that no rule has."""
+    candidate, n = f"{code}_replay", 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{code}_replay{n}"
+    return candidate
 
 
 def _check_settings(settings: Mapping[str, Any], kinds: list[str], rule: str) -> None:

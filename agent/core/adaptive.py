@@ -117,6 +117,7 @@ score), with ``k`` the raise threshold (with the surprise stage ``surprise_min_s
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from agent.core.adaptive_baseline import DIRECTIONS, AdaptiveBaseline, Direction
@@ -213,7 +214,11 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         }
         for name, value in counts.items():
             # A count of 2.5 was cut to 2 silently; say so instead (2.0 is fine).
-            if isinstance(value, bool) or not float(value).is_integer():
+            # Typed first: "2" or a list failed later on "<", a huge int on float().
+            whole = isinstance(value, numbers.Integral) or (
+                isinstance(value, numbers.Real) and float(value).is_integer()
+            )
+            if isinstance(value, bool) or not whole:
                 raise ValueError(f"{name} must be a whole number, not {value!r}")
         if raise_samples < 1 or clear_samples < 1 or warmup_samples < 1:
             raise ValueError("raise_samples, clear_samples and warmup_samples must be >= 1")

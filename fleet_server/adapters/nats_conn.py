@@ -223,7 +223,7 @@ def settle_heap() -> None:
     10,000 net allocations instead of 700. A consumer allocates several short-lived
     objects per message; without the freeze every full collection also walks the whole
     start-up heap again (about a tenth of a worker's CPU per message), and with the
-    default threshold the objects of the batches in hand (two batches of 1,000 messages,
+    default threshold the objects of the batches in hand (two batches of 2,000 messages,
     a few objects each) are traversed again by a collection every few hundred messages
     (about 1.7 µs of a worker's CPU per message, measured with ``gc.callbacks``).
 

@@ -406,6 +406,8 @@ def test_restore_ignores_corrupt_state(corrupt: object) -> None:
         {"raise_samples": 2.5},
         {"clear_samples": True},
         {"seasonal_bins": 24.5},
+        {"raise_samples": "3"},
+        {"warmup_samples": [30]},
         {"seasonal_period_s": -1.0},
     ],
 )

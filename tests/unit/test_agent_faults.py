@@ -266,6 +266,10 @@ def test_config_overrides_thresholds_and_disables_rules() -> None:
             {"adaptive": [{"signal": "fan_rpm", "code": ""}]},
             "faults.adaptive[0].code: expected a non-empty string",
         ),
+        (
+            {"adaptive": [{"signal": "fan_rpm", "raise_samples": "3"}]},
+            "faults.adaptive[0]: raise_samples must be a whole number, not '3'",
+        ),
     ],
 )
 def test_bad_fault_config_names_the_key(faults: dict[str, object], message: str) -> None:
@@ -283,3 +287,10 @@ def test_adaptive_rules_come_from_config_when_available() -> None:
         return
     rules = build_rules({"adaptive": [{"signal": "fan_rpm"}, {"signal": "temp_c"}]})
     assert len(rules) == len(BUILTINS) + 2
+
+
+def test_a_huge_whole_count_does_not_crash_the_configuration() -> None:
+    """TOML integers are not bounded by tomllib; the whole-number check converted them
+    to float and an ``OverflowError`` escaped ``build_rules`` (it catches ValueError)."""
+    rules = build_rules({"adaptive": [{"signal": "fan_rpm", "raise_samples": 10**400}]})
+    assert len(rules) == len(BUILTINS) + 1

@@ -113,6 +113,23 @@ def test_a_configured_rule_on_a_signal_the_recording_lacks_is_named(
     ]
 
 
+def test_an_added_rule_whose_default_code_a_configured_rule_has_gets_another(
+    pump: Path, tmp_path: Path
+) -> None:
+    """A configured multivariate rule without a code, over signals the recording lacks,
+    has the replay's own default code: the replay ran nothing ("two fault rules have the
+    code 'multivariate_anomaly'") instead of adding its own under another code."""
+    agent = tmp_path / "agent.toml"
+    agent.write_text('[[faults.multivariate]]\nsignals = ["temp_c", "fan_rpm"]\n')
+    args = ["--csv", str(pump), *PUMP, *ALL_COLUMNS, "--config", str(agent)]
+    alarms, notes = replay_json(*args)
+    assert [a["code"] for a in alarms] == ["multivariate_anomaly_replay"]
+    assert notes[-1] == "added multivariate rule multivariate_anomaly_replay"
+    code, output = replay(*args, "--set", "code=multivariate_anomaly")
+    assert code == 2, output
+    assert "--set code: the configuration already has a rule multivariate_anomaly" in output
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -123,6 +140,8 @@ def test_a_configured_rule_on_a_signal_the_recording_lacks_is_named(
         ),
         (["--set", "raise_threshold"], "--set 'raise_threshold': expected name=value"),
         (["--set", "raise_threshold=6,5"], "--set raise_threshold: '6,5' is not a value"),
+        (["--set", 'raise_threshold="6"'], "--set raise_threshold: '\"6\"' is not a value"),
+        (["--set", "warmup_samples=[30]"], "--set warmup_samples: '[30]' is not a value"),
         (["--set", "raise_threshold=-1"], "--set (multivariate rule): "),
         (
             ["--set", "direction=down"],
