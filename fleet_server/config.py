@@ -92,9 +92,9 @@ class NatsSettings(_Section):
     what is there at once, so a large batch costs no latency at low rates."""
     ack_wait_s: float = Field(default=30.0, gt=0)
     """A fetched message not acknowledged within this is redelivered (to any worker)."""
-    max_ack_pending: int = Field(default=20000, ge=1)
+    max_ack_pending: int = Field(default=40000, ge=1)
     """Fetched, unacknowledged messages over all workers. A worker holds up to two batches
-    (2 x ``fetch_batch``), so past ``max_ack_pending / (2 x fetch_batch)`` workers (5 with
+    (2 x ``fetch_batch``), so past ``max_ack_pending / (2 x fetch_batch)`` workers (10 with
     the defaults) they wait on each other: raise it with the workers. An existing consumer
     keeps the value it was created with."""
 

@@ -46,14 +46,19 @@ def _parameters(rule: type) -> set[str]:
 
 ADAPTIVE_SETTINGS = _parameters(AdaptiveRule)
 MULTIVARIATE_SETTINGS = _parameters(MultivariateRule)
+KIND_SETTINGS = {"adaptive": ADAPTIVE_SETTINGS, "multivariate": MULTIVARIATE_SETTINGS}
+SCALED_SETTINGS = {"raise_threshold", "clear_threshold"}
+"""Shared names whose scales differ (robust SDs against T²): with both rules added, a bare
+name is refused and ``adaptive.NAME`` / ``multivariate.NAME`` says which one is meant."""
 TEXT_SETTINGS = {"code", "severity", "direction"}
 """Settings whose value is text: taken as written (``--set code=123`` is the code "123")."""
 
 
 def parse_settings(items: Sequence[str]) -> dict[str, Any]:
-    """``--set name=value`` items as a mapping. ``code``, ``severity`` and ``direction``
-    take their value as written; every other value must be a TOML number or boolean
-    (``12``, ``0.5``, ``true``).
+    """``--set name=value`` items as a mapping; ``adaptive.NAME`` or ``multivariate.NAME``
+    sets one rule's parameter only. ``code``, ``severity`` and ``direction`` take their
+    value as written; every other value must be a TOML number or boolean (``12``, ``0.5``,
+    ``true``).
 
     Raises ``ValueError`` naming the item when it has no ``=``, names no parameter of
     either rule (with the closest names), or its value is not a number or boolean."""
@@ -63,14 +68,16 @@ def parse_settings(items: Sequence[str]) -> dict[str, Any]:
         name, text = name.strip(), text.strip()
         if not sep or not name:
             raise ValueError(f"--set {item!r}: expected name=value")
-        known = ADAPTIVE_SETTINGS | MULTIVARIATE_SETTINGS
-        if name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=3)
+        kind, dot, bare = name.rpartition(".")
+        if dot and kind not in KIND_SETTINGS:
+            raise ValueError(f"--set {name}: {kind!r} is not a rule (adaptive or multivariate)")
+        known = KIND_SETTINGS[kind] if dot else ADAPTIVE_SETTINGS | MULTIVARIATE_SETTINGS
+        if bare not in known:
+            close = difflib.get_close_matches(bare, sorted(known), n=3)
             hint = f"did you mean {' or '.join(close)}?" if close else "see --help"
-            raise ValueError(
-                f"--set {name}: not a setting of the adaptive or the multivariate rule ({hint})"
-            )
-        if name in TEXT_SETTINGS:
+            which = f"the {kind}" if dot else "the adaptive or the multivariate"
+            raise ValueError(f"--set {name}: not a setting of {which} rule ({hint})")
+        if bare in TEXT_SETTINGS:
             settings[name] = text
             continue
         try:
@@ -156,11 +163,10 @@ def table_engine(
         entries.append(("multivariate", {"signals": list(signals)}))
     _check_settings(settings, [kind for kind, _ in entries], rule)
     taken = {r.code for r in rules}
-    if settings.get("code") in taken:
-        raise ValueError(f"--set code: the configuration already has a rule {settings['code']}")
     for kind, entry in entries:
-        known = ADAPTIVE_SETTINGS if kind == "adaptive" else MULTIVARIATE_SETTINGS
-        entry.update((k, v) for k, v in settings.items() if k in known)
+        entry.update(_settings_for(kind, settings))
+        if entry.get("code") in taken:
+            raise ValueError(f"--set code: the configuration already has a rule {entry['code']}")
         build = build_adaptive if kind == "adaptive" else build_multivariate
         built = _built(build, entry, kind)
         if built.code in taken:
@@ -183,25 +189,42 @@ def _free_code(code: str, taken: set[str]) -> str:
     return candidate
 
 
+def _takes(kind: str, name: str) -> bool:
+    """Whether a rule of ``kind`` takes the ``--set`` key ``name`` (bare or prefixed)."""
+    owner, dot, bare = name.rpartition(".")
+    return (owner == kind) if dot else bare in KIND_SETTINGS[kind]
+
+
+def _settings_for(kind: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a rule of ``kind`` takes; ``kind.NAME`` wins over a bare ``NAME``."""
+    bare = {k: v for k, v in settings.items() if "." not in k and _takes(kind, k)}
+    return bare | {k.partition(".")[2]: v for k, v in settings.items() if k.startswith(kind + ".")}
+
+
 def _check_settings(settings: Mapping[str, Any], kinds: list[str], rule: str) -> None:
-    """Refuse a ``--set`` that no added rule takes, and a ``code`` for several rules."""
-    if "code" in settings and len(kinds) > 1:
-        raise ValueError(
-            f"--set code: the replay adds {len(kinds)} rules here and a code names one "
-            "(replay one column, or leave the codes to the rules)"
-        )
+    """Refuse a ``--set`` that no added rule takes, a ``code`` for several rules, and a
+    bare threshold when both kinds of rule are added (their scales differ)."""
     for name in settings:
-        takers = [
-            k
-            for k in kinds
-            if name in (ADAPTIVE_SETTINGS if k == "adaptive" else MULTIVARIATE_SETTINGS)
-        ]
+        takers = [k for k in kinds if _takes(k, name)]
+        if name.rpartition(".")[2] == "code" and len(takers) > 1:
+            raise ValueError(
+                f"--set {name}: the replay adds {len(takers)} rules here and a code names one "
+                "(replay one column, or leave the codes to the rules)"
+            )
+        if name in SCALED_SETTINGS and len(set(takers)) > 1:
+            raise ValueError(
+                f"--set {name}: the adaptive rule's is in robust SDs and the multivariate "
+                f"rule's a T² limit; say adaptive.{name} or multivariate.{name}"
+            )
         if takers:
             continue
         if not kinds:
             why = "the configuration already watches every column (edit it instead)"
         else:
-            owner = "adaptive" if name in ADAPTIVE_SETTINGS else "multivariate"
+            bare = name.rpartition(".")[2]
+            owner = name.rpartition(".")[0] or (
+                "adaptive" if bare in ADAPTIVE_SETTINGS else "multivariate"
+            )
             why = f"only the {owner} rule takes it and --rule {rule} adds none here"
         raise ValueError(f"--set {name}: it would change nothing: {why}")
 

@@ -76,7 +76,7 @@ class NatsOptions:
     replicas: int = 0
     fetch_batch: int = 2000
     ack_wait_s: float = 30.0
-    max_ack_pending: int = 20000
+    max_ack_pending: int = 40000
 
     def tls_context(self) -> ssl.SSLContext | None:
         """Verify the servers with ``tls_ca`` and present our certificate when set."""

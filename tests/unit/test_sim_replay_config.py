@@ -69,6 +69,29 @@ def test_set_routes_a_setting_to_the_rule_that_has_it(tmp_path: Path) -> None:
     assert "current_anomaly" not in codes
 
 
+def test_a_prefixed_setting_reaches_one_rule_and_a_bare_threshold_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The two rules' thresholds differ in scale (robust SDs against a T² limit): with both
+    added, ``multivariate.raise_threshold`` tunes the multivariate rule alone."""
+    pump = tmp_path / "pump.csv"
+    write_pump(pump, step_s=10)
+    args = ["--csv", str(pump), *PUMP, *ALL_COLUMNS, "--rule", "all"]
+    alarms, _ = replay_json(
+        *args,
+        "--set",
+        "multivariate.raise_threshold=1e9",
+        "--set",
+        "multivariate.clear_threshold=1",
+    )
+    codes = {a["code"] for a in alarms}
+    assert "current_anomaly" in codes  # the adaptive rules keep their own thresholds
+    assert "multivariate_anomaly" not in codes
+    code, output = replay(*args, "--set", "raise_threshold=6")
+    assert code == 2, output
+    assert "say adaptive.raise_threshold or multivariate.raise_threshold" in output
+
+
 def test_config_runs_the_devices_own_rules_instead_of_adding_one(
     pump: Path, tmp_path: Path
 ) -> None:
@@ -153,6 +176,11 @@ def test_an_added_rule_whose_default_code_a_configured_rule_has_gets_another(
             "--set code: the replay adds 4 rules here and a code names one",
         ),
         (["--config", "missing.toml"], "missing.toml: cannot read"),
+        (["--set", "bogus.raise_threshold=6"], "'bogus' is not a rule (adaptive or multivariate)"),
+        (
+            ["--set", "multivariate.direction=up"],
+            "--set multivariate.direction: not a setting of the multivariate rule",
+        ),
     ],
 )
 def test_bad_settings_stop_with_one_clear_line(pump: Path, args: list[str], expected: str) -> None:
