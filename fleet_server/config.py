@@ -95,8 +95,8 @@ class NatsSettings(_Section):
     max_ack_pending: int = Field(default=40000, ge=1)
     """Fetched, unacknowledged messages over all workers. A worker holds up to two batches
     (2 x ``fetch_batch``), so past ``max_ack_pending / (2 x fetch_batch)`` workers (10 with
-    the defaults) they wait on each other: raise it with the workers. An existing consumer
-    keeps the value it was created with."""
+    the defaults) they wait on each other: raise it with the workers. An ingest that starts
+    brings an existing consumer's ``max_ack_pending`` and ``ack_wait`` to these values."""
 
     @field_validator("servers", mode="before")
     @classmethod

@@ -31,7 +31,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -210,6 +210,34 @@ async def ensure_ingest_consumer(js: JetStreamContext, options: NatsOptions, rep
             f"consumer {options.durable} exists with filter {current.config.filter_subject!r}, "
             f"not {INGEST_FILTER!r}: delete it or choose another nats.durable"
         )
+    await _apply_limits(js, current.config, options)
+
+
+async def _apply_limits(js: JetStreamContext, have: ConsumerConfig, options: NatsOptions) -> None:
+    """Bring an existing consumer's ``ack_wait`` and ``max_ack_pending`` to the
+    configuration's (a consumer keeps what it was created with, so a raised
+    ``max_ack_pending`` for more workers, or a new default, never reached a running
+    deployment). Its other settings, replicas included, are left as they are; a refused
+    update is logged and the ingest goes on with the consumer's limits."""
+    changes = []
+    if abs((have.ack_wait or 0.0) - options.ack_wait_s) > 1e-3:
+        changes.append(f"ack_wait {have.ack_wait} -> {options.ack_wait_s} s")
+    if have.max_ack_pending != options.max_ack_pending:
+        changes.append(f"max_ack_pending {have.max_ack_pending} -> {options.max_ack_pending}")
+    if not changes:
+        return
+    wanted = replace(have, ack_wait=options.ack_wait_s, max_ack_pending=options.max_ack_pending)
+    try:
+        await js.add_consumer(MQTT_STREAM, wanted)
+    except nats.errors.Error as exc:
+        log.warning(
+            "consumer %s keeps its limits (%s refused: %s)",
+            options.durable,
+            ", ".join(changes),
+            exc,
+        )
+        return
+    log.info("updated consumer %s: %s", options.durable, ", ".join(changes))
 
 
 YOUNG_GENERATION_THRESHOLD = 10_000

@@ -80,3 +80,31 @@ def test_publisher_with_no_reachable_server_raises_oserror() -> None:
             publisher.publish("fleet/v1/cmd-1/command", b"{}")
     finally:
         publisher.close()
+
+
+def test_the_ingest_consumer_takes_new_limits_from_the_configuration(node: NatsCluster) -> None:
+    """A consumer keeps what it was created with: without the update a raised
+    ``max_ack_pending`` (more workers, or the default raised with ``fetch_batch``) never
+    reached a running deployment."""
+    import asyncio
+
+    from fleet_server.adapters.nats_conn import MQTT_STREAM, connect, ensure_ingest_consumer
+
+    old = NatsOptions(servers=node.nats_urls, durable="limits", max_ack_pending=20000)
+    new = NatsOptions(
+        servers=node.nats_urls, durable="limits", max_ack_pending=40000, ack_wait_s=45.0
+    )
+
+    async def limits_after(options: NatsOptions) -> tuple[int | None, float | None]:
+        nc = await connect(options, "limits-test")
+        try:
+            js = nc.jetstream()
+            await ensure_ingest_consumer(js, options, 1)
+            config = (await js.consumer_info(MQTT_STREAM, "limits")).config
+            return config.max_ack_pending, config.ack_wait
+        finally:
+            await nc.close()
+
+    assert asyncio.run(limits_after(old)) == (20000, 30.0)
+    assert asyncio.run(limits_after(new)) == (40000, 45.0)
+    assert asyncio.run(limits_after(new)) == (40000, 45.0)  # nothing to change: no update
