@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -84,6 +85,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_PORT_DRAW = random.Random()  # its own state: a test seeding the global one cannot repeat ports
+
+
+def restartable_port() -> int:
+    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range, for a server a
+    test kills and starts again on the same port. A port from :func:`free_port` lies in
+    that range, where any outgoing connection on the machine may take it as its local
+    port while the server is down (a full run lost a restarted nats-server's port so).
+    Each xdist worker draws from its own slice of 20000-32767, so two workers never
+    pick the same port."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    slot = int(worker[2:]) if worker[2:].isdigit() else 0
+    size = 12768 // 8
+    low = 20000 + (slot % 8) * size
+    for _ in range(200):
+        port = _PORT_DRAW.randrange(low, low + size)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
+
+
 def wait_for(
     predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
 ) -> object:
@@ -134,7 +160,7 @@ class MosquittoBroker:
         self.binary = binary
         self.workdir = workdir
         self.host = "127.0.0.1"
-        self.port = free_port()
+        self.port = restartable_port()  # restart() binds it again
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
         body = config.format(port=self.port, workdir=workdir)

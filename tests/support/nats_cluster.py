@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import restartable_port
 
 
 def nats_binary() -> str | None:
@@ -47,9 +47,9 @@ class NatsNode:
     binary: str
     name: str
     workdir: Path
-    client_port: int = field(default_factory=free_port)
-    cluster_port: int = field(default_factory=free_port)
-    mqtt_port: int = field(default_factory=free_port)
+    client_port: int = field(default_factory=restartable_port)
+    cluster_port: int = field(default_factory=restartable_port)
+    mqtt_port: int = field(default_factory=restartable_port)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
