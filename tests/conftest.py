@@ -86,6 +86,9 @@ def free_port() -> int:
 
 
 _PORT_DRAW = random.Random()  # its own state: a test seeding the global one cannot repeat ports
+_HANDED_OUT: set[int] = set()
+"""Ports :func:`restartable_port` gave this process (a cluster takes nine before any
+node binds one, so a free-looking port may already be promised)."""
 
 
 def restartable_port() -> int:
@@ -101,11 +104,14 @@ def restartable_port() -> int:
     low = 20000 + (slot % 8) * size
     for _ in range(200):
         port = _PORT_DRAW.randrange(low, low + size)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        _HANDED_OUT.add(port)
         return port
     return free_port()
 
