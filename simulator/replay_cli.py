@@ -68,8 +68,8 @@ def replay_command(
         typer.Option(
             "--set",
             help="name=value: a parameter of the adaptive or multivariate rule the replay adds, "
-            "not of configured ones (e.g. --set raise_threshold=6 --set severity=minor; "
-            "repeat for several)",
+            "not of configured ones; adaptive.NAME or multivariate.NAME for one rule only "
+            "(e.g. --set raise_threshold=6 --set severity=minor; repeat for several)",
         ),
     ] = None,
 ) -> None:
