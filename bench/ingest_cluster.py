@@ -411,11 +411,11 @@ def main() -> None:
 
     # Each one-worker drain is compared with the mean of the raw drains just before and after
     # it (a steady drift of the machine's load cancels), and the rounds' median is reported.
-    def around(figures: dict[str, float], n: int) -> float:
-        return (figures[raws[n]] + figures[raws[n + 1]]) / 2
+    def around(figures: dict[str, float], before: str, after: str) -> float:
+        return (figures[before] + figures[after]) / 2
 
-    per_ratio = [rates[name] / around(rates, n) for n, name in enumerate(ones)]
-    per_bound = [around(own, n) / own[name] for n, name in enumerate(ones)]
+    per_ratio = [rates[name] / around(rates, *raws[n : n + 2]) for n, name in enumerate(ones)]
+    per_bound = [around(own, *raws[n : n + 2]) / own[name] for n, name in enumerate(ones)]
     ratio_1, bound_1 = statistics.median(per_ratio), statistics.median(per_bound)
     raw = statistics.median([rates[r] for r in raws])
     one = statistics.median([rates[i] for i in ones])
@@ -425,10 +425,8 @@ def main() -> None:
     # its own CPU: one core gives 1 / (its CPU per message) msg/s. Two workers on one
     # durable scale by 2 x (one worker's CPU per message / the pair's per message). The
     # pair is compared with the one-worker drains just before and after it.
-    near_rate = (rates[ones[-1]] + rates["ingest1-after"]) / 2
-    near_own = (own[ones[-1]] + own["ingest1-after"]) / 2
-    scale_2 = rates["ingest2"] / near_rate
-    bound_2 = 2 * near_own / own["ingest2"]
+    scale_2 = rates["ingest2"] / around(rates, ones[-1], "ingest1-after")
+    bound_2 = 2 * around(own, ones[-1], "ingest1-after") / own["ingest2"]
     spread = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(per_ratio, per_bound, strict=True))
     print(
         f"ratio ingest_1 / raw (median of {len(ones)} alternated rounds; per round, on this "

@@ -19,7 +19,6 @@ rules the replay adds, routed by name to the rule that has such a parameter.
 from __future__ import annotations
 
 import difflib
-import inspect
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,13 @@ from typing import Any
 from agent.core.adaptive import AdaptiveRule
 from agent.core.faults import FaultEngine
 from agent.core.multivariate import MultivariateRule
-from agent.core.rules import RuleConfigError, build_adaptive, build_multivariate, build_rules
+from agent.core.rules import (
+    RuleConfigError,
+    build_adaptive,
+    build_multivariate,
+    build_rules,
+    settings_of,
+)
 from simulator.replay import Alarm, Table, alarms_of, sample_with
 
 RULE_CHOICES = ("adaptive", "multivariate", "all")
@@ -40,12 +45,8 @@ def default_rule(signals: Sequence[str]) -> str:
     return "adaptive" if len(signals) == 1 else "multivariate"
 
 
-def _parameters(rule: type) -> set[str]:
-    return set(inspect.signature(rule).parameters) - {"signal", "signals"}
-
-
-ADAPTIVE_SETTINGS = _parameters(AdaptiveRule)
-MULTIVARIATE_SETTINGS = _parameters(MultivariateRule)
+ADAPTIVE_SETTINGS = settings_of(AdaptiveRule)
+MULTIVARIATE_SETTINGS = settings_of(MultivariateRule)
 KIND_SETTINGS = {"adaptive": ADAPTIVE_SETTINGS, "multivariate": MULTIVARIATE_SETTINGS}
 SCALED_SETTINGS = {"raise_threshold", "clear_threshold"}
 """Shared names whose scales differ (robust SDs against T²): with both rules added, a bare
@@ -94,7 +95,11 @@ def parse_settings(items: Sequence[str]) -> dict[str, Any]:
 
 def read_faults(path: Path) -> dict[str, Any]:
     """The ``[faults]`` table of the agent configuration at ``path`` (empty if it has
-    none). Raises ``ValueError`` with one line naming the file when it cannot be read."""
+    none). Raises ``ValueError`` with one line naming the file when it cannot be read.
+
+    Not :func:`agent.config.load_config`: that checks the whole file, the device's
+    certificate files included, which a technician's copy on a laptop lacks; the rules
+    themselves are checked as the agent checks them, by ``build_rules``."""
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
@@ -205,8 +210,9 @@ def _check_settings(settings: Mapping[str, Any], kinds: list[str], rule: str) ->
     """Refuse a ``--set`` that no added rule takes, a ``code`` for several rules, and a
     bare threshold when both kinds of rule are added (their scales differ)."""
     for name in settings:
+        owner, _, bare = name.rpartition(".")
         takers = [k for k in kinds if _takes(k, name)]
-        if name.rpartition(".")[2] == "code" and len(takers) > 1:
+        if bare == "code" and len(takers) > 1:
             raise ValueError(
                 f"--set {name}: the replay adds {len(takers)} rules here and a code names one "
                 "(replay one column, or leave the codes to the rules)"
@@ -221,10 +227,7 @@ def _check_settings(settings: Mapping[str, Any], kinds: list[str], rule: str) ->
         if not kinds:
             why = "the configuration already watches every column (edit it instead)"
         else:
-            bare = name.rpartition(".")[2]
-            owner = name.rpartition(".")[0] or (
-                "adaptive" if bare in ADAPTIVE_SETTINGS else "multivariate"
-            )
+            owner = owner or ("adaptive" if bare in ADAPTIVE_SETTINGS else "multivariate")
             why = f"only the {owner} rule takes it and --rule {rule} adds none here"
         raise ValueError(f"--set {name}: it would change nothing: {why}")
 

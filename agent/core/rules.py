@@ -309,10 +309,16 @@ def build_adaptive(entry: Mapping[str, Any], index: int) -> FaultRule:
     return rule
 
 
-def build_multivariate(entry: Mapping[str, Any], index: int) -> FaultRule:
-    """A multivariate rule from one ``[[faults.multivariate]]`` entry (imported on demand)."""
+def settings_of(rule: type) -> set[str]:
+    """The settings a rule class takes from a configuration entry: its keyword parameters,
+    its signal(s) apart."""
     import inspect
 
+    return set(inspect.signature(rule).parameters) - {"signal", "signals"}
+
+
+def build_multivariate(entry: Mapping[str, Any], index: int) -> FaultRule:
+    """A multivariate rule from one ``[[faults.multivariate]]`` entry (imported on demand)."""
     from agent.core.multivariate import MultivariateRule
 
     where = f"faults.multivariate[{index}]"
@@ -323,7 +329,7 @@ def build_multivariate(entry: Mapping[str, Any], index: int) -> FaultRule:
     for signal in signals:
         if signal not in SIGNALS and not signal.isidentifier():
             raise RuleConfigError(f"{where}.signals: {signal!r} is not a sample field")
-    known = set(inspect.signature(MultivariateRule).parameters) - {"signals"}
+    known = settings_of(MultivariateRule)
     for key in params:
         if key not in known:
             raise RuleConfigError(

@@ -226,18 +226,14 @@ async def _apply_limits(js: JetStreamContext, have: ConsumerConfig, options: Nat
         changes.append(f"max_ack_pending {have.max_ack_pending} -> {options.max_ack_pending}")
     if not changes:
         return
+    what = ", ".join(changes)
     wanted = replace(have, ack_wait=options.ack_wait_s, max_ack_pending=options.max_ack_pending)
     try:
         await js.add_consumer(MQTT_STREAM, wanted)
     except nats.errors.Error as exc:
-        log.warning(
-            "consumer %s keeps its limits (%s refused: %s)",
-            options.durable,
-            ", ".join(changes),
-            exc,
-        )
+        log.warning("consumer %s keeps its limits (%s refused: %s)", options.durable, what, exc)
         return
-    log.info("updated consumer %s: %s", options.durable, ", ".join(changes))
+    log.info("updated consumer %s: %s", options.durable, what)
 
 
 YOUNG_GENERATION_THRESHOLD = 10_000
