@@ -173,7 +173,7 @@ class MosquittoBroker:
         _check_persistence_inside(body, workdir)
         self.config_path.write_text(
             f"{body}\nlog_dest file {self.log_path}\nlog_type error\nlog_type warning\n"
-            f"log_type notice\nlog_type information\n"
+            f"log_type notice\nlog_type information\nlog_type subscribe\n"
         )
         self._proc: subprocess.Popen[bytes] | None = None
 

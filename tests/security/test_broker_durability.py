@@ -147,6 +147,16 @@ def _ingest_connections(fleet: MtlsFleet) -> int:
     return fleet.broker.log().count(f"as {INGEST_ID} (")
 
 
+def _ingest_subscribed(fleet: MtlsFleet) -> bool:
+    """Whether the broker logged the ingest's telemetry subscription (``log_type
+    subscribe``: "<client id> <qos> <topic>")."""
+    topic = p.subscription(p.Kind.TELEMETRY)
+    return any(
+        line.split(": ", 1)[-1].startswith(f"{INGEST_ID} ") and topic in line
+        for line in fleet.broker.log().splitlines()
+    )
+
+
 def _stored(fleet: MtlsFleet) -> list[tuple[str, int]]:
     with fleet.sessions() as s:
         rows = s.execute(
@@ -194,6 +204,9 @@ def durable(mtls_fleet) -> Iterator[tuple[MtlsFleet, PacedDevice, subprocess.Pop
     proc = _ingest(fleet, fleet.root / "ingest.log")
     try:
         wait_for(lambda: _ingest_connections(fleet) == 1, timeout=30)
+        # Connected is not subscribed: a first publish before the subscription is not
+        # queued for the ingest's new session (a full run lost seq 1 so).
+        wait_for(lambda: _ingest_subscribed(fleet), timeout=30)
         device = PacedDevice(fleet.client(DEVICE), int(RATE * DURATION_S), RATE)
         yield fleet, device, proc
     finally:
