@@ -68,6 +68,7 @@ from fleet_server.adapters.nats_conn import (  # noqa: E402
     connect,
     ensure_ingest_consumer,
     settle_heap,
+    young_threshold,
 )
 from fleet_server.adapters.nats_ingest import NatsIngestWorker  # noqa: E402
 from fleet_server.db import create_db_engine, make_session_factory  # noqa: E402
@@ -166,7 +167,7 @@ async def _raw(options: NatsOptions, total: int, ready: Any, go: Any) -> tuple[f
     nc = await connect(options, "bench-raw")
     js = nc.jetstream()
     sub = await js.pull_subscribe_bind(options.durable, MQTT_STREAM)
-    settle_heap()  # as the worker does once bound
+    settle_heap(young_threshold(options.fetch_batch))  # as the worker does once bound
     ready.release()
     await asyncio.get_running_loop().run_in_executor(None, go.wait)
     got, start, cpu0 = 0, time.perf_counter(), time.process_time()

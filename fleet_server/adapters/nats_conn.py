@@ -238,27 +238,45 @@ async def _apply_limits(js: JetStreamContext, have: ConsumerConfig, options: Nat
 
 YOUNG_GENERATION_THRESHOLD = 10_000
 """Net allocations of tracked objects between two collections of the youngest
-generation once the heap is settled (CPython's default is 700)."""
+generation once the heap is settled, at least (CPython's default is 700)."""
+
+TRACKED_PER_FETCHED_MESSAGE = 16
+"""Headroom for the tracked objects a worker holds per message of ``fetch_batch``: with
+one batch being written while the next is fetched, the youngest generation held up to
+about 8.6 per message (17,244 at 2,000 a batch, telemetry, measured with
+``gc.get_count``), so twice that."""
 
 
-def settle_heap() -> None:
+def young_threshold(fetch_batch: int) -> int:
+    """The youngest generation's threshold for a consumer fetching ``fetch_batch``
+    messages at a time: above what its batches in hand hold, so that a collection
+    happens when garbage has piled up rather than on every batch."""
+    return max(YOUNG_GENERATION_THRESHOLD, TRACKED_PER_FETCHED_MESSAGE * fetch_batch)
+
+
+def settle_heap(young: int = YOUNG_GENERATION_THRESHOLD) -> None:
     """Put every object allocated so far (modules, table metadata, the connection) out of
     the cyclic garbage collector's reach, and collect the youngest generation every
-    10,000 net allocations instead of 700. A consumer allocates several short-lived
-    objects per message; without the freeze every full collection also walks the whole
-    start-up heap again (about a tenth of a worker's CPU per message), and with the
-    default threshold the objects of the batches in hand (two batches of 2,000 messages,
-    a few objects each) are traversed again by a collection every few hundred messages
-    (about 1.7 µs of a worker's CPU per message, measured with ``gc.callbacks``).
+    ``young`` net allocations instead of 700 (see :func:`young_threshold`).
+
+    A consumer allocates several short-lived objects per message. Without the freeze
+    every full collection also walks the whole start-up heap again (about a tenth of a
+    worker's CPU per message). With a threshold below what the batches in hand hold
+    (one batch being written, the next fetched: about 17,000 tracked objects at 2,000 a
+    batch), every batch set off a collection that traversed them all again: 1.3 to 2.2
+    µs of a worker's CPU per message at 10,000 (measured with ``gc.callbacks`` on
+    ``bench/ingest_cluster.py``; the raw consumer, which holds one batch, none), and
+    about 1.7 µs at CPython's default of 700 before that.
 
     Both are process-wide: in the all-in-one ``fleet-server run`` they cover the API too.
     That is safe: garbage is collected first, frozen objects are still freed by reference
     counting when dropped, and only a reference cycle among them (start-up state, which
     lives as long as the process anyway) would stay allocated; garbage in cycles made
-    later waits for at most 10,000 net allocations instead of 700."""
+    later waits for at most ``young`` net allocations instead of 700 (32,000 objects at
+    the default ``fetch_batch``, a few MB at most)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, *gc.get_threshold()[1:])
+    gc.set_threshold(young, *gc.get_threshold()[1:])
 
 
 async def acknowledge(nc: NatsClient, msgs: list[Msg]) -> None:

@@ -36,6 +36,7 @@ from fleet_server.adapters.nats_conn import (
     replicas_for,
     settle_heap,
     topic_for_subject,
+    young_threshold,
 )
 from fleet_server.services.clock import Clock, system_clock
 from fleet_server.services.ingest import BatchWriter, Inbound
@@ -182,7 +183,7 @@ class NatsIngestWorker:
         except asyncio.CancelledError:
             return
         sub = await js.pull_subscribe_bind(self.options.durable, MQTT_STREAM)
-        settle_heap()
+        settle_heap(young_threshold(self.options.fetch_batch))
         self.status.connected(self.clock(), persistent=True, session_present=True)
         self._connected.set()
         log.info("ingest: pulling from %s/%s", MQTT_STREAM, self.options.durable)

@@ -118,3 +118,58 @@ def test_delivery_notices_acknowledgements_that_stopped() -> None:
     assert delivery.stalled(60)
     delivery.reset()  # a new connection sends again
     assert not delivery.stalled(60)
+
+
+def test_a_workers_batches_in_hand_do_not_set_off_a_young_collection() -> None:
+    """One batch being written (raw messages, their records and decoded messages) while
+    the next is fetched stays below the young generation's threshold, so a settled
+    worker does not traverse its batches again on every batch."""
+    import gc
+
+    from nats.aio.msg import Msg
+
+    import protocol as p
+    from fleet_server.adapters.nats_conn import young_threshold
+    from fleet_server.services.ingest import Inbound
+
+    batch = 2000
+    payloads = [
+        p.encode(
+            p.Telemetry(
+                device_id=f"d-{n % 100}",
+                boot_id="b1",
+                seq=n + 1,
+                ts=1.0e9 + n,
+                samples=[p.Sample(ts=1.0e9 + n, cpu_pct=12.5, temp_c=51.0)],
+            )
+        )
+        for n in range(batch)
+    ]
+    headers = {"Nmqtt-Pub": "1", "Nmqtt-Subject": "fleet.v1.d-1.telemetry"}
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        fetched = [
+            [
+                Msg(
+                    None,
+                    f"$MQTT.msgs.fleet.v1.d-{n % 100}.telemetry",
+                    f"$JS.ACK.{r}.{n}",
+                    data,
+                    dict(headers),
+                )
+                for n, data in enumerate(payloads)
+            ]
+            for r in range(2)
+        ]
+        records = [
+            Inbound(p.topic(f"d-{n % 100}", p.Kind.TELEMETRY), m.data, 1.0e9)
+            for n, m in enumerate(fetched[0])
+        ]
+        decoded = [(r, p.decode(r.topic, r.payload)) for r in records]
+        held = gc.get_count()[0] - before
+    finally:
+        gc.enable()
+    assert len(decoded) == batch
+    assert 2 * batch < held < young_threshold(batch)
+    assert young_threshold(10) == 10_000  # never below the floor
