@@ -4,7 +4,8 @@ One run, on a private 3-node nats-server cluster on loopback (routes, JetStream,
 every node; replicas 3):
 
 1. a durable consumer per drain is created on the device-message stream (so each sees
-   every message), then ``--publishers`` processes publish ``--messages`` telemetry
+   every message; one more is never drained, so that no drain is the one whose
+   acknowledgements make the interest stream delete its messages), then ``--publishers`` processes publish ``--messages`` telemetry
    messages over MQTT 3.1.1 with QoS 1, spread over the three nodes (``--devices`` ids);
 2. alternately, ``--rounds`` + 1 times (a) and ``--rounds`` times (b), one after the
    other (raw, ingest_1, raw, ..., ingest_1, raw): (a) ``raw``: a process with a JetStream
@@ -347,7 +348,10 @@ def main() -> None:
                 name: NatsOptions(
                     servers=cluster.nats_urls, durable=name, fetch_batch=args.fetch_batch
                 )
-                for name in [*raws, *ones, "ingest2", "ingest1-after"]
+                # "keep" is never drained: the stream keeps its messages for it, so no
+                # drain pays for deleting them (interest retention deletes a message
+                # once every consumer has acknowledged it: the last drain would).
+                for name in [*raws, *ones, "ingest2", "ingest1-after", "keep"]
             }
 
             async def setup() -> None:
