@@ -93,7 +93,8 @@ class NatsIngestWorker:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.committed = 0
-        """Messages committed and acknowledged by this worker (for tests and benches)."""
+        """Messages this worker committed, counted once their batch's acknowledgement has
+        been sent, or has failed (for tests and benches)."""
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -240,7 +241,6 @@ class NatsIngestWorker:
             return  # stopping: left unacknowledged, redelivered to another worker
         if self.renewer is not None and batch:
             await self._answer_renewals(js, self.renewer, batch)
-        self.committed += len(batch)
         self.status.settled(1, self.clock())
         try:
             await acknowledge(nc, msgs)
@@ -248,6 +248,7 @@ class NatsIngestWorker:
             # Committed but maybe not acknowledged: redelivered later, and the dedupe key
             # makes the second write a no-op.
             log.warning("ingest: acknowledging a committed batch failed (%r)", exc)
+        self.committed += len(batch)
 
     async def _store(self, batch: list[Inbound]) -> bool:
         loop = asyncio.get_running_loop()
