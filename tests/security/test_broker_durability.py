@@ -91,9 +91,9 @@ class PacedDevice:
             msg = p.Telemetry(
                 device_id=DEVICE, boot_id=BOOT, seq=seq, ts=T0 + seq, samples=[sample]
             )
-            self.sent[seq] = self.client.publish(
-                p.topic(DEVICE, p.Kind.TELEMETRY), p.encode(msg), qos=1
-            )
+            info = self.client.publish(p.topic(DEVICE, p.Kind.TELEMETRY), p.encode(msg), qos=1)
+            with self._lock:  # acked() reads the map from another thread
+                self.sent[seq] = info
 
     def elapsed_messages(self) -> int:
         """How many messages have been handed to paho so far."""
@@ -115,7 +115,8 @@ class PacedDevice:
         published while disconnected: paho sends them after reconnecting)."""
         with self._lock:
             mids = set(self._acked_mids)
-        return {seq for seq, info in list(self.sent.items()) if info.mid in mids}
+            sent = list(self.sent.items())
+        return {seq for seq, info in sent if info.mid in mids}
 
 
 def _ingest(fleet: MtlsFleet, log: Path) -> subprocess.Popen[bytes]:
