@@ -152,8 +152,14 @@ class RejectReason(StrEnum):
 # --- envelope -------------------------------------------------------------------------
 
 
-class Envelope(msgspec.Struct, kw_only=True, frozen=True):
-    """Fields every message carries; ``(device_id, boot_id, seq)`` identifies it."""
+class Envelope(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """Fields every message carries; ``(device_id, boot_id, seq)`` identifies it.
+
+    Messages (and :class:`Sample`) are immutable values that never refer back to what
+    holds them, so they cannot be part of a reference cycle: ``gc=False`` keeps them
+    out of the cyclic garbage collector, which an ingest worker holding thousands of
+    decoded messages would otherwise traverse again on every collection (their lists
+    and dicts are still tracked)."""
 
     v: str = SCHEMA_VERSION
     device_id: DeviceId
@@ -165,7 +171,7 @@ class Envelope(msgspec.Struct, kw_only=True, frozen=True):
 # --- telemetry ------------------------------------------------------------------------
 
 
-class Sample(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+class Sample(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, gc=False):
     """One health sample. ``None`` means the source is not available on this device.
 
     Each field below is a health signal declared once: its type and range, and (in

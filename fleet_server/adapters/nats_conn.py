@@ -240,11 +240,14 @@ YOUNG_GENERATION_THRESHOLD = 10_000
 """Net allocations of tracked objects between two collections of the youngest
 generation once the heap is settled, at least (CPython's default is 700)."""
 
-TRACKED_PER_FETCHED_MESSAGE = 16
-"""Headroom for the tracked objects a worker holds per message of ``fetch_batch``: with
-one batch being written while the next is fetched, the youngest generation held up to
-about 8.6 per message (17,244 at 2,000 a batch, telemetry, measured with
-``gc.get_count``), so twice that."""
+TRACKED_PER_FETCHED_MESSAGE = 24
+"""The youngest generation's threshold per message of ``fetch_batch``. With one batch
+being written while the next is fetched, the batches in hand held about 8 tracked
+objects per message with one sample a message, 11 with six (the agent's default) and
+15 with ten (``test_a_settled_worker_does_not_collect_on_every_batch``; protocol
+messages are not tracked themselves, see :class:`protocol.messages.Envelope`): this
+covers up to about fifteen samples a message. Beyond that a collection comes back about
+once a batch, as before."""
 
 
 def young_threshold(fetch_batch: int) -> int:
@@ -254,29 +257,29 @@ def young_threshold(fetch_batch: int) -> int:
     return max(YOUNG_GENERATION_THRESHOLD, TRACKED_PER_FETCHED_MESSAGE * fetch_batch)
 
 
-def settle_heap(young: int = YOUNG_GENERATION_THRESHOLD) -> None:
+def settle_heap(fetch_batch: int) -> None:
     """Put every object allocated so far (modules, table metadata, the connection) out of
     the cyclic garbage collector's reach, and collect the youngest generation every
-    ``young`` net allocations instead of 700 (see :func:`young_threshold`).
+    :func:`young_threshold` net allocations instead of 700.
 
     A consumer allocates several short-lived objects per message. Without the freeze
     every full collection also walks the whole start-up heap again (about a tenth of a
     worker's CPU per message). With a threshold below what the batches in hand hold
-    (one batch being written, the next fetched: about 17,000 tracked objects at 2,000 a
-    batch), every batch set off a collection that traversed them all again: 1.3 to 2.2
-    µs of a worker's CPU per message at 10,000 (measured with ``gc.callbacks`` on
-    ``bench/ingest_cluster.py``; the raw consumer, which holds one batch, none), and
-    about 1.7 µs at CPython's default of 700 before that.
+    (one batch being written, the next fetched), every batch set off a collection that
+    traversed them all again: 1.3 to 2.2 µs of a worker's CPU per message at 10,000
+    (measured with ``gc.callbacks`` on ``bench/ingest_cluster.py``; the raw consumer,
+    which holds one batch, none), and about 1.7 µs at CPython's default of 700 before.
 
     Both are process-wide: in the all-in-one ``fleet-server run`` they cover the API too.
     That is safe: garbage is collected first, frozen objects are still freed by reference
     counting when dropped, and only a reference cycle among them (start-up state, which
-    lives as long as the process anyway) would stay allocated; garbage in cycles made
-    later waits for at most ``young`` net allocations instead of 700 (32,000 objects at
-    the default ``fetch_batch``, a few MB at most)."""
+    lives as long as the process anyway) would stay allocated. Garbage in reference
+    cycles made later waits for at most that many net allocations of tracked objects
+    (48,000 at the default ``fetch_batch``, 240,000 at its largest) instead of 700,
+    together with whatever those objects hold."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(young, *gc.get_threshold()[1:])
+    gc.set_threshold(young_threshold(fetch_batch), *gc.get_threshold()[1:])
 
 
 async def acknowledge(nc: NatsClient, msgs: list[Msg]) -> None:

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,6 @@ from fleet_server.adapters.nats_conn import (
     replicas_for,
     settle_heap,
     topic_for_subject,
-    young_threshold,
 )
 from fleet_server.services.clock import Clock, system_clock
 from fleet_server.services.ingest import BatchWriter, Inbound
@@ -77,6 +77,7 @@ class NatsIngestWorker:
         budget: BudgetPolicy | None = None,
         retry_backoff_s: float = 0.5,
         retry_backoff_max_s: float = 10.0,
+        on_acknowledged: Callable[[int], None] | None = None,
     ) -> None:
         self.writer = writer
         self.options = options
@@ -93,8 +94,11 @@ class NatsIngestWorker:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.committed = 0
-        """Messages this worker committed, counted once their batch's acknowledgement has
-        been sent, or has failed (for tests and benches)."""
+        """Messages this worker committed (for tests and benches)."""
+        self.on_acknowledged = on_acknowledged
+        """Called on the worker's thread with the number of messages of a batch once its
+        acknowledgement has reached the server (every message fetched, stored or not;
+        for benches: the moment a drain ends)."""
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -184,7 +188,7 @@ class NatsIngestWorker:
         except asyncio.CancelledError:
             return
         sub = await js.pull_subscribe_bind(self.options.durable, MQTT_STREAM)
-        settle_heap(young_threshold(self.options.fetch_batch))
+        settle_heap(self.options.fetch_batch)
         self.status.connected(self.clock(), persistent=True, session_present=True)
         self._connected.set()
         log.info("ingest: pulling from %s/%s", MQTT_STREAM, self.options.durable)
@@ -241,6 +245,7 @@ class NatsIngestWorker:
             return  # stopping: left unacknowledged, redelivered to another worker
         if self.renewer is not None and batch:
             await self._answer_renewals(js, self.renewer, batch)
+        self.committed += len(batch)
         self.status.settled(1, self.clock())
         try:
             await acknowledge(nc, msgs)
@@ -248,7 +253,9 @@ class NatsIngestWorker:
             # Committed but maybe not acknowledged: redelivered later, and the dedupe key
             # makes the second write a no-op.
             log.warning("ingest: acknowledging a committed batch failed (%r)", exc)
-        self.committed += len(batch)
+            return
+        if self.on_acknowledged is not None:
+            self.on_acknowledged(len(msgs))
 
     async def _store(self, batch: list[Inbound]) -> bool:
         loop = asyncio.get_running_loop()

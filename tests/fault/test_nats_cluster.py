@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -96,9 +96,16 @@ def options(cluster: NatsCluster, request: pytest.FixtureRequest) -> Iterator[Na
     drop_ingest_consumers(opts)  # retried: a leftover consumer would keep others' messages
 
 
-def _worker(sessions: sessionmaker[Session], options: NatsOptions, name: str) -> NatsIngestWorker:
+def _worker(
+    sessions: sessionmaker[Session],
+    options: NatsOptions,
+    name: str,
+    on_acknowledged: Callable[[int], None] | None = None,
+) -> NatsIngestWorker:
     writer = BatchWriter(sessions, metrics=IngestMetrics(), auto_register=True)
-    worker = NatsIngestWorker(writer, options, name=name, retry_backoff_s=0.1)
+    worker = NatsIngestWorker(
+        writer, options, name=name, retry_backoff_s=0.1, on_acknowledged=on_acknowledged
+    )
     worker.connect(timeout=20)
     assert worker.connected, "the ingest did not bind to its consumer"
     return worker
@@ -343,16 +350,23 @@ def test_postgresql_down_while_devices_publish(cluster, sessions, options, db_ur
 
 def test_publish_with_no_ingest_running_then_start_one(cluster, sessions, options) -> None:
     """The consumer exists (installation step) but no worker runs while devices publish;
-    the first worker to start finds every message."""
+    the first worker to start finds every message, and reports each batch it has
+    acknowledged (what a bench times a drain by)."""
     setup_consumer(options)
     devices = _fleet(cluster, "idle", count=20, interval_s=0.0)
     for d in devices:
         d.start()
     run_devices(devices)
     time.sleep(0)  # no worker has existed until here
-    worker = _worker(sessions, options, "ingest-c")
+    acknowledged: list[int] = []
+    worker = _worker(sessions, options, "ingest-c", on_acknowledged=acknowledged.append)
     try:
         _exactly_once(sessions, devices)
+        # Every PUBACKed telemetry message was fetched, stored and acknowledged (the
+        # stream also holds the devices' presence, acknowledged as well).
+        published = sum(len(d.acked) for d in devices)
+        wait_for(lambda: sum(acknowledged) >= published, timeout=30, interval=0.1)
+        assert worker.committed >= published
     finally:
         worker.stop()
         worker.run()

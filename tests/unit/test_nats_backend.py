@@ -120,16 +120,18 @@ def test_delivery_notices_acknowledgements_that_stopped() -> None:
     assert not delivery.stalled(60)
 
 
-def test_a_workers_batches_in_hand_do_not_set_off_a_young_collection() -> None:
-    """One batch being written (raw messages, their records and decoded messages) while
-    the next is fetched stays below the young generation's threshold, so a settled
-    worker does not traverse its batches again on every batch."""
+@pytest.mark.parametrize("samples", [1, 6, 10])
+def test_a_settled_worker_does_not_collect_on_every_batch(samples: int) -> None:
+    """Batches flow as in a worker (fetched messages, then their records and decoded
+    messages; one batch written while the next is fetched) with ``samples`` samples a
+    message (the agent sends six by default): once the heap is settled for the fetch
+    size, no young collection runs, where the old fixed threshold ran one per batch."""
     import gc
 
     from nats.aio.msg import Msg
 
     import protocol as p
-    from fleet_server.adapters.nats_conn import young_threshold
+    from fleet_server.adapters.nats_conn import settle_heap
     from fleet_server.services.ingest import Inbound
 
     batch = 2000
@@ -140,36 +142,50 @@ def test_a_workers_batches_in_hand_do_not_set_off_a_young_collection() -> None:
                 boot_id="b1",
                 seq=n + 1,
                 ts=1.0e9 + n,
-                samples=[p.Sample(ts=1.0e9 + n, cpu_pct=12.5, temp_c=51.0)],
+                samples=[
+                    p.Sample(ts=1.0e9 + n + s, cpu_pct=12.5, temp_c=51.0) for s in range(samples)
+                ],
             )
         )
         for n in range(batch)
     ]
-    headers = {"Nmqtt-Pub": "1", "Nmqtt-Subject": "fleet.v1.d-1.telemetry"}
-    gc.disable()
+    headers = {"Nmqtt-Pub": "1"}
+
+    def fetch(r: int) -> list[Msg]:
+        return [
+            Msg(
+                None,
+                f"$MQTT.msgs.fleet.v1.d-{n % 100}.telemetry",
+                f"$JS.ACK.{r}.{n}",
+                data,
+                dict(headers),
+            )
+            for n, data in enumerate(payloads)
+        ]
+
+    young: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 0:
+            young.append(1)
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(count)
     try:
-        before = gc.get_count()[0]
-        fetched = [
-            [
-                Msg(
-                    None,
-                    f"$MQTT.msgs.fleet.v1.d-{n % 100}.telemetry",
-                    f"$JS.ACK.{r}.{n}",
-                    data,
-                    dict(headers),
-                )
-                for n, data in enumerate(payloads)
+        settle_heap(batch)
+        fetched = fetch(0)
+        for r in range(1, 6):
+            records = [
+                Inbound(p.topic(f"d-{n % 100}", p.Kind.TELEMETRY), m.data, 1.0e9)
+                for n, m in enumerate(fetched)
             ]
-            for r in range(2)
-        ]
-        records = [
-            Inbound(p.topic(f"d-{n % 100}", p.Kind.TELEMETRY), m.data, 1.0e9)
-            for n, m in enumerate(fetched[0])
-        ]
-        decoded = [(r, p.decode(r.topic, r.payload)) for r in records]
-        held = gc.get_count()[0] - before
+            following = fetch(r)  # fetched while this batch is written
+            decoded = [(rec, p.decode(rec.topic, rec.payload)) for rec in records]
+            assert len(decoded) == batch
+            fetched = following  # acknowledged and dropped
+            del records, decoded
     finally:
-        gc.enable()
-    assert len(decoded) == batch
-    assert 2 * batch < held < young_threshold(batch)
-    assert young_threshold(10) == 10_000  # never below the floor
+        gc.callbacks.remove(count)
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    assert young == []
