@@ -238,17 +238,25 @@ def _wait_acknowledged(progress: _Progress, procs: list[Any], timeout: float = 9
     return float(progress.end.value)
 
 
-async def _consumer_state(options: NatsOptions) -> dict[str, int]:
+async def _settled_state(options: NatsOptions, timeout: float = 60) -> dict[str, int]:
+    """The consumer's state once the server has processed every acknowledgement it was
+    sent (they are applied after the flush that sent them returns: for a moment some
+    are still pending), or as it is after ``timeout``."""
     nc = await connect(options, "bench-check")
     try:
-        info = await nc.jetstream().consumer_info(MQTT_STREAM, options.durable)
+        deadline = time.monotonic() + timeout
+        while True:
+            info = await nc.jetstream().consumer_info(MQTT_STREAM, options.durable)
+            state = {
+                "pending": int(info.num_pending or 0),
+                "ack_pending": int(info.num_ack_pending or 0),
+                "redelivered": int(info.num_redelivered or 0),
+            }
+            if not state["pending"] + state["ack_pending"] or time.monotonic() > deadline:
+                return state
+            await asyncio.sleep(0.1)
     finally:
         await nc.close()
-    return {
-        "pending": int(info.num_pending or 0),
-        "ack_pending": int(info.num_ack_pending or 0),
-        "redelivered": int(info.num_redelivered or 0),
-    }
 
 
 def measure_ingest(
@@ -281,7 +289,7 @@ def measure_ingest(
     end = _wait_acknowledged(progress, procs)
     cpu = _cpu(pids) - cpu0
     meter.stop()
-    state = asyncio.run(_consumer_state(options))
+    state = asyncio.run(_settled_state(options))
     if state["pending"] or state["ack_pending"] or state["redelivered"]:
         # Counted as acknowledged, yet the consumer disagrees: the figure is not a drain.
         print(f"WARNING {options.durable}: consumer state after the drain: {state}")
