@@ -162,8 +162,10 @@ async def ensure_ingest_consumer(js: JetStreamContext, options: NatsOptions, rep
     The stream is created with the configuration nats-server gives it when the first MQTT
     client connects (so the order of first start does not matter); an existing one is
     checked, and fewer replicas than asked is logged (the server's ``mqtt.stream_replicas``
-    decides them when it created the stream).
+    decides them when it created the stream). An existing consumer is brought to the
+    configured limits and up to ``replicas`` (no more than the stream has).
     """
+    stream_replicas = replicas
     try:
         info = await js.stream_info(MQTT_STREAM)
     except NotFoundError:
@@ -180,7 +182,8 @@ async def ensure_ingest_consumer(js: JetStreamContext, options: NatsOptions, rep
     else:
         if info.config.retention != RetentionPolicy.INTEREST:
             raise RuntimeError(f"stream {MQTT_STREAM} is not an interest stream; not the MQTT one")
-        if (info.config.num_replicas or 1) < replicas:
+        stream_replicas = info.config.num_replicas or 1
+        if stream_replicas < replicas:
             log.warning(
                 "stream %s has %s replicas, fewer than %d: set mqtt { stream_replicas: %d } "
                 "on the servers before the first device connects",
@@ -210,24 +213,42 @@ async def ensure_ingest_consumer(js: JetStreamContext, options: NatsOptions, rep
             f"consumer {options.durable} exists with filter {current.config.filter_subject!r}, "
             f"not {INGEST_FILTER!r}: delete it or choose another nats.durable"
         )
-    await _apply_limits(js, current.config, options)
+    await _apply_limits(js, current.config, options, replicas, stream_replicas)
 
 
-async def _apply_limits(js: JetStreamContext, have: ConsumerConfig, options: NatsOptions) -> None:
+async def _apply_limits(
+    js: JetStreamContext,
+    have: ConsumerConfig,
+    options: NatsOptions,
+    replicas: int,
+    stream_replicas: int,
+) -> None:
     """Bring an existing consumer's ``ack_wait`` and ``max_ack_pending`` to the
-    configuration's (a consumer keeps what it was created with, so a raised
+    configuration's, and its replicas up to ``replicas`` but no more than the stream's
+    ``stream_replicas``. A consumer keeps what it was created with: a raised
     ``max_ack_pending`` for more workers, or a new default, never reached a running
-    deployment). Its other settings, replicas included, are left as they are; a refused
-    update is logged and the ingest goes on with the consumer's limits."""
+    deployment, and a consumer created on one node kept a single copy of its
+    acknowledgement state after the cluster grew to three. More replicas than asked are
+    left alone, as are its other settings; a refused update is logged and the ingest goes
+    on with the consumer as it is."""
     changes = []
     if abs((have.ack_wait or 0.0) - options.ack_wait_s) > 1e-3:
         changes.append(f"ack_wait {have.ack_wait} -> {options.ack_wait_s} s")
     if have.max_ack_pending != options.max_ack_pending:
         changes.append(f"max_ack_pending {have.max_ack_pending} -> {options.max_ack_pending}")
+    has = have.num_replicas or stream_replicas  # 0: as many as the stream
+    copies = max(has, min(replicas, stream_replicas))
+    if copies != has:
+        changes.append(f"replicas {has} -> {copies}")
     if not changes:
         return
     what = ", ".join(changes)
-    wanted = replace(have, ack_wait=options.ack_wait_s, max_ack_pending=options.max_ack_pending)
+    wanted = replace(
+        have,
+        ack_wait=options.ack_wait_s,
+        max_ack_pending=options.max_ack_pending,
+        num_replicas=copies if copies != has else have.num_replicas,
+    )
     try:
         await js.add_consumer(MQTT_STREAM, wanted)
     except nats.errors.Error as exc:

@@ -403,3 +403,39 @@ def test_two_workers_share_one_consumer(cluster, sessions, options) -> None:
             w.stop()
         for w in workers:
             w.run()
+
+
+def test_a_consumer_made_on_one_node_gets_the_clusters_replicas(cluster, options) -> None:
+    """A durable created with one replica (first started against a single node, or by
+    hand) holds its acknowledgement state on one node only; the ingest's start brings
+    it to the replicas it asks for, as the stream has three."""
+    import asyncio
+
+    from nats.js.api import ConsumerConfig
+
+    from fleet_server.adapters.nats_conn import (
+        INGEST_FILTER,
+        MQTT_STREAM,
+        connect,
+        ensure_ingest_consumer,
+    )
+
+    setup_consumer(options)  # the stream, with three replicas
+
+    async def replicas_after_start() -> tuple[int | None, int | None]:
+        nc = await connect(options, "replicas-test")
+        try:
+            js = nc.jetstream()
+            await js.delete_consumer(MQTT_STREAM, options.durable)
+            one = ConsumerConfig(
+                durable_name=options.durable, filter_subject=INGEST_FILTER, num_replicas=1
+            )
+            await js.add_consumer(MQTT_STREAM, one)
+            before = (await js.consumer_info(MQTT_STREAM, options.durable)).config
+            await ensure_ingest_consumer(js, options, 3)
+            after = (await js.consumer_info(MQTT_STREAM, options.durable)).config
+            return before.num_replicas, after.num_replicas
+        finally:
+            await nc.close()
+
+    assert asyncio.run(replicas_after_start()) == (1, 3)
