@@ -37,7 +37,10 @@ The score is the larger of the two (in the watched ``direction``: ``both``, ``up
 **surprise stage**, on unless ``surprise_threshold`` is 0 or None: when the score is at or
 above ``surprise_min_score`` (``surprise_min_drift_score`` for the drift score) and
 surprising for this signal, see
-:mod:`agent.core.adaptive_surprise`, for those samples), and
+:mod:`agent.core.adaptive_surprise`, for those samples; after a surprising score of at
+least ``surprise_strong_score`` a surprising sample on the same side counts from the
+lower **follow bar**, ``surprise_follow_score`` or ``surprise_follow_ratio`` × that score,
+so a clear departure whose next sample is still out is not a lone glitch), and
 clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` samples and
 ``clear_after_s`` seconds. After a clear it does not raise again for ``refractory_s``.
 
@@ -188,6 +191,9 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         surprise_threshold: float | None = 1.8,
         surprise_min_score: float = 3.0,
         surprise_min_drift_score: float = 4.0,
+        surprise_follow_score: float | None = 2.5,
+        surprise_strong_score: float = 4.5,
+        surprise_follow_ratio: float = 0.4,
         surprise_cap: float = 10.0,
         surprise_window_samples: float = 10.0,
         surprise_window_s: float = 7200.0,
@@ -261,11 +267,15 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
             raise ValueError("scale_leak must be between 0 and 1")
         if not (0 <= drift_scale_leak <= 1):
             raise ValueError("drift_scale_leak must be between 0 and 1")
+        if not (0 <= surprise_follow_ratio <= 1):
+            raise ValueError("surprise_follow_ratio must be between 0 and 1")
         if not (0 <= anomaly_learning_weight <= 1):
             raise ValueError("anomaly_learning_weight must be between 0 and 1")
         for name, value in (
             ("surprise_min_score", surprise_min_score),
             ("surprise_min_drift_score", surprise_min_drift_score),
+            ("surprise_follow_score", surprise_follow_score or 0.0),
+            ("surprise_strong_score", surprise_strong_score),
         ):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number, not {value!r}")
@@ -329,6 +339,9 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         self.surprise_threshold = float(surprise_threshold) if surprise_threshold else None
         self.surprise_min_score = float(surprise_min_score)
         self.surprise_min_drift_score = float(surprise_min_drift_score)
+        self.surprise_follow_score = float(surprise_follow_score) if surprise_follow_score else None
+        self.surprise_strong_score = float(surprise_strong_score)
+        self.surprise_follow_ratio = float(surprise_follow_ratio)
         self.surprise_cap = float(surprise_cap)
         self.surprise_window_samples = float(surprise_window_samples)
         self.surprise_window_s = float(surprise_window_s)
@@ -340,6 +353,7 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         self.record_tail_tau_s = float(record_tail_tau_s)
         self.recurrence_ratio = float(recurrence_ratio) if recurrence_ratio else None
         self._active = False
+        self._follow_bound: float | None = None
         self._reset_all()
         self._reset_recurrence()
 
@@ -457,22 +471,32 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         ) and (kind != "level" or self._beyond_slot(score, ts, self.record_ratio))
         self._excused = recurring and score >= self.clear_threshold
         self._learn_recurrence(self._z_level, ts)
+        self._follow_bound = None
+        side = self._side(kind, x, season)
         if record and not self._active:
             return self._debounce(ts, x, season, score, kind, score, immediate=True)  # no debounce
         trigger = score
         if recurring and not self._active:
             trigger = 0.0  # this time of day did as much on an earlier day: not news
         elif self.surprise_threshold is not None:
+            least = self._least_score(kind, side)
+            # A raise by a sample that only passed the follow bar reports that bound.
+            self._follow_bound = least if score < self._least_score(kind, 0.0) else None
             if not self._active and (
-                surprise is None
-                or surprise < self.surprise_threshold
-                or score
-                < (self.surprise_min_drift_score if kind == "drift" else self.surprise_min_score)
+                surprise is None or surprise < self.surprise_threshold or score < least
             ):
                 trigger = 0.0  # not (yet) a departure worth raising
             elif not self._active:
                 trigger = max(score, self.raise_threshold)
-        return self._debounce(ts, x, season, score, kind, trigger)
+        opening = self._pending_n == 0
+        change = self._debounce(ts, x, season, score, kind, trigger)
+        if self._pending_n == 0:
+            self._pending_peak, self._pending_side = 0.0, 0.0
+        else:
+            self._pending_peak = max(self._pending_peak, score)
+            if opening:
+                self._pending_side = side
+        return change
 
     def _debounce(
         self,
@@ -545,6 +569,8 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         elif raised:  # with the surprise stage a raise needs surprise_min_(drift_)score SDs
             least = self.surprise_min_drift_score if kind == "drift" else self.surprise_min_score
             limit = max(least, self.clear_threshold)
+            if self._follow_bound is not None:
+                limit = min(limit, self._follow_bound)  # it passed the follow bar only
         bound = centre + sign * limit * sd
         where = "above" if current >= centre else "below"
         if not raised:

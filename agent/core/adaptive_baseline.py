@@ -98,6 +98,8 @@ class AdaptiveBaseline:
         self._m_f: float | None = None
         self._pending_n = 0
         self._pending_since: float | None = None
+        self._pending_peak = 0.0  # the largest score of the pending raise (see AdaptiveRule)
+        self._pending_side = 0.0  # the side it departs on (AdaptiveRule._side), 0 if none
         self._clear_n = 0
         self._clear_since: float | None = None
 
@@ -402,6 +404,17 @@ class AdaptiveBaseline:
                 a *= leak
                 deviation = min(deviation, self.raise_threshold * sd)
         return old + a * (deviation - old)
+
+    def _side(self, kind: str, x: float, season: float) -> float:
+        """Which way the sample departs: 1 above, -1 below (the sample from the fast level
+        for the level score, the fast level from the long-term one for the drift score),
+        2 for the variance score (noisier)."""
+        assert self._m_f is not None
+        assert self._m_s is not None
+        if kind == "variance":
+            return 2.0
+        above = self._m_f >= self._m_s if kind == "drift" else x - season >= self._m_f
+        return 1.0 if above else -1.0
 
     def _directional(self, z: float) -> float:
         if self.direction == "up":

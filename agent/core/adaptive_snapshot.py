@@ -30,6 +30,8 @@ _LATER_STATE: tuple[str, ...] = (
     "s_vl",
     "tail",
     "tail_ts",
+    "pending_peak",
+    "pending_side",
 )
 _MAX_TAIL = 1e6
 """A larger record tail would block records for years: not a state the rule reaches."""
@@ -116,6 +118,10 @@ def parse_snapshot(
     ):
         return None
     if (parsed["pending_n"] > 0) != (parsed["pending_since"] is not None):
+        return None
+    for name in ("pending_peak", "pending_side"):  # from before them: nothing pending
+        parsed[name] = 0.0 if parsed[name] is None else parsed[name]
+    if parsed["pending_peak"] < 0 or parsed["pending_side"] not in (-1.0, 0.0, 1.0, 2.0):
         return None
     if (parsed["clear_n"] > 0) != (parsed["clear_since"] is not None):
         return None

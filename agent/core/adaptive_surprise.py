@@ -19,6 +19,10 @@ distribution of scores:
 * ``surprise = (u_short - u_mean) / sd(u)``, in standard deviations of the signal's own
   score. It is ``None`` for the first five windows of scored samples.
 
+A surprising sample counts towards a raise when its score is at least the kind's minimum,
+or the **follow bar** (:meth:`SurpriseScore._least_score`) when it continues, on the same
+side, a pending raise that has seen a surprising score of ``surprise_strong_score``.
+
 The surprise judges lasting departures; a lone sample far outside anything this signal has
 done (a spike, a crash to zero) is judged by its **record** instead: ``peak`` is the largest
 robust score seen, decaying with time constant ``record_tau_s`` (held undecayed until
@@ -123,8 +127,16 @@ class SurpriseScore:
     record_tau_s: float
     record_tail_ratio: float | None
     record_tail_tau_s: float
+    surprise_min_score: float
+    surprise_min_drift_score: float
+    surprise_follow_score: float | None
+    surprise_strong_score: float
+    surprise_follow_ratio: float
     _dt_typ: float | None
     _active: bool
+    _pending_n: int
+    _pending_peak: float
+    _pending_side: float
 
     def _reset_surprise(self) -> None:
         self._u_short: float | None = None
@@ -165,6 +177,27 @@ class SurpriseScore:
         if self.record_tail_ratio is not None and not self._active and learn_tail:
             self._learn_tail(score, ts)
         return record
+
+    def _least_score(self, kind: str, side: float) -> float:
+        """The smallest (surprising) score that counts towards a raise: the kind's minimum,
+        or the **follow bar** for a sample on the same ``side`` as a pending raise that has
+        seen a surprising score of at least ``surprise_strong_score``: a clear departure
+        whose next sample is still out (above ``surprise_follow_score`` and
+        ``surprise_follow_ratio`` × the pending raise's largest score) is one departure,
+        not a lone glitch. A sample on the other side, or one that fell back to a small
+        share of a tall spike, is judged as usual, as noise swings both ways and a routine
+        spike is often followed by an ordinary sample. ``side`` 0: the kind's minimum."""
+        least = self.surprise_min_drift_score if kind == "drift" else self.surprise_min_score
+        if (
+            self.surprise_follow_score is not None
+            and self._pending_n > 0
+            and side != 0.0
+            and side == self._pending_side
+            and self._pending_peak >= self.surprise_strong_score
+        ):
+            peak = self.surprise_follow_ratio * self._pending_peak
+            least = min(least, max(self.surprise_follow_score, peak))
+        return least
 
     def _tail_at(self, ts: float) -> float:
         """The tail at ``ts``: decayed towards 1 since its last rise."""
