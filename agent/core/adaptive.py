@@ -39,8 +39,10 @@ above ``surprise_min_score`` (``surprise_min_drift_score`` for the drift score) 
 surprising for this signal, see
 :mod:`agent.core.adaptive_surprise`, for those samples; after a surprising score of at
 least ``surprise_strong_score`` a surprising sample on the same side counts from the
-lower **follow bar**, ``surprise_follow_score`` or ``surprise_follow_ratio`` × that score,
-so a clear departure whose next sample is still out is not a lone glitch), and
+lower **follow bar**, ``surprise_follow_score`` or ``surprise_follow_ratio`` × that score
+(the larger), so a clear departure whose next sample is still out is not a lone glitch;
+the follower may be a drift score on the same side, the fast level dragged along by the
+departure, which then counts from the follow bar instead of the drift minimum), and
 clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` samples and
 ``clear_after_s`` seconds. After a clear it does not raise again for ``refractory_s``.
 
@@ -114,11 +116,14 @@ Not modelled: weekly or other non-daily cycles.
 raise) or must stay within (for a clear): ``m_f ± k·sd_f`` for the level
 score, ``m_s ± k·sd_d`` for the drift score (the daily profile added back for the level
 score), with ``k`` the raise threshold (with the surprise stage ``surprise_min_score`` or
-``surprise_min_drift_score``) or the clear threshold; ``value`` is the sample's value.
+``surprise_min_drift_score``, or the follow bar a follower crossed, which can be below the
+clear threshold: such a raise reports the lower bound it crossed) or the clear threshold;
+``value`` is the sample's value.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from typing import Any
@@ -132,7 +137,12 @@ from agent.core.adaptive_snapshot import (
     SNAPSHOT_VERSION,
     parse_snapshot,
 )
-from agent.core.adaptive_surprise import SurpriseScore, check_record, check_surprise
+from agent.core.adaptive_surprise import (
+    SCORE_STATE_CAP,
+    SurpriseScore,
+    check_record,
+    check_surprise,
+)
 from agent.core.fault_types import FaultChange
 from protocol import Sample, Severity
 
@@ -205,6 +215,7 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         record_tail_tau_s: float = 30 * 86400.0,
         recurrence_ratio: float | None = 1.2,
     ) -> None:
+        _require_numbers(locals())  # first: "0.4" or true would fail later, unnamed
         if not isinstance(signal, str) or not signal:
             raise ValueError("signal must be a non-empty field name")
         if direction not in DIRECTIONS:
@@ -474,28 +485,27 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         self._follow_bound = None
         side = self._side(kind, x, season)
         if record and not self._active:
+            self._pending_peak, self._pending_side = 0.0, 0.0
             return self._debounce(ts, x, season, score, kind, score, immediate=True)  # no debounce
         trigger = score
         if recurring and not self._active:
             trigger = 0.0  # this time of day did as much on an earlier day: not news
-        elif self.surprise_threshold is not None:
+        elif self.surprise_threshold is not None and not self._active:
             least = self._least_score(kind, side)
             # A raise by a sample that only passed the follow bar reports that bound.
             self._follow_bound = least if score < self._least_score(kind, 0.0) else None
-            if not self._active and (
-                surprise is None or surprise < self.surprise_threshold or score < least
-            ):
+            if surprise is None or surprise < self.surprise_threshold or score < least:
                 trigger = 0.0  # not (yet) a departure worth raising
-            elif not self._active:
+            else:
                 trigger = max(score, self.raise_threshold)
         opening = self._pending_n == 0
         change = self._debounce(ts, x, season, score, kind, trigger)
         if self._pending_n == 0:
             self._pending_peak, self._pending_side = 0.0, 0.0
-        else:
-            self._pending_peak = max(self._pending_peak, score)
-            if opening:
-                self._pending_side = side
+        elif opening:
+            self._pending_peak, self._pending_side = min(score, SCORE_STATE_CAP), side
+        elif side == self._pending_side:
+            self._pending_peak = max(self._pending_peak, min(score, SCORE_STATE_CAP))
         return change
 
     def _debounce(
@@ -611,3 +621,19 @@ def _fmt(value: float) -> str:
     if 1e4 <= abs(value) < 1e6:
         return f"{value:.0f}"
     return f"{value:.4g}"
+
+
+_NUMBER_PARAMETERS = tuple(
+    name
+    for name, parameter in inspect.signature(AdaptiveRule.__init__).parameters.items()
+    if parameter.annotation in ("float", "float | None")  # counts: checked as whole numbers
+)
+
+
+def _require_numbers(arguments: dict[str, Any]) -> None:
+    """Refuse, by name, a numeric parameter given as anything but a number (a string or a
+    boolean from a configuration file); ``None`` where the parameter allows it."""
+    for name in _NUMBER_PARAMETERS:
+        value = arguments[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise ValueError(f"{name} must be a number, not {value!r}")

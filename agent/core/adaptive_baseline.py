@@ -123,6 +123,7 @@ class AdaptiveBaseline:
             self._gap_ts = ts
             self._pending_n = 0
             self._pending_since = None
+            self._pending_peak, self._pending_side = 0.0, 0.0
         else:
             self._reset_levels(ts)
         self._gap_check = True

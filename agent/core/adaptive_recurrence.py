@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import math
 
+from agent.core.adaptive_surprise import SCORE_STATE_CAP
+
 RECURRENCE_BINS = 24
 """Slots of the seasonal period (hours of a day)."""
 
@@ -120,5 +122,5 @@ class RecurrenceMemory:
         elif ts - seen[slot] >= period / 2:
             day1[slot], day2[slot] = self._rec_days(slot, ts)
             cur[slot] = 0.0
-        cur[slot] = max(cur[slot], score)
+        cur[slot] = min(max(cur[slot], score), SCORE_STATE_CAP)
         seen[slot] = ts

@@ -119,8 +119,10 @@ def parse_snapshot(
         return None
     if (parsed["pending_n"] > 0) != (parsed["pending_since"] is not None):
         return None
-    for name in ("pending_peak", "pending_side"):  # from before them: nothing pending
-        parsed[name] = 0.0 if parsed[name] is None else parsed[name]
+    for name in ("pending_peak", "pending_side"):
+        # From before them, or with nothing pending: a pending raise gets no follow bar.
+        if parsed[name] is None or parsed["pending_n"] == 0:
+            parsed[name] = 0.0
     if parsed["pending_peak"] < 0 or parsed["pending_side"] not in (-1.0, 0.0, 1.0, 2.0):
         return None
     if (parsed["clear_n"] > 0) != (parsed["clear_since"] is not None):

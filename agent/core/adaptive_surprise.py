@@ -75,6 +75,13 @@ _YOUNG_PEAK_TAU_S = 7 * 86400.0
 on (the tail needs a few routine spikes before it can stand in for the peak)."""
 
 
+SCORE_STATE_CAP = 1e15
+"""A score kept in the rule's state (the record peak, the pending raise's largest score)
+is kept up to this: a larger one decides nothing differently, and a snapshot holding a
+value above 1e18 is refused on restore (a signal of tiny, steady noise can score far
+beyond it)."""
+
+
 def check_surprise(
     threshold: float | None, cap: float, window: float, memory: float, window_s: float
 ) -> None:
@@ -172,7 +179,7 @@ class SurpriseScore:
             and score >= self.record_ratio * peak
             and self._beyond_tail(score, ts)
         )
-        self._peak = max(score, peak)
+        self._peak = min(max(score, peak), SCORE_STATE_CAP)
         self._peak_ts = ts
         if self.record_tail_ratio is not None and not self._active and learn_tail:
             self._learn_tail(score, ts)

@@ -106,8 +106,55 @@ def test_a_bad_pending_state_is_refused(bad: dict[str, object]) -> None:
         ("surprise_follow_ratio", 1.5),
         ("surprise_follow_ratio", -0.1),
         ("surprise_follow_ratio", float("nan")),
+        ("surprise_follow_ratio", "0.4"),  # a string from a configuration file
+        ("surprise_follow_score", True),
+        ("surprise_strong_score", "4"),
+        ("raise_threshold", "4"),  # every numeric parameter is checked the same way
     ],
 )
-def test_bad_follow_parameters_are_named(name: str, value: float) -> None:
+def test_bad_follow_parameters_are_named(name: str, value: object) -> None:
     with pytest.raises(ValueError, match=name):
         AdaptiveRule("v", **{name: value})  # type: ignore[arg-type]
+
+
+def test_a_long_gap_forgets_the_strong_score_of_the_raise_pending_before_it() -> None:
+    # The +7 SD sample opens a pending raise; then nothing for 400 minutes (a long gap:
+    # the warm model keeps scoring, the pending raise is dropped). A new pending raise
+    # after it (+4) is judged on its own scores: the +3 sample after it does not raise.
+    points = episode(7.0, 3.1)[:-1]
+    after = points[-1][0] + 400 * MIN
+    points += [(after, 54.0), (after + STEP, 53.0)]
+    assert raises(points) == []
+
+
+def test_a_drift_score_can_follow_a_strong_level_departure() -> None:
+    # The side of a level score is the sample's against the fast level; of a drift
+    # score, the fast level's against the long-term one. A level departure that drags
+    # the fast level along continues as a drift score on the same side, which then
+    # counts from the follow bar rather than the drift minimum (4).
+    rule = AdaptiveRule("v")
+    rule._pending_n, rule._pending_peak, rule._pending_side = 1, 6.6, 1.0
+    assert rule._least_score("drift", 1.0) == pytest.approx(max(2.5, 0.4 * 6.6))
+    assert rule._least_score("drift", -1.0) == 4.0  # the other side: as usual
+    assert rule._least_score("level", 2.0) == 3.0  # a variance score has no side to follow
+    rule._pending_peak = 4.4  # not strong enough
+    assert rule._least_score("drift", 1.0) == 4.0
+
+
+def test_a_signal_of_tiny_steady_noise_keeps_a_snapshot_that_restores() -> None:
+    # Noise of 1e-11 around 1e-9, then a jump to 1e8: a score near 1e19. The state keeps
+    # scores up to 1e15, so the snapshot stays within what a restore accepts.
+    rng = random.Random(3)
+    points = [(T0 + i * STEP, 1e-9 + rng.gauss(0, 1e-11)) for i in range(QUIET)]
+    points.append((T0 + QUIET * STEP, 1e8))
+    rule = AdaptiveRule("v", record_threshold=None)
+    feed(rule, points)
+    state = json.loads(json.dumps(rule.snapshot()))
+    assert AdaptiveRule("v", record_threshold=None).restore(state)
+    assert AdaptiveRule("v").restore(json.loads(json.dumps(_with_record(points).snapshot())))
+
+
+def _with_record(points: list[tuple[float, float]]) -> AdaptiveRule:
+    rule = AdaptiveRule("v")
+    feed(rule, points)
+    return rule
