@@ -136,7 +136,7 @@ def test_a_drift_score_can_follow_a_strong_level_departure() -> None:
     rule._pending_n, rule._pending_peak, rule._pending_side = 1, 6.6, 1.0
     assert rule._least_score("drift", 1.0) == pytest.approx(max(2.5, 0.4 * 6.6))
     assert rule._least_score("drift", -1.0) == 4.0  # the other side: as usual
-    assert rule._least_score("level", 2.0) == 3.0  # a variance score has no side to follow
+    assert rule._least_score("variance", 2.0) == 3.0  # a variance score follows no level score
     rule._pending_peak = 4.4  # not strong enough
     assert rule._least_score("drift", 1.0) == 4.0
 
