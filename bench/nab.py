@@ -61,6 +61,7 @@ BASELINE_PARAMS: dict[str, Any] = {
     "rearm_after_s": None,
     "variance_ratio": None,
     "recurrence_ratio": None,
+    "recede_ratio": None,
 }
 """The adaptive rule's parameters before NAB tuning (its defaults when this bench was added)."""
 

@@ -66,7 +66,9 @@ an excused score does not teach the record tail (a nightly spike would otherwise
 first spike at a new hour), and a level record must also be ``record_ratio`` × the larger
 of its hour's peaks on the last two days it was watched (kept over a gap, so a device
 back after a weekend off does not raise its nightly spike as a record). See
-:mod:`agent.core.adaptive_recurrence`.
+:mod:`agent.core.adaptive_recurrence`. **Receding gate** (``recede_ratio``, 0.6): a level
+departure below that share of its run's peak is a burst falling back, not raised
+(:mod:`agent.core.adaptive_recede`).
 
 **Learning and adaptation.** Time constants are in seconds and decay by elapsed time, so
 irregular sampling is handled; each is stretched to at least ``min_tau_samples`` typical
@@ -129,6 +131,7 @@ import numbers
 from typing import Any
 
 from agent.core.adaptive_baseline import DIRECTIONS, AdaptiveBaseline, Direction
+from agent.core.adaptive_recede import RecedeGate, check_recede
 from agent.core.adaptive_recurrence import RecurrenceMemory, check_recurrence
 from agent.core.adaptive_snapshot import (
     FLOAT_STATE,
@@ -151,7 +154,7 @@ _MAX_MAGNITUDE = 1e15
 """Larger values are not valid measurements (the protocol rejects them too)."""
 
 
-class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
+class AdaptiveRule(RecedeGate, RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
     """Fault rule that learns a signal's normal and raises on departures from it.
 
     See the module docstring for the model. ``signal`` names a :class:`protocol.Sample`
@@ -214,6 +217,7 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         record_tail_ratio: float | None = 3.0,
         record_tail_tau_s: float = 30 * 86400.0,
         recurrence_ratio: float | None = 1.2,
+        recede_ratio: float | None = 0.6,
     ) -> None:
         _require_numbers(locals())  # first: "0.4" or true would fail later, unnamed
         if not isinstance(signal, str) or not signal:
@@ -301,6 +305,7 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
             record_threshold, record_ratio, record_tau_s, record_tail_ratio, record_tail_tau_s
         )
         check_recurrence(recurrence_ratio)
+        check_recede(recede_ratio)
         if variance_ratio and not (math.isfinite(variance_ratio) and variance_ratio > 1):
             raise ValueError("variance_ratio must be a number > 1, or 0 or None (off)")
         if not (math.isfinite(variance_tau_s) and variance_tau_s > 0):
@@ -363,6 +368,7 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         self.record_tail_ratio = float(record_tail_ratio) if record_tail_ratio else None
         self.record_tail_tau_s = float(record_tail_tau_s)
         self.recurrence_ratio = float(recurrence_ratio) if recurrence_ratio else None
+        self.recede_ratio = float(recede_ratio) if recede_ratio else None
         self._active = False
         self._follow_bound: float | None = None
         self._reset_all()
@@ -484,12 +490,14 @@ class AdaptiveRule(RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
         self._learn_recurrence(self._z_level, ts)
         self._follow_bound = None
         side = self._side(kind, x, season)
+        self._track_run(self._z_level, side if kind == "level" else self._side("level", x, season))
         if record and not self._active:
             self._pending_peak, self._pending_side = 0.0, 0.0
             return self._debounce(ts, x, season, score, kind, score, immediate=True)  # no debounce
         trigger = score
-        if recurring and not self._active:
-            trigger = 0.0  # this time of day did as much on an earlier day: not news
+        receding = self.surprise_threshold is not None and self._receding(score, kind, side)
+        if (recurring or receding) and not self._active:
+            trigger = 0.0  # its time of day did as much before, or a burst falling back
         elif self.surprise_threshold is not None and not self._active:
             least = self._least_score(kind, side)
             # A raise by a sample that only passed the follow bar reports that bound.

@@ -32,7 +32,10 @@ _LATER_STATE: tuple[str, ...] = (
     "tail_ts",
     "pending_peak",
     "pending_side",
+    "run_peak",
 )
+_MAX_RUN_PEAK = 1e15
+"""The run peak is kept up to the score cap (adaptive_surprise.SCORE_STATE_CAP)."""
 _MAX_TAIL = 1e6
 """A larger record tail would block records for years: not a state the rule reaches."""
 FLOAT_STATE: tuple[str, ...] = (
@@ -124,6 +127,10 @@ def parse_snapshot(
         if parsed[name] is None or parsed["pending_n"] == 0:
             parsed[name] = 0.0
     if parsed["pending_peak"] < 0 or parsed["pending_side"] not in (-1.0, 0.0, 1.0, 2.0):
+        return None
+    if parsed["run_peak"] is None:  # a snapshot from before the receding gate: no run
+        parsed["run_peak"] = 0.0
+    if abs(parsed["run_peak"]) > _MAX_RUN_PEAK:
         return None
     if (parsed["clear_n"] > 0) != (parsed["clear_since"] is not None):
         return None
