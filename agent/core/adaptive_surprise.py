@@ -77,9 +77,9 @@ on (the tail needs a few routine spikes before it can stand in for the peak)."""
 
 SCORE_STATE_CAP = 1e15
 """A score kept in the rule's state (the record peak, the recurrence memory's slots, the
-pending raise's largest score) is kept up to this: a larger one decides nothing differently, and a snapshot holding a
-value above 1e18 is refused on restore (a signal of tiny, steady noise can score far
-beyond it)."""
+pending raise's largest score, the receding gate's run peak) is kept up to this: a larger
+one decides nothing differently, and a snapshot holding a value above 1e18 is refused on
+restore (a signal of tiny, steady noise can score far beyond it)."""
 
 
 def check_surprise(
