@@ -495,7 +495,7 @@ class AdaptiveRule(RecedeGate, RecurrenceMemory, SurpriseScore, AdaptiveBaseline
             self._pending_peak, self._pending_side = 0.0, 0.0
             return self._debounce(ts, x, season, score, kind, score, immediate=True)  # no debounce
         trigger = score
-        receding = self.surprise_threshold is not None and self._receding(score, kind, side)
+        receding = self.surprise_threshold is not None and self._receding(score, kind, side, ts)
         if (recurring or receding) and not self._active:
             trigger = 0.0  # its time of day did as much before, or a burst falling back
         elif self.surprise_threshold is not None and not self._active:

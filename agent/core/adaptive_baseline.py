@@ -101,6 +101,7 @@ class AdaptiveBaseline:
         self._pending_peak = 0.0  # the largest score of the pending raise (see AdaptiveRule)
         self._pending_side = 0.0  # the side it departs on (AdaptiveRule._side), 0 if none
         self._run_peak = 0.0  # the receding gate's run (agent.core.adaptive_recede), 0 if none
+        self._run_n = 0.0
         self._clear_n = 0
         self._clear_since: float | None = None
 
@@ -125,7 +126,7 @@ class AdaptiveBaseline:
             self._pending_n = 0
             self._pending_since = None
             self._pending_peak, self._pending_side = 0.0, 0.0
-            self._run_peak = 0.0
+            self._run_peak, self._run_n = 0.0, 0.0
         else:
             self._reset_levels(ts)
         self._gap_check = True

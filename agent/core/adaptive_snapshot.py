@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from agent.core.adaptive_recurrence import RECURRENCE_BINS
+from agent.core.adaptive_surprise import SCORE_STATE_CAP
 
 SNAPSHOT_VERSION = 1
 _MAX_STATE = 1e18
@@ -33,9 +34,8 @@ _LATER_STATE: tuple[str, ...] = (
     "pending_peak",
     "pending_side",
     "run_peak",
+    "run_n",
 )
-_MAX_RUN_PEAK = 1e15
-"""The run peak is kept up to the score cap (adaptive_surprise.SCORE_STATE_CAP)."""
 _MAX_TAIL = 1e6
 """A larger record tail would block records for years: not a state the rule reaches."""
 FLOAT_STATE: tuple[str, ...] = (
@@ -128,9 +128,15 @@ def parse_snapshot(
             parsed[name] = 0.0
     if parsed["pending_peak"] < 0 or parsed["pending_side"] not in (-1.0, 0.0, 1.0, 2.0):
         return None
-    if parsed["run_peak"] is None:  # a snapshot from before the receding gate: no run
-        parsed["run_peak"] = 0.0
-    if abs(parsed["run_peak"]) > _MAX_RUN_PEAK:
+    if parsed["run_peak"] is None:  # from before the receding gate: no run
+        parsed["run_peak"], parsed["run_n"] = 0.0, 0.0
+    if parsed["run_n"] is None:  # from before the run length: a run just begun
+        parsed["run_n"] = 1.0 if parsed["run_peak"] else 0.0
+    # Kept up to the score cap: a larger value decides nothing differently.
+    parsed["run_peak"] = max(-SCORE_STATE_CAP, min(parsed["run_peak"], SCORE_STATE_CAP))
+    if parsed["run_n"] < 0 or not float(parsed["run_n"]).is_integer():
+        return None
+    if (parsed["run_peak"] == 0.0) != (parsed["run_n"] == 0.0):
         return None
     if (parsed["clear_n"] > 0) != (parsed["clear_since"] is not None):
         return None
