@@ -78,8 +78,8 @@ class RecedeGate:
     def _receding(self, score: float, kind: str, side: float, ts: float) -> bool:
         """Whether a level departure on ``side`` has fallen below ``recede_ratio`` × its
         run's peak (its score and the same side's pending largest score both), early in
-        its run (within ``surprise_window_samples`` samples: a burst ends within them, a
-        run that outlasts them is a lasting departure) and while the drift score is
+        its run (within two surprise windows of samples: a burst ends within them, a run
+        that outlasts them is a lasting departure) and while the drift score is
         judged (it is what catches a step whose first sample overshot: not in the rule's
         first ``drift_warmup_s``, nor after a long gap until the warm-up is over)."""
         if self.recede_ratio is None or kind != "level" or self._run_peak * side <= 0:
