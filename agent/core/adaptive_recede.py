@@ -23,7 +23,7 @@ the gate (on 5-minute samples about 0.8 to 1.8 h against 0.2 to 0.3 h; 2.5 h aga
 0.75 h on 15-minute samples); set ``recede_ratio = 0`` where that matters more than
 bursts raised as faults. The run is two numbers of state (its peak, signed by its side,
 and its length), part of the snapshot; a snapshot written before them restores with no
-run.
+run (one with the peak but not the length, as a run just begun).
 
 :class:`RecedeGate` is a mixin of :class:`agent.core.adaptive.AdaptiveRule`.
 """

@@ -129,6 +129,8 @@ def parse_snapshot(
     if parsed["pending_peak"] < 0 or parsed["pending_side"] not in (-1.0, 0.0, 1.0, 2.0):
         return None
     if parsed["run_peak"] is None:  # from before the receding gate: no run
+        if parsed["run_n"] is not None:
+            return None  # a run length without a run: not a state the rule writes
         parsed["run_peak"], parsed["run_n"] = 0.0, 0.0
     if parsed["run_n"] is None:  # from before the run length: a run just begun
         parsed["run_n"] = 1.0 if parsed["run_peak"] else 0.0

@@ -119,6 +119,7 @@ def test_the_gate_is_off_while_the_drift_score_is_not_judged() -> None:
     rule = _judging_rule()
     rule._track_run(10.0, 1.0)
     assert not rule._receding(5.0, "level", 1.0, T0 + 3600.0)  # its first day
+    assert rule._receding(5.0, "level", 1.0, T0 + rule.drift_warmup_s)  # judged from then on
     rule._gap_ts = LATER  # back from a long gap, warming up again
     assert not rule._receding(5.0, "level", 1.0, LATER + 600.0)
     rule._gap_ts = None
@@ -179,6 +180,9 @@ def test_a_snapshot_from_before_the_gate_restores_with_no_run() -> None:
         {"run_n": -1.0},
         {"run_n": 1.5},
         {"run_n": 0.0},  # a run peak with no sample in its run
+        {"run_n": True},
+        {"run_n": "3"},
+        {"run_peak": None, "run_n": 3.0},  # a run length without a run
     ],
 )
 def test_a_bad_run_state_is_refused(bad: dict[str, object]) -> None:
@@ -199,3 +203,13 @@ def test_a_run_peak_beyond_the_score_cap_restores_at_the_cap() -> None:
 def test_bad_recede_ratios_are_named(value: object) -> None:
     with pytest.raises(ValueError, match="recede_ratio"):
         AdaptiveRule("v", recede_ratio=value)  # type: ignore[arg-type]
+
+
+def test_a_snapshot_with_the_run_peak_but_not_its_length_restores_as_a_run_just_begun() -> None:
+    # Written between the gate and its run length.
+    state = _state_after(burst([25, 9, 8, 2]), QUIET + 1)
+    peak = state["run_peak"]
+    del state["run_n"]
+    rule = AdaptiveRule("v", record_threshold=None)
+    assert rule.restore(state)
+    assert (rule._run_peak, rule._run_n) == (peak, 1.0)
