@@ -489,8 +489,9 @@ class AdaptiveRule(RecedeGate, RecurrenceMemory, SurpriseScore, AdaptiveBaseline
         self._excused = recurring and score >= self.clear_threshold
         self._learn_recurrence(self._z_level, ts)
         self._follow_bound = None
-        side = self._side(kind, x, season)
-        self._track_run(self._z_level, side if kind == "level" else self._side("level", x, season))
+        level_side = self._side("level", x, season)
+        side = level_side if kind == "level" else self._side(kind, x, season)
+        self._track_run(self._z_level, level_side)
         if record and not self._active:
             self._pending_peak, self._pending_side = 0.0, 0.0
             return self._debounce(ts, x, season, score, kind, score, immediate=True)  # no debounce
@@ -501,7 +502,7 @@ class AdaptiveRule(RecedeGate, RecurrenceMemory, SurpriseScore, AdaptiveBaseline
         elif self.surprise_threshold is not None and not self._active:
             least = self._least_score(kind, side)
             # A raise by a sample that only passed the follow bar reports that bound.
-            self._follow_bound = least if score < self._least_score(kind, 0.0) else None
+            self._follow_bound = least if score < self._kind_minimum(kind) else None
             if surprise is None or surprise < self.surprise_threshold or score < least:
                 trigger = 0.0  # not (yet) a departure worth raising
             else:
@@ -585,8 +586,7 @@ class AdaptiveRule(RecedeGate, RecurrenceMemory, SurpriseScore, AdaptiveBaseline
         if raised and self.surprise_threshold is None:
             limit = self.raise_threshold
         elif raised:  # with the surprise stage a raise needs surprise_min_(drift_)score SDs
-            least = self.surprise_min_drift_score if kind == "drift" else self.surprise_min_score
-            limit = max(least, self.clear_threshold)
+            limit = max(self._kind_minimum(kind), self.clear_threshold)
             if self._follow_bound is not None:
                 limit = min(limit, self._follow_bound)  # it passed the follow bar only
         bound = centre + sign * limit * sd

@@ -420,6 +420,15 @@ class AdaptiveBaseline:
         above = self._m_f >= self._m_s if kind == "drift" else x - season >= self._m_f
         return 1.0 if above else -1.0
 
+    def _drift_judged(self, ts: float) -> bool:
+        """Whether the drift score is judged at ``ts``: from ``drift_warmup_s`` after the
+        rule started, and not in the warm-up after a long gap."""
+        return (
+            self._start_ts is not None
+            and ts - self._start_ts >= self.drift_warmup_s
+            and self._gap_ts is None
+        )
+
     def _directional(self, z: float) -> float:
         if self.direction == "up":
             return max(z, 0.0)
@@ -438,7 +447,7 @@ class AdaptiveBaseline:
         z_level = self._directional((x - self._m_f) / sd_f)
         z_drift = 0.0
         assert self._start_ts is not None
-        if ts - self._start_ts >= self.drift_warmup_s and self._gap_ts is None:
+        if self._drift_judged(ts):
             z_drift = self._directional((self._m_f - self._m_s) / self._sd_drift(sd_f, ts))
         self._z_level = z_level
         z_var = 0.0

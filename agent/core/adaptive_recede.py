@@ -49,18 +49,17 @@ class RecedeGate:
 
     recede_ratio: float | None
     clear_threshold: float
-    drift_warmup_s: float
     _pending_peak: float
     _pending_side: float
-    _start_ts: float | None
-    _gap_ts: float | None
 
     _run_peak: float  # signed: + above the fast level, - below, 0 when no run
     _run_n: float  # samples in the run so far (a whole number)
 
-    if TYPE_CHECKING:  # provided by agent.core.adaptive_surprise.SurpriseScore
+    if TYPE_CHECKING:  # provided by SurpriseScore and AdaptiveBaseline
 
         def _surprise_window(self) -> float: ...
+
+        def _drift_judged(self, ts: float) -> bool: ...
 
     def _track_run(self, z_level: float, side: float) -> None:
         """Learn the sample's level score (``side`` 1 above, -1 below) into the run peak."""
@@ -86,9 +85,7 @@ class RecedeGate:
             return False
         if self._run_n > 2 * self._surprise_window():
             return False
-        if self._gap_ts is not None or self._start_ts is None:
-            return False
-        if ts - self._start_ts < self.drift_warmup_s:
+        if not self._drift_judged(ts):
             return False
         pending = self._pending_peak if self._pending_side == side else 0.0
         return max(score, pending) < self.recede_ratio * abs(self._run_peak)

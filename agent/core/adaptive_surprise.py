@@ -185,6 +185,12 @@ class SurpriseScore:
             self._learn_tail(score, ts)
         return record
 
+    def _kind_minimum(self, kind: str) -> float:
+        """The smallest surprising score of ``kind`` that counts towards a raise, outside
+        the follow bar: ``surprise_min_drift_score`` for the drift score (it wanders more),
+        ``surprise_min_score`` otherwise."""
+        return self.surprise_min_drift_score if kind == "drift" else self.surprise_min_score
+
     def _least_score(self, kind: str, side: float) -> float:
         """The smallest (surprising) score that counts towards a raise: the kind's minimum,
         or the **follow bar** for a sample on the same ``side`` as a pending raise that has
@@ -194,7 +200,7 @@ class SurpriseScore:
         not a lone glitch. A sample on the other side, or one that fell back to a small
         share of a tall spike, is judged as usual, as noise swings both ways and a routine
         spike is often followed by an ordinary sample. ``side`` 0: the kind's minimum."""
-        least = self.surprise_min_drift_score if kind == "drift" else self.surprise_min_score
+        least = self._kind_minimum(kind)
         if (
             self.surprise_follow_score is not None
             and self._pending_n > 0
