@@ -176,7 +176,7 @@ class UpdateDriver:
             busy=busy,
             state=self.record.state,
             version=cmd.version,
-            quarantined=set(self.quarantine),
+            quarantined=self._quarantined(),
         )
         if refusal is not None:
             return reject(*refusal)
@@ -333,8 +333,19 @@ class UpdateDriver:
             model=self.policy.model,
             highest_release_counter=self.highest_release_counter,
             agent_version=self.policy.agent_version,
-            quarantined=set(self.quarantine),
+            quarantined=self._quarantined(),
         )
+
+    def _quarantined(self) -> set[str]:
+        """The quarantined versions, with the one whose failure :meth:`finish` has yet to
+        quarantine (an install can be decided while that update winds down)."""
+        versions = set(self.quarantine)
+        record = self.record
+        winding_down = record.state in TERMINAL_STATES and not record.reported
+        failed_here = record.state is U.ROLLED_BACK or self.work.get("quarantine")
+        if winding_down and failed_here and record.version:
+            versions.add(record.version)
+        return versions
 
     # --- the work of each state ------------------------------------------------------------
 
@@ -576,9 +587,8 @@ class UpdateDriver:
         elif status.in_trial:
             self.slots.rollback()
             left_trial = True
-        failed_here = record.state is U.ROLLED_BACK or self.work.get("quarantine")
-        if failed_here and record.version and record.version not in self.quarantine:
-            self.quarantine.append(record.version)
+        for version in self._quarantined() - set(self.quarantine):
+            self.quarantine.append(version)
         if self.scratch_dir is not None:
             for leftover in ("staging", "partial", "targets"):
                 shutil.rmtree(self.scratch_dir / leftover, ignore_errors=True)

@@ -54,8 +54,6 @@ EXIT_RESTART = 75
 (``Restart=always`` in the systemd unit does it; tests play systemd)."""
 EXIT_SIMULATED_CRASH = 70
 """Exit status of a simulated crash on boot (bundle ``simulation.boot = "crash"``)."""
-WIND_DOWN_S = 5.0
-"""How long a new install waits for the previous update's worker to return."""
 PAUSE_ENV = "FLEET_AGENT_TEST_PAUSE_IN_STATE"
 """Test hook: block the updater after persisting this state (so a test can SIGKILL it)."""
 
@@ -246,12 +244,14 @@ class Updater:
 
     @property
     def busy(self) -> bool:
-        """True while update work runs: the record is active or its outcome is being
-        reported, an install is starting, or a metadata check runs."""
-        if self.driver.active or self._starting or self._checking:
-            return True
-        worker = self._worker
-        return worker is not None and worker.is_alive() and self.driver.unsettled
+        """True while update work runs: the record is active, an install is starting, or a
+        metadata check runs.
+
+        An update whose outcome was reported but whose worker is still winding down
+        (slots, clean-up, the command's final ack) is not busy: the server counts that
+        execution as finished and may send the next install at once, which waits for the
+        worker to return (:meth:`_spawn`) instead of being refused."""
+        return self.driver.active or self._starting or self._checking
 
     def running_version(self) -> str | None:
         """Version of the slot the device runs now."""
@@ -320,13 +320,27 @@ class Updater:
     # --- the worker ----------------------------------------------------------------------
 
     def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        """Run ``target`` in a new worker thread.
+
+        Work accepted while the previous update winds down (its outcome reported; the
+        slots, clean-up and final ack still to do) starts once that worker returns. The
+        new thread waits for it, never the loop's thread: the wind-down hands its ack to
+        the loop, so a loop waiting for the worker would wait for itself. If the agent
+        stops meanwhile the new work does not start, so the wind-down the next start
+        finishes is never overwritten."""
         with self._lock:
-            if self._worker is not None and self._worker.is_alive():
-                # an update that reported its outcome is only returning: let it
-                self._worker.join(WIND_DOWN_S)
-            if self._worker is not None and self._worker.is_alive():
+            previous = self._worker
+            if previous is not None and previous.is_alive() and self.driver.active:
                 raise RuntimeError("update work is already running")
-            self._worker = threading.Thread(target=target, args=args, name="updater", daemon=True)
+
+            def follow() -> None:
+                if previous is not None:
+                    previous.join()
+                    if self._stop.is_set():
+                        return
+                target(*args)
+
+            self._worker = threading.Thread(target=follow, name="updater", daemon=True)
             self._worker.start()
 
     def _wait(self, seconds: float) -> None:

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.updater import PAUSE_ENV
+from agent.core.commands import Decision
+from agent.update_driver import HANDLERS, UpdateDriver
+from agent.updater import PAUSE_ENV, Updater
 from firmware_bundles.build import BuiltBundle, build_bundle
 from firmware_bundles.examples import example_source
 from protocol import Boot, FailureClass, Install, UpdateState
@@ -139,6 +142,46 @@ def test_failing_health_check_rolls_back_and_quarantines(rig: Rig) -> None:
     assert "quarantined" in rejected.detail
     # ... while a good version still installs
     assert rig.install("good-1.2.0", "exec-good").state is UpdateState.COMMITTED
+
+
+def test_an_install_sent_while_the_last_outcome_winds_down_runs_after_it(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server counts an execution finished at its terminal event and may send the next
+    install at once, while the agent still winds that update down (slots, clean-up, the
+    final ack). The install is accepted and runs after it, nothing of the first is lost,
+    and the failed version is already refused as quarantined."""
+    decided = threading.Event()
+    real_decide = Updater.decide_install
+    real_finish = HANDLERS[UpdateState.ROLLED_BACK]
+
+    def decide(self: Updater, cmd: Install) -> Decision:
+        try:
+            return real_decide(self, cmd)
+        finally:
+            if cmd.execution_id == "exec-next":
+                decided.set()
+
+    def finish(driver: UpdateDriver, now: float) -> float | None:
+        decided.wait(30)  # the wind-down lasts until the next install was decided
+        return real_finish(driver, now)
+
+    monkeypatch.setattr(Updater, "decide_install", decide)
+    monkeypatch.setitem(HANDLERS, UpdateState.ROLLED_BACK, finish)
+    rig.start(simulate_outcomes=True)
+    first = rig.operator.install(rig.world, "health-fail", "exec-fail")
+    ack(rig.receiver, first, "accepted")
+    assert outcome(rig.receiver, "exec-fail").state is UpdateState.ROLLED_BACK
+    retry = rig.operator.install(rig.world, "health-fail", "exec-again")
+    again = ack(rig.receiver, retry, "rejected")
+    assert again.reason is not None
+    assert again.reason.value == "not_permitted", again.detail
+    following = rig.operator.install(rig.world, "good-1.2.0", "exec-next")
+    ack(rig.receiver, following, "accepted")
+    assert ack(rig.receiver, first, "final").status.value == "failed"
+    assert outcome(rig.receiver, "exec-next").state is UpdateState.COMMITTED
+    ack(rig.receiver, following, "final")
+    assert running_version(rig.slots_dir) == "1.2.0"
 
 
 def test_real_health_command_failure_rolls_back(rig: Rig) -> None:
