@@ -382,8 +382,12 @@ class AgentDaemon:
             log.warning("cannot write status file: %s", exc)
 
     def request_stop(self) -> None:
-        """Ask :meth:`run` to shut down cleanly (safe from a signal handler or thread)."""
+        """Ask :meth:`run` to shut down cleanly (safe from a signal handler or thread).
+
+        The updater hears it at once too, so no queued update work starts after it."""
         self._stop.set()
+        if self.updater is not None:
+            self.updater.close()
 
     @property
     def stopping(self) -> bool:

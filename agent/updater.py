@@ -12,6 +12,7 @@ better to do with it); it only calls :meth:`UpdateDriver.step` and waits in betw
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -54,6 +55,8 @@ EXIT_RESTART = 75
 (``Restart=always`` in the systemd unit does it; tests play systemd)."""
 EXIT_SIMULATED_CRASH = 70
 """Exit status of a simulated crash on boot (bundle ``simulation.boot = "crash"``)."""
+PENDING_FILE = "pending-command.json"
+"""An accepted command waiting for the previous update's wind-down (answered at restart)."""
 PAUSE_ENV = "FLEET_AGENT_TEST_PAUSE_IN_STATE"
 """Test hook: block the updater after persisting this state (so a test can SIGKILL it)."""
 
@@ -250,8 +253,12 @@ class Updater:
         An update whose outcome was reported but whose worker is still winding down
         (slots, clean-up, the command's final ack) is not busy: the server counts that
         execution as finished and may send the next install at once, which waits for the
-        worker to return (:meth:`_spawn`) instead of being refused."""
-        return self.driver.active or self._starting or self._checking
+        worker to return (:meth:`_spawn`) instead of being refused. An outcome left
+        unsettled with no worker to settle it (a reboot is pending) is busy."""
+        if self.driver.active or self._starting or self._checking:
+            return True
+        worker = self._worker
+        return self.driver.unsettled and (worker is None or not worker.is_alive())
 
     def running_version(self) -> str | None:
         """Version of the slot the device runs now."""
@@ -283,10 +290,11 @@ class Updater:
                 return self.driver.start(cmd, now)
             finally:
                 self._starting = False
+                self._drop_pending(cmd.command_id)  # the record names it from here on
 
         self._starting = True
         try:
-            self._spawn(self._drive, start)
+            self._spawn(self._drive, start, command_id=cmd.command_id, cancel=self._end_start)
         except BaseException:
             self._starting = False
             raise
@@ -295,15 +303,28 @@ class Updater:
         """Runner for an accepted ``check_update``."""
         self._checking = True
         try:
-            self._spawn(self._check_worker, cmd.command_id)
+            command_id, cancel = cmd.command_id, self._end_check
+            self._spawn(self._check_worker, command_id, command_id=command_id, cancel=cancel)
         except BaseException:
             self._checking = False
             raise
 
     def resume(self) -> None:
-        """At agent start: continue (or conclude) an update the last run left behind."""
+        """At agent start: continue (or conclude) an update the last run left behind, then
+        answer a command the last run accepted but never started (it was waiting for that
+        update's wind-down): the server learns at once that it did not run."""
+        pending = self._load_pending()
+        if pending is not None and pending == self.driver.work.get("command_id"):
+            self._drop_pending(pending)  # it did start: the record carries it
+            pending = None
+        if self.driver.unsettled or pending is not None:
+            self._spawn(self._settle, pending)
+
+    def _settle(self, pending: str | None) -> None:
         if self.driver.unsettled:
-            self._spawn(self._drive, self.driver.resume)
+            self._drive(self.driver.resume)
+        if pending is not None and not self._stop.is_set():
+            self._not_started(pending, "the agent restarted before it could start")
 
     def close(self) -> None:
         """Stop waiting (health checks, backoff) so the process can exit."""
@@ -319,29 +340,87 @@ class Updater:
 
     # --- the worker ----------------------------------------------------------------------
 
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+    def _spawn(
+        self,
+        target: Callable[..., None],
+        *args: Any,
+        command_id: str | None = None,
+        cancel: Callable[[], None] | None = None,
+    ) -> None:
         """Run ``target`` in a new worker thread.
 
         Work accepted while the previous update winds down (its outcome reported; the
         slots, clean-up and final ack still to do) starts once that worker returns. The
         new thread waits for it, never the loop's thread: the wind-down hands its ack to
-        the loop, so a loop waiting for the worker would wait for itself. If the agent
-        stops meanwhile the new work does not start, so the wind-down the next start
-        finishes is never overwritten."""
+        the loop, so a loop waiting for the worker would wait for itself. Meanwhile the
+        accepted command (``command_id``) is on disk, so a restart answers it. If the
+        agent stops, or the wind-down left its outcome unsettled (a reboot is pending),
+        the work does not start (``cancel``) and the command is answered as not started:
+        the unsettled update is never overwritten."""
         with self._lock:
             previous = self._worker
             if previous is not None and previous.is_alive() and self.driver.active:
                 raise RuntimeError("update work is already running")
+            waiting = previous if previous is not None and previous.is_alive() else None
+            if waiting is not None and command_id is not None:
+                self._save_pending(command_id)
 
             def follow() -> None:
-                if previous is not None:
-                    previous.join()
-                    if self._stop.is_set():
+                if waiting is not None:
+                    waiting.join()
+                    if self._stop.is_set() or self.driver.unsettled:
+                        if cancel is not None:
+                            cancel()
+                        if command_id is not None and not self._stop.is_set():
+                            self._not_started(command_id, "the last update is not settled yet")
                         return
                 target(*args)
 
             self._worker = threading.Thread(target=follow, name="updater", daemon=True)
             self._worker.start()
+
+    def _end_start(self) -> None:
+        self._starting = False
+
+    def _end_check(self) -> None:
+        self._checking = False
+
+    def _not_started(self, command_id: str, why: str) -> None:
+        """Answer an accepted command that never ran (``started`` false in the result: the
+        server then fails its execution at once instead of waiting for its timeout)."""
+        log.warning("command %s not started: %s", command_id, why)
+        try:
+            self.host.ack(command_id, False, f"not started: {why}", {"started": False})
+        except Interrupted:
+            return  # stopping: the file stays, the next start answers it
+        self._drop_pending(command_id)
+
+    def _pending_path(self) -> Path:
+        return self.state_dir / PENDING_FILE
+
+    def _save_pending(self, command_id: str) -> None:
+        atomic_write(self._pending_path(), json.dumps({"command_id": command_id}).encode())
+
+    def _load_pending(self) -> str | None:
+        path = self._pending_path()
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s: %s", path, exc)
+            path.unlink(missing_ok=True)
+            return None
+        command_id = doc.get("command_id") if isinstance(doc, dict) else None
+        if not isinstance(command_id, str) or not command_id:
+            log.warning("ignoring %s: no command id", path)
+            path.unlink(missing_ok=True)
+            return None
+        return command_id
+
+    def _drop_pending(self, command_id: str) -> None:
+        if self._load_pending() == command_id:
+            self._pending_path().unlink(missing_ok=True)
 
     def _wait(self, seconds: float) -> None:
         if self._stop.wait(max(0.0, seconds)):
@@ -379,6 +458,7 @@ class Updater:
         raise Interrupted(f"stopped while paused in {state.value}")
 
     def _check_worker(self, command_id: str) -> None:
+        self._drop_pending(command_id)
         try:
             self._check(command_id)
         finally:

@@ -501,8 +501,12 @@ class BatchWriter:
                         updated_at=item.received_at,
                     )
                 )
-                if msg.status is p.AckStatus.REJECTED:
-                    why = msg.reason.value if msg.reason else "rejected"
+                failed = msg.status is p.AckStatus.FAILED
+                not_started = failed and msg.result.get("started") is False
+                if msg.status is p.AckStatus.REJECTED or not_started:
+                    # refused, or accepted but never started (the agent stopped or
+                    # restarted first): its execution fails now, not at its timeout
+                    why = msg.reason.value if msg.reason else msg.status.value
                     apply_install_rejection(
                         session,
                         dev.key,

@@ -15,7 +15,7 @@ import pytest
 
 from agent.core.commands import Decision
 from agent.update_driver import HANDLERS, UpdateDriver
-from agent.updater import PAUSE_ENV, Updater
+from agent.updater import PAUSE_ENV, PENDING_FILE, Updater
 from firmware_bundles.build import BuiltBundle, build_bundle
 from firmware_bundles.examples import example_source
 from protocol import Boot, FailureClass, Install, UpdateState
@@ -182,6 +182,43 @@ def test_an_install_sent_while_the_last_outcome_winds_down_runs_after_it(
     assert outcome(rig.receiver, "exec-next").state is UpdateState.COMMITTED
     ack(rig.receiver, following, "final")
     assert running_version(rig.slots_dir) == "1.2.0"
+
+
+def test_an_install_waiting_for_a_wind_down_cut_by_a_stop_is_answered_at_the_next_start(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped while an accepted install waits for the last update's wind-down: the install
+    never starts over the unsettled update; the next start settles that update (its final
+    ack) and answers the install as not started, so the server need not wait for its
+    timeout."""
+    release = threading.Event()
+    real_finish = HANDLERS[UpdateState.ROLLED_BACK]
+
+    def finish(driver: UpdateDriver, now: float) -> float | None:
+        release.wait(30)
+        return real_finish(driver, now)
+
+    monkeypatch.setitem(HANDLERS, UpdateState.ROLLED_BACK, finish)
+    agent = rig.start(simulate_outcomes=True)
+    first = rig.operator.install(rig.world, "health-fail", "exec-fail")
+    ack(rig.receiver, first, "accepted")
+    assert outcome(rig.receiver, "exec-fail").state is UpdateState.ROLLED_BACK
+    waiting = rig.operator.install(rig.world, "good-1.2.0", "exec-waiting")
+    ack(rig.receiver, waiting, "accepted")
+    agent.daemon.request_stop()
+    release.set()
+    agent.stop()
+    assert (rig.state_dir / PENDING_FILE).exists(), "the accepted install is on disk"
+
+    rig.start(simulate_outcomes=True)
+    assert ack(rig.receiver, first, "final").status.value == "failed"
+    answer = ack(rig.receiver, waiting, "final")
+    assert answer.status.value == "failed"
+    assert answer.result == {"started": False}
+    assert "not started" in answer.detail
+    assert not events(rig.receiver, "exec-waiting"), "the install never ran"
+    wait_for(lambda: not (rig.state_dir / PENDING_FILE).exists(), timeout=10)
+    assert running_version(rig.slots_dir) == INITIAL_VERSION
 
 
 def test_real_health_command_failure_rolls_back(rig: Rig) -> None:

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from agent.adapters.slots import SimulatedSlots
 from agent.config import ConfigError, parse_config
 from agent.core.update_flow import install_refusal
-from agent.updater import resolve_command
+from agent.updater import Updater, resolve_command
 from protocol import RejectReason, UpdateState
+from tests.unit.test_update_driver import _install_cmd
 
 BASE = {"device_id": "pi-1", "broker": "mqtt://127.0.0.1:1883", "state_dir": "/var/lib/x"}
 
@@ -128,3 +132,46 @@ def test_the_idle_agent_does_not_import_tuf() -> None:
     code = "import sys, agent.daemon, agent.updater; print('tuf' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _updater(tmp_path: Path) -> Updater:
+    settings = parse_config(_updates(tmp_path, slots="simulated")).updates
+    host: Any = SimpleNamespace(server_reachable=lambda: True)  # nothing here reports
+    slots = SimulatedSlots()
+    return Updater(settings, tmp_path / "state", host, agent_version="1.0.0", slots=slots)
+
+
+@pytest.mark.parametrize(
+    ("state", "reported", "busy"),
+    [
+        (UpdateState.IDLE, False, False),
+        (UpdateState.ROLLED_BACK, True, False),
+        (UpdateState.ROLLED_BACK, False, True),  # unsettled, no worker: a reboot is pending
+        (UpdateState.COMMITTED, False, True),
+        (UpdateState.TRIAL, False, True),
+    ],
+)
+def test_busy_follows_the_record_when_no_worker_runs(
+    tmp_path: Path, state: UpdateState, reported: bool, busy: bool
+) -> None:
+    updater = _updater(tmp_path)
+    record = updater.driver.record
+    updater.driver.record = replace(record, state=state, reported=reported, version="1.3.0")
+    assert updater.busy is busy
+    decision = updater.decide_install(_install_cmd("1.4.0"))
+    assert (decision.reason is RejectReason.BUSY) is busy
+    assert decision.accepted is not busy
+
+
+def test_a_version_still_winding_down_from_a_rollback_is_refused_as_quarantined(
+    tmp_path: Path,
+) -> None:
+    """Decided while the rollback of 1.3.0 winds down (reported, not yet quarantined)."""
+    updater = _updater(tmp_path)
+    record = updater.driver.record
+    updater.driver.record = replace(record, state=UpdateState.ROLLED_BACK, version="1.3.0")
+    assert updater.driver.quarantine == []
+    decision = updater.driver.decide_install(_install_cmd("1.3.0"))
+    assert decision.reason is RejectReason.NOT_PERMITTED
+    assert "quarantined" in decision.detail
+    assert updater.driver.decide_install(_install_cmd("1.4.0")).accepted

@@ -174,6 +174,18 @@ class EmulatedDevice:
 
     def reject(self, install: p.Install) -> None:
         """Answer the command as an agent with updates disabled does."""
+        detail = "updates are not enabled on this agent"
+        self.answer(install, "rejected", detail, reason=p.RejectReason.UNKNOWN_COMMAND)
+
+    def answer(
+        self,
+        install: p.Install,
+        status: str,
+        detail: str,
+        reason: p.RejectReason | None = None,
+        **result: Any,
+    ) -> None:
+        """Acknowledge the command with ``status`` (accepted, rejected, failed...)."""
         seq = next(self.seq)
         ack = p.CommandAck(
             device_id=self.device_id,
@@ -181,9 +193,10 @@ class EmulatedDevice:
             seq=seq,
             ts=T0 + seq,
             command_id=install.id,
-            status=p.AckStatus.REJECTED,
-            reason=p.RejectReason.UNKNOWN_COMMAND,
-            detail="updates are not enabled on this agent",
+            status=p.AckStatus(status),
+            reason=reason,
+            detail=detail,
+            result=result,
         )
         info = self.client.publish(p.topic(self.device_id, p.Kind.EVENT), p.encode(ack), qos=1)
         info.wait_for_publish(timeout=10)
@@ -349,6 +362,47 @@ def test_reported_failures_and_attacks_fail_the_execution_with_their_class(
         health.close()
         attacked.close()
         old.close()
+
+
+@pytest.mark.mosquitto
+def test_an_accepted_install_the_agent_never_started_fails_at_once(
+    mosquitto, ingest, sessions, deploy_api, world
+) -> None:
+    """An agent that accepted an install while its last update wound down, then stopped
+    or restarted before starting it, answers ``failed`` with ``started`` false: the
+    execution fails then, not at its accept timeout. A failed final ack of an install that
+    did run changes nothing of its execution (its state events tell the outcome)."""
+    client, tokens = deploy_api
+    name = _upload(client, tokens, world.bundles["good-1.1.0"]).json()["name"]
+    for device_id in ("pi-restarted", "pi-ran"):
+        _register(sessions, device_id)
+    restarted = EmulatedDevice(mosquitto, "pi-restarted")
+    ran = EmulatedDevice(mosquitto, "pi-ran")
+    try:
+        ids = [
+            client.post(
+                f"/api/v1/devices/{d}/update", json={"bundle": name}, headers=_hdr(tokens)
+            ).json()["id"]
+            for d in ("pi-restarted", "pi-ran")
+        ]
+        lost = restarted.next_install()
+        restarted.answer(lost, "accepted", "")
+        why = "not started: the agent restarted before it could start"
+        restarted.answer(lost, "failed", why, started=False)
+        wait_for(lambda: _execution(sessions, ids[0])["status"] == "failed", timeout=15)
+        execution = _execution(sessions, ids[0])
+        assert why in execution["reason"]
+        assert execution["failure_class"] is None
+        done = ran.next_install()
+        ran.answer(done, "accepted", "")
+        ran.report(done, "downloading")
+        ran.report(done, "failed", failure_class="download", reason="mirror unreachable")
+        ran.answer(done, "failed", "failed: mirror unreachable")
+        wait_for(lambda: _execution(sessions, ids[1])["status"] == "failed", timeout=15)
+        assert _execution(sessions, ids[1])["failure_class"] == "download"
+    finally:
+        restarted.close()
+        ran.close()
 
 
 @pytest.mark.mosquitto
