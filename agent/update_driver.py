@@ -106,6 +106,8 @@ class UpdateDriver:
         self.quarantine: list[str] = []
         self.highest_release_counter = 0
         self.due: float | None = None
+        self.restart_requested = False
+        """This run asked for the restart that settles the outcome (nothing more to do)."""
         self._resumed = False
         self._failures = 0
         self._load()
@@ -236,6 +238,15 @@ class UpdateDriver:
             if state not in TERMINAL_STATES:
                 self._resumed = False
         return self.due
+
+    def settle_again(self, now: float) -> float | None:
+        """Schedule a terminal state's wind-down once more (one that raised, e.g. a slot
+        write hitting a transient error, leaves the outcome unsettled until the next
+        start); None when there is nothing to settle or a restart is pending."""
+        if self.active or not self.unsettled or self.restart_requested:
+            return None
+        self.due = now
+        return now
 
     def fail_unexpected(self, exc: BaseException, now: float) -> None:
         """End an active update after an error no handler expected (never crash the
@@ -486,6 +497,7 @@ class UpdateDriver:
         mode = self.policy.restart
         if mode == "none":
             return self._next(E.BOOTED, now)
+        self.restart_requested = True
         self.host.request_restart(reboot=mode == "reboot")
         return None
 
@@ -564,6 +576,7 @@ class UpdateDriver:
                     reason=f"cannot boot committed {record.version} again: {exc}",
                 )
                 return False
+        self.restart_requested = True
         self.host.request_restart(reboot=True)
         return True
 

@@ -253,12 +253,12 @@ class Updater:
         An update whose outcome was reported but whose worker is still winding down
         (slots, clean-up, the command's final ack) is not busy: the server counts that
         execution as finished and may send the next install at once, which waits for the
-        worker to return (:meth:`_spawn`) instead of being refused. An outcome left
-        unsettled with no worker to settle it (a reboot is pending) is busy."""
-        if self.driver.active or self._starting or self._checking:
+        worker to return (:meth:`_spawn`) instead of being refused. An outcome that only
+        the restart this run asked for can settle is busy until then."""
+        driver = self.driver
+        if driver.active or self._starting or self._checking:
             return True
-        worker = self._worker
-        return self.driver.unsettled and (worker is None or not worker.is_alive())
+        return driver.restart_requested and driver.unsettled
 
     def running_version(self) -> str | None:
         """Version of the slot the device runs now."""
@@ -353,10 +353,11 @@ class Updater:
         slots, clean-up and final ack still to do) starts once that worker returns. The
         new thread waits for it, never the loop's thread: the wind-down hands its ack to
         the loop, so a loop waiting for the worker would wait for itself. Meanwhile the
-        accepted command (``command_id``) is on disk, so a restart answers it. If the
-        agent stops, or the wind-down left its outcome unsettled (a reboot is pending),
+        accepted command (``command_id``) is on disk, so a restart answers it. A
+        wind-down that raised is tried once more first. If the agent stops, or the
+        outcome is still unsettled (a restart is pending, or the wind-down failed again),
         the work does not start (``cancel``) and the command is answered as not started:
-        the unsettled update is never overwritten."""
+        an unsettled update is never overwritten."""
         with self._lock:
             previous = self._worker
             if previous is not None and previous.is_alive() and self.driver.active:
@@ -368,12 +369,14 @@ class Updater:
             def follow() -> None:
                 if waiting is not None:
                     waiting.join()
-                    if self._stop.is_set() or self.driver.unsettled:
-                        if cancel is not None:
-                            cancel()
-                        if command_id is not None and not self._stop.is_set():
-                            self._not_started(command_id, "the last update is not settled yet")
-                        return
+                if command_id is not None and not self._stop.is_set():
+                    self._drive(self.driver.settle_again)  # a wind-down that raised
+                if command_id is not None and (self._stop.is_set() or self.driver.unsettled):
+                    if cancel is not None:
+                        cancel()
+                    if not self._stop.is_set():
+                        self._not_started(command_id, "the last update is not settled yet")
+                    return
                 target(*args)
 
             self._worker = threading.Thread(target=follow, name="updater", daemon=True)

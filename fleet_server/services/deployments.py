@@ -323,13 +323,19 @@ def apply_update_report(
 
 
 def apply_install_rejection(
-    session: Session, device_key: int, command_id: str, detail: str, *, now: float
+    session: Session,
+    device_key: int,
+    command_id: str,
+    detail: str,
+    *,
+    now: float,
+    accepted: bool = False,
 ) -> Execution | None:
     """A device refused the ``Install`` command of one of its executions (an agent with
-    updates disabled, an expired command...): the execution fails at once instead of
-    waiting for its accept timeout. ``failure_class`` stays empty (the device never
-    started); the reason carries the device's words. None when no open execution of
-    this device sent that command."""
+    updates disabled, an expired command...), or ``accepted`` it but never started it (it
+    stopped first): the execution fails at once instead of waiting for its accept
+    timeout. ``failure_class`` stays empty (the device never started); the reason carries
+    the device's words. None when no open execution of this device sent that command."""
     execution = session.execute(
         select(Execution)
         .where(
@@ -341,7 +347,10 @@ def apply_install_rejection(
     ).scalar_one_or_none()
     if execution is None:
         return None
-    reason = f"the device rejected the install command: {detail}"
+    if accepted:
+        reason = f"the device accepted the install command but never started it: {detail}"
+    else:
+        reason = f"the device rejected the install command: {detail}"
     _move(execution, ExecutionEvent.REJECT)
     execution.reason, execution.finished_at = reason, now
     execution_event(session, execution, "rejected", now=now, reason=reason)

@@ -506,13 +506,15 @@ class BatchWriter:
                 if msg.status is p.AckStatus.REJECTED or not_started:
                     # refused, or accepted but never started (the agent stopped or
                     # restarted first): its execution fails now, not at its timeout
-                    why = msg.reason.value if msg.reason else msg.status.value
+                    why = msg.reason.value if msg.reason else "rejected"
+                    detail = f"{why}: {msg.detail}" if msg.detail else why
                     apply_install_rejection(
                         session,
                         dev.key,
                         msg.command_id,
-                        f"{why}: {msg.detail}" if msg.detail else why,
+                        msg.detail if not_started else detail,
                         now=item.received_at,
+                        accepted=not_started,
                     )
         if rows:
             session.execute(DeviceEvent.__table__.insert(), rows)

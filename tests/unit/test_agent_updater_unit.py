@@ -7,15 +7,15 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from agent.adapters.slots import SimulatedSlots
 from agent.config import ConfigError, parse_config
+from agent.core.outputs import RunCommand
 from agent.core.update_flow import install_refusal
-from agent.updater import Updater, resolve_command
+from agent.updater import PENDING_FILE, Updater, resolve_command
 from protocol import RejectReason, UpdateState
 from tests.unit.test_update_driver import _install_cmd
 
@@ -134,29 +134,120 @@ def test_the_idle_agent_does_not_import_tuf() -> None:
     assert out.stdout.strip() == "False"
 
 
-def _updater(tmp_path: Path) -> Updater:
+class _Host:
+    """Records what the updater reports (the daemon's loop would queue it)."""
+
+    def __init__(self) -> None:
+        self.acks: list[tuple[str, bool, str, dict[str, Any]]] = []
+        self.events: list[dict[str, Any]] = []
+
+    def server_reachable(self) -> bool:
+        return True
+
+    def emit(self, fields: dict[str, Any]) -> None:
+        self.events.append(fields)
+
+    def ack(self, command_id: str, ok: bool, detail: str, result: dict[str, Any]) -> None:
+        self.acks.append((command_id, ok, detail, result))
+
+
+class _Offline:
+    """A metadata source that cannot be reached."""
+
+    def refresh(self) -> None:
+        raise OSError("mirror unreachable")
+
+
+def _updater(tmp_path: Path, host: Any = None) -> Updater:
     settings = parse_config(_updates(tmp_path, slots="simulated")).updates
-    host: Any = SimpleNamespace(server_reachable=lambda: True)  # nothing here reports
-    slots = SimulatedSlots()
-    return Updater(settings, tmp_path / "state", host, agent_version="1.0.0", slots=slots)
+    fetcher: Any = _Offline()
+    return Updater(
+        settings,
+        tmp_path / "state",
+        host or _Host(),
+        agent_version="1.0.0",
+        slots=SimulatedSlots(),
+        fetcher=fetcher,
+    )
+
+
+def _ended(updater: Updater, state: UpdateState, command_id: str = "c-0") -> None:
+    """The record of an update that ended in ``state``, reported but not wound down."""
+    driver = updater.driver
+    driver.record = replace(driver.record, state=state, version="1.3.0", execution_id="e-0")
+    driver.work = {"command_id": command_id}
+
+
+def test_an_install_behind_a_pending_restart_is_answered_not_started(tmp_path: Path) -> None:
+    """The wind-down asked for the restart that settles it: a command accepted meanwhile
+    never overwrites that record; it is answered at once with ``started`` false."""
+    host = _Host()
+    updater = _updater(tmp_path, host)
+    _ended(updater, UpdateState.COMMITTED)
+    updater.driver.restart_requested = True
+    assert updater.busy
+    updater.start_install(RunCommand("install", "c-1", {"target": "t", "version": "1.4.0"}))
+    assert updater.wait_idle(10)
+    assert host.acks == [
+        ("c-1", False, "not started: the last update is not settled yet", {"started": False})
+    ]
+    assert updater.driver.record.execution_id == "e-0", "the unsettled record is kept"
+    assert updater.busy, "busy until the restart"
+    assert not updater._starting
+
+
+def test_a_wind_down_that_raised_is_tried_again_before_the_next_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wind-down that raised (a transient slot error) leaves the outcome unsettled; the
+    next command settles it first (the old command's final ack), then runs."""
+    host = _Host()
+    updater = _updater(tmp_path, host)
+    _ended(updater, UpdateState.ROLLED_BACK)
+    assert not updater.busy
+    updater.start_check(RunCommand("check_update", "c-2"))
+    assert updater.wait_idle(10)
+    assert [a[0] for a in host.acks] == ["c-0", "c-2"]
+    assert host.acks[0][1] is False
+    assert "mirror unreachable" in host.acks[1][2]
+    assert updater.driver.record.reported
+    assert updater.driver.quarantine == ["1.3.0"]
+
+
+def test_a_pending_command_that_did_start_is_not_answered_again(tmp_path: Path) -> None:
+    """Killed after the install's record was saved but before its pending file was
+    removed: the next start drops the file and does not answer the command."""
+    host = _Host()
+    updater = _updater(tmp_path, host)
+    _ended(updater, UpdateState.COMMITTED, command_id="c-3")
+    updater.driver.record = replace(updater.driver.record, reported=True)
+    (tmp_path / "state").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "state" / PENDING_FILE).write_text('{"command_id": "c-3"}')
+    updater.resume()
+    assert updater.wait_idle(10)
+    assert host.acks == []
+    assert not (tmp_path / "state" / PENDING_FILE).exists()
 
 
 @pytest.mark.parametrize(
-    ("state", "reported", "busy"),
+    ("state", "reported", "restart", "busy"),
     [
-        (UpdateState.IDLE, False, False),
-        (UpdateState.ROLLED_BACK, True, False),
-        (UpdateState.ROLLED_BACK, False, True),  # unsettled, no worker: a reboot is pending
-        (UpdateState.COMMITTED, False, True),
-        (UpdateState.TRIAL, False, True),
+        (UpdateState.IDLE, False, False, False),
+        (UpdateState.ROLLED_BACK, True, False, False),
+        (UpdateState.ROLLED_BACK, False, False, False),  # winding down, or to be tried again
+        (UpdateState.ROLLED_BACK, False, True, True),  # only the asked-for restart settles it
+        (UpdateState.COMMITTED, False, True, True),
+        (UpdateState.COMMITTED, True, True, False),
+        (UpdateState.TRIAL, False, False, True),
     ],
 )
 def test_busy_follows_the_record_when_no_worker_runs(
-    tmp_path: Path, state: UpdateState, reported: bool, busy: bool
+    tmp_path: Path, state: UpdateState, reported: bool, restart: bool, busy: bool
 ) -> None:
     updater = _updater(tmp_path)
     record = updater.driver.record
     updater.driver.record = replace(record, state=state, reported=reported, version="1.3.0")
+    updater.driver.restart_requested = restart
     assert updater.busy is busy
     decision = updater.decide_install(_install_cmd("1.4.0"))
     assert (decision.reason is RejectReason.BUSY) is busy

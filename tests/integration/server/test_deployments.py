@@ -370,8 +370,8 @@ def test_an_accepted_install_the_agent_never_started_fails_at_once(
 ) -> None:
     """An agent that accepted an install while its last update wound down, then stopped
     or restarted before starting it, answers ``failed`` with ``started`` false: the
-    execution fails then, not at its accept timeout. A failed final ack of an install that
-    did run changes nothing of its execution (its state events tell the outcome)."""
+    execution fails then, not at its accept timeout. A failed ack without it changes
+    nothing of its execution (its state events tell the outcome)."""
     client, tokens = deploy_api
     name = _upload(client, tokens, world.bundles["good-1.1.0"]).json()["name"]
     for device_id in ("pi-restarted", "pi-ran"):
@@ -391,11 +391,17 @@ def test_an_accepted_install_the_agent_never_started_fails_at_once(
         restarted.answer(lost, "failed", why, started=False)
         wait_for(lambda: _execution(sessions, ids[0])["status"] == "failed", timeout=15)
         execution = _execution(sessions, ids[0])
-        assert why in execution["reason"]
+        assert (
+            execution["reason"]
+            == f"the device accepted the install command but never started it: {why}"
+        )
         assert execution["failure_class"] is None
         done = ran.next_install()
         ran.answer(done, "accepted", "")
+        ran.answer(done, "failed", "some other failure")  # no "started": false
         ran.report(done, "downloading")
+        wait_for(lambda: _execution(sessions, ids[1])["phase"] == "downloading", timeout=15)
+        assert _execution(sessions, ids[1])["status"] == "in_progress"
         ran.report(done, "failed", failure_class="download", reason="mirror unreachable")
         ran.answer(done, "failed", "failed: mirror unreachable")
         wait_for(lambda: _execution(sessions, ids[1])["status"] == "failed", timeout=15)
