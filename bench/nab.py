@@ -62,6 +62,7 @@ BASELINE_PARAMS: dict[str, Any] = {
     "variance_ratio": None,
     "recurrence_ratio": None,
     "recede_ratio": None,
+    "refractory_quiet_s": None,
 }
 """The adaptive rule's parameters before NAB tuning (its defaults when this bench was added)."""
 

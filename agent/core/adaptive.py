@@ -44,7 +44,11 @@ lower **follow bar**, ``surprise_follow_score`` or ``surprise_follow_ratio`` × 
 the follower may be a drift score on the same side, the fast level dragged along by the
 departure, which then counts from the follow bar instead of the drift minimum), and
 clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` samples and
-``clear_after_s`` seconds. After a clear it does not raise again for ``refractory_s``.
+``clear_after_s`` seconds. After a clear it does not raise again for ``refractory_s``, but
+for a **fresh departure** (on unless ``refractory_quiet_s`` is 0 or None): a run of scores
+that begins after every score stayed below the clear threshold for ``refractory_quiet_s``
+(1.5 h) and whose level score reaches ``refractory_fresh_ratio`` (0.5) × the largest score
+of the fault that cleared (:mod:`agent.core.adaptive_fresh`).
 
 **Record stage** (on unless ``record_threshold`` is 0 or None): a score at or above
 ``record_threshold`` (10) that is also ``record_ratio`` (2.5) times the largest score of
@@ -125,12 +129,13 @@ clear threshold: such a raise reports the lower bound it crossed) or the clear t
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 from typing import Any
 
 from agent.core.adaptive_baseline import DIRECTIONS, AdaptiveBaseline, Direction
+from agent.core.adaptive_checks import require_numbers
+from agent.core.adaptive_fresh import FreshDeparture, check_fresh
 from agent.core.adaptive_recede import RecedeGate, check_recede
 from agent.core.adaptive_recurrence import RecurrenceMemory, check_recurrence
 from agent.core.adaptive_snapshot import (
@@ -154,7 +159,7 @@ _MAX_MAGNITUDE = 1e15
 """Larger values are not valid measurements (the protocol rejects them too)."""
 
 
-class AdaptiveRule(RecedeGate, RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
+class AdaptiveRule(FreshDeparture, RecedeGate, RecurrenceMemory, SurpriseScore, AdaptiveBaseline):
     """Fault rule that learns a signal's normal and raises on departures from it.
 
     See the module docstring for the model. ``signal`` names a :class:`protocol.Sample`
@@ -218,8 +223,10 @@ class AdaptiveRule(RecedeGate, RecurrenceMemory, SurpriseScore, AdaptiveBaseline
         record_tail_tau_s: float = 30 * 86400.0,
         recurrence_ratio: float | None = 1.2,
         recede_ratio: float | None = 0.6,
+        refractory_quiet_s: float | None = 5400.0,
+        refractory_fresh_ratio: float = 0.5,
     ) -> None:
-        _require_numbers(locals())  # first: "0.4" or true would fail later, unnamed
+        require_numbers(locals(), AdaptiveRule.__init__)  # first: "0.4" would fail later
         if not isinstance(signal, str) or not signal:
             raise ValueError("signal must be a non-empty field name")
         if direction not in DIRECTIONS:
@@ -306,6 +313,7 @@ class AdaptiveRule(RecedeGate, RecurrenceMemory, SurpriseScore, AdaptiveBaseline
         )
         check_recurrence(recurrence_ratio)
         check_recede(recede_ratio)
+        check_fresh(refractory_quiet_s, refractory_fresh_ratio)
         if variance_ratio and not (math.isfinite(variance_ratio) and variance_ratio > 1):
             raise ValueError("variance_ratio must be a number > 1, or 0 or None (off)")
         if not (math.isfinite(variance_tau_s) and variance_tau_s > 0):
@@ -369,10 +377,13 @@ class AdaptiveRule(RecedeGate, RecurrenceMemory, SurpriseScore, AdaptiveBaseline
         self.record_tail_tau_s = float(record_tail_tau_s)
         self.recurrence_ratio = float(recurrence_ratio) if recurrence_ratio else None
         self.recede_ratio = float(recede_ratio) if recede_ratio else None
+        self.refractory_quiet_s = float(refractory_quiet_s) if refractory_quiet_s else None
+        self.refractory_fresh_ratio = float(refractory_fresh_ratio)
         self._active = False
         self._follow_bound: float | None = None
         self._reset_all()
         self._reset_recurrence()
+        self._reset_fresh()
 
     # --- public interface ---------------------------------------------------------------
 
@@ -492,6 +503,7 @@ class AdaptiveRule(RecedeGate, RecurrenceMemory, SurpriseScore, AdaptiveBaseline
         level_side = self._side("level", x, season)
         side = level_side if kind == "level" else self._side(kind, x, season)
         self._track_run(self._z_level, level_side)
+        self._track_fresh(score, kind, ts)
         if record and not self._active:
             self._pending_peak, self._pending_side = 0.0, 0.0
             return self._debounce(ts, x, season, score, kind, score, immediate=True)  # no debounce
@@ -529,9 +541,7 @@ class AdaptiveRule(RecedeGate, RecurrenceMemory, SurpriseScore, AdaptiveBaseline
         immediate: bool = False,
     ) -> FaultChange | None:
         if not self._active:
-            refractory = (
-                self._last_clear_ts is not None and ts - self._last_clear_ts < self.refractory_s
-            )
+            refractory = self._in_refractory(ts, self.refractory_s)
             if not immediate and (trigger < self.raise_threshold or refractory):
                 self._pending_n = 0
                 self._pending_since = None
@@ -546,6 +556,7 @@ class AdaptiveRule(RecedeGate, RecurrenceMemory, SurpriseScore, AdaptiveBaseline
             ):
                 return None
             self._active = True
+            self._fault_raised(score)
             self._pending_n = 0
             self._pending_since = None
             self._clear_n = 0
@@ -629,19 +640,3 @@ def _fmt(value: float) -> str:
     if 1e4 <= abs(value) < 1e6:
         return f"{value:.0f}"
     return f"{value:.4g}"
-
-
-_NUMBER_PARAMETERS = tuple(
-    name
-    for name, parameter in inspect.signature(AdaptiveRule.__init__).parameters.items()
-    if parameter.annotation in ("float", "float | None")  # counts: checked as whole numbers
-)
-
-
-def _require_numbers(arguments: dict[str, Any]) -> None:
-    """Refuse, by name, a numeric parameter given as anything but a number (a string or a
-    boolean from a configuration file); ``None`` where the parameter allows it."""
-    for name in _NUMBER_PARAMETERS:
-        value = arguments[name]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-            raise ValueError(f"{name} must be a number, not {value!r}")

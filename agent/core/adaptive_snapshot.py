@@ -35,6 +35,8 @@ _LATER_STATE: tuple[str, ...] = (
     "pending_side",
     "run_peak",
     "run_n",
+    "out_ts",
+    "fault_peak",
 )
 _MAX_TAIL = 1e6
 """A larger record tail would block records for years: not a state the rule reaches."""
@@ -54,11 +56,11 @@ FLOAT_STATE: tuple[str, ...] = (
     "last_clear_ts",
     *_LATER_STATE,
 )
-INT_STATE: tuple[str, ...] = ("n", "n_all", "pending_n", "clear_n", "u_n")
+INT_STATE: tuple[str, ...] = ("n", "n_all", "pending_n", "clear_n", "u_n", "fresh_run")
 LIST_STATE: tuple[str, ...] = ("rec_day1", "rec_day2", "rec_cur", "rec_seen")
 """The recurrence memory (:mod:`agent.core.adaptive_recurrence`): lists, or None when off;
 a snapshot without them (written before they existed) starts them anew."""
-OPTIONAL_STATE = frozenset({*_LATER_STATE, "u_n"})
+OPTIONAL_STATE = frozenset({*_LATER_STATE, "u_n", "fresh_run"})
 """Added after version 1 snapshots were written: a snapshot without them starts them anew."""
 
 
@@ -139,6 +141,13 @@ def parse_snapshot(
     if parsed["run_n"] < 0 or not float(parsed["run_n"]).is_integer():
         return None
     if (parsed["run_peak"] == 0.0) != (parsed["run_n"] == 0.0):
+        return None
+    # The fresh-departure state (agent.core.adaptive_fresh); from before it: no quiet
+    # stretch known and no fault peak, so the refractory period holds as it did.
+    if parsed["fault_peak"] is None:
+        parsed["fault_peak"] = 0.0
+    parsed["fault_peak"] = min(parsed["fault_peak"], SCORE_STATE_CAP)
+    if parsed["fault_peak"] < 0 or parsed["fresh_run"] > 2:
         return None
     if (parsed["clear_n"] > 0) != (parsed["clear_since"] is not None):
         return None

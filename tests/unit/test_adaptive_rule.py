@@ -177,7 +177,11 @@ def test_direction_limits_what_is_flagged() -> None:
 
 def test_hysteresis_clear_and_refractory_period() -> None:
     rng = random.Random(11)
-    rule = AdaptiveRule("v", refractory_s=6 * HOUR, clear_samples=5, clear_after_s=HOUR)
+    # The plain refractory period: a fresh departure after a quiet stretch is not held
+    # back by default (test_adaptive_fresh.py), so that exemption is off here.
+    rule = AdaptiveRule(
+        "v", refractory_s=6 * HOUR, clear_samples=5, clear_after_s=HOUR, refractory_quiet_s=0
+    )
     t = T0
     points: list[tuple[float, float]] = []
 
