@@ -42,7 +42,8 @@ least ``surprise_strong_score`` a surprising sample on the same side counts from
 lower **follow bar**, ``surprise_follow_score`` or ``surprise_follow_ratio`` × that score
 (the larger), so a clear departure whose next sample is still out is not a lone glitch;
 the follower may be a drift score on the same side, the fast level dragged along by the
-departure, which then counts from the follow bar instead of the drift minimum), and
+departure, which then counts from the follow bar instead of the drift minimum if it rose
+enough since before the raise opened: ``surprise_follow_rise``, the rise gate), and
 clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` samples and
 ``clear_after_s`` seconds. After a clear it does not raise again for ``refractory_s``, but
 for a **fresh departure** (on unless ``refractory_quiet_s`` is 0 or None): a run of scores
@@ -146,7 +147,6 @@ from agent.core.adaptive_snapshot import (
     parse_snapshot,
 )
 from agent.core.adaptive_surprise import (
-    SCORE_STATE_CAP,
     SurpriseScore,
     check_record,
     check_surprise,
@@ -212,6 +212,7 @@ class AdaptiveRule(FreshDeparture, RecedeGate, RecurrenceMemory, SurpriseScore, 
         surprise_follow_score: float | None = 2.5,
         surprise_strong_score: float = 4.5,
         surprise_follow_ratio: float = 0.4,
+        surprise_follow_rise: float | None = 0.7,
         surprise_cap: float = 10.0,
         surprise_window_samples: float = 10.0,
         surprise_window_s: float = 7200.0,
@@ -298,6 +299,7 @@ class AdaptiveRule(FreshDeparture, RecedeGate, RecurrenceMemory, SurpriseScore, 
             ("surprise_min_drift_score", surprise_min_drift_score),
             ("surprise_follow_score", surprise_follow_score or 0.0),
             ("surprise_strong_score", surprise_strong_score),
+            ("surprise_follow_rise", surprise_follow_rise or 0.0),
         ):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number, not {value!r}")
@@ -366,6 +368,7 @@ class AdaptiveRule(FreshDeparture, RecedeGate, RecurrenceMemory, SurpriseScore, 
         self.surprise_follow_score = float(surprise_follow_score) if surprise_follow_score else None
         self.surprise_strong_score = float(surprise_strong_score)
         self.surprise_follow_ratio = float(surprise_follow_ratio)
+        self.surprise_follow_rise = float(surprise_follow_rise) if surprise_follow_rise else None
         self.surprise_cap = float(surprise_cap)
         self.surprise_window_samples = float(surprise_window_samples)
         self.surprise_window_s = float(surprise_window_s)
@@ -505,8 +508,9 @@ class AdaptiveRule(FreshDeparture, RecedeGate, RecurrenceMemory, SurpriseScore, 
         self._track_run(self._z_level, level_side)
         self._track_fresh(score, kind, ts)
         if record and not self._active:
-            self._pending_peak, self._pending_side = 0.0, 0.0
-            return self._debounce(ts, x, season, score, kind, score, immediate=True)  # no debounce
+            change = self._debounce(ts, x, season, score, kind, score, immediate=True)
+            self._track_pending(False, score, side)  # raised at once: nothing pending
+            return change
         trigger = score
         receding = self.surprise_threshold is not None and self._receding(score, kind, side, ts)
         if (recurring or receding) and not self._active:
@@ -521,12 +525,7 @@ class AdaptiveRule(FreshDeparture, RecedeGate, RecurrenceMemory, SurpriseScore, 
                 trigger = max(score, self.raise_threshold)
         opening = self._pending_n == 0
         change = self._debounce(ts, x, season, score, kind, trigger)
-        if self._pending_n == 0:
-            self._pending_peak, self._pending_side = 0.0, 0.0
-        elif opening:
-            self._pending_peak, self._pending_side = min(score, SCORE_STATE_CAP), side
-        elif side == self._pending_side:
-            self._pending_peak = max(self._pending_peak, min(score, SCORE_STATE_CAP))
+        self._track_pending(opening, score, side)
         return change
 
     def _debounce(

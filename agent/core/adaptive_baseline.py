@@ -80,6 +80,7 @@ class AdaptiveBaseline:
         self._s_vl: float | None = None
         self._step = 0.0
         self._z_level = 0.0
+        self._z_drift_signed = 0.0  # this sample's drift score, + above the long-term level
         self._excused = False  # this sample departs as its time of day did before
         self._season_bins: list[float] | None = None
         self._season_visits: list[float] | None = None
@@ -100,6 +101,8 @@ class AdaptiveBaseline:
         self._pending_since: float | None = None
         self._pending_peak = 0.0  # the largest score of the pending raise (see AdaptiveRule)
         self._pending_side = 0.0  # the side it departs on (AdaptiveRule._side), 0 if none
+        self._pending_drift = 0.0  # the drift score on that side before it opened
+        self._last_drift = 0.0  # the previous sample's drift score (signed, 0 if not judged)
         self._run_peak = 0.0  # the receding gate's run (agent.core.adaptive_recede), 0 if none
         self._run_n = 0.0
         self._clear_n = 0
@@ -125,7 +128,8 @@ class AdaptiveBaseline:
             self._gap_ts = ts
             self._pending_n = 0
             self._pending_since = None
-            self._pending_peak, self._pending_side = 0.0, 0.0
+            self._pending_peak, self._pending_side, self._pending_drift = 0.0, 0.0, 0.0
+            self._last_drift = 0.0
             self._run_peak, self._run_n = 0.0, 0.0
         else:
             self._reset_levels(ts)
@@ -446,9 +450,11 @@ class AdaptiveBaseline:
         sd_f = self._sd_fast()
         z_level = self._directional((x - self._m_f) / sd_f)
         z_drift = 0.0
+        self._z_drift_signed = 0.0
         assert self._start_ts is not None
         if self._drift_judged(ts):
-            z_drift = self._directional((self._m_f - self._m_s) / self._sd_drift(sd_f, ts))
+            self._z_drift_signed = (self._m_f - self._m_s) / self._sd_drift(sd_f, ts)
+            z_drift = self._directional(self._z_drift_signed)
         self._z_level = z_level
         z_var = 0.0
         if (

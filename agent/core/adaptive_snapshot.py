@@ -33,6 +33,8 @@ _LATER_STATE: tuple[str, ...] = (
     "tail_ts",
     "pending_peak",
     "pending_side",
+    "pending_drift",
+    "last_drift",
     "run_peak",
     "run_n",
     "out_ts",
@@ -124,10 +126,14 @@ def parse_snapshot(
         return None
     if (parsed["pending_n"] > 0) != (parsed["pending_since"] is not None):
         return None
-    for name in ("pending_peak", "pending_side"):
-        # From before them, or with nothing pending: a pending raise gets no follow bar.
+    for name in ("pending_peak", "pending_side", "pending_drift"):
+        # From before them, or with nothing pending: a pending raise gets no follow bar
+        # (from before the rise gate: its drift score counted from 0 before it opened).
         if parsed[name] is None or parsed["pending_n"] == 0:
             parsed[name] = 0.0
+    for name in ("pending_drift", "last_drift"):  # kept up to the score cap, as written
+        value = parsed[name] or 0.0
+        parsed[name] = max(-SCORE_STATE_CAP, min(value, SCORE_STATE_CAP))
     if parsed["pending_peak"] < 0 or parsed["pending_side"] not in (-1.0, 0.0, 1.0, 2.0):
         return None
     if parsed["run_peak"] is None:  # from before the receding gate: no run

@@ -21,7 +21,11 @@ distribution of scores:
 
 A surprising sample counts towards a raise when its score is at least the kind's minimum,
 or the **follow bar** (:meth:`SurpriseScore._least_score`) when it continues, on the same
-side, a pending raise that has seen a surprising score of ``surprise_strong_score``.
+side, a pending raise that has seen a surprising score of ``surprise_strong_score``. A
+drift score follows only through the **rise gate** (:meth:`SurpriseScore._drift_rose`):
+it must have risen, since the sample before the raise opened, by ``surprise_follow_rise``
+× the most one sample can move it, else a drift that was already wandering when a spike
+came would raise on the spike's next ordinary sample.
 
 The surprise judges lasting departures; a lone sample far outside anything this signal has
 done (a spike, a crash to zero) is judged by its **record** instead: ``peak`` is the largest
@@ -60,6 +64,7 @@ numbers (the tail and the time of its last rise included) are part of the snapsh
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 _MIN_SD = 1e-3
 """Floor of sd(u): a perfectly regular score history must not make every wobble infinite."""
@@ -70,6 +75,8 @@ _TAIL_STEP = 0.5
 """Share of the way (in log space) a score above the tail pulls it up, for a full rise."""
 _TAIL_HOLD_S = 3600.0
 """Time since the previous rise of the tail for a rise to count in full."""
+_MAX_N = 10**9
+"""A sample count past any warm-up (the fast level's learning rate is then its time constant's)."""
 _YOUNG_PEAK_TAU_S = 7 * 86400.0
 """The record peak's shortest time constant during a rule's first week, while the tail is
 on (the tail needs a few routine spikes before it can stand in for the peak)."""
@@ -139,11 +146,26 @@ class SurpriseScore:
     surprise_follow_score: float | None
     surprise_strong_score: float
     surprise_follow_ratio: float
+    surprise_follow_rise: float | None
     _dt_typ: float | None
     _active: bool
     _pending_n: int
     _pending_peak: float
     _pending_side: float
+    _pending_drift: float
+    _last_drift: float
+    _z_drift_signed: float
+    _last_ts: float | None
+    fast_tau_s: float
+    huber_k: float
+
+    if TYPE_CHECKING:  # provided by AdaptiveBaseline
+
+        def _sd_fast(self) -> float: ...
+
+        def _sd_drift(self, sd_f: float, ts: float) -> float: ...
+
+        def _alpha(self, tau: float, dt: float, n: int) -> float: ...
 
     def _reset_surprise(self) -> None:
         self._u_short: float | None = None
@@ -208,9 +230,38 @@ class SurpriseScore:
             and side == self._pending_side
             and self._pending_peak >= self.surprise_strong_score
         ):
-            peak = self.surprise_follow_ratio * self._pending_peak
-            least = min(least, max(self.surprise_follow_score, peak))
+            bar = max(self.surprise_follow_score, self.surprise_follow_ratio * self._pending_peak)
+            if kind != "drift" or self._drift_rose(side):
+                least = min(least, bar)
         return least
+
+    def _drift_rose(self, side: float) -> bool:
+        """The **rise gate** of a drift follower on ``side``: whether the drift score has
+        risen, since the sample before the pending raise opened, by at least
+        ``surprise_follow_rise`` × the most one sample can move it (the fast level's
+        learning rate × ``huber_k`` noise SDs, in SDs of the drift score): the fast level is
+        being dragged by the departure, not a drift that was already wandering (True when
+        off)."""
+        if self.surprise_follow_rise is None:
+            return True
+        sd_f = self._sd_fast()
+        most = self._alpha(self.fast_tau_s, self._dt_typ or 0.0, _MAX_N) * self.huber_k
+        most *= sd_f / self._sd_drift(sd_f, self._last_ts or 0.0)
+        return self._z_drift_signed * side - self._pending_drift >= self.surprise_follow_rise * most
+
+    def _track_pending(self, opening: bool, score: float, side: float) -> None:
+        """Keep the pending raise's largest score, its side and the drift score on that
+        side at the sample before it opened (all 0 when nothing is pending), and this
+        sample's drift score for the next one."""
+        if self._pending_n == 0:
+            self._pending_peak, self._pending_side, self._pending_drift = 0.0, 0.0, 0.0
+        elif opening:
+            self._pending_peak, self._pending_side = min(score, SCORE_STATE_CAP), side
+            before = self._last_drift * side if side in (-1.0, 1.0) else 0.0
+            self._pending_drift = max(-SCORE_STATE_CAP, min(before, SCORE_STATE_CAP))
+        elif side == self._pending_side:
+            self._pending_peak = max(self._pending_peak, min(score, SCORE_STATE_CAP))
+        self._last_drift = max(-SCORE_STATE_CAP, min(self._z_drift_signed, SCORE_STATE_CAP))
 
     def _tail_at(self, ts: float) -> float:
         """The tail at ``ts``: decayed towards 1 since its last rise."""

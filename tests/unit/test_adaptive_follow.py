@@ -131,8 +131,9 @@ def test_a_drift_score_can_follow_a_strong_level_departure() -> None:
     # The side of a level score is the sample's against the fast level; of a drift
     # score, the fast level's against the long-term one. A level departure that drags
     # the fast level along continues as a drift score on the same side, which then
-    # counts from the follow bar rather than the drift minimum (4).
-    rule = AdaptiveRule("v")
+    # counts from the follow bar rather than the drift minimum (4). (The rise gate, off
+    # here, also asks the drift score to have risen: tests/unit/test_adaptive_rise.py.)
+    rule = AdaptiveRule("v", surprise_follow_rise=0)
     rule._pending_n, rule._pending_peak, rule._pending_side = 1, 6.6, 1.0
     assert rule._least_score("drift", 1.0) == pytest.approx(max(2.5, 0.4 * 6.6))
     assert rule._least_score("drift", -1.0) == 4.0  # the other side: as usual
