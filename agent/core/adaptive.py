@@ -412,6 +412,7 @@ class AdaptiveRule(FreshDeparture, RecedeGate, RecurrenceMemory, SurpriseScore, 
         dt = 0.0 if self._last_ts is None else ts - self._last_ts
         if self._last_ts is not None and self._is_long_gap(dt):
             self._relearn(ts)
+            self._forget_quiet()
             dt = 0.0
         self._learn_interval(dt)
         self._step = 0.0 if self._last_x is None or dt <= 0 else abs(x - self._last_x)
@@ -555,7 +556,7 @@ class AdaptiveRule(FreshDeparture, RecedeGate, RecurrenceMemory, SurpriseScore, 
             ):
                 return None
             self._active = True
-            self._fault_raised(score)
+            self._fault_raised()
             self._pending_n = 0
             self._pending_since = None
             self._clear_n = 0

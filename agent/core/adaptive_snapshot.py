@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from agent.core.adaptive_recurrence import RECURRENCE_BINS
-from agent.core.adaptive_surprise import SCORE_STATE_CAP
+from agent.core.adaptive_surprise import SCORE_STATE_CAP, TAIL_CAP
 
 SNAPSHOT_VERSION = 1
 _MAX_STATE = 1e18
@@ -40,7 +40,7 @@ _LATER_STATE: tuple[str, ...] = (
     "out_ts",
     "fault_peak",
 )
-_MAX_TAIL = 1e6
+_MAX_TAIL = TAIL_CAP
 """A larger record tail would block records for years: not a state the rule reaches."""
 FLOAT_STATE: tuple[str, ...] = (
     "last_ts",
@@ -154,6 +154,12 @@ def parse_snapshot(
         parsed["fault_peak"] = 0.0
     parsed["fault_peak"] = min(parsed["fault_peak"], SCORE_STATE_CAP)
     if parsed["fault_peak"] < 0 or parsed["fresh_run"] > 2:
+        return None
+    if parsed["fresh_run"] > 0 and parsed["out_ts"] is None:
+        return None  # a run without its last sample: not a state the rule writes
+    if parsed["out_ts"] is not None and (
+        parsed["last_ts"] is None or parsed["out_ts"] > parsed["last_ts"]
+    ):
         return None
     if (parsed["clear_n"] > 0) != (parsed["clear_since"] is not None):
         return None

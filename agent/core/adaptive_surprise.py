@@ -82,6 +82,10 @@ _YOUNG_PEAK_TAU_S = 7 * 86400.0
 on (the tail needs a few routine spikes before it can stand in for the peak)."""
 
 
+TAIL_CAP = 1e6
+"""The record tail is learned up to this (a larger one would block records for years; a
+snapshot holding more is refused, so a signal jumping to enormous values must not teach
+it more)."""
 SCORE_STATE_CAP = 1e15
 """A score kept in the rule's state (the record peak, the recurrence memory's slots, the
 pending raise's largest score, the receding gate's run peak) is kept up to this: a larger
@@ -238,10 +242,14 @@ class SurpriseScore:
     def _drift_rose(self, side: float) -> bool:
         """The **rise gate** of a drift follower on ``side``: whether the drift score has
         risen, since the sample before the pending raise opened, by at least
-        ``surprise_follow_rise`` × the most one sample can move it (the fast level's
-        learning rate × ``huber_k`` noise SDs, in SDs of the drift score): the fast level is
-        being dragged by the departure, not a drift that was already wandering (True when
-        off)."""
+        ``surprise_follow_rise`` × a typical sample's full pull on it (the fast level's
+        learning rate × ``huber_k`` noise SDs, in SDs of the drift score; a sample after
+        a short gap pulls up to 4 × that): the fast level is being dragged by the
+        departure, not a drift that was already wandering (True when off). As a pending
+        sample teaches the fast level at ``anomaly_learning_weight`` of its rate, the rise
+        is almost all the pull of the sample *before* the opener: in practice the gate
+        passes when that sample was already about 0.6 × ``huber_k`` noise SDs out on the
+        same side."""
         if self.surprise_follow_rise is None:
             return True
         sd_f = self._sd_fast()
@@ -291,7 +299,7 @@ class SurpriseScore:
         since = _TAIL_HOLD_S if self._tail_ts is None else max(ts - self._tail_ts, 0.0)
         weight = _TAIL_STEP * min(since / _TAIL_HOLD_S, 1.0)
         winsorised = min(score, self.record_tail_ratio * tail)  # the ratio is >= 1
-        self._tail = tail * (winsorised / tail) ** weight
+        self._tail = min(tail * (winsorised / tail) ** weight, TAIL_CAP)
         self._tail_ts = ts
 
     def _surprise_window(self) -> float:

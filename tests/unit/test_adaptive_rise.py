@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from typing import Any
 
 import pytest
 
 from agent.core.adaptive import AdaptiveRule
 from tests.unit.test_adaptive_follow import QUIET, episode
-from tests.unit.test_adaptive_rule import assert_restart_is_seamless, feed
+from tests.unit.test_adaptive_rule import T0, assert_restart_is_seamless, feed
 
 
 def pending_rule(**kwargs: Any) -> AdaptiveRule:
@@ -143,3 +144,32 @@ def test_a_large_drift_state_is_kept_up_to_the_score_cap() -> None:
 def test_a_bad_rise_gate_parameter_is_named(value: object) -> None:
     with pytest.raises(ValueError, match="surprise_follow_rise"):
         AdaptiveRule("v", surprise_follow_rise=value)  # type: ignore[arg-type]
+
+
+def _ramp_then_spike(sign: float, before_spike: float) -> list[tuple[float, float]]:
+    """Four days of N(50, 1) at 5 min whose last 6 h ramp 0.5 SD away (on ``sign``'s
+    side), four alternating 2.8-SD samples, ``before_spike`` SDs, a 7-SD spike, then
+    three ordinary samples: the drift score (about 2.7) can follow the spike."""
+    rng = random.Random(0)
+    n = 4 * 288
+    points = [
+        (T0 + i * 300.0, 50 + sign * (rng.gauss(0, 1) + 0.5 * max(0, i - (n - 72)) / 72))
+        for i in range(n)
+    ]
+    tail = [2.8, -2.8, 2.8, -2.8, before_spike, 7.0, 0.2, 0.2, 0.2]
+    return points + [(T0 + (n + k) * 300.0, 50 + sign * (0.5 + z)) for k, z in enumerate(tail)]
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_the_gate_works_through_update_on_either_side(sign: float) -> None:
+    # The sample before the spike was at the ramp's level: the drift score that follows
+    # the spike was wandering already, not dragged: held back (raised with the gate off).
+    # One 2.5 SDs out on the spike's side dragged it: raised either way. Mirrored below.
+    def raised(points: list[tuple[float, float]], **kwargs: Any) -> list[float]:
+        return [c.ts for c in feed(AdaptiveRule("v", **kwargs), points) if c.raised]
+
+    wandering = _ramp_then_spike(sign, 0.0)
+    assert raised(wandering) == []
+    assert raised(wandering, surprise_follow_rise=0) == [wandering[-3][0]]
+    dragged = _ramp_then_spike(sign, 2.5)
+    assert raised(dragged) == [dragged[-3][0]]
