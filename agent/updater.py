@@ -6,8 +6,9 @@ only when an update runs, to keep the idle agent small), the bundle reader, the 
 by ``updates.slots``, the bundle's health check and ``state_dir/update.json`` (written
 atomically before each action). Every transition is reported as an ``UpdateStateChanged``
 event through the agent's outbox (the :class:`AgentUpdateHost` hands it over and waits until
-it is queued on disk). One worker thread runs per update (a Pi-class device has nothing
-better to do with it); it only calls :meth:`UpdateDriver.step` and waits in between.
+it is queued on disk). One worker thread runs an update at a time (a Pi-class device has
+nothing better to do with it; work accepted while the last one winds down waits for it in
+a thread of its own); it only calls :meth:`UpdateDriver.step` and waits in between.
 """
 
 from __future__ import annotations
@@ -374,7 +375,9 @@ class Updater:
                 if command_id is not None and (self._stop.is_set() or self.driver.unsettled):
                     if cancel is not None:
                         cancel()
-                    if not self._stop.is_set():
+                    if self._stop.is_set():
+                        self._save_pending(command_id)  # the next start answers it
+                    else:
                         self._not_started(command_id, "the last update is not settled yet")
                     return
                 target(*args)
@@ -393,7 +396,7 @@ class Updater:
         server then fails its execution at once instead of waiting for its timeout)."""
         log.warning("command %s not started: %s", command_id, why)
         try:
-            self.host.ack(command_id, False, f"not started: {why}", {"started": False})
+            self.host.ack(command_id, False, why, {"started": False})
         except Interrupted:
             return  # stopping: the file stays, the next start answers it
         self._drop_pending(command_id)
@@ -402,7 +405,10 @@ class Updater:
         return self.state_dir / PENDING_FILE
 
     def _save_pending(self, command_id: str) -> None:
-        atomic_write(self._pending_path(), json.dumps({"command_id": command_id}).encode())
+        try:
+            atomic_write(self._pending_path(), json.dumps({"command_id": command_id}).encode())
+        except OSError as exc:  # best effort: without it a restart leaves it to the timeout
+            log.error("cannot keep the accepted command %s on disk: %s", command_id, exc)
 
     def _load_pending(self) -> str | None:
         path = self._pending_path()
@@ -412,18 +418,24 @@ class Updater:
             return None
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable %s: %s", path, exc)
-            path.unlink(missing_ok=True)
+            self._remove_pending()
             return None
         command_id = doc.get("command_id") if isinstance(doc, dict) else None
         if not isinstance(command_id, str) or not command_id:
             log.warning("ignoring %s: no command id", path)
-            path.unlink(missing_ok=True)
+            self._remove_pending()
             return None
         return command_id
 
     def _drop_pending(self, command_id: str) -> None:
         if self._load_pending() == command_id:
+            self._remove_pending()
+
+    def _remove_pending(self) -> None:
+        try:
             self._pending_path().unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("cannot remove %s: %s", self._pending_path(), exc)
 
     def _wait(self, seconds: float) -> None:
         if self._stop.wait(max(0.0, seconds)):

@@ -47,9 +47,10 @@ enough since before the raise opened: ``surprise_follow_rise``, the rise gate), 
 clears when it is below ``clear_threshold`` (hysteresis) for ``clear_samples`` samples and
 ``clear_after_s`` seconds. After a clear it does not raise again for ``refractory_s``, but
 for a **fresh departure** (on unless ``refractory_quiet_s`` is 0 or None): a run of scores
-that begins after every score stayed below the clear threshold for ``refractory_quiet_s``
-(1.5 h) and whose level score reaches ``refractory_fresh_ratio`` (0.5) × the largest score
-of the fault that cleared (:mod:`agent.core.adaptive_fresh`).
+that begins after every sample scored below the clear threshold for ``refractory_quiet_s``
+(1.5 h) and at least 10 sampling intervals, and whose level score reaches
+``refractory_fresh_ratio`` (0.5) × the largest level score of the fault that cleared
+(:mod:`agent.core.adaptive_fresh`).
 
 **Record stage** (on unless ``record_threshold`` is 0 or None): a score at or above
 ``record_threshold`` (10) that is also ``record_ratio`` (2.5) times the largest score of

@@ -17,8 +17,8 @@ fault that last cleared: as large as that fault, not a smaller aftershock. The
 refractory period does not hold back the samples of that run (the surprise stage and the
 rest of the debounce still judge them, a drift score among them too); once the run ends,
 it holds again. An aftershock that follows the clear within the quiet time or stays
-small, or a run that begins with a drift or variance score (the fast level still dragged
-by the old fault), is held back as before.
+small, or a run whose level score never reaches the ratio (drift or variance scores
+only: the fast level still dragged by the old fault), is held back as before.
 
 State: three numbers, part of the snapshot (a snapshot from before them restores with no
 quiet stretch known and no fault peak, so the refractory period holds as before until the

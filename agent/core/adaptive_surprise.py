@@ -88,7 +88,8 @@ snapshot holding more is refused, so a signal jumping to enormous values must no
 it more)."""
 SCORE_STATE_CAP = 1e15
 """A score kept in the rule's state (the record peak, the recurrence memory's slots, the
-pending raise's largest score, the receding gate's run peak) is kept up to this: a larger
+pending raise's largest score and drift score, the last sample's drift score, the
+receding gate's run peak, the last fault's peak) is kept up to this: a larger
 one decides nothing differently, and a snapshot holding a value above 1e18 is refused on
 restore (a signal of tiny, steady noise can score far beyond it)."""
 

@@ -215,7 +215,7 @@ def test_an_install_waiting_for_a_wind_down_cut_by_a_stop_is_answered_at_the_nex
     answer = ack(rig.receiver, waiting, "final")
     assert answer.status.value == "failed"
     assert answer.result == {"started": False}
-    assert "not started" in answer.detail
+    assert "restarted before it could start" in answer.detail
     assert not events(rig.receiver, "exec-waiting"), "the install never ran"
     wait_for(lambda: not (rig.state_dir / PENDING_FILE).exists(), timeout=10)
     assert running_version(rig.slots_dir) == INITIAL_VERSION

@@ -387,7 +387,7 @@ def test_an_accepted_install_the_agent_never_started_fails_at_once(
         ]
         lost = restarted.next_install()
         restarted.answer(lost, "accepted", "")
-        why = "not started: the agent restarted before it could start"
+        why = "the agent restarted before it could start"
         restarted.answer(lost, "failed", why, started=False)
         wait_for(lambda: _execution(sessions, ids[0])["status"] == "failed", timeout=15)
         execution = _execution(sessions, ids[0])
