@@ -286,6 +286,11 @@ class UpdateDriver:
 
     # --- transitions ---------------------------------------------------------------------
 
+    def _request_restart(self, reboot: bool) -> None:
+        """Ask the host for the restart (or reboot) that settles the update."""
+        self.restart_requested = True
+        self.host.request_restart(reboot=reboot)
+
     def _due_in(self, state: UpdateState, now: float) -> float:
         return now + self.policy.phase_delay_s.get(state.value, 0.0)
 
@@ -497,8 +502,7 @@ class UpdateDriver:
         mode = self.policy.restart
         if mode == "none":
             return self._next(E.BOOTED, now)
-        self.restart_requested = True
-        self.host.request_restart(reboot=mode == "reboot")
+        self._request_restart(reboot=mode == "reboot")
         return None
 
     def try_new_slot(self, now: float) -> float | None:
@@ -576,8 +580,7 @@ class UpdateDriver:
                     reason=f"cannot boot committed {record.version} again: {exc}",
                 )
                 return False
-        self.restart_requested = True
-        self.host.request_restart(reboot=True)
+        self._request_restart(reboot=True)
         return True
 
     def finish(self, now: float) -> float | None:

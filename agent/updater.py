@@ -181,6 +181,8 @@ class Updater:
         self._lock = threading.Lock()
         self._starting = False
         self._checking = False
+        self._pending: str | None = None  # the command in PENDING_FILE, if any
+        self._pending_lock = threading.Lock()
         self.driver = UpdateDriver(
             policy=UpdatePolicy(
                 hardware_revision=settings.hardware_revision,
@@ -405,12 +407,21 @@ class Updater:
         return self.state_dir / PENDING_FILE
 
     def _save_pending(self, command_id: str) -> None:
-        try:
-            atomic_write(self._pending_path(), json.dumps({"command_id": command_id}).encode())
-        except OSError as exc:  # best effort: without it a restart leaves it to the timeout
-            log.error("cannot keep the accepted command %s on disk: %s", command_id, exc)
+        with self._pending_lock:
+            self._pending = command_id
+            try:
+                doc = json.dumps({"command_id": command_id}).encode()
+                atomic_write(self._pending_path(), doc)
+            except OSError as exc:  # best effort: without it a restart leaves it to the timeout
+                log.error("cannot keep the accepted command %s on disk: %s", command_id, exc)
 
     def _load_pending(self) -> str | None:
+        """The command left in the file by the last run (read once, at start)."""
+        with self._pending_lock:
+            self._pending = self._read_pending()
+            return self._pending
+
+    def _read_pending(self) -> str | None:
         path = self._pending_path()
         try:
             doc = json.loads(path.read_bytes())
@@ -428,7 +439,11 @@ class Updater:
         return command_id
 
     def _drop_pending(self, command_id: str) -> None:
-        if self._load_pending() == command_id:
+        """Forget ``command_id``'s entry (no file I/O unless it is the one kept)."""
+        with self._pending_lock:
+            if self._pending != command_id:
+                return
+            self._pending = None
             self._remove_pending()
 
     def _remove_pending(self) -> None:

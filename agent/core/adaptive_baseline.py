@@ -17,7 +17,7 @@ Direction = Literal["both", "up", "down"]
 DIRECTIONS: tuple[str, ...] = ("both", "up", "down")
 _MEANABS_TO_SD = math.sqrt(math.pi / 2.0)
 """For Gaussian noise the mean absolute deviation is SD × sqrt(2/π)."""
-_MAX_COUNT = 10**9
+MAX_COUNT = 10**9
 """The sample counter saturates here (it only drives warm-up and the first averages)."""
 _DT_QUANTILE_STEP = 0.05
 """Relative step of the streaming median of the sampling interval."""
@@ -97,6 +97,13 @@ class AdaptiveBaseline:
         self._reset_ts: float | None = ts
         self._n = 0
         self._m_f: float | None = None
+        self._reset_pending()
+        self._clear_n = 0
+        self._clear_since: float | None = None
+
+    def _reset_pending(self) -> None:
+        """Forget the pending raise, the receding gate's run and the last drift score (at
+        start and after a long gap)."""
         self._pending_n = 0
         self._pending_since: float | None = None
         self._pending_peak = 0.0  # the largest score of the pending raise (see AdaptiveRule)
@@ -105,8 +112,6 @@ class AdaptiveBaseline:
         self._last_drift = 0.0  # the previous sample's drift score (signed, 0 if not judged)
         self._run_peak = 0.0  # the receding gate's run (agent.core.adaptive_recede), 0 if none
         self._run_n = 0.0
-        self._clear_n = 0
-        self._clear_since: float | None = None
 
     def _is_long_gap(self, dt: float) -> bool:
         limit = self.relearn_after_s
@@ -126,11 +131,7 @@ class AdaptiveBaseline:
             # drift score waits (see _accept_gap_change), so a signal with nightly gaps
             # is watched every day instead of warming up again every morning.
             self._gap_ts = ts
-            self._pending_n = 0
-            self._pending_since = None
-            self._pending_peak, self._pending_side, self._pending_drift = 0.0, 0.0, 0.0
-            self._last_drift = 0.0
-            self._run_peak, self._run_n = 0.0, 0.0
+            self._reset_pending()
         else:
             self._reset_levels(ts)
         self._gap_check = True
@@ -258,8 +259,8 @@ class AdaptiveBaseline:
         assert self._m_f is not None
         assert self._m_s is not None
         assert self._start_ts is not None
-        self._n = min(self._n + 1, _MAX_COUNT)
-        self._n_all = min(self._n_all + 1, _MAX_COUNT)
+        self._n = min(self._n + 1, MAX_COUNT)
+        self._n_all = min(self._n_all + 1, MAX_COUNT)
         active = self._active
         sd_f = self._sd_fast()
         resid = x - self._m_f
@@ -377,7 +378,7 @@ class AdaptiveBaseline:
         for index, weight in ((i0, 1 - frac), (i1, frac)):
             if weight <= 0:
                 continue
-            visits[index] = min(visits[index] + weight, _MAX_COUNT)
+            visits[index] = min(visits[index] + weight, MAX_COUNT)
             a = max(rate, 1.0 / max(visits[index], 1.0)) * weight
             bins[index] += a * err
 

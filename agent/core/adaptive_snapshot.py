@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from agent.core.adaptive_recurrence import RECURRENCE_BINS
-from agent.core.adaptive_surprise import SCORE_STATE_CAP, TAIL_CAP
+from agent.core.adaptive_surprise import SCORE_STATE_CAP, TAIL_CAP, cap_score
 
 SNAPSHOT_VERSION = 1
 _MAX_STATE = 1e18
@@ -40,8 +40,6 @@ _LATER_STATE: tuple[str, ...] = (
     "out_ts",
     "fault_peak",
 )
-_MAX_TAIL = TAIL_CAP
-"""A larger record tail would block records for years: not a state the rule reaches."""
 FLOAT_STATE: tuple[str, ...] = (
     "last_ts",
     "last_x",
@@ -133,7 +131,7 @@ def parse_snapshot(
             parsed[name] = 0.0
     for name in ("pending_drift", "last_drift"):  # kept up to the score cap, as written
         value = parsed[name] or 0.0
-        parsed[name] = max(-SCORE_STATE_CAP, min(value, SCORE_STATE_CAP))
+        parsed[name] = cap_score(value)
     if parsed["pending_peak"] < 0 or parsed["pending_side"] not in (-1.0, 0.0, 1.0, 2.0):
         return None
     if parsed["run_peak"] is None:  # from before the receding gate: no run
@@ -143,7 +141,7 @@ def parse_snapshot(
     if parsed["run_n"] is None:  # from before the run length: a run just begun
         parsed["run_n"] = 1.0 if parsed["run_peak"] else 0.0
     # Kept up to the score cap: a larger value decides nothing differently.
-    parsed["run_peak"] = max(-SCORE_STATE_CAP, min(parsed["run_peak"], SCORE_STATE_CAP))
+    parsed["run_peak"] = cap_score(parsed["run_peak"])
     if parsed["run_n"] < 0 or not float(parsed["run_n"]).is_integer():
         return None
     if (parsed["run_peak"] == 0.0) != (parsed["run_n"] == 0.0):
@@ -176,7 +174,7 @@ def parse_snapshot(
         if parsed["tail_ts"] is not None:
             return None
         parsed["tail"] = 1.0
-    if not 1.0 <= parsed["tail"] <= _MAX_TAIL or (
+    if not 1.0 <= parsed["tail"] <= TAIL_CAP or (
         parsed["tail_ts"] is None and parsed["tail"] != 1.0
     ):
         return None

@@ -66,6 +66,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from agent.core.adaptive_baseline import MAX_COUNT
+
 _MIN_SD = 1e-3
 """Floor of sd(u): a perfectly regular score history must not make every wobble infinite."""
 _WARMUP_WINDOWS = 5
@@ -75,8 +77,6 @@ _TAIL_STEP = 0.5
 """Share of the way (in log space) a score above the tail pulls it up, for a full rise."""
 _TAIL_HOLD_S = 3600.0
 """Time since the previous rise of the tail for a rise to count in full."""
-_MAX_N = 10**9
-"""A sample count past any warm-up (the fast level's learning rate is then its time constant's)."""
 _YOUNG_PEAK_TAU_S = 7 * 86400.0
 """The record peak's shortest time constant during a rule's first week, while the tail is
 on (the tail needs a few routine spikes before it can stand in for the peak)."""
@@ -92,6 +92,11 @@ pending raise's largest score and drift score, the last sample's drift score, th
 receding gate's run peak, the last fault's peak) is kept up to this: a larger
 one decides nothing differently, and a snapshot holding a value above 1e18 is refused on
 restore (a signal of tiny, steady noise can score far beyond it)."""
+
+
+def cap_score(value: float) -> float:
+    """``value`` (a signed score) kept within ± :data:`SCORE_STATE_CAP`."""
+    return max(-SCORE_STATE_CAP, min(value, SCORE_STATE_CAP))
 
 
 def check_surprise(
@@ -254,7 +259,7 @@ class SurpriseScore:
         if self.surprise_follow_rise is None:
             return True
         sd_f = self._sd_fast()
-        most = self._alpha(self.fast_tau_s, self._dt_typ or 0.0, _MAX_N) * self.huber_k
+        most = self._alpha(self.fast_tau_s, self._dt_typ or 0.0, MAX_COUNT) * self.huber_k
         most *= sd_f / self._sd_drift(sd_f, self._last_ts or 0.0)
         return self._z_drift_signed * side - self._pending_drift >= self.surprise_follow_rise * most
 
@@ -267,10 +272,10 @@ class SurpriseScore:
         elif opening:
             self._pending_peak, self._pending_side = min(score, SCORE_STATE_CAP), side
             before = self._last_drift * side if side in (-1.0, 1.0) else 0.0
-            self._pending_drift = max(-SCORE_STATE_CAP, min(before, SCORE_STATE_CAP))
+            self._pending_drift = cap_score(before)
         elif side == self._pending_side:
             self._pending_peak = max(self._pending_peak, min(score, SCORE_STATE_CAP))
-        self._last_drift = max(-SCORE_STATE_CAP, min(self._z_drift_signed, SCORE_STATE_CAP))
+        self._last_drift = cap_score(self._z_drift_signed)
 
     def _tail_at(self, ts: float) -> float:
         """The tail at ``ts``: decayed towards 1 since its last rise."""

@@ -501,8 +501,9 @@ class BatchWriter:
                         updated_at=item.received_at,
                     )
                 )
-                failed = msg.status is p.AckStatus.FAILED
-                not_started = failed and msg.result.get("started") is False
+                not_started = (
+                    msg.status is p.AckStatus.FAILED and msg.result.get("started") is False
+                )
                 if msg.status is p.AckStatus.REJECTED or not_started:
                     # refused, or accepted but never started (the agent stopped or
                     # restarted first): its execution fails now, not at its timeout
