@@ -37,12 +37,9 @@ def test_service_lifecycle(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
         "WATCHDOG_USEC": "400000",
         "JOURNAL_STREAM": "8:1234",
     }
-    proc = subprocess.Popen(
-        [*CLI, "run", "--config", str(config)],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    stderr_log = tmp_path / "agent.stderr"  # a file, not a pipe: nothing can block on it
+    with stderr_log.open("w") as handle:
+        proc = subprocess.Popen([*CLI, "run", "--config", str(config)], env=env, stderr=handle)
     try:
         received: list[str] = []
         while received.count("WATCHDOG=1") < 2:
@@ -75,7 +72,7 @@ def test_service_lifecycle(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         sock.close()
-    stderr = proc.stderr.read() if proc.stderr else ""
+    stderr = stderr_log.read_text()
     lines = [line for line in stderr.splitlines() if line]
     assert lines
     assert all(line.startswith("<") and line[2] == ">" for line in lines), lines[:3]
