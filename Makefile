@@ -39,12 +39,12 @@ format: $(DEV_STAMP) ## ruff: fix what can be fixed and format
 # ignored by git). pytest exits 5 when it collected no tests: not a failure of the code,
 # so say so and pass.
 test: lint ## lint, then run the whole test suite
-	@$(BIN)/python -m compileall -q agent fleet_server protocol simulator >/dev/null
+	@$(BIN)/python -m compileall -q agent fleet_server firmware_bundles protocol simulator >/dev/null
 	@$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --maxschedchunk $(PYTEST_CHUNK) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 demo: $(DEV_STAMP) ## the whole product on this machine: server, 200 live devices, rollouts, alarm, recall (~1 min)
-	@$(BIN)/python -m compileall -q agent fleet_server protocol simulator >/dev/null
+	@$(BIN)/python -m compileall -q agent fleet_server firmware_bundles protocol simulator >/dev/null
 	$(BIN)/fleet-sim demo
 
 vendor: ## refresh the console's pinned htmx and uPlot (with their licences) from npm

@@ -16,98 +16,11 @@ import asyncio
 import logging
 import socket
 import threading
-import time
 from typing import Any
 
+from fleet_server.adapters import amqtt_late_acks
+
 log = logging.getLogger(__name__)
-
-#: How often, at most, the summary of late acknowledgements is logged.
-LATE_ACK_REPORT_S = 60.0
-
-
-class LateAcks(logging.Filter):
-    """Turns amqtt's per-message "no PUBACK within 5 s" noise into one summary line.
-
-    amqtt 0.12 waits a fixed 5 s for a subscriber's PUBACK of a QoS 1 delivery; after that
-    it forgets the message (it was written to the subscriber; a later PUBACK is "for an
-    unknown pending message") and logs a warning plus an ERROR with a traceback per
-    message. The ingest acknowledges only what the database committed, so a backlog of
-    more than 5 s (300 devices reconnecting at once on a loaded machine) produced pages
-    of tracebacks that look like a crash. Nothing is lost on this broker by it: the
-    message reached the subscriber, and the broker's sessions live in the server process
-    anyway. The records are dropped here, counted in :attr:`count`, and summarised at
-    most every :data:`LATE_ACK_REPORT_S` seconds with the client ids involved."""
-
-    _HANDLER_TEXTS = (
-        "Timeout waiting for PUBACK",
-        "Received PUBACK for unknown pending message",
-        "PUBACK waiter with Id",
-    )
-
-    def __init__(self, clock: Any = time.monotonic) -> None:
-        super().__init__()
-        self.count = 0
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._unreported = 0
-        self._clients: set[str] = set()
-        self._last_report: float | None = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """False (drop) for amqtt's late-PUBACK records; every other record passes."""
-        text = str(record.msg)
-        if record.name == "amqtt.broker":
-            exc = record.exc_info[1] if record.exc_info else None
-            if not (isinstance(exc, TimeoutError) and "PUBACK" in str(exc)):
-                return True
-            self._late(None)
-            return False
-        if any(t in text for t in self._HANDLER_TEXTS):
-            if text.startswith("Timeout waiting"):
-                self._late(getattr(record, "client_id", None))
-            return False
-        return True
-
-    def _late(self, client_id: str | None) -> None:
-        with self._lock:
-            if client_id is not None:
-                self._clients.add(client_id)
-                return
-            self.count += 1
-            self._unreported += 1
-        self.report(force=False)
-
-    def report(self, force: bool = True) -> None:
-        """Log the late acknowledgements not yet reported (``force``: even within the
-        report interval; the broker calls it when it stops)."""
-        with self._lock:
-            now = self._clock()
-            recent = self._last_report is not None and now - self._last_report < LATE_ACK_REPORT_S
-            if not self._unreported or (recent and not force):
-                return
-            late, clients = self._unreported, sorted(self._clients)
-            self._unreported, self._clients, self._last_report = 0, set(), now
-            total = self.count
-        log.warning(
-            "embedded broker: %d QoS 1 deliveries not acknowledged within amqtt's fixed 5 s "
-            "(%d since start; subscribers: %s); they were delivered and their late "
-            "acknowledgements are ignored. A slow subscriber (a busy ingest or device) "
-            "causes it; use Mosquitto (FLEET_MQTT_URL) for load",
-            late,
-            total,
-            ", ".join(clients) or "unknown",
-        )
-
-
-#: One filter for the process: the amqtt loggers are process-wide.
-LATE_ACKS = LateAcks()
-
-
-def _install_late_ack_filter() -> None:
-    for name in ("amqtt.broker", "amqtt.mqtt.protocol.handler"):
-        logger = logging.getLogger(name)
-        if LATE_ACKS not in logger.filters:
-            logger.addFilter(LATE_ACKS)
 
 
 class _SnapshotDict(dict):  # type: ignore[type-arg]
@@ -200,7 +113,7 @@ class EmbeddedBroker:
         asyncio.set_event_loop(loop)
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        _install_late_ack_filter()
+        amqtt_late_acks.install()  # one summary line for late PUBACKs, not tracebacks
 
         async def boot() -> None:
             self._broker = Broker(self._config(), loop=loop)
@@ -223,7 +136,6 @@ class EmbeddedBroker:
         loop = self._loop
         if loop is None or self._broker is None:
             return
-        LATE_ACKS.report()
         future = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), loop)
         try:
             future.result(timeout=10)
@@ -233,3 +145,4 @@ class EmbeddedBroker:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._loop = None
+        amqtt_late_acks.LATE_ACKS.report()  # after shutdown: its own timeouts included
